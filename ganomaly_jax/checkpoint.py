@@ -1,0 +1,90 @@
+"""Checkpoints: the latest train state + data iterator for resuming, and the best state for evaluation.
+
+Two orbax managers under the workdir:
+  checkpoints/  latest states with the grain iterator state, saved together so a resumed run sees
+                exactly the batches it would have seen (max_to_keep from the config);
+  best/         the state with the lowest validation loss on held-out normals (model selection never
+                looks at the test set).
+Saves are asynchronous and atomic (orbax writes to a temporary directory and renames it), so a crash
+during a save leaves the previous checkpoint usable.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+
+def _abstract(tree: Any) -> Any:
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+class CheckpointStore:
+  """Latest and best checkpoints of one run."""
+
+  def __init__(self, workdir: str, keep: int = 2):
+    self.latest_dir = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    self.best_dir = os.path.join(os.path.abspath(workdir), 'best')
+    self.latest = ocp.CheckpointManager(
+        self.latest_dir,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        item_names=('state', 'data'))
+    self.best = ocp.CheckpointManager(
+        self.best_dir,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=1, create=True, best_fn=lambda m: m['val_loss'], best_mode='min'),
+        item_names=('state',))
+
+  def latest_step(self) -> int | None:
+    return self.latest.latest_step()
+
+  def best_step(self) -> int | None:
+    return self.best.best_step()
+
+  def save(self, step: int, state: Any, data_iter: Any, force: bool = False) -> bool:
+    """Saves state and iterator position together (asynchronously)."""
+    return self.latest.save(
+        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                      data=grain.checkpoint.CheckpointSave(data_iter)),
+        force=force)
+
+  def restore_latest(self, state_like: Any, data_iter: Any | None) -> tuple[Any, int] | None:
+    """Restores the newest state (and the iterator in place); None if there is no checkpoint.
+
+    `state_like` gives the structure, dtypes and shardings (e.g. the freshly initialised state).
+    """
+    step = self.latest.latest_step()
+    if step is None:
+      return None
+    items = {'state': ocp.args.StandardRestore(_abstract(state_like))}
+    if data_iter is not None:
+      items['data'] = grain.checkpoint.CheckpointRestore(data_iter)
+    restored = self.latest.restore(step, args=ocp.args.Composite(**items))
+    return restored['state'], step
+
+  def save_best(self, step: int, state: Any, val_loss: float) -> None:
+    """Offers a state to the best-checkpoint manager; orbax keeps it only if val_loss is lower."""
+    self.best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
+                   metrics={'val_loss': float(val_loss)})
+
+  def restore_best(self, state_like: Any) -> tuple[Any, int] | None:
+    step = self.best.best_step()
+    if step is None:
+      return None
+    restored = self.best.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(state_like))))
+    return restored['state'], step
+
+  def wait(self) -> None:
+    """Blocks until asynchronous saves are on disk (call before exiting or reading them back)."""
+    self.latest.wait_until_finished()
+    self.best.wait_until_finished()
+
+  def close(self) -> None:
+    self.wait()
+    self.latest.close()
+    self.best.close()

@@ -1,0 +1,224 @@
+"""Shared config schema and big_vision-style argument strings.
+
+Every method config (`configs/<method>.py`) starts from `base_config()`, which holds *every* key any
+method understands, then turns on the switches of its method. An ablation is therefore always a config
+override (`--config.train.soft_labels=False`), never a code fork, and an unknown key fails loudly because
+the returned ConfigDict is locked.
+
+Argument strings follow big_vision: `configs/ganomaly.py:quick,dataset=mnist,abnormal=3,steps=500`.
+"""
+
+from __future__ import annotations
+
+import ast
+from typing import Any
+
+import ml_collections
+
+METHODS = ('ganomaly', 'ganomaly_modified', 'ganomaly_sn', 'skip_ganomaly', 'masked', 'grid_mask')
+
+# Argument-string shortcuts: short name -> dotted config key.
+ARG_ALIASES = {
+    'dataset': 'dataset.name',
+    'abnormal': 'dataset.abnormal',
+    'steps': 'train.num_steps',
+    'batch': 'train.batch_size',
+    'batch_size': 'train.batch_size',
+    'isize': 'model.isize',
+    'channels': 'model.channels',
+    'seed': 'seed',
+    'eval_every': 'train.eval_every',
+    'checkpoint_every': 'train.checkpoint_every',
+    'mode': 'mode',
+    'dtype': 'model.dtype',
+}
+
+# Flags that select a preset rather than set a key.
+PRESETS = ('quick', 'cars256')
+
+
+def parse_arg(arg: str | None) -> dict[str, Any]:
+  """Parses `quick,dataset=mnist,abnormal=3` into {'quick': True, 'dataset': 'mnist', ...}.
+
+  Values are split on the first '=' only, so `dataset=npz:/data/x.npz` and `folder:/a=b` stay whole.
+  Literals (ints, floats, booleans) are converted; anything else stays a string.
+  """
+  parsed: dict[str, Any] = {}
+  if not arg:
+    return parsed
+  for item in arg.split(','):
+    item = item.strip()
+    if not item:
+      continue
+    if '=' not in item:
+      parsed[item] = True
+      continue
+    key, value = item.split('=', 1)
+    parsed[key.strip()] = _literal(value.strip())
+  return parsed
+
+
+def _literal(value: str) -> Any:
+  if value in ('True', 'true'):
+    return True
+  if value in ('False', 'false'):
+    return False
+  try:
+    return ast.literal_eval(value)
+  except (ValueError, SyntaxError):
+    return value
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """All keys shared by every method, with GANomaly (study method 1) defaults."""
+  c = ml_collections.ConfigDict()
+  c.method = 'ganomaly'
+  c.mode = 'train'  # 'train' | 'eval' (evaluate the selected checkpoint of an existing workdir)
+  c.seed = 0
+  c.distributed = False  # call jax.distributed.initialize() (multi-host)
+  c.restart = False  # move old checkpoints aside and start fresh
+  c.debug_nan_at_step = -1  # test hook: inject a NaN into the loss at this step (-1: never)
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = 'digits'  # digits | mnist | fashion_mnist | cifar10 | npz:PATH | folder:PATH
+  c.dataset.abnormal = '0'  # class index or CIFAR-10 name; ignored for folder data
+  c.dataset.pool_normals = False  # reference protocol: pool normals of both splits, split 80/20
+  c.dataset.val_fraction = 0.1  # normals held out of training for checkpoint selection
+  c.dataset.max_train = 0  # cap on training images (0: all), for quick runs
+  c.dataset.max_test = 0  # cap on test images (0: all), for quick runs
+  c.dataset.data_dir = ''  # tfds data_dir ('' = tfds default)
+  c.dataset.flip = False  # train-time horizontal flip
+  c.dataset.zoom = 0.0  # train-time random zoom: crop up to this fraction, resize back
+  c.dataset.workers = 0  # grain worker processes (0: in-process)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.isize = 32
+  c.model.channels = 1
+  c.model.ngf = 64
+  c.model.ndf = 64
+  c.model.latent_dim = 100
+  c.model.kernel_size = 4  # kernel of the stride-2 convs (study method 2: 5)
+  c.model.max_channels = 0  # cap on conv channels (0: no cap; study method 2: 512)
+  c.model.generator = 'ede'  # 'ede' (encoder-decoder-encoder) | 'unet' (SkipGANomaly)
+  c.model.discriminator = 'dcgan'  # 'dcgan' (features + logit) | 'latent' (SkipGANomaly)
+  c.model.classifier_kernel = 4  # latent discriminator's classifier conv (study 4, reference 3)
+  c.model.spectral_norm = False
+  c.model.residual_blocks = False
+  c.model.self_attention = 0  # feature-map resolution of a SAGAN block in G (0: off)
+  c.model.dropout = 0.0  # dropout in the generator's decoder path (MC-dropout needs > 0)
+  c.model.dtype = 'float32'  # compute dtype: float32 | bfloat16 (params stay float32)
+  c.model.conv_transpose = 'auto'  # 'auto' | 'xla' | 'subpixel' (same params, different kernels)
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.g_lr = 2e-4
+  c.optim.d_lr = 2e-4
+  c.optim.b1 = 0.5
+  c.optim.b2 = 0.999
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.w_adv = 1.0
+  c.loss.w_con = 50.0
+  c.loss.w_enc = 1.0  # latent term (GANomaly) / feature term (SkipGANomaly)
+  c.loss.adversarial = 'feature_matching'  # feature_matching | bce | wgan_gp
+  c.loss.adv_extra = False  # eq. 3.6 extra term (non-saturating form)
+  c.loss.latent_in_d = False  # SkipGANomaly reference code: latent term also in D's loss
+  c.loss.gp_weight = 10.0
+  c.loss.hole_weight = 1.0  # weight of masked-hole pixels in the reconstruction loss
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 64
+  c.train.num_steps = 3000
+  c.train.log_every = 50
+  c.train.eval_every = 500
+  c.train.checkpoint_every = 500
+  c.train.image_every = 1000
+  c.train.keep_checkpoints = 2
+  c.train.soft_labels = False
+  c.train.label_flip_prob = 0.0
+  c.train.d_input_noise_std = 0.0
+  c.train.d_reinit_threshold = 0.0  # reference re-inits D when its loss < 1e-5 (0: off)
+  c.train.on_nonfinite = 'stop'  # stop | rollback
+  c.train.max_rollbacks = 3
+
+  c.mask = ml_collections.ConfigDict()
+  c.mask.kind = 'none'  # none | square | grid | stain
+  c.mask.size = 0.5  # square hole side as a fraction of the image side
+  c.mask.cells = 4  # grid cells per side
+  c.mask.fill = 0.0  # value written into holes (images are in [-1, 1])
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 64
+  c.eval.score = 'latent'  # latent | reconstruction | lambda | inpaint
+  c.eval.score_lambda = 0.9  # eq. 6.1
+  c.eval.select = 'val_loss'  # checkpoint selection on validation normals: val_loss | last
+  c.eval.smooth_sigma = 0.0  # Gaussian smoothing of pixel maps
+  c.eval.mc_samples = 0
+  c.eval.fid = False
+  c.eval.fid_weights = ''
+  c.eval.num_images = 16  # images per TensorBoard grid
+  return c
+
+
+def apply_args(config: ml_collections.ConfigDict, args: dict[str, Any]) -> None:
+  """Sets config keys from parsed argument-string values (aliases or dotted keys)."""
+  for key, value in args.items():
+    if key in PRESETS:
+      continue
+    dotted = ARG_ALIASES.get(key, key)
+    node = config
+    *parents, leaf = dotted.split('.')
+    try:
+      for p in parents:
+        node = node[p]
+      if leaf not in node:
+        raise KeyError(leaf)
+    except KeyError:
+      raise ValueError(f'Unknown config argument {key!r} (no key {dotted!r}).') from None
+    current = node[leaf]
+    if isinstance(current, str) and not isinstance(value, str):
+      value = str(value)
+    elif isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+      value = float(value)
+    node[leaf] = value
+
+
+def quick(config: ml_collections.ConfigDict) -> None:
+  """Shrinks a config so one end-to-end run takes seconds on 2 CPU cores."""
+  config.model.isize = 16
+  config.model.ngf = 8
+  config.model.ndf = 8
+  config.model.latent_dim = min(config.model.latent_dim, 16)
+  if config.model.max_channels:
+    config.model.max_channels = 32
+  config.train.batch_size = 16
+  config.train.num_steps = 4
+  config.train.log_every = 2
+  config.train.eval_every = 2
+  config.train.checkpoint_every = 2
+  config.train.image_every = 4
+  config.dataset.max_train = 256
+  config.dataset.max_test = 128
+  config.eval.batch_size = 32
+  config.eval.num_images = 4
+
+
+def cars256(config: ml_collections.ConfigDict) -> None:
+  """The study's scale: 256x256 RGB image-folder data, batch 16."""
+  config.dataset.name = 'folder:data/cars'
+  config.model.isize = 256
+  config.model.channels = 3
+  config.train.batch_size = 16
+  config.eval.batch_size = 16
+  config.train.num_steps = 50_000
+  config.dataset.flip = True
+
+
+def finalize(config: ml_collections.ConfigDict, args: dict[str, Any]) -> ml_collections.ConfigDict:
+  """Applies presets then explicit arguments, and locks the config so unknown keys fail."""
+  if args.get('cars256'):
+    cars256(config)
+  if args.get('quick'):
+    quick(config)
+  apply_args(config, args)
+  config.lock()
+  return config

@@ -1,0 +1,81 @@
+"""grain input pipelines: an infinite, checkpointable training iterator and ordered eval batches."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import grain
+import jax
+import numpy as np
+
+
+class Preprocess(grain.transforms.RandomMap):
+  """uint8 [H, W, C] -> float32 in [-1, 1], with optional random flip and zoom (train only)."""
+
+  def __init__(self, flip: bool = False, zoom: float = 0.0):
+    self.flip = flip
+    self.zoom = zoom
+
+  def random_map(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    image = record['image']
+    if self.zoom > 0:
+      image = random_zoom(image, rng, self.zoom)
+    if self.flip and rng.random() < 0.5:
+      image = image[:, ::-1]
+    return {'image': to_float(image), 'label': np.int32(record['label'])}
+
+
+def to_float(image: np.ndarray) -> np.ndarray:
+  """uint8 -> float32 in [-1, 1] (the generators end in tanh)."""
+  return image.astype(np.float32) * (2.0 / 255.0) - 1.0
+
+
+def random_zoom(image: np.ndarray, rng: np.random.Generator, max_zoom: float) -> np.ndarray:
+  """Crops a random square of side (1 - U[0, max_zoom]) x size and resizes it back (zoom-in)."""
+  from ganomaly_jax.data.images import resize_image  # PIL resize; local import keeps the hot path lean
+
+  size = image.shape[0]
+  side = max(2, int(round(size * (1.0 - rng.uniform(0.0, max_zoom)))))
+  if side >= size:
+    return image
+  top, left = rng.integers(0, size - side + 1, size=2)
+  return resize_image(np.ascontiguousarray(image[top:top + side, left:left + side]), size)
+
+
+def train_iterator(source, *, batch_size: int, seed: int, flip: bool = False, zoom: float = 0.0,
+                   workers: int = 0):
+  """Infinite shuffled iterator of per-process batches {'image': [b, H, W, C], 'label': [b]}.
+
+  Each process reads its own slice of the source; the iterator's state (`get_state`/`set_state`, or
+  grain's orbax handlers) resumes exactly, so a restarted run sees the same batches.
+  """
+  shard = slice(jax.process_index(), None, jax.process_count())
+  ds = (grain.MapDataset.source(source)[shard]
+        .shuffle(seed=seed)
+        .repeat(None)
+        .random_map(Preprocess(flip, zoom), seed=seed)
+        .batch(batch_size, drop_remainder=True))
+  it = ds.to_iter_dataset()
+  if workers > 0:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+  return iter(it)
+
+
+def eval_batches(source, batch_size: int, limit: int = 0) -> Iterator[dict[str, np.ndarray]]:
+  """Ordered batches of the whole source, the last one padded; `valid` marks real examples.
+
+  Padding keeps every batch the same shape so the eval step compiles once.
+  """
+  n = len(source) if not limit else min(limit, len(source))
+  for start in range(0, n, batch_size):
+    idx = range(start, min(start + batch_size, n))
+    records = [source[i] for i in idx]
+    images = np.stack([to_float(r['image']) for r in records])
+    labels = np.asarray([r['label'] for r in records], np.int32)
+    valid = np.ones(len(records), bool)
+    pad = batch_size - len(records)
+    if pad:
+      images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
+      labels = np.concatenate([labels, np.zeros(pad, np.int32)])
+      valid = np.concatenate([valid, np.zeros(pad, bool)])
+    yield {'image': images, 'label': labels, 'valid': valid}

@@ -1,0 +1,42 @@
+"""Entry point: `python -m ganomaly_jax.main --config=configs/<method>.py[:args] [--workdir=DIR]`.
+
+Kept short on purpose (as in the flax examples): parse flags, hide GPUs from TensorFlow, optionally
+initialise multi-host JAX, log the topology, and hand over to `train.train_and_evaluate`.
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Method config file[:args].', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (default: runs/<method>).')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  import tensorflow as tf  # only clu's summary writer needs TF; keep it off the accelerators
+  tf.config.experimental.set_visible_devices([], 'GPU')
+  import jax
+
+  from ganomaly_jax import train
+
+  config = _CONFIG.value
+  if config.distributed or os.environ.get('GANOMALY_DISTRIBUTED') == '1':
+    jax.distributed.initialize()
+  workdir = _WORKDIR.value or os.path.join('runs', config.method)
+  logging.info('JAX process %d / %d, local devices %s', jax.process_index(), jax.process_count(),
+               jax.local_devices())
+  try:
+    train.train_and_evaluate(config, workdir)
+  except (ValueError, train.TrainingError) as e:  # config, data and workdir errors: one clear line
+    logging.error('%s', e)
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  flags.mark_flag_as_required('config')
+  app.run(main)

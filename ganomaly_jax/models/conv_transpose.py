@@ -1,0 +1,272 @@
+"""A drop-in `nn.ConvTranspose` with a faster "sub-pixel" implementation for XLA:CPU.
+
+On XLA:CPU a strided `lax.conv_transpose` (a convolution with `lhs_dilation`) is 4-7x slower forward +
+backward than a stride-1 convolution with the same FLOPs, and the GAN decoders are a chain of them. A
+transposed convolution with stride `s` is exactly a set of `s` x `s` stride-1 convolutions of the
+*undilated* input, one per output phase, interleaved (depth-to-space). We compute all phases with ONE
+stride-1 convolution whose `s*s*features` output channels hold the phases side by side, then do one
+reshape/transpose. The parameters are the untouched `nn.ConvTranspose` kernel ([kh, kw, in, out],
+`transpose_kernel=False`); the sub-kernels are views of it built inside the traced function, so the
+parameter tree, parameter count and checkpoints do not depend on which implementation runs.
+
+Derivation (per spatial dim; kernel size k, stride s, explicit padding (lo, hi)). `lax.conv_transpose`
+computes
+
+  out[o] = sum_j xd[o + j - lo] * K[j],     xd[s*i] = x[i], zero elsewhere,
+  len(out) = (H - 1) * s + 1 + lo + hi - k + 1.
+
+Only taps with `o + j - lo = s*i` contribute. Write the tap as `j = c + s*t` (c = j mod s) and
+`m = i - t`; then `o = s*m + lo - c` and
+
+  out[s*m + lo - c] = sum_t x[m + t] * K[c + s*t],
+
+i.e. for each tap residue c, a plain stride-1 correlation of x with the sub-kernel K[c::s] (T = ceil(k/s)
+taps, zero-padded at the end where k % s != 0), landing on every s-th output. With phase p = s-1-c the
+outputs of all phases, laid out as Z[s*m + p], satisfy out[o] = Z[o + s - 1 - lo]: a depth-to-space
+followed by a crop. Sub-kernels of equal size are what makes a single fused convolution possible without
+any shifting between phases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import math
+from typing import Any, Literal
+
+import flax.linen as nn
+from flax.linen import dtypes as flax_dtypes
+import jax
+from jax import lax
+import jax.numpy as jnp
+
+Array = jax.Array
+# A (lo, hi) pair shared by every spatial dim, one pair per spatial dim, or 'VALID' / 'SAME'.
+PaddingLike = str | tuple[int, int] | Sequence[tuple[int, int]]
+Impl = Literal['auto', 'xla', 'subpixel']
+
+_DIMENSION_NUMBERS = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+  if isinstance(value, int):
+    return (value, value)
+  value = tuple(int(v) for v in value)
+  if len(value) != 2:
+    raise ValueError(f'{name} must be an int or a pair, got {value!r}.')
+  return value  # type: ignore[return-value]
+
+
+def _string_padding(k: int, s: int, padding: str) -> tuple[int, int]:
+  """Explicit (lo, hi) of `lax.conv_transpose` for 'SAME' / 'VALID' (mirrors its private helper)."""
+  if padding == 'SAME':
+    pad_len = k + s - 2
+    lo = k - 1 if s > k - 1 else math.ceil(pad_len / 2)
+  elif padding == 'VALID':
+    pad_len = k + s - 2 + max(k - s, 0)
+    lo = k - 1
+  else:
+    raise ValueError(f"Padding string must be 'SAME' or 'VALID', got {padding!r}.")
+  return lo, pad_len - lo
+
+
+def explicit_padding(
+    padding: PaddingLike, kernel_size: tuple[int, int], strides: tuple[int, int]
+) -> tuple[tuple[int, int], tuple[int, int]]:
+  """Canonical ((lo_h, hi_h), (lo_w, hi_w)) padding of the equivalent `lax.conv_transpose` call.
+
+  Unlike `nn.ConvTranspose`, a single (lo, hi) pair of ints means the same (lo, hi) for every spatial
+  dim, because that is how the decoders spell the PyTorch `ConvTranspose2d(padding, output_padding)`
+  mapping (lo = k-1-p, hi = k-1-p+output_padding).
+  """
+  if isinstance(padding, str):
+    padding = padding.upper()
+    return tuple(_string_padding(k, s, padding) for k, s in zip(kernel_size, strides))  # type: ignore
+  padding = tuple(padding)
+  if len(padding) == 2 and all(isinstance(p, int) for p in padding):
+    return (tuple(padding), tuple(padding))  # type: ignore[return-value]
+  if len(padding) == 2 and all(len(p) == 2 for p in padding):  # type: ignore[arg-type]
+    return tuple((int(lo), int(hi)) for lo, hi in padding)  # type: ignore
+  raise ValueError(f'Cannot interpret padding {padding!r} for a 2D transposed convolution.')
+
+
+def conv_transpose_xla(
+    x: Array,
+    kernel: Array,
+    strides: tuple[int, int],
+    padding: tuple[tuple[int, int], tuple[int, int]],
+    precision: Any = None,
+) -> Array:
+  """Reference path: exactly what `nn.ConvTranspose(transpose_kernel=False)` runs."""
+  return lax.conv_transpose(
+      x, kernel, strides, padding, dimension_numbers=_DIMENSION_NUMBERS, precision=precision
+  )
+
+
+def _phase_geometry(size: int, k: int, s: int, lo: int, hi: int) -> dict[str, int]:
+  """Per-dim bookkeeping of the phase form; see the module docstring for the derivation."""
+  out_len = (size - 1) * s + lo + hi - k + 2
+  taps = -(-k // s)  # T = ceil(k / s): taps per phase after zero-padding the kernel to s*T.
+  z0 = s - 1 - lo  # Index of out[0] in the interleaved phase array Z.
+  m_min = z0 // s
+  m_max = (z0 + out_len - 1) // s
+  return dict(
+      out_len=out_len,
+      taps=taps,
+      # Input padding so that the VALID conv yields exactly phase rows m_min..m_max; either side may
+      # be negative (the requested output is cropped), which we turn into a slice of the input.
+      pad_lo=-m_min,
+      pad_hi=m_max + taps - size,
+      crop=z0 - s * m_min,  # == z0 mod s
+  )
+
+
+def _pad_or_crop(x: Array, axis: int, lo: int, hi: int) -> tuple[Array, int, int]:
+  """Applies negative padding as a slice; returns the non-negative remainder for the conv."""
+  if lo < 0 or hi < 0:
+    start = max(-lo, 0)
+    stop = x.shape[axis] - max(-hi, 0)
+    x = lax.slice_in_dim(x, start, stop, axis=axis)
+  return x, max(lo, 0), max(hi, 0)
+
+
+def subpixel_kernel(kernel: Array, strides: tuple[int, int]) -> Array:
+  """[kh, kw, in, out] transposed-conv kernel -> [Th, Tw, in, sh*sw*out] fused phase kernel.
+
+  Output channel (ph, pw, o) holds the sub-kernel K[sh-1-ph::sh, sw-1-pw::sw, :, o]. It is only a
+  zero-pad, reshape, flip and transpose of `kernel`, so gradients flow back to the original parameter.
+  """
+  kh, kw, cin, cout = kernel.shape
+  sh, sw = strides
+  th, tw = -(-kh // sh), -(-kw // sw)
+  # Zero taps at the end make every residue class the same length T (they contribute nothing).
+  kernel = jnp.pad(kernel, ((0, sh * th - kh), (0, sw * tw - kw), (0, 0), (0, 0)))
+  kernel = kernel.reshape(th, sh, tw, sw, cin, cout)  # [t_h, c_h, t_w, c_w, in, out], j = c + s*t
+  kernel = kernel[:, ::-1, :, ::-1]  # Phase p = s-1-c, so that phases increase with the output index.
+  kernel = kernel.transpose(0, 2, 4, 1, 3, 5)  # [t_h, t_w, in, p_h, p_w, out]
+  return kernel.reshape(th, tw, cin, sh * sw * cout)
+
+
+def conv_transpose_subpixel(
+    x: Array,
+    kernel: Array,
+    strides: tuple[int, int],
+    padding: tuple[tuple[int, int], tuple[int, int]],
+    precision: Any = None,
+) -> Array:
+  """`lax.conv_transpose(x, kernel, strides, padding)` as one stride-1 conv plus depth-to-space.
+
+  Args:
+    x: [N, H, W, in] input.
+    kernel: [kh, kw, in, out] kernel with `nn.ConvTranspose(transpose_kernel=False)` semantics.
+    strides: (sh, sw).
+    padding: explicit ((lo_h, hi_h), (lo_w, hi_w)) of the transposed convolution; any integers.
+    precision: passed to `lax.conv_general_dilated`.
+
+  Returns:
+    [N, H_out, W_out, out], equal (to float rounding) to the `lax.conv_transpose` result.
+  """
+  n, h, w, _ = x.shape
+  kh, kw, _, cout = kernel.shape
+  (sh, sw) = strides
+  gh = _phase_geometry(h, kh, sh, *padding[0])
+  gw = _phase_geometry(w, kw, sw, *padding[1])
+  if gh['out_len'] <= 0 or gw['out_len'] <= 0:
+    raise ValueError(f'Empty output for input {x.shape}, kernel {kernel.shape}, padding {padding}.')
+
+  x, ph_lo, ph_hi = _pad_or_crop(x, 1, gh['pad_lo'], gh['pad_hi'])
+  x, pw_lo, pw_hi = _pad_or_crop(x, 2, gw['pad_lo'], gw['pad_hi'])
+  z = lax.conv_general_dilated(
+      x,
+      subpixel_kernel(kernel, strides),
+      window_strides=(1, 1),
+      padding=((ph_lo, ph_hi), (pw_lo, pw_hi)),
+      dimension_numbers=_DIMENSION_NUMBERS,
+      precision=precision,
+  )
+  # Depth-to-space: [N, Mh, Mw, (ph, pw, out)] -> [N, Mh*sh, Mw*sw, out], then crop to the output.
+  _, mh, mw, _ = z.shape
+  z = z.reshape(n, mh, mw, sh, sw, cout).transpose(0, 1, 3, 2, 4, 5)
+  z = z.reshape(n, mh * sh, mw * sw, cout)
+  return lax.slice(
+      z,
+      (0, gh['crop'], gw['crop'], 0),
+      (n, gh['crop'] + gh['out_len'], gw['crop'] + gw['out_len'], cout),
+  )
+
+
+def resolve_impl(impl: str, strides: tuple[int, int]) -> str:
+  """Picks the kernel for `impl='auto'` from the backend at trace time.
+
+  The sub-pixel form wins on XLA:CPU whenever a stride is > 1 (bench/conv_transpose_speed.py). On GPU
+  and TPU, XLA's own transposed convolution is fine (cuDNN handles lhs dilation natively) and we have not
+  measured the alternative there, so we keep it. With stride 1 both forms are the same plain conv.
+  """
+  if impl not in ('auto', 'xla', 'subpixel'):
+    raise ValueError(f"impl must be 'auto', 'xla' or 'subpixel', got {impl!r}.")
+  if impl != 'auto':
+    return impl
+  if jax.default_backend() == 'cpu' and max(strides) > 1:
+    return 'subpixel'
+  return 'xla'
+
+
+class ConvTranspose(nn.Module):
+  """2D transposed convolution with `nn.ConvTranspose` parameters and a selectable kernel.
+
+  Same parameters (`kernel` [k, k, in, features], optional `bias` [features]) and the same output as
+  `nn.ConvTranspose(features, (k, k), strides=(s, s), padding=((lo, hi), (lo, hi)),
+  transpose_kernel=False)`, so checkpoints are interchangeable across `impl`s.
+
+  Attributes:
+    features: number of output channels.
+    kernel_size: k (square kernel) or (kh, kw).
+    strides: s or (sh, sw).
+    padding: (lo, hi) applied to both spatial dims (PyTorch `ConvTranspose2d(p, output_padding=op)` is
+      (k-1-p, k-1-p+op)), or ((lo_h, hi_h), (lo_w, hi_w)), or 'VALID' / 'SAME' as in `nn.ConvTranspose`.
+      Explicit pads are those of `lax.conv_transpose`; negative values crop.
+    use_bias: whether to add a bias.
+    kernel_init: initializer of the kernel (same default as flax).
+    bias_init: initializer of the bias.
+    dtype: compute dtype (None: promote from inputs and params, as flax does).
+    param_dtype: dtype of the parameters.
+    precision: `lax` precision of the convolution.
+    impl: 'xla' (lax.conv_transpose), 'subpixel' (one stride-1 conv + depth-to-space) or 'auto'
+      (subpixel on CPU when a stride is > 1, xla otherwise; see `resolve_impl`).
+  """
+
+  features: int
+  kernel_size: int | Sequence[int]
+  strides: int | Sequence[int] = 1
+  padding: PaddingLike = 'SAME'
+  use_bias: bool = False
+  kernel_init: nn.initializers.Initializer = nn.linear.default_kernel_init
+  bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  precision: Any = None
+  impl: Impl = 'auto'
+
+  @nn.compact
+  def __call__(self, inputs: Array) -> Array:
+    """Applies the transposed convolution to [*batch, H, W, C] (or unbatched [H, W, C]) inputs."""
+    kernel_size = _pair(self.kernel_size, 'kernel_size')
+    strides = _pair(self.strides, 'strides')
+    padding = explicit_padding(self.padding, kernel_size, strides)
+
+    # Like flax: flatten any number of batch dims (or add a missing one) for the 4D conv.
+    batch_shape = inputs.shape[:-3]
+    x = inputs.reshape((-1,) + inputs.shape[-3:])
+
+    kernel = self.param(
+        'kernel', self.kernel_init, kernel_size + (x.shape[-1], self.features), self.param_dtype
+    )
+    bias = self.param('bias', self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+    x, kernel, bias = flax_dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+
+    if resolve_impl(self.impl, strides) == 'subpixel':
+      y = conv_transpose_subpixel(x, kernel, strides, padding, self.precision)
+    else:
+      y = conv_transpose_xla(x, kernel, strides, padding, self.precision)
+    if bias is not None:
+      y = y + bias
+    return y.reshape(batch_shape + y.shape[1:])

@@ -1,0 +1,401 @@
+"""Pictures of anomaly-detection results: heatmaps, overlays, image grids and diagnostic plots.
+
+Researchers judge an anomaly detector by looking at it, so every evaluation writes a few figures next
+to its numbers. Two kinds of output live here:
+
+* Arrays (`anomaly_heatmap`, `overlay`, `image_grid`) return uint8 [H, W, 3] images that can go
+  straight to TensorBoard (`writer.write_images`) or PIL.
+* Figures (`plot_*`) write one PNG each and return its path.
+
+Figures are built with the object-oriented `Figure` + `FigureCanvasAgg` API rather than pyplot: pyplot
+keeps a global registry of open figures (a leak in a long training loop) and may pick an interactive
+backend on a workstation, while a bare `Figure` needs neither a display nor global state.
+
+Conventions: label 1 means abnormal, 0 normal; a higher score means more anomalous. Float images are
+in [-1, 1] (the generator's tanh range); uint8 images are in [0, 255]. Every function tolerates the
+degenerate inputs an early or broken run produces (one class only, constant or non-finite scores, fewer
+images than asked for, empty histories) and draws a note instead of raising.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sklearn import metrics as sk_metrics
+
+PathLike = str | os.PathLike
+
+DEFAULT_CMAP = 'jet'
+ONE_CLASS_NOTE = 'undefined (one class)'
+NO_DATA_NOTE = 'no data'
+_DPI = 100
+
+
+def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
+  """Converts an image to uint8 [H, W, 3].
+
+  Args:
+    image: [H, W], [H, W, 1], [H, W, 3] or [H, W, 4] array; uint8 in [0, 255] or float in [-1, 1]
+      (values outside are clipped). Grayscale is replicated to RGB; an alpha channel is dropped.
+
+  Returns:
+    uint8 array of shape [H, W, 3].
+  """
+  image = np.asarray(image)
+  if image.ndim == 2:
+    image = image[..., None]
+  if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
+    raise ValueError(f'expected an image of shape [H, W], [H, W, 1|3|4], got {image.shape}')
+  if image.dtype != np.uint8:
+    # Generator outputs are tanh in [-1, 1]; NaNs (a diverged run) become mid-gray rather than garbage.
+    image = np.nan_to_num(image.astype(np.float32), nan=0.0, posinf=1.0, neginf=-1.0)
+    image = np.round((np.clip(image, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
+  if image.shape[-1] == 1:
+    image = np.repeat(image, 3, axis=-1)
+  elif image.shape[-1] == 4:
+    image = image[..., :3]
+  return np.ascontiguousarray(image)
+
+
+def anomaly_heatmap(amap: np.ndarray,
+                    vmin: float | None = None,
+                    vmax: float | None = None,
+                    cmap: str = DEFAULT_CMAP) -> np.ndarray:
+  """Colours an anomaly map.
+
+  Args:
+    amap: float [H, W] map (a trailing singleton channel is accepted); higher means more anomalous.
+    vmin: value mapped to the bottom of the colormap; defaults to the map's finite minimum. Pass a
+      fixed range to make maps of different images comparable.
+    vmax: value mapped to the top of the colormap; defaults to the map's finite maximum.
+    cmap: matplotlib colormap name.
+
+  Returns:
+    uint8 [H, W, 3]. A constant map (vmax <= vmin) is drawn at the bottom colour, and non-finite pixels
+    are drawn at the bottom colour too, so a diverged model shows as "nothing" rather than crashing.
+  """
+  amap = np.asarray(amap, dtype=np.float32)
+  if amap.ndim == 3 and amap.shape[-1] == 1:
+    amap = amap[..., 0]
+  if amap.ndim != 2:
+    raise ValueError(f'expected an anomaly map of shape [H, W], got {amap.shape}')
+  finite = np.isfinite(amap)
+  if vmin is None:
+    vmin = float(amap[finite].min()) if finite.any() else 0.0
+  if vmax is None:
+    vmax = float(amap[finite].max()) if finite.any() else 0.0
+  if vmax > vmin:
+    norm = (amap - vmin) / (vmax - vmin)
+  else:
+    norm = np.zeros_like(amap)
+  norm = np.clip(np.where(finite, norm, 0.0), 0.0, 1.0)
+  rgba = matplotlib.colormaps[cmap](norm)
+  return np.round(rgba[..., :3] * 255.0).astype(np.uint8)
+
+
+def overlay(image: np.ndarray,
+            amap: np.ndarray,
+            alpha: float = 0.5,
+            vmin: float | None = None,
+            vmax: float | None = None,
+            cmap: str = DEFAULT_CMAP) -> np.ndarray:
+  """Blends an anomaly heatmap over an image.
+
+  Args:
+    image: [H, W, C] (C in 1, 3, 4) or [H, W] image, float in [-1, 1] or uint8.
+    amap: [H, W] anomaly map of the same spatial size.
+    alpha: weight of the heatmap; 0 gives the image, 1 the heatmap.
+    vmin: passed to `anomaly_heatmap`.
+    vmax: passed to `anomaly_heatmap`.
+    cmap: passed to `anomaly_heatmap`.
+
+  Returns:
+    uint8 [H, W, 3].
+  """
+  rgb = to_rgb_uint8(image).astype(np.float32)
+  heat = anomaly_heatmap(amap, vmin=vmin, vmax=vmax, cmap=cmap).astype(np.float32)
+  if rgb.shape[:2] != heat.shape[:2]:
+    raise ValueError(f'image {rgb.shape[:2]} and anomaly map {heat.shape[:2]} differ in size')
+  alpha = float(np.clip(alpha, 0.0, 1.0))
+  return np.round((1.0 - alpha) * rgb + alpha * heat).astype(np.uint8)
+
+
+def _cell_to_rgb(cell: np.ndarray) -> np.ndarray:
+  """Grid cell -> uint8 RGB: 2-D float arrays are anomaly maps, everything else an image."""
+  cell = np.asarray(cell)
+  if cell.ndim == 2 and cell.dtype != np.uint8:
+    return anomaly_heatmap(cell)
+  return to_rgb_uint8(cell)
+
+
+def image_grid(rows: Sequence[Sequence[np.ndarray]], pad: int = 2, pad_value: int = 255) -> np.ndarray:
+  """Tiles equal-size images into one picture, e.g. rows of (input | reconstruction | anomaly map).
+
+  Args:
+    rows: rows of cells. Each cell is an image ([H, W, 1|3|4], float in [-1, 1] or uint8, or a uint8
+      [H, W] grayscale image) or a 2-D float anomaly map, which is coloured with `anomaly_heatmap`
+      (normalised per map). All cells must share H and W. Short rows are filled with `pad_value`.
+    pad: pixels of separator between cells and around the border.
+    pad_value: grey level of the separator (white by default, so dark images stay distinguishable).
+
+  Returns:
+    uint8 [rows * H + (rows + 1) * pad, cols * W + (cols + 1) * pad, 3].
+
+  Raises:
+    ValueError: if there are no cells or the cells differ in size.
+  """
+  cells = [[_cell_to_rgb(c) for c in row] for row in rows]
+  shapes = {c.shape[:2] for row in cells for c in row}
+  if not shapes:
+    raise ValueError('image_grid needs at least one image')
+  if len(shapes) > 1:
+    raise ValueError(f'image_grid needs equal-size images, got sizes {sorted(shapes)}')
+  (h, w), = shapes
+  pad = max(int(pad), 0)
+  n_rows, n_cols = len(cells), max(len(row) for row in cells)
+  grid = np.full((n_rows * h + (n_rows + 1) * pad, n_cols * w + (n_cols + 1) * pad, 3),
+                 pad_value, dtype=np.uint8)
+  for r, row in enumerate(cells):
+    for c, cell in enumerate(row):
+      y, x = pad + r * (h + pad), pad + c * (w + pad)
+      grid[y:y + h, x:x + w] = cell
+  return grid
+
+
+# --- Figures -------------------------------------------------------------------------------------------
+
+
+def _new_figure(width: float, height: float) -> Figure:
+  fig = Figure(figsize=(width, height), dpi=_DPI)
+  FigureCanvasAgg(fig)  # Attaches itself as fig.canvas; no pyplot, no global figure registry.
+  return fig
+
+
+def _save(fig: Figure, path: PathLike) -> Path:
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, format='png', dpi=_DPI)
+  return path
+
+
+def _note(ax, text: str) -> None:
+  """Writes a centred note in an empty panel (used for degenerate inputs instead of raising)."""
+  ax.text(0.5, 0.5, text, ha='center', va='center', transform=ax.transAxes, fontsize=12, color='0.3')
+  ax.set_xticks([])
+  ax.set_yticks([])
+
+
+def _labels_scores(labels: Sequence[int] | np.ndarray,
+                   scores: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+  """Flattens labels/scores to bool/float arrays and drops non-finite scores (returns how many)."""
+  labels = np.asarray(labels).reshape(-1)
+  scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+  if labels.shape != scores.shape:
+    raise ValueError(f'labels {labels.shape} and scores {scores.shape} differ in length')
+  finite = np.isfinite(scores)
+  return labels[finite].astype(bool), scores[finite], int((~finite).sum())
+
+
+def plot_loss_curves(history: Mapping[str, Sequence[tuple[int, float]]], path: PathLike) -> Path:
+  """Plots training losses, generator and discriminator terms in two panels.
+
+  Args:
+    history: loss name -> [(step, value), ...]. Names starting with 'd_' go to the discriminator
+      panel; everything else ('g_*', 'lr', ...) to the generator panel. Empty series are ignored and
+      NaNs show as gaps.
+    path: PNG to write; parent directories are created.
+
+  Returns:
+    The path written.
+  """
+  fig = _new_figure(12, 4.5)
+  ax_g, ax_d = fig.subplots(1, 2)
+  panels = {ax_g: 'Generator', ax_d: 'Discriminator'}
+  drawn = {ax_g: 0, ax_d: 0}
+  for name in sorted(history):
+    points = list(history[name])
+    if not points:
+      continue
+    ax = ax_d if name.startswith('d_') else ax_g
+    steps, values = zip(*points)
+    # A lone point (e.g. a loss logged once) is invisible as a line, so give short series markers.
+    ax.plot(np.asarray(steps), np.asarray(values, dtype=np.float64), label=name, linewidth=1.2,
+            marker='o' if len(points) < 3 else None, markersize=4)
+    drawn[ax] += 1
+  for ax, title in panels.items():
+    ax.set_title(f'{title} losses')
+    if drawn[ax]:
+      ax.set_xlabel('step')
+      ax.set_ylabel('loss')
+      ax.grid(alpha=0.3)
+      ax.legend(fontsize=8)
+    else:
+      _note(ax, NO_DATA_NOTE)
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def plot_roc_pr(labels: Sequence[int] | np.ndarray,
+                scores: Sequence[float] | np.ndarray,
+                path: PathLike) -> Path:
+  """Plots the ROC and precision-recall curves side by side, with AUROC and AP in the legends.
+
+  Args:
+    labels: 1 for abnormal, 0 for normal.
+    scores: anomaly scores, higher = more anomalous. Non-finite scores are dropped (and counted in the
+      title) because sklearn rejects them.
+    path: PNG to write.
+
+  Returns:
+    The path written. With a single class both curves are undefined and each panel says so.
+  """
+  labels, scores, n_dropped = _labels_scores(labels, scores)
+  fig = _new_figure(11, 5)
+  ax_roc, ax_pr = fig.subplots(1, 2)
+  n_pos = int(labels.sum())
+  n_neg = int(labels.size - n_pos)
+  if labels.size == 0:
+    _note(ax_roc, NO_DATA_NOTE)
+    _note(ax_pr, NO_DATA_NOTE)
+  elif n_pos == 0 or n_neg == 0:
+    # AUROC needs both classes; AP with no positives is meaningless too, so do not draw a fake curve.
+    _note(ax_roc, ONE_CLASS_NOTE)
+    _note(ax_pr, ONE_CLASS_NOTE)
+  else:
+    fpr, tpr, _ = sk_metrics.roc_curve(labels, scores)
+    auroc = sk_metrics.roc_auc_score(labels, scores)
+    ax_roc.plot(fpr, tpr, linewidth=1.5, label=f'AUROC = {auroc:.4f}')
+    ax_roc.plot([0, 1], [0, 1], linestyle='--', color='0.6', linewidth=1, label='chance')
+    ax_roc.set_xlabel('false positive rate')
+    ax_roc.set_ylabel('true positive rate')
+    precision, recall, _ = sk_metrics.precision_recall_curve(labels, scores)
+    ap = sk_metrics.average_precision_score(labels, scores)
+    ax_pr.step(recall, precision, where='post', linewidth=1.5, label=f'AP = {ap:.4f}')
+    # A random detector's precision is the abnormal fraction; show it as the PR baseline.
+    ax_pr.axhline(n_pos / labels.size, linestyle='--', color='0.6', linewidth=1, label='chance')
+    ax_pr.set_xlabel('recall')
+    ax_pr.set_ylabel('precision')
+    for ax in (ax_roc, ax_pr):
+      ax.set_xlim(-0.01, 1.01)
+      ax.set_ylim(-0.01, 1.01)
+      ax.grid(alpha=0.3)
+      ax.legend(loc='lower right' if ax is ax_roc else 'lower left', fontsize=9)
+  ax_roc.set_title('ROC')
+  ax_pr.set_title('Precision-recall')
+  suptitle = f'{n_neg} normal, {n_pos} abnormal'
+  if n_dropped:
+    suptitle += f' ({n_dropped} non-finite scores dropped)'
+  fig.suptitle(suptitle, fontsize=10)
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def plot_score_histogram(labels: Sequence[int] | np.ndarray,
+                         scores: Sequence[float] | np.ndarray,
+                         path: PathLike,
+                         bins: int = 50) -> Path:
+  """Plots overlapping score histograms of normal and abnormal samples on shared bins.
+
+  Args:
+    labels: 1 for abnormal, 0 for normal.
+    scores: anomaly scores; non-finite ones are dropped and counted in the title.
+    path: PNG to write.
+    bins: number of bins (fewer when there are few samples).
+
+  Returns:
+    The path written.
+  """
+  labels, scores, n_dropped = _labels_scores(labels, scores)
+  fig = _new_figure(7, 4.5)
+  ax = fig.subplots()
+  if scores.size == 0:
+    _note(ax, NO_DATA_NOTE)
+  else:
+    # Shared edges so the two classes are comparable bar for bar; numpy widens a zero-width range
+    # (constant scores) by itself.
+    n_bins = int(np.clip(min(bins, scores.size), 1, None))
+    edges = np.histogram_bin_edges(scores, bins=n_bins)
+    for mask, name, color in ((~labels, 'normal', 'tab:blue'), (labels, 'abnormal', 'tab:red')):
+      if mask.any():
+        ax.hist(scores[mask], bins=edges, alpha=0.5, color=color, label=f'{name} (n={int(mask.sum())})')
+    ax.set_xlabel('anomaly score')
+    ax.set_ylabel('count')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9)
+  title = 'Anomaly scores'
+  if n_dropped:
+    title += f' ({n_dropped} non-finite dropped)'
+  ax.set_title(title)
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def _extreme_indices(scores: np.ndarray, k: int) -> tuple[list[int], list[int]]:
+  """Indices of the k highest and k lowest scores, without showing any image twice.
+
+  Non-finite scores sort below every finite one so a NaN never passes for "most anomalous".
+  """
+  key = np.where(np.isfinite(scores), scores, -np.inf)
+  order = [int(i) for i in np.argsort(-key, kind='stable')]
+  top = order[:k]
+  rest = order[len(top):]
+  bottom = rest[::-1][:k]
+  return top, bottom
+
+
+def plot_extremes(images: Sequence[np.ndarray] | np.ndarray,
+                  amaps: Sequence[np.ndarray] | np.ndarray | None,
+                  scores: Sequence[float] | np.ndarray,
+                  labels: Sequence[int] | np.ndarray | None,
+                  path: PathLike,
+                  k: int = 8) -> Path:
+  """Shows the k most and k least anomalous images, each above its anomaly-map overlay.
+
+  Args:
+    images: N images ([H, W, C] or [H, W], float in [-1, 1] or uint8).
+    amaps: N anomaly maps [H, W], or None to show the images only. Each map is normalised on its own.
+    scores: N anomaly scores, higher = more anomalous.
+    labels: N labels (1 abnormal, 0 normal), or None if unknown.
+    path: PNG to write.
+    k: images per group. With fewer than 2k images the least-anomalous group shows only the images
+      not already in the most-anomalous group.
+
+  Returns:
+    The path written.
+  """
+  scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+  n = len(images)
+  if len(scores) != n or (amaps is not None and len(amaps) != n) or (
+      labels is not None and len(labels) != n):
+    raise ValueError('images, amaps, scores and labels must have the same length')
+  k = max(int(k), 1)
+  top, bottom = _extreme_indices(scores, k)
+  groups = [('most anomalous', top), ('least anomalous', bottom)]
+  rows_per_group = 1 if amaps is None else 2
+  n_cols = max(len(top), 1)
+  fig = _new_figure(max(1.7 * n_cols, 4.0), 1.9 * rows_per_group * 2 + 0.6)
+  subfigs = fig.subfigures(2, 1)
+  for subfig, (group_name, indices) in zip(subfigs, groups):
+    subfig.suptitle(f'{group_name} ({len(indices)})', fontsize=11, fontweight='bold')
+    axes = np.asarray(subfig.subplots(rows_per_group, n_cols, squeeze=False))
+    for ax in axes.flat:
+      ax.set_axis_off()
+    if not indices:
+      _note(axes[0, 0], 'no images' if n == 0 else 'no further images')
+      continue
+    for col, idx in enumerate(indices):
+      image = to_rgb_uint8(images[idx])
+      title = f'{scores[idx]:.4g}'
+      if labels is not None:
+        title += ' | ' + ('abnormal' if int(labels[idx]) else 'normal')
+      axes[0, col].imshow(image, interpolation='nearest')
+      axes[0, col].set_title(title, fontsize=8)
+      if amaps is not None:
+        axes[1, col].imshow(overlay(images[idx], amaps[idx]), interpolation='nearest')
+  return _save(fig, path)

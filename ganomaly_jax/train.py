@@ -1,0 +1,252 @@
+"""Training loop and final evaluation: `train_and_evaluate(config, workdir)`."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from typing import Any
+
+from absl import logging
+from clu import metric_writers, periodic_actions
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ganomaly_jax import checkpoint, evaluate, parallel, plots, state as state_lib, step as step_lib
+from ganomaly_jax import validate
+from ganomaly_jax.data import pipeline, sources
+
+RESULTS_FILE = 'results.json'
+CONFIG_FILE = 'config.json'
+
+
+class TrainingError(RuntimeError):
+  """Training cannot go on (divergence, incompatible workdir); the message is one line."""
+
+
+def write_json(path: str, payload: dict[str, Any]) -> None:
+  """Writes JSON atomically (temporary file + rename) so a crash never leaves half a file."""
+  tmp = f'{path}.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(payload, f, indent=2, sort_keys=True, default=str)
+  os.replace(tmp, path)
+
+
+def read_results(workdir: str) -> dict[str, Any] | None:
+  path = os.path.join(workdir, RESULTS_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _architecture(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config keys that decide parameter shapes: a workdir can only resume with the same ones."""
+  return {'model': config.model.to_dict(), 'loss.adversarial': config.loss.adversarial}
+
+
+def _check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses to resume a workdir trained with a different architecture (instead of a shape crash)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    previous = json.load(f)
+  old, new = previous.get('architecture', {}), _architecture(config)
+  if old and old != new:
+    diff = sorted(k for k in set(old.get('model', {})) | set(new['model'])
+                  if old.get('model', {}).get(k) != new['model'].get(k))
+    if old.get('loss.adversarial') != new['loss.adversarial']:
+      diff.append('loss.adversarial')
+    raise TrainingError(
+        f'{workdir} holds a run with a different architecture (differs in: '
+        f'{", ".join("model." + d if "." not in d else d for d in diff)}); use another --workdir '
+        'or --config.restart=True to move the old checkpoints aside.')
+
+
+def _move_aside(workdir: str) -> None:
+  """--config.restart: keep old checkpoints and results under old_<time>/ instead of deleting them."""
+  names = ('checkpoints', 'best', RESULTS_FILE, CONFIG_FILE)
+  present = [n for n in names if os.path.exists(os.path.join(workdir, n))]
+  if not present or jax.process_index() != 0:
+    return
+  target = os.path.join(workdir, time.strftime('old_%Y%m%d_%H%M%S'))
+  os.makedirs(target, exist_ok=True)
+  for n in present:
+    os.replace(os.path.join(workdir, n), os.path.join(target, n))
+  logging.warning('restart: moved %s to %s', ', '.join(present), target)
+
+
+def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
+  fetched = jax.device_get(history)
+  return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+
+
+def _image_grid(eval_fn, state, source, mesh, batch_size: int, n: int) -> np.ndarray:
+  """input | reconstruction | anomaly map for the first n images of a split."""
+  batch = next(pipeline.eval_batches(source, batch_size, limit=n))
+  out = jax.device_get(eval_fn(state, parallel.to_global({'image': batch['image']}, mesh)))
+  k = int(batch['valid'].sum())
+  rows = [[batch['image'][i], out['recon'][i], out['map'][i]] for i in range(k)]
+  return plots.image_grid(rows)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (or resumes) the configured method in `workdir`, then evaluates on the test split.
+
+  Returns the results dict that is also written to `workdir/results.json`.
+  """
+  validate.validate_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  if config.restart:
+    _move_aside(workdir)
+  previous = read_results(workdir)
+  if config.mode == 'train' and previous and previous.get('steps', 0) >= config.train.num_steps:
+    logging.info('%s is finished (%d steps); results: %s', workdir, previous['steps'],
+                 json.dumps(previous, sort_keys=True))
+    return previous
+  _check_workdir_config(config, workdir)
+  started = time.time()
+
+  # ---------------- Set up mesh ----------------
+  mesh = parallel.make_mesh()
+  parallel.check_batch_size(config.train.batch_size)
+  parallel.check_batch_size(config.eval.batch_size, 'eval.batch_size')
+  is_chief = jax.process_index() == 0
+
+  # ---------------- Input pipeline ----------------
+  splits = sources.load_splits(config)
+  logging.info('Data: %s', splits.info)
+  if splits.report is not None and is_chief:
+    write_json(os.path.join(workdir, 'data_report.json'), splits.report)
+  train_iter = pipeline.train_iterator(
+      splits.train, batch_size=parallel.local_batch_size(config.train.batch_size),
+      seed=config.seed, flip=config.dataset.flip, zoom=config.dataset.zoom,
+      workers=config.dataset.workers)
+
+  # ---------------- Create model & optimizer ----------------
+  components = state_lib.build_components(config)
+  hp = step_lib.StepConfig.from_config(config)
+  repl, batch_sh = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+  init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+  state = jax.jit(functools.partial(state_lib.create_state, config, components),
+                  out_shardings=repl)(init_rng)
+  p_train_step = jax.jit(
+      functools.partial(step_lib.train_step, components=components, hp=hp),
+      in_shardings=(repl, batch_sh, repl), out_shardings=(repl, repl), donate_argnums=0)
+  p_eval = jax.jit(functools.partial(step_lib.eval_step, components=components, hp=hp))
+  p_eval_maps = jax.jit(functools.partial(step_lib.eval_step, components=components, hp=hp,
+                                          with_maps=True))
+
+  # ---------------- Load checkpoint ----------------
+  store = checkpoint.CheckpointStore(workdir, keep=config.train.keep_checkpoints)
+  restored = store.restore_latest(state, train_iter)
+  if restored is not None:
+    state, _ = restored
+    logging.info('Resumed from step %d.', int(state.step))
+  elif config.mode == 'eval':
+    raise TrainingError(f'mode=eval: {workdir} has no checkpoint to evaluate.')
+  if is_chief:
+    write_json(os.path.join(workdir, CONFIG_FILE),
+               {'config': config.to_dict(), 'architecture': _architecture(config)})
+
+  # ---------------- Train loop ----------------
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief,
+                                                asynchronous=True)
+  first_step = int(state.step)
+  num_steps = config.train.num_steps if config.mode == 'train' else first_step
+  if first_step == 0 and is_chief:
+    writer.write_hparams(_flat_hparams(config))
+  report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
+  history: list[dict[str, Any]] = []
+  curves: dict[str, list[tuple[int, float]]] = {}
+  with metric_writers.ensure_flushes(writer):
+    for step in range(first_step + 1, num_steps + 1):
+      batch = parallel.to_global(next(train_iter), mesh)
+      state, metrics = p_train_step(state, {'image': batch['image']},
+                                    jax.random.fold_in(train_rng, step))
+      history.append(metrics)
+      report(step)
+
+      if step % config.train.log_every == 0 or step == num_steps:
+        summary = _mean_metrics(history)
+        history = []
+        if summary['nonfinite'] > 0:
+          store.wait()
+          raise TrainingError(
+              f'Non-finite loss between steps {step - config.train.log_every + 1} and {step} '
+              f'({_nonfinite_terms(summary)}); stopping. The last checkpoint '
+              f'(step {store.latest_step()}) is intact.')
+        writer.write_scalars(step, {f'train/{k}': v for k, v in summary.items()})
+        for k, v in summary.items():
+          curves.setdefault(k, []).append((step, v))
+
+      if step % config.train.eval_every == 0 or step == num_steps:
+        val = evaluate.run_eval(p_eval, state, splits.val, mesh, config.eval.batch_size)
+        val_loss = float(np.mean(val['l1'])) if len(val['l1']) else float('nan')
+        writer.write_scalars(step, {'val/l1': val_loss, 'val/score_mean': float(np.mean(val['score']))})
+        if config.eval.select == 'val_loss' and np.isfinite(val_loss):
+          store.save_best(step, state, val_loss)
+
+      if step % config.train.image_every == 0 or step == num_steps:
+        grid = _image_grid(p_eval_maps, state, splits.test, mesh, config.eval.batch_size,
+                           config.eval.num_images)
+        writer.write_images(step, {'test/input_recon_map': grid[None]})
+
+      if step % config.train.checkpoint_every == 0 or step == num_steps:
+        store.save(step, state, train_iter, force=(step == num_steps))
+  store.wait()
+
+  # ---------------- Final evaluation ----------------
+  selected_step = int(state.step)
+  if config.eval.select == 'val_loss':
+    best = store.restore_best(state)
+    if best is not None:
+      state, selected_step = best
+  test = evaluate.run_eval(p_eval, state, splits.test, mesh, config.eval.batch_size)
+  results = evaluate.image_metrics(test['label'], test['score'])
+  results.update({
+      'method': config.method, 'dataset': config.dataset.name, 'abnormal': splits.info['abnormal'],
+      'steps': int(jax.device_get(state.step)) if config.mode == 'eval' else num_steps,
+      'selected_step': selected_step, 'score': config.eval.score,
+      'num_test': int(len(test['label'])), 'num_test_abnormal': int(test['label'].sum()),
+      'd_reinits': int(jax.device_get(state.d_reinits)),
+      'wall_time_s': round(time.time() - started, 1),
+  })
+  if config.mode == 'eval' and previous:
+    results['steps'] = max(results['steps'], previous.get('steps', 0))
+  writer.write_scalars(num_steps, {f'test/{k}': v for k, v in results.items()
+                                   if k.startswith('image_')})
+  writer.flush()
+  if is_chief:
+    write_json(os.path.join(workdir, RESULTS_FILE), results)
+    if curves:
+      plots.plot_loss_curves(curves, os.path.join(workdir, 'loss_curves.png'))
+    plots.plot_roc_pr(test['label'], evaluate.normalise(test['score']),
+                      os.path.join(workdir, 'roc_pr.png'))
+    plots.plot_score_histogram(test['label'], evaluate.normalise(test['score']),
+                               os.path.join(workdir, 'score_histogram.png'))
+  store.close()
+  logging.info('Results (%s): %s', workdir, json.dumps(results, sort_keys=True))
+  return results
+
+
+def _nonfinite_terms(summary: dict[str, float]) -> str:
+  bad = [k for k, v in summary.items() if k not in ('nonfinite', 'd_reinit') and not np.isfinite(v)]
+  return 'non-finite: ' + (', '.join(bad) if bad else 'gradients')
+
+
+def _flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  flat = {}
+
+  def walk(prefix, node):
+    for k, v in node.items():
+      if isinstance(v, dict):
+        walk(f'{prefix}{k}.', v)
+      elif isinstance(v, (int, float, str, bool)):
+        flat[f'{prefix}{k}'] = v
+  walk('', config.to_dict())
+  return flat
