@@ -7,6 +7,8 @@ extremes), and the test split is only evaluated with a checkpoint chosen on vali
 
 from __future__ import annotations
 
+import functools
+import os
 from typing import Any, Callable
 
 import jax
@@ -14,7 +16,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 from sklearn import metrics as sk_metrics
 
-from ganomaly_jax import parallel
+from ganomaly_jax import parallel, plots, step as step_lib
 from ganomaly_jax.data import pipeline
 
 
@@ -62,3 +64,27 @@ def image_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
       'image_f1': float(f1[best]),
       'threshold': float(thresholds[best]) if len(thresholds) else 0.0,
   }
+
+
+def evaluate_and_report(config, workdir: str, state: Any, components, hp, splits, mesh, writer,
+                        run_info: dict[str, Any],
+                        curves: dict[str, list[tuple[int, float]]]) -> dict[str, Any]:
+  """Final test evaluation of the selected state: metrics, TensorBoard scalars and PNG pictures.
+
+  Returns the results dict (run_info + metrics) that the caller writes to results.json.
+  """
+  eval_fn = jax.jit(functools.partial(step_lib.eval_step, components=components, hp=hp))
+  test = run_eval(eval_fn, state, splits.test, mesh, config.eval.batch_size)
+  results = dict(run_info)
+  results.update(image_metrics(test['label'], test['score']))
+  results.update({'score': config.eval.score, 'num_test': int(len(test['label'])),
+                  'num_test_abnormal': int(test['label'].sum())})
+  writer.write_scalars(results['steps'], {f'test/{k}': v for k, v in results.items()
+                                          if k.startswith('image_')})
+  if jax.process_index() == 0:
+    scores = normalise(test['score'])
+    if curves:
+      plots.plot_loss_curves(curves, os.path.join(workdir, 'loss_curves.png'))
+    plots.plot_roc_pr(test['label'], scores, os.path.join(workdir, 'roc_pr.png'))
+    plots.plot_score_histogram(test['label'], scores, os.path.join(workdir, 'score_histogram.png'))
+  return results

@@ -4,6 +4,7 @@ Kept short on purpose (as in the flax examples): parse flags, hide GPUs from Ten
 initialise multi-host JAX, log the topology, and hand over to `train.train_and_evaluate`.
 """
 
+import logging as std_logging
 import os
 import sys
 
@@ -14,7 +15,15 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Method config file[:a
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (default: runs/<method>).')
 
 
+class _QuietLibraries:
+  """Drops orbax's per-save INFO chatter so the run's own progress stays readable."""
+
+  def filter(self, record) -> bool:
+    return record.levelno >= std_logging.WARNING or 'orbax' not in record.pathname
+
+
 def main(argv):
+  logging.get_absl_logger().addFilter(_QuietLibraries())
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   import tensorflow as tf  # only clu's summary writer needs TF; keep it off the accelerators

@@ -99,7 +99,7 @@ def square_masks(rng: jax.Array, batch: int, isize: int, size: float) -> jax.Arr
   side = _check_size(isize, size)
   # Traced corners compared against an iota instead of dynamic_slice: same result, static shapes,
   # and no per-image scatter in the jitted step.
-  corner = jax.random.randint(rng, (batch, 2), 0, isize - side + 1)
+  corner = jax.random.randint(rng, (batch * 2,), 0, isize - side + 1).reshape(batch, 2)  # flat: see stain_masks
   iy = _iota(isize)[None, :, None]
   ix = _iota(isize)[None, None, :]
   y0 = corner[:, 0, None, None]
@@ -136,20 +136,24 @@ def stain_masks(rng: jax.Array, batch: int, isize: int) -> jax.Array:
   """
   n = _STAIN_ELLIPSES
   num_pixels = isize * isize
-  k_on, k_area, k_split, k_aspect, k_angle, k_cy, k_cx, k_wob, k_freq, k_phase = jax.random.split(rng, 10)
-  on = jnp.concatenate(
-      [jnp.ones((batch, 1), bool), jax.random.bernoulli(k_on, 0.5, (batch, n - 1))], axis=1)
-  total = jax.random.uniform(k_area, (batch, 1), minval=_STAIN_AREA[0], maxval=_STAIN_AREA[1])
+  # One flat uniform draw split into named columns: a single threefry call, and a 1-D one, because
+  # XLA:CPU compiles a rank-3 threefry ~5x slower (seconds per shape in tests).
+  draws = jax.random.uniform(rng, (batch * n * 10,)).reshape(batch, n, 10)
+  (u_on, u_share, u_aspect, u_angle, u_wobble, u_freq, u_phase, u_cy, u_cx,
+   u_total) = (draws[..., i] for i in range(10))
+  on = (u_on < 0.5).at[:, 0].set(True)
+  total = _STAIN_AREA[0] + (_STAIN_AREA[1] - _STAIN_AREA[0]) * u_total[:, :1]
   # Shares in [0.5, 1] before normalization keep every active ellipse visible.
-  share = jax.random.uniform(k_split, (batch, n), minval=0.5, maxval=1.0) * on
+  share = (0.5 + 0.5 * u_share) * on
   area = total * share / share.sum(axis=1, keepdims=True) * num_pixels  # pixels, 0 when off
-  aspect = jax.random.uniform(k_aspect, (batch, n), minval=_STAIN_ASPECT[0], maxval=_STAIN_ASPECT[1])
+  aspect = _STAIN_ASPECT[0] + (_STAIN_ASPECT[1] - _STAIN_ASPECT[0]) * u_aspect
   a = jnp.sqrt(area / (jnp.pi * aspect))  # semi-major axis: pi * a * b = area, b = aspect * a
   b = aspect * a
-  theta = jax.random.uniform(k_angle, (batch, n), maxval=jnp.pi)
-  wobble = jax.random.uniform(k_wob, (batch, n), maxval=_STAIN_WOBBLE)
-  freq = jax.random.randint(k_freq, (batch, n), *_STAIN_HARMONICS).astype(jnp.float32)
-  phase = jax.random.uniform(k_phase, (batch, n), maxval=2 * jnp.pi)
+  theta = jnp.pi * u_angle
+  wobble = _STAIN_WOBBLE * u_wobble
+  low, high = _STAIN_HARMONICS
+  freq = jnp.floor(low + (high - low) * u_freq)
+  phase = 2 * jnp.pi * u_phase
 
   # Half extents of the rotated ellipse, grown by the wobble's largest radius (1 / sqrt(1 - wobble)),
   # bound where its center may go so that the ellipse stays inside the image and keeps its area.
@@ -157,8 +161,8 @@ def stain_masks(rng: jax.Array, batch: int, isize: int) -> jax.Array:
   grow = 1.0 / jnp.sqrt(1.0 - wobble)
   hx = jnp.sqrt((a * cos) ** 2 + (b * sin) ** 2) * grow
   hy = jnp.sqrt((a * sin) ** 2 + (b * cos) ** 2) * grow
-  cx = hx + jax.random.uniform(k_cx, (batch, n)) * jnp.maximum(isize - 2 * hx, 0.0)
-  cy = hy + jax.random.uniform(k_cy, (batch, n)) * jnp.maximum(isize - 2 * hy, 0.0)
+  cx = hx + u_cx * jnp.maximum(isize - 2 * hx, 0.0)
+  cy = hy + u_cy * jnp.maximum(isize - 2 * hy, 0.0)
 
   def per_ellipse(v):  # [batch, n] -> [batch, n, 1, 1]
     return v[:, :, None, None]

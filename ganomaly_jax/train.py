@@ -11,7 +11,6 @@ from typing import Any
 from absl import logging
 from clu import metric_writers, periodic_actions
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -206,29 +205,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     best = store.restore_best(state)
     if best is not None:
       state, selected_step = best
-  test = evaluate.run_eval(p_eval, state, splits.test, mesh, config.eval.batch_size)
-  results = evaluate.image_metrics(test['label'], test['score'])
-  results.update({
+  run_info = {
       'method': config.method, 'dataset': config.dataset.name, 'abnormal': splits.info['abnormal'],
-      'steps': int(jax.device_get(state.step)) if config.mode == 'eval' else num_steps,
-      'selected_step': selected_step, 'score': config.eval.score,
-      'num_test': int(len(test['label'])), 'num_test_abnormal': int(test['label'].sum()),
+      'steps': max(num_steps, (previous or {}).get('steps', 0)), 'selected_step': selected_step,
       'd_reinits': int(jax.device_get(state.d_reinits)),
-      'wall_time_s': round(time.time() - started, 1),
-  })
-  if config.mode == 'eval' and previous:
-    results['steps'] = max(results['steps'], previous.get('steps', 0))
-  writer.write_scalars(num_steps, {f'test/{k}': v for k, v in results.items()
-                                   if k.startswith('image_')})
+      'train_wall_time_s': round(time.time() - started, 1),
+  }
+  results = evaluate.evaluate_and_report(
+      config, workdir, state, components, hp, splits, mesh, writer, run_info, curves)
   writer.flush()
   if is_chief:
     write_json(os.path.join(workdir, RESULTS_FILE), results)
-    if curves:
-      plots.plot_loss_curves(curves, os.path.join(workdir, 'loss_curves.png'))
-    plots.plot_roc_pr(test['label'], evaluate.normalise(test['score']),
-                      os.path.join(workdir, 'roc_pr.png'))
-    plots.plot_score_histogram(test['label'], evaluate.normalise(test['score']),
-                               os.path.join(workdir, 'score_histogram.png'))
   store.close()
   logging.info('Results (%s): %s', workdir, json.dumps(results, sort_keys=True))
   return results

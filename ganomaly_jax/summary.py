@@ -1,0 +1,66 @@
+"""Parameter summary without compiling: `python -m ganomaly_jax.summary --config=configs/<m>.py[:args]`.
+
+Counts follow the study's Keras tables: BatchNorm moving mean/variance (and spectral-norm state) are
+non-trainable parameters, i.e. total = Flax `params` + `batch_stats`.
+"""
+
+import json
+import sys
+from typing import Any
+
+from absl import app, flags
+import jax
+from ml_collections import config_flags
+
+from ganomaly_jax import state as state_lib
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Method config file[:args].', lock_config=True)
+_JSON = flags.DEFINE_bool('json', False, 'Print one JSON line instead of a table.')
+
+
+def _size(tree: Any) -> int:
+  return int(sum(x.size for x in jax.tree.leaves(tree)))
+
+
+def count_parameters(config) -> dict[str, dict[str, int]]:
+  """{'generator': {'total', 'trainable', 'non_trainable'}, 'discriminator': {...}} via eval_shape."""
+  components = state_lib.build_components(config)
+  shape = state_lib.image_shape(config)
+  g_params, g_stats = jax.eval_shape(
+      lambda: state_lib.init_generator(components, jax.random.key(0), shape))
+  d_params, d_stats = jax.eval_shape(
+      lambda: state_lib.init_discriminator(components, jax.random.key(0), shape))
+  counts = {}
+  for name, params, stats in (('generator', g_params, g_stats), ('discriminator', d_params, d_stats)):
+    trainable, non_trainable = _size(params), _size(stats)
+    counts[name] = {'total': trainable + non_trainable, 'trainable': trainable,
+                    'non_trainable': non_trainable}
+  return counts
+
+
+def format_table(counts: dict[str, dict[str, int]]) -> str:
+  rows = [f'{"network":<15}{"total":>16}{"trainable":>16}{"non-trainable":>16}']
+  for name, c in counts.items():
+    rows.append(f'{name:<15}{c["total"]:>16,}{c["trainable"]:>16,}{c["non_trainable"]:>16,}')
+  return '\n'.join(rows)
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  try:
+    counts = count_parameters(config)
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+  if _JSON.value:
+    print(json.dumps(counts))
+  else:
+    m = config.model
+    print(f'{config.method} at {m.isize}x{m.isize}x{m.channels}')
+    print(format_table(counts))
+
+
+if __name__ == '__main__':
+  flags.mark_flag_as_required('config')
+  app.run(main)
