@@ -78,6 +78,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.distributed = False  # call jax.distributed.initialize() (multi-host)
   c.restart = False  # move old checkpoints aside and start fresh
   c.debug_nan_at_step = -1  # test hook: inject a NaN into the loss at this step (-1: never)
+  c.debug_kill_at_step = -1  # test hook: SIGKILL this process after this step (-1: never)
 
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = 'digits'  # digits | mnist | fashion_mnist | cifar10 | npz:PATH | folder:PATH
@@ -137,7 +138,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.label_flip_prob = 0.0
   c.train.d_input_noise_std = 0.0
   c.train.d_reinit_threshold = 0.0  # reference re-inits D when its loss < 1e-5 (0: off)
-  c.train.on_nonfinite = 'stop'  # stop | rollback
+  c.train.on_nonfinite = 'stop'  # stop | rollback (to the last checkpoint, skipping the bad batch)
+  c.train.loss_limit = 1e6  # |loss| above this counts as divergence, like NaN (0: only non-finite)
   c.train.max_rollbacks = 3
 
   c.mask = ml_collections.ConfigDict()

@@ -47,6 +47,7 @@ class StepConfig:
   score: str
   score_lambda: float
   debug_nan_at_step: int
+  loss_limit: float
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> 'StepConfig':
@@ -61,7 +62,7 @@ class StepConfig:
         d_reinit_threshold=config.train.d_reinit_threshold, mask_kind=config.mask.kind,
         mask_size=config.mask.size, mask_cells=config.mask.cells, mask_fill=config.mask.fill,
         isize=config.model.isize, score=config.eval.score, score_lambda=config.eval.score_lambda,
-        debug_nan_at_step=config.debug_nan_at_step)
+        debug_nan_at_step=config.debug_nan_at_step, loss_limit=config.train.loss_limit)
 
 
 def _apply_g(components: Components, params, stats, x, train: bool, rng=None,
@@ -190,7 +191,8 @@ def train_step(state: GanState, batch: dict[str, jax.Array], rng: jax.Array, *,
     if hp.latent_in_d:
       d_loss = d_loss + hp.w_enc * losses.feature_matching(real_feat, fake_feat)
     if hp.debug_nan_at_step >= 0:
-      g_loss = g_loss + jnp.where(state.step == hp.debug_nan_at_step, jnp.nan, 0.0)
+      # Steps are counted from 1 (the step number after the update), as in the loop and logs.
+      g_loss = g_loss + jnp.where(state.step + 1 == hp.debug_nan_at_step, jnp.nan, 0.0)
 
     metrics = {
         'g_loss': g_loss, 'g_adv': g_adv, 'g_con': g_con, 'g_lat': g_lat, 'd_loss': d_loss,
@@ -223,6 +225,8 @@ def train_step(state: GanState, batch: dict[str, jax.Array], rng: jax.Array, *,
                                             None)
 
   finite = _all_finite((g_loss, d_loss, g_grads, d_grads))
+  if hp.loss_limit > 0:  # an exploding loss is divergence too, even while still finite
+    finite &= (jnp.abs(g_loss) < hp.loss_limit) & (jnp.abs(d_loss) < hp.loss_limit)
   candidate = state.replace(
       step=state.step + 1, g_params=g_params, g_stats=g_stats, g_opt=g_opt, d_params=d_params,
       d_stats=d_stats, d_opt=d_opt, d_reinits=state.d_reinits + reinit.astype(jnp.int32))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import time
 from typing import Any
 
@@ -15,7 +16,7 @@ import ml_collections
 import numpy as np
 
 from ganomaly_jax import checkpoint, evaluate, parallel, plots, state as state_lib, step as step_lib
-from ganomaly_jax import validate
+from ganomaly_jax import preemption, validate
 from ganomaly_jax.data import pipeline, sources
 
 RESULTS_FILE = 'results.json'
@@ -40,6 +41,25 @@ def read_results(workdir: str) -> dict[str, Any] | None:
     return None
   with open(path) as f:
     return json.load(f)
+
+
+def read_curves(path: str) -> dict[str, list[tuple[int, float]]]:
+  """Loss curves logged so far (all sessions of a resumed run; a re-logged step keeps its last value)."""
+  if not os.path.exists(path):
+    return {}
+  by_step: dict[int, dict[str, float]] = {}
+  with open(path) as f:
+    for line in f:
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError:  # a line cut short by a kill
+        continue
+      by_step[int(row.pop('step'))] = row
+  curves: dict[str, list[tuple[int, float]]] = {}
+  for step in sorted(by_step):
+    for k, v in by_step[step].items():
+      curves.setdefault(k, []).append((step, v))
+  return curves
 
 
 def _architecture(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -77,11 +97,6 @@ def _move_aside(workdir: str) -> None:
   for n in present:
     os.replace(os.path.join(workdir, n), os.path.join(target, n))
   logging.warning('restart: moved %s to %s', ', '.join(present), target)
-
-
-def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
-  fetched = jax.device_get(history)
-  return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
 
 
 def _image_grid(eval_fn, state, source, mesh, batch_size: int, n: int) -> np.ndarray:
@@ -155,49 +170,102 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # ---------------- Train loop ----------------
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief,
                                                 asynchronous=True)
-  first_step = int(state.step)
-  num_steps = config.train.num_steps if config.mode == 'train' else first_step
-  if first_step == 0 and is_chief:
+  num_steps = config.train.num_steps if config.mode == 'train' else int(state.step)
+  if int(state.step) == 0 and is_chief:
     writer.write_hparams(_flat_hparams(config))
   report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
-  history: list[dict[str, Any]] = []
-  curves: dict[str, list[tuple[int, float]]] = {}
-  with metric_writers.ensure_flushes(writer):
-    for step in range(first_step + 1, num_steps + 1):
-      batch = parallel.to_global(next(train_iter), mesh)
-      state, metrics = p_train_step(state, {'image': batch['image']},
-                                    jax.random.fold_in(train_rng, step))
-      history.append(metrics)
+  skip_step = jax.jit(lambda s: s.replace(step=s.step + 1, skipped_steps=s.skipped_steps + 1),
+                      donate_argnums=0)
+  curves_path = os.path.join(workdir, 'train_metrics.jsonl')
+  history: list[tuple[int, dict[str, Any]]] = []
+  skip_batches: set[int] = set()  # steps whose batch is dropped after a rollback
+  rollbacks = 0
+  preempted = False
+  t = config.train
+  with metric_writers.ensure_flushes(writer), preemption.StopRequest() as stop:
+    step = int(state.step)
+    while step < num_steps:
+      step += 1
+      batch = next(train_iter)
+      if step in skip_batches:
+        state = skip_step(state)
+        logging.warning('Step %d: skipping the batch that diverged before the rollback.', step)
+      else:
+        batch = parallel.to_global(batch, mesh)
+        state, metrics = p_train_step(state, {'image': batch['image']},
+                                      jax.random.fold_in(train_rng, step))
+        history.append((step, metrics))
       report(step)
 
-      if step % config.train.log_every == 0 or step == num_steps:
-        summary = _mean_metrics(history)
+      if step % t.log_every == 0 or step == num_steps:
+        fetched = [(s, jax.device_get(m)) for s, m in history]
         history = []
-        if summary['nonfinite'] > 0:
+        bad = [(s, m) for s, m in fetched if m['nonfinite'] > 0]
+        if bad:
+          bad_step, bad_metrics = bad[0]
+          what = _divergence(bad_metrics, t.loss_limit)
+          if t.on_nonfinite == 'stop' or rollbacks >= t.max_rollbacks:
+            store.wait()
+            reason = ('stopping' if t.on_nonfinite == 'stop'
+                      else f'stopping after {rollbacks} rollbacks')
+            raise TrainingError(
+                f'Divergence at step {bad_step} ({what}); {reason}. The last checkpoint '
+                f'(step {store.latest_step()}) is intact; its update was not applied.')
           store.wait()
-          raise TrainingError(
-              f'Non-finite loss between steps {step - config.train.log_every + 1} and {step} '
-              f'({_nonfinite_terms(summary)}); stopping. The last checkpoint '
-              f'(step {store.latest_step()}) is intact.')
-        writer.write_scalars(step, {f'train/{k}': v for k, v in summary.items()})
-        for k, v in summary.items():
-          curves.setdefault(k, []).append((step, v))
+          restored = store.restore_latest(state, train_iter)
+          rollbacks += 1
+          skip_batches.update(s for s, _ in bad)
+          if restored is None:  # no checkpoint yet: restart from the initial state
+            state = jax.jit(functools.partial(state_lib.create_state, config, components),
+                            out_shardings=repl)(init_rng)
+            train_iter = pipeline.train_iterator(
+                splits.train, batch_size=parallel.local_batch_size(t.batch_size),
+                seed=config.seed, flip=config.dataset.flip, zoom=config.dataset.zoom,
+                workers=config.dataset.workers)
+          else:
+            state, _ = restored
+          logging.warning('Divergence at step %d (%s): rollback %d/%d to step %d, skipping that '
+                          'batch.', bad_step, what, rollbacks, t.max_rollbacks, int(state.step))
+          writer.write_scalars(step, {'train/rollbacks': rollbacks})
+          step = int(state.step)
+          continue
+        summary = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[0][1]} if fetched else {}
+        if summary:
+          writer.write_scalars(step, {f'train/{k}': v for k, v in summary.items()})
+          if summary.get('d_reinit', 0) > 0:
+            logging.warning('Step %d: the discriminator was re-initialised (loss below %g).', step,
+                            t.d_reinit_threshold)
+          if is_chief:
+            with open(curves_path, 'a') as f:
+              f.write(json.dumps({'step': step, **summary}) + '\n')
 
-      if step % config.train.eval_every == 0 or step == num_steps:
+      if step % t.eval_every == 0 or step == num_steps:
         val = evaluate.run_eval(p_eval, state, splits.val, mesh, config.eval.batch_size)
         val_loss = float(np.mean(val['l1'])) if len(val['l1']) else float('nan')
         writer.write_scalars(step, {'val/l1': val_loss, 'val/score_mean': float(np.mean(val['score']))})
         if config.eval.select == 'val_loss' and np.isfinite(val_loss):
           store.save_best(step, state, val_loss)
 
-      if step % config.train.image_every == 0 or step == num_steps:
+      if step % t.image_every == 0 or step == num_steps:
         grid = _image_grid(p_eval_maps, state, splits.test, mesh, config.eval.batch_size,
                            config.eval.num_images)
         writer.write_images(step, {'test/input_recon_map': grid[None]})
 
-      if step % config.train.checkpoint_every == 0 or step == num_steps:
+      if step % t.checkpoint_every == 0 or step == num_steps:
         store.save(step, state, train_iter, force=(step == num_steps))
+      if step == config.debug_kill_at_step:  # test hook: die with no chance to save anything
+        os.kill(os.getpid(), signal.SIGKILL)
+      if step < num_steps and stop.should_stop(step):
+        store.save(step, state, train_iter, force=True)
+        preempted = True
+        break
   store.wait()
+  if preempted:
+    writer.flush()
+    store.close()
+    logging.warning('Preempted (%s) at step %d: checkpoint saved in %s; run the same command to '
+                    'resume.', stop.signal_name or 'preemption', step, workdir)
+    return {'preempted': True, 'steps': step}
 
   # ---------------- Final evaluation ----------------
   selected_step = int(state.step)
@@ -209,10 +277,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       'method': config.method, 'dataset': config.dataset.name, 'abnormal': splits.info['abnormal'],
       'steps': max(num_steps, (previous or {}).get('steps', 0)), 'selected_step': selected_step,
       'd_reinits': int(jax.device_get(state.d_reinits)),
+      'skipped_steps': int(jax.device_get(state.skipped_steps)), 'rollbacks': rollbacks,
       'train_wall_time_s': round(time.time() - started, 1),
   }
   results = evaluate.evaluate_and_report(
-      config, workdir, state, components, hp, splits, mesh, writer, run_info, curves)
+      config, workdir, state, components, hp, splits, mesh, writer, run_info,
+      read_curves(curves_path))
   writer.flush()
   if is_chief:
     write_json(os.path.join(workdir, RESULTS_FILE), results)
@@ -221,9 +291,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return results
 
 
-def _nonfinite_terms(summary: dict[str, float]) -> str:
-  bad = [k for k, v in summary.items() if k not in ('nonfinite', 'd_reinit') and not np.isfinite(v)]
-  return 'non-finite: ' + (', '.join(bad) if bad else 'gradients')
+def _divergence(metrics: dict[str, Any], limit: float) -> str:
+  """Names the loss terms that were non-finite (or beyond the loss limit) in one step."""
+  terms = {k: float(v) for k, v in metrics.items() if k not in ('nonfinite', 'd_reinit')}
+  bad = [k for k, v in terms.items() if not np.isfinite(v)]
+  if bad:
+    return 'non-finite ' + ', '.join(sorted(bad))
+  big = [k for k in ('g_loss', 'd_loss') if limit > 0 and abs(terms.get(k, 0.0)) >= limit]
+  return (f'{", ".join(big)} beyond train.loss_limit={limit:g}' if big
+          else 'non-finite gradients')
 
 
 def _flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
