@@ -26,6 +26,7 @@ def main(argv):
   logging.get_absl_logger().addFilter(_QuietLibraries())
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TF's start-up banners are not our logs
   import tensorflow as tf  # only clu's summary writer needs TF; keep it off the accelerators
   tf.config.experimental.set_visible_devices([], 'GPU')
   import jax
