@@ -1,0 +1,174 @@
+"""Throughput of the training step (G + D update) and of inference (scores only).
+
+  python bench/throughput.py            # table
+  python bench/throughput.py --json     # one JSON line per case
+  python bench/throughput.py --cases=ganomaly-32x32x1 --reps=5
+
+Each case runs in its own subprocess so that compile time and peak RSS belong to that case alone.
+Images/s is the median over `--reps` timed repetitions of `--steps` steps each, after warm-up; the
+batch lives on the device already (the input pipeline is measured separately by the `data` mode).
+Models have the study's widths (ngf = ndf = 64, latent 100), not the half-width digits preset.
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# name -> (config file, isize, channels, batch)
+CASES = {
+    'ganomaly-32x32x1': ('ganomaly', 32, 1, 64),
+    'ganomaly-32x32x3': ('ganomaly', 32, 3, 64),
+    'ganomaly-64x64x3': ('ganomaly', 64, 3, 64),
+    'skip_ganomaly-32x32x3': ('skip_ganomaly', 32, 3, 64),
+    'masked-32x32x3': ('masked', 32, 3, 64),
+}
+MODES = ('train', 'infer', 'data')
+
+
+def bench_config(method: str, isize: int, channels: int, batch: int, extra: list[str]):
+  from ganomaly_jax import config_lib
+
+  config = config_lib.load_config(os.path.join(REPO, 'configs', f'{method}.py'))
+  config.unlock()
+  config.model.isize, config.model.channels = isize, channels
+  config.model.ngf = config.model.ndf = 64
+  config.model.latent_dim = 100
+  config.train.batch_size = config.eval.batch_size = batch
+  for item in extra:  # key=value overrides, e.g. model.conv_transpose=xla
+    key, value = item.split('=', 1)
+    node = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], bool) else value == 'True'
+  config.lock()
+  return config
+
+
+def run_case(name: str, mode: str, steps: int, reps: int, extra: list[str]) -> dict:
+  """Runs one case in this process and returns its measurements."""
+  import functools
+
+  import jax
+  import numpy as np
+
+  from ganomaly_jax import parallel, state as state_lib, step as step_lib
+  from ganomaly_jax.data import pipeline
+
+  method, isize, channels, batch = CASES[name]
+  config = bench_config(method, isize, channels, batch, extra)
+  result = {'method': method, 'size': isize, 'channels': channels, 'batch': batch, 'mode': mode,
+            'backend': jax.default_backend(), 'dtype': config.model.dtype}
+
+  if mode == 'data':
+    # Input pipeline alone: digits resized to the case's size, augmentation on.
+    config.unlock()
+    config.dataset.flip, config.dataset.zoom = True, 0.1
+    from ganomaly_jax.data import sources
+
+    splits = sources.load_splits(config)
+    it = pipeline.train_iterator(splits.train, batch_size=batch, seed=0, flip=True, zoom=0.1)
+    next(it)
+    times = []
+    for _ in range(reps):
+      t = time.perf_counter()
+      for _ in range(steps):
+        next(it)
+      times.append(time.perf_counter() - t)
+    result.update(img_per_s=batch * steps / statistics.median(times), compile_s=0.0)
+  else:
+    mesh = parallel.make_mesh()
+    components = state_lib.build_components(config)
+    hp = step_lib.StepConfig.from_config(config)
+    repl, batch_sh = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    state = jax.jit(functools.partial(state_lib.create_state, config, components),
+                    out_shardings=repl)(jax.random.key(0))
+    x = np.random.default_rng(0).uniform(-1, 1, (batch, isize, isize, channels)).astype(np.float32)
+    batch_arr = {'image': jax.device_put(x, batch_sh)}
+    if mode == 'train':
+      fn = jax.jit(functools.partial(step_lib.train_step, components=components, hp=hp),
+                   in_shardings=(repl, batch_sh, repl), out_shardings=(repl, repl),
+                   donate_argnums=0)
+      key = jax.random.key(1)
+      t = time.perf_counter()
+      compiled = fn.lower(state, batch_arr, key).compile()
+      compile_s = time.perf_counter() - t
+
+      def run(state):
+        for i in range(steps):
+          state, metrics = compiled(state, batch_arr, jax.random.fold_in(key, i))
+        jax.block_until_ready(metrics)
+        return state
+    else:
+      fn = jax.jit(functools.partial(step_lib.eval_step, components=components, hp=hp))
+      t = time.perf_counter()
+      compiled = fn.lower(state, batch_arr).compile()
+      compile_s = time.perf_counter() - t
+
+      def run(state):
+        for _ in range(steps):
+          out = compiled(state, batch_arr)
+        jax.block_until_ready(out)
+        return state
+    state = run(state)  # warm-up
+    times = []
+    for _ in range(reps):
+      t = time.perf_counter()
+      state = run(state)
+      times.append(time.perf_counter() - t)
+    result.update(img_per_s=batch * steps / statistics.median(times), compile_s=compile_s)
+  result['peak_rss_mib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  result['img_per_s'] = round(result['img_per_s'], 1)
+  result['compile_s'] = round(result['compile_s'], 2)
+  result['peak_rss_mib'] = round(result['peak_rss_mib'], 1)
+  return result
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--cases', default=','.join(CASES), help='comma-separated case names')
+  parser.add_argument('--modes', default='train,infer', help=f'comma-separated, from {MODES}')
+  parser.add_argument('--steps', type=int, default=5, help='steps per timed repetition')
+  parser.add_argument('--reps', type=int, default=5, help='timed repetitions (median reported)')
+  parser.add_argument('--json', action='store_true', help='one JSON line per case')
+  parser.add_argument('--set', action='append', default=[], help='config override key=value')
+  parser.add_argument('--_child', nargs=2, help=argparse.SUPPRESS)
+  args = parser.parse_args()
+
+  if args._child:
+    print(json.dumps(run_case(args._child[0], args._child[1], args.steps, args.reps, args.set)))
+    return
+
+  rows = []
+  for name in args.cases.split(','):
+    if name not in CASES:
+      sys.exit(f'error: unknown case {name!r}; known: {", ".join(CASES)}')
+    for mode in args.modes.split(','):
+      cmd = [sys.executable, __file__, '--_child', name, mode, f'--steps={args.steps}',
+             f'--reps={args.reps}'] + [f'--set={s}' for s in args.set]
+      env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+      proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+      if proc.returncode:
+        sys.exit(f'error: case {name} {mode} failed:\n{proc.stderr[-2000:]}')
+      row = json.loads(proc.stdout.strip().splitlines()[-1])
+      rows.append(row)
+      if args.json:
+        print(json.dumps(row), flush=True)
+  if not args.json:
+    header = f'{"method":<15}{"size":>9}{"batch":>7}{"mode":>7}{"img/s":>10}{"compile s":>11}{"peak RSS MiB":>14}'
+    print(header)
+    for r in rows:
+      size = f'{r["size"]}x{r["size"]}x{r["channels"]}'
+      print(f'{r["method"]:<15}{size:>9}{r["batch"]:>7}{r["mode"]:>7}{r["img_per_s"]:>10.1f}'
+            f'{r["compile_s"]:>11.2f}{r["peak_rss_mib"]:>14.1f}')
+
+
+if __name__ == '__main__':
+  main()
