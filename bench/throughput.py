@@ -60,7 +60,6 @@ def run_case(name: str, mode: str, steps: int, reps: int, extra: list[str]) -> d
   import numpy as np
 
   from ganomaly_jax import parallel, state as state_lib, step as step_lib
-  from ganomaly_jax.data import pipeline
 
   method, isize, channels, batch = CASES[name]
   config = bench_config(method, isize, channels, batch, extra)
@@ -71,7 +70,7 @@ def run_case(name: str, mode: str, steps: int, reps: int, extra: list[str]) -> d
     # Input pipeline alone: digits resized to the case's size, augmentation on.
     config.unlock()
     config.dataset.flip, config.dataset.zoom = True, 0.1
-    from ganomaly_jax.data import sources
+    from ganomaly_jax.data import pipeline, sources
 
     splits = sources.load_splits(config)
     it = pipeline.train_iterator(splits.train, batch_size=batch, seed=0, flip=True, zoom=0.1)
