@@ -80,7 +80,7 @@ def _check_cells(isize: int, cells: int) -> None:
   if not isinstance(cells, int) or cells < 2:
     raise ValueError(f'mask.cells={cells!r} must be an integer >= 2 (cells per side of the grid mask).')
   if isize % cells:
-    raise ValueError(f'mask.cells={cells} must divide isize={isize} so all grid cells have the same size.')
+    raise ValueError(f'mask.cells={cells} must divide isize={isize} so grid cells are equal.')
 
 
 def square_masks(rng: jax.Array, batch: int, isize: int, size: float) -> jax.Array:
@@ -99,7 +99,8 @@ def square_masks(rng: jax.Array, batch: int, isize: int, size: float) -> jax.Arr
   side = _check_size(isize, size)
   # Traced corners compared against an iota instead of dynamic_slice: same result, static shapes,
   # and no per-image scatter in the jitted step.
-  corner = jax.random.randint(rng, (batch * 2,), 0, isize - side + 1).reshape(batch, 2)  # flat: see stain_masks
+  # Flat draw, reshaped: XLA:CPU compiles multi-dimensional threefry slowly (see stain_masks).
+  corner = jax.random.randint(rng, (batch * 2,), 0, isize - side + 1).reshape(batch, 2)
   iy = _iota(isize)[None, :, None]
   ix = _iota(isize)[None, None, :]
   y0 = corner[:, 0, None, None]

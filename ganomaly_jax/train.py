@@ -100,11 +100,10 @@ def _move_aside(workdir: str) -> None:
 
 
 def _image_grid(eval_fn, state, source, mesh, batch_size: int, n: int) -> np.ndarray:
-  """input | reconstruction | anomaly map for the first n images of a split."""
-  batch = next(pipeline.eval_batches(source, batch_size, limit=n))
-  out = jax.device_get(eval_fn(state, parallel.to_global({'image': batch['image']}, mesh)))
-  k = int(batch['valid'].sum())
-  rows = [[batch['image'][i], out['recon'][i], out['map'][i]] for i in range(k)]
+  """input | reconstruction | anomaly map for the first n images of a split (all processes join)."""
+  out = evaluate.run_eval(eval_fn, state, source, mesh, batch_size, keys=('recon', 'map'), limit=n)
+  rows = [[pipeline.to_float(source[i]['image']), out['recon'][i], out['map'][i]]
+          for i in range(len(out['label']))]
   return plots.image_grid(rows)
 
 

@@ -80,6 +80,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(e.batch_size > 0, f'eval.batch_size={e.batch_size} must be positive.')
   _require(e.select in ('val_loss', 'last'), f"eval.select={e.select!r}: use 'val_loss' or 'last'.")
   _require(e.mc_samples >= 0, f'eval.mc_samples={e.mc_samples} must be >= 0.')
+  _require(e.mc_samples != 1, 'eval.mc_samples=1 gives no variance; use 0 (off) or >= 2.')
   _require(not (e.mc_samples > 0 and m.dropout == 0),
            'eval.mc_samples > 0 needs a model with dropout (model.dropout > 0).')
   _require(0.0 <= config.dataset.val_fraction < 1.0,
