@@ -1,7 +1,9 @@
 """Entry point: `python -m ganomaly_jax.main --config=configs/<method>.py[:args] [--workdir=DIR]`.
 
 Kept short on purpose (as in the flax examples): parse flags, hide GPUs from TensorFlow, optionally
-initialise multi-host JAX, log the topology, and hand over to `train.train_and_evaluate`.
+initialise multi-host JAX (and check that every process runs the same config), log the topology, and
+hand over to `train.train_and_evaluate`. Multi-host settings (GANOMALY_DISTRIBUTED,
+GANOMALY_COORDINATOR, ...) are described in `parallel.py`.
 """
 
 import logging as std_logging
@@ -31,15 +33,22 @@ def main(argv):
   tf.config.experimental.set_visible_devices([], 'GPU')
   import jax
 
-  from ganomaly_jax import train
+  from ganomaly_jax import parallel, train
 
   config = _CONFIG.value
-  if config.distributed or os.environ.get('GANOMALY_DISTRIBUTED') == '1':
-    jax.distributed.initialize()
   workdir = _WORKDIR.value or os.path.join('runs', config.method)
-  logging.info('JAX process %d / %d, local devices %s', jax.process_index(), jax.process_count(),
-               jax.local_devices())
   try:
+    settings = parallel.DistributedSettings.from_env()
+    if parallel.wants_distributed(config):
+      # Exits with one line if the processes do not all meet within settings.timeout_s.
+      parallel.initialize_distributed(settings)
+    elif settings.explicit:
+      logging.warning('%s/%s/%s are set but ignored: a multi-host run also needs %s=1 or '
+                      '--config.distributed=True.', parallel.ENV_COORDINATOR,
+                      parallel.ENV_NUM_PROCESSES, parallel.ENV_PROCESS_ID, parallel.ENV_DISTRIBUTED)
+    logging.info('JAX process %d / %d, local devices %s', jax.process_index(), jax.process_count(),
+                 jax.local_devices())
+    parallel.check_same_config(config, workdir)
     train.train_and_evaluate(config, workdir)
   except (ValueError, train.TrainingError) as e:  # config, data and workdir errors: one clear line
     logging.error('%s', e)

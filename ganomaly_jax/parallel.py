@@ -1,30 +1,68 @@
-"""Device mesh and shardings for data parallelism over every device of every process.
+"""Device mesh, shardings and multi-host start-up: data parallelism over all devices of all processes.
 
 The batch is split along its leading axis over the mesh axis 'data'; the train state is replicated.
 Under jit, BatchNorm then normalises over the *global* batch, exactly as on one device.
+
+Multi-host runs start every process with the same command and `GANOMALY_DISTRIBUTED=1` (or
+`--config.distributed=True`); `jax.distributed.initialize()` then auto-detects TPU pods and SLURM.
+For other clusters and for local testing the coordinator can be given explicitly:
+
+  GANOMALY_COORDINATOR=host:port   address of process 0's coordinator service
+  GANOMALY_NUM_PROCESSES=N         number of processes
+  GANOMALY_PROCESS_ID=i            this process's index (0 runs the coordinator)
+  GANOMALY_INIT_TIMEOUT=S          seconds to wait for every process to join (default 300)
 """
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import threading
+from typing import Any, Callable, Mapping, Sequence
 
+from absl import logging
 import jax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import ml_collections
 import numpy as np
 
 DATA_AXIS = 'data'
 
+ENV_DISTRIBUTED = 'GANOMALY_DISTRIBUTED'
+ENV_COORDINATOR = 'GANOMALY_COORDINATOR'
+ENV_NUM_PROCESSES = 'GANOMALY_NUM_PROCESSES'
+ENV_PROCESS_ID = 'GANOMALY_PROCESS_ID'
+ENV_INIT_TIMEOUT = 'GANOMALY_INIT_TIMEOUT'
+DEFAULT_INIT_TIMEOUT_S = 300
+# JAX's own connect timeout is set this much longer than ours: when it expires first, XLA aborts the
+# process with a C++ stack trace instead of raising, so our watchdog must always fire first.
+_JAX_TIMEOUT_MARGIN_S = 60
 
-def make_mesh() -> Mesh:
-  """A 1-D mesh over all devices with an Auto axis (jax.make_mesh would default to Explicit)."""
-  return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+
+class ConfigMismatchError(ValueError):
+  """The processes of one multi-host run were started with different configs."""
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A 1-D mesh over `devices` (default: all devices of all processes) with an Auto axis.
+
+  jax.make_mesh would default to Explicit axes, under which mixing the sharded batch with
+  unsharded arrays raises a ShardingTypeError.
+  """
+  return Mesh(np.asarray(jax.devices() if devices is None else devices), (DATA_AXIS,))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) axis split over the mesh."""
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+  """A full copy on every device of the mesh."""
   return NamedSharding(mesh, P())
 
 
@@ -49,3 +87,175 @@ def to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
 def replicate(tree: Any, mesh: Mesh) -> Any:
   """Places a pytree on every device of the mesh."""
   return jax.device_put(tree, replicated(mesh))
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-host start-up.
+# ---------------------------------------------------------------------------------------------
+
+
+def _env_flag(value: str | None) -> bool:
+  return (value or '').strip().lower() in ('1', 'true', 'yes')
+
+
+def wants_distributed(config: ml_collections.ConfigDict,
+                      env: Mapping[str, str] | None = None) -> bool:
+  """True when --config.distributed=True or GANOMALY_DISTRIBUTED=1 asks for a multi-host run."""
+  env = os.environ if env is None else env
+  return bool(config.distributed) or _env_flag(env.get(ENV_DISTRIBUTED))
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedSettings:
+  """Arguments for jax.distributed.initialize; None means 'let JAX auto-detect' (TPU pod, SLURM)."""
+
+  coordinator_address: str | None = None
+  num_processes: int | None = None
+  process_id: int | None = None
+  timeout_s: int = DEFAULT_INIT_TIMEOUT_S
+
+  @classmethod
+  def from_env(cls, env: Mapping[str, str] | None = None) -> 'DistributedSettings':
+    """Reads the GANOMALY_* variables; a malformed value raises ValueError naming the variable."""
+    env = os.environ if env is None else env
+
+    def integer(name: str, minimum: int) -> int | None:
+      raw = env.get(name, '').strip()
+      if not raw:
+        return None
+      try:
+        value = int(raw)
+      except ValueError:
+        value = None
+      if value is None or value < minimum:
+        raise ValueError(f'{name}={raw!r} must be an integer >= {minimum}.')
+      return value
+
+    address = env.get(ENV_COORDINATOR, '').strip() or None
+    if address is not None:
+      host, sep, port = address.rpartition(':')
+      if not sep or not host or not port.isdigit():
+        raise ValueError(f'{ENV_COORDINATOR}={address!r} must be host:port (e.g. 10.0.0.2:8476).')
+    settings = cls(coordinator_address=address,
+                   num_processes=integer(ENV_NUM_PROCESSES, 1),
+                   process_id=integer(ENV_PROCESS_ID, 0),
+                   timeout_s=integer(ENV_INIT_TIMEOUT, 1) or DEFAULT_INIT_TIMEOUT_S)
+    if (settings.process_id is not None and settings.num_processes is not None
+        and settings.process_id >= settings.num_processes):
+      raise ValueError(f'{ENV_PROCESS_ID}={settings.process_id} must be below '
+                       f'{ENV_NUM_PROCESSES}={settings.num_processes}.')
+    return settings
+
+  @property
+  def explicit(self) -> bool:
+    """Whether any coordinator setting was given (rather than auto-detected)."""
+    return (self.coordinator_address, self.num_processes, self.process_id) != (None, None, None)
+
+  def timeout_message(self) -> str:
+    """The one line a process prints when the processes did not all meet in time."""
+    where = self.coordinator_address or 'the auto-detected address (TPU pod / SLURM)'
+    who = '' if self.process_id is None else f' (process {self.process_id}'
+    if who:
+      who += f' of {self.num_processes})' if self.num_processes else ')'
+    hint = ('check the address and port (firewall), and that every process was started with the '
+            f'same {ENV_NUM_PROCESSES}' if self.explicit else
+            'check that every host runs the same command and can reach the first one')
+    if self.process_id == 0:
+      return (f'could not reach the JAX coordinator at {where} within {self.timeout_s} s{who}: '
+              f'this process hosts it, but not every process joined; {hint}.')
+    return f'could not reach the JAX coordinator at {where} within {self.timeout_s} s{who}; {hint}.'
+
+
+def _exit_on_timeout(message: str) -> None:
+  logging.error('%s', message)
+  sys.stderr.write(f'error: {message}\n')
+  sys.stderr.flush()
+  os._exit(1)  # pylint: disable=protected-access
+
+
+def initialize_distributed(settings: DistributedSettings,
+                           on_timeout: Callable[[str], None] = _exit_on_timeout) -> None:
+  """Calls jax.distributed.initialize; if the processes have not all met within the timeout, calls
+  `on_timeout(message)` (default: log, print `error: <message>` and exit 1).
+
+  A failed connection does not raise in jaxlib: XLA aborts the process with a fatal C++ log and a
+  stack trace. So the timeout is enforced by a watchdog thread (the connect call releases the GIL),
+  and JAX's own timeout is set a little longer so that it never fires first.
+  """
+  message = settings.timeout_message()
+  watchdog = threading.Timer(settings.timeout_s, on_timeout, args=(message,))
+  watchdog.daemon = True
+  watchdog.start()
+  kwargs = {k: v for k, v in (('coordinator_address', settings.coordinator_address),
+                              ('num_processes', settings.num_processes),
+                              ('process_id', settings.process_id)) if v is not None}
+  try:
+    jax.distributed.initialize(initialization_timeout=settings.timeout_s + _JAX_TIMEOUT_MARGIN_S,
+                               **kwargs)
+  except ValueError as e:  # typically: not on a TPU pod or SLURM job, and nothing set explicitly
+    hint = '' if settings.explicit else (
+        f' No TPU pod or SLURM job was detected: set {ENV_COORDINATOR}=host:port, '
+        f'{ENV_NUM_PROCESSES} and {ENV_PROCESS_ID}, or run without {ENV_DISTRIBUTED}=1 / '
+        '--config.distributed=True.')
+    raise ValueError(f'multi-host start-up failed: {e}{hint}') from None
+  finally:
+    watchdog.cancel()
+
+
+def _config_text(config: ml_collections.ConfigDict, workdir: str | None) -> str:
+  """Canonical JSON of everything the processes must agree on."""
+  return json.dumps({'config': json.loads(config.to_json()), 'workdir': workdir}, sort_keys=True)
+
+
+def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
+  if not isinstance(tree, dict):
+    return {prefix.rstrip('.'): tree}
+  flat: dict[str, Any] = {}
+  for k, v in tree.items():
+    flat.update(_flatten(v, f'{prefix}{k}.'))
+  return flat
+
+
+def _broadcast_text(text: str) -> str:
+  """Process 0's `text` on every process (collective: every process must call it)."""
+  data = np.frombuffer(text.encode(), np.uint8).astype(np.int32)
+  lengths = np.asarray(multihost_utils.process_allgather(np.int32(data.size))).reshape(-1)
+  padded = np.zeros(int(lengths.max()), np.int32)
+  padded[:data.size] = data
+  received = np.asarray(multihost_utils.broadcast_one_to_all(padded))
+  return bytes(received[:int(lengths[0])].astype(np.uint8)).decode()
+
+
+def check_same_config(config: ml_collections.ConfigDict, workdir: str | None = None) -> None:
+  """Raises ConfigMismatchError on every process unless all processes run the same config (and
+  workdir). Collective: call it on every process, after jax.distributed.initialize.
+
+  Different configs would not fail by themselves: the processes would train different models in
+  lockstep and silently exchange mismatched batches. A hash of the canonical config JSON is
+  gathered from every process; on a mismatch process 0's config is broadcast so that each
+  differing process can name the keys that differ.
+  """
+  if jax.process_count() == 1:
+    return
+  text = _config_text(config, workdir)
+  digest = np.frombuffer(hashlib.sha256(text.encode()).digest()[:16], np.int32)
+  digests = np.asarray(multihost_utils.process_allgather(digest))
+  differing = [i for i in range(digests.shape[0]) if not np.array_equal(digests[i], digests[0])]
+  if not differing:
+    logging.info('All %d processes run the same config.', jax.process_count())
+    return
+  reference = _flatten(json.loads(_broadcast_text(text)))
+  me = jax.process_index()
+  hint = 'start every process with the same command and config file'
+  if me not in differing:
+    raise ConfigMismatchError(
+        f'processes disagree on the config: process(es) {", ".join(map(str, differing))} differ '
+        f'from process 0 (their logs name the keys); {hint}.')
+  mine = _flatten(json.loads(text))
+  keys = sorted(k for k in set(mine) | set(reference) if mine.get(k) != reference.get(k))
+  shown = ', '.join(f'{k.removeprefix("config.")}={mine.get(k)!r} (process 0: {reference.get(k)!r})'
+                    for k in keys[:5])
+  more = f' and {len(keys) - 5} more' if len(keys) > 5 else ''
+  raise ConfigMismatchError(
+      f'processes disagree on the config: process {me} differs from process 0 in {shown}{more}; '
+      f'{hint}.')

@@ -156,7 +156,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # ---------------- Load checkpoint ----------------
   store = checkpoint.CheckpointStore(workdir, keep=config.train.keep_checkpoints)
-  restored = store.restore_latest(state, train_iter)
+  # Evaluation needs no data position (and may run with another process count than training).
+  restored = store.restore_latest(state, train_iter if config.mode == 'train' else None)
   if restored is not None:
     state, _ = restored
     logging.info('Resumed from step %d.', int(state.step))
@@ -250,12 +251,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                            config.eval.num_images)
         writer.write_images(step, {'test/input_recon_map': grid[None]})
 
+      saved_now = False
       if step % t.checkpoint_every == 0 or step == num_steps:
-        store.save(step, state, train_iter, force=(step == num_steps))
+        saved_now = store.save(step, state, train_iter, force=(step == num_steps))
       if step == config.debug_kill_at_step:  # test hook: die with no chance to save anything
         os.kill(os.getpid(), signal.SIGKILL)
       if step < num_steps and stop.should_stop(step):
-        store.save(step, state, train_iter, force=True)
+        if not saved_now:  # a checkpoint of this very step may already be on its way
+          store.save(step, state, train_iter, force=True)
         preempted = True
         break
   store.wait()

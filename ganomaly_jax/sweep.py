@@ -1,0 +1,369 @@
+"""Sweeps: one config under a list of overrides, one workdir per run, results tabulated.
+
+  python -m ganomaly_jax.sweep --config=configs/ganomaly_modified.py:quick \
+      --sweep=configs/sweeps/ablation.py --workdir=/tmp/ablation
+  python -m ganomaly_jax.sweep ... --dry_run      # print one `ganomaly_jax.main` command per run
+
+A sweep file defines `get_sweep()` returning a list of dicts of dotted config overrides, e.g.
+`[{}, {'train.soft_labels': False}]`; `get_sweep(config)` may take the loaded base config instead,
+to adapt the runs to a preset. Every run's overrides are applied to the (locked) base config and
+validated before the first run starts, so a typo in the last run fails in seconds, naming the key.
+
+Each run trains in `ROOT/<run name>` (the name is built from its overrides: stable and
+filesystem-safe, e.g. `train.soft_labels-False`; no overrides is `baseline`), sequentially, in this
+process. A run whose workdir already holds final results is skipped, and an interrupted run resumes
+from its checkpoint, so rerunning the same command continues a sweep. `ROOT/results.csv` and
+`ROOT/results.md` (one row per run) are rewritten after every run.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import difflib
+import hashlib
+import importlib.util
+import inspect
+import json
+import os
+import re
+import shlex
+import sys
+import time
+from typing import Any, Callable
+
+from absl import app, flags, logging
+import ml_collections
+
+from ganomaly_jax import config_lib, validate
+
+_CONFIG = flags.DEFINE_string('config', None, 'Base config file[:args], as for ganomaly_jax.main.')
+_SWEEP = flags.DEFINE_string('sweep', None, 'Sweep file defining get_sweep().')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Sweep root: one sub-directory per run.')
+_DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print one command per run and run nothing.')
+
+RESULTS_CSV = 'results.csv'
+RESULTS_MD = 'results.md'
+RUN_INFO = 'sweep_run.json'  # per-run sidecar: overrides, wall time of the session that ran it
+METRICS = ('image_auroc', 'image_ap', 'image_f1')
+COLUMNS = ('run', 'overrides', 'status') + METRICS + ('steps', 'wall_time_s')
+_MAX_NAME = 120
+_UNSAFE = re.compile(r'[^A-Za-z0-9._+-]')
+
+
+class SweepError(ValueError):
+  """A sweep file or an override that cannot work; the message names the run and the key."""
+
+
+@dataclasses.dataclass
+class Run:
+  """One run of a sweep: its overrides, the config they give, and where it trains."""
+
+  name: str
+  overrides: dict[str, Any]
+  config: ml_collections.ConfigDict
+  workdir: str
+
+
+@dataclasses.dataclass
+class Record:
+  """One row of the results table."""
+
+  run: Run
+  status: str  # pending | done | skipped | preempted | failed: <reason>
+  results: dict[str, Any] | None = None
+  wall_time_s: float | None = None
+
+  def row(self) -> dict[str, Any]:
+    r = self.results or {}
+    return {'run': self.run.name, 'overrides': format_overrides(self.run.overrides),
+            'status': self.status, **{k: r.get(k) for k in METRICS}, 'steps': r.get('steps'),
+            'wall_time_s': None if self.wall_time_s is None else round(self.wall_time_s, 1)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Expansion.
+# ---------------------------------------------------------------------------------------------
+
+
+def _value_text(value: Any) -> str:
+  return str(value)
+
+
+def format_overrides(overrides: dict[str, Any]) -> str:
+  """`k=v k2=v2` in key order (empty for the baseline)."""
+  return ' '.join(f'{k}={_value_text(v)}' for k, v in sorted(overrides.items()))
+
+
+def _short_hash(text: str) -> str:
+  return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def run_name(overrides: dict[str, Any]) -> str:
+  """A stable, filesystem-safe directory name for a run: `key-value` parts in key order joined by
+  '+', e.g. {'train.soft_labels': False} -> 'train.soft_labels-False'; no overrides -> 'baseline'.
+
+  Characters outside [A-Za-z0-9._+-] become '_'; since that could merge two different values (or
+  the name could get too long), a hash of the exact overrides is then appended.
+  """
+  if not overrides:
+    return 'baseline'
+  exact = '+'.join(f'{k}-{_value_text(v)}' for k, v in sorted(overrides.items()))
+  name = _UNSAFE.sub('_', exact)
+  if name != exact or len(name) > _MAX_NAME:
+    name = f'{name[:_MAX_NAME - 9]}_{_short_hash(exact)}'
+  return name
+
+
+def _get(config: ml_collections.ConfigDict, key: str) -> Any:
+  node = config
+  for part in key.split('.'):
+    node = node[part]
+  return node
+
+
+def _leaf_keys(config: ml_collections.ConfigDict, prefix: str = '') -> list[str]:
+  keys = []
+  for k, v in config.items():
+    if isinstance(v, ml_collections.ConfigDict):
+      keys += _leaf_keys(v, f'{prefix}{k}.')
+    else:
+      keys.append(f'{prefix}{k}')
+  return keys
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any],
+                    context: str = '') -> ml_collections.ConfigDict:
+  """A locked copy of `config` with dotted `overrides` set; unknown keys and wrong types raise
+  SweepError naming the key (and `context`, e.g. the run)."""
+  where = f'{context}: ' if context else ''
+  config = copy.deepcopy(config)
+  for key, value in overrides.items():
+    if not isinstance(key, str) or not key:
+      raise SweepError(f'{where}override keys must be dotted config keys, got {key!r}.')
+    *parents, leaf = key.split('.')
+    node = config
+    for part in parents:
+      node = node[part] if isinstance(node, ml_collections.ConfigDict) and part in node else None
+    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+      close = difflib.get_close_matches(key, _leaf_keys(config), n=1)
+      hint = f' (did you mean {close[0]!r}?)' if close else ''
+      raise SweepError(f'{where}unknown config key {key!r}{hint}.')
+    if isinstance(node[leaf], ml_collections.ConfigDict):
+      raise SweepError(f'{where}{key!r} is a group of keys; override its leaves (e.g. {key}.x).')
+    try:
+      node[leaf] = value
+    except TypeError:
+      raise SweepError(f'{where}{key}={value!r} has the wrong type: {key} is '
+                       f'{type(node[leaf]).__name__} ({node[leaf]!r}).') from None
+  return config
+
+
+def load_sweep(path: str, config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
+  """Imports a sweep file and returns its list of override dicts (checked for shape)."""
+  if not os.path.isfile(path):
+    raise SweepError(f'Sweep file not found: {path}')
+  spec = importlib.util.spec_from_file_location('_ganomaly_sweep', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  get_sweep = getattr(module, 'get_sweep', None)
+  if not callable(get_sweep):
+    raise SweepError(f'{path} must define get_sweep() returning a list of override dicts.')
+  takes_config = bool(inspect.signature(get_sweep).parameters)
+  runs = get_sweep(copy.deepcopy(config)) if takes_config else get_sweep()
+  if not isinstance(runs, (list, tuple)) or not all(isinstance(r, dict) for r in runs):
+    raise SweepError(f'{path}: get_sweep() must return a list of dicts, got {type(runs).__name__}.')
+  if not runs:
+    raise SweepError(f'{path}: get_sweep() returned no runs.')
+  return [dict(r) for r in runs]
+
+
+def expand(config_spec: str, sweep_path: str, root: str) -> list[Run]:
+  """Loads the base config and the sweep, and builds and validates every run before any starts."""
+  base = config_lib.load_config(config_spec)
+  runs: list[Run] = []
+  seen: dict[str, int] = {}
+  for i, overrides in enumerate(load_sweep(sweep_path, base)):
+    context = f'{sweep_path}, run {i} ({run_name(overrides)})'
+    config = apply_overrides(base, overrides, context)
+    # Names and commands use the values as the config holds them (an int given for a float key is
+    # a float), so `0` and `0.0` name the same run.
+    overrides = {k: _get(config, k) for k in overrides}
+    name = run_name(overrides)
+    try:
+      validate.validate_config(config)
+    except validate.ConfigError as e:
+      raise SweepError(f'{context}: {e}') from None
+    if name in seen:
+      raise SweepError(f'{context}: the same overrides as run {seen[name]}.')
+    seen[name] = i
+    runs.append(Run(name, overrides, config, os.path.join(root, name)))
+  return runs
+
+
+def command(config_spec: str, run: Run) -> str:
+  """The `ganomaly_jax.main` command line that trains `run` on its own (for a cluster queue)."""
+  args = ['python', '-m', 'ganomaly_jax.main', f'--config={config_spec}',
+          f'--workdir={run.workdir}']
+  args += [f'--config.{k}={_value_text(v)}' for k, v in sorted(run.overrides.items())]
+  return ' '.join(shlex.quote(a) for a in args)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables.
+# ---------------------------------------------------------------------------------------------
+
+
+def _cell(column: str, value: Any) -> str:
+  if value is None:
+    return ''
+  if column in METRICS:
+    return f'{value:.4f}'
+  if column == 'wall_time_s':
+    return f'{value:.1f}'
+  return str(value)
+
+
+def write_tables(root: str, records: list[Record], title: str) -> None:
+  """Rewrites ROOT/results.csv and ROOT/results.md (atomically: temporary file + rename)."""
+  os.makedirs(root, exist_ok=True)
+  rows = [r.row() for r in records]
+  tmp = os.path.join(root, RESULTS_CSV + '.tmp')
+  with open(tmp, 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows({k: '' if v is None else v for k, v in row.items()} for row in rows)
+  os.replace(tmp, os.path.join(root, RESULTS_CSV))
+  lines = [f'# {title}', '', '| ' + ' | '.join(COLUMNS) + ' |',
+           '|' + '|'.join('---' for _ in COLUMNS) + '|']
+  for row in rows:
+    cells = [_cell(c, row[c]) for c in COLUMNS]
+    cells[1] = f'`{cells[1]}`' if cells[1] else '(none)'
+    lines.append('| ' + ' | '.join(c.replace('|', '\\|') for c in cells) + ' |')
+  tmp = os.path.join(root, RESULTS_MD + '.tmp')
+  with open(tmp, 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  os.replace(tmp, os.path.join(root, RESULTS_MD))
+
+
+def read_table(root: str) -> list[dict[str, str]]:
+  """The rows of ROOT/results.csv (strings, as written)."""
+  with open(os.path.join(root, RESULTS_CSV), newline='') as f:
+    return list(csv.DictReader(f))
+
+
+# ---------------------------------------------------------------------------------------------
+# Running.
+# ---------------------------------------------------------------------------------------------
+
+
+def _finished(run: Run) -> dict[str, Any] | None:
+  """The results of a run that needs no more training (train.py's own rule), else None."""
+  from ganomaly_jax import train
+
+  previous = train.read_results(run.workdir)
+  if previous and previous.get('steps', 0) >= run.config.train.num_steps:
+    return previous
+  return None
+
+
+def _recorded_wall_time(run: Run, results: dict[str, Any]) -> float | None:
+  path = os.path.join(run.workdir, RUN_INFO)
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f).get('wall_time_s')
+  return results.get('train_wall_time_s')
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  import jax
+
+  from ganomaly_jax import train
+
+  try:
+    return train.train_and_evaluate(config, workdir)
+  finally:
+    jax.clear_caches()  # each run compiles its own functions: drop the previous run's executables
+
+
+def run_sweep(config_spec: str, sweep_path: str, root: str,
+              train_fn: Callable[[ml_collections.ConfigDict, str], dict[str, Any]] | None = None
+              ) -> list[Record]:
+  """Expands and validates all runs, then trains the unfinished ones one after another.
+
+  `train_fn(config, workdir)` defaults to `train.train_and_evaluate`. A run that fails (divergence,
+  bad data) is recorded and the sweep goes on; a preempted run stops the sweep (rerun to resume).
+  Returns one Record per run; the tables in `root` hold the same.
+  """
+  from ganomaly_jax import train  # imports TensorFlow (clu): not needed to expand or --dry_run
+
+  runs = expand(config_spec, sweep_path, root)
+  train_fn = train_fn or _train_and_evaluate
+
+  title = f'Sweep `{sweep_path}` over `{config_spec}`'
+  records = [Record(run, 'pending') for run in runs]
+  for record in records:  # finished runs first, so the first table already shows them
+    previous = _finished(record.run)
+    if previous is not None:
+      record.status, record.results = 'skipped', previous
+      record.wall_time_s = _recorded_wall_time(record.run, previous)
+  write_tables(root, records, title)
+
+  for i, record in enumerate(records, start=1):
+    run = record.run
+    if record.status == 'skipped':
+      logging.info('Run %d/%d %s: already finished, skipped.', i, len(records), run.name)
+      continue
+    logging.info('Run %d/%d %s: %s', i, len(records), run.name,
+                 format_overrides(run.overrides) or 'no overrides')
+    started = time.time()
+    try:
+      results = train_fn(run.config, run.workdir)
+    except (ValueError, train.TrainingError) as e:
+      record.status = f'failed: {e}'
+      logging.error('Run %s failed: %s', run.name, e)
+    else:
+      record.results = results
+      if results.get('preempted'):
+        record.status = 'preempted'
+        write_tables(root, records, title)
+        logging.warning('Preempted during run %s; rerun the same command to resume the sweep.',
+                        run.name)
+        return records
+      record.status = 'done'
+      record.wall_time_s = time.time() - started
+      with open(os.path.join(run.workdir, RUN_INFO), 'w') as f:
+        json.dump({'overrides': run.overrides, 'wall_time_s': record.wall_time_s}, f, indent=2,
+                  default=str)
+    write_tables(root, records, title)
+  return records
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  root = _WORKDIR.value
+  try:
+    if _DRY_RUN.value:
+      for run in expand(_CONFIG.value, _SWEEP.value, root):
+        print(command(_CONFIG.value, run))
+      return
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+    import tensorflow as tf  # as in main.py: clu's summary writer needs TF, keep it off GPUs
+    tf.config.experimental.set_visible_devices([], 'GPU')
+    records = run_sweep(_CONFIG.value, _SWEEP.value, root)
+  except ValueError as e:  # bad sweep file, unknown key, impossible value: one line
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+  print(open(os.path.join(root, RESULTS_MD)).read(), end='')
+  failed = [r.run.name for r in records if r.status.startswith('failed')]
+  if failed:
+    print(f'error: {len(failed)} run(s) failed: {", ".join(failed)} (see {RESULTS_CSV})',
+          file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config', 'sweep', 'workdir'])
+  app.run(main)

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Trains on a Cloud TPU VM slice (one host or a pod): creates the TPU VM unless it exists (a
+# preempted spot VM is recreated), copies this repository to every worker, and runs the same
+# `ganomaly_jax.main` command on all workers with GANOMALY_DISTRIBUTED=1, where
+# jax.distributed.initialize() finds the pod by itself. The workdir is a gs:// bucket path, mounted
+# with gcsfuse at ~/gcs/<bucket> on every worker (the code writes plain paths): checkpoints outlive
+# the VM, and running the same command again resumes a preempted run.
+#
+# Usage:
+#   launch/tpu_pod.sh gs://BUCKET/PATH [ganomaly_jax.main flags...]
+#   TPU_NAME=ganomaly ZONE=us-central2-b ACCELERATOR_TYPE=v4-32 launch/tpu_pod.sh \
+#     gs://my-bucket/runs/masked --config=configs/masked.py:cars256 --config.dataset.name=folder:/data/cars
+#
+# Environment:
+#   TPU_NAME          TPU VM name (default: ganomaly)
+#   ZONE              zone (default: us-central2-b)
+#   ACCELERATOR_TYPE  slice type, e.g. v4-8, v4-32, v5litepod-16 (default: v4-8)
+#   RUNTIME_VERSION   TPU VM image (default: tpu-ubuntu2204-base)
+#   PROJECT           Google Cloud project (default: gcloud's configured one)
+#   SPOT=1            create a spot (preemptible) VM
+#   PIP_EXTRA         extra pip requirements on the workers (default: 'jax[tpu]')
+#   DRY_RUN=1         print the gcloud commands instead of running them
+#
+# On each worker the script runs itself as `launch/tpu_pod.sh --on-worker gs://... [flags...]`:
+# mount the bucket, then launch/run_on_host.sh (virtualenv + install, once) execs the command.
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+usage() {
+  awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "${BASH_SOURCE[0]}" >&2
+  exit 2
+}
+
+run() {
+  if [[ "${DRY_RUN:-0}" == 1 ]]; then
+    printf '%q ' "$@"
+    printf '\n'
+  else
+    "$@"
+  fi
+}
+
+split_url() {  # gs://bucket/some/path -> sets bucket and path
+  local url="$1"
+  if [[ "$url" != gs://?* ]]; then
+    echo "error: the workdir must be a gs:// path (gs://BUCKET/PATH), got '$url'" >&2
+    exit 2
+  fi
+  url="${url#gs://}"
+  bucket="${url%%/*}"
+  path="${url#"$bucket"}"
+  path="${path#/}"
+}
+
+on_worker() {
+  split_url "$1"
+  shift
+  local mount="$HOME/gcs/$bucket"
+  if ! command -v gcsfuse > /dev/null; then
+    local codename list
+    codename="$(sed -n 's/^VERSION_CODENAME=//p' /etc/os-release)"
+    list="deb [signed-by=/usr/share/keyrings/cloud.google.asc] https://packages.cloud.google.com/apt gcsfuse-$codename main"
+    run sudo sh -c "echo '$list' > /etc/apt/sources.list.d/gcsfuse.list"
+    run sudo sh -c 'curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg > /usr/share/keyrings/cloud.google.asc'
+    run sudo apt-get update -qq
+    run sudo apt-get install -y -qq gcsfuse
+  fi
+  if ! mountpoint -q "$mount"; then
+    run mkdir -p "$mount"
+    # orbax renames its temporary checkpoint directories: allow directory renames.
+    run gcsfuse --implicit-dirs --rename-dir-limit=1000000 "$bucket" "$mount"
+  fi
+  run env GANOMALY_DISTRIBUTED=1 PIP_EXTRA="${PIP_EXTRA:-jax[tpu]}" \
+    "$repo/launch/run_on_host.sh" python -m ganomaly_jax.main --workdir="$mount/$path" "$@"
+}
+
+if [[ $# -ge 1 && "$1" == --on-worker ]]; then
+  shift
+  [[ $# -ge 1 ]] || usage
+  on_worker "$@"
+  exit
+fi
+[[ $# -ge 1 && "$1" != -* ]] || usage
+workdir_url="$1"
+shift
+split_url "$workdir_url"
+
+name="${TPU_NAME:-ganomaly}"
+where=(--zone="${ZONE:-us-central2-b}")
+if [[ -n "${PROJECT:-}" ]]; then
+  where+=(--project="$PROJECT")
+fi
+
+# 1. The TPU VM: reuse a READY one, recreate a preempted one, create a missing one.
+state=""
+if [[ "${DRY_RUN:-0}" != 1 ]]; then
+  state="$(gcloud compute tpus tpu-vm describe "$name" "${where[@]}" --format='value(state)' 2> /dev/null || true)"
+fi
+case "$state" in
+  READY) echo "reusing TPU VM $name" >&2 ;;
+  PREEMPTED | TERMINATED)
+    echo "TPU VM $name is $state: recreating it (the workdir in gs://$bucket is kept)" >&2
+    run gcloud compute tpus tpu-vm delete "$name" "${where[@]}" --quiet
+    state=""
+    ;;
+  "") ;;
+  *)
+    echo "error: TPU VM $name is $state; wait until it is READY (or delete it) and retry" >&2
+    exit 1
+    ;;
+esac
+if [[ -z "$state" ]]; then
+  create=(gcloud compute tpus tpu-vm create "$name" "${where[@]}"
+          --accelerator-type="${ACCELERATOR_TYPE:-v4-8}" --version="${RUNTIME_VERSION:-tpu-ubuntu2204-base}")
+  if [[ "${SPOT:-0}" == 1 ]]; then
+    create+=(--spot)
+  fi
+  run "${create[@]}"
+fi
+
+# 2. The code, to every worker: the files git knows (tracked or not ignored), not venvs or runs.
+archive="$(mktemp -d)/ganomaly_jax.tgz"
+trap 'rm -rf "$(dirname "$archive")"' EXIT
+if git -C "$repo" rev-parse --is-inside-work-tree > /dev/null 2>&1; then
+  git -C "$repo" ls-files -z --cached --others --exclude-standard \
+    | tar -C "$repo" --null --ignore-failed-read -T - -czf "$archive"
+else
+  tar -C "$repo" --exclude=.venv --exclude=runs --exclude=.git -czf "$archive" .
+fi
+run gcloud compute tpus tpu-vm scp "$archive" "$name:ganomaly_jax.tgz" --worker=all "${where[@]}"
+
+# 3. The same command on every worker, at the same time (the processes wait for each other).
+# (ssh starts in the home directory, where scp put the archive.)
+remote="mkdir -p ganomaly_jax && tar -xzf ganomaly_jax.tgz -C ganomaly_jax && bash ganomaly_jax/launch/tpu_pod.sh --on-worker $(printf '%q ' "$workdir_url" "$@")"
+run gcloud compute tpus tpu-vm ssh "$name" --worker=all "${where[@]}" --command="$remote"
