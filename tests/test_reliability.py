@@ -157,3 +157,18 @@ def test_folder_without_usable_images_is_one_clear_error(tmp_path):
   assert result.returncode == 1
   errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
   assert len(errors) == 1 and 'train/good' in errors[0], result.stderr[-1500:]
+
+
+def test_incompatible_workdir_refused_then_restart_moves_it_aside(tmp_path):
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(tiny_config(**{'train.num_steps': 2}), workdir)
+  wider = {'train.num_steps': 4, 'model.ngf': 8}
+  with pytest.raises(train.TrainingError, match=r'different architecture.*model\.ngf'):
+    train.train_and_evaluate(tiny_config(**wider), workdir)
+  results = train.train_and_evaluate(tiny_config(**wider, restart=True), workdir)
+  assert results['steps'] == 4
+  old = [d for d in os.listdir(workdir) if d.startswith('old_')]
+  assert len(old) == 1  # the first run's checkpoints and results were kept, not deleted
+  assert os.path.exists(os.path.join(workdir, old[0], 'checkpoints', '2'))
+  with open(os.path.join(workdir, old[0], 'results.json')) as f:
+    assert json.load(f)['steps'] == 2
