@@ -14,8 +14,15 @@ from ml_collections import config_flags
 
 from ganomaly_jax import state as state_lib
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Method config file[:args].', lock_config=True)
-_JSON = flags.DEFINE_bool('json', False, 'Print one JSON line instead of a table.')
+_FLAGS = {}
+
+
+def _define_flags() -> None:
+  # Defined only when run as a program, so importing count_parameters (tests, sweeps) defines no
+  # global absl flags that could clash with another tool's --config.
+  _FLAGS['config'] = config_flags.DEFINE_config_file(
+      'config', None, 'Method config file[:args].', lock_config=True)
+  _FLAGS['json'] = flags.DEFINE_bool('json', False, 'Print one JSON line instead of a table.')
 
 
 def _size(tree: Any) -> int:
@@ -47,13 +54,13 @@ def format_table(counts: dict[str, dict[str, int]]) -> str:
 
 def main(argv):
   del argv
-  config = _CONFIG.value
+  config = _FLAGS['config'].value
   try:
     counts = count_parameters(config)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
-  if _JSON.value:
+  if _FLAGS['json'].value:
     print(json.dumps(counts))
   else:
     m = config.model
@@ -62,5 +69,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  _define_flags()
   flags.mark_flag_as_required('config')
   app.run(main)
