@@ -1,0 +1,54 @@
+"""End-to-end quick runs on the npz and (mocked) tfds sources, and the one-class protocol."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from ganomaly_jax import config_lib, train
+from ganomaly_jax.data import sources
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ('quick,steps=2,model.ngf=4,model.ndf=4,batch=8,dataset.max_train=32,dataset.max_test=32,'
+        'eval.batch_size=16')
+
+
+def load(arg):
+  return config_lib.load_config(os.path.join(REPO, f'configs/ganomaly.py:{arg}'))
+
+
+def test_npz_source_end_to_end_and_protocol(tmp_path):
+  rng = np.random.default_rng(0)
+  path = tmp_path / 'data.npz'
+  np.savez(path, x_train=rng.integers(0, 255, (60, 20, 20), dtype=np.uint8),
+           y_train=np.arange(60) % 3, x_test=rng.integers(0, 255, (30, 20, 20), dtype=np.uint8),
+           y_test=np.arange(30) % 3)
+  splits = sources.load_splits(load(f'dataset=npz:{path},abnormal=1,isize=16'))
+  # Train/val hold normals only; the test set holds test normals + abnormals of both splits (20 + 10).
+  assert splits.info['test_abnormal'] == 30 and splits.info['test'] == 50
+  assert not splits.train.labels.any() and not splits.val.labels.any()
+  assert splits.train.images.shape[1:] == (16, 16, 1)
+  results = train.train_and_evaluate(load(f'{TINY},dataset=npz:{path},abnormal=1'), str(tmp_path / 'run'))
+  assert 0.0 <= results['image_auroc'] <= 1.0 and results['abnormal'] == 1
+
+
+@pytest.mark.parametrize('name,channels', [('mnist', 1), ('cifar10', 3)])
+def test_tfds_source_end_to_end(name, channels, tmp_path):
+  with tfds.testing.mock_data(num_examples=40):
+    config = load(f'{TINY},dataset={name},abnormal={"cat" if name == "cifar10" else 3},'
+                  f'channels={channels}')
+    results = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert 0.0 <= results['image_auroc'] <= 1.0
+  assert results['abnormal'] == 3  # 'cat' is CIFAR-10 class 3
+
+
+@pytest.mark.parametrize('abnormal', ['10', 'dog7', '-1'])
+def test_bad_abnormal_class_is_one_clear_error(abnormal):
+  with pytest.raises(sources.DataError, match='dataset.abnormal'):
+    sources.resolve_abnormal(abnormal, 10, sources.CIFAR10_NAMES)
+
+
+def test_missing_npz_path_is_one_clear_error():
+  with pytest.raises(sources.DataError, match='not found'):
+    sources.load_splits(load('dataset=npz:/no/such/file.npz'))
