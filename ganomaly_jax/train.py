@@ -135,18 +135,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   logging.info('Data: %s', splits.info)
   if splits.report is not None and is_chief:
     write_json(os.path.join(workdir, 'data_report.json'), splits.report)
-  train_iter = pipeline.train_iterator(
-      splits.train, batch_size=parallel.local_batch_size(config.train.batch_size),
-      seed=config.seed, flip=config.dataset.flip, zoom=config.dataset.zoom,
-      workers=config.dataset.workers)
+  make_train_iter = functools.partial(
+      pipeline.train_iterator, splits.train,
+      batch_size=parallel.local_batch_size(config.train.batch_size), seed=config.seed,
+      flip=config.dataset.flip, zoom=config.dataset.zoom, workers=config.dataset.workers)
+  train_iter = make_train_iter()
 
   # ---------------- Create model & optimizer ----------------
   components = state_lib.build_components(config)
   hp = step_lib.StepConfig.from_config(config)
   repl, batch_sh = parallel.replicated(mesh), parallel.batch_sharding(mesh)
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
-  state = jax.jit(functools.partial(state_lib.create_state, config, components),
-                  out_shardings=repl)(init_rng)
+  init_state = jax.jit(functools.partial(state_lib.create_state, config, components),
+                       out_shardings=repl)
+  state = init_state(init_rng)
   p_train_step = jax.jit(
       functools.partial(step_lib.train_step, components=components, hp=hp),
       in_shardings=(repl, batch_sh, repl), out_shardings=(repl, repl), donate_argnums=0)
@@ -216,12 +218,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           rollbacks += 1
           skip_batches.update(s for s, _ in bad)
           if restored is None:  # no checkpoint yet: restart from the initial state
-            state = jax.jit(functools.partial(state_lib.create_state, config, components),
-                            out_shardings=repl)(init_rng)
-            train_iter = pipeline.train_iterator(
-                splits.train, batch_size=parallel.local_batch_size(t.batch_size),
-                seed=config.seed, flip=config.dataset.flip, zoom=config.dataset.zoom,
-                workers=config.dataset.workers)
+            state, train_iter = init_state(init_rng), make_train_iter()
           else:
             state, _ = restored
           logging.warning('Divergence at step %d (%s): rollback %d/%d to step %d, skipping that '
