@@ -305,7 +305,8 @@ def final_image_grid(eval_maps_fn: Callable, state: Any, source, mesh, batch_siz
 
 def evaluate_and_report(config, workdir: str, state: Any, components, hp, splits, mesh, writer,
                         run_info: dict[str, Any],
-                        curves: dict[str, list[tuple[int, float]]]) -> dict[str, Any]:
+                        curves: dict[str, list[tuple[int, float]]],
+                        eval_maps_fn: Callable | None = None) -> dict[str, Any]:
   """Final test evaluation of the selected state: metrics, TensorBoard scalars/images, PNG pictures.
 
   Image metrics use `config.eval.score` normalised over the whole test set; pixel metrics
@@ -315,11 +316,15 @@ def evaluate_and_report(config, workdir: str, state: Any, components, hp, splits
   range (`score_min`/`score_max`) and the largest map value (`pixel_map_max`) are recorded so that
   `ganomaly_jax.infer` can put new images on the same scale.
 
+  `eval_maps_fn` is the caller's jitted `eval_step(..., with_maps=True)`, if it has one: reusing it
+  saves compiling the same program twice.
+
   Returns the results dict (run_info + metrics) that the caller writes to results.json.
   """
   e = config.eval
-  eval_maps_fn = jax.jit(functools.partial(step_lib.eval_step, components=components, hp=hp,
-                                           with_maps=True))
+  if eval_maps_fn is None:
+    eval_maps_fn = jax.jit(functools.partial(step_lib.eval_step, components=components, hp=hp,
+                                             with_maps=True))
   mc_fn = None
   if e.mc_samples > 0:
     if config.model.dropout > 0:

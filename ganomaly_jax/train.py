@@ -281,7 +281,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   }
   results = evaluate.evaluate_and_report(
       config, workdir, state, components, hp, splits, mesh, writer, run_info,
-      read_curves(curves_path))
+      read_curves(curves_path), eval_maps_fn=p_eval_maps)
   writer.flush()
   if is_chief:
     write_json(os.path.join(workdir, RESULTS_FILE), results)
