@@ -9,11 +9,17 @@ following the reference GANomaly / Skip-GANomaly code: the G update recomputes D
 D update runs D on x and x̂.detach(). Both sides use 2 threads, the same batch and shapes, and run in
 fresh subprocesses, alternating, `--rounds` times; the table shows the median of each side and the
 ratio ours/theirs. PyTorch is never imported by the package or the tests.
+
+FLOPs per image come from XLA's cost analysis (ours) and torch's FlopCounterMode (theirs); the
+reference step runs D four times, ours twice, so the counts differ. `ceiling` divides the float32
+matmul peak measured on the same machine by our FLOPs per image and PyTorch's images/s: the ratio
+our step would reach if every FLOP ran as fast as a large matmul does here, a practical ceiling.
 """
 
 import argparse
 import json
 import os
+import platform
 import resource
 import statistics
 import subprocess
@@ -205,11 +211,44 @@ def run_torch_case(name: str, mode: str, steps: int, reps: int) -> dict:
     for _ in range(steps):
       fn()
     times.append(time.perf_counter() - t)
+  peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  # FLOPs of one step as PyTorch counts them (after timing and the RSS reading, so neither sees it).
+  from torch.utils.flop_counter import FlopCounterMode
+  with FlopCounterMode(display=False) as counter:
+    fn()
   return {'method': method, 'size': isize, 'channels': nc, 'batch': batch, 'mode': mode,
           'img_per_s': round(batch * steps / statistics.median(times), 1),
-          'compile_s': round(first, 2),
-          'peak_rss_mib': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+          'compile_s': round(first, 2), 'peak_rss_mib': round(peak_rss, 1),
+          'gflop_per_img': round(counter.get_total_flops() / batch / 1e9, 4),
           'torch': torch.__version__}
+
+
+def cpu_name() -> str:
+  """The CPU model from /proc/cpuinfo (Linux), else what `platform` knows."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def measure_matmul_peak() -> float:
+  """GFLOP/s of a 2048^3 float32 matmul under JAX on this machine: the compute ceiling."""
+  import jax
+  import jax.numpy as jnp
+
+  a = jnp.ones((2048, 2048), jnp.float32)
+  matmul = jax.jit(lambda a: a @ a)
+  matmul(a).block_until_ready()
+  times = []
+  for _ in range(5):
+    t = time.perf_counter()
+    matmul(a).block_until_ready()
+    times.append(time.perf_counter() - t)
+  return 2 * 2048**3 / statistics.median(times) / 1e9
 
 
 def _child(cmd: list[str]) -> dict:
@@ -229,10 +268,14 @@ def main() -> None:
   parser.add_argument('--reps', type=int, default=3)
   parser.add_argument('--json', action='store_true')
   parser.add_argument('--_torch_child', nargs=2, help=argparse.SUPPRESS)
+  parser.add_argument('--_peak_child', action='store_true', help=argparse.SUPPRESS)
   args = parser.parse_args()
 
   if args._torch_child:
     print(json.dumps(run_torch_case(*args._torch_child, args.steps, args.reps)))
+    return
+  if args._peak_child:
+    print(json.dumps({'matmul_gflop_per_s': round(measure_matmul_peak(), 1)}))
     return
   try:
     import torch  # noqa: F401  (only to say clearly when it is missing)
@@ -240,9 +283,13 @@ def main() -> None:
     sys.exit("error: PyTorch is not installed; install the optional extra: pip install -e '.[bench]' "
              '(on the 2-core dev machine: pip install torch==2.13.0, a CPU build).')
 
+  peak = _child([sys.executable, __file__, '--_peak_child'])['matmul_gflop_per_s']
   header = (f'{"case":<24}{"mode":>6}{"ours img/s":>12}{"torch img/s":>13}{"ratio":>7}'
+            f'{"GFLOP/img ours|torch":>22}{"GFLOP/s ours|torch":>20}{"ceiling":>9}'
             f'{"ours compile s":>16}{"ours RSS MiB":>14}{"torch RSS MiB":>15}')
   if not args.json:
+    print(f'{cpu_name()}, {os.cpu_count()} cores; float32 matmul '
+          f'peak (JAX, 2048^3): {peak:.0f} GFLOP/s', flush=True)
     print(header, flush=True)
   for name in args.cases.split(','):
     if name not in throughput.CASES:
@@ -259,14 +306,25 @@ def main() -> None:
              'ours_compile_s': med(ours, 'compile_s'),
              'ours_peak_rss_mib': max(r['peak_rss_mib'] for r in ours),
              'torch_peak_rss_mib': max(r['peak_rss_mib'] for r in theirs),
-             'torch_version': theirs[0]['torch']}
+             'ours_gflop_per_img': ours[0]['gflop_per_img'],
+             'torch_gflop_per_img': theirs[0]['gflop_per_img'],
+             'matmul_peak_gflop_per_s': peak, 'torch_version': theirs[0]['torch']}
       row['ratio'] = round(row['ours_img_per_s'] / row['torch_img_per_s'], 2)
+      row['ours_gflop_per_s'] = round(row['ours_img_per_s'] * row['ours_gflop_per_img'], 1)
+      row['torch_gflop_per_s'] = round(row['torch_img_per_s'] * row['torch_gflop_per_img'], 1)
+      # The ratio we would reach if all of our step's FLOPs ran at the matmul peak.
+      row['ceiling'] = round(peak / row['ours_gflop_per_img'] / row['torch_img_per_s'], 2)
       if args.json:
         print(json.dumps(row), flush=True)
       else:
+        flop = f'{row["ours_gflop_per_img"]:.3f}|{row["torch_gflop_per_img"]:.3f}'
+        rate = f'{row["ours_gflop_per_s"]:.0f}|{row["torch_gflop_per_s"]:.0f}'
         print(f'{name:<24}{mode:>6}{row["ours_img_per_s"]:>12.1f}{row["torch_img_per_s"]:>13.1f}'
-              f'{row["ratio"]:>7.2f}{row["ours_compile_s"]:>16.2f}{row["ours_peak_rss_mib"]:>14.1f}'
+              f'{row["ratio"]:>7.2f}{flop:>22}{rate:>20}{row["ceiling"]:>9.2f}'
+              f'{row["ours_compile_s"]:>16.2f}{row["ours_peak_rss_mib"]:>14.1f}'
               f'{row["torch_peak_rss_mib"]:>15.1f}', flush=True)
+  if not args.json:
+    print('ceiling: the ratio ours/torch if every FLOP of our step ran at the matmul peak.')
 
 
 if __name__ == '__main__':

@@ -52,6 +52,14 @@ def bench_config(method: str, isize: int, channels: int, batch: int, extra: list
   return config
 
 
+def _flops(compiled) -> float:
+  """XLA's FLOP count of a compiled program (its cost analysis; a dict, or a list of one)."""
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0]
+  return float(cost.get('flops', float('nan')))
+
+
 def run_case(name: str, mode: str, steps: int, reps: int, extra: list[str]) -> dict:
   """Runs one case in this process and returns its measurements."""
   import functools
@@ -116,6 +124,7 @@ def run_case(name: str, mode: str, steps: int, reps: int, extra: list[str]) -> d
           out = compiled(state, batch_arr)
         jax.block_until_ready(out)
         return state
+    result['gflop_per_img'] = round(_flops(compiled) / batch / 1e9, 4)
     state = run(state)  # warm-up
     times = []
     for _ in range(reps):
@@ -161,12 +170,14 @@ def main() -> None:
       if args.json:
         print(json.dumps(row), flush=True)
   if not args.json:
-    header = f'{"method":<15}{"size":>9}{"batch":>7}{"mode":>7}{"img/s":>10}{"compile s":>11}{"peak RSS MiB":>14}'
+    header = (f'{"method":<15}{"size":>9}{"batch":>7}{"mode":>7}{"img/s":>10}{"GFLOP/s":>9}'
+              f'{"compile s":>11}{"peak RSS MiB":>14}')
     print(header)
     for r in rows:
       size = f'{r["size"]}x{r["size"]}x{r["channels"]}'
+      gflops = r['img_per_s'] * r.get('gflop_per_img', float('nan'))
       print(f'{r["method"]:<15}{size:>9}{r["batch"]:>7}{r["mode"]:>7}{r["img_per_s"]:>10.1f}'
-            f'{r["compile_s"]:>11.2f}{r["peak_rss_mib"]:>14.1f}')
+            f'{gflops:>9.1f}{r["compile_s"]:>11.2f}{r["peak_rss_mib"]:>14.1f}')
 
 
 if __name__ == '__main__':
