@@ -205,17 +205,25 @@ def conv_transpose_subpixel(
   )
 
 
-def resolve_impl(impl: str, strides: tuple[int, int], features: int = 1 << 30) -> str:
+def resolve_impl(impl: str, strides: tuple[int, int], features: int = 1 << 30,
+                 forward_only: bool = False, in_size: int = 0) -> str:
   """Picks the kernel for `impl='auto'` from the backend at trace time.
 
-  The sub-pixel form wins on XLA:CPU whenever a stride is > 1 (bench/conv_transpose_speed.py). On GPU
-  and TPU, XLA's own transposed convolution is fine (cuDNN handles lhs dilation natively) and we have not
-  measured the alternative there, so we keep it. With stride 1 both forms are the same plain conv.
+  On XLA:CPU the sub-pixel form wins for training whenever a stride is > 1: XLA's gradient of its own
+  transposed convolution is the slow part (bench/conv_transpose_speed.py). A forward pass alone
+  (`forward_only`: evaluation and inference) on a 4x4 to 16x16 input (`in_size`, the smaller side)
+  is faster with XLA's kernel, which skips the sub-pixel form's padded border (batch 64, 4x4x256->128:
+  12 vs 24 ms); on 1x1 and 2x2 inputs XLA's kernel is 5-15x slower (2x2x1024->256: 1290 vs 87 ms) and
+  from 32x32 on about 20 % slower, so those keep the sub-pixel form. On GPU and TPU, XLA's own
+  transposed convolution is fine (cuDNN handles lhs dilation natively) and we have not measured the
+  alternative there, so we keep it. With stride 1 both forms are the same plain conv.
   """
   if impl not in ('auto', 'xla', 'subpixel'):
     raise ValueError(f"impl must be 'auto', 'xla' or 'subpixel', got {impl!r}.")
   if impl != 'auto':
     return impl
+  if forward_only and 4 <= in_size <= 16:
+    return 'xla'
   # With very few output channels (an image layer) the phase matmul is too narrow to pay off.
   if jax.default_backend() == 'cpu' and features * strides[0] * strides[1] >= 32:
     return 'subpixel'
@@ -259,8 +267,12 @@ class ConvTranspose(nn.Module):
   impl: Impl = 'auto'
 
   @nn.compact
-  def __call__(self, inputs: Array) -> Array:
-    """Applies the transposed convolution to [*batch, H, W, C] (or unbatched [H, W, C]) inputs."""
+  def __call__(self, inputs: Array, forward_only: bool = False) -> Array:
+    """Applies the transposed convolution to [*batch, H, W, C] (or unbatched [H, W, C]) inputs.
+
+    `forward_only=True` promises that no gradient flows through this call (evaluation), which lets
+    `impl='auto'` pick the kernel that is fastest without a backward pass.
+    """
     kernel_size = _pair(self.kernel_size, 'kernel_size')
     strides = _pair(self.strides, 'strides')
     padding = explicit_padding(self.padding, kernel_size, strides)
@@ -275,7 +287,8 @@ class ConvTranspose(nn.Module):
     bias = self.param('bias', self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
     x, kernel, bias = flax_dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
 
-    if resolve_impl(self.impl, strides, self.features) == 'subpixel':
+    in_size = min(x.shape[1:3])
+    if resolve_impl(self.impl, strides, self.features, forward_only, in_size) == 'subpixel':
       y = conv_transpose_subpixel(x, kernel, strides, padding, self.precision)
     else:
       y = conv_transpose_xla(x, kernel, strides, padding, self.precision)

@@ -1,0 +1,35 @@
+"""The CPU defaults are added to XLA_FLAGS only where measured, and never over a user's choice."""
+
+from ganomaly_jax import xla_flags
+
+FLAG = xla_flags.CPU_DEFAULTS[0]
+
+
+def test_added_to_empty_or_unrelated_flags():
+  env = {}
+  assert xla_flags.apply_cpu_defaults(env, jaxlib_version='0.10.2') == [FLAG]
+  assert env['XLA_FLAGS'] == FLAG
+  env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
+  xla_flags.apply_cpu_defaults(env, jaxlib_version='0.10.2')
+  assert env['XLA_FLAGS'] == f'--xla_force_host_platform_device_count=8 {FLAG}'
+
+
+def test_user_choice_opt_out_and_unmeasured_versions_are_left_alone():
+  name = FLAG.split('=')[0]
+  env = {'XLA_FLAGS': f'{name}=dot'}
+  assert xla_flags.apply_cpu_defaults(env, jaxlib_version='0.10.2') == []
+  assert env['XLA_FLAGS'] == f'{name}=dot'
+  env = {xla_flags.OPT_OUT: '0'}
+  assert xla_flags.apply_cpu_defaults(env, jaxlib_version='0.10.2') == [] and 'XLA_FLAGS' not in env
+  env = {}
+  assert xla_flags.apply_cpu_defaults(env, jaxlib_version='0.11.0') == [] and env == {}
+
+
+def test_applied_on_import_in_this_process():
+  import os
+
+  import jaxlib.version
+
+  if (jaxlib.version.__version__.startswith(xla_flags.MEASURED_ON)
+      and os.environ.get(xla_flags.OPT_OUT) != '0'):
+    assert FLAG.split('=')[0] in os.environ.get('XLA_FLAGS', '')
