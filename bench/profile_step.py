@@ -46,7 +46,7 @@ def _fusion_kinds(hlo_text: str) -> dict[str, str]:
 def _kind(name: str, fusion_kinds: dict[str, str]) -> str:
   if fusion_kinds.get(name):
     return fusion_kinds[name]
-  if name.startswith('convolution'):
+  if name.startswith(('convolution', 'conv_general_dilated')):
     return 'conv'
   if name.startswith('dot'):
     return 'dot'

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ganomaly_jax.models import layers
+from ganomaly_jax.models import layers, matmul_conv
 from ganomaly_jax.models.conv_transpose import ConvTranspose
 
 
@@ -52,7 +52,8 @@ class UNetGenerator(nn.Module):
       if i > 0:
         h = layers.leaky_relu(h)
       h = nn.Conv(c, (4, 4), strides=2, padding=pad, use_bias=False, kernel_init=layers.conv_init,
-                  dtype=self.dtype, param_dtype=jnp.float32, name=f'down_{i}')(h)
+                  dtype=self.dtype, param_dtype=jnp.float32,
+                  conv_general_dilated=matmul_conv.conv_general_dilated, name=f'down_{i}')(h)
       if 0 < i < n - 1:
         h = layers.batch_norm(train, self.dtype, name=f'down_bn_{i}')(h)
         if self.residual_blocks:

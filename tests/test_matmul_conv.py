@@ -1,0 +1,47 @@
+"""Single-window convolutions as a matmul: equal to lax.conv_general_dilated, values and gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from ganomaly_jax.models import matmul_conv
+
+DN = ('NHWC', 'HWIO', 'NHWC')
+
+
+@pytest.mark.parametrize('size,k,stride,padding', [
+    (4, 4, 1, 'VALID'),          # encoder's last conv: 4x4 features -> latent
+    (2, 4, 2, ((1, 1), (1, 1))),  # innermost U-Net conv: 2x2 -> 1x1
+    (1, 4, 1, 'SAME'),           # SkipGANomaly classifier on the 1x1 latent map
+    (1, 3, 1, 'SAME'),
+    (2, 5, 2, ((2, 2), (2, 2))),  # 5x5 kernels (modified GANomaly)
+    (3, 2, 1, ((-1, 0), (0, -1))),  # negative padding crops the input
+])
+def test_equals_lax_conv_values_and_grads(size, k, stride, padding):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(3, size, size, 5)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(k, k, 5, 7)), jnp.float32)
+  ref = lambda x, w: lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=DN)
+  ours = lambda x, w: matmul_conv.conv_general_dilated(
+      x, w, (stride, stride), padding, dimension_numbers=lax.conv_dimension_numbers(
+          x.shape, w.shape, DN))
+  y_ref, y = ref(x, w), ours(x, w)
+  assert y.shape == y_ref.shape == (3, 1, 1, 7)
+  np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+  dy = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+  for g, g_ref in zip(jax.vjp(ours, x, w)[1](dy), jax.vjp(ref, x, w)[1](dy)):
+    np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_multi_window_convs_fall_through_to_lax():
+  x = jnp.ones((2, 8, 8, 3))
+  w = jnp.ones((4, 4, 3, 4))
+  dn = lax.conv_dimension_numbers(x.shape, w.shape, DN)
+  y = matmul_conv.conv_general_dilated(x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=dn)
+  np.testing.assert_allclose(
+      y, lax.conv_general_dilated(x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=DN))
+  assert matmul_conv._single_window_pads(x, w, (2, 2), ((1, 1), (1, 1))) is None
+  assert matmul_conv._single_window_pads(jnp.ones((2, 2, 2, 3)), w, (2, 2), ((1, 1), (1, 1))) == (
+      (1, 1), (1, 1))
