@@ -1,4 +1,4 @@
-"""Convolutions with a 1x1 output map, computed as one matmul.
+"""Convolutions with tiny output maps (1x1, 2x2), computed as matmuls.
 
 The last conv of every encoder (4x4 features -> latent, 'VALID') and the innermost U-Net conv
 (2x2 -> 1x1, stride 2, padding 1) see a single window. XLA:CPU handles the second one badly: it
@@ -6,6 +6,11 @@ rewrites it into a kernel-reversed, negatively padded convolution that ran at ~1
 a 281 ms SkipGANomaly inference step (bench/profile_step.py). As a matmul over the kernel taps that
 actually meet the input, the same layer is exact and takes a few milliseconds; padding taps, which
 only ever multiply zeros, are skipped.
+
+A 2x2 output map (the U-Net conv 4x4 -> 2x2) has a similar problem in training: XLA's input
+gradient of it ran at ~5 GFLOP/s, 228 ms of a SkipGANomaly step. Written as im2col (four strided
+slices of the padded input) and one matmul, autodiff turns the slices into pads and adds and the
+gradient into matmuls.
 
 `conv_general_dilated` has `lax.conv_general_dilated`'s signature, so it plugs into `nn.Conv`
 through its `conv_general_dilated` attribute: parameters, names and checkpoints stay `nn.Conv`'s.
@@ -22,13 +27,46 @@ from jax import lax
 _NHWC = lax.conv_dimension_numbers((1,) * 4, (1,) * 4, ('NHWC', 'HWIO', 'NHWC'))
 
 
+# Output maps with at most this many positions (2x2) use im2col + matmul.
+_IM2COL_MAX_POSITIONS = 4
+
+
+def _explicit(lhs, rhs, strides, padding) -> tuple[tuple[int, int], ...]:
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+  return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+def _output_positions(lhs, rhs, strides, padding) -> int:
+  n = 1
+  for size, k, s, (lo, hi) in zip(lhs.shape[1:3], rhs.shape[:2], strides,
+                                  _explicit(lhs, rhs, strides, padding)):
+    n *= max(0, (size + lo + hi - k) // s + 1)
+  return n
+
+
+def im2col_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
+                pads: tuple[tuple[int, int], tuple[int, int]], precision: Any = None) -> jax.Array:
+  """NHWC x HWIO conv as patches @ kernel: one strided slice of the padded input per kernel tap."""
+  kh, kw, cin, cout = kernel.shape
+  sh, sw = strides
+  n = x.shape[0]
+  # lax.pad takes negative pads too (they crop).
+  xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
+  ho = (xp.shape[1] - kh) // sh + 1
+  wo = (xp.shape[2] - kw) // sw + 1
+  cols = [lax.slice(xp, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, cin),
+                    (1, sh, sw, 1)) for i in range(kh) for j in range(kw)]
+  patches = jnp.concatenate(cols, axis=-1)
+  return jnp.einsum('nhwk,ko->nhwo', patches, kernel.reshape(kh * kw * cin, cout),
+                    precision=precision)
+
+
 def _single_window_pads(lhs, rhs, strides, padding):
   """Explicit pads if this is a plain NHWC/HWIO conv whose output is 1x1, else None."""
   if lhs.ndim != 4 or rhs.ndim != 4:
     return None
-  if isinstance(padding, str):
-    padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
-  pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+  pads = _explicit(lhs, rhs, strides, padding)
   for size, k, s, (lo, hi) in zip(lhs.shape[1:3], rhs.shape[:2], strides, pads):
     if size + lo + hi < k or (size + lo + hi - k) // s + 1 != 1:
       return None
@@ -69,9 +107,12 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding, lhs_d
            and feature_group_count == 1 and preferred_element_type is None
            and dimension_numbers is not None and lhs.ndim == 4
            and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == _NHWC)
-  pads = _single_window_pads(lhs, rhs, tuple(window_strides), padding) if plain else None
+  strides = tuple(window_strides)
+  pads = _single_window_pads(lhs, rhs, strides, padding) if plain else None
   if pads is not None:
     return single_window_conv(lhs, rhs, pads, precision)
+  if plain and _output_positions(lhs, rhs, strides, padding) <= _IM2COL_MAX_POSITIONS:
+    return im2col_conv(lhs, rhs, strides, _explicit(lhs, rhs, strides, padding), precision)
   return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                   dimension_numbers, feature_group_count, precision=precision,
                                   preferred_element_type=preferred_element_type)
