@@ -68,10 +68,12 @@ def test_auto_picks_subpixel_only_where_it_pays():
   # Without a backward pass (evaluation) XLA's own kernel is faster on mid-sized inputs only;
   # explicit choices stay.
   on_cpu = jax.default_backend() == 'cpu'
-  assert resolve_impl('auto', (2, 2), 128, forward_only=True, in_size=8) == 'xla'
-  assert resolve_impl('auto', (2, 2), 128, forward_only=True, in_size=2) == ('subpixel' if on_cpu else 'xla')
-  assert resolve_impl('auto', (2, 2), 128, forward_only=True, in_size=32) == ('subpixel' if on_cpu else 'xla')
-  assert resolve_impl('subpixel', (2, 2), 128, forward_only=True, in_size=8) == 'subpixel'
+  sub = 'subpixel' if on_cpu else 'xla'
+  fwd = lambda size, cin: resolve_impl('auto', (2, 2), 128, forward_only=True, in_size=size,
+                                       in_features=cin)
+  assert fwd(4, 64) == fwd(8, 128) == fwd(16, 256) == 'xla'
+  assert fwd(2, 1024) == fwd(16, 128) == fwd(32, 512) == sub
+  assert resolve_impl('subpixel', (2, 2), 128, forward_only=True, in_size=4) == 'subpixel'
   with pytest.raises(ValueError, match='impl'):
     resolve_impl('fast', (2, 2))
 

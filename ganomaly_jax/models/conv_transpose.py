@@ -206,15 +206,17 @@ def conv_transpose_subpixel(
 
 
 def resolve_impl(impl: str, strides: tuple[int, int], features: int = 1 << 30,
-                 forward_only: bool = False, in_size: int = 0) -> str:
+                 forward_only: bool = False, in_size: int = 0, in_features: int = 0) -> str:
   """Picks the kernel for `impl='auto'` from the backend at trace time.
 
   On XLA:CPU the sub-pixel form wins for training whenever a stride is > 1: XLA's gradient of its own
   transposed convolution is the slow part (bench/conv_transpose_speed.py). A forward pass alone
-  (`forward_only`: evaluation and inference) on a 4x4 to 16x16 input (`in_size`, the smaller side)
-  is faster with XLA's kernel, which skips the sub-pixel form's padded border (batch 64, 4x4x256->128:
-  12 vs 24 ms); on 1x1 and 2x2 inputs XLA's kernel is 5-15x slower (2x2x1024->256: 1290 vs 87 ms) and
-  from 32x32 on about 20 % slower, so those keep the sub-pixel form. On GPU and TPU, XLA's own
+  (`forward_only`: evaluation and inference) is faster with XLA's kernel on 4x4 and 8x8 inputs and
+  on 16x16 inputs with at least 256 channels (`in_size` is the smaller side). Whole-model inference,
+  batch 64: GANomaly 32x32x3 1320 images/s with XLA's kernel at 8x8x128->64 vs 923 with the sub-pixel
+  one; GANomaly 64x64x3 207 vs 187 with the sub-pixel form at 16x16x128->64 (49 vs 73 ms alone). From
+  32x32 on the sub-pixel form is faster, and on 1x1 and 2x2 inputs 5-15x faster (2x2x1024->256: 87 vs
+  1290 ms). On GPU and TPU, XLA's own
   transposed convolution is fine (cuDNN handles lhs dilation natively) and we have not measured the
   alternative there, so we keep it. With stride 1 both forms are the same plain conv.
   """
@@ -222,7 +224,7 @@ def resolve_impl(impl: str, strides: tuple[int, int], features: int = 1 << 30,
     raise ValueError(f"impl must be 'auto', 'xla' or 'subpixel', got {impl!r}.")
   if impl != 'auto':
     return impl
-  if forward_only and 4 <= in_size <= 16:
+  if forward_only and (4 <= in_size <= 8 or (in_size == 16 and in_features >= 256)):
     return 'xla'
   # With very few output channels (an image layer) the phase matmul is too narrow to pay off.
   if jax.default_backend() == 'cpu' and features * strides[0] * strides[1] >= 32:
@@ -288,7 +290,8 @@ class ConvTranspose(nn.Module):
     x, kernel, bias = flax_dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
 
     in_size = min(x.shape[1:3])
-    if resolve_impl(self.impl, strides, self.features, forward_only, in_size) == 'subpixel':
+    if resolve_impl(self.impl, strides, self.features, forward_only, in_size,
+                    x.shape[-1]) == 'subpixel':
       y = conv_transpose_subpixel(x, kernel, strides, padding, self.precision)
     else:
       y = conv_transpose_xla(x, kernel, strides, padding, self.precision)
