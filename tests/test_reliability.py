@@ -103,6 +103,15 @@ def test_nan_stop_names_step_and_term(tmp_path):
   assert not os.path.exists(tmp_path / 'run' / 'results.json')
 
 
+def test_exploding_but_finite_loss_counts_as_divergence(tmp_path):
+  # Every real loss is far above a limit of 1e-6, so the very first step must be refused by name.
+  config = tiny_config(**{'train.loss_limit': 1e-6, 'train.num_steps': 2})
+  with pytest.raises(train.TrainingError,
+                     match=r'step 1 \(g_loss, d_loss beyond train.loss_limit=1e-06\)'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not os.path.exists(tmp_path / 'run' / 'results.json')
+
+
 def test_nan_rollback_skips_batch_and_finishes(tmp_path):
   config = tiny_config(**{'debug_nan_at_step': 3, 'train.num_steps': 6,
                           'train.on_nonfinite': 'rollback'})
