@@ -39,6 +39,8 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
+from ganomaly_jax.models import matmul_conv
+
 Array = jax.Array
 # A (lo, hi) pair shared by every spatial dim, one pair per spatial dim, or 'VALID' / 'SAME'.
 PaddingLike = str | tuple[int, int] | Sequence[tuple[int, int]]
@@ -154,13 +156,7 @@ def _valid_conv_matmul(x: Array, kernel: Array, precision: Any = None) -> Array:
   vs 21 ms), and that gradient dominated the decoder's backward pass. The sub-kernels are tiny
   (ceil(k/s) taps per side), so the patch tensor is only T*T times the input.
   """
-  th, tw, cin, cout = kernel.shape
-  n, h, w, _ = x.shape
-  ho, wo = h - th + 1, w - tw + 1
-  cols = [lax.slice(x, (0, i, j, 0), (n, i + ho, j + wo, cin)) for i in range(th) for j in range(tw)]
-  patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
-  return jnp.einsum('nhwk,ko->nhwo', patches, kernel.reshape(th * tw * cin, cout),
-                    precision=precision)
+  return matmul_conv.im2col_conv(x, kernel, (1, 1), ((0, 0), (0, 0)), precision)
 
 
 def conv_transpose_subpixel(
@@ -216,9 +212,9 @@ def resolve_impl(impl: str, strides: tuple[int, int], features: int = 1 << 30,
   batch 64: GANomaly 32x32x3 1320 images/s with XLA's kernel at 8x8x128->64 vs 923 with the sub-pixel
   one; GANomaly 64x64x3 207 vs 187 with the sub-pixel form at 16x16x128->64 (49 vs 73 ms alone). From
   32x32 on the sub-pixel form is faster, and on 1x1 and 2x2 inputs 5-15x faster (2x2x1024->256: 87 vs
-  1290 ms). On GPU and TPU, XLA's own
-  transposed convolution is fine (cuDNN handles lhs dilation natively) and we have not measured the
-  alternative there, so we keep it. With stride 1 both forms are the same plain conv.
+  1290 ms). On GPU and TPU, XLA's own transposed convolution is fine (cuDNN handles lhs dilation
+  natively) and we have not measured the alternative there, so we keep it. With stride 1 both forms
+  are the same plain conv.
   """
   if impl not in ('auto', 'xla', 'subpixel'):
     raise ValueError(f"impl must be 'auto', 'xla' or 'subpixel', got {impl!r}.")

@@ -37,10 +37,9 @@ def _explicit(lhs, rhs, strides, padding) -> tuple[tuple[int, int], ...]:
   return tuple((int(lo), int(hi)) for lo, hi in padding)
 
 
-def _output_positions(lhs, rhs, strides, padding) -> int:
+def _output_positions(lhs, rhs, strides, pads) -> int:
   n = 1
-  for size, k, s, (lo, hi) in zip(lhs.shape[1:3], rhs.shape[:2], strides,
-                                  _explicit(lhs, rhs, strides, padding)):
+  for size, k, s, (lo, hi) in zip(lhs.shape[1:3], rhs.shape[:2], strides, pads):
     n *= max(0, (size + lo + hi - k) // s + 1)
   return n
 
@@ -101,7 +100,7 @@ def single_window_conv(x: jax.Array, kernel: jax.Array,
 def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count: int = 1,
                          precision: Any = None, preferred_element_type: Any = None):
-  """`lax.conv_general_dilated`, as one matmul when the output map is 1x1 (plain NHWC/HWIO only)."""
+  """`lax.conv_general_dilated`, as matmuls when the output map is 1x1 or 2x2 (plain NHWC/HWIO only)."""
   plain = (all(d == 1 for d in (lhs_dilation or (1, 1)))
            and all(d == 1 for d in (rhs_dilation or (1, 1)))
            and feature_group_count == 1 and preferred_element_type is None
@@ -111,8 +110,10 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding, lhs_d
   pads = _single_window_pads(lhs, rhs, strides, padding) if plain else None
   if pads is not None:
     return single_window_conv(lhs, rhs, pads, precision)
-  if plain and _output_positions(lhs, rhs, strides, padding) <= _IM2COL_MAX_POSITIONS:
-    return im2col_conv(lhs, rhs, strides, _explicit(lhs, rhs, strides, padding), precision)
+  if plain:
+    pads = _explicit(lhs, rhs, strides, padding)
+    if 0 < _output_positions(lhs, rhs, strides, pads) <= _IM2COL_MAX_POSITIONS:
+      return im2col_conv(lhs, rhs, strides, pads, precision)
   return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                   dimension_numbers, feature_group_count, precision=precision,
                                   preferred_element_type=preferred_element_type)
