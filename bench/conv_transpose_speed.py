@@ -10,6 +10,8 @@ Implementations compared (all compute the same `lax.conv_transpose`, see models/
   phases    s*s separate stride-1 convs, each with its own (unpadded) sub-kernel, stacked and
             interleaved; the alternative that wastes no FLOPs when k % s != 0. Kept here only to show
             why the module uses the fused form.
+  auto      ConvTranspose(impl='auto'): on CPU the fastest forward per layer and, for the backward pass,
+            the adjoint strided convolutions (conv_transpose_adjoint_grads).
 
 Each case is jitted, warmed up, and timed as the median of `--reps` runs of value_and_grad with respect
 to both the input and the kernel (the two gradients a GAN step needs).
@@ -65,10 +67,18 @@ def conv_transpose_phases(x, kernel, strides, padding, precision=None):
   return z[:, gh['crop']:gh['crop'] + gh['out_len'], gw['crop']:gw['crop'] + gw['out_len']]
 
 
+def conv_transpose_auto(x, kernel, strides, padding, precision=None):
+  """What ConvTranspose(impl='auto') runs on this backend (forward per layer, adjoint backward)."""
+  module = ct.ConvTranspose(kernel.shape[-1], kernel.shape[:2], strides, padding, impl='auto',
+                            precision=precision)
+  return module.apply({'params': {'kernel': kernel}}, x)
+
+
 IMPLS: dict[str, Callable] = {
     'xla': ct.conv_transpose_xla,
     'subpixel': ct.conv_transpose_subpixel,
     'phases': conv_transpose_phases,
+    'auto': conv_transpose_auto,
 }
 
 

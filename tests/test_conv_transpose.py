@@ -20,14 +20,14 @@ def _pair(padding):
   return padding if isinstance(padding, str) else (padding, padding)
 
 
-@pytest.mark.parametrize('k,s,padding,size', CASES)
-def test_subpixel_equals_flax_conv_transpose(k, s, padding, size):
+def _assert_equals_flax(impl, k, s, padding, size, features=5):
+  """Values (1e-5), gradients (1e-4) and the parameter tree equal nn.ConvTranspose's."""
   x = jax.random.normal(jax.random.key(0), (2, size, size, 6))
-  reference = nn.ConvTranspose(5, (k, k), strides=(s, s), padding=_pair(padding),
+  reference = nn.ConvTranspose(features, (k, k), strides=(s, s), padding=_pair(padding),
                                use_bias=True, transpose_kernel=False)
   params = reference.init(jax.random.key(1), x)
   params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(2), p.shape), params)
-  ours = ConvTranspose(5, k, s, padding, use_bias=True, impl='subpixel')
+  ours = ConvTranspose(features, k, s, padding, use_bias=True, impl=impl)
   # Identical parameter trees: checkpoints and counts do not depend on the implementation.
   assert jax.tree.structure(ours.init(jax.random.key(1), x)) == jax.tree.structure(params)
   assert jax.tree.map(jnp.shape, ours.init(jax.random.key(1), x)) == jax.tree.map(jnp.shape, params)
@@ -41,6 +41,11 @@ def test_subpixel_equals_flax_conv_transpose(k, s, padding, size):
   g_got = jax.grad(loss(ours), argnums=(0, 1))(params, x)
   for a, b in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_want)):
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize('k,s,padding,size', CASES)
+def test_subpixel_equals_flax_conv_transpose(k, s, padding, size):
+  _assert_equals_flax('subpixel', k, s, padding, size)
 
 
 def test_xla_impl_is_flax():
@@ -61,32 +66,61 @@ def test_bfloat16_compute():
   assert module.apply(params, x).dtype == jnp.bfloat16
 
 
-def test_auto_picks_subpixel_only_where_it_pays():
-  assert resolve_impl('auto', (2, 2), 128) == ('subpixel' if jax.default_backend() == 'cpu' else 'xla')
-  assert resolve_impl('auto', (2, 2), 1) == 'xla'  # an image layer is too narrow for the matmul
-  assert resolve_impl('xla', (2, 2), 128) == 'xla'
-  # Without a backward pass (evaluation) XLA's own kernel is faster on mid-sized inputs only;
-  # explicit choices stay.
+def test_auto_picks_the_forward_kernel_per_layer():
   on_cpu = jax.default_backend() == 'cpu'
-  sub = 'subpixel' if on_cpu else 'xla'
-  fwd = lambda size, cin: resolve_impl('auto', (2, 2), 128, forward_only=True, in_size=size,
-                                       in_features=cin)
-  assert fwd(4, 64) == fwd(8, 128) == fwd(16, 256) == 'xla'
-  assert fwd(2, 1024) == fwd(16, 128) == fwd(32, 512) == sub
-  assert resolve_impl('subpixel', (2, 2), 128, forward_only=True, in_size=4) == 'subpixel'
+  auto = lambda hw, features=128, cin=128, strides=(2, 2): resolve_impl('auto', strides, features,
+                                                                         hw, cin)
+  if on_cpu:
+    assert auto((1, 1)) == auto((1, 1), strides=(1, 1)) == 'matmul'  # one input pixel
+    assert auto((4, 4)) == auto((8, 8)) == auto((16, 16), cin=256) == 'xla'
+    assert auto((2, 2), cin=1024) == auto((16, 16)) == auto((32, 32)) == auto((1, 4)) == 'subpixel'
+    assert auto((32, 32), features=3) == 'xla'  # an image layer is too narrow for the phase matmul
+  else:
+    assert auto((1, 1)) == auto((32, 32)) == 'xla'
+  # Explicit choices stay.
+  assert resolve_impl('xla', (2, 2), 128, (32, 32)) == 'xla'
+  assert resolve_impl('subpixel', (2, 2), 128, (4, 4)) == 'subpixel'
   with pytest.raises(ValueError, match='impl'):
     resolve_impl('fast', (2, 2))
 
 
+AUTO_CASES = CASES + [(4, 2, (2, 2), 1), (4, 2, (2, 2), 16), (4, 1, (3, 3), 3), (4, 2, (4, 4), 3)]
+
+
+@pytest.mark.parametrize('features', [5, 64])
+@pytest.mark.parametrize('k,s,padding,size', AUTO_CASES)
+def test_auto_equals_flax_values_and_gradients(k, s, padding, size, features):
+  # 'auto' mixes forward kernels (matmul for 1x1 inputs, XLA's or the sub-pixel one) with the
+  # adjoint-convolution backward pass; all of it must be nn.ConvTranspose, gradients included.
+  _assert_equals_flax('auto', k, s, padding, size, features)
+
+
+def test_single_pixel_gradient_with_padding_beyond_the_kernel():
+  # lo = 5 > k - 1: the output starts before the kernel's reach. (XLA's own gradient of
+  # lax.conv_transpose is wrong here on CPU, jaxlib 0.10.2: input gradient ~1e12, so we compare
+  # against the sub-pixel form and a finite difference instead.)
+  x = jax.random.normal(jax.random.key(0), (2, 1, 1, 6))
+  module = lambda impl: ConvTranspose(5, 4, 2, (5, 1), impl=impl)
+  params = module('subpixel').init(jax.random.key(1), x)
+  loss = lambda impl: lambda x: jnp.sum(jnp.sin(module(impl).apply(params, x)))
+  np.testing.assert_allclose(module('auto').apply(params, x), module('subpixel').apply(params, x),
+                             atol=1e-5)
+  got = jax.grad(loss('auto'))(x)
+  np.testing.assert_allclose(got, jax.grad(loss('subpixel'))(x), atol=1e-4, rtol=1e-4)
+  step = jnp.zeros_like(x).at[0, 0, 0, 0].set(1e-2)
+  numeric = (loss('auto')(x + step) - loss('auto')(x - step)) / 2e-2
+  np.testing.assert_allclose(got[0, 0, 0, 0], numeric, rtol=1e-2)
+
+
 def test_generator_eval_output_does_not_depend_on_the_forward_kernel():
-  # 'auto' evaluates with XLA's kernel and trains with the sub-pixel one: the same parameters must
-  # give the same reconstruction either way.
+  # The same parameters must give the same reconstruction whichever kernels run.
   from ganomaly_jax.models.dcgan import EDEGenerator
 
   x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3), minval=-1.0, maxval=1.0)
   outs = {}
-  for impl in ('xla', 'subpixel'):
+  for impl in ('xla', 'subpixel', 'auto'):
     model = EDEGenerator(32, 3, latent_dim=8, base=8, conv_transpose=impl)
     params = model.init(jax.random.key(1), x, train=False)
     outs[impl] = model.apply(params, x, train=False)['recon']
   np.testing.assert_allclose(outs['xla'], outs['subpixel'], atol=1e-5)
+  np.testing.assert_allclose(outs['xla'], outs['auto'], atol=1e-5)

@@ -1,13 +1,22 @@
-"""A drop-in `nn.ConvTranspose` with a faster "sub-pixel" implementation for XLA:CPU.
+"""A drop-in `nn.ConvTranspose` with faster implementations for XLA:CPU.
 
-On XLA:CPU a strided `lax.conv_transpose` (a convolution with `lhs_dilation`) is 4-7x slower forward +
-backward than a stride-1 convolution with the same FLOPs, and the GAN decoders are a chain of them. A
-transposed convolution with stride `s` is exactly a set of `s` x `s` stride-1 convolutions of the
-*undilated* input, one per output phase, interleaved (depth-to-space). We compute all phases with ONE
-stride-1 convolution whose `s*s*features` output channels hold the phases side by side, then do one
-reshape/transpose. The parameters are the untouched `nn.ConvTranspose` kernel ([kh, kw, in, out],
-`transpose_kernel=False`); the sub-kernels are views of it built inside the traced function, so the
-parameter tree, parameter count and checkpoints do not depend on which implementation runs.
+On XLA:CPU the gradient of a strided `lax.conv_transpose` (a convolution with `lhs_dilation`) with
+respect to its kernel runs at 1-5 GFLOP/s, and the GAN decoders are a chain of such layers. Under
+`impl='auto'` on CPU each layer instead runs
+  * forward: whichever of three exact forms was measured fastest for its shape (`resolve_impl`): XLA's
+    own kernel, the "sub-pixel" form below, or a single matmul when the input is 1x1;
+  * backward: the transposed convolution is the adjoint of a strided convolution, so its input
+    gradient is that strided convolution and its kernel gradient is that convolution's kernel
+    gradient (`conv_transpose_adjoint_grads`): the ops of an encoder's backward pass, which XLA:CPU
+    runs at 120-190 GFLOP/s.
+The parameters are the untouched `nn.ConvTranspose` kernel ([kh, kw, in, out], `transpose_kernel=False`),
+so the parameter tree, parameter count and checkpoints do not depend on which implementation runs.
+
+Sub-pixel form: a transposed convolution with stride `s` is exactly a set of `s` x `s` stride-1
+convolutions of the *undilated* input, one per output phase, interleaved (depth-to-space). We compute
+all phases with ONE stride-1 convolution (an im2col matmul) whose `s*s*features` output channels hold
+the phases side by side, then do one reshape/transpose; the sub-kernels are views of the kernel built
+inside the traced function.
 
 Derivation (per spatial dim; kernel size k, stride s, explicit padding (lo, hi)). `lax.conv_transpose`
 computes
@@ -30,6 +39,7 @@ any shifting between phases.
 from __future__ import annotations
 
 from collections.abc import Sequence
+import functools
 import math
 from typing import Any, Literal
 
@@ -201,31 +211,119 @@ def conv_transpose_subpixel(
   )
 
 
-def resolve_impl(impl: str, strides: tuple[int, int], features: int = 1 << 30,
-                 forward_only: bool = False, in_size: int = 0, in_features: int = 0) -> str:
-  """Picks the kernel for `impl='auto'` from the backend at trace time.
+def single_pixel_conv_transpose(
+    x: Array,
+    kernel: Array,
+    padding: tuple[tuple[int, int], tuple[int, int]],
+    precision: Any = None,
+) -> Array:
+  """`lax.conv_transpose` of a 1x1 input (any stride) as one matmul with a slice of the kernel.
 
-  On XLA:CPU the sub-pixel form wins for training whenever a stride is > 1: XLA's gradient of its own
-  transposed convolution is the slow part (bench/conv_transpose_speed.py). A forward pass alone
-  (`forward_only`: evaluation and inference) is faster with XLA's kernel on 4x4 and 8x8 inputs and
-  on 16x16 inputs with at least 256 channels (`in_size` is the smaller side). Whole-model inference,
-  batch 64: GANomaly 32x32x3 1320 images/s with XLA's kernel at 8x8x128->64 vs 923 with the sub-pixel
-  one; GANomaly 64x64x3 207 vs 187 with the sub-pixel form at 16x16x128->64 (49 vs 73 ms alone). From
-  32x32 on the sub-pixel form is faster, and on 1x1 and 2x2 inputs 5-15x faster (2x2x1024->256: 87 vs
-  1290 ms). On GPU and TPU, XLA's own transposed convolution is fine (cuDNN handles lhs dilation
-  natively) and we have not measured the alternative there, so we keep it. With stride 1 both forms
-  are the same plain conv.
+  With a single input pixel, output o receives x * K[lo - o] (where 0 <= lo - o < k), so the output
+  is the flipped kernel, cropped or zero-padded to the output size, weighted by the input channels.
+  XLA:CPU ran the decoder's first layer (1x1x100 -> 4x4x256) at ~10 GFLOP/s as a convolution.
+  """
+  n, h, w, _ = x.shape
+  if (h, w) != (1, 1):
+    raise ValueError(f'single_pixel_conv_transpose needs a 1x1 input, got {x.shape}.')
+  kh, kw = kernel.shape[:2]
+  (lo_h, hi_h), (lo_w, hi_w) = padding
+  out_h, out_w = lo_h + hi_h - kh + 2, lo_w + hi_w - kw + 2
+  if out_h <= 0 or out_w <= 0:
+    raise ValueError(f'Empty output for input {x.shape}, kernel {kernel.shape}, padding {padding}.')
+  flipped = kernel[::-1, ::-1]  # flipped[k - 1 - lo + o] = K[lo - o]
+  # Pad by the out-of-range taps (negative pads crop) so that row o of the result is flipped[k-1-lo+o].
+  zero = jnp.zeros((), kernel.dtype)
+  taps = lax.pad(flipped, zero, ((lo_h - kh + 1, out_h - lo_h - 1, 0), (lo_w - kw + 1, out_w - lo_w - 1, 0),
+                                 (0, 0, 0), (0, 0, 0)))
+  return jnp.einsum('nc,hwco->nhwo', x[:, 0, 0, :], taps, precision=precision)
+
+
+def _adjoint_kernel(kernel: Array) -> Array:
+  """[kh, kw, a, b] -> [kh, kw, b, a], spatially flipped: the kernel of the adjoint convolution."""
+  return jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+
+
+def adjoint_conv_padding(
+    kernel_size: tuple[int, int], padding: tuple[tuple[int, int], tuple[int, int]]
+) -> tuple[tuple[int, int], tuple[int, int]] | None:
+  """Padding of the strided convolution whose adjoint this transposed convolution is (None if < 0).
+
+  `lax.conv_transpose(x, K, s, (lo, hi))` maps H to Ho = (H-1)s + lo + hi - k + 2 and is the adjoint
+  (input gradient) of the stride-s convolution of an Ho-sized map with the flipped, in/out-swapped
+  kernel and padding (k-1-lo, k-1-hi), which maps Ho back to exactly H.
+  """
+  pads = tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(kernel_size, padding))
+  return None if min(min(p) for p in pads) < 0 else pads  # type: ignore[return-value]
+
+
+_FORWARDS = {'xla': conv_transpose_xla, 'subpixel': conv_transpose_subpixel}
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def conv_transpose_adjoint_grads(x: Array, kernel: Array, strides: tuple[int, int],
+                                 padding: tuple[tuple[int, int], tuple[int, int]],
+                                 precision: Any = None, forward: str = 'xla') -> Array:
+  """A transposed convolution computed by `forward`, differentiated as the adjoint of a strided conv.
+
+  The value is `_FORWARDS[forward](x, kernel, strides, padding)`. The gradients are those of a plain
+  strided convolution, read backwards: the input gradient IS the strided convolution of the output
+  gradient, and the kernel gradient is that convolution's kernel gradient with the input as its
+  output gradient. These are exactly the ops XLA runs for an encoder's backward pass, which XLA:CPU
+  does at 120-190 GFLOP/s, where its gradient of its own transposed convolution's kernel ran at
+  1-5 GFLOP/s (4x4x256 -> 8x8x128, batch 64: 157 ms vs 7 ms) and the sub-pixel form's im2col
+  matmuls waste the zero taps. Requires non-negative `adjoint_conv_padding`.
+  """
+  return _FORWARDS[forward](x, kernel, strides, padding, precision)
+
+
+def _adjoint_grads_fwd(x, kernel, strides, padding, precision, forward):
+  return conv_transpose_adjoint_grads(x, kernel, strides, padding, precision, forward), (x, kernel)
+
+
+def _adjoint_grads_bwd(strides, padding, precision, forward, residuals, grad_out):
+  del forward
+  x, kernel = residuals
+  pads = adjoint_conv_padding(kernel.shape[:2], padding)
+  conv = lambda lhs, rhs: lax.conv_general_dilated(
+      lhs, rhs, strides, pads, dimension_numbers=_DIMENSION_NUMBERS, precision=precision)
+  adjoint_kernel = _adjoint_kernel(kernel)
+  grad_x = conv(grad_out, adjoint_kernel)
+  _, kernel_pullback = jax.vjp(lambda k: conv(grad_out, k), adjoint_kernel)
+  (grad_adjoint_kernel,) = kernel_pullback(x)
+  return grad_x, _adjoint_kernel(grad_adjoint_kernel)
+
+
+conv_transpose_adjoint_grads.defvjp(_adjoint_grads_fwd, _adjoint_grads_bwd)
+
+
+def resolve_impl(impl: str, strides: tuple[int, int], features: int = 1 << 30,
+                 in_hw: tuple[int, int] = (0, 0), in_features: int = 0) -> str:
+  """The forward kernel for `impl` ('xla', 'subpixel' or, for 1x1 inputs under 'auto', 'matmul').
+
+  'auto' on XLA:CPU picks, per layer, the forward pass measured fastest (whole-model runs, batch 64;
+  bench/conv_transpose_speed.py for single layers): a matmul for 1x1 inputs; XLA's own kernel for
+  4x4 and 8x8 inputs, for 16x16 inputs with at least 256 channels and for layers with few output
+  channels (an image layer, where the phase matmul is too narrow); the sub-pixel form elsewhere
+  (16x16x128 -> 64: 49 vs 73 ms; 2x2x1024 -> 256: 87 vs 1290 ms). The backward pass under 'auto' does
+  not depend on this choice (see `conv_transpose_adjoint_grads`). On GPU and TPU, XLA's own transposed
+  convolution is fine (cuDNN handles lhs dilation natively) and we have not measured the
+  alternatives there, so 'auto' keeps it. `in_hw` is the input's (H, W), (0, 0) if unknown.
   """
   if impl not in ('auto', 'xla', 'subpixel'):
     raise ValueError(f"impl must be 'auto', 'xla' or 'subpixel', got {impl!r}.")
   if impl != 'auto':
     return impl
-  if forward_only and (4 <= in_size <= 8 or (in_size == 16 and in_features >= 256)):
+  if jax.default_backend() != 'cpu':
     return 'xla'
-  # With very few output channels (an image layer) the phase matmul is too narrow to pay off.
-  if jax.default_backend() == 'cpu' and features * strides[0] * strides[1] >= 32:
-    return 'subpixel'
-  return 'xla'
+  if tuple(in_hw) == (1, 1):
+    return 'matmul'
+  in_size = min(in_hw)
+  if features * strides[0] * strides[1] < 32:
+    return 'xla'
+  if 4 <= in_size <= 8 or (in_size == 16 and in_features >= 256):
+    return 'xla'
+  return 'subpixel'
 
 
 class ConvTranspose(nn.Module):
@@ -248,8 +346,9 @@ class ConvTranspose(nn.Module):
     dtype: compute dtype (None: promote from inputs and params, as flax does).
     param_dtype: dtype of the parameters.
     precision: `lax` precision of the convolution.
-    impl: 'xla' (lax.conv_transpose), 'subpixel' (one stride-1 conv + depth-to-space) or 'auto'
-      (subpixel on CPU when a stride is > 1, xla otherwise; see `resolve_impl`).
+    impl: 'xla' (lax.conv_transpose), 'subpixel' (one stride-1 conv + depth-to-space), both
+      differentiated by JAX, or 'auto': on CPU the fastest forward per layer (`resolve_impl`) with the
+      backward pass of `conv_transpose_adjoint_grads`; XLA's kernel elsewhere.
   """
 
   features: int
@@ -265,12 +364,8 @@ class ConvTranspose(nn.Module):
   impl: Impl = 'auto'
 
   @nn.compact
-  def __call__(self, inputs: Array, forward_only: bool = False) -> Array:
-    """Applies the transposed convolution to [*batch, H, W, C] (or unbatched [H, W, C]) inputs.
-
-    `forward_only=True` promises that no gradient flows through this call (evaluation), which lets
-    `impl='auto'` pick the kernel that is fastest without a backward pass.
-    """
+  def __call__(self, inputs: Array) -> Array:
+    """Applies the transposed convolution to [*batch, H, W, C] (or unbatched [H, W, C]) inputs."""
     kernel_size = _pair(self.kernel_size, 'kernel_size')
     strides = _pair(self.strides, 'strides')
     padding = explicit_padding(self.padding, kernel_size, strides)
@@ -285,12 +380,14 @@ class ConvTranspose(nn.Module):
     bias = self.param('bias', self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
     x, kernel, bias = flax_dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
 
-    in_size = min(x.shape[1:3])
-    if resolve_impl(self.impl, strides, self.features, forward_only, in_size,
-                    x.shape[-1]) == 'subpixel':
-      y = conv_transpose_subpixel(x, kernel, strides, padding, self.precision)
+    forward = resolve_impl(self.impl, strides, self.features, x.shape[1:3], x.shape[-1])
+    if forward == 'matmul':
+      y = single_pixel_conv_transpose(x, kernel, padding, self.precision)
+    elif (self.impl == 'auto' and jax.default_backend() == 'cpu'
+          and adjoint_conv_padding(kernel_size, padding) is not None):
+      y = conv_transpose_adjoint_grads(x, kernel, strides, padding, self.precision, forward)
     else:
-      y = conv_transpose_xla(x, kernel, strides, padding, self.precision)
+      y = _FORWARDS[forward](x, kernel, strides, padding, self.precision)
     if bias is not None:
       y = y + bias
     return y.reshape(batch_shape + y.shape[1:])

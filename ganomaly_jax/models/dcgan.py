@@ -91,14 +91,12 @@ class Decoder(nn.Module):
         dtype=self.dtype, impl=self.conv_transpose, name=name)
 
     h = z.reshape(z.shape[0], 1, 1, -1).astype(self.dtype)
-    # Without training no gradient flows through the decoder: let 'auto' pick the forward kernel.
-    forward_only = not train
-    h = convt(chans[0], 4, 1, 'VALID', 'convt_in')(h, forward_only)  # 1x1 -> 4x4
+    h = convt(chans[0], 4, 1, 'VALID', 'convt_in')(h)  # 1x1 -> 4x4
     resolution = 4
     for i, c in enumerate(chans):
       if i > 0:
         h = convt(c, self.kernel_size, 2, layers.transpose_padding(self.kernel_size),
-                  f'convt_{i}')(h, forward_only)
+                  f'convt_{i}')(h)
         resolution *= 2
       h = nn.relu(layers.batch_norm(train, self.dtype, name=f'bn_{i}')(h))
       if self.dropout > 0:
@@ -108,7 +106,7 @@ class Decoder(nn.Module):
       if self.self_attention == resolution:
         h = layers.SelfAttention(self.dtype, name='attention')(h)
     # The last layer always uses a 4x4 kernel (study method 2 keeps it at 4 with 5x5 elsewhere).
-    h = convt(self.channels, 4, 2, layers.transpose_padding(4), 'convt_out')(h, forward_only)
+    h = convt(self.channels, 4, 2, layers.transpose_padding(4), 'convt_out')(h)
     return jnp.tanh(h).astype(jnp.float32)
 
 

@@ -67,7 +67,7 @@ class UNetGenerator(nn.Module):
       out_ch = chans[i - 1] if i > 0 else self.channels
       h = ConvTranspose(out_ch, kernel_size=4, strides=2, padding=layers.transpose_padding(4),
                         use_bias=(i == 0), kernel_init=layers.conv_init, dtype=self.dtype,
-                        impl=self.conv_transpose, name=f'up_{i}')(h, forward_only=not train)
+                        impl=self.conv_transpose, name=f'up_{i}')(h)
       if i == 0:
         break
       h = layers.batch_norm(train, self.dtype, name=f'up_bn_{i}')(h)
