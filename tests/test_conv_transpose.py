@@ -73,7 +73,8 @@ def test_auto_picks_the_forward_kernel_per_layer():
   if on_cpu:
     assert auto((1, 1)) == auto((1, 1), strides=(1, 1)) == 'matmul'  # one input pixel
     assert auto((4, 4)) == auto((8, 8)) == auto((16, 16), cin=256) == 'xla'
-    assert auto((2, 2), cin=1024) == auto((16, 16)) == auto((32, 32)) == auto((1, 4)) == 'subpixel'
+    assert auto((2, 2), cin=1024) == auto((1, 2)) == 'scatter'
+    assert auto((16, 16)) == auto((32, 32)) == auto((1, 4)) == 'subpixel'
     assert auto((32, 32), features=3) == 'xla'  # an image layer is too narrow for the phase matmul
   else:
     assert auto((1, 1)) == auto((32, 32)) == 'xla'
@@ -84,7 +85,8 @@ def test_auto_picks_the_forward_kernel_per_layer():
     resolve_impl('fast', (2, 2))
 
 
-AUTO_CASES = CASES + [(4, 2, (2, 2), 1), (4, 2, (2, 2), 16), (4, 1, (3, 3), 3), (4, 2, (4, 4), 3)]
+AUTO_CASES = CASES + [(4, 2, (2, 2), 1), (4, 2, (2, 2), 16), (4, 1, (3, 3), 3), (4, 2, (4, 4), 3),
+                      (4, 2, (2, 2), 2), (5, 2, (2, 3), 2), (3, 2, (1, 2), 2), (4, 2, (0, 4), 2)]
 
 
 @pytest.mark.parametrize('features', [5, 64])

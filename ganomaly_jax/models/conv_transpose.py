@@ -239,6 +239,43 @@ def single_pixel_conv_transpose(
   return jnp.einsum('nc,hwco->nhwo', x[:, 0, 0, :], taps, precision=precision)
 
 
+def conv_transpose_scatter(
+    x: Array,
+    kernel: Array,
+    strides: tuple[int, int],
+    padding: tuple[tuple[int, int], tuple[int, int]],
+    precision: Any = None,
+) -> Array:
+  """`lax.conv_transpose` as one matmul (every input pixel times the whole kernel) + scatter-add.
+
+  Input pixel i writes x[i] * K[::-1] to outputs s*i + lo - k + 1 ... s*i + lo. The matmul has no
+  wasted FLOPs, but its result is k*k/(s*s) times the output, so this only pays for tiny inputs
+  (2x2: the U-Net's 2x2x1024 -> 4x4x256 layer, 44 -> 17-25 ms forward, where the sub-pixel form
+  computes a 3x3 phase grid for a 2x2 one and XLA's kernel is slower still).
+  """
+  n, h, w, cin = x.shape
+  kh, kw, _, cout = kernel.shape
+  sh, sw = strides
+  (lo_h, hi_h), (lo_w, hi_w) = padding
+  out_h, out_w = (h - 1) * sh + lo_h + hi_h - kh + 2, (w - 1) * sw + lo_w + hi_w - kw + 2
+  if out_h <= 0 or out_w <= 0:
+    raise ValueError(f'Empty output for input {x.shape}, kernel {kernel.shape}, padding {padding}.')
+  flipped = kernel[::-1, ::-1].transpose(2, 0, 1, 3).reshape(cin, kh * kw * cout)
+  taps = jnp.dot(x.reshape(n * h * w, cin), flipped, precision=precision)
+  taps = taps.reshape(n, h, w, kh, kw, cout)
+  # "full" holds every position any tap reaches: full[s*i + t] += x[i] * flipped tap t.
+  full_h, full_w = (h - 1) * sh + kh, (w - 1) * sw + kw
+  zero = jnp.zeros((), taps.dtype)
+  full = sum(
+      lax.pad(taps[:, :, :, i, j], zero,
+              ((0, 0, 0), (i, kh - 1 - i, sh - 1), (j, kw - 1 - j, sw - 1), (0, 0, 0)))
+      for i in range(kh) for j in range(kw))
+  # out[o] = full[o - lo + k - 1]: crop (negative pads) or zero-extend to the requested window.
+  off_h, off_w = lo_h - kh + 1, lo_w - kw + 1
+  return lax.pad(full, zero, ((0, 0, 0), (off_h, out_h - full_h - off_h, 0),
+                              (off_w, out_w - full_w - off_w, 0), (0, 0, 0)))
+
+
 def _adjoint_kernel(kernel: Array) -> Array:
   """[kh, kw, a, b] -> [kh, kw, b, a], spatially flipped: the kernel of the adjoint convolution."""
   return jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
@@ -257,7 +294,8 @@ def adjoint_conv_padding(
   return None if min(min(p) for p in pads) < 0 else pads  # type: ignore[return-value]
 
 
-_FORWARDS = {'xla': conv_transpose_xla, 'subpixel': conv_transpose_subpixel}
+_FORWARDS = {'xla': conv_transpose_xla, 'subpixel': conv_transpose_subpixel,
+             'scatter': conv_transpose_scatter}
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
@@ -299,10 +337,11 @@ conv_transpose_adjoint_grads.defvjp(_adjoint_grads_fwd, _adjoint_grads_bwd)
 
 def resolve_impl(impl: str, strides: tuple[int, int], features: int = 1 << 30,
                  in_hw: tuple[int, int] = (0, 0), in_features: int = 0) -> str:
-  """The forward kernel for `impl` ('xla', 'subpixel' or, for 1x1 inputs under 'auto', 'matmul').
+  """The forward kernel for `impl`: 'xla', 'subpixel', or under 'auto' also 'matmul' or 'scatter'.
 
   'auto' on XLA:CPU picks, per layer, the forward pass measured fastest (whole-model runs, batch 64;
-  bench/conv_transpose_speed.py for single layers): a matmul for 1x1 inputs; XLA's own kernel for
+  bench/conv_transpose_speed.py for single layers): a matmul for 1x1 inputs and the scatter form
+  (`conv_transpose_scatter`) for 1x2, 2x1 and 2x2 ones; XLA's own kernel for
   4x4 and 8x8 inputs, for 16x16 inputs with at least 256 channels and for layers with few output
   channels (an image layer, where the phase matmul is too narrow); the sub-pixel form elsewhere
   (16x16x128 -> 64: 49 vs 73 ms; 2x2x1024 -> 256: 87 vs 1290 ms). The backward pass under 'auto' does
@@ -318,6 +357,8 @@ def resolve_impl(impl: str, strides: tuple[int, int], features: int = 1 << 30,
     return 'xla'
   if tuple(in_hw) == (1, 1):
     return 'matmul'
+  if max(in_hw) == 2:
+    return 'scatter'
   in_size = min(in_hw)
   if features * strides[0] * strides[1] < 32:
     return 'xla'
