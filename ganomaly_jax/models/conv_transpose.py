@@ -175,6 +175,7 @@ def conv_transpose_subpixel(
     strides: tuple[int, int],
     padding: tuple[tuple[int, int], tuple[int, int]],
     precision: Any = None,
+    phase_conv: str = 'matmul',
 ) -> Array:
   """`lax.conv_transpose(x, kernel, strides, padding)` as one stride-1 conv (a matmul) + depth-to-space.
 
@@ -183,7 +184,10 @@ def conv_transpose_subpixel(
     kernel: [kh, kw, in, out] kernel with `nn.ConvTranspose(transpose_kernel=False)` semantics.
     strides: (sh, sw).
     padding: explicit ((lo_h, hi_h), (lo_w, hi_w)) of the transposed convolution; any integers.
-    precision: passed to `lax.conv_general_dilated`.
+    precision: passed to the phase convolution.
+    phase_conv: 'matmul' (im2col + matmul, whose JAX gradient is fast on XLA:CPU) or 'xla' (XLA's
+      stride-1 convolution: 2-3x faster forward from 8x8 inputs on, but its kernel gradient is slow,
+      so only for forward passes and `conv_transpose_adjoint_grads`).
 
   Returns:
     [N, H_out, W_out, out], equal (to float rounding) to the `lax.conv_transpose` result.
@@ -199,7 +203,14 @@ def conv_transpose_subpixel(
   x, ph_lo, ph_hi = _pad_or_crop(x, 1, gh['pad_lo'], gh['pad_hi'])
   x, pw_lo, pw_hi = _pad_or_crop(x, 2, gw['pad_lo'], gw['pad_hi'])
   x = jnp.pad(x, ((0, 0), (ph_lo, ph_hi), (pw_lo, pw_hi), (0, 0)))
-  z = _valid_conv_matmul(x, subpixel_kernel(kernel, strides), precision)
+  phase_kernel = subpixel_kernel(kernel, strides)
+  if phase_conv == 'matmul':
+    z = _valid_conv_matmul(x, phase_kernel, precision)
+  elif phase_conv == 'xla':
+    z = lax.conv_general_dilated(x, phase_kernel, (1, 1), 'VALID',
+                                 dimension_numbers=_DIMENSION_NUMBERS, precision=precision)
+  else:
+    raise ValueError(f"phase_conv must be 'matmul' or 'xla', got {phase_conv!r}.")
   # Depth-to-space: [N, Mh, Mw, (ph, pw, out)] -> [N, Mh*sh, Mw*sw, out], then crop to the output.
   _, mh, mw, _ = z.shape
   z = z.reshape(n, mh, mw, sh, sw, cout).transpose(0, 1, 3, 2, 4, 5)
@@ -296,6 +307,9 @@ def adjoint_conv_padding(
 
 _FORWARDS = {'xla': conv_transpose_xla, 'subpixel': conv_transpose_subpixel,
              'scatter': conv_transpose_scatter}
+# Forward passes for conv_transpose_adjoint_grads, whose backward never differentiates them.
+_FORWARDS_WITHOUT_GRAD = dict(
+    _FORWARDS, subpixel=functools.partial(conv_transpose_subpixel, phase_conv='xla'))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
@@ -312,7 +326,7 @@ def conv_transpose_adjoint_grads(x: Array, kernel: Array, strides: tuple[int, in
   1-5 GFLOP/s (4x4x256 -> 8x8x128, batch 64: 157 ms vs 7 ms) and the sub-pixel form's im2col
   matmuls waste the zero taps. Requires non-negative `adjoint_conv_padding`.
   """
-  return _FORWARDS[forward](x, kernel, strides, padding, precision)
+  return _FORWARDS_WITHOUT_GRAD[forward](x, kernel, strides, padding, precision)
 
 
 def _adjoint_grads_fwd(x, kernel, strides, padding, precision, forward):
@@ -335,19 +349,81 @@ def _adjoint_grads_bwd(strides, padding, precision, forward, residuals, grad_out
 conv_transpose_adjoint_grads.defvjp(_adjoint_grads_fwd, _adjoint_grads_bwd)
 
 
+def _input_grad_padding(in_hw, kernel_size, strides, pads):
+  """`lax.conv_transpose` padding of a strided conv's input gradient (None if a pad is negative).
+
+  The conv maps H to Ho = (H + lo + hi - k) // s + 1; its adjoint with padding (k-1-lo, k-1-hi+r),
+  r = (H + lo + hi - k) mod s the rows the conv's last window never reached, maps Ho back to H.
+  """
+  out = []
+  for size, k, s, (lo, hi) in zip(in_hw, kernel_size, strides, pads):
+    r = (size + lo + hi - k) % s
+    out.append((k - 1 - lo, k - 1 - hi + r))
+  return None if min(min(p) for p in out) < 0 else tuple(out)
+
+
+def input_grad_impl(x_shape, kernel_shape, strides, pads) -> str | None:
+  """The transposed-conv forward `strided_conv` would use for this conv's input gradient.
+
+  None when XLA's own gradient is as good (the choice would be 'xla' anyway) or the padding does not
+  allow the adjoint form; `strided_conv` is then pointless.
+  """
+  if _input_grad_padding(x_shape[1:3], kernel_shape[:2], strides, pads) is None:
+    return None
+  out_hw = tuple((size + lo + hi - k) // s + 1 for size, k, s, (lo, hi)
+                 in zip(x_shape[1:3], kernel_shape[:2], strides, pads))
+  forward = resolve_impl('auto', strides, kernel_shape[2], out_hw)
+  return None if forward == 'xla' else forward
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def strided_conv(x: Array, kernel: Array, strides: tuple[int, int],
+                 pads: tuple[tuple[int, int], tuple[int, int]], precision: Any = None) -> Array:
+  """NHWC x HWIO `lax.conv_general_dilated` whose input gradient runs as our fastest transposed conv.
+
+  XLA differentiates a strided convolution into a transposed one with its own lhs-dilated kernel,
+  which XLA:CPU runs 2-3x slower than the sub-pixel form from 8x8 gradients on (encoder conv
+  32x32x64 -> 16x16x128, batch 64: input gradient 86 -> 31 ms). The kernel gradient stays XLA's.
+  Only for convs where `input_grad_impl` is not None.
+  """
+  return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_DIMENSION_NUMBERS,
+                                  precision=precision)
+
+
+def _strided_conv_fwd(x, kernel, strides, pads, precision):
+  return strided_conv(x, kernel, strides, pads, precision), (x, kernel)
+
+
+def _strided_conv_bwd(strides, pads, precision, residuals, grad_out):
+  x, kernel = residuals
+  forward = input_grad_impl(x.shape, kernel.shape, strides, pads)
+  padding = _input_grad_padding(x.shape[1:3], kernel.shape[:2], strides, pads)
+  grad_x = _FORWARDS_WITHOUT_GRAD[forward](grad_out, _adjoint_kernel(kernel), strides, padding,
+                                           precision)
+  _, kernel_pullback = jax.vjp(
+      lambda k: lax.conv_general_dilated(x, k, strides, pads, dimension_numbers=_DIMENSION_NUMBERS,
+                                         precision=precision), kernel)
+  (grad_kernel,) = kernel_pullback(grad_out)
+  return grad_x, grad_kernel
+
+
+strided_conv.defvjp(_strided_conv_fwd, _strided_conv_bwd)
+
+
 def resolve_impl(impl: str, strides: tuple[int, int], features: int = 1 << 30,
-                 in_hw: tuple[int, int] = (0, 0), in_features: int = 0) -> str:
+                 in_hw: tuple[int, int] = (0, 0)) -> str:
   """The forward kernel for `impl`: 'xla', 'subpixel', or under 'auto' also 'matmul' or 'scatter'.
 
-  'auto' on XLA:CPU picks, per layer, the forward pass measured fastest (whole-model runs, batch 64;
-  bench/conv_transpose_speed.py for single layers): a matmul for 1x1 inputs and the scatter form
-  (`conv_transpose_scatter`) for 1x2, 2x1 and 2x2 ones; XLA's own kernel for
-  4x4 and 8x8 inputs, for 16x16 inputs with at least 256 channels and for layers with few output
-  channels (an image layer, where the phase matmul is too narrow); the sub-pixel form elsewhere
-  (16x16x128 -> 64: 49 vs 73 ms; 2x2x1024 -> 256: 87 vs 1290 ms). The backward pass under 'auto' does
-  not depend on this choice (see `conv_transpose_adjoint_grads`). On GPU and TPU, XLA's own transposed
-  convolution is fine (cuDNN handles lhs dilation natively) and we have not measured the
-  alternatives there, so 'auto' keeps it. `in_hw` is the input's (H, W), (0, 0) if unknown.
+  'auto' on XLA:CPU picks, per layer, the forward pass measured fastest (batch 64, forward only;
+  bench/conv_transpose_speed.py): a matmul for 1x1 inputs; the scatter form
+  (`conv_transpose_scatter`) for 1x2, 2x1 and 2x2 ones (2x2x1024 -> 256: 16 ms vs 44 sub-pixel);
+  XLA's own kernel on 3x3 and 4x4 inputs (4x4x512 -> 256: 30 vs 41 ms) and for layers with few output
+  channels (an image layer); the sub-pixel form with XLA's stride-1 phase convolution from 5x5 on
+  (16x16x128 -> 64: 30 ms vs 88 with XLA's kernel and 66 with the im2col phase matmul). The backward
+  pass under 'auto' does not depend on this choice (see `conv_transpose_adjoint_grads`). On GPU and
+  TPU XLA's own transposed convolution is fine (cuDNN handles lhs dilation natively) and we have not
+  measured the alternatives there, so 'auto' keeps it. `in_hw` is the input's (H, W), (0, 0) if
+  unknown.
   """
   if impl not in ('auto', 'xla', 'subpixel'):
     raise ValueError(f"impl must be 'auto', 'xla' or 'subpixel', got {impl!r}.")
@@ -359,10 +435,7 @@ def resolve_impl(impl: str, strides: tuple[int, int], features: int = 1 << 30,
     return 'matmul'
   if max(in_hw) == 2:
     return 'scatter'
-  in_size = min(in_hw)
-  if features * strides[0] * strides[1] < 32:
-    return 'xla'
-  if 4 <= in_size <= 8 or (in_size == 16 and in_features >= 256):
+  if features * strides[0] * strides[1] < 32 or min(in_hw) <= 4:
     return 'xla'
   return 'subpixel'
 
@@ -421,7 +494,7 @@ class ConvTranspose(nn.Module):
     bias = self.param('bias', self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
     x, kernel, bias = flax_dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
 
-    forward = resolve_impl(self.impl, strides, self.features, x.shape[1:3], x.shape[-1])
+    forward = resolve_impl(self.impl, strides, self.features, x.shape[1:3])
     if forward == 'matmul':
       y = single_pixel_conv_transpose(x, kernel, padding, self.precision)
     elif (self.impl == 'auto' and jax.default_backend() == 'cpu'

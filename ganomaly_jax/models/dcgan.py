@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ganomaly_jax.models import layers, matmul_conv
+from ganomaly_jax.models import convolution, layers
 from ganomaly_jax.models.conv_transpose import ConvTranspose
 
 
@@ -46,7 +46,7 @@ class Encoder(nn.Module):
   def _conv(self, x, features, kernel, strides, padding, update_stats, name):
     conv = nn.Conv(features, (kernel, kernel), strides=strides, padding=padding, use_bias=False,
                    kernel_init=layers.conv_init, dtype=self.dtype, param_dtype=jnp.float32,
-                   conv_general_dilated=matmul_conv.conv_general_dilated, name=name)
+                   conv_general_dilated=convolution.conv_general_dilated, name=name)
     if self.spectral_norm:
       return nn.SpectralNorm(conv, name=f'{name}_sn')(x, update_stats=update_stats)
     return conv(x)
@@ -193,7 +193,7 @@ class LatentDiscriminator(nn.Module):
     k = self.classifier_kernel
     classifier = nn.Conv(1, (k, k), padding='SAME', use_bias=False, kernel_init=layers.conv_init,
                          dtype=self.dtype, param_dtype=jnp.float32,
-                         conv_general_dilated=matmul_conv.conv_general_dilated, name='classifier')
+                         conv_general_dilated=convolution.conv_general_dilated, name='classifier')
     h = latent.reshape(latent.shape[0], 1, 1, -1)
     if self.spectral_norm:
       logit = nn.SpectralNorm(classifier, name='classifier_sn')(h, update_stats=update_stats)

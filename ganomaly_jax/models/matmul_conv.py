@@ -31,7 +31,8 @@ _NHWC = lax.conv_dimension_numbers((1,) * 4, (1,) * 4, ('NHWC', 'HWIO', 'NHWC'))
 _IM2COL_MAX_POSITIONS = 4
 
 
-def _explicit(lhs, rhs, strides, padding) -> tuple[tuple[int, int], ...]:
+def explicit_padding(lhs, rhs, strides, padding) -> tuple[tuple[int, int], ...]:
+  """((lo_h, hi_h), (lo_w, hi_w)) of a conv given 'SAME' / 'VALID' or explicit pads."""
   if isinstance(padding, str):
     padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
   return tuple((int(lo), int(hi)) for lo, hi in padding)
@@ -65,7 +66,7 @@ def _single_window_pads(lhs, rhs, strides, padding):
   """Explicit pads if this is a plain NHWC/HWIO conv whose output is 1x1, else None."""
   if lhs.ndim != 4 or rhs.ndim != 4:
     return None
-  pads = _explicit(lhs, rhs, strides, padding)
+  pads = explicit_padding(lhs, rhs, strides, padding)
   for size, k, s, (lo, hi) in zip(lhs.shape[1:3], rhs.shape[:2], strides, pads):
     if size + lo + hi < k or (size + lo + hi - k) // s + 1 != 1:
       return None
@@ -97,23 +98,37 @@ def single_window_conv(x: jax.Array, kernel: jax.Array,
   return y[:, None, None, :]
 
 
+def is_plain_nhwc(lhs, rhs, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
+                  feature_group_count: int = 1, preferred_element_type: Any = None) -> bool:
+  """Whether a `lax.conv_general_dilated` call is an ordinary NHWC x HWIO conv (no dilation, groups)."""
+  return (all(d == 1 for d in (lhs_dilation or (1, 1)))
+          and all(d == 1 for d in (rhs_dilation or (1, 1)))
+          and feature_group_count == 1 and preferred_element_type is None
+          and dimension_numbers is not None and lhs.ndim == 4
+          and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == _NHWC)
+
+
+def tiny_output_conv(lhs, rhs, strides: tuple[int, int], padding,
+                     precision: Any = None) -> jax.Array | None:
+  """A plain NHWC conv with a 1x1 or 2x2 output map as matmuls; None for any other output size."""
+  pads = _single_window_pads(lhs, rhs, strides, padding)
+  if pads is not None:
+    return single_window_conv(lhs, rhs, pads, precision)
+  pads = explicit_padding(lhs, rhs, strides, padding)
+  if 0 < _output_positions(lhs, rhs, strides, pads) <= _IM2COL_MAX_POSITIONS:
+    return im2col_conv(lhs, rhs, strides, pads, precision)
+  return None
+
+
 def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count: int = 1,
                          precision: Any = None, preferred_element_type: Any = None):
   """`lax.conv_general_dilated`, as matmuls when the output map is 1x1 or 2x2 (plain NHWC/HWIO only)."""
-  plain = (all(d == 1 for d in (lhs_dilation or (1, 1)))
-           and all(d == 1 for d in (rhs_dilation or (1, 1)))
-           and feature_group_count == 1 and preferred_element_type is None
-           and dimension_numbers is not None and lhs.ndim == 4
-           and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == _NHWC)
-  strides = tuple(window_strides)
-  pads = _single_window_pads(lhs, rhs, strides, padding) if plain else None
-  if pads is not None:
-    return single_window_conv(lhs, rhs, pads, precision)
-  if plain:
-    pads = _explicit(lhs, rhs, strides, padding)
-    if 0 < _output_positions(lhs, rhs, strides, pads) <= _IM2COL_MAX_POSITIONS:
-      return im2col_conv(lhs, rhs, strides, pads, precision)
+  if is_plain_nhwc(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+                   preferred_element_type):
+    y = tiny_output_conv(lhs, rhs, tuple(window_strides), padding, precision)
+    if y is not None:
+      return y
   return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                   dimension_numbers, feature_group_count, precision=precision,
                                   preferred_element_type=preferred_element_type)

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ganomaly_jax.models import layers, matmul_conv
+from ganomaly_jax.models import convolution, layers
 from ganomaly_jax.models.conv_transpose import ConvTranspose
 
 
@@ -53,7 +53,7 @@ class UNetGenerator(nn.Module):
         h = layers.leaky_relu(h)
       h = nn.Conv(c, (4, 4), strides=2, padding=pad, use_bias=False, kernel_init=layers.conv_init,
                   dtype=self.dtype, param_dtype=jnp.float32,
-                  conv_general_dilated=matmul_conv.conv_general_dilated, name=f'down_{i}')(h)
+                  conv_general_dilated=convolution.conv_general_dilated, name=f'down_{i}')(h)
       if 0 < i < n - 1:
         h = layers.batch_norm(train, self.dtype, name=f'down_bn_{i}')(h)
         if self.residual_blocks:
