@@ -14,9 +14,10 @@ so the parameter tree, parameter count and checkpoints do not depend on which im
 
 Sub-pixel form: a transposed convolution with stride `s` is exactly a set of `s` x `s` stride-1
 convolutions of the *undilated* input, one per output phase, interleaved (depth-to-space). We compute
-all phases with ONE stride-1 convolution (an im2col matmul) whose `s*s*features` output channels hold
-the phases side by side, then do one reshape/transpose; the sub-kernels are views of the kernel built
-inside the traced function.
+all phases with ONE stride-1 convolution whose `s*s*features` output channels hold the phases side by
+side, then do one reshape/transpose; the sub-kernels are views of the kernel built inside the traced
+function. The phase convolution is an im2col matmul where JAX differentiates it (`impl='subpixel'`)
+and XLA's stride-1 convolution where it is only run forward (`impl='auto'`).
 
 Derivation (per spatial dim; kernel size k, stride s, explicit padding (lo, hi)). `lax.conv_transpose`
 computes
@@ -245,8 +246,8 @@ def single_pixel_conv_transpose(
   flipped = kernel[::-1, ::-1]  # flipped[k - 1 - lo + o] = K[lo - o]
   # Pad by the out-of-range taps (negative pads crop) so that row o of the result is flipped[k-1-lo+o].
   zero = jnp.zeros((), kernel.dtype)
-  taps = lax.pad(flipped, zero, ((lo_h - kh + 1, out_h - lo_h - 1, 0), (lo_w - kw + 1, out_w - lo_w - 1, 0),
-                                 (0, 0, 0), (0, 0, 0)))
+  taps = lax.pad(flipped, zero, ((lo_h - kh + 1, out_h - lo_h - 1, 0),
+                                 (lo_w - kw + 1, out_w - lo_w - 1, 0), (0, 0, 0), (0, 0, 0)))
   return jnp.einsum('nc,hwco->nhwo', x[:, 0, 0, :], taps, precision=precision)
 
 
@@ -318,13 +319,13 @@ def conv_transpose_adjoint_grads(x: Array, kernel: Array, strides: tuple[int, in
                                  precision: Any = None, forward: str = 'xla') -> Array:
   """A transposed convolution computed by `forward`, differentiated as the adjoint of a strided conv.
 
-  The value is `_FORWARDS[forward](x, kernel, strides, padding)`. The gradients are those of a plain
-  strided convolution, read backwards: the input gradient IS the strided convolution of the output
-  gradient, and the kernel gradient is that convolution's kernel gradient with the input as its
-  output gradient. These are exactly the ops XLA runs for an encoder's backward pass, which XLA:CPU
-  does at 120-190 GFLOP/s, where its gradient of its own transposed convolution's kernel ran at
-  1-5 GFLOP/s (4x4x256 -> 8x8x128, batch 64: 157 ms vs 7 ms) and the sub-pixel form's im2col
-  matmuls waste the zero taps. Requires non-negative `adjoint_conv_padding`.
+  The value is `forward`'s ('xla', 'subpixel' on XLA's phase conv, or 'scatter'). The gradients are
+  those of a plain strided convolution, read backwards: the input gradient IS the strided
+  convolution of the output gradient, and the kernel gradient is that convolution's kernel gradient
+  with the input as its output gradient. These are exactly the ops XLA runs for an encoder's
+  backward pass, which XLA:CPU does at 120-190 GFLOP/s, where its gradient of its own transposed
+  convolution's kernel ran at 1-5 GFLOP/s (4x4x256 -> 8x8x128, batch 64: 157 ms vs 7 ms) and the
+  sub-pixel form's im2col matmuls waste the zero taps. Requires non-negative `adjoint_conv_padding`.
   """
   return _FORWARDS_WITHOUT_GRAD[forward](x, kernel, strides, padding, precision)
 
