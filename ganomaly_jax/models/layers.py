@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -11,7 +12,15 @@ import jax.numpy as jnp
 
 # DCGAN initialisation used by every GANomaly variant (REFERENCE §1): conv kernels N(0, 0.02),
 # BatchNorm scale N(1, 0.02) and bias 0.
-conv_init = nn.initializers.normal(stddev=0.02)
+
+
+def conv_init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+  """Conv kernels ~ N(0, 0.02): the same values as `nn.initializers.normal(0.02)`, drawn flat.
+
+  Threefry numbers its outputs by flat index, so a flat draw reshaped is bit-identical to a draw of
+  the kernel's shape, but XLA:CPU compiles the rank-1 draw much faster (as in masks.py).
+  """
+  return jax.random.normal(key, (math.prod(shape),), dtype).reshape(shape) * 0.02
 
 
 def bn_scale_init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
