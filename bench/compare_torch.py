@@ -22,7 +22,6 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 
@@ -252,11 +251,7 @@ def measure_matmul_peak() -> float:
 
 
 def _child(cmd: list[str]) -> dict:
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', OMP_NUM_THREADS=str(THREADS))
-  proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=throughput.REPO)
-  if proc.returncode:
-    sys.exit(f'error: {" ".join(cmd[1:4])} failed:\n{proc.stderr[-2000:]}')
-  return json.loads(proc.stdout.strip().splitlines()[-1])
+  return throughput.run_child(cmd, dict(os.environ, OMP_NUM_THREADS=str(THREADS)))
 
 
 def main() -> None:
@@ -267,6 +262,9 @@ def main() -> None:
   parser.add_argument('--steps', type=int, default=5)
   parser.add_argument('--reps', type=int, default=3)
   parser.add_argument('--json', action='store_true')
+  parser.add_argument('--compile_cache', default='',
+                      help='our persistent compilation cache directory, filled by one untimed run '
+                      'per case first: compile time and peak RSS are then those of a rerun')
   parser.add_argument('--_torch_child', nargs=2, help=argparse.SUPPRESS)
   parser.add_argument('--_peak_child', action='store_true', help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -297,8 +295,12 @@ def main() -> None:
     for mode in args.modes.split(','):
       ours, theirs = [], []
       common = [f'--steps={args.steps}', f'--reps={args.reps}']
+      ours_cmd = [sys.executable, throughput.__file__, '--_child', name, mode, *common,
+                  f'--compile_cache={args.compile_cache}']
+      if args.compile_cache:  # fill the cache, untimed
+        _child(ours_cmd[:5] + ['--steps=1', '--reps=1', ours_cmd[-1]])
       for _ in range(args.rounds):  # alternate so drifts in machine load hit both sides alike
-        ours.append(_child([sys.executable, throughput.__file__, '--_child', name, mode, *common]))
+        ours.append(_child(ours_cmd))
         theirs.append(_child([sys.executable, __file__, '--_torch_child', name, mode, *common]))
       med = lambda rows, k: statistics.median(r[k] for r in rows)
       row = {'case': name, 'mode': mode, 'ours_img_per_s': med(ours, 'img_per_s'),

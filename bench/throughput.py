@@ -60,14 +60,22 @@ def _flops(compiled) -> float:
   return float(cost.get('flops', float('nan')))
 
 
-def run_case(name: str, mode: str, steps: int, reps: int, extra: list[str]) -> dict:
-  """Runs one case in this process and returns its measurements."""
+def run_case(name: str, mode: str, steps: int, reps: int, extra: list[str],
+             cache_dir: str = '') -> dict:
+  """Runs one case in this process and returns its measurements.
+
+  With cache_dir, JAX's persistent compilation cache is on (as `main` has it by default), so a
+  second run of the same case loads its programs instead of compiling them.
+  """
   import functools
 
   import jax
   import numpy as np
 
-  from ganomaly_jax import parallel, state as state_lib, step as step_lib
+  from ganomaly_jax import compile_cache, parallel, state as state_lib, step as step_lib
+
+  if cache_dir:
+    compile_cache.enable(cache_dir, min_compile_s=0.0)
 
   method, isize, channels, batch = CASES[name]
   config = bench_config(method, isize, channels, batch, extra)
@@ -139,6 +147,15 @@ def run_case(name: str, mode: str, steps: int, reps: int, extra: list[str]) -> d
   return result
 
 
+def run_child(cmd: list[str], env: dict[str, str] | None = None) -> dict:
+  """Runs one benchmark subprocess; returns its last stdout line as JSON, or exits with its error."""
+  env = dict(os.environ if env is None else env, TF_CPP_MIN_LOG_LEVEL='3')
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+  if proc.returncode:
+    sys.exit(f'error: {" ".join(cmd[1:5])} failed:\n{proc.stderr[-2000:]}')
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--cases', default=','.join(CASES), help='comma-separated case names')
@@ -147,11 +164,15 @@ def main() -> None:
   parser.add_argument('--reps', type=int, default=5, help='timed repetitions (median reported)')
   parser.add_argument('--json', action='store_true', help='one JSON line per case')
   parser.add_argument('--set', action='append', default=[], help='config override key=value')
+  parser.add_argument('--compile_cache', default='',
+                      help='persistent compilation cache directory; each case first runs once '
+                      'untimed to fill it, so the figures are those of a rerun (warm cache)')
   parser.add_argument('--_child', nargs=2, help=argparse.SUPPRESS)
   args = parser.parse_args()
 
   if args._child:
-    print(json.dumps(run_case(args._child[0], args._child[1], args.steps, args.reps, args.set)))
+    print(json.dumps(run_case(args._child[0], args._child[1], args.steps, args.reps, args.set,
+                              args.compile_cache)))
     return
 
   rows = []
@@ -160,12 +181,11 @@ def main() -> None:
       sys.exit(f'error: unknown case {name!r}; known: {", ".join(CASES)}')
     for mode in args.modes.split(','):
       cmd = [sys.executable, __file__, '--_child', name, mode, f'--steps={args.steps}',
-             f'--reps={args.reps}'] + [f'--set={s}' for s in args.set]
-      env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
-      proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
-      if proc.returncode:
-        sys.exit(f'error: case {name} {mode} failed:\n{proc.stderr[-2000:]}')
-      row = json.loads(proc.stdout.strip().splitlines()[-1])
+             f'--reps={args.reps}', f'--compile_cache={args.compile_cache}']
+      cmd += [f'--set={s}' for s in args.set]
+      if args.compile_cache:
+        run_child(cmd[:5] + ['--steps=1', '--reps=1'] + cmd[7:])  # fills the cache, untimed
+      row = run_child(cmd)
       rows.append(row)
       if args.json:
         print(json.dumps(row), flush=True)

@@ -33,7 +33,7 @@ def main(argv):
   tf.config.experimental.set_visible_devices([], 'GPU')
   import jax
 
-  from ganomaly_jax import parallel, train
+  from ganomaly_jax import compile_cache, parallel, train
 
   config = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join('runs', config.method)
@@ -49,6 +49,9 @@ def main(argv):
     logging.info('JAX process %d / %d, local devices %s', jax.process_index(), jax.process_count(),
                  jax.local_devices())
     parallel.check_same_config(config, workdir)
+    cache_dir = compile_cache.enable(config.compile_cache_dir)
+    if cache_dir:
+      logging.info('Compilation cache: %s', cache_dir)
     train.train_and_evaluate(config, workdir)
   except (ValueError, train.TrainingError) as e:  # config, data and workdir errors: one clear line
     logging.error('%s', e)

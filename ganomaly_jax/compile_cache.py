@@ -1,0 +1,59 @@
+"""JAX's persistent compilation cache, switched on for the train and eval steps of every run.
+
+Compiling the training step is the largest single cost of a short run and of a resume: 6-9 s per
+program on a 2-core CPU, more on TPU pods, and on CPU XLA's compilation is also the peak of the
+process's memory (it added ~350 MiB to the GANomaly 32x32x1 benchmark, more than running the step).
+With the cache a later run of the same program (a resume, a rerun, an ablation that changes only
+data or step counts, every host of a pod after the first) loads the executable instead.
+
+JAX keys each entry on the program, the compile options, XLA_FLAGS and the jax/jaxlib versions, so a
+stale entry is never used. Only programs that took at least `min_compile_s` to compile are stored,
+which keeps small helpers out of it, and the directory is capped at `max_bytes` (least recently used
+entries go first). The cache is an optimisation: a directory that cannot be created turns it off with
+a warning, never stops the run.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import logging
+import jax
+
+DEFAULT_DIR = '~/.cache/ganomaly_jax/xla'
+DEFAULT_MAX_BYTES = 2 * 1024**3
+
+
+def enable(cache_dir: str, min_compile_s: float = 1.0, max_bytes: int = DEFAULT_MAX_BYTES) -> str:
+  """Points JAX's persistent compilation cache at cache_dir; returns the directory in use.
+
+  An empty cache_dir leaves the cache off and returns ''. Local paths are expanded and created;
+  other URLs (gs://...) are handed to JAX as they are. Must run before the programs it should cover
+  are compiled; calling it again with another directory switches to that directory.
+  """
+  if not cache_dir:
+    return ''
+  if '://' not in cache_dir:
+    cache_dir = os.path.abspath(os.path.expanduser(cache_dir))
+    try:
+      os.makedirs(cache_dir, exist_ok=True)
+      if not os.access(cache_dir, os.W_OK):
+        raise PermissionError(f'{cache_dir} is not writable')
+    except OSError as e:
+      logging.warning('Compilation cache off: cannot use %s (%s).', cache_dir, e)
+      return ''
+  from jax.experimental.compilation_cache import compilation_cache
+
+  jax.config.update('jax_compilation_cache_dir', cache_dir)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', float(min_compile_s))
+  jax.config.update('jax_compilation_cache_max_size', int(max_bytes))
+  compilation_cache.reset_cache()  # JAX fixes the directory at first use; make the new one count
+  return cache_dir
+
+
+def disable() -> None:
+  """Turns the persistent cache off again (tests, or a caller that enabled it temporarily)."""
+  from jax.experimental.compilation_cache import compilation_cache
+
+  jax.config.update('jax_compilation_cache_dir', None)
+  compilation_cache.reset_cache()
