@@ -295,10 +295,9 @@ def main() -> None:
     for mode in args.modes.split(','):
       ours, theirs = [], []
       common = [f'--steps={args.steps}', f'--reps={args.reps}']
-      ours_cmd = [sys.executable, throughput.__file__, '--_child', name, mode, *common,
-                  f'--compile_cache={args.compile_cache}']
+      ours_cmd = throughput.child_command(name, mode, args.steps, args.reps, args.compile_cache)
       if args.compile_cache:  # fill the cache, untimed
-        _child(ours_cmd[:5] + ['--steps=1', '--reps=1', ours_cmd[-1]])
+        _child(throughput.child_command(name, mode, 1, 1, args.compile_cache))
       for _ in range(args.rounds):  # alternate so drifts in machine load hit both sides alike
         ours.append(_child(ours_cmd))
         theirs.append(_child([sys.executable, __file__, '--_torch_child', name, mode, *common]))

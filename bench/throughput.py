@@ -153,6 +153,13 @@ def run_case(name: str, mode: str, steps: int, reps: int, extra: list[str],
   return result
 
 
+def child_command(name: str, mode: str, steps: int, reps: int, compile_cache: str = '',
+                  overrides: list[str] = ()) -> list[str]:
+  """The command that measures one case of ours in a fresh process (see `run_case`)."""
+  return [sys.executable, os.path.abspath(__file__), '--_child', name, mode, f'--steps={steps}',
+          f'--reps={reps}', f'--compile_cache={compile_cache}', *(f'--set={s}' for s in overrides)]
+
+
 def run_child(cmd: list[str], env: dict[str, str] | None = None) -> dict:
   """Runs one benchmark subprocess; returns its last stdout line as JSON, or exits with its error."""
   env = dict(os.environ if env is None else env, TF_CPP_MIN_LOG_LEVEL='3')
@@ -186,12 +193,9 @@ def main() -> None:
     if name not in CASES:
       sys.exit(f'error: unknown case {name!r}; known: {", ".join(CASES)}')
     for mode in args.modes.split(','):
-      cmd = [sys.executable, __file__, '--_child', name, mode, f'--steps={args.steps}',
-             f'--reps={args.reps}', f'--compile_cache={args.compile_cache}']
-      cmd += [f'--set={s}' for s in args.set]
-      if args.compile_cache:
-        run_child(cmd[:5] + ['--steps=1', '--reps=1'] + cmd[7:])  # fills the cache, untimed
-      row = run_child(cmd)
+      if args.compile_cache:  # fills the cache, untimed
+        run_child(child_command(name, mode, 1, 1, args.compile_cache, args.set))
+      row = run_child(child_command(name, mode, args.steps, args.reps, args.compile_cache, args.set))
       rows.append(row)
       if args.json:
         print(json.dumps(row), flush=True)

@@ -1,4 +1,4 @@
-"""JAX's persistent compilation cache, switched on for the train and eval steps of every run.
+"""JAX's persistent compilation cache, switched on for the programs of every `main` and `sweep` run.
 
 Compiling the training step is the largest single cost of a short run and of a resume: 6-9 s per
 program on a 2-core CPU, more on TPU pods, and on CPU XLA's compilation is also the peak of the
@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 
 from absl import logging
-import jax
 
 DEFAULT_DIR = '~/.cache/ganomaly_jax/xla'
 DEFAULT_MAX_BYTES = 2 * 1024**3
@@ -42,6 +41,7 @@ def enable(cache_dir: str, min_compile_s: float = 1.0, max_bytes: int = DEFAULT_
     except OSError as e:
       logging.warning('Compilation cache off: cannot use %s (%s).', cache_dir, e)
       return ''
+  import jax  # here, not at the top: config_lib reads DEFAULT_DIR without starting JAX
   from jax.experimental.compilation_cache import compilation_cache
 
   jax.config.update('jax_compilation_cache_dir', cache_dir)
@@ -53,6 +53,7 @@ def enable(cache_dir: str, min_compile_s: float = 1.0, max_bytes: int = DEFAULT_
 
 def disable() -> None:
   """Turns the persistent cache off again (tests, or a caller that enabled it temporarily)."""
+  import jax
   from jax.experimental.compilation_cache import compilation_cache
 
   jax.config.update('jax_compilation_cache_dir', None)

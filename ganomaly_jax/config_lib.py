@@ -15,6 +15,8 @@ from typing import Any
 
 import ml_collections
 
+from ganomaly_jax import compile_cache
+
 METHODS = ('ganomaly', 'ganomaly_modified', 'ganomaly_sn', 'skip_ganomaly', 'masked', 'grid_mask')
 
 # Argument-string shortcuts: short name -> dotted config key.
@@ -78,7 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.distributed = False  # call jax.distributed.initialize() (multi-host)
   c.restart = False  # move old checkpoints aside and start fresh
   # JAX's persistent compilation cache: reruns and resumes load the compiled steps ('' = off).
-  c.compile_cache_dir = '~/.cache/ganomaly_jax/xla'
+  c.compile_cache_dir = compile_cache.DEFAULT_DIR
   c.debug_nan_at_step = -1  # test hook: inject a NaN into the loss at this step (-1: never)
   c.debug_kill_at_step = -1  # test hook: SIGKILL this process after this step (-1: never)
 
