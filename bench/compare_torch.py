@@ -217,6 +217,7 @@ def run_torch_case(name: str, mode: str, steps: int, reps: int) -> dict:
     fn()
   return {'method': method, 'size': isize, 'channels': nc, 'batch': batch, 'mode': mode,
           'img_per_s': round(batch * steps / statistics.median(times), 1),
+          'best_img_per_s': round(batch * steps / min(times), 1),  # for conv_bound.py
           'compile_s': round(first, 2), 'peak_rss_mib': round(peak_rss, 1),
           'gflop_per_img': round(counter.get_total_flops() / batch / 1e9, 4),
           'torch': torch.__version__}
