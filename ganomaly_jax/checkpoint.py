@@ -12,6 +12,7 @@ during a save leaves the previous checkpoint usable.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import grain
@@ -65,6 +66,21 @@ class CheckpointStore:
       items['data'] = grain.checkpoint.CheckpointRestore(data_iter)
     restored = self.latest.restore(step, args=ocp.args.Composite(**items))
     return restored['state'], step
+
+  def saved_process_count(self) -> int | None:
+    """How many processes wrote the newest checkpoint's input-pipeline position (None: unknown).
+
+    grain saves one file per process, `process_<i>-of-<n>.json`, in the checkpoint's `data` item.
+    """
+    step = self.latest.latest_step()
+    if step is None:
+      return None
+    data_dir = os.path.join(self.latest_dir, str(step), 'data')
+    if not os.path.isdir(data_dir):
+      return None
+    counts = {int(m.group(1)) for name in os.listdir(data_dir)
+              if (m := re.fullmatch(r'process_\d+-of-(\d+)\.json', name))}
+    return counts.pop() if len(counts) == 1 else None
 
   def save_best(self, step: int, state: Any, val_loss: float) -> None:
     """Offers a state to the best-checkpoint manager; orbax keeps it only if val_loss is lower."""

@@ -87,6 +87,20 @@ def _check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> No
         'or --config.restart=True to move the old checkpoints aside.')
 
 
+def _check_process_count(store: checkpoint.CheckpointStore, workdir: str) -> None:
+  """Refuses to resume training with another process count than the checkpoint was written by.
+
+  Each process saves its own input-pipeline position over its own shard of the data; with another
+  count those shards and positions no longer exist (grain would fail deep inside the restore).
+  """
+  saved = store.saved_process_count()
+  if saved is not None and saved != jax.process_count():
+    raise TrainingError(
+        f'{workdir} was checkpointed by {saved} processes and this run has {jax.process_count()}: '
+        f'each process saved its own position in the data, so resume training with {saved} '
+        'processes (mode=eval runs with any count), or use --config.restart=True to start over.')
+
+
 def _move_aside(workdir: str) -> None:
   """--config.restart: keep old checkpoints and results under old_<time>/ instead of deleting them."""
   names = ('checkpoints', 'best', RESULTS_FILE, CONFIG_FILE)
@@ -168,6 +182,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # ---------------- Load checkpoint ----------------
   store = checkpoint.CheckpointStore(workdir, keep=config.train.keep_checkpoints)
+  if config.mode == 'train':
+    _check_process_count(store, workdir)
   # Evaluation needs no data position (and may run with another process count than training).
   restored = store.restore_latest(state, train_iter if config.mode == 'train' else None)
   if restored is not None:

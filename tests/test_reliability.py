@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -181,3 +182,23 @@ def test_incompatible_workdir_refused_then_restart_moves_it_aside(tmp_path):
   assert os.path.exists(os.path.join(workdir, old[0], 'checkpoints', '2'))
   with open(os.path.join(workdir, old[0], 'results.json')) as f:
     assert json.load(f)['steps'] == 2
+
+
+def test_resume_with_another_process_count_is_one_clear_error(tmp_path):
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(tiny_config(**{'train.num_steps': 2}), workdir)
+  store = checkpoint.CheckpointStore(workdir)
+  assert store.saved_process_count() == 1
+  data_dir = os.path.join(store.latest_dir, str(store.latest_step()), 'data')
+  store.close()
+  # Make the newest checkpoint look as if two processes had written it.
+  os.rename(os.path.join(data_dir, 'process_0-of-1.json'), os.path.join(data_dir, 'process_0-of-2.json'))
+  shutil.copy(os.path.join(data_dir, 'process_0-of-2.json'), os.path.join(data_dir, 'process_1-of-2.json'))
+  with pytest.raises(train.TrainingError,
+                     match='checkpointed by 2 processes and this run has 1: .* resume training with 2'):
+    train.train_and_evaluate(tiny_config(**{'train.num_steps': 4}), workdir)
+  _, step = latest_state(workdir, tiny_config())
+  assert step == 2  # the checkpoint is still there, untouched
+  # Evaluation needs no data position, so it still runs.
+  results = train.train_and_evaluate(tiny_config(**{'mode': 'eval'}), workdir)
+  assert 0.0 <= results['image_auroc'] <= 1.0
