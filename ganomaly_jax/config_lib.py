@@ -128,6 +128,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.adv_extra = False  # eq. 3.6 extra term (non-saturating form)
   c.loss.latent_in_d = False  # SkipGANomaly reference code: latent term also in D's loss
   c.loss.gp_weight = 10.0
+  c.loss.n_critic = 1  # wgan_gp: critic updates per generator update (Gulrajani et al.: 5)
   c.loss.hole_weight = 1.0  # weight of masked-hole pixels in the reconstruction loss
 
   c.train = ml_collections.ConfigDict()

@@ -34,6 +34,7 @@ class StepConfig:
   adv_extra: bool
   latent_in_d: bool
   gp_weight: float
+  n_critic: int
   hole_weight: float
   soft_labels: bool
   label_flip_prob: float
@@ -56,6 +57,7 @@ class StepConfig:
         w_adv=config.loss.w_adv, w_con=config.loss.w_con, w_enc=config.loss.w_enc,
         adversarial=config.loss.adversarial, adv_extra=config.loss.adv_extra,
         latent_in_d=config.loss.latent_in_d, gp_weight=config.loss.gp_weight,
+        n_critic=config.loss.n_critic,
         hole_weight=config.loss.hole_weight, soft_labels=config.train.soft_labels,
         label_flip_prob=config.train.label_flip_prob,
         d_input_noise_std=config.train.d_input_noise_std,
@@ -138,6 +140,46 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(l)) for l in jax.tree.leaves(tree)]))
 
 
+def _critic_updates(components: Components, hp: StepConfig, state: GanState, x: jax.Array,
+                    rng: jax.Array) -> tuple[GanState, jax.Array]:
+  """`hp.n_critic - 1` WGAN-GP critic-only updates on this batch; returns (state, all finite).
+
+  They run before the joint step, against G's current reconstruction held fixed (G in train mode,
+  its statistics not kept), each with its own gradient-penalty interpolates. The joint step then
+  makes the n_critic-th critic update together with the generator's.
+  """
+  recon_rng, loop_rng = jax.random.split(rng)
+  out, _, _ = reconstruct_for_training(components, hp, state.g_params, state.g_stats, x, recon_rng)
+  fake = jax.lax.stop_gradient(out['recon'])
+
+  def critic_loss(d_params, d_stats, step_rng):
+    noise_rng, gp_rng = jax.random.split(step_rng)
+    real_in, fake_in = x, fake
+    if hp.d_input_noise_std > 0:
+      nr, nf = jax.random.split(noise_rng)
+      real_in = x + hp.d_input_noise_std * jax.random.normal(nr, x.shape)
+      fake_in = fake + hp.d_input_noise_std * jax.random.normal(nf, x.shape)
+    (real_scores, _), new_stats = _apply_d(components, d_params, d_stats, real_in, True)
+    (fake_scores, _), new_stats = _apply_d(components, d_params, new_stats, fake_in, True)
+    critic = lambda images: _apply_d(components, d_params, d_stats, images, True,
+                                     update_stats=False)[0][0]
+    loss = (losses.wgan_critic(real_scores, fake_scores)
+            + hp.gp_weight * losses.gradient_penalty(critic, x, fake, gp_rng))
+    return loss, new_stats
+
+  def update(i, carry):
+    d_params, d_opt, d_stats, finite = carry
+    (loss, d_stats_new), grads = jax.value_and_grad(critic_loss, has_aux=True)(
+        d_params, d_stats, jax.random.fold_in(loop_rng, i))
+    updates, d_opt = components.d_tx.update(grads, d_opt, d_params)
+    return (optax.apply_updates(d_params, updates), d_opt, d_stats_new,
+            finite & _all_finite((loss, grads)))
+
+  d_params, d_opt, d_stats, finite = jax.lax.fori_loop(
+      0, hp.n_critic - 1, update, (state.d_params, state.d_opt, state.d_stats, jnp.asarray(True)))
+  return state.replace(d_params=d_params, d_opt=d_opt, d_stats=d_stats), finite
+
+
 def train_step(state: GanState, batch: dict[str, jax.Array], rng: jax.Array, *,
                components: Components, hp: StepConfig) -> tuple[GanState, dict[str, jax.Array]]:
   """One G update and one D update from a shared forward pass; returns (new state, metrics).
@@ -150,6 +192,9 @@ def train_step(state: GanState, batch: dict[str, jax.Array], rng: jax.Array, *,
   n = x.shape[0]
   g_rng, noise_rng, label_rng, gp_rng, reinit_rng = jax.random.split(rng, 5)
   real_t, fake_t = _d_targets(hp, label_rng, n)
+  original, critic_finite = state, jnp.asarray(True)
+  if hp.n_critic > 1:  # WGAN-GP: the critic takes extra steps before the joint one
+    state, critic_finite = _critic_updates(components, hp, state, x, jax.random.fold_in(rng, 1))
 
   def forward(g_params, d_params):
     out, g_stats, weight = reconstruct_for_training(components, hp, g_params, state.g_stats, x, g_rng)
@@ -224,13 +269,13 @@ def train_step(state: GanState, batch: dict[str, jax.Array], rng: jax.Array, *,
     d_params, d_stats, d_opt = jax.lax.cond(reinit, fresh_d, lambda _: (d_params, d_stats, d_opt),
                                             None)
 
-  finite = _all_finite((g_loss, d_loss, g_grads, d_grads))
+  finite = _all_finite((g_loss, d_loss, g_grads, d_grads)) & critic_finite
   if hp.loss_limit > 0:  # an exploding loss is divergence too, even while still finite
     finite &= (jnp.abs(g_loss) < hp.loss_limit) & (jnp.abs(d_loss) < hp.loss_limit)
   candidate = state.replace(
       step=state.step + 1, g_params=g_params, g_stats=g_stats, g_opt=g_opt, d_params=d_params,
       d_stats=d_stats, d_opt=d_opt, d_reinits=state.d_reinits + reinit.astype(jnp.int32))
-  skipped = state.replace(step=state.step + 1, skipped_steps=state.skipped_steps + 1)
+  skipped = original.replace(step=state.step + 1, skipped_steps=state.skipped_steps + 1)
   new_state = jax.tree.map(lambda a, b: jnp.where(finite, a, b), candidate, skipped)
   metrics = dict(metrics, nonfinite=1.0 - finite.astype(jnp.float32),
                  d_reinit=reinit.astype(jnp.float32))

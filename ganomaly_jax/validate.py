@@ -49,6 +49,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
            'loss.latent_in_d=True needs a latent discriminator (model.discriminator=latent).')
   _require(not (l.adversarial == 'wgan_gp' and (t.soft_labels or t.label_flip_prob > 0)),
            'train.soft_labels / train.label_flip_prob do not apply to loss.adversarial=wgan_gp.')
+  _require(isinstance(l.n_critic, int) and l.n_critic >= 1,
+           f'loss.n_critic={l.n_critic} must be an integer >= 1.')
+  _require(l.n_critic == 1 or l.adversarial == 'wgan_gp',
+           f'loss.n_critic={l.n_critic}: extra critic updates need loss.adversarial=wgan_gp.')
   for key in ('w_adv', 'w_con', 'w_enc', 'gp_weight', 'hole_weight'):
     _require(l[key] >= 0, f'loss.{key}={l[key]} must be >= 0.')
 

@@ -173,18 +173,10 @@ class TrainedRun:
 
 def quick_masked_config(dataset_name: str, spec: str = QUICK_MASKED, **overrides):
   """The quick masked config on `dataset_name`, with dotted-key overrides ('eval.fid'=...)."""
-  from ganomaly_jax import config_lib  # lazy: keeps `import synthetic` light for data-only users
+  from ganomaly_jax import config_lib, sweep  # lazy: keeps `import synthetic` light for data-only users
 
-  config = config_lib.load_config(f'{REPO / spec},dataset={dataset_name}')
-  config.unlock()
-  for dotted, value in overrides.items():
-    node = config
-    *parents, leaf = dotted.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  config.lock()
-  return config
+  return sweep.apply_overrides(config_lib.load_config(f'{REPO / spec},dataset={dataset_name}'),
+                               overrides)
 
 
 def train_quick_masked_run(root: str | os.PathLike, **overrides) -> TrainedRun:

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from ganomaly_jax import checkpoint, config_lib, state as state_lib, train
+from ganomaly_jax import checkpoint, config_lib, state as state_lib, sweep, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Small enough for 2 CPU cores; the same string is used in- and out-of-process.
@@ -22,16 +22,7 @@ TINY = ('configs/ganomaly.py:quick,model.ngf=4,model.ndf=4,batch=8,dataset.max_t
 
 
 def tiny_config(**overrides):
-  config = config_lib.load_config(os.path.join(REPO, TINY))
-  config.unlock()
-  for dotted, value in overrides.items():
-    node = config
-    *parents, leaf = dotted.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  config.lock()
-  return config
+  return sweep.apply_overrides(config_lib.load_config(os.path.join(REPO, TINY)), overrides)
 
 
 def run_main(workdir, *flags, timeout=240, wait=True):
