@@ -184,6 +184,8 @@ def train_step(state: GanState, batch: dict[str, jax.Array], rng: jax.Array, *,
                components: Components, hp: StepConfig) -> tuple[GanState, dict[str, jax.Array]]:
   """One G update and one D update from a shared forward pass; returns (new state, metrics).
 
+  Under WGAN-GP with `loss.n_critic` > 1 the critic first takes n_critic - 1 updates of its own.
+
   A step whose losses or gradients are not finite leaves the state unchanged (and is counted in
   `skipped_steps`), so a single bad batch never poisons the parameters; the loop decides whether to
   stop or continue from the metrics it already fetches for logging.
