@@ -14,7 +14,6 @@ Every figure is the best of its repetitions: on a shared machine interference on
 
 import argparse
 import collections
-import functools
 import json
 import os
 import re
@@ -119,25 +118,8 @@ def time_alone(kind: str, out: str, lhs: str, rhs: str, attrs: str, reps: int = 
 def run_case(name: str, mode: str, steps: int, reps: int) -> dict:
   """Our step's images/s and the images/s its convs and dots alone would allow."""
   import jax
-  import numpy as np
 
-  from ganomaly_jax import state as state_lib, step as step_lib
-
-  method, isize, channels, batch = throughput.CASES[name]
-  config = throughput.bench_config(method, isize, channels, batch, [])
-  components = state_lib.build_components(config)
-  hp = step_lib.StepConfig.from_config(config)
-  state = jax.jit(functools.partial(state_lib.create_state, config, components))(jax.random.key(0))
-  images = np.random.default_rng(0).uniform(-1, 1, (batch, isize, isize, channels))
-  batch_arr = {'image': jax.device_put(images.astype(np.float32))}
-  if mode == 'train':
-    compiled = jax.jit(functools.partial(step_lib.train_step, components=components, hp=hp),
-                       donate_argnums=0).lower(state, batch_arr, jax.random.key(1)).compile()
-    step = lambda s, i: compiled(s, batch_arr, jax.random.key(i))
-  else:
-    compiled = jax.jit(functools.partial(step_lib.eval_step, components=components, hp=hp)).lower(
-        state, batch_arr).compile()
-    step = lambda s, i: (s, compiled(s, batch_arr))
+  step, state, compiled, batch = throughput.compiled_step(name, mode)
 
   def step_seconds() -> float:
     nonlocal state
@@ -182,8 +164,9 @@ def main() -> None:
 
   if not args.json:
     print(f'{compare_torch.cpu_name()}, {os.cpu_count()} cores')
+    torch_head = f'{"torch img/s":>13}{"ratio":>7}{"max ratio":>11}' if with_torch else ''
     print(f'{"case":<24}{"mode":>6}{"ours img/s":>12}{"kernels-only img/s":>20}{"kernel share":>14}'
-          f'{"torch img/s":>13}{"ratio":>7}{"max ratio":>11}', flush=True)
+          f'{torch_head}', flush=True)
   for name in args.cases.split(','):
     if name not in throughput.CASES:
       sys.exit(f'error: unknown case {name!r}; known: {", ".join(throughput.CASES)}')

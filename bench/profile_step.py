@@ -11,7 +11,6 @@ hand-offs). FLOPs per image come from XLA's cost analysis.
 
 import argparse
 import collections
-import functools
 import glob
 import os
 import re
@@ -99,34 +98,17 @@ def main() -> None:
   args = parser.parse_args()
 
   import jax
-  import numpy as np
 
-  from ganomaly_jax import state as state_lib, step as step_lib
-
-  method, isize, channels, batch = throughput.CASES[args.case]
-  config = throughput.bench_config(method, isize, channels, batch, args.set)
-  components = state_lib.build_components(config)
-  hp = step_lib.StepConfig.from_config(config)
-  state = jax.jit(functools.partial(state_lib.create_state, config, components))(jax.random.key(0))
-  images = np.random.default_rng(0).uniform(-1, 1, (batch, isize, isize, channels)).astype(np.float32)
-  batch_arr = {'image': jax.device_put(images)}
-  key = jax.random.key(1)
-  if args.mode == 'train':
-    compiled = jax.jit(functools.partial(step_lib.train_step, components=components, hp=hp),
-                       donate_argnums=0).lower(state, batch_arr, key).compile()
-    step = lambda s: compiled(s, batch_arr, key)
-  else:
-    compiled = jax.jit(functools.partial(step_lib.eval_step, components=components, hp=hp)).lower(
-        state, batch_arr).compile()
-    step = lambda s: (s, compiled(s, batch_arr))
+  # The same key every step, as one training step repeated.
+  step, state, compiled, batch = throughput.compiled_step(args.case, args.mode, args.set)
 
   for _ in range(3):
-    state, out = step(state)
+    state, out = step(state, 1)
   jax.block_until_ready(out)
   trace_dir = args.trace_dir or tempfile.mkdtemp(prefix='profile_step_')
   jax.profiler.start_trace(trace_dir)
   for _ in range(args.steps):
-    state, out = step(state)
+    state, out = step(state, 1)
   jax.block_until_ready(out)
   jax.profiler.stop_trace()
 

@@ -60,6 +60,37 @@ def _flops(compiled) -> float:
   return float(cost.get('flops', float('nan')))
 
 
+def compiled_step(name: str, mode: str, extra: list[str] = ()):
+  """One case's compiled step on one device, for the profiling scripts (not for peak RSS).
+
+  Returns (step, state, compiled, batch size), where step(state, i) -> (state, output) runs the
+  training step with random key i (donating the state) or the evaluation step.
+  """
+  import functools
+
+  import jax
+  import numpy as np
+
+  from ganomaly_jax import state as state_lib, step as step_lib
+
+  method, isize, channels, batch = CASES[name]
+  config = bench_config(method, isize, channels, batch, list(extra))
+  components = state_lib.build_components(config)
+  hp = step_lib.StepConfig.from_config(config)
+  state = jax.jit(functools.partial(state_lib.create_state, config, components))(jax.random.key(0))
+  images = np.random.default_rng(0).uniform(-1, 1, (batch, isize, isize, channels))
+  batch_arr = {'image': jax.device_put(images.astype(np.float32))}
+  if mode == 'train':
+    compiled = jax.jit(functools.partial(step_lib.train_step, components=components, hp=hp),
+                       donate_argnums=0).lower(state, batch_arr, jax.random.key(1)).compile()
+    step = lambda s, i: compiled(s, batch_arr, jax.random.key(i))
+  else:
+    compiled = jax.jit(functools.partial(step_lib.eval_step, components=components, hp=hp)).lower(
+        state, batch_arr).compile()
+    step = lambda s, i: (s, compiled(s, batch_arr))
+  return step, state, compiled, batch
+
+
 def run_case(name: str, mode: str, steps: int, reps: int, extra: list[str],
              cache_dir: str = '') -> dict:
   """Runs one case in this process and returns its measurements.

@@ -140,6 +140,24 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(l)) for l in jax.tree.leaves(tree)]))
 
 
+def _d_inputs(hp: StepConfig, rng: jax.Array, real: jax.Array, fake: jax.Array):
+  """D's inputs for training: instance noise on both passes when train.d_input_noise_std > 0."""
+  if hp.d_input_noise_std <= 0:
+    return real, fake
+  nr, nf = jax.random.split(rng)
+  return (real + hp.d_input_noise_std * jax.random.normal(nr, real.shape),
+          fake + hp.d_input_noise_std * jax.random.normal(nf, fake.shape))
+
+
+def _wgan_critic_loss(components: Components, hp: StepConfig, d_params, d_stats, real_scores,
+                      fake_scores, real: jax.Array, fake: jax.Array, gp_rng: jax.Array) -> jax.Array:
+  """WGAN-GP critic loss: E[D(x̂)] - E[D(x)] + gp_weight * gradient penalty (D's stats frozen)."""
+  critic = lambda images: _apply_d(components, d_params, d_stats, images, True,
+                                   update_stats=False)[0][0]
+  return (losses.wgan_critic(real_scores, fake_scores)
+          + hp.gp_weight * losses.gradient_penalty(critic, real, fake, gp_rng))
+
+
 def _critic_updates(components: Components, hp: StepConfig, state: GanState, x: jax.Array,
                     rng: jax.Array) -> tuple[GanState, jax.Array]:
   """`hp.n_critic - 1` WGAN-GP critic-only updates on this batch; returns (state, all finite).
@@ -154,17 +172,11 @@ def _critic_updates(components: Components, hp: StepConfig, state: GanState, x: 
 
   def critic_loss(d_params, d_stats, step_rng):
     noise_rng, gp_rng = jax.random.split(step_rng)
-    real_in, fake_in = x, fake
-    if hp.d_input_noise_std > 0:
-      nr, nf = jax.random.split(noise_rng)
-      real_in = x + hp.d_input_noise_std * jax.random.normal(nr, x.shape)
-      fake_in = fake + hp.d_input_noise_std * jax.random.normal(nf, x.shape)
+    real_in, fake_in = _d_inputs(hp, noise_rng, x, fake)
     (real_scores, _), new_stats = _apply_d(components, d_params, d_stats, real_in, True)
     (fake_scores, _), new_stats = _apply_d(components, d_params, new_stats, fake_in, True)
-    critic = lambda images: _apply_d(components, d_params, d_stats, images, True,
-                                     update_stats=False)[0][0]
-    loss = (losses.wgan_critic(real_scores, fake_scores)
-            + hp.gp_weight * losses.gradient_penalty(critic, x, fake, gp_rng))
+    loss = _wgan_critic_loss(components, hp, d_params, d_stats, real_scores, fake_scores, x, fake,
+                             gp_rng)
     return loss, new_stats
 
   def update(i, carry):
@@ -201,12 +213,7 @@ def train_step(state: GanState, batch: dict[str, jax.Array], rng: jax.Array, *,
   def forward(g_params, d_params):
     out, g_stats, weight = reconstruct_for_training(components, hp, g_params, state.g_stats, x, g_rng)
     recon = out['recon']
-    d_real_in, d_fake_in = x, recon
-    if hp.d_input_noise_std > 0:
-      # Instance noise on D's input (training only), in both of D's passes.
-      nr, nf = jax.random.split(noise_rng)
-      d_real_in = x + hp.d_input_noise_std * jax.random.normal(nr, x.shape)
-      d_fake_in = recon + hp.d_input_noise_std * jax.random.normal(nf, x.shape)
+    d_real_in, d_fake_in = _d_inputs(hp, noise_rng, x, recon)
     (real_logits, real_feat), d_stats = _apply_d(components, d_params, state.d_stats, d_real_in, True)
     (fake_logits, fake_feat), d_stats = _apply_d(components, d_params, d_stats, d_fake_in, True)
 
@@ -228,11 +235,8 @@ def train_step(state: GanState, batch: dict[str, jax.Array], rng: jax.Array, *,
 
     # ---- Discriminator loss (eq. 3.5, or the WGAN-GP critic). ----
     if hp.adversarial == 'wgan_gp':
-      critic = lambda images: _apply_d(components, d_params, state.d_stats, images, True,
-                                       update_stats=False)[0][0]
-      d_loss = (losses.wgan_critic(real_logits, fake_logits)
-                + hp.gp_weight * losses.gradient_penalty(critic, x, jax.lax.stop_gradient(recon),
-                                                         gp_rng))
+      d_loss = _wgan_critic_loss(components, hp, d_params, state.d_stats, real_logits, fake_logits,
+                                 x, jax.lax.stop_gradient(recon), gp_rng)
     else:
       d_loss = losses.discriminator_bce(real_logits, fake_logits, real_t, fake_t)
     if hp.latent_in_d:
