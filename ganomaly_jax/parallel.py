@@ -50,10 +50,13 @@ class ConfigMismatchError(ValueError):
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A 1-D mesh over `devices` (default: all devices of all processes) with an Auto axis.
 
-  jax.make_mesh would default to Explicit axes, under which mixing the sharded batch with
-  unsharded arrays raises a ShardingTypeError.
+  jax.make_mesh orders the devices along the interconnect (a ring on TPU), which is what the
+  gradient all-reduce of data parallelism runs over. Its default axis type is Explicit, under which
+  concatenating the sharded batch with an unsharded array raises a ShardingTypeError, hence Auto.
   """
-  return Mesh(np.asarray(jax.devices() if devices is None else devices), (DATA_AXIS,))
+  devices = jax.devices() if devices is None else list(devices)
+  return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=devices)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
