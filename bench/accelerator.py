@@ -167,8 +167,8 @@ def add_mfu(row: dict, peak_override: float | None) -> dict:
   """Adds the peak used and the model FLOP utilisation (None when the peak is unknown)."""
   peak = peak_override or peak_tflops(row['device_kind'], row['dtype'])
   row['peak_tflops'] = peak
-  row['mfu_pct'] = 100 * row['tflop_per_s'] / peak if peak and row['tflop_per_s'] == row[
-      'tflop_per_s'] else None  # (x == x) is False for a NaN FLOP count
+  counted = row['tflop_per_s'] == row['tflop_per_s']  # False when XLA gave no FLOP count (NaN)
+  row['mfu_pct'] = 100 * row['tflop_per_s'] / peak if peak and counted else None
   return row
 
 
