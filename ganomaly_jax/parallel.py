@@ -216,6 +216,8 @@ def initialize_distributed(settings: DistributedSettings,
   watchdog = threading.Timer(settings.timeout_s, on_timeout, args=(message,))
   watchdog.daemon = True
   watchdog.start()
+  # Only what was set is passed: with nothing set this is jax.distributed.initialize() with no
+  # topology arguments, and JAX's cluster detection (TPU, SLURM, Open MPI, k8s) supplies all three.
   kwargs = {k: v for k, v in (('coordinator_address', settings.coordinator_address),
                               ('num_processes', settings.num_processes),
                               ('process_id', settings.process_id)) if v is not None}
