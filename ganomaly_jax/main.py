@@ -2,8 +2,8 @@
 
 Kept short on purpose (as in the flax examples): parse flags, hide GPUs from TensorFlow, optionally
 initialise multi-host JAX (and check that every process runs the same config), log the topology, and
-hand over to `train.train_and_evaluate`. Multi-host settings (GANOMALY_DISTRIBUTED,
-GANOMALY_COORDINATOR, ...) are described in `parallel.py`.
+hand over to `train.train_and_evaluate`. Multi-host settings (GANOMALY_DISTRIBUTED=1, then JAX's
+own detection or JAX_COORDINATOR_ADDRESS, ...) are described in `parallel.py`.
 """
 
 import logging as std_logging

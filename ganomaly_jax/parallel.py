@@ -4,13 +4,21 @@ The batch is split along its leading axis over the mesh axis 'data'; the train s
 Under jit, BatchNorm then normalises over the *global* batch, exactly as on one device.
 
 Multi-host runs start every process with the same command and `GANOMALY_DISTRIBUTED=1` (or
-`--config.distributed=True`); `jax.distributed.initialize()` then auto-detects TPU pods and SLURM.
-For other clusters and for local testing the coordinator can be given explicitly:
+`--config.distributed=True`). `jax.distributed.initialize()` is then called with no topology
+arguments unless some are set below, so JAX's own detection finds them: Cloud TPU VMs and pods (GCE
+metadata), SLURM (SLURM_NTASKS, SLURM_PROCID, SLURM_STEP_NODELIST; one GPU per task by
+SLURM_LOCALID), Open MPI and Kubernetes jobs. For other clusters and for local testing:
 
-  GANOMALY_COORDINATOR=host:port   address of process 0's coordinator service
-  GANOMALY_NUM_PROCESSES=N         number of processes
-  GANOMALY_PROCESS_ID=i            this process's index (0 runs the coordinator)
-  GANOMALY_INIT_TIMEOUT=S          seconds to wait for every process to join (default 300)
+  JAX_COORDINATOR_ADDRESS=host:port  process 0's coordinator service. JAX's own variable: JAX reads
+                                     it itself whenever no address is passed (jax/_src/distributed.py)
+  JAX_NUM_PROCESSES=N                number of processes    } JAX 0.10 reads no variable for these;
+  JAX_PROCESS_ID=i                   this process's index   } named after initialize's arguments
+  GANOMALY_INIT_TIMEOUT=S            seconds to wait for every process to join (default 300)
+
+JAX also reads JAX_COORDINATOR_PORT (the port on an auto-detected coordinator host),
+JAX_COORDINATOR_BIND_ADDRESS and JAX_LOCAL_DEVICE_IDS itself. The project's earlier names
+GANOMALY_COORDINATOR, GANOMALY_NUM_PROCESSES and GANOMALY_PROCESS_ID are still read as aliases of
+the three above; set both only with the same value.
 """
 
 from __future__ import annotations
@@ -32,11 +40,16 @@ import numpy as np
 
 DATA_AXIS = 'data'
 
+ENV_COORDINATOR = 'JAX_COORDINATOR_ADDRESS'
+ENV_NUM_PROCESSES = 'JAX_NUM_PROCESSES'
+ENV_PROCESS_ID = 'JAX_PROCESS_ID'
+# JAX has neither a switch for "this is a multi-host run" nor a variable for the join timeout.
 ENV_DISTRIBUTED = 'GANOMALY_DISTRIBUTED'
-ENV_COORDINATOR = 'GANOMALY_COORDINATOR'
-ENV_NUM_PROCESSES = 'GANOMALY_NUM_PROCESSES'
-ENV_PROCESS_ID = 'GANOMALY_PROCESS_ID'
 ENV_INIT_TIMEOUT = 'GANOMALY_INIT_TIMEOUT'
+# The project's earlier names, kept as documented aliases so that existing job scripts still work.
+ENV_ALIASES = {ENV_COORDINATOR: 'GANOMALY_COORDINATOR',
+               ENV_NUM_PROCESSES: 'GANOMALY_NUM_PROCESSES',
+               ENV_PROCESS_ID: 'GANOMALY_PROCESS_ID'}
 DEFAULT_INIT_TIMEOUT_S = 300
 # JAX's own connect timeout is set this much longer than ours: when it expires first, XLA aborts the
 # process with a C++ stack trace instead of raising, so our watchdog must always fire first.
@@ -50,10 +63,13 @@ class ConfigMismatchError(ValueError):
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A 1-D mesh over `devices` (default: all devices of all processes) with an Auto axis.
 
-  jax.make_mesh would default to Explicit axes, under which mixing the sharded batch with
-  unsharded arrays raises a ShardingTypeError.
+  jax.make_mesh orders the devices along the interconnect (a ring on TPU), which is what the
+  gradient all-reduce of data parallelism runs over. Its default axis type is Explicit, under which
+  concatenating the sharded batch with an unsharded array raises a ShardingTypeError, hence Auto.
   """
-  return Mesh(np.asarray(jax.devices() if devices is None else devices), (DATA_AXIS,))
+  devices = jax.devices() if devices is None else list(devices)
+  return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=devices)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -116,34 +132,48 @@ class DistributedSettings:
 
   @classmethod
   def from_env(cls, env: Mapping[str, str] | None = None) -> 'DistributedSettings':
-    """Reads the GANOMALY_* variables; a malformed value raises ValueError naming the variable."""
+    """Reads the variables of the module docstring (JAX's names first, then the GANOMALY_*
+    aliases); a malformed value raises ValueError naming the variable it came from."""
     env = os.environ if env is None else env
 
-    def integer(name: str, minimum: int) -> int | None:
-      raw = env.get(name, '').strip()
-      if not raw:
-        return None
+    def lookup(name: str) -> tuple[str | None, str]:
+      """(value, the variable it came from): JAX's name first, then the project's alias."""
+      value = env.get(name, '').strip() or None
+      alias = ENV_ALIASES.get(name, name)
+      aliased = env.get(alias, '').strip() or None
+      if value is not None and aliased is not None and value != aliased:
+        raise ValueError(f'{name}={value!r} and its alias {alias}={aliased!r} disagree; '
+                         f'set only {name}.')
+      if value is None and aliased is not None:
+        return aliased, alias
+      return value, name
+
+    def integer(name: str, minimum: int) -> tuple[int | None, str]:
+      raw, source = lookup(name)
+      if raw is None:
+        return None, source
       try:
         value = int(raw)
       except ValueError:
         value = None
       if value is None or value < minimum:
-        raise ValueError(f'{name}={raw!r} must be an integer >= {minimum}.')
-      return value
+        raise ValueError(f'{source}={raw!r} must be an integer >= {minimum}.')
+      return value, source
 
-    address = env.get(ENV_COORDINATOR, '').strip() or None
+    address, address_source = lookup(ENV_COORDINATOR)
     if address is not None:
       host, sep, port = address.rpartition(':')
       if not sep or not host or not port.isdigit():
-        raise ValueError(f'{ENV_COORDINATOR}={address!r} must be host:port (e.g. 10.0.0.2:8476).')
-    settings = cls(coordinator_address=address,
-                   num_processes=integer(ENV_NUM_PROCESSES, 1),
-                   process_id=integer(ENV_PROCESS_ID, 0),
-                   timeout_s=integer(ENV_INIT_TIMEOUT, 1) or DEFAULT_INIT_TIMEOUT_S)
+        raise ValueError(f'{address_source}={address!r} must be host:port (e.g. 10.0.0.2:8476).')
+    num_processes, num_source = integer(ENV_NUM_PROCESSES, 1)
+    process_id, id_source = integer(ENV_PROCESS_ID, 0)
+    settings = cls(coordinator_address=address, num_processes=num_processes,
+                   process_id=process_id,
+                   timeout_s=integer(ENV_INIT_TIMEOUT, 1)[0] or DEFAULT_INIT_TIMEOUT_S)
     if (settings.process_id is not None and settings.num_processes is not None
         and settings.process_id >= settings.num_processes):
-      raise ValueError(f'{ENV_PROCESS_ID}={settings.process_id} must be below '
-                       f'{ENV_NUM_PROCESSES}={settings.num_processes}.')
+      raise ValueError(f'{id_source}={settings.process_id} must be below '
+                       f'{num_source}={settings.num_processes}.')
     return settings
 
   @property
@@ -186,6 +216,8 @@ def initialize_distributed(settings: DistributedSettings,
   watchdog = threading.Timer(settings.timeout_s, on_timeout, args=(message,))
   watchdog.daemon = True
   watchdog.start()
+  # Only what was set is passed: with nothing set this is jax.distributed.initialize() with no
+  # topology arguments, and JAX's cluster detection (TPU, SLURM, Open MPI, k8s) supplies all three.
   kwargs = {k: v for k, v in (('coordinator_address', settings.coordinator_address),
                               ('num_processes', settings.num_processes),
                               ('process_id', settings.process_id)) if v is not None}

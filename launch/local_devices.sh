@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs any config on N fake CPU devices, to debug sharding and multi-host code without accelerators.
 # With PROCESSES=P it starts P processes of N/P devices each, talking over loopback exactly like the
-# hosts of a pod (explicit coordinator on 127.0.0.1, shared workdir); their logs go to
+# hosts of a pod (shared workdir; the coordinator on 127.0.0.1 given by JAX_COORDINATOR_ADDRESS,
+# JAX_NUM_PROCESSES and JAX_PROCESS_ID, as on a cluster JAX cannot detect); their logs go to
 # <workdir>/process_<i>.log.
 #
 # Usage:
@@ -61,8 +62,8 @@ cleanup() {
 }
 trap cleanup EXIT
 for (( i = 0; i < processes; i++ )); do
-  GANOMALY_DISTRIBUTED=1 GANOMALY_COORDINATOR="127.0.0.1:$port" GANOMALY_NUM_PROCESSES="$processes" \
-    GANOMALY_PROCESS_ID="$i" "$python" -m ganomaly_jax.main "$@" > "$workdir/process_$i.log" 2>&1 &
+  GANOMALY_DISTRIBUTED=1 JAX_COORDINATOR_ADDRESS="127.0.0.1:$port" JAX_NUM_PROCESSES="$processes" \
+    JAX_PROCESS_ID="$i" "$python" -m ganomaly_jax.main "$@" > "$workdir/process_$i.log" 2>&1 &
   pids+=("$!")
 done
 echo "started $processes processes (logs: $workdir/process_*.log)" >&2

@@ -2,9 +2,10 @@
 # Trains on a Cloud TPU VM slice (one host or a pod): creates the TPU VM unless it exists (a
 # preempted spot VM is recreated), copies this repository to every worker, and runs the same
 # `ganomaly_jax.main` command on all workers with GANOMALY_DISTRIBUTED=1, where
-# jax.distributed.initialize() finds the pod by itself. The workdir is a gs:// bucket path, mounted
-# with gcsfuse at ~/gcs/<bucket> on every worker (the code writes plain paths): checkpoints outlive
-# the VM, and running the same command again resumes a preempted run.
+# jax.distributed.initialize(), called with no arguments, finds the pod's workers, their count and
+# each worker's index by itself (TPU VM metadata): no coordinator settings. The workdir is a gs://
+# bucket path, mounted with gcsfuse at ~/gcs/<bucket> on every worker (the code writes plain paths):
+# checkpoints outlive the VM, and running the same command again resumes a preempted run.
 #
 # Usage:
 #   launch/tpu_pod.sh gs://BUCKET/PATH [ganomaly_jax.main flags...]

@@ -48,13 +48,18 @@ def free_port() -> int:
 
 
 def start(spec: str, workdir: str, process_id: int, port: int, *flags: str, timeout_s: int = 60,
-          num_processes: int = 2, cache: str | None = None) -> subprocess.Popen:
+          num_processes: int = 2, cache: str | None = None,
+          aliases: bool = False) -> subprocess.Popen:
   """One process of a multi-host run of `ganomaly_jax.main`.
 
+  The topology is given by JAX's variable names (JAX_COORDINATOR_ADDRESS, ...), or with
+  `aliases=True` by the project's earlier GANOMALY_* names, which must still work.
   `cache`: a JAX compilation cache directory, so that a later run of the same programs (the resume)
   skips most compilation: only a speed-up, the programs are the same.
   """
-  env = {k: v for k, v in os.environ.items() if not k.startswith('GANOMALY_')}
+  names = parallel.ENV_ALIASES if aliases else {k: k for k in parallel.ENV_ALIASES}
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith('GANOMALY_') and k not in parallel.ENV_ALIASES}
   if cache:
     env.update({'JAX_COMPILATION_CACHE_DIR': cache,
                 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
@@ -62,8 +67,9 @@ def start(spec: str, workdir: str, process_id: int, port: int, *flags: str, time
   env.update({
       'XLA_FLAGS': f'--xla_force_host_platform_device_count={LOCAL_DEVICES}',
       'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '3',
-      'GANOMALY_DISTRIBUTED': '1', 'GANOMALY_COORDINATOR': f'127.0.0.1:{port}',
-      'GANOMALY_NUM_PROCESSES': str(num_processes), 'GANOMALY_PROCESS_ID': str(process_id),
+      'GANOMALY_DISTRIBUTED': '1', names[parallel.ENV_COORDINATOR]: f'127.0.0.1:{port}',
+      names[parallel.ENV_NUM_PROCESSES]: str(num_processes),
+      names[parallel.ENV_PROCESS_ID]: str(process_id),
       'GANOMALY_INIT_TIMEOUT': str(timeout_s)})
   cmd = [sys.executable, '-m', 'ganomaly_jax.main', f'--config={spec}', f'--workdir={workdir}',
          *flags]
@@ -100,6 +106,8 @@ def logged(workdir: str) -> dict[int, dict[str, float]]:
     return {row.pop('step'): row for row in map(json.loads, f)}
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_preempt_resume_and_match_one_process(tmp_path):
   workdir, cache = str(tmp_path / 'shared'), str(tmp_path / 'jax_cache')
   port = free_port()
@@ -176,6 +184,8 @@ def test_preempt_resume_and_match_one_process(tmp_path):
     np.testing.assert_allclose(results[key], single[key], rtol=1e-6, err_msg=key)
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_startup_failures_give_one_clear_line(tmp_path):
   # Disagreeing configs: process 1 was started with another seed. Meanwhile a third process waits
   # for a coordinator that nobody runs.
@@ -183,7 +193,7 @@ def test_startup_failures_give_one_clear_line(tmp_path):
   spec = f'{train_steps.TINY},steps=1'
   procs = [start(spec, str(tmp_path / 'w'), 0, port),
            start(spec, str(tmp_path / 'w'), 1, port, '--config.seed=1'),
-           start(spec, str(tmp_path / 'x'), 1, dead_port, timeout_s=2)]
+           start(spec, str(tmp_path / 'x'), 1, dead_port, timeout_s=2, aliases=True)]
   (rc0, err0), (rc1, err1), (rc_dead, err_dead) = finish(procs, timeout=240)
 
   def error_lines(err):
@@ -202,24 +212,31 @@ def test_startup_failures_give_one_clear_line(tmp_path):
   assert error_lines(err_dead) == [
       f'error: could not reach the JAX coordinator at 127.0.0.1:{dead_port} within 2 s (process 1 '
       'of 2); check the address and port (firewall), and that every process was started with the '
-      'same GANOMALY_NUM_PROCESSES.']
+      'same JAX_NUM_PROCESSES.']
   assert 'Traceback' not in err_dead and 'Check failure' not in err_dead
 
 
 def test_distributed_settings_from_env():
   s = parallel.DistributedSettings.from_env({})
   assert s == parallel.DistributedSettings() and not s.explicit and s.timeout_s == 300
-  s = parallel.DistributedSettings.from_env({
-      'GANOMALY_COORDINATOR': '10.0.0.2:8476', 'GANOMALY_NUM_PROCESSES': '4',
-      'GANOMALY_PROCESS_ID': '3', 'GANOMALY_INIT_TIMEOUT': '30'})
-  assert (s.coordinator_address, s.num_processes, s.process_id, s.timeout_s) == (
-      '10.0.0.2:8476', 4, 3, 30)
+  jax_names = {'JAX_COORDINATOR_ADDRESS': '10.0.0.2:8476', 'JAX_NUM_PROCESSES': '4',
+               'JAX_PROCESS_ID': '3', 'GANOMALY_INIT_TIMEOUT': '30'}
+  aliases = {'GANOMALY_COORDINATOR': '10.0.0.2:8476', 'GANOMALY_NUM_PROCESSES': '4',
+             'GANOMALY_PROCESS_ID': '3', 'GANOMALY_INIT_TIMEOUT': '30'}
+  # JAX's names, the project's aliases, or both with the same values: the same settings.
+  for env in (jax_names, aliases, {**aliases, **jax_names}):
+    s = parallel.DistributedSettings.from_env(env)
+    assert (s.coordinator_address, s.num_processes, s.process_id, s.timeout_s) == (
+        '10.0.0.2:8476', 4, 3, 30)
   assert 'auto-detected' in parallel.DistributedSettings().timeout_message()
-  for env, name in (({'GANOMALY_COORDINATOR': 'host'}, 'GANOMALY_COORDINATOR'),
+  for env, name in (({'JAX_COORDINATOR_ADDRESS': 'host'}, 'JAX_COORDINATOR_ADDRESS'),
+                    ({'GANOMALY_COORDINATOR': 'host'}, 'GANOMALY_COORDINATOR'),
+                    ({'JAX_NUM_PROCESSES': 'two'}, 'JAX_NUM_PROCESSES'),
                     ({'GANOMALY_NUM_PROCESSES': 'two'}, 'GANOMALY_NUM_PROCESSES'),
                     ({'GANOMALY_INIT_TIMEOUT': '0'}, 'GANOMALY_INIT_TIMEOUT'),
-                    ({'GANOMALY_NUM_PROCESSES': '2', 'GANOMALY_PROCESS_ID': '2'},
-                     'GANOMALY_PROCESS_ID')):
+                    ({'JAX_NUM_PROCESSES': '2', 'JAX_PROCESS_ID': '2'}, 'JAX_PROCESS_ID'),
+                    ({'JAX_PROCESS_ID': '1', 'GANOMALY_PROCESS_ID': '0'},
+                     'JAX_PROCESS_ID=.1. and its alias GANOMALY_PROCESS_ID=.0. disagree')):
     with pytest.raises(ValueError, match=name):
       parallel.DistributedSettings.from_env(env)
 

@@ -42,18 +42,36 @@ def random_zoom(image: np.ndarray, rng: np.random.Generator, max_zoom: float) ->
   return resize_image(np.ascontiguousarray(image[top:top + side, left:left + side]), size)
 
 
+def augment_seed(seed: int, process_index: int) -> int:
+  """The seed of process `process_index`'s random flips and zooms: a pure function of both.
+
+  grain seeds each element's generator with (seed, element index), and every process numbers its
+  own slice from 0, so one seed for all processes would give every host's k-th image the same flip
+  and zoom. Process 0 keeps `seed` itself, so single-host runs (and their checkpoints' resumes)
+  augment exactly as before; other processes draw from a SeedSequence of (seed, index), which
+  keeps them apart from each other and from process 0 of any other small seed.
+  """
+  if process_index == 0:
+    return seed
+  return int(np.random.SeedSequence((seed, process_index)).generate_state(1, np.uint64)[0])
+
+
 def train_iterator(source, *, batch_size: int, seed: int, flip: bool = False, zoom: float = 0.0,
-                   workers: int = 0):
+                   workers: int = 0, process_index: int | None = None,
+                   process_count: int | None = None):
   """Infinite shuffled iterator of per-process batches {'image': [b, H, W, C], 'label': [b]}.
 
-  Each process reads its own slice of the source; the iterator's state (`get_state`/`set_state`, or
-  grain's orbax handlers) resumes exactly, so a restarted run sees the same batches.
+  Each process reads its own slice of the source and augments it with its own seed
+  (`augment_seed`); the iterator's state (`get_state`/`set_state`, or grain's orbax handlers)
+  resumes exactly, so a restarted run sees the same batches. `process_index`/`process_count`
+  default to JAX's (tests pass them to build another process's pipeline).
   """
-  shard = slice(jax.process_index(), None, jax.process_count())
-  ds = (grain.MapDataset.source(source)[shard]
+  index = jax.process_index() if process_index is None else process_index
+  count = jax.process_count() if process_count is None else process_count
+  ds = (grain.MapDataset.source(source)[index::count]
         .shuffle(seed=seed)
         .repeat(None)
-        .random_map(Preprocess(flip, zoom), seed=seed)
+        .random_map(Preprocess(flip, zoom), seed=augment_seed(seed, index))
         .batch(batch_size, drop_remainder=True))
   it = ds.to_iter_dataset()
   if workers > 0:
