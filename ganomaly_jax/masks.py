@@ -1,4 +1,5 @@
-"""Inpainting masks for masked SkipGANomaly (study method 5) and the grid-mask proposal.
+"""Inpainting masks for masked SkipGANomaly (study method 5, docs/methods.md#masked) and the
+grid-mask proposal (docs/methods.md#grid_mask); `KINDS` is the registry of `mask.kind`.
 
 Convention: a mask is float32 with shape [..., H, W, 1]; it is 1 inside the HOLE (the region the
 generator must fill in from context) and 0 on visible pixels. Images are NHWC float32 in [-1, 1].

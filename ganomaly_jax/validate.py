@@ -97,6 +97,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(config.mask.kind in masks.KINDS,
            f'mask.kind={config.mask.kind!r} is not one of {_names(masks.KINDS)}.')
   mask_kind = masks.KINDS[config.mask.kind]
+  masked = mask_kind.eval_holes is not None  # 'none' has no holes
   try:
     masks.validate_mask_config(config.mask.kind, m.isize, config.mask.size, config.mask.cells)
   except ValueError as err:
@@ -115,10 +116,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
            f'eval.score={e.score} needs the generator outputs {missing}, which model.generator='
            f'{m.generator} does not produce (use one of '
            f'{_names(k for k, g in models.GENERATORS.items() if set(score.needs_outputs) <= set(g.outputs))}).')
-  _require(not (score.mask == 'forbidden' and config.mask.kind != 'none'),
+  _require(not (score.mask == 'forbidden' and masked),
            f'eval.score={e.score} does not apply to masked training; use '
            f"{_names(k for k, s in losses.SCORES.items() if s.mask != 'forbidden')}.")
-  _require(not (score.mask == 'required' and config.mask.kind == 'none'),
+  _require(not (score.mask == 'required' and not masked),
            f'eval.score={e.score} needs a mask (mask.kind='
            f"{'|'.join(k for k, v in masks.KINDS.items() if v.eval_holes is not None)}).")
   _require(0.0 <= e.score_lambda <= 1.0, f'eval.score_lambda={e.score_lambda} must be in [0, 1].')

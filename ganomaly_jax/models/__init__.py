@@ -101,7 +101,11 @@ register_discriminator('latent', DiscriminatorKind(
 
 def discriminator_norm(config: ml_collections.ConfigDict) -> str:
   """D's normalisation, as the adversarial objective needs it (WGAN-GP: LayerNorm, per sample)."""
-  return losses.ADVERSARIAL[config.loss.adversarial].d_norm
+  adversarial = losses.ADVERSARIAL.get(config.loss.adversarial)
+  if adversarial is None:
+    raise ValueError(f'loss.adversarial must be one of {tuple(losses.ADVERSARIAL)}, '
+                     f'got {config.loss.adversarial!r}.')
+  return adversarial.d_norm
 
 
 def build_models(config: ml_collections.ConfigDict) -> tuple[nn.Module, nn.Module]:
