@@ -6,6 +6,8 @@ Two complementary alternating grid masks (mask.cells per side) hide opposite cel
 the generator reconstructs both masked copies (one G call on the stacked pair); the hole regions of
 the two outputs are combined into one full reconstruction, on which all three losses are computed.
 Evaluation uses the same combination, so every pixel is predicted from context.
+D's loss follows SkipGANomaly's eq. 3.8 including the latent term (loss.latent_in_d=True, from
+`skip`); --config.loss.latent_in_d=False is the ablation.
 """
 
 from ganomaly_jax import config_lib

@@ -9,6 +9,8 @@ Evaluation: every region is reconstructed from its context (holes that tile the 
 inpainting pasted into one full image), so damage outside one hole is not copied through (the study's
 stated limitation). Score (eq. 6.1) and pixel maps come from that full reconstruction.
 Alternative hole shape: --config.mask.kind=stain (random blurred blobs, 1–12% of the image).
+D's loss follows SkipGANomaly's eq. 3.8 including the latent term (loss.latent_in_d=True, from
+`skip`); --config.loss.latent_in_d=False is the ablation.
 """
 
 from ganomaly_jax import config_lib

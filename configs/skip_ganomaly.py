@@ -4,8 +4,12 @@
 
 G loss: w_adv·BCE(D(x̂), 1) + 50·|x − x̂| + 1·mean((f(x) − f(x̂))²), f = D's latent features.
 Score: eq. 6.1, λ·mean((x − x̂)²) + (1 − λ)·mean((f(x) − f(x̂))²) with eval.score_lambda=0.9.
+D loss: eq. 3.8, BCE(D(x), 1) + BCE(D(x̂), 0) plus the latent term mean((f(x) − f(x̂))²)
+(loss.latent_in_d=True, as the study writes it and as the reference code does).
 Switches: model.classifier_kernel (4 as in the study, 3 as in the reference code);
-loss.latent_in_d (False as in the study; True adds the latent term to D's loss as the reference code).
+loss.latent_in_d (True: eq. 3.8; --config.loss.latent_in_d=False drops the latent term from D's
+loss for the ablation). The masked and grid-mask methods load this function, so they follow eq. 3.8
+too. See docs/methods.md#skip_ganomaly.
 """
 
 from ganomaly_jax import config_lib
@@ -17,7 +21,7 @@ def skip(config):
   config.model.discriminator = 'latent'
   config.model.classifier_kernel = 4
   config.loss.adversarial = 'bce'
-  config.loss.latent_in_d = False
+  config.loss.latent_in_d = True  # eq. 3.8: D's loss includes the latent term (ablation: False)
   config.eval.score = 'lambda'
   config.eval.score_lambda = 0.9
 

@@ -1,17 +1,29 @@
-"""Loss terms as small pure functions, with the study's equation numbers.
+"""Loss terms as small pure functions, and the registries of adversarial objectives and scores.
 
-Equations (the study's chapter 3 and 6; GANomaly: Akçay et al. 2018; Skip-GANomaly: Akçay et al. 2019):
-  eq. 3.1  L_adv = mean((f(x) - f(x̂))²)                 feature matching, f = D's features
-  eq. 3.2  L_con = mean|x - x̂|                          contextual (reconstruction) loss
-  eq. 3.3  L_enc = mean((z - ẑ)²)                        latent (encoder) loss
-  eq. 3.4  L_G   = w_adv L_adv + w_con L_con + w_enc L_enc   (1 / 50 / 1)
+Equation numbers are the study's (chapters 3 and 6; docs/methods.md#ganomaly and
+docs/methods.md#skip_ganomaly; GANomaly: Akçay et al. 2018; Skip-GANomaly: Akçay et al. 2019):
+  eq. 3.1  L_G   = w_adv L_adv + w_con L_con + w_enc L_enc   (1 / 50 / 1)
+  eq. 3.2  L_adv = mean((f(x) - f(x̂))²)                 feature matching, f = D's features
+  eq. 3.3  L_con = mean|x - x̂|                          contextual (reconstruction) loss
+  eq. 3.4  L_enc = mean((z - ẑ)²)                        latent (encoder) loss
   eq. 3.5  L_D   = 0.5 (BCE(D(x), 1) + BCE(D(x̂), 0))
   eq. 3.6  L_adv' = L_adv + E[log(1 - D(x̂))]            extra adversarial term (we use the
-           non-saturating form -E[log D(x̂)], which has the same fixed point and useful gradients)
+           non-saturating form -E[log D(x̂)], which has the same fixed point and useful gradients;
+           docs/methods.md#ganomaly_modified)
+  eq. 3.7  SkipGANomaly L_adv = BCE(D(x̂), 1)
+  eq. 3.8  SkipGANomaly L_D = BCE(D(x), 1) + BCE(D(x̂), 0) + the latent term mean((f(x) - f(x̂))²)
   eq. 6.1  A(x)  = λ mean((x - x̂)²) + (1 - λ) mean((f(x) - f(x̂))²)   SkipGANomaly score
+
+A method picks its adversarial objective (`loss.adversarial`) and its score (`eval.score`) by name
+from `ADVERSARIAL` and `SCORES`; the train and eval steps call the registered functions, and
+`validate.py` reads each entry's facts. A new one is one `register_adversarial` / `register_score`
+call (see README, "Adding a method").
 """
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,12 +34,12 @@ def _per_example_mean(x: jax.Array) -> jax.Array:
 
 
 def feature_matching(features_real: jax.Array, features_fake: jax.Array) -> jax.Array:
-  """Eq. 3.1: mean squared distance between discriminator features of x and x̂."""
+  """Eq. 3.2 (and the latent term of eq. 3.8): mean squared distance between D's features of x and x̂."""
   return jnp.mean(jnp.square(features_real - features_fake))
 
 
 def reconstruction_l1(x: jax.Array, recon: jax.Array, weight: jax.Array | None = None) -> jax.Array:
-  """Eq. 3.2: mean |x - x̂|; `weight` (broadcastable to x) re-weights pixels, e.g. masked holes.
+  """Eq. 3.3: mean |x - x̂|; `weight` (broadcastable to x) re-weights pixels, e.g. masked holes.
 
   With a weight map the sum is normalised by the total weight, so a hole weight only shifts the
   emphasis between hole and context, not the overall scale of the term.
@@ -40,7 +52,7 @@ def reconstruction_l1(x: jax.Array, recon: jax.Array, weight: jax.Array | None =
 
 
 def latent_l2(z: jax.Array, z_hat: jax.Array) -> jax.Array:
-  """Eq. 3.3: mean squared distance between the two latent codes."""
+  """Eq. 3.4: mean squared distance between the two latent codes."""
   return jnp.mean(jnp.square(z - z_hat))
 
 
@@ -54,17 +66,18 @@ def bce_with_logits(logits: jax.Array, targets: jax.Array | float) -> jax.Array:
 def discriminator_bce(real_logits: jax.Array, fake_logits: jax.Array,
                       real_targets: jax.Array | float = 1.0,
                       fake_targets: jax.Array | float = 0.0) -> jax.Array:
-  """Eq. 3.5: 0.5 (BCE(D(x), real) + BCE(D(x̂), fake)); targets may be soft or flipped labels."""
+  """Eq. 3.5 (and the BCE part of eq. 3.8): 0.5 (BCE(D(x), real) + BCE(D(x̂), fake)); targets may be
+  soft or flipped labels."""
   return 0.5 * (bce_with_logits(real_logits, real_targets) + bce_with_logits(fake_logits, fake_targets))
 
 
 def generator_bce(fake_logits: jax.Array) -> jax.Array:
-  """Non-saturating adversarial term -E[log D(x̂)] (eq. 3.6 extra term; SkipGANomaly's L_adv)."""
+  """Non-saturating adversarial term -E[log D(x̂)] (eq. 3.6 extra term; SkipGANomaly's L_adv, eq. 3.7)."""
   return bce_with_logits(fake_logits, 1.0)
 
 
 def wgan_critic(real_scores: jax.Array, fake_scores: jax.Array) -> jax.Array:
-  """WGAN critic loss E[D(x̂)] - E[D(x)] (gradient penalty added separately)."""
+  """WGAN critic loss (Gulrajani et al. 2017; the study's future work, docs/methods.md#ganomaly) E[D(x̂)] - E[D(x)] (gradient penalty added separately)."""
   return jnp.mean(fake_scores) - jnp.mean(real_scores)
 
 
@@ -120,3 +133,117 @@ def lambda_score(x: jax.Array, recon: jax.Array, features_real: jax.Array,
 def pixel_map(x: jax.Array, recon: jax.Array) -> jax.Array:
   """Per-pixel anomaly map |x - x̂| averaged over channels: [B, H, W]."""
   return jnp.mean(jnp.abs(x - recon), axis=-1)
+
+
+# ---- Registries: the adversarial objectives (`loss.adversarial`) and scores (`eval.score`). ----
+
+
+class AdversarialInputs(NamedTuple):
+  """What an adversarial objective sees of one training step (all from D *before* its update)."""
+
+  real_logits: jax.Array  # D's logits on x, [B]
+  fake_logits: jax.Array  # D's logits on x̂, [B]
+  real_features: jax.Array  # f(x)
+  fake_features: jax.Array  # f(x̂)
+  real_targets: jax.Array  # D's targets for x (soft / flipped where the objective uses labels), [B]
+  fake_targets: jax.Array
+  real: jax.Array  # x, for penalties on D's input space
+  fake: jax.Array  # x̂ with stop-gradient
+  critic: Callable[[jax.Array], jax.Array]  # images -> D's logits, D's statistics frozen
+  rng: jax.Array  # for stochastic penalties (e.g. gradient-penalty interpolates)
+
+
+@dataclasses.dataclass(frozen=True)
+class Adversarial:
+  """An adversarial objective and the facts validation and model building need about it.
+
+  `generator_loss(inputs, hp)` is G's adversarial term (L_adv of eq. 3.1) and
+  `discriminator_loss(inputs, hp)` is D's loss; `hp` is the step's frozen config view
+  (`step.StepConfig`: `hp.loss.gp_weight`, ...).
+  """
+
+  generator_loss: Callable[[AdversarialInputs, Any], jax.Array]
+  discriminator_loss: Callable[[AdversarialInputs, Any], jax.Array]
+  d_norm: str = 'batch'  # normalisation in D: 'batch' | 'layer' | 'none' (models.discriminator_norm)
+  uses_labels: bool = True  # train.soft_labels / train.label_flip_prob change D's targets
+  allows_extra: bool = False  # loss.adv_extra (eq. 3.6) adds something this objective lacks
+  d_loss_bounded: bool = True  # D's loss is >= 0, so train.d_reinit_threshold means "D wins outright"
+  multi_critic: bool = False  # loss.n_critic > 1: extra D-only updates per step
+
+
+ADVERSARIAL: dict[str, Adversarial] = {}
+
+
+def register_adversarial(name: str, entry: Adversarial) -> Adversarial:
+  """Makes `loss.adversarial=<name>` available to the step, the models and validation."""
+  ADVERSARIAL[name] = entry
+  return entry
+
+
+def _bce_discriminator(d: AdversarialInputs, hp: Any) -> jax.Array:
+  return discriminator_bce(d.real_logits, d.fake_logits, d.real_targets, d.fake_targets)
+
+
+def _wgan_gp_critic(d: AdversarialInputs, hp: Any) -> jax.Array:
+  """E[D(x̂)] - E[D(x)] + gp_weight * gradient penalty."""
+  return (wgan_critic(d.real_logits, d.fake_logits)
+          + hp.loss.gp_weight * gradient_penalty(d.critic, d.real, d.fake, d.rng))
+
+
+# GANomaly (eq. 3.2 for G, eq. 3.5 for D); eq. 3.6 may add the non-saturating BCE term to G.
+register_adversarial('feature_matching', Adversarial(
+    generator_loss=lambda d, hp: feature_matching(d.real_features, d.fake_features),
+    discriminator_loss=_bce_discriminator, allows_extra=True))
+# SkipGANomaly (eq. 3.7 for G, eq. 3.8 for D; loss.latent_in_d adds the latent term).
+register_adversarial('bce', Adversarial(
+    generator_loss=lambda d, hp: generator_bce(d.fake_logits),
+    discriminator_loss=_bce_discriminator))
+# WGAN-GP critic: the penalty needs per-sample gradients, so D normalises per sample (LayerNorm);
+# labels do not exist, and the critic's loss is unbounded below (no re-initialisation threshold).
+register_adversarial('wgan_gp', Adversarial(
+    generator_loss=lambda d, hp: wgan_generator(d.fake_logits),
+    discriminator_loss=_wgan_gp_critic, d_norm='layer', uses_labels=False,
+    d_loss_bounded=False, multi_critic=True))
+
+
+class ScoreInputs(NamedTuple):
+  """What a score sees at evaluation (eval mode throughout)."""
+
+  x: jax.Array  # images [B, H, W, C]
+  outputs: dict  # the generator's outputs: 'recon' and, for the E-D-E generator, 'z', 'z_hat'
+  discriminator: Callable[[jax.Array], tuple[jax.Array, jax.Array]]  # images -> (logits, features)
+
+
+@dataclasses.dataclass(frozen=True)
+class Score:
+  """A per-image anomaly score `fn(inputs, hp) -> [B]` and what it needs."""
+
+  fn: Callable[[ScoreInputs, Any], jax.Array]
+  needs_outputs: tuple[str, ...] = ()  # generator outputs beyond 'recon' (models.GENERATORS)
+  mask: str = 'any'  # 'required' | 'forbidden' | 'any': whether training with mask.kind fits it
+
+
+SCORES: dict[str, Score] = {}
+
+
+def register_score(name: str, entry: Score) -> Score:
+  """Makes `eval.score=<name>` available to the eval step and validation."""
+  SCORES[name] = entry
+  return entry
+
+
+def _lambda(s: ScoreInputs, hp: Any) -> jax.Array:
+  _, real_features = s.discriminator(s.x)
+  _, fake_features = s.discriminator(s.outputs['recon'])
+  return lambda_score(s.x, s.outputs['recon'], real_features, fake_features, hp.eval.score_lambda)
+
+
+# GANomaly's latent score needs the second encoder; with masked training z of a masked input is
+# not comparable, so it is refused there.
+register_score('latent', Score(lambda s, hp: latent_score(s.outputs['z'], s.outputs['z_hat']),
+                               needs_outputs=('z', 'z_hat'), mask='forbidden'))
+register_score('reconstruction', Score(lambda s, hp: reconstruction_score(s.x, s.outputs['recon'])))
+register_score('lambda', Score(_lambda))  # eq. 6.1, docs/methods.md#skip_ganomaly
+# The masked methods' score: reconstruction error of the full-coverage inpainting.
+register_score('inpaint', Score(lambda s, hp: reconstruction_score(s.x, s.outputs['recon']),
+                                mask='required'))

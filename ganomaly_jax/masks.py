@@ -1,4 +1,5 @@
-"""Inpainting masks for masked SkipGANomaly (study method 5) and the grid-mask proposal.
+"""Inpainting masks for masked SkipGANomaly (study method 5, docs/methods.md#masked) and the
+grid-mask proposal (docs/methods.md#grid_mask); `KINDS` is the registry of `mask.kind`.
 
 Convention: a mask is float32 with shape [..., H, W, 1]; it is 1 inside the HOLE (the region the
 generator must fill in from context) and 0 on visible pixels. Images are NHWC float32 in [-1, 1].
@@ -18,13 +19,12 @@ positions/shapes are traced, so the training-mask samplers can live inside a jit
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
-
-KINDS = ('none', 'square', 'grid', 'stain')
 
 # Stain area bounds as a fraction of the image (Collin & De Vleeschouwer 2020).
 STAIN_MIN_FRACTION = 0.01
@@ -243,13 +243,11 @@ def eval_masks(kind: str, isize: int, size: float, cells: int) -> jax.Array:
   Returns:
     [K, isize, isize, 1] float32 masks, summing to 1 over K.
   """
-  if kind == 'square':
-    return tiling_masks(isize, size)
-  if kind == 'grid':
-    return grid_masks(isize, cells)
-  if kind == 'stain':
-    return tiling_masks(isize, STAIN_EVAL_SIZE)
-  raise ValueError(f"mask.kind={kind!r} has no evaluation masks; expected 'square', 'grid' or 'stain'.")
+  entry = KINDS.get(kind)
+  if entry is None or entry.eval_holes is None:
+    raise ValueError(f'mask.kind={kind!r} has no evaluation masks; expected one of '
+                     f'{", ".join(k for k, e in KINDS.items() if e.eval_holes)}.')
+  return entry.eval_holes(isize, size, cells)
 
 
 def train_masks(kind: str, rng: jax.Array, batch: int, isize: int, size: float,
@@ -262,13 +260,13 @@ def train_masks(kind: str, rng: jax.Array, batch: int, isize: int, size: float,
     for every image (rng and batch unused), to be broadcast by the caller, typically through
     `combine_inpaintings`.
   """
-  if kind == 'square':
-    return square_masks(rng, batch, isize, size)
-  if kind == 'stain':
-    return stain_masks(rng, batch, isize)
-  if kind == 'grid':
-    return grid_masks(isize, cells)
-  raise ValueError(f"mask.kind={kind!r} has no training masks; expected 'square', 'grid' or 'stain'.")
+  entry = KINDS.get(kind)
+  if entry is not None and entry.train_on_combination:
+    return entry.eval_holes(isize, size, cells)
+  if entry is None or entry.train_holes is None:
+    raise ValueError(f'mask.kind={kind!r} has no training masks; expected one of '
+                     f'{", ".join(k for k, e in KINDS.items() if e.eval_holes)}.')
+  return entry.train_holes(rng, batch, isize, size, cells)
 
 
 def combine_inpaintings(reconstruct: Callable[[jax.Array], jax.Array], x: jax.Array, masks: jax.Array,
@@ -310,16 +308,54 @@ def validate_mask_config(kind: str, isize: int, size: float, cells: int) -> None
   """
   if kind not in KINDS:
     raise ValueError(f'mask.kind={kind!r} is unknown; expected one of {", ".join(KINDS)}.')
-  if kind == 'none':
-    return
-  if kind == 'square':
-    _check_tiling(isize, size)
-  elif kind == 'grid':
-    _check_cells(isize, cells)
-  elif kind == 'stain':
-    try:
-      _check_tiling(isize, STAIN_EVAL_SIZE)
-    except ValueError:
-      side = _side(isize, STAIN_EVAL_SIZE)
-      raise ValueError(f"mask.kind='stain' is evaluated with square holes of side round(isize / 4) = "
-                       f'{side}, which must divide isize={isize}.') from None
+  KINDS[kind].check(isize, size, cells)
+
+
+def _check_stain(isize: int, size: float, cells: int) -> None:
+  try:
+    _check_tiling(isize, STAIN_EVAL_SIZE)
+  except ValueError:
+    side = _side(isize, STAIN_EVAL_SIZE)
+    raise ValueError(f"mask.kind='stain' is evaluated with square holes of side round(isize / 4) = "
+                     f'{side}, which must divide isize={isize}.') from None
+
+
+# ---- Registry of mask kinds (`mask.kind`): the step and validation read these entries. ----
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskKind:
+  """How one mask kind trains and evaluates, and which config keys it reads.
+
+  Training either hides one random hole per image (`train_holes`, the loss weights the hole by
+  loss.hole_weight) or, with `train_on_combination`, inpaints every hole of `eval_holes` and trains on
+  the combined reconstruction. Evaluation always combines the inpaintings of `eval_holes`, whose holes
+  tile the image. `reads` names the keys the kind uses; validation refuses the others when they are
+  set away from their defaults, so no setting is silently ignored.
+  """
+
+  train_holes: Callable[[jax.Array, int, int, float, int], jax.Array] | None = None
+  eval_holes: Callable[[int, float, int], jax.Array] | None = None
+  train_on_combination: bool = False
+  reads: frozenset[str] = frozenset()  # of 'mask.size', 'mask.cells', 'mask.fill', 'loss.hole_weight'
+  check: Callable[[int, float, int], None] = lambda isize, size, cells: None
+
+
+KINDS: dict[str, MaskKind] = {
+    'none': MaskKind(),
+    # Masked SkipGANomaly, docs/methods.md#masked.
+    'square': MaskKind(
+        train_holes=lambda rng, batch, isize, size, cells: square_masks(rng, batch, isize, size),
+        eval_holes=lambda isize, size, cells: tiling_masks(isize, size),
+        reads=frozenset({'mask.size', 'mask.fill', 'loss.hole_weight'}),
+        check=lambda isize, size, cells: _check_tiling(isize, size)),
+    # The grid-mask proposal, docs/methods.md#grid_mask: no single hole, so no hole weight.
+    'grid': MaskKind(
+        eval_holes=lambda isize, size, cells: grid_masks(isize, cells), train_on_combination=True,
+        reads=frozenset({'mask.cells', 'mask.fill'}),
+        check=lambda isize, size, cells: _check_cells(isize, cells)),
+    'stain': MaskKind(
+        train_holes=lambda rng, batch, isize, size, cells: stain_masks(rng, batch, isize),
+        eval_holes=lambda isize, size, cells: tiling_masks(isize, STAIN_EVAL_SIZE),
+        reads=frozenset({'mask.fill', 'loss.hole_weight'}), check=_check_stain),
+}

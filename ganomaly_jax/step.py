@@ -17,54 +17,48 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from ganomaly_jax import losses, masks
+from ganomaly_jax import losses, masks, models
 from ganomaly_jax.state import Components, GanState, init_discriminator
+
+# The config sections the step reads; `StepConfig` freezes all of them, so a new key needs no edit here.
+STEP_SECTIONS = ('model', 'loss', 'train', 'mask', 'eval')
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenSection:
+  """A read-only, hashable view of one flat config section: `section.key` as on the ConfigDict."""
+
+  items: tuple[tuple[str, Any], ...]
+
+  @classmethod
+  def of(cls, section: ml_collections.ConfigDict) -> 'FrozenSection':
+    return cls(tuple(sorted(section.to_dict().items())))
+
+  def __getattr__(self, name: str) -> Any:
+    if name.startswith('__') or name == 'items':  # copy / pickle probe before `items` exists
+      raise AttributeError(name)
+    for key, value in self.items:
+      if key == name:
+        return value
+    raise AttributeError(f'config section has no key {name!r}.')
 
 
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
-  """The hashable subset of the config that the step depends on (static under jit)."""
+  """The config the step depends on, frozen (static under jit): `hp.loss.w_adv`, `hp.mask.kind`, ..."""
 
-  generator: str
-  discriminator: str
-  w_adv: float
-  w_con: float
-  w_enc: float
-  adversarial: str
-  adv_extra: bool
-  latent_in_d: bool
-  gp_weight: float
-  n_critic: int
-  hole_weight: float
-  soft_labels: bool
-  label_flip_prob: float
-  d_input_noise_std: float
-  d_reinit_threshold: float
-  mask_kind: str
-  mask_size: float
-  mask_cells: int
-  mask_fill: float
-  isize: int
-  score: str
-  score_lambda: float
+  model: FrozenSection
+  loss: FrozenSection
+  train: FrozenSection
+  mask: FrozenSection
+  eval: FrozenSection
   debug_nan_at_step: int
-  loss_limit: float
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> 'StepConfig':
-    return cls(
-        generator=config.model.generator, discriminator=config.model.discriminator,
-        w_adv=config.loss.w_adv, w_con=config.loss.w_con, w_enc=config.loss.w_enc,
-        adversarial=config.loss.adversarial, adv_extra=config.loss.adv_extra,
-        latent_in_d=config.loss.latent_in_d, gp_weight=config.loss.gp_weight,
-        n_critic=config.loss.n_critic,
-        hole_weight=config.loss.hole_weight, soft_labels=config.train.soft_labels,
-        label_flip_prob=config.train.label_flip_prob,
-        d_input_noise_std=config.train.d_input_noise_std,
-        d_reinit_threshold=config.train.d_reinit_threshold, mask_kind=config.mask.kind,
-        mask_size=config.mask.size, mask_cells=config.mask.cells, mask_fill=config.mask.fill,
-        isize=config.model.isize, score=config.eval.score, score_lambda=config.eval.score_lambda,
-        debug_nan_at_step=config.debug_nan_at_step, loss_limit=config.train.loss_limit)
+    """Freezes the sections in `STEP_SECTIONS` (every key, so none is copied by hand)."""
+    sections = {name: FrozenSection.of(config[name]) for name in STEP_SECTIONS}
+    return cls(**sections, debug_nan_at_step=config.debug_nan_at_step)
 
 
 def _apply_g(components: Components, params, stats, x, train: bool, rng=None,
@@ -93,46 +87,46 @@ def _apply_d(components: Components, params, stats, x, train: bool, update_stats
 
 def reconstruct_for_training(components: Components, hp: StepConfig, g_params, g_stats,
                              x: jax.Array, rng: jax.Array):
-  """Generator forward in train mode, with the method's masking.
+  """Generator forward in train mode, with the method's masking (`masks.KINDS[hp.mask.kind]`).
 
   Returns (outputs dict with 'recon' [and 'z', 'z_hat'], new G stats, per-pixel L1 weight or None).
   """
   mask_rng, drop_rng = jax.random.split(rng)
-  if hp.mask_kind == 'none':
-    out, g_stats = _apply_g(components, g_params, g_stats, x, True, drop_rng)
-    return out, g_stats, None
-  if hp.mask_kind == 'grid':
+  kind, m = masks.KINDS[hp.mask.kind], hp.mask
+  if kind.train_on_combination:
     # Grid-mask proposal: reconstruct both complementary masked copies in one G call and paste
     # each hole region into one full reconstruction; every loss term then sees that combination.
-    grid = masks.grid_masks(hp.isize, hp.mask_cells)
+    holes = kind.eval_holes(hp.model.isize, m.size, m.cells)
     new_stats = {}
 
     def reconstruct(images):
       out, new_stats['g'] = _apply_g(components, g_params, g_stats, images, True, drop_rng)
       return out['recon']
 
-    recon = masks.combine_inpaintings(reconstruct, x, grid, hp.mask_fill)
+    recon = masks.combine_inpaintings(reconstruct, x, holes, m.fill)
     return {'recon': recon}, new_stats['g'], None
+  if kind.train_holes is None:  # no masking
+    out, g_stats = _apply_g(components, g_params, g_stats, x, True, drop_rng)
+    return out, g_stats, None
   # square / stain: one random hole per image; the generator completes it from context.
-  hole = masks.train_masks(hp.mask_kind, mask_rng, x.shape[0], hp.isize, hp.mask_size,
-                           hp.mask_cells)
-  out, g_stats = _apply_g(components, g_params, g_stats,
-                          masks.apply_mask(x, hole, hp.mask_fill), True, drop_rng)
-  weight = 1.0 + (hp.hole_weight - 1.0) * hole
+  hole = kind.train_holes(mask_rng, x.shape[0], hp.model.isize, m.size, m.cells)
+  out, g_stats = _apply_g(components, g_params, g_stats, masks.apply_mask(x, hole, m.fill), True,
+                          drop_rng)
+  weight = 1.0 + (hp.loss.hole_weight - 1.0) * hole
   return out, g_stats, weight
 
 
 def _d_targets(hp: StepConfig, rng: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
   """Discriminator targets: hard 1/0, optionally soft (U[0.9,1] / U[0,0.1]) and randomly flipped."""
   r_soft, f_soft, r_flip, f_flip = jax.random.split(rng, 4)
-  if hp.soft_labels:
+  if hp.train.soft_labels:
     real = losses.soft_labels(r_soft, (n,), real=True)
     fake = losses.soft_labels(f_soft, (n,), real=False)
   else:
     real, fake = jnp.ones((n,)), jnp.zeros((n,))
-  if hp.label_flip_prob > 0:
-    real = losses.flip_labels(r_flip, real, hp.label_flip_prob)
-    fake = losses.flip_labels(f_flip, fake, hp.label_flip_prob)
+  if hp.train.label_flip_prob > 0:
+    real = losses.flip_labels(r_flip, real, hp.train.label_flip_prob)
+    fake = losses.flip_labels(f_flip, fake, hp.train.label_flip_prob)
   return real, fake
 
 
@@ -142,30 +136,34 @@ def _all_finite(tree) -> jax.Array:
 
 def _d_inputs(hp: StepConfig, rng: jax.Array, real: jax.Array, fake: jax.Array):
   """D's inputs for training: instance noise on both passes when train.d_input_noise_std > 0."""
-  if hp.d_input_noise_std <= 0:
+  std = hp.train.d_input_noise_std
+  if std <= 0:
     return real, fake
   nr, nf = jax.random.split(rng)
-  return (real + hp.d_input_noise_std * jax.random.normal(nr, real.shape),
-          fake + hp.d_input_noise_std * jax.random.normal(nf, fake.shape))
+  return (real + std * jax.random.normal(nr, real.shape),
+          fake + std * jax.random.normal(nf, fake.shape))
 
 
-def _wgan_critic_loss(components: Components, hp: StepConfig, d_params, d_stats, real_scores,
-                      fake_scores, real: jax.Array, fake: jax.Array, gp_rng: jax.Array) -> jax.Array:
-  """WGAN-GP critic loss: E[D(x̂)] - E[D(x)] + gp_weight * gradient penalty (D's stats frozen)."""
+def _adversarial_inputs(components: Components, d_params, d_stats, real_out, fake_out, targets,
+                        real: jax.Array, fake: jax.Array, rng: jax.Array) -> losses.AdversarialInputs:
+  """Packs D's outputs for the registered objective; `critic` is D with its statistics frozen."""
   critic = lambda images: _apply_d(components, d_params, d_stats, images, True,
                                    update_stats=False)[0][0]
-  return (losses.wgan_critic(real_scores, fake_scores)
-          + hp.gp_weight * losses.gradient_penalty(critic, real, fake, gp_rng))
+  return losses.AdversarialInputs(
+      real_logits=real_out[0], fake_logits=fake_out[0], real_features=real_out[1],
+      fake_features=fake_out[1], real_targets=targets[0], fake_targets=targets[1], real=real,
+      fake=fake, critic=critic, rng=rng)
 
 
 def _critic_updates(components: Components, hp: StepConfig, state: GanState, x: jax.Array,
-                    rng: jax.Array) -> tuple[GanState, jax.Array]:
-  """`hp.n_critic - 1` WGAN-GP critic-only updates on this batch; returns (state, all finite).
+                    targets, rng: jax.Array) -> tuple[GanState, jax.Array]:
+  """`hp.loss.n_critic - 1` D-only updates on this batch (WGAN-GP); returns (state, all finite).
 
   They run before the joint step, against G's current reconstruction held fixed (G in train mode,
   its statistics not kept), each with its own gradient-penalty interpolates. The joint step then
   makes the n_critic-th critic update together with the generator's.
   """
+  adversarial = losses.ADVERSARIAL[hp.loss.adversarial]
   recon_rng, loop_rng = jax.random.split(rng)
   out, _, _ = reconstruct_for_training(components, hp, state.g_params, state.g_stats, x, recon_rng)
   fake = jax.lax.stop_gradient(out['recon'])
@@ -173,11 +171,11 @@ def _critic_updates(components: Components, hp: StepConfig, state: GanState, x: 
   def critic_loss(d_params, d_stats, step_rng):
     noise_rng, gp_rng = jax.random.split(step_rng)
     real_in, fake_in = _d_inputs(hp, noise_rng, x, fake)
-    (real_scores, _), new_stats = _apply_d(components, d_params, d_stats, real_in, True)
-    (fake_scores, _), new_stats = _apply_d(components, d_params, new_stats, fake_in, True)
-    loss = _wgan_critic_loss(components, hp, d_params, d_stats, real_scores, fake_scores, x, fake,
-                             gp_rng)
-    return loss, new_stats
+    real_out, new_stats = _apply_d(components, d_params, d_stats, real_in, True)
+    fake_out, new_stats = _apply_d(components, d_params, new_stats, fake_in, True)
+    inputs = _adversarial_inputs(components, d_params, d_stats, real_out, fake_out, targets, x,
+                                 fake, gp_rng)
+    return adversarial.discriminator_loss(inputs, hp), new_stats
 
   def update(i, carry):
     d_params, d_opt, d_stats, finite = carry
@@ -188,7 +186,8 @@ def _critic_updates(components: Components, hp: StepConfig, state: GanState, x: 
             finite & _all_finite((loss, grads)))
 
   d_params, d_opt, d_stats, finite = jax.lax.fori_loop(
-      0, hp.n_critic - 1, update, (state.d_params, state.d_opt, state.d_stats, jnp.asarray(True)))
+      0, hp.loss.n_critic - 1, update,
+      (state.d_params, state.d_opt, state.d_stats, jnp.asarray(True)))
   return state.replace(d_params=d_params, d_opt=d_opt, d_stats=d_stats), finite
 
 
@@ -196,51 +195,53 @@ def train_step(state: GanState, batch: dict[str, jax.Array], rng: jax.Array, *,
                components: Components, hp: StepConfig) -> tuple[GanState, dict[str, jax.Array]]:
   """One G update and one D update from a shared forward pass; returns (new state, metrics).
 
-  Under WGAN-GP with `loss.n_critic` > 1 the critic first takes n_critic - 1 updates of its own.
+  G's loss is eq. 3.1, w_adv L_adv + w_con L_con + w_enc L_enc: L_adv from the adversarial
+  objective `losses.ADVERSARIAL[hp.loss.adversarial]` (eq. 3.2 feature matching, eq. 3.7 BCE, or
+  WGAN-GP; loss.adv_extra adds eq. 3.6's term), L_con eq. 3.3, L_enc the generator's latent term
+  (`models.GENERATORS[...]`: eq. 3.4 for GANomaly, D's latent features for SkipGANomaly). D's loss
+  is the objective's (eq. 3.5 / 3.8) plus, with loss.latent_in_d, the latent term of eq. 3.8.
+  See docs/methods.md#ganomaly and docs/methods.md#skip_ganomaly.
+
+  With `loss.n_critic` > 1 the critic first takes n_critic - 1 updates of its own.
 
   A step whose losses or gradients are not finite leaves the state unchanged (and is counted in
   `skipped_steps`), so a single bad batch never poisons the parameters; the loop decides whether to
   stop or continue from the metrics it already fetches for logging.
   """
+  adversarial = losses.ADVERSARIAL[hp.loss.adversarial]
+  generator = models.GENERATORS[hp.model.generator]
+  w = hp.loss
   x = batch['image']
   n = x.shape[0]
   g_rng, noise_rng, label_rng, gp_rng, reinit_rng = jax.random.split(rng, 5)
-  real_t, fake_t = _d_targets(hp, label_rng, n)
+  targets = _d_targets(hp, label_rng, n)
   original, critic_finite = state, jnp.asarray(True)
-  if hp.n_critic > 1:  # WGAN-GP: the critic takes extra steps before the joint one
-    state, critic_finite = _critic_updates(components, hp, state, x, jax.random.fold_in(rng, 1))
+  if w.n_critic > 1:  # the critic takes extra steps before the joint one
+    state, critic_finite = _critic_updates(components, hp, state, x, targets,
+                                           jax.random.fold_in(rng, 1))
 
   def forward(g_params, d_params):
     out, g_stats, weight = reconstruct_for_training(components, hp, g_params, state.g_stats, x, g_rng)
     recon = out['recon']
     d_real_in, d_fake_in = _d_inputs(hp, noise_rng, x, recon)
-    (real_logits, real_feat), d_stats = _apply_d(components, d_params, state.d_stats, d_real_in, True)
-    (fake_logits, fake_feat), d_stats = _apply_d(components, d_params, d_stats, d_fake_in, True)
+    real_out, d_stats = _apply_d(components, d_params, state.d_stats, d_real_in, True)
+    fake_out, d_stats = _apply_d(components, d_params, d_stats, d_fake_in, True)
+    (real_logits, real_feat), (fake_logits, fake_feat) = real_out, fake_out
+    inputs = _adversarial_inputs(components, d_params, state.d_stats, real_out, fake_out, targets,
+                                 x, jax.lax.stop_gradient(recon), gp_rng)
 
-    # ---- Generator loss (eq. 3.4; SkipGANomaly: adversarial BCE + L1 + latent-feature L2). ----
-    if hp.adversarial == 'feature_matching':
-      g_adv = losses.feature_matching(real_feat, fake_feat)
-    elif hp.adversarial == 'bce':
-      g_adv = losses.generator_bce(fake_logits)
-    else:  # wgan_gp
-      g_adv = losses.wgan_generator(fake_logits)
-    if hp.adv_extra:
+    # ---- Generator loss, eq. 3.1. ----
+    g_adv = adversarial.generator_loss(inputs, hp)
+    if w.adv_extra:  # eq. 3.6, non-saturating form
       g_adv = g_adv + losses.generator_bce(fake_logits)
     g_con = losses.reconstruction_l1(x, recon, weight)
-    if hp.generator == 'ede':
-      g_lat = losses.latent_l2(out['z'], out['z_hat'])
-    else:  # U-Net has no latent code: the latent term compares D's latent features (REFERENCE §4)
-      g_lat = losses.feature_matching(real_feat, fake_feat)
-    g_loss = hp.w_adv * g_adv + hp.w_con * g_con + hp.w_enc * g_lat
+    g_lat = generator.latent_term(out, real_feat, fake_feat)
+    g_loss = w.w_adv * g_adv + w.w_con * g_con + w.w_enc * g_lat
 
-    # ---- Discriminator loss (eq. 3.5, or the WGAN-GP critic). ----
-    if hp.adversarial == 'wgan_gp':
-      d_loss = _wgan_critic_loss(components, hp, d_params, state.d_stats, real_logits, fake_logits,
-                                 x, jax.lax.stop_gradient(recon), gp_rng)
-    else:
-      d_loss = losses.discriminator_bce(real_logits, fake_logits, real_t, fake_t)
-    if hp.latent_in_d:
-      d_loss = d_loss + hp.w_enc * losses.feature_matching(real_feat, fake_feat)
+    # ---- Discriminator loss (eq. 3.5; SkipGANomaly eq. 3.8 with the latent term). ----
+    d_loss = adversarial.discriminator_loss(inputs, hp)
+    if w.latent_in_d:
+      d_loss = d_loss + w.w_enc * losses.feature_matching(real_feat, fake_feat)
     if hp.debug_nan_at_step >= 0:
       # Steps are counted from 1 (the step number after the update), as in the loop and logs.
       g_loss = g_loss + jnp.where(state.step + 1 == hp.debug_nan_at_step, jnp.nan, 0.0)
@@ -264,9 +265,9 @@ def train_step(state: GanState, batch: dict[str, jax.Array], rng: jax.Array, *,
   d_params = optax.apply_updates(state.d_params, d_updates)
 
   reinit = jnp.asarray(False)
-  if hp.d_reinit_threshold > 0:
+  if hp.train.d_reinit_threshold > 0:
     # Reference rule: a discriminator that wins outright (loss below the threshold) is restarted.
-    reinit = d_loss < hp.d_reinit_threshold
+    reinit = d_loss < hp.train.d_reinit_threshold
 
     def fresh_d(_):
       params, stats = init_discriminator(components, reinit_rng, (1,) + x.shape[1:])
@@ -276,8 +277,9 @@ def train_step(state: GanState, batch: dict[str, jax.Array], rng: jax.Array, *,
                                             None)
 
   finite = _all_finite((g_loss, d_loss, g_grads, d_grads)) & critic_finite
-  if hp.loss_limit > 0:  # an exploding loss is divergence too, even while still finite
-    finite &= (jnp.abs(g_loss) < hp.loss_limit) & (jnp.abs(d_loss) < hp.loss_limit)
+  limit = hp.train.loss_limit
+  if limit > 0:  # an exploding loss is divergence too, even while still finite
+    finite &= (jnp.abs(g_loss) < limit) & (jnp.abs(d_loss) < limit)
   candidate = state.replace(
       step=state.step + 1, g_params=g_params, g_stats=g_stats, g_opt=g_opt, d_params=d_params,
       d_stats=d_stats, d_opt=d_opt, d_reinits=state.d_reinits + reinit.astype(jnp.int32))
@@ -292,35 +294,36 @@ def reconstruct_for_eval(components: Components, hp: StepConfig, state: GanState
                          rng: jax.Array | None = None, stochastic: bool = False) -> dict:
   """Generator forward in eval mode (BatchNorm running statistics).
 
-  Masked methods reconstruct every region from its context: the holes of `masks.eval_masks` tile the
-  image, so damage anywhere is inpainted rather than copied through (the study's stated limitation).
-  `stochastic=True` keeps dropout active for MC-dropout.
+  Masked methods reconstruct every region from its context: the holes of the mask kind's
+  `eval_holes` tile the image, so damage anywhere is inpainted rather than copied through (the
+  study's stated limitation, docs/methods.md#masked). `stochastic=True` keeps dropout active for
+  MC-dropout.
   """
   def run(images):
     out, _ = _apply_g(components, state.g_params, state.g_stats, images, False, rng, stochastic)
     return out
 
-  if hp.mask_kind == 'none':
+  kind, m = masks.KINDS[hp.mask.kind], hp.mask
+  if kind.eval_holes is None:
     return run(x)
-  tiles = masks.eval_masks(hp.mask_kind, hp.isize, hp.mask_size, hp.mask_cells)
-  return {'recon': masks.combine_inpaintings(lambda imgs: run(imgs)['recon'], x, tiles, hp.mask_fill)}
+  tiles = kind.eval_holes(hp.model.isize, m.size, m.cells)
+  return {'recon': masks.combine_inpaintings(lambda imgs: run(imgs)['recon'], x, tiles, m.fill)}
 
 
 def eval_step(state: GanState, batch: dict[str, jax.Array], *, components: Components,
               hp: StepConfig, with_maps: bool = False) -> dict[str, jax.Array]:
-  """Per-image raw anomaly scores (not yet normalised) and reconstruction L1, in eval mode."""
+  """Per-image raw anomaly scores (not yet normalised) and reconstruction L1, in eval mode.
+
+  The score is `losses.SCORES[hp.eval.score]` (eq. 6.1 for SkipGANomaly); D runs in eval mode.
+  """
   x = batch['image']
   out = reconstruct_for_eval(components, hp, state, x)
   recon = out['recon']
   result: dict[str, Any] = {'l1': jnp.mean(jnp.abs(x - recon).reshape(x.shape[0], -1), axis=1)}
-  if hp.score == 'latent':
-    result['score'] = losses.latent_score(out['z'], out['z_hat'])
-  elif hp.score in ('reconstruction', 'inpaint'):
-    result['score'] = losses.reconstruction_score(x, recon)
-  else:  # lambda, eq. 6.1, with D in eval mode
-    (_, real_feat), _ = _apply_d(components, state.d_params, state.d_stats, x, False)
-    (_, fake_feat), _ = _apply_d(components, state.d_params, state.d_stats, recon, False)
-    result['score'] = losses.lambda_score(x, recon, real_feat, fake_feat, hp.score_lambda)
+  discriminator = lambda images: _apply_d(components, state.d_params, state.d_stats, images,
+                                          False)[0]
+  score = losses.SCORES[hp.eval.score]
+  result['score'] = score.fn(losses.ScoreInputs(x=x, outputs=out, discriminator=discriminator), hp)
   if with_maps:
     result['recon'] = recon
     result['map'] = losses.pixel_map(x, recon)

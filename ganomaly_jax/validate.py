@@ -1,13 +1,17 @@
-"""Config validation before anything is compiled: one clear line naming the key."""
+"""Config validation before anything is compiled: one clear line naming the key.
+
+Allowed method names and the rules between them come from the registries that implement them
+(`models.GENERATORS` / `DISCRIMINATORS`, `losses.ADVERSARIAL` / `SCORES`, `masks.KINDS`), so a
+registered method is validated without an edit here. A key that the chosen method does not read is
+refused when it is set away from its `config_lib.base_config()` default, so no setting is silently
+ignored.
+"""
 
 from __future__ import annotations
 
 import ml_collections
 
-from ganomaly_jax import config_lib, masks
-
-SCORES = ('latent', 'reconstruction', 'lambda', 'inpaint')
-ADVERSARIAL = ('feature_matching', 'bce', 'wgan_gp')
+from ganomaly_jax import config_lib, losses, masks, models
 
 
 class ConfigError(ValueError):
@@ -17,6 +21,10 @@ class ConfigError(ValueError):
 def _require(ok: bool, message: str) -> None:
   if not ok:
     raise ConfigError(message)
+
+
+def _names(names) -> str:
+  return ', '.join(names)
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -32,9 +40,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _require(m[key] > 0, f'model.{key}={m[key]} must be positive.')
   _require(m.kernel_size in (3, 4, 5, 6), f'model.kernel_size={m.kernel_size} must be 3..6.')
   _require(m.max_channels >= 0, f'model.max_channels={m.max_channels} must be >= 0 (0: no cap).')
-  _require(m.generator in ('ede', 'unet'), f"model.generator={m.generator!r}: use 'ede' or 'unet'.")
-  _require(m.discriminator in ('dcgan', 'latent'),
-           f"model.discriminator={m.discriminator!r}: use 'dcgan' or 'latent'.")
+  _require(m.generator in models.GENERATORS,
+           f'model.generator={m.generator!r} is not one of {_names(models.GENERATORS)}.')
+  _require(m.discriminator in models.DISCRIMINATORS,
+           f'model.discriminator={m.discriminator!r} is not one of {_names(models.DISCRIMINATORS)}.')
   _require(m.classifier_kernel in (1, 3, 4), f'model.classifier_kernel={m.classifier_kernel} must be 1, 3 or 4.')
   _require(0.0 <= m.dropout < 1.0, f'model.dropout={m.dropout} must be in [0, 1).')
   _require(m.self_attention == 0 or (4 <= m.self_attention <= m.isize // 2
@@ -44,15 +53,36 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(m.conv_transpose in ('auto', 'xla', 'subpixel'),
            f"model.conv_transpose={m.conv_transpose!r}: use 'auto', 'xla' or 'subpixel'.")
 
-  _require(l.adversarial in ADVERSARIAL, f'loss.adversarial={l.adversarial!r} is not one of {ADVERSARIAL}.')
-  _require(not (l.latent_in_d and m.discriminator != 'latent'),
-           'loss.latent_in_d=True needs a latent discriminator (model.discriminator=latent).')
-  _require(not (l.adversarial == 'wgan_gp' and (t.soft_labels or t.label_flip_prob > 0)),
-           'train.soft_labels / train.label_flip_prob do not apply to loss.adversarial=wgan_gp.')
+  _require(l.adversarial in losses.ADVERSARIAL,
+           f'loss.adversarial={l.adversarial!r} is not one of {_names(losses.ADVERSARIAL)}.')
+  generator = models.GENERATORS[m.generator]
+  discriminator = models.DISCRIMINATORS[m.discriminator]
+  adversarial = losses.ADVERSARIAL[l.adversarial]
+  defaults = config_lib.base_config()
+  for entry, kind in ((generator, f'model.generator={m.generator}'),
+                      (discriminator, f'model.discriminator={m.discriminator}')):
+    for key, why in entry.ignores.items():
+      _require(m[key] == defaults.model[key],
+               f'model.{key}={m[key]} is not used by {kind} ({why}); leave it at {defaults.model[key]}.')
+  _require(not (l.latent_in_d and not discriminator.latent_features),
+           f'loss.latent_in_d=True needs a discriminator with latent features '
+           f'(model.discriminator={_names(k for k, d in models.DISCRIMINATORS.items() if d.latent_features)}).')
+  _require(not (m.residual_blocks and adversarial.d_norm != models.RESIDUAL_BLOCK_NORM),
+           f'model.residual_blocks: the discriminator\'s residual blocks use BatchNorm, but '
+           f'loss.adversarial={l.adversarial} needs {adversarial.d_norm} normalisation in D.')
+  _require(adversarial.uses_labels or not (t.soft_labels or t.label_flip_prob > 0),
+           f'train.soft_labels / train.label_flip_prob do not apply to loss.adversarial={l.adversarial}.')
   _require(isinstance(l.n_critic, int) and l.n_critic >= 1,
            f'loss.n_critic={l.n_critic} must be an integer >= 1.')
-  _require(l.n_critic == 1 or l.adversarial == 'wgan_gp',
-           f'loss.n_critic={l.n_critic}: extra critic updates need loss.adversarial=wgan_gp.')
+  _require(l.n_critic == 1 or adversarial.multi_critic,
+           f'loss.n_critic={l.n_critic}: extra critic updates need loss.adversarial='
+           f'{_names(k for k, a in losses.ADVERSARIAL.items() if a.multi_critic)}.')
+  _require(not l.adv_extra or adversarial.allows_extra,
+           f'loss.adv_extra=True (eq. 3.6) adds nothing new to loss.adversarial={l.adversarial}; use '
+           f'it with {_names(k for k, a in losses.ADVERSARIAL.items() if a.allows_extra)}.')
+  _require(t.d_reinit_threshold <= 0 or adversarial.d_loss_bounded,
+           f'train.d_reinit_threshold={t.d_reinit_threshold}: the loss.adversarial={l.adversarial} '
+           f'discriminator loss is not bounded below by 0, so D would be re-initialised every step.')
   for key in ('w_adv', 'w_con', 'w_enc', 'gp_weight', 'hole_weight'):
     _require(l[key] >= 0, f'loss.{key}={l[key]} must be >= 0.')
 
@@ -64,22 +94,34 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(t.on_nonfinite in ('stop', 'rollback'),
            f"train.on_nonfinite={t.on_nonfinite!r}: use 'stop' or 'rollback'.")
 
-  _require(config.mask.kind in ('none', 'square', 'grid', 'stain'),
-           f"mask.kind={config.mask.kind!r}: use none, square, grid or stain.")
-  if config.mask.kind != 'none':
-    try:
-      masks.validate_mask_config(config.mask.kind, m.isize, config.mask.size, config.mask.cells)
-    except ValueError as err:
-      raise ConfigError(str(err)) from None
-    _require(-1.0 <= config.mask.fill <= 1.0, f'mask.fill={config.mask.fill} must be in [-1, 1].')
+  _require(config.mask.kind in masks.KINDS,
+           f'mask.kind={config.mask.kind!r} is not one of {_names(masks.KINDS)}.')
+  mask_kind = masks.KINDS[config.mask.kind]
+  masked = mask_kind.eval_holes is not None  # 'none' has no holes
+  try:
+    masks.validate_mask_config(config.mask.kind, m.isize, config.mask.size, config.mask.cells)
+  except ValueError as err:
+    raise ConfigError(str(err)) from None
+  for dotted in ('mask.size', 'mask.cells', 'mask.fill', 'loss.hole_weight'):
+    section, key = dotted.split('.')
+    value, default = config[section][key], defaults[section][key]
+    _require(dotted in mask_kind.reads or value == default,
+             f'{dotted}={value} is not used by mask.kind={config.mask.kind}; leave it at {default}.')
+  _require(-1.0 <= config.mask.fill <= 1.0, f'mask.fill={config.mask.fill} must be in [-1, 1].')
 
-  _require(e.score in SCORES, f'eval.score={e.score!r} is not one of {SCORES}.')
-  _require(not (e.score == 'latent' and m.generator != 'ede'),
-           "eval.score='latent' needs the encoder-decoder-encoder generator (model.generator=ede).")
-  _require(not (e.score == 'latent' and config.mask.kind != 'none'),
-           "eval.score='latent' does not apply to masked training; use 'lambda' or 'inpaint'.")
-  _require(not (e.score == 'inpaint' and config.mask.kind == 'none'),
-           "eval.score='inpaint' needs a mask (mask.kind=square|grid|stain).")
+  _require(e.score in losses.SCORES, f'eval.score={e.score!r} is not one of {_names(losses.SCORES)}.')
+  score = losses.SCORES[e.score]
+  missing = [o for o in score.needs_outputs if o not in generator.outputs]
+  _require(not missing,
+           f'eval.score={e.score} needs the generator outputs {missing}, which model.generator='
+           f'{m.generator} does not produce (use one of '
+           f'{_names(k for k, g in models.GENERATORS.items() if set(score.needs_outputs) <= set(g.outputs))}).')
+  _require(not (score.mask == 'forbidden' and masked),
+           f'eval.score={e.score} does not apply to masked training; use '
+           f"{_names(k for k, s in losses.SCORES.items() if s.mask != 'forbidden')}.")
+  _require(not (score.mask == 'required' and not masked),
+           f'eval.score={e.score} needs a mask (mask.kind='
+           f"{'|'.join(k for k, v in masks.KINDS.items() if v.eval_holes is not None)}).")
   _require(0.0 <= e.score_lambda <= 1.0, f'eval.score_lambda={e.score_lambda} must be in [0, 1].')
   _require(e.batch_size > 0, f'eval.batch_size={e.batch_size} must be positive.')
   _require(e.select in ('val_loss', 'last'), f"eval.select={e.select!r}: use 'val_loss' or 'last'.")

@@ -1,4 +1,4 @@
-"""Loss and score terms on small hand-computed cases (eq. 3.1-3.6, 6.1)."""
+"""Loss and score terms on small hand-computed cases (eq. 3.2-3.8, 6.1), and their registries."""
 
 import jax
 import jax.numpy as jnp
@@ -10,9 +10,9 @@ from ganomaly_jax import losses
 def test_generator_terms_by_hand():
   x = jnp.array([[0.0, 1.0], [2.0, -1.0]])
   y = jnp.array([[1.0, 1.0], [0.0, 0.0]])
-  assert np.isclose(losses.feature_matching(x, y), (1 + 0 + 4 + 1) / 4)  # eq. 3.1
-  assert np.isclose(losses.reconstruction_l1(x, y), (1 + 0 + 2 + 1) / 4)  # eq. 3.2
-  assert np.isclose(losses.latent_l2(x, y), 1.5)  # eq. 3.3
+  assert np.isclose(losses.feature_matching(x, y), (1 + 0 + 4 + 1) / 4)  # eq. 3.2
+  assert np.isclose(losses.reconstruction_l1(x, y), (1 + 0 + 2 + 1) / 4)  # eq. 3.3
+  assert np.isclose(losses.latent_l2(x, y), 1.5)  # eq. 3.4
   # Hole weighting: weight 3 on the first element only -> (3*1 + 0 + 2 + 1) / (3 + 1 + 1 + 1).
   w = jnp.array([[3.0, 1.0], [1.0, 1.0]])
   assert np.isclose(losses.reconstruction_l1(x, y, w), 6 / 6)
@@ -59,3 +59,28 @@ def test_scores_per_image():
   # eq. 6.1 with λ = 0.9: 0.9 * [0, 1] + 0.1 * [1, 1]
   np.testing.assert_allclose(losses.lambda_score(x, recon, f_real, f_fake, 0.9), [0.1, 1.0], atol=1e-6)
   assert losses.pixel_map(jnp.zeros((1, 2, 2, 3)), jnp.ones((1, 2, 2, 3))).shape == (1, 2, 2)
+
+
+def test_registered_objectives_carry_what_validation_and_models_need():
+  from ganomaly_jax import config_lib, models
+
+  wgan = losses.ADVERSARIAL['wgan_gp']
+  assert wgan.d_norm == 'layer' and not wgan.uses_labels and not wgan.d_loss_bounded
+  assert [k for k, a in losses.ADVERSARIAL.items() if a.allows_extra] == ['feature_matching']
+  config = config_lib.base_config()
+  assert models.discriminator_norm(config) == 'batch'
+  config.loss.adversarial = 'wgan_gp'
+  assert models.discriminator_norm(config) == 'layer'  # read from the registry entry
+
+
+def test_registered_scores_by_hand():
+  x = jnp.zeros((2, 2, 2, 1))
+  recon = x.at[1].set(1.0)
+  inputs = losses.ScoreInputs(x=x, outputs={'recon': recon, 'z': jnp.zeros((2, 3)),
+                                            'z_hat': jnp.ones((2, 3))},
+                              discriminator=lambda images: (None, images.reshape(2, -1)))
+  hp = type('HP', (), {'eval': type('E', (), {'score_lambda': 0.9})})
+  np.testing.assert_allclose(losses.SCORES['latent'].fn(inputs, hp), [1.0, 1.0])
+  np.testing.assert_allclose(losses.SCORES['reconstruction'].fn(inputs, hp), [0.0, 1.0])
+  # eq. 6.1 with f = identity: 0.9 * [0, 1] + 0.1 * [0, 1]
+  np.testing.assert_allclose(losses.SCORES['lambda'].fn(inputs, hp), [0.0, 1.0], atol=1e-6)

@@ -1,45 +1,121 @@
-"""Model registry: builds the generator and discriminator a config asks for."""
+"""Model registries: the generators and discriminators a config can name, and how to build them.
+
+`model.generator` and `model.discriminator` are looked up in `GENERATORS` / `DISCRIMINATORS`; each
+entry builds its module from `config.model` and carries the facts the step and validation need. A new
+architecture is one `register_generator` / `register_discriminator` call.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any, Callable
+
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
 
+from ganomaly_jax import losses
 from ganomaly_jax.models.dcgan import Discriminator, EDEGenerator, LatentDiscriminator
 from ganomaly_jax.models.unet import UNetGenerator
 
-GENERATORS = ('ede', 'unet')
-DISCRIMINATORS = ('dcgan', 'latent')
+# The discriminator's residual blocks (layers.ResidualBlock) normalise with BatchNorm.
+RESIDUAL_BLOCK_NORM = 'batch'
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorKind:
+  """A generator: `build(model_config)` and the facts the step and validation use.
+
+  `latent_term(outputs, f(x), f(x̂))` is L_enc of eq. 3.1 for this generator. `outputs` are what
+  it returns besides 'recon' (a score that needs 'z' checks this). `ignores` maps model keys it does
+  not read to why: validation refuses them when set away from their defaults.
+  """
+
+  build: Callable[[ml_collections.ConfigDict], nn.Module]
+  latent_term: Callable[[dict, jax.Array, jax.Array], jax.Array]
+  outputs: tuple[str, ...] = ()
+  ignores: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class DiscriminatorKind:
+  """A discriminator: `build(model_config, norm)` (norm from the adversarial objective) and facts.
+
+  `latent_features`: its features are a latent code (loss.latent_in_d adds their distance to D's
+  loss, eq. 3.8). `ignores`: model keys it does not read, as for generators.
+  """
+
+  build: Callable[[ml_collections.ConfigDict, str], nn.Module]
+  latent_features: bool = False
+  ignores: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+GENERATORS: dict[str, GeneratorKind] = {}
+DISCRIMINATORS: dict[str, DiscriminatorKind] = {}
+
+
+def register_generator(name: str, entry: GeneratorKind) -> GeneratorKind:
+  """Makes `model.generator=<name>` available."""
+  GENERATORS[name] = entry
+  return entry
+
+
+def register_discriminator(name: str, entry: DiscriminatorKind) -> DiscriminatorKind:
+  """Makes `model.discriminator=<name>` available."""
+  DISCRIMINATORS[name] = entry
+  return entry
+
+
+def _dtype(m: ml_collections.ConfigDict) -> Any:
+  return jnp.dtype(m.dtype)
+
+
+# GANomaly's encoder-decoder-encoder (docs/methods.md#ganomaly): L_enc = mean((z - ẑ)²), eq. 3.4.
+register_generator('ede', GeneratorKind(
+    build=lambda m: EDEGenerator(m.isize, m.channels, m.latent_dim, m.ngf, m.kernel_size,
+                                 m.max_channels, m.residual_blocks, m.self_attention, m.dropout,
+                                 m.conv_transpose, _dtype(m)),
+    latent_term=lambda out, real_features, fake_features: losses.latent_l2(out['z'], out['z_hat']),
+    outputs=('z', 'z_hat')))
+# SkipGANomaly's U-Net (docs/methods.md#skip_ganomaly) has no latent code: its latent term compares
+# D's latent features of x and x̂ (eq. 3.2 form), as the study's G loss does.
+register_generator('unet', GeneratorKind(
+    build=lambda m: UNetGenerator(m.isize, m.channels, m.ngf, m.max_channels, m.residual_blocks,
+                                  m.self_attention, m.dropout, m.conv_transpose, _dtype(m)),
+    latent_term=lambda out, real_features, fake_features: losses.feature_matching(
+        real_features, fake_features),
+    ignores={'kernel_size': "the U-Net's convs are 4x4 as in the study; only the discriminator "
+                            'would change'}))
+
+register_discriminator('dcgan', DiscriminatorKind(
+    build=lambda m, norm: Discriminator(m.isize, m.channels, m.ndf, m.kernel_size, m.max_channels,
+                                        norm, m.spectral_norm, m.residual_blocks, _dtype(m)),
+    ignores={'classifier_kernel': 'only the latent discriminator has a classifier conv'}))
+register_discriminator('latent', DiscriminatorKind(
+    build=lambda m, norm: LatentDiscriminator(m.isize, m.channels, m.latent_dim, m.ndf,
+                                              m.kernel_size, m.max_channels, m.classifier_kernel,
+                                              norm, m.spectral_norm, m.residual_blocks, _dtype(m)),
+    latent_features=True))
 
 
 def discriminator_norm(config: ml_collections.ConfigDict) -> str:
-  """BatchNorm, except for a WGAN-GP critic: the penalty needs per-sample gradients (LayerNorm)."""
-  return 'layer' if config.loss.adversarial == 'wgan_gp' else 'batch'
+  """D's normalisation, as the adversarial objective needs it (WGAN-GP: LayerNorm, per sample)."""
+  adversarial = losses.ADVERSARIAL.get(config.loss.adversarial)
+  if adversarial is None:
+    raise ValueError(f'loss.adversarial must be one of {tuple(losses.ADVERSARIAL)}, '
+                     f'got {config.loss.adversarial!r}.')
+  return adversarial.d_norm
 
 
 def build_models(config: ml_collections.ConfigDict) -> tuple[nn.Module, nn.Module]:
   """Returns (generator, discriminator) modules for `config.model` (pure Flax linen modules)."""
   m = config.model
-  dtype = jnp.dtype(m.dtype)
-  if m.generator == 'ede':
-    generator = EDEGenerator(m.isize, m.channels, m.latent_dim, m.ngf, m.kernel_size,
-                             m.max_channels, m.residual_blocks, m.self_attention, m.dropout,
-                             m.conv_transpose, dtype)
-  elif m.generator == 'unet':
-    generator = UNetGenerator(m.isize, m.channels, m.ngf, m.max_channels, m.residual_blocks,
-                              m.self_attention, m.dropout, m.conv_transpose, dtype)
-  else:
-    raise ValueError(f'model.generator must be one of {GENERATORS}, got {m.generator!r}.')
-
-  norm = discriminator_norm(config)
-  if m.discriminator == 'dcgan':
-    discriminator = Discriminator(m.isize, m.channels, m.ndf, m.kernel_size, m.max_channels, norm,
-                                  m.spectral_norm, m.residual_blocks, dtype)
-  elif m.discriminator == 'latent':
-    discriminator = LatentDiscriminator(m.isize, m.channels, m.latent_dim, m.ndf, m.kernel_size,
-                                        m.max_channels, m.classifier_kernel, norm,
-                                        m.spectral_norm, m.residual_blocks, dtype)
-  else:
-    raise ValueError(f'model.discriminator must be one of {DISCRIMINATORS}, got {m.discriminator!r}.')
+  if m.generator not in GENERATORS:
+    raise ValueError(f'model.generator must be one of {tuple(GENERATORS)}, got {m.generator!r}.')
+  if m.discriminator not in DISCRIMINATORS:
+    raise ValueError(f'model.discriminator must be one of {tuple(DISCRIMINATORS)}, '
+                     f'got {m.discriminator!r}.')
+  generator = GENERATORS[m.generator].build(m)
+  discriminator = DISCRIMINATORS[m.discriminator].build(m, discriminator_norm(config))
   return generator, discriminator

@@ -1,0 +1,119 @@
+"""Config validation: impossible combinations and keys a method ignores stop with one line.
+
+Every config goes through the real path (`config_lib.load_config` of a method file, then overrides as
+`--config.x=v` applies them); the names and rules come from the registries, so they are checked here
+against the registries too.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ganomaly_jax import config_lib, losses, masks, models, sweep, validate
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(method: str = 'ganomaly', **overrides):
+  config = config_lib.load_config(os.path.join(REPO, f'configs/{method}.py:quick'))
+  return sweep.apply_overrides(config, overrides)
+
+
+def _refused(method: str, overrides: dict, message: str) -> None:
+  with pytest.raises(validate.ConfigError, match=message) as info:
+    validate.validate_config(_config(method, **overrides))
+  assert '\n' not in str(info.value)  # one line
+
+
+@pytest.mark.parametrize('method', config_lib.METHODS)
+def test_every_method_config_is_valid(method):
+  validate.validate_config(_config(method))
+
+
+# ---- Impossible combinations (issue 15 item 3). ----
+
+
+def test_residual_blocks_with_wgan_gp_are_refused():
+  # The critic normalises per sample (LayerNorm) but the residual blocks' BatchNorm would mix the
+  # batch, which breaks the gradient penalty.
+  _refused('ganomaly', {'model.residual_blocks': True, 'loss.adversarial': 'wgan_gp'},
+           r"model.residual_blocks: .*BatchNorm.*loss.adversarial=wgan_gp needs layer")
+  validate.validate_config(_config('ganomaly', **{'model.residual_blocks': True}))
+
+
+def test_d_reinit_threshold_with_wgan_gp_is_refused():
+  _refused('ganomaly', {'train.d_reinit_threshold': 1e-5, 'loss.adversarial': 'wgan_gp'},
+           r'train.d_reinit_threshold=1e-05: .*wgan_gp.*re-initialised every step')
+  validate.validate_config(_config('ganomaly', **{'train.d_reinit_threshold': 1e-5}))
+
+
+@pytest.mark.parametrize('method, adversarial', [('ganomaly', 'wgan_gp'), ('skip_ganomaly', 'bce')])
+def test_adv_extra_outside_feature_matching_is_refused(method, adversarial):
+  _refused(method, {'loss.adv_extra': True, 'loss.adversarial': adversarial},
+           rf'loss.adv_extra=True .*loss.adversarial={adversarial}; use it with feature_matching')
+
+
+# ---- Keys the chosen method does not read (issue 15 item 3). ----
+
+
+def test_kernel_size_with_the_unet_is_refused():
+  _refused('skip_ganomaly', {'model.kernel_size': 5},
+           r'model.kernel_size=5 is not used by model.generator=unet')
+  validate.validate_config(_config('ganomaly', **{'model.kernel_size': 5}))
+
+
+def test_classifier_kernel_with_the_dcgan_discriminator_is_refused():
+  _refused('ganomaly', {'model.classifier_kernel': 3},
+           r'model.classifier_kernel=3 is not used by model.discriminator=dcgan')
+  validate.validate_config(_config('skip_ganomaly', **{'model.classifier_kernel': 3}))
+
+
+@pytest.mark.parametrize('key, value', [('mask.size', 0.25), ('loss.hole_weight', 5.0)])
+def test_grid_mask_refuses_square_hole_keys(key, value):
+  _refused('grid_mask', {key: value}, rf'{key}={value} is not used by mask.kind=grid')
+  validate.validate_config(_config('masked', **{key: value}))  # the square mask reads both
+
+
+def test_mask_fill_without_a_mask_is_refused():
+  _refused('skip_ganomaly', {'mask.fill': -1.0}, r'mask.fill=-1.0 is not used by mask.kind=none')
+  validate.validate_config(_config('masked', **{'mask.fill': -1.0}))
+
+
+def test_mask_cells_with_the_square_mask_is_refused():
+  _refused('masked', {'mask.cells': 2}, r'mask.cells=2 is not used by mask.kind=square')
+
+
+# ---- Allowed values come from the registries. ----
+
+
+def test_error_messages_list_the_registered_names():
+  _refused('ganomaly', {'loss.adversarial': 'hinge'},
+           'is not one of ' + ', '.join(losses.ADVERSARIAL))
+  _refused('ganomaly', {'eval.score': 'ssim'}, 'is not one of ' + ', '.join(losses.SCORES))
+  _refused('ganomaly', {'model.generator': 'vae'}, 'is not one of ' + ', '.join(models.GENERATORS))
+  _refused('ganomaly', {'mask.kind': 'circle'}, 'is not one of ' + ', '.join(masks.KINDS))
+
+
+def test_score_needs_come_from_the_score_and_generator_entries():
+  _refused('skip_ganomaly', {'eval.score': 'latent'},
+           r"eval.score=latent needs the generator outputs \['z', 'z_hat'\].*use one of ede")
+  _refused('skip_ganomaly', {'eval.score': 'inpaint'}, r'eval.score=inpaint needs a mask')
+  _refused('masked', {'model.generator': 'ede', 'eval.score': 'latent'},
+           r'eval.score=latent does not apply to masked training')
+
+
+@pytest.mark.slow  # starts a process
+def test_main_refuses_before_compiling_with_one_error_line(tmp_path):
+  workdir = tmp_path / 'run'
+  result = subprocess.run(
+      [sys.executable, '-m', 'ganomaly_jax.main', '--config=configs/ganomaly.py:quick',
+       f'--workdir={workdir}', '--config.loss.adversarial=wgan_gp',
+       '--config.train.d_reinit_threshold=1e-5'],
+      cwd=REPO, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'), capture_output=True, text=True,
+      timeout=240)
+  assert result.returncode == 1, result.stderr[-1500:]
+  errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
+  assert len(errors) == 1 and 'train.d_reinit_threshold' in errors[0], result.stderr[-1500:]
+  assert not (workdir / 'checkpoints').exists()  # stopped before training started
