@@ -181,12 +181,18 @@ def load_sweep(path: str, config: ml_collections.ConfigDict) -> list[dict[str, A
 
 def expand(config_spec: str, sweep_path: str, root: str) -> list[Run]:
   """Loads the base config and the sweep, and builds and validates every run before any starts."""
-  base = config_lib.load_config(config_spec)
+  # Unresolved: a run's dataset override must still choose its dataset-dependent keys (AUTO).
+  base = config_lib.load_config(config_spec, resolved=False)
   runs: list[Run] = []
   seen: dict[str, int] = {}
   for i, overrides in enumerate(load_sweep(sweep_path, base)):
     context = f'{sweep_path}, run {i} ({run_name(overrides)})'
-    config = apply_overrides(base, overrides, context)
+    try:
+      config = config_lib.resolve(apply_overrides(base, overrides, context))
+    except SweepError:
+      raise
+    except ValueError as e:
+      raise SweepError(f'{context}: {e}') from None
     # Names and commands use the values as the config holds them (an int given for a float key is
     # a float), so `0` and `0.0` name the same run.
     overrides = {k: _get(config, k) for k in overrides}
