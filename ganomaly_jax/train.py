@@ -130,6 +130,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # Dataset-dependent keys are filled only now, after every --config override (config_lib.resolve).
   config = config_lib.resolve(config)
   validate.validate_config(config)
+  # Checked here, not only when the threshold is computed after training.
+  if not 0.0 < config.eval.threshold_quantile < 1.0:
+    raise validate.ConfigError(f'eval.threshold_quantile={config.eval.threshold_quantile} must be '
+                               'in (0, 1).')
   os.makedirs(workdir, exist_ok=True)
   if config.restart:
     _move_aside(workdir)

@@ -225,6 +225,15 @@ def test_report_structure(tmp_path):
   assert 'id="count"' in page and '<script>' in page
 
 
+def test_report_shows_the_threshold_verdict(tmp_path):
+  out = tmp_path / 'r'
+  entries = [{'name': 'a.png', 'score': 0.9, 'anomalous': 1}, {'name': 'b.png', 'score': 0.1, 'anomalous': 0},
+             {'name': 'c.png', 'score': 0.5}]
+  page = report.write_html_report(out, entries, {'threshold': 0.3}, 'verdicts').read_text(encoding='utf-8')
+  assert page.count('data-anomalous="1"') == 1 and page.count('data-anomalous="0"') == 1
+  assert page.count('class="verdict anomalous"') == 1 and page.count('class="verdict normal"') == 1
+
+
 def test_report_self_contained(tmp_path):
   path, entries = _make_report(tmp_path)
   page = path.read_text(encoding='utf-8')
