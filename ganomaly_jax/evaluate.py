@@ -1,7 +1,7 @@
 """Evaluation: run the eval step over a split, normalise scores over the whole set, image and pixel
 metrics, MC-dropout uncertainty, FID, and the pictures of the final report.
 
-Honest by construction (REFERENCE §7): BatchNorm in eval mode (the eval step never updates
+Honest by construction (docs/methods.md#evaluation): BatchNorm in eval mode (the eval step never updates
 statistics), min-max normalisation over the *whole* evaluated set (not per batch with running
 extremes), and the test split is only evaluated with a checkpoint chosen on validation normals.
 """
@@ -23,7 +23,7 @@ from ganomaly_jax import fid as fid_lib
 from ganomaly_jax import parallel, pixel_metrics, plots, step as step_lib, uncertainty
 from ganomaly_jax.data import pipeline
 
-# The study computed FID on 50 reconstructions per split (REFERENCE §7).
+# The study computed FID on 50 reconstructions per split (docs/methods.md#extensions).
 FID_SAMPLES = 50
 # Images per group (most / least anomalous) in extremes.png.
 EXTREMES_K = 8

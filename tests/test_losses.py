@@ -1,4 +1,4 @@
-"""Loss and score terms on small hand-computed cases (eq. 3.1-3.6, 6.1)."""
+"""Loss and score terms on small hand-computed cases (eq. 3.2-3.6, 6.1; docs/methods.md#equations)."""
 
 import jax
 import jax.numpy as jnp
@@ -10,9 +10,9 @@ from ganomaly_jax import losses
 def test_generator_terms_by_hand():
   x = jnp.array([[0.0, 1.0], [2.0, -1.0]])
   y = jnp.array([[1.0, 1.0], [0.0, 0.0]])
-  assert np.isclose(losses.feature_matching(x, y), (1 + 0 + 4 + 1) / 4)  # eq. 3.1
-  assert np.isclose(losses.reconstruction_l1(x, y), (1 + 0 + 2 + 1) / 4)  # eq. 3.2
-  assert np.isclose(losses.latent_l2(x, y), 1.5)  # eq. 3.3
+  assert np.isclose(losses.feature_matching(x, y), (1 + 0 + 4 + 1) / 4)  # eq. 3.2
+  assert np.isclose(losses.reconstruction_l1(x, y), (1 + 0 + 2 + 1) / 4)  # eq. 3.3
+  assert np.isclose(losses.latent_l2(x, y), 1.5)  # eq. 3.4
   # Hole weighting: weight 3 on the first element only -> (3*1 + 0 + 2 + 1) / (3 + 1 + 1 + 1).
   w = jnp.array([[3.0, 1.0], [1.0, 1.0]])
   assert np.isclose(losses.reconstruction_l1(x, y, w), 6 / 6)
