@@ -70,6 +70,7 @@ def test_scores_csv_has_one_row_per_decodable_image(inferred):
   assert 'Scored 6 image(s), skipped 2 file(s)' in inferred.proc.stdout
 
 
+@pytest.mark.slow  # the shared quick run and the inference subprocess
 def test_anomalous_column_uses_the_runs_raw_threshold(masked_run, inferred):
   results = masked_run.results
   lo, hi, threshold = results['score_min'], results['score_max'], results['threshold']
