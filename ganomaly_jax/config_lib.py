@@ -6,12 +6,22 @@ override (`--config.train.soft_labels=False`), never a code fork, and an unknown
 the returned ConfigDict is locked.
 
 Argument strings follow big_vision: `configs/ganomaly.py:quick,dataset=mnist,abnormal=3,steps=500`.
+
+Keys whose right value depends on the dataset (image size, channels, network widths, run length) hold
+`AUTO` (0) until `resolve(config)` fills them from `config.dataset.name`, right before the config is
+validated and used. So a dataset set in the argument string, by `--config.dataset.name=...` or by a
+sweep override gives the same config, and a value the user or a preset set explicitly always wins.
 """
 
 from __future__ import annotations
 
 import ast
+import copy
+import os
+import zipfile
 from typing import Any
+
+import numpy as np
 
 import ml_collections
 
@@ -37,6 +47,9 @@ ARG_ALIASES = {
 
 # Flags that select a preset rather than set a key.
 PRESETS = ('quick', 'cars256')
+
+# Sentinel of the dataset-dependent keys (see `resolve`); 0 is never a valid value for any of them.
+AUTO = 0
 
 
 def parse_arg(arg: str | None) -> dict[str, Any]:
@@ -97,10 +110,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.workers = 0  # grain worker processes (0: in-process)
 
   c.model = ml_collections.ConfigDict()
-  c.model.isize = 32
-  c.model.channels = 1
-  c.model.ngf = 64
-  c.model.ndf = 64
+  # AUTO (0): filled by resolve() from the dataset; any explicit value wins.
+  c.model.isize = AUTO  # digits: 16; every other dataset: 32
+  c.model.channels = AUTO  # from the data: digits/mnist/fashion_mnist 1, cifar10 3, folder 3, npz: arrays
+  c.model.ngf = AUTO  # digits: 32; every other dataset: 64 (the study's)
+  c.model.ndf = AUTO  # as ngf
   c.model.latent_dim = 100
   c.model.kernel_size = 4  # kernel of the stride-2 convs (study method 2: 5)
   c.model.max_channels = 0  # cap on conv channels (0: no cap; study method 2: 512)
@@ -133,11 +147,11 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 64
-  c.train.num_steps = 3000
+  c.train.num_steps = AUTO  # digits: 1000; otherwise 3000
   c.train.log_every = 50
-  c.train.eval_every = 500
-  c.train.checkpoint_every = 500
-  c.train.image_every = 1000
+  c.train.eval_every = AUTO  # digits: 250; otherwise 500
+  c.train.checkpoint_every = AUTO  # digits: 250; otherwise 500
+  c.train.image_every = AUTO  # digits: 500; otherwise 1000
   c.train.keep_checkpoints = 2
   c.train.soft_labels = False
   c.train.label_flip_prob = 0.0
@@ -158,6 +172,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.score = 'latent'  # latent | reconstruction | lambda | inpaint
   c.eval.score_lambda = 0.9  # eq. 6.1
   c.eval.select = 'val_loss'  # checkpoint selection on validation normals: val_loss | last
+  # Operating point: an image is anomalous when its raw score exceeds this quantile of the
+  # validation normals' raw scores (no test label involved), so about 1 - q of normal images are
+  # flagged. 0.95 (a 5 % false-alarm budget) rather than 0.99: the quantile must be estimable from
+  # the validation split, and the digits default holds 130 validation normals (~6 above the 0.95
+  # quantile; the 0.99 one would sit between the two largest), an MVTec AD category 6-39.
+  c.eval.threshold_quantile = 0.95
   c.eval.smooth_sigma = 0.0  # Gaussian smoothing of pixel maps
   c.eval.mc_samples = 0
   c.eval.fid = False
@@ -220,32 +240,78 @@ def cars256(config: ml_collections.ConfigDict) -> None:
   config.dataset.flip = True
 
 
-def digits_default(config: ml_collections.ConfigDict, quick_run: bool) -> None:
-  """The offline default: scikit-learn's 8x8 digits at 16x16, on a laptop CPU in minutes.
+# Values of the AUTO keys: the study's widths and run length, and the embedded digits' smaller ones.
+# The digits carry no detail that 32x32 inputs or 64-wide first layers could use, so there the
+# networks are halved and train 1000 steps: the default runs in minutes on a
+# laptop CPU. Every other dataset gets the study's values.
+_STUDY = {'model.isize': 32, 'model.ngf': 64, 'model.ndf': 64, 'train.num_steps': 3000,
+          'train.eval_every': 500, 'train.checkpoint_every': 500, 'train.image_every': 1000}
+_DIGITS = {'model.isize': 16, 'model.ngf': 32, 'model.ndf': 32, 'train.num_steps': 1000,
+           'train.eval_every': 250, 'train.checkpoint_every': 250, 'train.image_every': 500}
+# Channels of the class-labelled datasets (folder data is read as RGB; npz from its arrays).
+_CHANNELS = {'digits': 1, 'mnist': 1, 'fashion_mnist': 1, 'cifar10': 3}
 
-  The digits carry no detail that 32x32 inputs or 64-wide first layers could use, so the networks
-  are halved (ngf = ndf = 32, capped channels halved too) and train 1000 steps. Any other dataset
-  keeps the study's widths; explicit arguments and --config overrides still win.
+
+def npz_channels(path: str) -> int:
+  """1 or 3: the channels of `x_train` in an npz file, read from its header (no array is loaded)."""
+  if not os.path.isfile(path):
+    raise ValueError(f'npz dataset not found: {path} (set model.channels to resolve the config '
+                     'without it).')
+  try:
+    with zipfile.ZipFile(path) as z, z.open('x_train.npy') as f:
+      version = np.lib.format.read_magic(f)
+      shape = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+               else np.lib.format.read_array_header_2_0(f))[0]
+  except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+    raise ValueError(f'npz dataset {path}: cannot read x_train to choose model.channels ({e}); '
+                     'set model.channels explicitly.') from None
+  return 3 if len(shape) == 4 and shape[-1] in (3, 4) else 1
+
+
+def dataset_channels(name: str) -> int:
+  """Channels the model should read for dataset `name` (the data's own, so RGB stays RGB)."""
+  if name.startswith('folder:'):
+    return 3
+  if name.startswith('npz:'):
+    return npz_channels(name[len('npz:'):])
+  if name not in _CHANNELS:
+    raise ValueError(f'dataset.name={name!r}: use digits, mnist, fashion_mnist, cifar10, '
+                     'npz:PATH or folder:PATH.')
+  return _CHANNELS[name]
+
+
+def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` with every AUTO key filled from `config.dataset.name`.
+
+  Pure (the argument is not modified) and idempotent (a resolved config has no AUTO key left, so
+  resolving it again changes nothing); explicit values are kept. Call it wherever a config is
+  consumed, after every override and before validation: then `:dataset=mnist`,
+  `--config.dataset.name=mnist` and a sweep override of `dataset.name` give the same config.
+  A method's channel cap (model.max_channels) is not scaled: at the digits' 16x16 no layer is
+  wide enough to reach it.
   """
-  config.model.isize = 16
-  if quick_run:
-    return
-  config.model.ngf = config.model.ndf = 32
-  if config.model.max_channels:
-    config.model.max_channels = 256
-  config.train.num_steps = 1000
-  config.train.eval_every = config.train.checkpoint_every = 250
-  config.train.image_every = 500
+  config = copy.deepcopy(config)
+  name = config.dataset.name
+  values = _DIGITS if name == 'digits' else _STUDY
+  for dotted, value in values.items():
+    group, key = dotted.split('.')
+    if config[group][key] == AUTO:
+      config[group][key] = value
+  if config.model.channels == AUTO:
+    config.model.channels = dataset_channels(name)
+  return config
 
 
 def finalize(config: ml_collections.ConfigDict, args: dict[str, Any]) -> ml_collections.ConfigDict:
-  """Applies presets then explicit arguments, and locks the config so unknown keys fail."""
+  """Applies presets then explicit arguments, and locks the config so unknown keys fail.
+
+  Dataset-dependent keys stay AUTO here (unless a preset or argument sets them): `resolve` fills
+  them once the dataset is final, i.e. after --config.* flags and sweep overrides.
+  """
   if args.get('cars256'):
     cars256(config)
   if args.get('quick'):
     quick(config)
-  if config.dataset.name == 'digits' and not args.get('cars256') and args.get('dataset', 'digits') == 'digits':
-    digits_default(config, quick_run=bool(args.get('quick')))
   apply_args(config, args)
   config.lock()
   return config
@@ -263,8 +329,12 @@ def load_sibling(config_file: str, name: str):
   return module
 
 
-def load_config(spec: str) -> ml_collections.ConfigDict:
-  """Loads `path/to/config.py[:args]` the way --config does (for tools and tests)."""
+def load_config(spec: str, resolved: bool = True) -> ml_collections.ConfigDict:
+  """Loads `path/to/config.py[:args]` the way --config does (for tools and tests).
+
+  The config comes back `resolve`d unless `resolved=False`: pass that when overrides (a sweep's,
+  a --config flag's) still follow, so AUTO keys are filled from the final dataset.
+  """
   import importlib.util
   import os
 
@@ -274,4 +344,5 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     raise ValueError(f'Config file not found: {path}')
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  config = module.get_config(arg or None)
+  return resolve(config) if resolved else config

@@ -1,7 +1,7 @@
 """Evaluation: run the eval step over a split, normalise scores over the whole set, image and pixel
 metrics, MC-dropout uncertainty, FID, and the pictures of the final report.
 
-Honest by construction (REFERENCE §7): BatchNorm in eval mode (the eval step never updates
+Honest by construction (docs/methods.md#evaluation): BatchNorm in eval mode (the eval step never updates
 statistics), min-max normalisation over the *whole* evaluated set (not per batch with running
 extremes), and the test split is only evaluated with a checkpoint chosen on validation normals.
 """
@@ -23,7 +23,7 @@ from ganomaly_jax import fid as fid_lib
 from ganomaly_jax import parallel, pixel_metrics, plots, step as step_lib, uncertainty
 from ganomaly_jax.data import pipeline
 
-# The study computed FID on 50 reconstructions per split (REFERENCE §7).
+# The study computed FID on 50 reconstructions per split (docs/methods.md#extensions).
 FID_SAMPLES = 50
 # Images per group (most / least anomalous) in extremes.png.
 EXTREMES_K = 8
@@ -75,21 +75,71 @@ def normalise(scores: np.ndarray) -> np.ndarray:
   return (scores - lo) / (hi - lo) if hi > lo else np.zeros_like(scores)
 
 
-def image_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-  """Image AUROC, average precision and the F1 at the best threshold (label 1 = abnormal)."""
+def validation_threshold(val_scores: np.ndarray, quantile: float) -> float | None:
+  """The deployable threshold: the `quantile` of the validation normals' RAW scores.
+
+  Chosen without any test label, so it is what a deployed detector would use: about a fraction
+  1 - quantile of normal images score above it (the false-alarm budget). None without validation
+  scores (dataset.val_fraction=0) or without a finite one.
+  """
+  val_scores = np.asarray(val_scores, np.float64)
+  val_scores = val_scores[np.isfinite(val_scores)]
+  if not val_scores.size:
+    return None
+  return float(np.quantile(val_scores, quantile))
+
+
+def threshold_metrics(labels: np.ndarray, raw_scores: np.ndarray,
+                      threshold: float | None) -> dict[str, float | None]:
+  """F1, precision, recall and false-positive rate of `raw_score > threshold` (1 = abnormal).
+
+  `threshold` must be on the raw score scale (not min-max normalised: the test set's range is not
+  known when the threshold is fixed). All None without a threshold.
+  """
+  keys = ('image_f1', 'image_precision', 'image_recall', 'image_fpr')
+  if threshold is None:
+    return dict.fromkeys(keys)
   labels = np.asarray(labels).astype(int)
-  scores = normalise(scores)
+  predicted = (np.asarray(raw_scores, np.float64) > threshold).astype(int)
+  negatives = int((labels == 0).sum())
+  false_positives = int(((predicted == 1) & (labels == 0)).sum())
+  return {
+      'image_f1': float(sk_metrics.f1_score(labels, predicted, zero_division=0)),
+      'image_precision': float(sk_metrics.precision_score(labels, predicted, zero_division=0)),
+      'image_recall': float(sk_metrics.recall_score(labels, predicted, zero_division=0)),
+      'image_fpr': false_positives / negatives if negatives else 0.0,
+  }
+
+
+def image_metrics(labels: np.ndarray, scores: np.ndarray,
+                  threshold: float | None = None) -> dict[str, float | None]:
+  """Image metrics of raw test `scores` (label 1 = abnormal).
+
+  - `image_auroc`, `image_ap`: threshold-free, on the scores min-max normalised over the whole set.
+  - `image_f1_oracle`, `threshold_oracle`: the best F1 over every threshold, i.e. a threshold chosen
+    WITH the test labels. An upper bound for comparison with papers that report it, never an
+    operating point; `threshold_oracle` is on the raw score scale.
+  - `threshold`, `image_f1`, `image_precision`, `image_recall`, `image_fpr`: at the raw `threshold`
+    fixed without test labels (`validation_threshold`); None without one.
+  """
+  labels = np.asarray(labels).astype(int)
+  raw = np.asarray(scores, np.float64)
+  scores = normalise(raw)
   if labels.min() == labels.max():
     raise ValueError('Test set has a single class; AUROC is undefined (check dataset.abnormal).')
-  precision, recall, thresholds = sk_metrics.precision_recall_curve(labels, scores)
+  # On raw scores: normalisation is monotone, so the best F1 is the same and the threshold raw.
+  precision, recall, thresholds = sk_metrics.precision_recall_curve(labels, raw)
   f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
   best = int(np.argmax(f1[:-1])) if len(thresholds) else 0
-  return {
+  results = {
       'image_auroc': float(sk_metrics.roc_auc_score(labels, scores)),
       'image_ap': float(sk_metrics.average_precision_score(labels, scores)),
-      'image_f1': float(f1[best]),
-      'threshold': float(thresholds[best]) if len(thresholds) else 0.0,
+      'image_f1_oracle': float(f1[best]),
+      'threshold_oracle': float(thresholds[best]) if len(thresholds) else 0.0,
+      'threshold': threshold,
   }
+  results.update(threshold_metrics(labels, raw, threshold))
+  return results
 
 
 class Subset:
@@ -309,7 +359,10 @@ def evaluate_and_report(config, workdir: str, state: Any, components, hp, splits
                         eval_maps_fn: Callable | None = None) -> dict[str, Any]:
   """Final test evaluation of the selected state: metrics, TensorBoard scalars/images, PNG pictures.
 
-  Image metrics use `config.eval.score` normalised over the whole test set; pixel metrics
+  Image metrics use `config.eval.score` normalised over the whole test set (AUROC, AP, the oracle
+  F1) and, for the deployable operating point (`threshold`, `image_f1`, `image_precision`,
+  `image_recall`, `image_fpr`), the raw score against the `config.eval.threshold_quantile` quantile
+  of the validation normals' raw scores (`splits.val`, never a test label); pixel metrics
   (`pixel_auroc`, `pixel_pro`) use |x - x̂| maps smoothed with `config.eval.smooth_sigma`, over the
   test images whose ground truth is known (None without any); MC-dropout (`eval.mc_samples`) adds
   `mc_auroc`; `eval.fid` adds `fid_normal`/`fid_abnormal` (None without weights). The raw test score
@@ -337,10 +390,18 @@ def evaluate_and_report(config, workdir: str, state: Any, components, hp, splits
       mc_rng=jax.random.fold_in(jax.random.key(config.seed), 0x6d63),
       fid_samples=FID_SAMPLES if e.fid else 0)
   maps = pixel_metrics.smooth_maps(outputs.maps, e.smooth_sigma)
+  # The operating point is fixed on validation normals (the selected state's raw scores), before
+  # any test label is looked at. eval_maps_fn is already compiled: no second program.
+  val = run_eval(eval_maps_fn, state, splits.val, mesh, e.batch_size, keys=('score',))
+  threshold = validation_threshold(val['score'], e.threshold_quantile)
+  if threshold is None:
+    logging.warning('No validation normals (dataset.val_fraction=0): no threshold, so image_f1, '
+                    'image_precision, image_recall and image_fpr are null.')
 
   results = dict(run_info)
-  results.update(image_metrics(outputs.label, outputs.score))
-  results.update({'score': e.score, 'num_test': int(len(outputs.label)),
+  results.update(image_metrics(outputs.label, outputs.score, threshold))
+  results.update({'threshold_quantile': float(e.threshold_quantile), 'num_val': int(len(val['score'])),
+                  'score': e.score, 'num_test': int(len(outputs.label)),
                   'num_test_abnormal': int(outputs.label.sum()),
                   'score_min': float(np.min(outputs.score)),
                   'score_max': float(np.max(outputs.score)),
@@ -355,7 +416,7 @@ def evaluate_and_report(config, workdir: str, state: Any, components, hp, splits
     results.update(fid_results(e.fid_weights, outputs.fid_sets))
 
   scalars = {f'test/{k}': v for k, v in results.items()
-             if k.startswith(('image_', 'pixel_auroc', 'pixel_pro', 'mc_auroc', 'fid_'))
+             if k.startswith(('image_', 'pixel_auroc', 'pixel_pro', 'mc_auroc', 'fid_', 'threshold'))
              and isinstance(v, float)}
   writer.write_scalars(results['steps'], scalars)
   scores = normalise(outputs.score)

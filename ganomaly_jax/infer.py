@@ -6,14 +6,16 @@ chosen on validation normals, if present; else the latest of checkpoints/), scor
 DIR (recursively, any size and format that `data.images` decodes, resized to the model's input size),
 and writes
 
-  OUT/scores.csv        path,score  (one row per scored image, sorted by path)
+  OUT/scores.csv        path,score,anomalous  (one row per scored image, sorted by path)
   OUT/maps/<name>.png   the pixel anomaly map over the resized image
   OUT/index.html        a self-contained report (metrics of the run, every image with its map)
 
 Scores use the run's score (`eval.score`) normalised with the raw score range of its test set
 (`score_min`/`score_max` in RUN/results.json), so scores of different calls are comparable: 0 is the
 least and 1 the most anomalous test image, and new images may fall outside [0, 1]. Without that range
-the scores are min-max normalised over the scored images themselves. Maps share one colour scale,
+the scores are min-max normalised over the scored images themselves. `anomalous` is 1 where the raw
+score exceeds the run's `threshold` (RUN/results.json: a quantile of its validation normals' raw
+scores, fixed without test labels), 0 below it, and empty for a run without one. Maps share one colour scale,
 0..`pixel_map_max` of the run's test set (else the largest map value of the scored images).
 
 Files that cannot be decoded are skipped, counted and listed in the report. Nothing already in OUT is
@@ -290,6 +292,11 @@ def infer(workdir: str, images_dir: str, out_dir: str, batch_size: int = 0,
   if not vmax or not np.isfinite(vmax):
     finite = all_maps[np.isfinite(all_maps)]
     vmax = float(finite.max()) if finite.size else 1.0
+  # The run's operating point is on the raw score scale, like the threshold itself. Runs older than
+  # `threshold_quantile` stored a test-label (oracle) threshold under this name: never used here.
+  threshold = results.get('threshold') if 'threshold_quantile' in results else None
+  anomalous = ([None] * len(raw_scores) if threshold is None
+               else [int(s > threshold) for s in raw_scores])
 
   rel_paths = [os.path.relpath(p, images_dir) for p in paths]
   names = map_names(rel_paths)
@@ -297,18 +304,21 @@ def infer(workdir: str, images_dir: str, out_dir: str, batch_size: int = 0,
   staging = tempfile.mkdtemp(prefix='.infer-', dir=out_dir)
   try:
     entries = []
-    for name, image, amap, score in zip(names, inputs, all_maps, scores):
+    for name, image, amap, score, flag in zip(names, inputs, all_maps, scores, anomalous):
       map_rel = f'maps/{name}.png'
       _write_png(plots.overlay(image, amap, vmin=0.0, vmax=vmax), os.path.join(staging, map_rel))
-      entries.append({'name': name, 'score': float(score), 'image': image, 'map_png': map_rel})
+      entries.append({'name': name, 'score': float(score), 'image': image, 'map_png': map_rel,
+                      'anomalous': flag})
     with open(os.path.join(staging, 'scores.csv'), 'w', newline='') as f:
       writer = csv.writer(f)
-      writer.writerow(['path', 'score'])
-      writer.writerows((p, f'{s:.6g}') for p, s in zip(paths, scores))
+      writer.writerow(['path', 'score', 'anomalous'])
+      writer.writerows((p, f'{s:.6g}', '' if a is None else a)
+                       for p, s, a in zip(paths, scores, anomalous))
     # This call's counts first, then the run's results.json (its test metrics and score range).
     metrics: dict[str, Any] = {
         'workdir': workdir, 'images': images_dir, 'checkpoint': kind, 'checkpoint_step': step,
         'normalisation': normalisation, 'files_found': len(candidates), 'images_scored': len(paths),
+        'images_anomalous': None if threshold is None else int(sum(anomalous)),
         'files_skipped': num_skipped, 'skipped': skipped,
     }
     for key, value in results.items():

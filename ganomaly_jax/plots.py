@@ -202,43 +202,99 @@ def _labels_scores(labels: Sequence[int] | np.ndarray,
   return labels[finite].astype(bool), scores[finite], int((~finite).sum())
 
 
+# What each logged series is, so that unlike quantities never share an axis: losses, D's output
+# probabilities (0..1) and per-step 0/1 event flags each get their own panel.
+PROBABILITIES = {'d_real': 'D(x): real images', 'd_fake': 'D(x̂): reconstructions'}
+EVENTS = {'nonfinite': 'step skipped (non-finite)', 'd_reinit': 'D re-initialised'}
+# Generator terms, each in its own panel: the weighted total (w_con = 50) dwarfs them on one axis.
+GENERATOR_TERMS = {'g_loss': 'L_G, weighted total (eq. 3.1)',
+                   'g_adv': 'L_adv, adversarial (eq. 3.2, 3.6, 3.7)',
+                   'g_con': 'L_con = mean|x − x̂| (eq. 3.3)',
+                   'g_lat': 'L_enc, latent / feature (eq. 3.4)'}
+
+
+def _loss_panels(history: Mapping[str, Sequence[tuple[int, float]]]) -> list[tuple[str, list[str], str]]:
+  """[(title, series names, kind)] with kind 'loss', 'probability' or 'event'; empty series dropped."""
+  names = [n for n in sorted(history) if len(list(history[n]))]
+  g_terms = [n for n in GENERATOR_TERMS if n in names]
+  g_terms += [n for n in names if n.startswith('g_') and n not in GENERATOR_TERMS]
+  panels = [(f'G: {n}, {GENERATOR_TERMS[n]}' if n in GENERATOR_TERMS else f'G: {n}', [n], 'loss')
+            for n in g_terms]
+  d_losses = [n for n in names if n.startswith('d_') and n not in PROBABILITIES and n not in EVENTS]
+  if d_losses:
+    panels.append(('D: loss L_D (eq. 3.5, 3.8)', d_losses, 'loss'))
+  probabilities = [n for n in PROBABILITIES if n in names]
+  if probabilities:
+    panels.append(('D: mean output probability', probabilities, 'probability'))
+  events = [n for n in EVENTS if n in names]
+  if events:
+    panels.append(('Events at logged steps (1 = happened)', events, 'event'))
+  other = [n for n in names if n not in g_terms + d_losses + probabilities + events]
+  if other:
+    panels.append(('Other logged values', other, 'loss'))
+  return panels
+
+
+def loss_curves_figure(history: Mapping[str, Sequence[tuple[int, float]]]) -> Figure:
+  """The figure of `plot_loss_curves`; each line's gid is its series name (for tests, notebooks)."""
+  panels = _loss_panels(history)
+  ncols = min(3, max(len(panels), 1))
+  nrows = max(1, -(-len(panels) // ncols))
+  fig = _new_figure(5.2 * ncols, 3.4 * nrows)
+  axes = np.atleast_1d(fig.subplots(nrows, ncols)).reshape(-1)
+  if not panels:
+    axes[0].set_title('Training curves')
+    _note(axes[0], NO_DATA_NOTE)
+  for ax, (title, names, kind) in zip(axes, panels):
+    for name in names:
+      points = list(history[name])
+      steps, values = zip(*points)
+      values = np.asarray(values, dtype=np.float64)
+      if kind == 'event':
+        hits = int(np.nansum(values > 0))
+        ax.plot(np.asarray(steps), values, label=f'{name}: {EVENTS[name]} ({hits})',
+                drawstyle='steps-post', linewidth=1.2, gid=name)
+        continue
+      label = PROBABILITIES.get(name, name) if kind == 'probability' else name
+      # A lone point (e.g. a loss logged once) is invisible as a line, so give short series markers.
+      ax.plot(np.asarray(steps), values, label=label, linewidth=1.2, gid=name,
+              marker='o' if len(points) < 3 else None, markersize=4)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel('step')
+    ax.grid(alpha=0.3)
+    if kind == 'probability':
+      ax.set_ylim(-0.02, 1.02)
+      ax.set_ylabel('probability')
+    elif kind == 'event':
+      ax.set_ylim(-0.1, 1.6)  # headroom for the legend above the flags
+      ax.set_yticks([0, 1])
+      ax.set_ylabel('flag')
+    else:
+      ax.set_ylabel('loss')
+    if len(names) > 1 or kind != 'loss':
+      ax.legend(fontsize=8, loc='upper right')
+  for ax in axes[len(panels) if panels else 1:]:
+    ax.set_axis_off()
+  fig.tight_layout()
+  return fig
+
+
 def plot_loss_curves(history: Mapping[str, Sequence[tuple[int, float]]], path: PathLike) -> Path:
-  """Plots training losses, generator and discriminator terms in two panels.
+  """Plots the training curves, one kind of quantity per panel.
 
   Args:
-    history: loss name -> [(step, value), ...]. Names starting with 'd_' go to the discriminator
-      panel; everything else ('g_*', 'lr', ...) to the generator panel. Empty series are ignored and
-      NaNs show as gaps.
+    history: series name -> [(step, value), ...], as the training loop logs them. Each generator
+      term ('g_loss', 'g_adv', 'g_con', 'g_lat', any other 'g_*') gets its own panel, since the
+      weighted total is ~50x the terms; the discriminator loss ('d_loss', other 'd_*') one panel; D's
+      output probabilities ('d_real', 'd_fake') a 0..1 panel; the 0/1 event flags ('nonfinite',
+      'd_reinit') a flag panel; anything else (e.g. 'lr') an "other" panel. Empty series are ignored
+      and NaNs show as gaps.
     path: PNG to write; parent directories are created.
 
   Returns:
     The path written.
   """
-  fig = _new_figure(12, 4.5)
-  ax_g, ax_d = fig.subplots(1, 2)
-  panels = {ax_g: 'Generator', ax_d: 'Discriminator'}
-  drawn = {ax_g: 0, ax_d: 0}
-  for name in sorted(history):
-    points = list(history[name])
-    if not points:
-      continue
-    ax = ax_d if name.startswith('d_') else ax_g
-    steps, values = zip(*points)
-    # A lone point (e.g. a loss logged once) is invisible as a line, so give short series markers.
-    ax.plot(np.asarray(steps), np.asarray(values, dtype=np.float64), label=name, linewidth=1.2,
-            marker='o' if len(points) < 3 else None, markersize=4)
-    drawn[ax] += 1
-  for ax, title in panels.items():
-    ax.set_title(f'{title} losses')
-    if drawn[ax]:
-      ax.set_xlabel('step')
-      ax.set_ylabel('loss')
-      ax.grid(alpha=0.3)
-      ax.legend(fontsize=8)
-    else:
-      _note(ax, NO_DATA_NOTE)
-  fig.tight_layout()
-  return _save(fig, path)
+  return _save(loss_curves_figure(history), path)
 
 
 def plot_roc_pr(labels: Sequence[int] | np.ndarray,

@@ -46,6 +46,9 @@ table.metrics td.num { text-align: right; font-family: monospace; }
                   justify-content: center; background: #eee; color: #888; font-size: 0.8em; }
 .entry .name { font-size: 0.8em; word-break: break-all; margin-top: 0.3em; }
 .entry .score { font-family: monospace; font-weight: bold; }
+.entry .verdict { font-weight: bold; padding: 0 0.3em; }
+.entry .verdict.anomalous { color: #fff; background: #c0392b; }
+.entry .verdict.normal { color: #1e7e34; }
 .skipped li { font-family: monospace; font-size: 0.85em; word-break: break-all; }
 """
 
@@ -182,12 +185,19 @@ def _entry_html(entry: Mapping[str, Any], out_dir: Path, max_size: int) -> str:
     if isinstance(label, (int, np.integer, bool, np.bool_)):
       label = 'abnormal' if int(label) else 'normal'
     label_html = f' <span class="label">{html.escape(str(label))}</span>'
+  flag = entry.get('anomalous')
+  verdict_html, verdict_attr = '', ''
+  if flag is not None:
+    verdict = 'anomalous' if int(flag) else 'normal'
+    verdict_attr = f' data-anomalous="{int(flag)}"'
+    verdict_html = f' <span class="verdict {verdict}">{verdict}</span>'
   image_html = _picture(entry.get('image'), out_dir, 'image', max_size)
   map_html = _picture(entry.get('map_png'), out_dir, 'anomaly map', max_size)
-  return (f'<div class="entry" data-score="{html.escape(score_text, quote=True)}">'
+  return (f'<div class="entry" data-score="{html.escape(score_text, quote=True)}"{verdict_attr}>'
           f'<div class="pics">{image_html}{map_html}</div>'
           f'<div class="name" title="{html.escape(name, quote=True)}">{html.escape(name)}</div>'
-          f'<div>score <span class="score">{html.escape(score_text)}</span>{label_html}</div>'
+          f'<div>score <span class="score">{html.escape(score_text)}</span>{label_html}'
+          f'{verdict_html}</div>'
           '</div>')
 
 
@@ -202,7 +212,8 @@ def write_html_report(out_dir: PathLike,
     out_dir: directory of the report; created if needed.
     entries: one dict per image with keys `name` (str), `score` (float, higher = more anomalous),
       `image` (uint8 or [-1, 1] float HWC array, or a path to an image file), `map_png` (path of the
-      anomaly-map PNG, relative to out_dir, e.g. 'maps/x.png'), and optionally `label` (0/1).
+      anomaly-map PNG, relative to out_dir, e.g. 'maps/x.png'), and optionally `label` (0/1) and
+      `anomalous` (0/1: above the run's validation threshold; None or absent: no threshold).
       Pictures are embedded as base64 data URIs; a missing one shows as a placeholder.
     metrics: name -> value for the metrics table. A 'skipped' key (reason -> list of paths) is listed
       in its own section instead.

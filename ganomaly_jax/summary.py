@@ -12,6 +12,7 @@ from absl import app, flags
 import jax
 from ml_collections import config_flags
 
+from ganomaly_jax import config_lib
 from ganomaly_jax import state as state_lib
 
 _FLAGS = {}
@@ -31,6 +32,7 @@ def _size(tree: Any) -> int:
 
 def count_parameters(config) -> dict[str, dict[str, int]]:
   """{'generator': {'total', 'trainable', 'non_trainable'}, 'discriminator': {...}} via eval_shape."""
+  config = config_lib.resolve(config)
   components = state_lib.build_components(config)
   shape = state_lib.image_shape(config)
   g_params, g_stats = jax.eval_shape(
@@ -54,8 +56,8 @@ def format_table(counts: dict[str, dict[str, int]]) -> str:
 
 def main(argv):
   del argv
-  config = _FLAGS['config'].value
   try:
+    config = config_lib.resolve(_FLAGS['config'].value)
     counts = count_parameters(config)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from ganomaly_jax import checkpoint, evaluate, parallel, plots, state as state_lib, step as step_lib
-from ganomaly_jax import host_memory, preemption, validate
+from ganomaly_jax import config_lib, host_memory, preemption, validate
 from ganomaly_jax.data import pipeline, sources
 
 RESULTS_FILE = 'results.json'
@@ -127,6 +127,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   Returns the results dict that is also written to `workdir/results.json`.
   """
+  # Dataset-dependent keys are filled only now, after every --config override (config_lib.resolve).
+  config = config_lib.resolve(config)
   validate.validate_config(config)
   os.makedirs(workdir, exist_ok=True)
   if config.restart:

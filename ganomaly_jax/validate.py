@@ -123,6 +123,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
            f'eval.score={e.score} needs a mask (mask.kind='
            f"{'|'.join(k for k, v in masks.KINDS.items() if v.eval_holes is not None)}).")
   _require(0.0 <= e.score_lambda <= 1.0, f'eval.score_lambda={e.score_lambda} must be in [0, 1].')
+  _require(0.0 < e.threshold_quantile < 1.0,
+           f'eval.threshold_quantile={e.threshold_quantile} must be in (0, 1).')
   _require(e.batch_size > 0, f'eval.batch_size={e.batch_size} must be positive.')
   _require(e.select in ('val_loss', 'last'), f"eval.select={e.select!r}: use 'val_loss' or 'last'.")
   _require(e.mc_samples >= 0, f'eval.mc_samples={e.mc_samples} must be >= 0.')

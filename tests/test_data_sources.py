@@ -51,4 +51,6 @@ def test_bad_abnormal_class_is_one_clear_error(abnormal):
 
 def test_missing_npz_path_is_one_clear_error():
   with pytest.raises(sources.DataError, match='not found'):
-    sources.load_splits(load('dataset=npz:/no/such/file.npz'))
+    sources.load_splits(load('dataset=npz:/no/such/file.npz,channels=1'))
+  with pytest.raises(ValueError, match='npz dataset not found'):  # resolving its channels says so too
+    load('dataset=npz:/no/such/file.npz')

@@ -41,6 +41,12 @@ def test_results_hold_image_pixel_and_mc_metrics(masked_run):
   assert results['score_min'] < results['score_max']
   assert results['pixel_map_max'] > 0
   assert results['smooth_sigma'] == 1.0 and results['mc_samples'] == 2
+  # The operating point: a raw-score threshold from the validation normals, and its test metrics.
+  assert results['threshold_quantile'] == 0.95 and results['num_val'] > 0
+  assert isinstance(results['threshold'], float)
+  for key in ('image_f1', 'image_precision', 'image_recall', 'image_fpr', 'image_f1_oracle'):
+    assert _unit_interval(results[key]), (key, results[key])
+  assert results['image_f1'] <= results['image_f1_oracle'] + 1e-12  # the oracle is an upper bound
 
 
 def test_fid_without_weights_is_null_not_a_crash(masked_run):
@@ -147,3 +153,63 @@ def test_mc_dropout_variance_matches_sample_loop(masked_run):
   assert float(np.min(out['mc_score'])) > 0  # dropout really perturbs the reconstructions
   with pytest.raises(ValueError, match='at least 2'):
     uncertainty.mc_dropout(state, x, rng, components=components, hp=hp, num_samples=1)
+
+
+# --- Image metrics: the deployable threshold and the oracle F1, against scikit-learn ---------------
+
+# Hand-made raw scores: 6 normals, 4 abnormals.
+LABELS = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 1])
+SCORES = np.array([0.10, 0.20, 0.30, 0.40, 0.55, 0.90, 0.50, 0.60, 0.80, 0.95])
+
+
+def test_validation_threshold_is_the_quantile_of_raw_validation_scores():
+  val = np.arange(101, dtype=np.float64) / 100  # 0.00, 0.01, ..., 1.00
+  assert evaluate.validation_threshold(val, 0.95) == pytest.approx(0.95)
+  assert evaluate.validation_threshold(np.r_[val, np.nan], 0.95) == pytest.approx(0.95)
+  assert evaluate.validation_threshold(np.zeros(0), 0.95) is None
+
+
+@pytest.mark.parametrize('threshold', [0.45, 0.52, 0.85, 0.05, 2.0])
+def test_metrics_at_the_threshold_match_sklearn(threshold):
+  from sklearn import metrics as skm
+
+  got = evaluate.image_metrics(LABELS, SCORES, threshold)
+  predicted = (SCORES > threshold).astype(int)
+  tn, fp, fn, tp = skm.confusion_matrix(LABELS, predicted, labels=[0, 1]).ravel()
+  assert got['threshold'] == threshold
+  assert got['image_f1'] == pytest.approx(skm.f1_score(LABELS, predicted, zero_division=0))
+  assert got['image_precision'] == pytest.approx(skm.precision_score(LABELS, predicted, zero_division=0))
+  assert got['image_recall'] == pytest.approx(skm.recall_score(LABELS, predicted, zero_division=0))
+  assert got['image_fpr'] == pytest.approx(fp / (fp + tn))
+
+
+def test_metrics_at_the_threshold_by_hand():
+  # Above 0.45: normals 0.55, 0.90 (2 of 6 false alarms); abnormals 0.50, 0.60, 0.80, 0.95 (all 4).
+  got = evaluate.image_metrics(LABELS, SCORES, 0.45)
+  assert got['image_precision'] == pytest.approx(4 / 6) and got['image_recall'] == 1.0
+  assert got['image_fpr'] == pytest.approx(2 / 6)
+  assert got['image_f1'] == pytest.approx(2 * (4 / 6) / (4 / 6 + 1))
+
+
+def test_threshold_applies_to_raw_scores_not_normalised_ones():
+  # Test scores far above the validation range: every test image is flagged, whatever the
+  # min-max normalisation over the test set (used for AUROC) would make of them.
+  raw = SCORES + 10.0
+  got = evaluate.image_metrics(LABELS, raw, threshold=1.0)
+  assert got['image_fpr'] == 1.0 and got['image_recall'] == 1.0
+  assert got['image_auroc'] == evaluate.image_metrics(LABELS, SCORES)['image_auroc']
+
+
+def test_oracle_f1_is_the_best_over_every_threshold():
+  from sklearn import metrics as skm
+
+  got = evaluate.image_metrics(LABELS, SCORES)
+  best = max(skm.f1_score(LABELS, (SCORES >= t).astype(int)) for t in SCORES)
+  assert got['image_f1_oracle'] == pytest.approx(best)
+  # Hand check: flagging >= 0.50 catches all 4 abnormals with 2 false alarms: F1 = 0.8.
+  assert best == pytest.approx(0.8)
+  # threshold_oracle is on the raw scale: flagging scores >= it reproduces the oracle F1.
+  flagged = (SCORES >= got['threshold_oracle']).astype(int)
+  assert skm.f1_score(LABELS, flagged) == pytest.approx(got['image_f1_oracle'])
+  # Without a validation threshold there is no operating point, and nothing is passed off as one.
+  assert got['threshold'] is None and got['image_f1'] is None and got['image_fpr'] is None

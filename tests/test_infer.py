@@ -59,7 +59,7 @@ def inferred(masked_run, tmp_path_factory) -> InferRun:
 
 def test_scores_csv_has_one_row_per_decodable_image(inferred):
   rows = _rows(inferred.out / 'scores.csv')
-  assert list(rows[0]) == ['path', 'score']
+  assert list(rows[0]) == ['path', 'score', 'anomalous']
   assert sorted(Path(r['path']) for r in rows) == inferred.folder.decodable
   assert [r['path'] for r in rows] == sorted(r['path'] for r in rows)
   scores = {Path(r['path']).name: float(r['score']) for r in rows}
@@ -68,6 +68,24 @@ def test_scores_csv_has_one_row_per_decodable_image(inferred):
   for name in ('img_0.png', 'img_1.png', 'img_2.png', 'img_3.png'):
     assert -1e-4 <= scores[name] <= 1 + 1e-4, (name, scores[name])
   assert 'Scored 6 image(s), skipped 2 file(s)' in inferred.proc.stdout
+
+
+@pytest.mark.slow  # the shared quick run and the inference subprocess
+def test_anomalous_column_uses_the_runs_raw_threshold(masked_run, inferred):
+  results = masked_run.results
+  lo, hi, threshold = results['score_min'], results['score_max'], results['threshold']
+  cut = (threshold - lo) / (hi - lo)  # the raw threshold on the scale scores.csv is written in
+  rows = _rows(inferred.out / 'scores.csv')
+  assert {r['anomalous'] for r in rows} <= {'0', '1'}
+  for r in rows:
+    score = float(r['score'])
+    if abs(score - cut) > 1e-3:  # away from the 6-digit rounding of the written score
+      assert r['anomalous'] == str(int(score > cut)), (r, cut)
+  page = (inferred.out / 'index.html').read_text(encoding='utf-8')
+  flagged = sum(r['anomalous'] == '1' for r in rows)
+  assert page.count('data-anomalous="1"') == flagged
+  assert page.count('data-anomalous="0"') == len(rows) - flagged
+  assert 'images_anomalous' in page and 'threshold_quantile' in page
 
 
 def test_maps_exist_for_every_scored_image(inferred):
@@ -152,6 +170,7 @@ def test_fallback_normalisation_and_rerun_into_same_out(masked_run, inferred, tm
   summary = infer.infer(str(workdir), str(images), str(out))
   assert summary['scored'] == 2 and 'min/max of the scored images' in summary['normalisation']
   assert sorted(float(r['score']) for r in _rows(out / 'scores.csv')) == [0.0, 1.0]
+  assert [r['anomalous'] for r in _rows(out / 'scores.csv')] == ['', '']  # no run threshold
   assert (out / 'maps' / 'good.png').is_file() and (out / 'maps' / 'defect.png').is_file()
   assert (out / 'maps' / 'grey.png').is_file()  # earlier maps are not deleted
   assert (out / 'keep.txt').is_file()

@@ -1,4 +1,5 @@
-"""Loss and score terms on small hand-computed cases (eq. 3.2-3.8, 6.1), and their registries."""
+"""Loss and score terms on small hand-computed cases (eq. 3.2-3.8, 6.1; docs/methods.md#equations),
+and their registries."""
 
 import jax
 import jax.numpy as jnp

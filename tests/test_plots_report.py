@@ -125,6 +125,37 @@ def test_plot_loss_curves(tmp_path):
   _assert_png(plots.plot_loss_curves(history, tmp_path / 'sub' / 'loss.png'))
 
 
+def test_loss_curves_keep_losses_probabilities_and_events_apart(tmp_path, monkeypatch):
+  figures = []
+  save = plots._save
+  monkeypatch.setattr(plots, '_save', lambda fig, path: figures.append(fig) or save(fig, path))
+  steps = range(0, 100, 10)
+  history = {'g_loss': [(s, 15.0 - 0.1 * s) for s in steps], 'g_adv': [(s, 0.05) for s in steps],
+             'g_con': [(s, 0.3 - 0.001 * s) for s in steps], 'g_lat': [(s, 0.01) for s in steps],
+             'd_loss': [(s, 0.6) for s in steps], 'd_real': [(s, 0.7) for s in steps],
+             'd_fake': [(s, 0.3) for s in steps], 'nonfinite': [(s, float(s == 30)) for s in steps],
+             'd_reinit': [(s, 0.0) for s in steps]}
+  _assert_png(plots.plot_loss_curves(history, tmp_path / 'loss.png'))
+  [fig] = figures
+  # Which series each panel draws (gid: the series name; label where a gid is missing).
+  panels = {ax: {line.get_gid() or line.get_label() for line in ax.get_lines()} for ax in fig.axes}
+  where = {name: [ax for ax, names in panels.items() if name in names] for name in history}
+  assert all(len(axes) == 1 for axes in where.values()), where  # every series drawn, once
+  axis = {name: axes[0] for name, axes in where.items()}
+  # Losses, probabilities and 0/1 events never share an axis.
+  assert axis['d_loss'] not in {axis[n] for n in ('d_real', 'd_fake', 'nonfinite', 'd_reinit')}
+  assert axis['d_real'] is axis['d_fake'] and axis['nonfinite'] is axis['d_reinit']
+  assert axis['d_real'] is not axis['nonfinite']
+  lo, hi = axis['d_real'].get_ylim()
+  assert -0.1 <= lo <= 0 and 1 <= hi <= 1.1  # a probability axis
+  # The weighted total (~50x the terms) never flattens a generator term: one panel per term.
+  g_axes = [axis[n] for n in ('g_loss', 'g_adv', 'g_con', 'g_lat')]
+  assert len(set(g_axes)) == 4 or all(ax.get_yscale() == 'log' for ax in g_axes)
+  for name in ('g_con', 'd_loss', 'd_real', 'nonfinite'):
+    assert axis[name].get_title(), name
+  assert 'g_con' in axis['g_con'].get_title() and 'Events' in axis['nonfinite'].get_title()
+
+
 @pytest.mark.parametrize('history', [{}, {'g_adv': []}, {'d_loss': [(0, 1.0)]}])
 def test_plot_loss_curves_degenerate(tmp_path, history):
   _assert_png(plots.plot_loss_curves(history, tmp_path / 'loss.png'))
@@ -223,6 +254,15 @@ def test_report_structure(tmp_path):
   assert '0.9123' in page
   assert 'id="skipped"' in page and '/data/bad&lt;1&gt;.png' in page and '/s.png' in page
   assert 'id="count"' in page and '<script>' in page
+
+
+def test_report_shows_the_threshold_verdict(tmp_path):
+  out = tmp_path / 'r'
+  entries = [{'name': 'a.png', 'score': 0.9, 'anomalous': 1}, {'name': 'b.png', 'score': 0.1, 'anomalous': 0},
+             {'name': 'c.png', 'score': 0.5}]
+  page = report.write_html_report(out, entries, {'threshold': 0.3}, 'verdicts').read_text(encoding='utf-8')
+  assert page.count('data-anomalous="1"') == 1 and page.count('data-anomalous="0"') == 1
+  assert page.count('class="verdict anomalous"') == 1 and page.count('class="verdict normal"') == 1
 
 
 def test_report_self_contained(tmp_path):

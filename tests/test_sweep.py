@@ -32,8 +32,8 @@ def never_called(config, workdir):
 
 def fake_results(workdir, steps, auroc=0.5):
   os.makedirs(workdir, exist_ok=True)
-  results = {'image_auroc': auroc, 'image_ap': 0.4, 'image_f1': 0.3, 'steps': steps,
-             'train_wall_time_s': 1.0}
+  results = {'image_auroc': auroc, 'image_ap': 0.4, 'image_f1': 0.3, 'image_f1_oracle': 0.35,
+             'steps': steps, 'train_wall_time_s': 1.0}
   train.write_json(os.path.join(workdir, train.RESULTS_FILE), results)
   return results
 
@@ -223,3 +223,16 @@ def test_local_devices_checks_its_arguments():
   uneven = subprocess.run([script, '8'], env=dict(os.environ, PROCESSES='3'), capture_output=True,
                           text=True)
   assert uneven.returncode == 2 and 'do not split' in uneven.stderr
+
+
+def test_tables_never_show_the_oracle_f1_under_the_plain_name(tmp_path):
+  run = sweep.Run('baseline', {}, None, str(tmp_path))
+  new = sweep.Record(run, 'done', {'image_f1': 0.3, 'image_f1_oracle': 0.35, 'image_fpr': 0.05}).row()
+  assert (new['image_f1'], new['image_f1_oracle'], new['image_fpr']) == (0.3, 0.35, 0.05)
+  # A run finished before the validation threshold existed stored the oracle F1 as image_f1.
+  old = sweep.Record(run, 'skipped', {'image_auroc': 0.6, 'image_f1': 0.4}).row()
+  assert old['image_f1'] is None and old['image_f1_oracle'] == 0.4 and old['image_auroc'] == 0.6
+  sweep.write_tables(str(tmp_path), [sweep.Record(run, 'skipped', {'image_f1': 0.4})], 't')
+  header = open(tmp_path / sweep.RESULTS_MD).read().splitlines()[2]
+  assert 'image_f1_oracle' in header and 'image_fpr' in header
+  assert sweep.read_table(str(tmp_path))[0]['image_f1'] == ''

@@ -117,3 +117,10 @@ def test_main_refuses_before_compiling_with_one_error_line(tmp_path):
   errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
   assert len(errors) == 1 and 'train.d_reinit_threshold' in errors[0], result.stderr[-1500:]
   assert not (workdir / 'checkpoints').exists()  # stopped before training started
+
+
+@pytest.mark.parametrize('quantile', [0.0, 1.0, 1.5])
+def test_threshold_quantile_outside_the_open_unit_interval_is_refused(quantile):
+  # Checked with every other key (so a sweep refuses it before its first run), not after training.
+  _refused('ganomaly', {'eval.threshold_quantile': quantile},
+           rf'eval.threshold_quantile={quantile} must be in \(0, 1\)')

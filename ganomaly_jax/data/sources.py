@@ -5,7 +5,7 @@ Every dataset becomes three splits of records `{'image': uint8 [isize, isize, C]
   val   — held-out normal images, used only to select checkpoints;
   test  — normal test images and abnormal images, used only for the final report.
 Class-labelled data (digits, mnist, fashion_mnist, cifar10, npz) follows the GANomaly paper's
-protocol (REFERENCE §7): one class is abnormal; the test set holds the test-split normals and the
+protocol (docs/methods.md#data-protocol): one class is abnormal; the test set holds the test-split normals and the
 abnormal images of both splits. With `pool_normals`, the normals of both splits are pooled and split
 80/20 with the seed, as the reference code does when given a seed.
 """

@@ -1,4 +1,7 @@
-"""DCGAN encoder/decoder, the GANomaly E-D-E generator and the two discriminators (REFERENCE §1–§4).
+"""DCGAN encoder/decoder, the GANomaly E-D-E generator and the two discriminators.
+
+Architectures and parameter counts: docs/methods.md#ganomaly, docs/methods.md#ganomaly_modified and
+docs/methods.md#skip_ganomaly.
 
 Channel schedule: the first stride-2 conv maps `channels -> base`, every further stride-2 conv doubles
 the channels (capped at `max_channels` when set) until the map is 4x4; a 4x4 'valid' conv then maps to
@@ -144,7 +147,7 @@ class EDEGenerator(nn.Module):
 class Discriminator(nn.Module):
   """GANomaly discriminator: an encoder with one output. Returns (logit [B], features).
 
-  D(x) = sigmoid(logit); features are the 4x4 maps before the last conv (feature matching, eq. 3.1).
+  D(x) = sigmoid(logit); features are the 4x4 maps before the last conv (feature matching, eq. 3.2).
   """
 
   isize: int

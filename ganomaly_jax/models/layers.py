@@ -10,7 +10,7 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-# DCGAN initialisation used by every GANomaly variant (REFERENCE §1): conv kernels N(0, 0.02),
+# DCGAN initialisation used by every GANomaly variant (docs/methods.md#ganomaly): conv kernels N(0, 0.02),
 # BatchNorm scale N(1, 0.02) and bias 0.
 
 

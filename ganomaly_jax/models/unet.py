@@ -1,4 +1,4 @@
-"""SkipGANomaly's U-Net generator (REFERENCE §4; pix2pix UnetGenerator with BatchNorm)."""
+"""SkipGANomaly's U-Net generator (docs/methods.md#skip_ganomaly; pix2pix UnetGenerator with BatchNorm)."""
 
 from __future__ import annotations
 
