@@ -409,7 +409,8 @@ def plot_grouped_bars(groups: Sequence[str], series: Sequence[str], means: np.nd
   missing bar. `chance` draws a dashed reference line (0.5 for AUROC)."""
   means = np.asarray(means, np.float64)
   stds = np.nan_to_num(np.asarray(stds, np.float64))
-  fig = _new_figure(max(6.0, 0.9 + 0.22 * len(series) * len(groups)), 4.2)
+  fig = _new_figure(max(6.0, 2.5 + 0.22 * len(series) * len(groups)), 4.2)
+  fig.set_layout_engine('constrained')  # makes room for the legend outside the axes
   ax = fig.add_subplot(1, 1, 1)
   if means.size == 0 or not np.isfinite(means).any():
     _note(ax, NO_DATA_NOTE)
@@ -427,6 +428,5 @@ def plot_grouped_bars(groups: Sequence[str], series: Sequence[str], means: np.nd
   ax.set_xticks(x, [str(g) for g in groups])
   ax.set_ylabel(ylabel)
   ax.set_title(title)
-  ax.legend(fontsize=7, ncol=min(len(series), 5), loc='lower left')
-  fig.tight_layout()
+  fig.legend(fontsize=7, loc='outside right upper')
   return _save(fig, path)

@@ -40,7 +40,7 @@ TEST_DEFECT = 20
 MARKER = '.complete'
 
 
-class TexturesError(RuntimeError):
+class TexturesError(ValueError):
   """The texture data cannot be made (scikit-image missing); one line saying what to install."""
 
 
