@@ -1,4 +1,4 @@
-"""Non-learned baselines on the training path's own splits: PCA reconstruction error and k-NN distance.
+"""Non-learned baselines on the training path's splits: PCA reconstruction error, k-NN distance.
 
 A GAN is only worth its compute if it beats these. Both read `sources.load_splits(config)` — the
 same train normals / validation normals / test images as the trained methods, at the model's image
@@ -157,8 +157,10 @@ def evaluate(kind: str, config, splits=None) -> dict[str, Any]:
   train = train_sample(splits.train, config.seed)
   num_train = len(train)
   if kind == 'pca':
-    val = (np.concatenate([_to_float(x) for x, _ in _chunks(splits.val, np.arange(len(splits.val)))])
-           if len(splits.val) else np.zeros((0, train.shape[1]), np.float32))
+    val = np.zeros((0, train.shape[1]), np.float32)
+    if len(splits.val):
+      val = np.concatenate([_to_float(x) for x, _ in
+                            _chunks(splits.val, np.arange(len(splits.val)))])
     model = PCABaseline(train, val)
   elif kind == 'knn':
     model = KNNBaseline(train)

@@ -1,5 +1,6 @@
-"""Benchmark tables: `results.csv` (one row per run), `results.md` (per class, mean ± std over seeds,
-the best mean of each column in bold) and `results.png` (per-class mean image AUROC per method).
+"""Benchmark tables: `results.csv` (one row per run), `results.md` (per class, mean ± std over
+seeds, the best mean of each column in bold) and `results.png` (per-class mean image AUROC per
+method).
 
 The metric columns follow the sweep table's (`sweep.METRICS`) plus the pixel metrics, so a metric
 renamed or added there appears here too; a column no run of the suite reports is left out of the
@@ -124,8 +125,9 @@ def markdown(rows: Sequence[dict[str, Any]], title: str, notes: Sequence[str] = 
   lines = [f'# {title}', '', *notes]
   if notes:
     lines.append('')
-  lines += ['Mean ± std over seeds (sample std); the best mean of each column in **bold**; `n/a`: the '
-            'method gives no such value (k-NN has no pixel map) or no seed has finished.', '']
+  lines += ['Mean ± std over seeds (sample std); the best mean of each column in **bold**; '
+            '`n/a`: the method gives no such value (k-NN has no pixel map) or no seed has '
+            'finished.', '']
   if len(summary) > 1:
     lines += ['## All classes (mean ± std over the per-class means)', '']
     lines += _table(_overall(summary), methods, metrics, 'classes') + ['']

@@ -204,7 +204,7 @@ def expand(suite: Suite, root: str) -> list[BenchRun]:
 
 
 
-# Options every suite file accepts in its argument string, e.g. `digits:classes=3+7,seeds=0,steps=50`.
+# Options every suite file accepts in its argument string: `digits:classes=3+7,seeds=0,steps=50`.
 COMMON_OPTIONS = ('classes', 'seeds', 'steps', 'methods')
 
 
@@ -256,5 +256,6 @@ def restrict(suite: Suite, options: dict[str, str], known: tuple[str, ...] = ())
     try:
       suite.steps = int(options['steps'])
     except ValueError:
-      raise SuiteError(f'suite {suite.name}: steps={options["steps"]!r} is not an integer.') from None
+      raise SuiteError(
+          f'suite {suite.name}: steps={options["steps"]!r} is not an integer.') from None
   return suite

@@ -39,7 +39,8 @@ import ml_collections
 from ganomaly_jax import config_lib, validate
 
 if __name__ == '__main__':  # flags only for the program: ganomaly_jax.benchmark imports this module
-  _CONFIG = flags.DEFINE_string('config', None, 'Base config file[:args], as for ganomaly_jax.main.')
+  _CONFIG = flags.DEFINE_string('config', None,
+                                'Base config file[:args], as for ganomaly_jax.main.')
   _SWEEP = flags.DEFINE_string('sweep', None, 'Sweep file defining get_sweep().')
   _WORKDIR = flags.DEFINE_string('workdir', None, 'Sweep root: one sub-directory per run.')
   _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print one command per run and run nothing.')

@@ -1,5 +1,5 @@
-"""The benchmark: suite files and their expansion, options and errors, tables (mean ± std, bold best,
-n/a), resuming (finished runs are skipped), and one real two-run micro suite run twice."""
+"""The benchmark: suite files and their expansion, options and errors, tables (mean ± std, bold
+best, n/a), resuming (finished runs are skipped), and one real two-run micro suite run twice."""
 
 import os
 import subprocess
@@ -106,7 +106,8 @@ def test_folder_categories_and_textures_expand_to_category_folders(tmp_path):
   assert runs[0].config.dataset.name == f'folder:{tmp_path / "mvtec" / "bottle"}'
   textures = suite_lib.load_suite('textures:seeds=0')
   assert textures.classes == ['brick', 'grass', 'gravel', 'camera'] and textures.prepare
-  (run,) = [r for r in suite_lib.expand(textures, '/w') if r.cls == 'grass' and r.method.name == 'pca']
+  (run,) = [r for r in suite_lib.expand(textures, '/w')
+            if r.cls == 'grass' and r.method.name == 'pca']
   assert run.config.dataset.name == 'folder:/w/data/grass' and run.config.model.channels == 1
 
 
@@ -198,8 +199,8 @@ def test_finished_runs_are_skipped_and_failures_retried(tmp_path, monkeypatch):
 
   calls.clear()
   again = benchmark.run_benchmark(suite, root, train_fn=flaky)
-  assert [r.status for r in again] == ['skipped'] * 4 + ['failed: Divergence at step 1 '
-                                                         '(non-finite g_loss); stopping.', 'skipped']
+  assert [r.status for r in again] == [
+      'skipped'] * 4 + ['failed: Divergence at step 1 (non-finite g_loss); stopping.', 'skipped']
   assert calls == [os.path.join(root, 'runs', '1', 'grid_mask', 'seed-1')]
   # A skipped run keeps the wall time and commit of the session that ran it.
   assert [r['commit'] for r in benchmark_report.read_csv(root)][:4] == [

@@ -22,7 +22,8 @@ def class_suite(name, arg, classes, *, channels, steps):
       name=name, methods=suite_lib.standard_methods(f'dataset={dataset},channels={channels}',
                                                     CONFIGS),
       classes=list(classes), seeds=[0, 1, 2], steps=steps,
-      overrides={'train.eval_every': max(1, steps // 6), 'train.checkpoint_every': max(1, steps // 6)},
+      overrides={'train.eval_every': max(1, steps // 6),
+                 'train.checkpoint_every': max(1, steps // 6)},
       doc=f'{dataset} at 32×32×{channels}, one class abnormal (GANomaly protocol), study widths, '
           f'batch 64, {steps} steps.')
   return suite_lib.restrict(suite, options)

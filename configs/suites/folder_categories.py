@@ -1,8 +1,8 @@
 """`folder_categories:PATH`: one class per MVTec-AD style category folder of PATH, every method.
 
   python -m ganomaly_jax.benchmark --suite=folder_categories:/data/mvtec --workdir=runs/mvtec
-  python -m ganomaly_jax.benchmark --suite=folder_categories:/data/mvtec,classes=bottle+screw,steps=5000 \
-      --workdir=runs/mvtec2
+  python -m ganomaly_jax.benchmark \
+      --suite=folder_categories:/data/mvtec,classes=bottle+screw,steps=500 --workdir=runs/mvtec2
 
 A category is a sub-folder of PATH holding train/good (and test/, optionally ground_truth/); each
 runs as `dataset.name=folder:PATH/<category>`, so pixel AUROC / PRO come with the masks. 64×64 RGB

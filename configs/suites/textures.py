@@ -1,4 +1,4 @@
-"""`textures`: scikit-image's bundled photographs cut into patches, with synthetic defects and masks.
+"""`textures`: scikit-image's bundled photographs cut into patches, synthetic defects, masks.
 
   pip install -e '.[bench]'        # scikit-image (optional dependency)
   python -m ganomaly_jax.benchmark --suite=textures --workdir=runs/bench_textures
