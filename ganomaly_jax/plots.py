@@ -455,3 +455,34 @@ def plot_extremes(images: Sequence[np.ndarray] | np.ndarray,
       if amaps is not None:
         axes[1, col].imshow(overlay(images[idx], amaps[idx]), interpolation='nearest')
   return _save(fig, path)
+
+
+def plot_grouped_bars(groups: Sequence[str], series: Sequence[str], means: np.ndarray,
+                      stds: np.ndarray, path: PathLike, *, title: str = '', ylabel: str = '',
+                      chance: float | None = None) -> Path:
+  """Grouped bar chart: one group per entry of `groups` (e.g. classes), one bar per `series`
+  (e.g. methods) with a ±std error bar; `means`/`stds` are [len(series), len(groups)], NaN for a
+  missing bar. `chance` draws a dashed reference line (0.5 for AUROC)."""
+  means = np.asarray(means, np.float64)
+  stds = np.nan_to_num(np.asarray(stds, np.float64))
+  fig = _new_figure(max(6.0, 2.5 + 0.22 * len(series) * len(groups)), 4.2)
+  fig.set_layout_engine('constrained')  # makes room for the legend outside the axes
+  ax = fig.add_subplot(1, 1, 1)
+  if means.size == 0 or not np.isfinite(means).any():
+    _note(ax, NO_DATA_NOTE)
+    return _save(fig, path)
+  width = 0.8 / max(len(series), 1)
+  x = np.arange(len(groups))
+  cmap = matplotlib.colormaps['tab20' if len(series) > 10 else 'tab10']
+  for i, name in enumerate(series):
+    ax.bar(x + (i - (len(series) - 1) / 2) * width, np.nan_to_num(means[i]), width,
+           yerr=stds[i], label=name, color=cmap(i % cmap.N), capsize=2, error_kw={'lw': 0.8})
+  if chance is not None:
+    ax.axhline(chance, color='0.4', lw=0.8, ls='--')
+  low = np.nanmin(means - stds)
+  ax.set_ylim(max(0.0, min(low, chance if chance is not None else low) - 0.05), 1.0)
+  ax.set_xticks(x, [str(g) for g in groups])
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  fig.legend(fontsize=7, loc='outside right upper')
+  return _save(fig, path)

@@ -38,10 +38,12 @@ import ml_collections
 
 from ganomaly_jax import config_lib, validate
 
-_CONFIG = flags.DEFINE_string('config', None, 'Base config file[:args], as for ganomaly_jax.main.')
-_SWEEP = flags.DEFINE_string('sweep', None, 'Sweep file defining get_sweep().')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Sweep root: one sub-directory per run.')
-_DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print one command per run and run nothing.')
+if __name__ == '__main__':  # flags only for the program: ganomaly_jax.benchmark imports this module
+  _CONFIG = flags.DEFINE_string('config', None,
+                                'Base config file[:args], as for ganomaly_jax.main.')
+  _SWEEP = flags.DEFINE_string('sweep', None, 'Sweep file defining get_sweep().')
+  _WORKDIR = flags.DEFINE_string('workdir', None, 'Sweep root: one sub-directory per run.')
+  _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print one command per run and run nothing.')
 
 RESULTS_CSV = 'results.csv'
 RESULTS_MD = 'results.md'
@@ -276,25 +278,38 @@ def read_table(root: str) -> list[dict[str, str]]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _finished(run: Run) -> dict[str, Any] | None:
+def finished_results(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
   """The results of a run that needs no more training (train.py's own rule), else None."""
   from ganomaly_jax import train
 
-  previous = train.read_results(run.workdir)
-  if previous and previous.get('steps', 0) >= run.config.train.num_steps:
+  previous = train.read_results(workdir)
+  if previous and previous.get('steps', 0) >= config.train.num_steps:
     return previous
   return None
 
 
-def _recorded_wall_time(run: Run, results: dict[str, Any]) -> float | None:
-  path = os.path.join(run.workdir, RUN_INFO)
-  if os.path.exists(path):
-    with open(path) as f:
-      return json.load(f).get('wall_time_s')
-  return results.get('train_wall_time_s')
+def read_run_info(workdir: str) -> dict[str, Any]:
+  """The sidecar a runner wrote next to a finished run's results ({} if none)."""
+  path = os.path.join(workdir, RUN_INFO)
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def write_run_info(workdir: str, info: dict[str, Any]) -> None:
+  """Writes the sidecar (overrides, wall time of the session that ran the run, ...)."""
+  with open(os.path.join(workdir, RUN_INFO), 'w') as f:
+    json.dump(info, f, indent=2, default=str)
+
+
+def recorded_wall_time(workdir: str, results: dict[str, Any]) -> float | None:
+  """Wall time of the session that finished a run: the sidecar's, else the training loop's."""
+  return read_run_info(workdir).get('wall_time_s', results.get('train_wall_time_s'))
+
+
+def train_in_process(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """`train.train_and_evaluate` in this process, dropping the run's executables afterwards."""
   import jax
 
   from ganomaly_jax import train
@@ -317,15 +332,15 @@ def run_sweep(config_spec: str, sweep_path: str, root: str,
   from ganomaly_jax import train  # imports TensorFlow (clu): not needed to expand or --dry_run
 
   runs = expand(config_spec, sweep_path, root)
-  train_fn = train_fn or _train_and_evaluate
+  train_fn = train_fn or train_in_process
 
   title = f'Sweep `{sweep_path}` over `{config_spec}`'
   records = [Record(run, 'pending') for run in runs]
   for record in records:  # finished runs first, so the first table already shows them
-    previous = _finished(record.run)
+    previous = finished_results(record.run.config, record.run.workdir)
     if previous is not None:
       record.status, record.results = 'skipped', previous
-      record.wall_time_s = _recorded_wall_time(record.run, previous)
+      record.wall_time_s = recorded_wall_time(record.run.workdir, previous)
   write_tables(root, records, title)
 
   for i, record in enumerate(records, start=1):
@@ -351,9 +366,7 @@ def run_sweep(config_spec: str, sweep_path: str, root: str,
         return records
       record.status = 'done'
       record.wall_time_s = time.time() - started
-      with open(os.path.join(run.workdir, RUN_INFO), 'w') as f:
-        json.dump({'overrides': run.overrides, 'wall_time_s': record.wall_time_s}, f, indent=2,
-                  default=str)
+      write_run_info(run.workdir, {'overrides': run.overrides, 'wall_time_s': record.wall_time_s})
     write_tables(root, records, title)
   return records
 

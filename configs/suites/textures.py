@@ -1,0 +1,30 @@
+"""`textures`: scikit-image's bundled photographs cut into patches, synthetic defects, masks.
+
+  pip install -e '.[bench]'        # scikit-image (optional dependency)
+  python -m ganomaly_jax.benchmark --suite=textures --workdir=runs/bench_textures
+
+The data (brick, grass, gravel, camera; scratches, stains, holes; recipe in
+ganomaly_jax/data/textures.py) is written once into WORKDIR/data/ in MVTec AD layout and read
+through the normal folder path, so image and pixel AUROC / PRO are reported. 64 px patches at
+32×32 grayscale, ngf = ndf = 32, 3 seeds, 1000 steps.
+Options (suite_lib.restrict): classes=brick+grass, seeds=0, methods=..., steps=N, isize=N.
+"""
+
+from ganomaly_jax import suite_lib
+from ganomaly_jax.config_lib import load_sibling
+from ganomaly_jax.data import textures
+
+folders = load_sibling(__file__, 'folder_categories')
+
+
+def get_suite(arg=None):
+  positional, options = suite_lib.parse_arg(arg)
+  if positional:
+    raise suite_lib.SuiteError(f'suite textures: unexpected argument(s) {positional}.')
+  # The data folder is WORKDIR/data, known only when the suite runs: the class value names it
+  # through {data}, and `prepare` writes it there (once) before the first run.
+  return folders.folder_suite(
+      'textures', textures.TEXTURES, options, class_value='folder:{data}/{cls}', steps=1000,
+      isize=32, channels=1, width=32, prepare=textures.write_textures,
+      doc='skimage photographs (brick, grass, gravel, camera) as 64 px patches, synthetic '
+          'scratches / stains / holes with masks:')

@@ -1,0 +1,199 @@
+"""Benchmark: a suite of methods × classes × seeds at one step budget, with baselines, tabulated.
+
+  python -m ganomaly_jax.benchmark --suite=digits --workdir=runs/bench_digits
+  python -m ganomaly_jax.benchmark --suite=digits --workdir=runs/bench_digits --dry_run
+  python -m ganomaly_jax.benchmark --suite=folder_categories:/data/mvtec --workdir=runs/mvtec
+  python -m ganomaly_jax.benchmark --suite=textures --workdir=runs/textures
+
+Suites are files in configs/suites/ (`--suite=NAME[:ARG]`, or a path to a suite file; see
+`suite_lib`). Every run trains through the normal path (`train.train_and_evaluate`, in this process,
+as `ganomaly_jax.sweep` does) in `WORKDIR/runs/<class>/<method>/seed-<seed>`; baselines (PCA, k-NN)
+are evaluated on the same splits (`baselines`). A run whose workdir holds final results is skipped
+(sweep's rule), an interrupted one resumes from its checkpoint, and a failed one is recorded and
+retried next time, so rerunning the same command continues a suite. After every run
+`WORKDIR/results.csv`, `results.md` and `results.png` are rewritten (`benchmark_report`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+from absl import app, flags, logging
+import ml_collections
+
+from ganomaly_jax import benchmark_report, suite_lib, sweep
+
+_SUITE = flags.DEFINE_string('suite', None, 'Suite: NAME[:ARG] of configs/suites/, or a file path.')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Benchmark root: runs/, data/ and the tables.')
+_DRY_RUN = flags.DEFINE_bool('dry_run', False, 'List the runs (one line each) and run nothing.')
+
+TrainFn = Callable[[ml_collections.ConfigDict, str], dict[str, Any]]
+
+
+@dataclasses.dataclass
+class Record:
+  """One run's row: status (pending | done | skipped | preempted | failed: <reason>) and results."""
+  run: suite_lib.BenchRun
+  status: str = 'pending'
+  results: dict[str, Any] | None = None
+  wall_time_s: float | None = None
+  commit: str | None = None
+
+  def row(self, suite: str) -> dict[str, Any]:
+    r = self.results or {}
+    return {'suite': suite, 'method': self.run.method.name, 'class': self.run.cls,
+            'seed': self.run.seed, 'status': self.status,
+            **{k: r.get(k) for k in benchmark_report.METRICS}, 'steps': r.get('steps'),
+            'wall_time_s': None if self.wall_time_s is None else round(self.wall_time_s, 1),
+            'commit': self.commit, 'workdir': self.run.workdir}
+
+
+def commit() -> str:
+  """The repository's short commit, `+dirty` with uncommitted changes; `unknown` outside git."""
+  repo = os.path.dirname(suite_lib.CONFIGS_DIR)
+  try:
+    head = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=repo, capture_output=True,
+                          text=True, timeout=10, check=True).stdout.strip()
+    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=repo,
+                           capture_output=True, text=True, timeout=10).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return 'unknown'
+  return f'{head}+dirty' if dirty else head
+
+
+def describe(run: suite_lib.BenchRun) -> str:
+  """One line per run: the `ganomaly_jax.main` command that trains it alone, or the baseline."""
+  settings = ' '.join(shlex.quote(f'--config.{k}={v}') for k, v in run.overrides.items())
+  if run.method.baseline:
+    return (f'{run.name}: baseline {run.method.baseline} on the splits of '
+            f'--config={run.method.config} {settings}')
+  return (f'{run.name}: python -m ganomaly_jax.main --config={shlex.quote(run.method.config)} '
+          f'--workdir={shlex.quote(run.workdir)} {settings}')
+
+
+def _finished(run: suite_lib.BenchRun) -> dict[str, Any] | None:
+  """Final results of a run that needs nothing more, else None (trained runs: sweep's rule)."""
+  if run.method.baseline:
+    from ganomaly_jax import train
+
+    previous = train.read_results(run.workdir)
+    return previous if previous and previous.get('baseline') == run.method.baseline else None
+  return sweep.finished_results(run.config, run.workdir)
+
+
+def _run_baseline(run: suite_lib.BenchRun) -> dict[str, Any]:
+  from ganomaly_jax import baselines, train
+
+  results = baselines.evaluate(run.method.baseline, run.config)
+  os.makedirs(run.workdir, exist_ok=True)
+  train.write_json(os.path.join(run.workdir, train.RESULTS_FILE), results)
+  return results
+
+
+def run_benchmark(suite: suite_lib.Suite, root: str, train_fn: TrainFn | None = None
+                  ) -> list[Record]:
+  """Expands and validates every run, prepares generated data, then runs the unfinished runs.
+
+  `train_fn(config, workdir)` defaults to `sweep.train_in_process`. A failed run (divergence, bad
+  data) is recorded and the suite goes on; a preempted run stops it (rerun to resume). Returns one
+  Record per run; the tables in `root` hold the same.
+  """
+  from ganomaly_jax import train  # imports TensorFlow (clu): not needed to expand or --dry_run
+
+  runs = suite_lib.expand(suite, root)
+  train_fn = train_fn or sweep.train_in_process
+  os.makedirs(root, exist_ok=True)
+  if suite.prepare is not None:
+    suite.prepare(os.path.join(root, 'data'))
+  here = commit()
+  title = f'Benchmark `{suite.name}`'
+  notes = [suite.doc] if suite.doc else []
+  records = [Record(run) for run in runs]
+
+  def write_tables() -> None:
+    rows = [r.row(suite.name) for r in records]
+    benchmark_report.write_csv(root, rows)
+    benchmark_report.write_markdown(root, rows, title, notes)
+    benchmark_report.write_plot(root, rows, title)
+
+  for record in records:  # finished runs first, so the first table already shows them
+    previous = _finished(record.run)
+    if previous is not None:
+      info = sweep.read_run_info(record.run.workdir)
+      record.status, record.results, record.commit = 'skipped', previous, info.get('commit')
+      record.wall_time_s = sweep.recorded_wall_time(record.run.workdir, previous)
+  write_tables()
+
+  for i, record in enumerate(records, start=1):
+    run = record.run
+    if record.status == 'skipped':
+      continue
+    logging.info('Run %d/%d %s', i, len(records), run.name)
+    started = time.time()
+    try:
+      results = _run_baseline(run) if run.method.baseline else train_fn(run.config, run.workdir)
+    except (ValueError, train.TrainingError) as e:
+      record.status = f'failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}'
+      logging.error('Run %s failed: %s', run.name, e)
+    else:
+      record.results = results
+      if results.get('preempted'):
+        record.status = 'preempted'
+        write_tables()
+        logging.warning('Preempted during run %s; rerun the same command to resume the suite.',
+                        run.name)
+        return records
+      record.status, record.commit = 'done', here
+      record.wall_time_s = time.time() - started
+      sweep.write_run_info(run.workdir, {'overrides': run.overrides, 'wall_time_s':
+                                         record.wall_time_s, 'commit': here, 'suite': suite.name})
+    write_tables()
+  return records
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  root = _WORKDIR.value
+  try:
+    suite = suite_lib.load_suite(_SUITE.value)
+    if _DRY_RUN.value:
+      runs = suite_lib.expand(suite, root)
+      for run in runs:
+        print(describe(run))
+      trained = sum(1 for r in runs if not r.method.baseline)
+      print(f'{len(runs)} runs: {trained} trained at {suite.steps} steps, {len(runs) - trained} '
+            f'baseline; {len(suite.methods)} methods × {len(suite.classes)} classes × '
+            f'{len(suite.seeds)} seeds.')
+      return
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+    import tensorflow as tf  # as in main.py: clu's summary writer needs TF, keep it off GPUs
+    tf.config.experimental.set_visible_devices([], 'GPU')
+    from ganomaly_jax import compile_cache  # runs of one method share their programs: load them
+
+    config = suite_lib.expand(suite, root)[0].config
+    # The key's place moves with config.runtime; either place names the same cache.
+    runtime = config.get('runtime')
+    compile_cache.enable(runtime.compile_cache_dir if runtime is not None and
+                         'compile_cache_dir' in runtime else config.compile_cache_dir)
+    records = run_benchmark(suite, root)
+  except ValueError as e:  # unknown suite, bad argument, unknown key, impossible value: one line
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+  print(open(os.path.join(root, benchmark_report.RESULTS_MD)).read(), end='')
+  failed = [r.run.name for r in records if r.status.startswith('failed')]
+  if failed:
+    print(f'error: {len(failed)} run(s) failed: {", ".join(failed)} '
+          f'(see {benchmark_report.RESULTS_CSV})', file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['suite', 'workdir'])
+  app.run(main)

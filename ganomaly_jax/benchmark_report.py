@@ -1,0 +1,163 @@
+"""Benchmark tables: `results.csv` (one row per run), `results.md` (per class, mean ± std over
+seeds, the best mean of each column in bold) and `results.png` (per-class mean image AUROC per
+method).
+
+The metric columns follow the sweep table's (`sweep.METRICS`) plus the pixel metrics, so a metric
+renamed or added there appears here too; a column no run of the suite reports is left out of the
+Markdown, and a method without a value in a column (k-NN has no pixel map) shows `n/a`.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from ganomaly_jax import plots, sweep
+
+RESULTS_CSV = sweep.RESULTS_CSV
+RESULTS_MD = sweep.RESULTS_MD
+RESULTS_PNG = 'results.png'
+METRICS = tuple(dict.fromkeys(sweep.METRICS + ('pixel_auroc', 'pixel_pro')))
+COLUMNS = (('suite', 'method', 'class', 'seed', 'status') + METRICS
+           + ('steps', 'wall_time_s', 'commit', 'workdir'))
+PLOT_METRIC = 'image_auroc'
+
+
+def _write_atomic(path: str, text: str) -> None:
+  tmp = f'{path}.tmp'
+  with open(tmp, 'w', newline='') as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def write_csv(root: str, rows: Sequence[dict[str, Any]]) -> None:
+  """ROOT/results.csv, one row per run (empty cells for missing values), written atomically."""
+  import io
+
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction='ignore')
+  writer.writeheader()
+  writer.writerows({k: '' if row.get(k) is None else row.get(k) for k in COLUMNS} for row in rows)
+  _write_atomic(os.path.join(root, RESULTS_CSV), buffer.getvalue())
+
+
+def read_csv(root: str) -> list[dict[str, str]]:
+  with open(os.path.join(root, RESULTS_CSV), newline='') as f:
+    return list(csv.DictReader(f))
+
+
+def _number(value: Any) -> float | None:
+  if value is None or value == '':
+    return None
+  try:
+    value = float(value)
+  except (TypeError, ValueError):
+    return None
+  return value if np.isfinite(value) else None
+
+
+def summarise(rows: Sequence[dict[str, Any]], columns: Sequence[str] = METRICS + ('wall_time_s',)
+              ) -> dict[str, dict[str, dict[str, tuple[float, float, int]]]]:
+  """class -> method -> column -> (mean, std, n) over the seeds that finished (std: sample std,
+  ddof=1, 0 for a single seed). Classes and methods keep their first-seen order."""
+  values: dict[str, dict[str, dict[str, list[float]]]] = {}
+  for row in rows:
+    per_method = values.setdefault(str(row['class']), {}).setdefault(str(row['method']), {})
+    for column in columns:
+      per_method.setdefault(column, [])
+      if str(row.get('status', 'done')) in ('done', 'skipped'):
+        number = _number(row.get(column))
+        if number is not None:
+          per_method[column].append(number)
+  return {cls: {method: {c: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+                             len(v)) for c, v in cols.items() if v}
+                for method, cols in methods.items()}
+          for cls, methods in values.items()}
+
+
+def _overall(summary) -> dict[str, dict[str, tuple[float, float, int]]]:
+  """method -> column -> (mean over classes of the per-class means, std over classes, classes)."""
+  by_method: dict[str, dict[str, list[float]]] = {}
+  for methods in summary.values():
+    for method, cols in methods.items():
+      for column, (mean, _, _) in cols.items():
+        by_method.setdefault(method, {}).setdefault(column, []).append(mean)
+  return {m: {c: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v))
+              for c, v in cols.items()} for m, cols in by_method.items()}
+
+
+def _table(methods: dict[str, dict[str, tuple[float, float, int]]], all_methods: Sequence[str],
+           metrics: Sequence[str], count_label: str) -> list[str]:
+  """Markdown rows: one per method, `mean ± std` per metric, the best mean per metric in bold."""
+  best = {}
+  for metric in metrics:
+    means = [cols[metric][0] for cols in methods.values() if metric in cols]
+    best[metric] = max(means) if means else None
+  head = ['method', count_label, *metrics, 'wall_time_s']
+  lines = ['| ' + ' | '.join(head) + ' |', '|' + '|'.join('---' for _ in head) + '|']
+  for method in all_methods:
+    cols = methods.get(method, {})
+    runs = max((n for _, _, n in cols.values()), default=0)
+    cells = [method, str(runs)]
+    for metric in metrics:
+      if metric not in cols:
+        cells.append('n/a')
+        continue
+      mean, std, _ = cols[metric]
+      text = f'{mean:.4f} ± {std:.4f}'
+      # Bold every method whose mean rounds to the best: a tie is a tie.
+      cells.append(f'**{text}**' if round(mean, 4) == round(best[metric], 4) else text)
+    wall = cols.get('wall_time_s')
+    cells.append(f'{wall[0]:.1f}' if wall else 'n/a')
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return lines
+
+
+def markdown(rows: Sequence[dict[str, Any]], title: str, notes: Sequence[str] = ()) -> str:
+  """The per-class tables and the all-class summary as Markdown."""
+  summary = summarise(rows)
+  methods = list(dict.fromkeys(str(r['method']) for r in rows))
+  metrics = [m for m in METRICS
+             if any(m in cols for ms in summary.values() for cols in ms.values())]
+  lines = [f'# {title}', '', *notes]
+  if notes:
+    lines.append('')
+  lines += ['Mean ± std over seeds (sample std); the best mean of each column in **bold**; '
+            '`n/a`: the method gives no such value (k-NN has no pixel map) or no seed has '
+            'finished.', '']
+  if len(summary) > 1:
+    lines += ['## All classes (mean ± std over the per-class means)', '']
+    lines += _table(_overall(summary), methods, metrics, 'classes') + ['']
+  for cls, per_method in summary.items():
+    lines += [f'## {cls}', ''] + _table(per_method, methods, metrics, 'seeds') + ['']
+  status = [r for r in rows if str(r.get('status')) not in ('done', 'skipped')]
+  if status:
+    lines += [f'{len(status)} run(s) not finished: ' + ', '.join(
+        f'{r["class"]}/{r["method"]}/seed-{r["seed"]} ({r["status"]})' for r in status[:20])
+        + (' …' if len(status) > 20 else ''), '']
+  return '\n'.join(lines)
+
+
+def write_markdown(root: str, rows: Sequence[dict[str, Any]], title: str,
+                   notes: Sequence[str] = ()) -> None:
+  _write_atomic(os.path.join(root, RESULTS_MD), markdown(rows, title, notes))
+
+
+def write_plot(root: str, rows: Sequence[dict[str, Any]], title: str) -> str:
+  """ROOT/results.png: per-class mean image AUROC of each method, error bars one std over seeds."""
+  summary = summarise(rows, (PLOT_METRIC,))
+  methods = list(dict.fromkeys(str(r['method']) for r in rows))
+  classes = list(summary)
+  means = np.full((len(methods), len(classes)), np.nan)
+  stds = np.zeros_like(means)
+  for j, cls in enumerate(classes):
+    for i, method in enumerate(methods):
+      if PLOT_METRIC in summary[cls].get(method, {}):
+        means[i, j], stds[i, j], _ = summary[cls][method][PLOT_METRIC]
+  path = os.path.join(root, RESULTS_PNG)
+  plots.plot_grouped_bars(classes, methods, means, stds, path, title=title,
+                          ylabel=f'{PLOT_METRIC} (mean ± std over seeds)', chance=0.5)
+  return path

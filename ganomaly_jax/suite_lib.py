@@ -1,0 +1,261 @@
+"""Benchmark suites as data: methods × classes × seeds at one step budget.
+
+A suite file (`configs/suites/NAME.py`) defines `get_suite(arg)` returning a `Suite`. Each method is
+a config file with an argument string plus dotted overrides (an ablation is an override, never a
+code fork), or a non-learned baseline (`baseline='pca'|'knn'`) evaluated on the splits that the
+same config gives. A class is one value of one config key: `dataset.abnormal` for class-labelled
+data (one class abnormal), `dataset.name` for folder categories (`folder:ROOT/<category>`).
+
+`expand` turns a suite into runs, each with its config built and validated, before anything runs,
+so a typo in the last run fails in seconds. Nothing here imports JAX or TensorFlow: listing a suite
+(`--dry_run`) is instant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import re
+from typing import Any, Callable
+
+import ml_collections
+
+from ganomaly_jax import config_lib, sweep, validate
+
+# The repository's configs/ (suite files refer to the method configs beside them).
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
+SUITES_DIR = os.path.join(CONFIGS_DIR, 'suites')
+BASELINES = ('pca', 'knn')
+# The study's methods, then the plain-autoencoder ablation of each generator (the same network and
+# losses with the adversarial term off): `ede` (GANomaly) and `unet` (SkipGANomaly).
+STUDY_METHODS = ('ganomaly', 'ganomaly_modified', 'ganomaly_sn', 'skip_ganomaly', 'masked',
+                 'grid_mask')
+AUTOENCODERS = (('ganomaly_ae', 'ganomaly'), ('skip_ganomaly_ae', 'skip_ganomaly'))
+_UNSAFE = re.compile(r'[^A-Za-z0-9._+-]')
+
+
+class SuiteError(ValueError):
+  """A suite that cannot run as given; the message is one line naming the suite and the problem."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """One row of the results table.
+
+  Attributes:
+    name: the table's name for it (`ganomaly`, `ganomaly_ae`, `pca`).
+    config: config spec `path/to/config.py[:args]`, as for `ganomaly_jax.main --config`.
+    overrides: dotted config overrides applied on top (`{'loss.w_adv': 0.0}`).
+    baseline: '' to train through `train.train_and_evaluate`; 'pca' or 'knn' to evaluate that
+      baseline on the config's splits instead (nothing is trained).
+  """
+  name: str
+  config: str
+  overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+  baseline: str = ''
+
+
+@dataclasses.dataclass
+class Suite:
+  """Methods × classes × seeds at `steps` training steps.
+
+  Attributes:
+    name: shown in the tables (`digits`, `folder_categories`).
+    methods: the rows; every method runs on every class and seed.
+    classes: values of `class_key`, one per run group (digit indices, category folder names).
+    seeds: values of `seed` (which also reshuffles the data splits: baselines use the same ones).
+    steps: `train.num_steps` of every trained run.
+    class_key: the config key a class sets.
+    class_value: `class_key`'s value, formatted with `cls` (the class) and `data` (WORKDIR/data,
+      where `prepare` writes generated data).
+    overrides: dotted overrides for every method, applied before the method's own.
+    prepare: called once with the data folder before any run (generated suites); never by a dry run.
+    doc: one line describing the suite (the table's subtitle).
+  """
+  name: str
+  methods: list[Method]
+  classes: list[str]
+  seeds: list[int]
+  steps: int
+  class_key: str = 'dataset.abnormal'
+  class_value: str = '{cls}'
+  overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+  prepare: Callable[[str], None] | None = None
+  doc: str = ''
+
+
+@dataclasses.dataclass
+class BenchRun:
+  """One (method, class, seed) of a suite: its config and where it runs."""
+  method: Method
+  cls: str
+  seed: int
+  overrides: dict[str, Any]  # everything set on top of the method's config file
+  config: ml_collections.ConfigDict
+  workdir: str
+
+  @property
+  def name(self) -> str:
+    return f'{self.cls}/{self.method.name}/seed-{self.seed}'
+
+
+def standard_methods(arg: str, configs_dir: str = CONFIGS_DIR,
+                     methods: tuple[str, ...] = STUDY_METHODS) -> list[Method]:
+  """Every study method, the two plain-autoencoder ablations and both baselines, all with the same
+  config argument string (so all see the same data, sizes and splits)."""
+  def spec(name: str) -> str:
+    path = os.path.join(configs_dir, f'{name}.py')
+    return f'{path}:{arg}' if arg else path
+
+  out = [Method(m, spec(m)) for m in methods]
+  out += [Method(name, spec(base), {'loss.w_adv': 0.0}) for name, base in AUTOENCODERS
+          if base in methods]
+  # Baselines read the splits of GANomaly's config: the splits depend only on the dataset keys,
+  # the image size and the seed, which the argument string fixes for every method alike.
+  out += [Method(b, spec('ganomaly'), baseline=b) for b in BASELINES]
+  return out
+
+
+def available() -> list[str]:
+  """Names of the suite files in configs/suites/."""
+  if not os.path.isdir(SUITES_DIR):
+    return []
+  return sorted(f[:-3] for f in os.listdir(SUITES_DIR) if f.endswith('.py') and f[0] != '_')
+
+
+def load_suite(spec: str) -> Suite:
+  """`NAME[:ARG]` (a file of configs/suites/) or `path/to/suite.py[:ARG]` -> its Suite."""
+  name, _, arg = spec.partition(':')
+  if name.endswith('.py'):
+    path = name
+  else:
+    path = os.path.join(SUITES_DIR, f'{name}.py')
+    if not _UNSAFE.sub('', name) == name or not os.path.isfile(path):
+      raise SuiteError(f'Unknown suite {name!r}: use one of {", ".join(available())} '
+                       'or a path to a suite file.')
+  if not os.path.isfile(path):
+    raise SuiteError(f'Suite file not found: {path}')
+  module_spec = importlib.util.spec_from_file_location('_ganomaly_suite', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  get_suite = getattr(module, 'get_suite', None)
+  if not callable(get_suite):
+    raise SuiteError(f'{path} must define get_suite(arg) returning a suite_lib.Suite.')
+  suite = get_suite(arg or None)
+  if not isinstance(suite, Suite):
+    raise SuiteError(f'{path}: get_suite() must return a suite_lib.Suite, got '
+                     f'{type(suite).__name__}.')
+  _check(suite, path)
+  return suite
+
+
+def _check(suite: Suite, where: str) -> None:
+  names = [m.name for m in suite.methods]
+  problems = []
+  if not suite.methods or not suite.classes or not suite.seeds:
+    problems.append('needs at least one method, class and seed')
+  if len(set(names)) != len(names):
+    problems.append(f'method names repeat: {names}')
+  if len(set(map(str, suite.classes))) != len(suite.classes):
+    problems.append(f'classes repeat: {suite.classes}')
+  if len(set(suite.seeds)) != len(suite.seeds):
+    problems.append(f'seeds repeat: {suite.seeds}')
+  if not isinstance(suite.steps, int) or suite.steps < 1:
+    problems.append(f'steps must be a positive integer, got {suite.steps!r}')
+  problems += [f'method {m.name}: unknown baseline {m.baseline!r} (use {", ".join(BASELINES)})'
+               for m in suite.methods if m.baseline and m.baseline not in BASELINES]
+  if problems:
+    raise SuiteError(f'{where}: {"; ".join(problems)}.')
+
+
+def safe_name(text: str) -> str:
+  """A path component for a class or method name (unsafe characters become '_')."""
+  return _UNSAFE.sub('_', str(text)) or '_'
+
+
+def expand(suite: Suite, root: str) -> list[BenchRun]:
+  """Every run of `suite` under `root`, configs built and validated; in class, seed, method order
+  so that each class's table fills up before the next class starts."""
+  data = os.path.join(root, 'data')
+  bases: dict[str, ml_collections.ConfigDict] = {}
+  runs = []
+  for cls in suite.classes:
+    for seed in suite.seeds:
+      for method in suite.methods:
+        context = f'suite {suite.name}, {cls}/{method.name}/seed-{seed}'
+        if method.config not in bases:
+          try:
+            bases[method.config] = config_lib.load_config(method.config)
+          except (ValueError, KeyError) as e:
+            raise SuiteError(f'{context}: config {method.config}: {e}') from None
+        overrides = {**suite.overrides, **method.overrides,
+                     suite.class_key: suite.class_value.format(cls=cls, data=data),
+                     'seed': seed, 'train.num_steps': suite.steps}
+        config = sweep.apply_overrides(bases[method.config], overrides, context)
+        try:
+          validate.validate_config(config)
+        except validate.ConfigError as e:
+          raise SuiteError(f'{context}: {e}') from None
+        workdir = os.path.join(root, 'runs', safe_name(cls), safe_name(method.name),
+                               f'seed-{seed}')
+        runs.append(BenchRun(method, str(cls), seed, overrides, config, workdir))
+  return runs
+
+
+
+# Options every suite file accepts in its argument string: `digits:classes=3+7,seeds=0,steps=50`.
+COMMON_OPTIONS = ('classes', 'seeds', 'steps', 'methods')
+
+
+def parse_arg(arg: str | None) -> tuple[list[str], dict[str, str]]:
+  """`A,B,key=value,...` -> (['A', 'B'], {'key': 'value'}); values stay strings (`3+7` is a list
+  of two classes, not 10)."""
+  positional, options = [], {}
+  for item in (arg or '').split(','):
+    item = item.strip()
+    if not item:
+      continue
+    key, sep, value = item.partition('=')
+    if sep:
+      options[key.strip()] = value.strip()
+    else:
+      positional.append(item)
+  return positional, options
+
+
+def restrict(suite: Suite, options: dict[str, str], known: tuple[str, ...] = ()) -> Suite:
+  """Applies the common options (`classes`, `seeds`, `methods`: '+'-separated subsets; `steps`: a
+  new budget) to a suite; any option not in COMMON_OPTIONS + `known` raises SuiteError."""
+  unknown = sorted(set(options) - set(COMMON_OPTIONS) - set(known))
+  if unknown:
+    raise SuiteError(f'suite {suite.name}: unknown option(s) {", ".join(unknown)} '
+                     f'(use {", ".join(COMMON_OPTIONS + known)}).')
+
+  def subset(key: str, have: list, convert=str) -> list:
+    if key not in options:
+      return have
+    try:
+      want = [convert(v) for v in options[key].split('+') if v]
+    except ValueError:
+      raise SuiteError(f'suite {suite.name}: {key}={options[key]!r} is not a list of '
+                       f'{convert.__name__}s.') from None
+    missing = [w for w in want if w not in have]
+    if missing or not want:
+      raise SuiteError(f'suite {suite.name}: {key}={options[key]!r} names {missing or "nothing"}; '
+                       f'the suite has {"+".join(map(str, have))}.')
+    return want
+
+  names = [m.name for m in suite.methods]
+  kept = subset('methods', names)
+  suite = dataclasses.replace(
+      suite, classes=subset('classes', [str(c) for c in suite.classes]),
+      seeds=subset('seeds', list(suite.seeds), int),
+      methods=[m for m in suite.methods if m.name in kept])
+  if 'steps' in options:
+    try:
+      suite.steps = int(options['steps'])
+    except ValueError:
+      raise SuiteError(
+          f'suite {suite.name}: steps={options["steps"]!r} is not an integer.') from None
+  return suite

@@ -1,0 +1,234 @@
+"""The benchmark: suite files and their expansion, options and errors, tables (mean ± std, bold
+best, n/a), resuming (finished runs are skipped), and one real two-run micro suite run twice."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ganomaly_jax import benchmark, benchmark_report, suite_lib, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The tiny GANomaly of tests/test_sweep.py, 2 steps.
+TINY_ARG = ('quick,model.ngf=4,model.ndf=4,batch=8,dataset.max_train=64,dataset.max_test=32,'
+            'eval.batch_size=16')
+MICRO = f'''
+import os
+from ganomaly_jax import suite_lib
+
+CONFIGS = {os.path.join(REPO, 'configs')!r}
+
+
+def get_suite(arg=None):
+  methods = [m for m in suite_lib.standard_methods({TINY_ARG!r}, CONFIGS)
+             if m.name in ('ganomaly', 'pca')]
+  return suite_lib.Suite(name='micro', methods=methods, classes=['1'], seeds=[0], steps=2)
+'''
+
+
+def never_called(config, workdir):
+  raise AssertionError(f'a run started: {workdir}')
+
+
+def fake_train(config, workdir):
+  os.makedirs(workdir, exist_ok=True)
+  results = {'image_auroc': 0.5 + 0.01 * config.seed, 'image_ap': 0.5, 'steps':
+             config.train.num_steps, 'train_wall_time_s': 1.0}
+  train.write_json(os.path.join(workdir, train.RESULTS_FILE), results)
+  return results
+
+
+def micro_suite(tmp_path) -> suite_lib.Suite:
+  path = tmp_path / 'micro.py'
+  path.write_text(MICRO)
+  return suite_lib.load_suite(str(path))
+
+
+# ------------------------------------------------------------------ suites and expansion
+
+
+def test_digits_suite_is_methods_by_classes_by_seeds(tmp_path):
+  suite = suite_lib.load_suite('digits')
+  names = [m.name for m in suite.methods]
+  assert names == ['ganomaly', 'ganomaly_modified', 'ganomaly_sn', 'skip_ganomaly', 'masked',
+                   'grid_mask', 'ganomaly_ae', 'skip_ganomaly_ae', 'pca', 'knn']
+  runs = suite_lib.expand(suite, str(tmp_path))
+  assert len(runs) == 10 * 10 * 3 == len({r.workdir for r in runs})
+  assert {(r.cls, r.method.name, r.seed) for r in runs} == {
+      (str(c), m, s) for c in range(10) for m in names for s in (0, 1, 2)}
+  by = {(r.cls, r.method.name, r.seed): r for r in runs}
+  run = by[('7', 'skip_ganomaly_ae', 2)]
+  assert run.config.dataset.abnormal == '7' and run.config.seed == 2
+  assert run.config.loss.w_adv == 0.0 and run.config.model.generator == 'unet'
+  assert run.config.train.num_steps == suite.steps and run.config.model.isize == 16
+  assert by[('7', 'skip_ganomaly', 2)].config.loss.w_adv == 1.0
+  assert by[('0', 'pca', 0)].method.baseline == 'pca'
+  assert run.workdir == os.path.join(str(tmp_path), 'runs', '7', 'skip_ganomaly_ae', 'seed-2')
+  # Every method sees the same data: same dataset keys, image size and channels.
+  for key in ('dataset', 'model.isize', 'model.channels'):
+    section, _, leaf = key.partition('.')
+    assert len({str(r.config[section][leaf] if leaf else r.config[section]) for r in runs
+                if r.cls == '7' and r.seed == 2}) == 1
+  assert not os.listdir(tmp_path)  # expanding creates nothing
+
+
+def test_options_restrict_the_suite():
+  suite = suite_lib.load_suite('digits:classes=3+8,seeds=1,methods=ganomaly+knn,steps=7')
+  assert suite.classes == ['3', '8'] and suite.seeds == [1] and suite.steps == 7
+  assert [m.name for m in suite.methods] == ['ganomaly', 'knn']
+  assert suite.overrides['train.eval_every'] == 3
+
+
+@pytest.mark.parametrize('spec, match', [
+    ('nope', r"Unknown suite 'nope': use one of cifar10, digits, fashion_mnist, "
+             r'folder_categories, mnist, textures'),
+    ('digits:bogus=1', r'unknown option\(s\) bogus'),
+    ('digits:classes=11', r"classes='11' names \['11'\]; the suite has 0\+1"),
+    ('digits:seeds=x', r"seeds='x' is not a list of ints"),
+    ('folder_categories', 'needs one folder'),
+    ('folder_categories:/no/such/dir', 'is not a folder'),
+    ('fashion_mnist:oops', 'the only positional argument is npz:PATH'),
+])
+def test_bad_suites_fail_with_one_line(spec, match):
+  with pytest.raises(suite_lib.SuiteError, match=match):
+    suite_lib.load_suite(spec)
+
+
+def test_folder_categories_and_textures_expand_to_category_folders(tmp_path):
+  for name in ('bottle', 'screw'):
+    os.makedirs(tmp_path / 'mvtec' / name / 'train' / 'good')
+  os.makedirs(tmp_path / 'mvtec' / 'not_a_category')
+  suite = suite_lib.load_suite(f'folder_categories:{tmp_path / "mvtec"},seeds=0,steps=5')
+  assert suite.classes == ['bottle', 'screw']
+  runs = suite_lib.expand(suite, str(tmp_path / 'root'))
+  assert len(runs) == 2 * 10
+  assert runs[0].config.dataset.name == f'folder:{tmp_path / "mvtec" / "bottle"}'
+  textures = suite_lib.load_suite('textures:seeds=0')
+  assert textures.classes == ['brick', 'grass', 'gravel', 'camera'] and textures.prepare
+  (run,) = [r for r in suite_lib.expand(textures, '/w')
+            if r.cls == 'grass' and r.method.name == 'pca']
+  assert run.config.dataset.name == 'folder:/w/data/grass' and run.config.model.channels == 1
+
+
+@pytest.mark.slow
+def test_dry_run_lists_the_runs(tmp_path):
+  root = tmp_path / 'bench'
+  proc = subprocess.run(
+      [sys.executable, '-m', 'ganomaly_jax.benchmark', '--suite=digits:classes=2,seeds=0+1',
+       f'--workdir={root}', '--dry_run'], cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  lines = proc.stdout.splitlines()
+  assert len(lines) == 21 and lines[-1].startswith('20 runs: 16 trained at 300 steps, 4 baseline')
+  assert lines[0].startswith(f'2/ganomaly/seed-0: python -m ganomaly_jax.main --config=')
+  assert f'--workdir={root}/runs/2/ganomaly/seed-0' in lines[0]
+  assert '--config.dataset.abnormal=2' in lines[0] and '--config.seed=0' in lines[0]
+  assert lines[19].startswith('2/knn/seed-1: baseline knn on the splits of')
+  assert not root.exists()
+
+  bad = subprocess.run([sys.executable, '-m', 'ganomaly_jax.benchmark', '--suite=nope',
+                        f'--workdir={root}', '--dry_run'], cwd=REPO, capture_output=True,
+                       text=True, timeout=120)
+  assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
+      "error: Unknown suite 'nope': use one of cifar10, digits, fashion_mnist, folder_categories, "
+      'mnist, textures or a path to a suite file.']
+
+
+# ------------------------------------------------------------------ tables
+
+
+def test_tables_mean_std_bold_best_and_na(tmp_path):
+  rows = []
+  for cls, shift in (('1', 0.0), ('2', 0.1)):
+    for seed, noise in enumerate((-0.01, 0.01)):
+      rows.append({'suite': 's', 'class': cls, 'seed': seed, 'method': 'gan', 'status': 'done',
+                   'image_auroc': 0.8 + shift + noise, 'image_ap': 0.5, 'wall_time_s': 10.0})
+      rows.append({'suite': 's', 'class': cls, 'seed': seed, 'method': 'pca', 'status': 'done',
+                   'image_auroc': 0.7 + shift, 'image_ap': 0.6, 'pixel_auroc': 0.9,
+                   'wall_time_s': 1.0})
+  rows.append({'suite': 's', 'class': '2', 'seed': 2, 'method': 'gan',
+               'status': 'failed: diverged', 'image_auroc': None})
+  summary = benchmark_report.summarise(rows)
+  mean, std, n = summary['1']['gan']['image_auroc']
+  assert mean == pytest.approx(0.8) and std == pytest.approx(0.02 ** 0.5 / 10) and n == 2
+  md = benchmark_report.markdown(rows, 'T').splitlines()
+  head = md.index('## 1') + 2
+  assert md[head].startswith('| method | seeds | image_auroc | image_ap |')
+  assert 'pixel_auroc' in md[head] and 'pixel_pro' not in md[head]  # no run reports PRO
+  assert md[head + 2] == ('| gan | 2 | **0.8000 ± 0.0141** | 0.5000 ± 0.0000 | n/a | 10.0 |')
+  assert md[head + 3] == ('| pca | 2 | 0.7000 ± 0.0000 | **0.6000 ± 0.0000** | '
+                          '**0.9000 ± 0.0000** | 1.0 |')
+  overall = md.index('## All classes (mean ± std over the per-class means)') + 2
+  assert md[overall + 2].startswith('| gan | 2 | **0.8500 ± 0.0707** |')
+  assert '1 run(s) not finished: 2/gan/seed-2 (failed: diverged)' in md
+  benchmark_report.write_csv(str(tmp_path), rows)
+  back = benchmark_report.read_csv(str(tmp_path))
+  assert list(back[0]) == list(benchmark_report.COLUMNS) and len(back) == 9
+  assert back[-1]['image_auroc'] == '' and back[0]['class'] == '1'
+  path = benchmark_report.write_plot(str(tmp_path), rows, 'T')
+  assert os.path.getsize(path) > 1000
+
+
+# ------------------------------------------------------------------ running and resuming
+
+
+def test_finished_runs_are_skipped_and_failures_retried(tmp_path, monkeypatch):
+  suite = suite_lib.load_suite('digits:classes=1,seeds=0+1,methods=ganomaly+grid_mask+pca,steps=2')
+  root = str(tmp_path / 'bench')
+  calls = []
+  monkeypatch.setattr(benchmark, '_run_baseline',
+                      lambda run: calls.append(run.name) or fake_baseline(run))
+
+  def flaky(config, workdir):
+    calls.append(workdir)
+    if config.method == 'grid_mask' and config.seed == 1:
+      raise train.TrainingError('Divergence at step 1 (non-finite g_loss); stopping.')
+    return fake_train(config, workdir)
+
+  records = benchmark.run_benchmark(suite, root, train_fn=flaky)
+  assert [r.status for r in records] == ['done'] * 4 + [
+      'failed: Divergence at step 1 (non-finite g_loss); stopping.', 'done']
+  assert len(calls) == 6
+  rows = benchmark_report.read_csv(root)
+  assert [(r['method'], r['seed']) for r in rows] == [
+      ('ganomaly', '0'), ('grid_mask', '0'), ('pca', '0'),
+      ('ganomaly', '1'), ('grid_mask', '1'), ('pca', '1')]
+  assert rows[0]['suite'] == 'digits' and rows[0]['commit'] and float(rows[0]['wall_time_s']) >= 0
+  for name in (benchmark_report.RESULTS_MD, benchmark_report.RESULTS_PNG):
+    assert os.path.exists(os.path.join(root, name))
+
+  calls.clear()
+  again = benchmark.run_benchmark(suite, root, train_fn=flaky)
+  assert [r.status for r in again] == [
+      'skipped'] * 4 + ['failed: Divergence at step 1 (non-finite g_loss); stopping.', 'skipped']
+  assert calls == [os.path.join(root, 'runs', '1', 'grid_mask', 'seed-1')]
+  # A skipped run keeps the wall time and commit of the session that ran it.
+  assert [r['commit'] for r in benchmark_report.read_csv(root)][:4] == [
+      r['commit'] for r in rows][:4]
+
+
+def fake_baseline(run):
+  results = {'baseline': run.method.baseline, 'image_auroc': 0.6, 'image_ap': 0.5}
+  os.makedirs(run.workdir, exist_ok=True)
+  train.write_json(os.path.join(run.workdir, train.RESULTS_FILE), results)
+  return results
+
+
+@pytest.mark.slow
+def test_micro_suite_trains_once_then_skips(tmp_path, monkeypatch):
+  suite = micro_suite(tmp_path)
+  root = str(tmp_path / 'bench')
+  records = benchmark.run_benchmark(suite, root)
+  assert [(r.run.method.name, r.status) for r in records] == [('ganomaly', 'done'), ('pca', 'done')]
+  rows = benchmark_report.read_csv(root)
+  assert [r['method'] for r in rows] == ['ganomaly', 'pca'] and rows[0]['steps'] == '2'
+  for row in rows:
+    assert 0.0 <= float(row['image_auroc']) <= 1.0 and row['class'] == '1'
+  assert train.read_results(records[0].run.workdir)['steps'] == 2
+
+  from ganomaly_jax import baselines
+  monkeypatch.setattr(baselines, 'evaluate', lambda *a, **k: pytest.fail('baseline re-ran'))
+  again = benchmark.run_benchmark(suite, root, train_fn=never_called)
+  assert [r.status for r in again] == ['skipped', 'skipped']
+  assert [r['image_auroc'] for r in benchmark_report.read_csv(root)] == [
+      r['image_auroc'] for r in rows]
