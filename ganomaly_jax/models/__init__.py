@@ -21,14 +21,14 @@ def discriminator_norm(config: ml_collections.ConfigDict) -> str:
 def build_models(config: ml_collections.ConfigDict) -> tuple[nn.Module, nn.Module]:
   """Returns (generator, discriminator) modules for `config.model` (pure Flax linen modules)."""
   m = config.model
-  dtype = jnp.dtype(m.dtype)
+  dtype = jnp.dtype(config.runtime.dtype)
   if m.generator == 'ede':
     generator = EDEGenerator(m.isize, m.channels, m.latent_dim, m.ngf, m.kernel_size,
                              m.max_channels, m.residual_blocks, m.self_attention, m.dropout,
-                             m.conv_transpose, dtype)
+                             dtype)
   elif m.generator == 'unet':
     generator = UNetGenerator(m.isize, m.channels, m.ngf, m.max_channels, m.residual_blocks,
-                              m.self_attention, m.dropout, m.conv_transpose, dtype)
+                              m.self_attention, m.dropout, dtype)
   else:
     raise ValueError(f'model.generator must be one of {GENERATORS}, got {m.generator!r}.')
 
