@@ -98,17 +98,18 @@ class CheckpointStore:
   def saved_shapes(self) -> dict[str, tuple[int, ...]] | None:
     """{'g_params/encoder1/conv_0/kernel': shape, ...} of the newest checkpoint's state, read from
     its metadata without restoring anything; None if there is no checkpoint."""
-    step = self.latest.latest_step()
+    directory, step = self.latest_dir, self.latest.latest_step()
     if step is None:
-      step = self.best.best_step()
-      manager = self.best
-    else:
-      manager = self.latest
+      directory, step = self.best_dir, self.best.best_step()
     if step is None:
       return None
-    metadata = manager.item_metadata(step)['state']
-    metadata = getattr(metadata, 'tree', metadata)
-    return tree_shapes(metadata)
+    # A reader that knows the 'state' item's handler (the store's managers learn it only on use).
+    reader = ocp.CheckpointManager(directory, item_handlers={'state': ocp.StandardCheckpointHandler()})
+    try:
+      metadata = reader.item_metadata(step)['state']
+    finally:
+      reader.close()
+    return tree_shapes(getattr(metadata, 'tree', metadata))
 
   def save_best(self, step: int, state: Any, val_loss: float) -> None:
     """Offers a state to the best-checkpoint manager; orbax keeps it only if val_loss is lower."""
