@@ -180,9 +180,12 @@ def with_cpu_kernels(fn: Callable, mode: str = 'auto') -> Callable:
   if check_mode(mode) == 'off':
     return fn
 
-  @functools.wraps(fn)
   def wrapped(*args, **kwargs):
     with cpu_kernels(mode):
       return fn(*args, **kwargs)
 
+  # jit names its programs after the function ('Compiling jit(train_step)'), partials included.
+  base = fn.func if isinstance(fn, functools.partial) else fn
+  wrapped.__name__ = wrapped.__qualname__ = getattr(base, '__name__', 'wrapped')
+  wrapped.__doc__ = getattr(base, '__doc__', None)
   return wrapped
