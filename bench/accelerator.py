@@ -8,7 +8,7 @@
   python bench/accelerator.py --isize=32 --steps=2 --cases=ganomaly --dtypes=float32   # CPU smoke
 
 Cases: GANomaly, SkipGANomaly and masked with their `cars256` settings (256x256x3, batch 16, the
-study's widths), each in float32 and bfloat16 compute (`model.dtype`; parameters stay float32).
+study's widths), each in float32 and bfloat16 compute (`runtime.dtype`; parameters stay float32).
 For every case it reports training (G + D update) and inference (scores) images/s, the compile
 time of each step, the device memory peak (`memory_stats()['peak_bytes_in_use']`, where the
 backend keeps it), and model FLOP utilisation: the compiled step's FLOPs (XLA's `cost_analysis`)
@@ -97,30 +97,27 @@ def case_config(method: str, dtype: str, isize: int, batch: int):
 
 def run_pair(method: str, dtype: str, args: argparse.Namespace) -> list[dict]:
   """Measures inference then training of one (method, dtype) in this process; one row per mode."""
-  import functools
-
   import jax
   import numpy as np
 
-  from ganomaly_jax import state as state_lib, step as step_lib
+  from ganomaly_jax import parallel, programs
   import throughput
 
   device = jax.devices()[0]
   config = case_config(method, dtype, args.isize, args.batch)
-  components = state_lib.build_components(config)
-  hp = step_lib.StepConfig.from_config(config)
+  # The run's own compiled functions (programs.build: shardings, donation, the CPU switch), on a
+  # one-device mesh: the figures are per device.
+  progs = programs.build(config, parallel.make_mesh([device]))
   shape = (args.batch, args.isize, args.isize, config.model.channels)
   images = np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
   batch = {'image': jax.device_put(images, device)}
-  # Jitted functions run on the default device, which is jax.devices()[0].
-  state = jax.jit(functools.partial(state_lib.create_state, config, components))(jax.random.key(0))
+  state = progs.init(jax.random.key(0))
   train_key = jax.random.key(1)
 
   rows = []
   for mode in args.modes.split(','):
     if mode == 'train':
-      fn = jax.jit(functools.partial(step_lib.train_step, components=components, hp=hp),
-                   donate_argnums=0)
+      fn = progs.train_step
       t = time.perf_counter()
       compiled = fn.lower(state, batch, train_key).compile()
       compile_s = time.perf_counter() - t
@@ -128,7 +125,7 @@ def run_pair(method: str, dtype: str, args: argparse.Namespace) -> list[dict]:
       def step(state, i, compiled=compiled):
         return compiled(state, batch, jax.random.fold_in(train_key, i))
     else:
-      fn = jax.jit(functools.partial(step_lib.eval_step, components=components, hp=hp))
+      fn = progs.eval_step
       t = time.perf_counter()
       compiled = fn.lower(state, batch).compile()
       compile_s = time.perf_counter() - t

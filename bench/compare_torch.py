@@ -269,6 +269,9 @@ def main() -> None:
   parser.add_argument('--_torch_child', nargs=2, help=argparse.SUPPRESS)
   parser.add_argument('--_peak_child', action='store_true', help=argparse.SUPPRESS)
   args = parser.parse_args()
+  from ganomaly_jax.cpu import xla_flags
+
+  xla_flags.apply_cpu_defaults()  # as main does, before JAX starts its backend
 
   if args._torch_child:
     print(json.dumps(run_torch_case(*args._torch_child, args.steps, args.reps)))

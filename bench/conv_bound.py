@@ -151,6 +151,9 @@ def main() -> None:
   parser.add_argument('--json', action='store_true')
   parser.add_argument('--_child', nargs=2, help=argparse.SUPPRESS)
   args = parser.parse_args()
+  from ganomaly_jax.cpu import xla_flags
+
+  xla_flags.apply_cpu_defaults()  # as main does, before JAX starts its backend
   if args._child:
     print(json.dumps(run_case(*args._child, args.steps, args.reps)))
     return

@@ -28,7 +28,7 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-from ganomaly_jax.models import conv_transpose as ct
+from ganomaly_jax.cpu import conv_transpose as ct
 
 # (H, in, out) of each stride-2 decoder layer; the spatial size doubles at every layer.
 DECODERS = {
@@ -111,6 +111,9 @@ def main() -> None:
   parser.add_argument('--reps', type=int, default=7)
   parser.add_argument('--impls', nargs='*', default=list(IMPLS), choices=list(IMPLS))
   args = parser.parse_args()
+  from ganomaly_jax.cpu import xla_flags
+
+  xla_flags.apply_cpu_defaults()  # as main does, before JAX starts its backend
 
   print(f'backend={jax.default_backend()} devices={jax.devices()} batch={args.batch} reps={args.reps}')
   header = f'{"isize":>5} {"k":>2} {"pad":>6} {"layer":>22} ' + ' '.join(f'{i + " ms":>11}' for i in args.impls)

@@ -96,6 +96,9 @@ def main() -> None:
   parser.add_argument('--top', type=int, default=15, help='rows of the breakdown')
   parser.add_argument('--set', action='append', default=[], help='config override key=value')
   args = parser.parse_args()
+  from ganomaly_jax.cpu import xla_flags
+
+  xla_flags.apply_cpu_defaults()  # as main does, before JAX starts its backend
 
   import jax
 

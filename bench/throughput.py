@@ -41,7 +41,7 @@ def bench_config(method: str, isize: int, channels: int, batch: int, extra: list
   config.model.ngf = config.model.ndf = 64
   config.model.latent_dim = 100
   config.train.batch_size = config.eval.batch_size = batch
-  for item in extra:  # key=value overrides, e.g. model.conv_transpose=xla
+  for item in extra:  # key=value overrides, e.g. runtime.cpu_kernels=off
     key, value = item.split('=', 1)
     node = config
     *parents, leaf = key.split('.')
@@ -66,27 +66,23 @@ def compiled_step(name: str, mode: str, extra: list[str] = ()):
   Returns (step, state, compiled, batch size), where step(state, i) -> (state, output) runs the
   training step with random key i (donating the state) or the evaluation step.
   """
-  import functools
-
   import jax
   import numpy as np
 
-  from ganomaly_jax import state as state_lib, step as step_lib
+  from ganomaly_jax import parallel, programs
 
   method, isize, channels, batch = CASES[name]
   config = bench_config(method, isize, channels, batch, list(extra))
-  components = state_lib.build_components(config)
-  hp = step_lib.StepConfig.from_config(config)
-  state = jax.jit(functools.partial(state_lib.create_state, config, components))(jax.random.key(0))
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  progs = programs.build(config, mesh)
+  state = progs.init(jax.random.key(0))
   images = np.random.default_rng(0).uniform(-1, 1, (batch, isize, isize, channels))
-  batch_arr = {'image': jax.device_put(images.astype(np.float32))}
+  batch_arr = {'image': jax.device_put(images.astype(np.float32), parallel.batch_sharding(mesh))}
   if mode == 'train':
-    compiled = jax.jit(functools.partial(step_lib.train_step, components=components, hp=hp),
-                       donate_argnums=0).lower(state, batch_arr, jax.random.key(1)).compile()
+    compiled = progs.train_step.lower(state, batch_arr, jax.random.key(1)).compile()
     step = lambda s, i: compiled(s, batch_arr, jax.random.key(i))
   else:
-    compiled = jax.jit(functools.partial(step_lib.eval_step, components=components, hp=hp)).lower(
-        state, batch_arr).compile()
+    compiled = progs.eval_step.lower(state, batch_arr).compile()
     step = lambda s, i: (s, compiled(s, batch_arr))
   return step, state, compiled, batch
 
@@ -98,12 +94,11 @@ def run_case(name: str, mode: str, steps: int, reps: int, extra: list[str],
   With cache_dir, JAX's persistent compilation cache is on (as `main` has it by default), so a
   second run of the same case loads its programs instead of compiling them.
   """
-  import functools
-
   import jax
   import numpy as np
 
-  from ganomaly_jax import compile_cache, host_memory, parallel, state as state_lib, step as step_lib
+  from ganomaly_jax import compile_cache, parallel, programs
+  from ganomaly_jax.cpu import host_memory
 
   if cache_dir:
     compile_cache.enable(cache_dir, min_compile_s=0.0)
@@ -111,7 +106,8 @@ def run_case(name: str, mode: str, steps: int, reps: int, extra: list[str],
   method, isize, channels, batch = CASES[name]
   config = bench_config(method, isize, channels, batch, extra)
   result = {'method': method, 'size': isize, 'channels': channels, 'batch': batch, 'mode': mode,
-            'backend': jax.default_backend(), 'dtype': config.model.dtype}
+            'backend': jax.default_backend(), 'dtype': config.runtime.dtype,
+            'cpu_kernels': config.runtime.cpu_kernels}
 
   if mode == 'data':
     # Input pipeline alone: digits resized to the case's size, augmentation on.
@@ -131,17 +127,12 @@ def run_case(name: str, mode: str, steps: int, reps: int, extra: list[str],
     result.update(img_per_s=batch * steps / statistics.median(times), compile_s=0.0)
   else:
     mesh = parallel.make_mesh()
-    components = state_lib.build_components(config)
-    hp = step_lib.StepConfig.from_config(config)
-    repl, batch_sh = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-    init = jax.jit(functools.partial(state_lib.create_state, config, components),
-                   out_shardings=repl)
+    progs = programs.build(config, mesh)
+    init, batch_sh = progs.init, parallel.batch_sharding(mesh)
     x = np.random.default_rng(0).uniform(-1, 1, (batch, isize, isize, channels)).astype(np.float32)
     batch_arr = {'image': jax.device_put(x, batch_sh)}
     if mode == 'train':
-      fn = jax.jit(functools.partial(step_lib.train_step, components=components, hp=hp),
-                   in_shardings=(repl, batch_sh, repl), out_shardings=(repl, repl),
-                   donate_argnums=0)
+      fn = progs.train_step
       key = jax.random.key(1)
       # The order of train.train_and_evaluate: the step is compiled from shapes before the state
       # exists, and the compiler's scratch memory is handed back (peak RSS is measured).
@@ -159,7 +150,7 @@ def run_case(name: str, mode: str, steps: int, reps: int, extra: list[str],
         return state
     else:
       state = init(jax.random.key(0))
-      fn = jax.jit(functools.partial(step_lib.eval_step, components=components, hp=hp))
+      fn = progs.eval_step
       t = time.perf_counter()
       compiled = fn.lower(state, batch_arr).compile()
       compile_s = time.perf_counter() - t
@@ -213,7 +204,9 @@ def main() -> None:
                       'untimed to fill it, so the figures are those of a rerun (warm cache)')
   parser.add_argument('--_child', nargs=2, help=argparse.SUPPRESS)
   args = parser.parse_args()
+  from ganomaly_jax.cpu import xla_flags
 
+  xla_flags.apply_cpu_defaults()  # as main does, before JAX starts (children inherit the env)
   if args._child:
     print(json.dumps(run_case(args._child[0], args._child[1], args.steps, args.reps, args.set,
                               args.compile_cache)))

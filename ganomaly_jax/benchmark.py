@@ -178,10 +178,7 @@ def main(argv: list[str]) -> None:
     from ganomaly_jax import compile_cache  # runs of one method share their programs: load them
 
     config = suite_lib.expand(suite, root)[0].config
-    # The key's place moves with config.runtime; either place names the same cache.
-    runtime = config.get('runtime')
-    compile_cache.enable(runtime.compile_cache_dir if runtime is not None and
-                         'compile_cache_dir' in runtime else config.compile_cache_dir)
+    compile_cache.enable(config.runtime.compile_cache_dir)
     records = run_benchmark(suite, root)
   except ValueError as e:  # unknown suite, bad argument, unknown key, impossible value: one line
     print(f'error: {e}', file=sys.stderr)

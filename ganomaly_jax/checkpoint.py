@@ -24,6 +24,19 @@ def _abstract(tree: Any) -> Any:
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
+def tree_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  """Slash-joined key path -> shape of every array leaf of a nested dict (or state) tree."""
+  import flax
+
+  tree = flax.serialization.to_state_dict(tree)
+  shapes = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    shape = getattr(leaf, 'shape', None)
+    if shape is not None:
+      shapes['/'.join(str(getattr(k, 'key', getattr(k, 'name', k))) for k in path)] = tuple(shape)
+  return shapes
+
+
 class CheckpointStore:
   """Latest and best checkpoints of one run."""
 
@@ -81,6 +94,22 @@ class CheckpointStore:
     counts = {int(m.group(1)) for name in os.listdir(data_dir)
               if (m := re.fullmatch(r'process_\d+-of-(\d+)\.json', name))}
     return counts.pop() if len(counts) == 1 else None
+
+  def saved_shapes(self) -> dict[str, tuple[int, ...]] | None:
+    """{'g_params/encoder1/conv_0/kernel': shape, ...} of the newest checkpoint's state, read from
+    its metadata without restoring anything; None if there is no checkpoint."""
+    directory, step = self.latest_dir, self.latest.latest_step()
+    if step is None:
+      directory, step = self.best_dir, self.best.best_step()
+    if step is None:
+      return None
+    # A reader that knows the 'state' item's handler (the store's managers learn it only on use).
+    reader = ocp.CheckpointManager(directory, item_handlers={'state': ocp.StandardCheckpointHandler()})
+    try:
+      metadata = reader.item_metadata(step)['state']
+    finally:
+      reader.close()
+    return tree_shapes(getattr(metadata, 'tree', metadata))
 
   def save_best(self, step: int, state: Any, val_loss: float) -> None:
     """Offers a state to the best-checkpoint manager; orbax keeps it only if val_loss is lower."""

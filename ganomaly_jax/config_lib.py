@@ -42,7 +42,8 @@ ARG_ALIASES = {
     'eval_every': 'train.eval_every',
     'checkpoint_every': 'train.checkpoint_every',
     'mode': 'mode',
-    'dtype': 'model.dtype',
+    'dtype': 'runtime.dtype',
+    'cpu_kernels': 'runtime.cpu_kernels',
 }
 
 # Flags that select a preset rather than set a key.
@@ -90,10 +91,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.method = 'ganomaly'
   c.mode = 'train'  # 'train' | 'eval' (evaluate the selected checkpoint of an existing workdir)
   c.seed = 0
-  c.distributed = False  # call jax.distributed.initialize() (multi-host)
   c.restart = False  # move old checkpoints aside and start fresh
-  # JAX's persistent compilation cache: reruns and resumes load the compiled steps ('' = off).
-  c.compile_cache_dir = compile_cache.DEFAULT_DIR
   c.debug_nan_at_step = -1  # test hook: inject a NaN into the loss at this step (-1: never)
   c.debug_kill_at_step = -1  # test hook: SIGKILL this process after this step (-1: never)
 
@@ -125,8 +123,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.residual_blocks = False
   c.model.self_attention = 0  # feature-map resolution of a SAGAN block in G (0: off)
   c.model.dropout = 0.0  # dropout in the generator's decoder path (MC-dropout needs > 0)
-  c.model.dtype = 'float32'  # compute dtype: float32 | bfloat16 (params stay float32)
-  c.model.conv_transpose = 'auto'  # 'auto' | 'xla' | 'subpixel' (same params, different kernels)
+
+  # How a run executes, not what it learns: none of these changes a parameter's name or shape, so
+  # a workdir resumes under other values (train.py compares parameter trees, not these keys).
+  c.runtime = ml_collections.ConfigDict()
+  c.runtime.cpu_kernels = 'auto'  # 'auto': exact CPU forms of conv/BN on the CPU platform | 'off'
+  c.runtime.dtype = 'float32'  # compute dtype: float32 | bfloat16 (params stay float32)
+  # JAX's persistent compilation cache: reruns and resumes load the compiled steps ('' = off).
+  c.runtime.compile_cache_dir = compile_cache.DEFAULT_DIR
+  c.runtime.distributed = False  # call jax.distributed.initialize() (multi-host)
+  # XLA:CPU flags of cpu/xla_flags.py, set by the entry points (GANOMALY_JAX_XLA_DEFAULTS=0: off).
+  c.runtime.xla_cpu_defaults = True
 
   c.optim = ml_collections.ConfigDict()
   c.optim.g_lr = 2e-4
@@ -184,6 +191,26 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.fid_weights = ''
   c.eval.num_images = 16  # images per TensorBoard grid
   return c
+
+
+def upgrade_legacy(saved: dict[str, Any]) -> dict[str, Any]:
+  """A config dict saved before the `runtime` section existed, with its keys moved there.
+
+  Run directories written by older versions keep `model.dtype`, `model.conv_transpose`,
+  `compile_cache_dir` and `distributed` at their old places; `infer` and resumed runs read them here.
+  """
+  saved = {k: (dict(v) if isinstance(v, dict) else v) for k, v in saved.items()}
+  runtime = base_config().runtime.to_dict()
+  runtime.update(saved.get('runtime', {}))
+  model = saved.get('model', {})
+  if 'dtype' in model:
+    runtime['dtype'] = model.pop('dtype')
+  model.pop('conv_transpose', None)  # folded into runtime.cpu_kernels
+  for key in ('compile_cache_dir', 'distributed'):
+    if key in saved:
+      runtime[key] = saved.pop(key)
+  saved['runtime'] = runtime
+  return saved
 
 
 def apply_args(config: ml_collections.ConfigDict, args: dict[str, Any]) -> None:

@@ -9,7 +9,6 @@ extremes), and the test split is only evaluated with a checkpoint chosen on vali
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from typing import Any, Callable, Iterator
 
@@ -20,7 +19,7 @@ import numpy as np
 from sklearn import metrics as sk_metrics
 
 from ganomaly_jax import fid as fid_lib
-from ganomaly_jax import parallel, pixel_metrics, plots, step as step_lib, uncertainty
+from ganomaly_jax import parallel, pixel_metrics, plots, programs, uncertainty
 from ganomaly_jax.data import pipeline
 
 # The study computed FID on 50 reconstructions per split (docs/methods.md#extensions).
@@ -376,8 +375,7 @@ def evaluate_and_report(config, workdir: str, state: Any, components, hp, splits
   """
   e = config.eval
   if eval_maps_fn is None:
-    eval_maps_fn = jax.jit(functools.partial(step_lib.eval_step, components=components, hp=hp,
-                                             with_maps=True))
+    eval_maps_fn = programs.build(config, mesh, components).eval_maps
   mc_fn = None
   if e.mc_samples > 0:
     if config.model.dropout > 0:

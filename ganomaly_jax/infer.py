@@ -27,7 +27,6 @@ with one `error:` line and exit code 1.
 from __future__ import annotations
 
 import csv
-import functools
 import json
 import logging as std_logging
 import os
@@ -42,8 +41,10 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from ganomaly_jax import checkpoint, evaluate, pixel_metrics, plots, report
-from ganomaly_jax import state as state_lib, step as step_lib
+from ganomaly_jax import checkpoint, config_lib, evaluate, parallel, pixel_metrics, plots, programs
+from ganomaly_jax import report
+from ganomaly_jax import state as state_lib
+from ganomaly_jax.cpu import xla_flags
 from ganomaly_jax.data import images as images_lib
 from ganomaly_jax.data import pipeline
 
@@ -102,7 +103,7 @@ def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
                      'train it first.')
   try:
     with open(path) as f:
-      config = ml_collections.ConfigDict(json.load(f)['config'])
+      config = ml_collections.ConfigDict(config_lib.upgrade_legacy(json.load(f)['config']))
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise InferError(f'{path} cannot be read as a run config: {e!r}') from None
   results: dict[str, Any] = {}
@@ -263,9 +264,9 @@ def infer(workdir: str, images_dir: str, out_dir: str, batch_size: int = 0,
                      f'skipped: {", ".join(f"{r}: {len(v)}" for r, v in skipped.items())})')
 
   components, state, step, kind = restore_state(config, workdir, which_checkpoint)
-  hp = step_lib.StepConfig.from_config(config)
-  eval_fn = jax.jit(functools.partial(step_lib.eval_step, components=components, hp=hp,
-                                      with_maps=True))
+  # One device: the restored state lives there (abstract_state_like), and so do the batches.
+  mesh = parallel.make_mesh(jax.local_devices()[:1])
+  eval_fn = programs.build(config, mesh, components).eval_maps
   logging.info('Scoring %d image(s) under %s with the %s checkpoint (step %d) of %s.', len(paths),
                images_dir, kind, step, workdir)
   raw, maps = [], []
@@ -344,6 +345,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   logging.get_absl_logger().addFilter(_QuietLibraries())
+  xla_flags.apply_cpu_defaults()  # before JAX starts its backend; GANOMALY_JAX_XLA_DEFAULTS=0: off
   try:
     summary = infer(_FLAGS['workdir'].value, _FLAGS['images'].value, _FLAGS['out'].value,
                     _FLAGS['batch_size'].value, _FLAGS['checkpoint'].value)

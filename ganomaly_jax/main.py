@@ -28,6 +28,11 @@ def main(argv):
   logging.get_absl_logger().addFilter(_QuietLibraries())
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  config = _CONFIG.value
+  from ganomaly_jax.cpu import xla_flags
+
+  # XLA reads XLA_FLAGS when its backend starts: before the first JAX computation.
+  xla_flags.apply_cpu_defaults(enabled=config.runtime.xla_cpu_defaults)
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TF's start-up banners are not our logs
   import tensorflow as tf  # only clu's summary writer needs TF; keep it off the accelerators
   tf.config.experimental.set_visible_devices([], 'GPU')
@@ -35,7 +40,6 @@ def main(argv):
 
   from ganomaly_jax import compile_cache, parallel, train
 
-  config = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join('runs', config.method)
   try:
     settings = parallel.DistributedSettings.from_env()
@@ -44,12 +48,12 @@ def main(argv):
       parallel.initialize_distributed(settings)
     elif settings.explicit:
       logging.warning('%s/%s/%s are set but ignored: a multi-host run also needs %s=1 or '
-                      '--config.distributed=True.', parallel.ENV_COORDINATOR,
+                      '--config.runtime.distributed=True.', parallel.ENV_COORDINATOR,
                       parallel.ENV_NUM_PROCESSES, parallel.ENV_PROCESS_ID, parallel.ENV_DISTRIBUTED)
     logging.info('JAX process %d / %d, local devices %s', jax.process_index(), jax.process_count(),
                  jax.local_devices())
     parallel.check_same_config(config, workdir)
-    cache_dir = compile_cache.enable(config.compile_cache_dir)
+    cache_dir = compile_cache.enable(config.runtime.compile_cache_dir)
     if cache_dir:
       logging.info('Compilation cache: %s', cache_dir)
     train.train_and_evaluate(config, workdir)

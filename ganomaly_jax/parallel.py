@@ -4,7 +4,7 @@ The batch is split along its leading axis over the mesh axis 'data'; the train s
 Under jit, BatchNorm then normalises over the *global* batch, exactly as on one device.
 
 Multi-host runs start every process with the same command and `GANOMALY_DISTRIBUTED=1` (or
-`--config.distributed=True`). `jax.distributed.initialize()` is then called with no topology
+`--config.runtime.distributed=True`). `jax.distributed.initialize()` is then called with no topology
 arguments unless some are set below, so JAX's own detection finds them: Cloud TPU VMs and pods (GCE
 metadata), SLURM (SLURM_NTASKS, SLURM_PROCID, SLURM_STEP_NODELIST; one GPU per task by
 SLURM_LOCALID), Open MPI and Kubernetes jobs. For other clusters and for local testing:
@@ -116,9 +116,9 @@ def _env_flag(value: str | None) -> bool:
 
 def wants_distributed(config: ml_collections.ConfigDict,
                       env: Mapping[str, str] | None = None) -> bool:
-  """True when --config.distributed=True or GANOMALY_DISTRIBUTED=1 asks for a multi-host run."""
+  """True when --config.runtime.distributed=True or GANOMALY_DISTRIBUTED=1 asks for a multi-host run."""
   env = os.environ if env is None else env
-  return bool(config.distributed) or _env_flag(env.get(ENV_DISTRIBUTED))
+  return bool(config.runtime.distributed) or _env_flag(env.get(ENV_DISTRIBUTED))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,7 +228,7 @@ def initialize_distributed(settings: DistributedSettings,
     hint = '' if settings.explicit else (
         f' No TPU pod or SLURM job was detected: set {ENV_COORDINATOR}=host:port, '
         f'{ENV_NUM_PROCESSES} and {ENV_PROCESS_ID}, or run without {ENV_DISTRIBUTED}=1 / '
-        '--config.distributed=True.')
+        '--config.runtime.distributed=True.')
     raise ValueError(f'multi-host start-up failed: {e}{hint}') from None
   finally:
     watchdog.cancel()

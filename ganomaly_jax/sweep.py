@@ -380,12 +380,16 @@ def main(argv: list[str]) -> None:
       for run in expand(_CONFIG.value, _SWEEP.value, root):
         print(command(_CONFIG.value, run))
       return
+    from ganomaly_jax.cpu import xla_flags  # as in main.py: before JAX starts its backend
+
+    xla_flags.apply_cpu_defaults(
+        enabled=config_lib.load_config(_CONFIG.value).runtime.xla_cpu_defaults)
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
     import tensorflow as tf  # as in main.py: clu's summary writer needs TF, keep it off GPUs
     tf.config.experimental.set_visible_devices([], 'GPU')
     from ganomaly_jax import compile_cache  # as in main.py: runs that share a program load it
 
-    compile_cache.enable(config_lib.load_config(_CONFIG.value).compile_cache_dir)
+    compile_cache.enable(config_lib.load_config(_CONFIG.value).runtime.compile_cache_dir)
     records = run_sweep(_CONFIG.value, _SWEEP.value, root)
   except ValueError as e:  # bad sweep file, unknown key, impossible value: one line
     print(f'error: {e}', file=sys.stderr)

@@ -16,8 +16,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ganomaly_jax import checkpoint, evaluate, parallel, plots, state as state_lib, step as step_lib
-from ganomaly_jax import config_lib, host_memory, preemption, validate
+from ganomaly_jax import checkpoint, config_lib, evaluate, parallel, plots, programs
+from ganomaly_jax import preemption, state as state_lib, validate
+from ganomaly_jax.cpu import host_memory
 from ganomaly_jax.data import pipeline, sources
 
 RESULTS_FILE = 'results.json'
@@ -63,28 +64,42 @@ def read_curves(path: str) -> dict[str, list[tuple[int, float]]]:
   return curves
 
 
-def _architecture(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The config keys that decide parameter shapes: a workdir can only resume with the same ones."""
-  return {'model': config.model.to_dict(), 'loss.adversarial': config.loss.adversarial}
+def _check_parameters(store: checkpoint.CheckpointStore, state_shapes: Any, workdir: str) -> None:
+  """Refuses to resume a checkpoint whose parameter tree differs from the config's (names, shapes).
+
+  Runs on shapes alone (the checkpoint's metadata and `jax.eval_shape` of the initialiser), before
+  anything compiles. Settings that change no parameter (runtime.*: kernels, compute dtype, cache)
+  resume; a real architecture change stops with the differing paths.
+  """
+  saved = store.saved_shapes()
+  if saved is None:
+    return
+  wanted = checkpoint.tree_shapes(state_shapes)
+  diff = sorted(k for k in set(saved) | set(wanted)
+                if saved.get(k) != wanted.get(k) and k.split('/')[0] in _PARAMETER_FIELDS)
+  if diff:
+    shown = ', '.join(f'{k} {saved.get(k, "absent")} -> {wanted.get(k, "absent")}' for k in diff[:4])
+    more = f' and {len(diff) - 4} more' if len(diff) > 4 else ''
+    raise TrainingError(
+        f'{workdir} holds a run with a different architecture (parameters differ: {shown}{more}); '
+        'use another --workdir or --config.restart=True to move the old checkpoints aside.')
 
 
-def _check_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Refuses to resume a workdir trained with a different architecture (instead of a shape crash)."""
+_PARAMETER_FIELDS = ('g_params', 'd_params', 'g_stats', 'd_stats')
+
+
+def _log_runtime_changes(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Logs the runtime settings that differ from the ones the workdir was trained with."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     return
   with open(path) as f:
-    previous = json.load(f)
-  old, new = previous.get('architecture', {}), _architecture(config)
-  if old and old != new:
-    diff = sorted(k for k in set(old.get('model', {})) | set(new['model'])
-                  if old.get('model', {}).get(k) != new['model'].get(k))
-    if old.get('loss.adversarial') != new['loss.adversarial']:
-      diff.append('loss.adversarial')
-    raise TrainingError(
-        f'{workdir} holds a run with a different architecture (differs in: '
-        f'{", ".join("model." + d if "." not in d else d for d in diff)}); use another --workdir '
-        'or --config.restart=True to move the old checkpoints aside.')
+    previous = config_lib.upgrade_legacy(json.load(f).get('config', {}))
+  old = previous.get('runtime', {})
+  for key, value in sorted(config.runtime.to_dict().items()):
+    if key in old and old[key] != value:
+      logging.warning('Resuming %s with runtime.%s=%r (it was trained with %r).', workdir, key,
+                      value, old[key])
 
 
 def _check_process_count(store: checkpoint.CheckpointStore, workdir: str) -> None:
@@ -138,7 +153,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.info('%s is finished (%d steps); results: %s', workdir, previous['steps'],
                  json.dumps(previous, sort_keys=True))
     return previous
-  _check_workdir_config(config, workdir)
   started = time.time()
 
   # ---------------- Set up mesh ----------------
@@ -159,33 +173,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_iter = make_train_iter()
 
   # ---------------- Create model & optimizer ----------------
-  components = state_lib.build_components(config)
-  hp = step_lib.StepConfig.from_config(config)
-  repl, batch_sh = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+  progs = programs.build(config, mesh)
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
-  init_state = jax.jit(functools.partial(state_lib.create_state, config, components),
-                       out_shardings=repl)
-  p_train_step = jax.jit(
-      functools.partial(step_lib.train_step, components=components, hp=hp),
-      in_shardings=(repl, batch_sh, repl), out_shardings=(repl, repl), donate_argnums=0)
+  init_state, p_train_step = progs.init, progs.train_step
+  state_shapes = jax.eval_shape(init_state, init_rng)
+
+  # ---------------- Check the workdir ----------------
+  store = checkpoint.CheckpointStore(workdir, keep=config.train.keep_checkpoints)
+  _check_parameters(store, state_shapes, workdir)  # before anything compiles
+  _log_runtime_changes(config, workdir)
+  if config.mode == 'train':
+    _check_process_count(store, workdir)
   if config.mode == 'train':
     # Compile the step from shapes alone, before any state exists, and give the compiler's scratch
     # memory back: on CPU the compilation is the run's memory peak, and on top of the state it was
     # 150-390 MiB higher (host_memory.py).
     image = jax.ShapeDtypeStruct(state_lib.image_shape(config, config.train.batch_size), jnp.float32)
-    p_train_step = p_train_step.lower(jax.eval_shape(init_state, init_rng), {'image': image},
+    p_train_step = p_train_step.lower(state_shapes, {'image': image},
                                       jax.eval_shape(jax.random.fold_in, train_rng, 0)).compile()
     host_memory.release_free_memory()
   state = init_state(init_rng)
   host_memory.release_free_memory()
-  p_eval = jax.jit(functools.partial(step_lib.eval_step, components=components, hp=hp))
-  p_eval_maps = jax.jit(functools.partial(step_lib.eval_step, components=components, hp=hp,
-                                          with_maps=True))
+  p_eval, p_eval_maps = progs.eval_step, progs.eval_maps
 
   # ---------------- Load checkpoint ----------------
-  store = checkpoint.CheckpointStore(workdir, keep=config.train.keep_checkpoints)
-  if config.mode == 'train':
-    _check_process_count(store, workdir)
   # Evaluation needs no data position (and may run with another process count than training).
   restored = store.restore_latest(state, train_iter if config.mode == 'train' else None)
   if restored is not None:
@@ -194,8 +205,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   elif config.mode == 'eval':
     raise TrainingError(f'mode=eval: {workdir} has no checkpoint to evaluate.')
   if is_chief:
-    write_json(os.path.join(workdir, CONFIG_FILE),
-               {'config': config.to_dict(), 'architecture': _architecture(config)})
+    write_json(os.path.join(workdir, CONFIG_FILE), {'config': config.to_dict()})
 
   # ---------------- Train loop ----------------
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief,
@@ -308,7 +318,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       'train_wall_time_s': round(time.time() - started, 1),
   }
   results = evaluate.evaluate_and_report(
-      config, workdir, state, components, hp, splits, mesh, writer, run_info,
+      config, workdir, state, progs.components, progs.hp, splits, mesh, writer, run_info,
       read_curves(curves_path), eval_maps_fn=p_eval_maps)
   writer.flush()
   if is_chief:

@@ -49,9 +49,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(m.self_attention == 0 or (4 <= m.self_attention <= m.isize // 2
                                      and m.self_attention & (m.self_attention - 1) == 0),
            f'model.self_attention={m.self_attention} must be 0 or a power of two in [4, isize/2].')
-  _require(m.dtype in ('float32', 'bfloat16'), f"model.dtype={m.dtype!r}: use 'float32' or 'bfloat16'.")
-  _require(m.conv_transpose in ('auto', 'xla', 'subpixel'),
-           f"model.conv_transpose={m.conv_transpose!r}: use 'auto', 'xla' or 'subpixel'.")
+  r = config.runtime
+  _require(r.dtype in ('float32', 'bfloat16'), f"runtime.dtype={r.dtype!r}: use 'float32' or 'bfloat16'.")
+  _require(r.cpu_kernels in ('auto', 'off'), f"runtime.cpu_kernels={r.cpu_kernels!r}: use 'auto' or 'off'.")
 
   _require(l.adversarial in losses.ADVERSARIAL,
            f'loss.adversarial={l.adversarial!r} is not one of {_names(losses.ADVERSARIAL)}.')

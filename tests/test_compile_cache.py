@@ -53,20 +53,20 @@ def test_unusable_dir_warns_and_runs_on(tmp_path, cache_off_afterwards):
 
 def test_default_config_points_at_user_cache():
   config = config_lib.base_config()
-  assert config.compile_cache_dir == compile_cache.DEFAULT_DIR
+  assert config.runtime.compile_cache_dir == compile_cache.DEFAULT_DIR
 
 
 def test_main_stores_its_steps_and_a_rerun_loads_them(tmp_path, monkeypatch):
   from test_reliability import run_main
 
   cache = tmp_path / 'cache'
-  first = run_main(tmp_path / 'first', f'--config.compile_cache_dir={cache}')
+  first = run_main(tmp_path / 'first', f'--config.runtime.compile_cache_dir={cache}')
   assert first.returncode == 0, first.stderr[-2000:]
   stored = {f for f in _entries(cache) if f.endswith('-cache')}
   assert any(f.startswith('jit_train_step') for f in stored), stored
   # Same program in a new workdir: the step is loaded, not compiled (JAX says so in its log).
   monkeypatch.setenv('JAX_LOG_COMPILES', '1')
-  second = run_main(tmp_path / 'second', f'--config.compile_cache_dir={cache}')
+  second = run_main(tmp_path / 'second', f'--config.runtime.compile_cache_dir={cache}')
   assert second.returncode == 0, second.stderr[-2000:]
   assert "Persistent compilation cache hit for 'jit_train_step'" in second.stderr
   # (Smaller programs near the 1 s threshold may or may not be stored; the step's entry is reused.)

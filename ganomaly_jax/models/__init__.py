@@ -25,14 +25,14 @@ RESIDUAL_BLOCK_NORM = 'batch'
 
 @dataclasses.dataclass(frozen=True)
 class GeneratorKind:
-  """A generator: `build(model_config)` and the facts the step and validation use.
+  """A generator: `build(model_config, dtype)` and the facts the step and validation use.
 
   `latent_term(outputs, f(x), f(x̂))` is L_enc of eq. 3.1 for this generator. `outputs` are what
   it returns besides 'recon' (a score that needs 'z' checks this). `ignores` maps model keys it does
   not read to why: validation refuses them when set away from their defaults.
   """
 
-  build: Callable[[ml_collections.ConfigDict], nn.Module]
+  build: Callable[[ml_collections.ConfigDict, Any], nn.Module]
   latent_term: Callable[[dict, jax.Array, jax.Array], jax.Array]
   outputs: tuple[str, ...] = ()
   ignores: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -40,13 +40,13 @@ class GeneratorKind:
 
 @dataclasses.dataclass(frozen=True)
 class DiscriminatorKind:
-  """A discriminator: `build(model_config, norm)` (norm from the adversarial objective) and facts.
+  """A discriminator: `build(model_config, norm, dtype)` (norm from the adversarial objective).
 
   `latent_features`: its features are a latent code (loss.latent_in_d adds their distance to D's
   loss, eq. 3.8). `ignores`: model keys it does not read, as for generators.
   """
 
-  build: Callable[[ml_collections.ConfigDict, str], nn.Module]
+  build: Callable[[ml_collections.ConfigDict, str, Any], nn.Module]
   latent_features: bool = False
   ignores: dict[str, str] = dataclasses.field(default_factory=dict)
 
@@ -67,35 +67,33 @@ def register_discriminator(name: str, entry: DiscriminatorKind) -> Discriminator
   return entry
 
 
-def _dtype(m: ml_collections.ConfigDict) -> Any:
-  return jnp.dtype(m.dtype)
-
-
 # GANomaly's encoder-decoder-encoder (docs/methods.md#ganomaly): L_enc = mean((z - ẑ)²), eq. 3.4.
 register_generator('ede', GeneratorKind(
-    build=lambda m: EDEGenerator(m.isize, m.channels, m.latent_dim, m.ngf, m.kernel_size,
-                                 m.max_channels, m.residual_blocks, m.self_attention, m.dropout,
-                                 m.conv_transpose, _dtype(m)),
+    build=lambda m, dtype: EDEGenerator(m.isize, m.channels, m.latent_dim, m.ngf, m.kernel_size,
+                                        m.max_channels, m.residual_blocks, m.self_attention,
+                                        m.dropout, dtype),
     latent_term=lambda out, real_features, fake_features: losses.latent_l2(out['z'], out['z_hat']),
     outputs=('z', 'z_hat')))
 # SkipGANomaly's U-Net (docs/methods.md#skip_ganomaly) has no latent code: its latent term compares
 # D's latent features of x and x̂ (eq. 3.2 form), as the study's G loss does.
 register_generator('unet', GeneratorKind(
-    build=lambda m: UNetGenerator(m.isize, m.channels, m.ngf, m.max_channels, m.residual_blocks,
-                                  m.self_attention, m.dropout, m.conv_transpose, _dtype(m)),
+    build=lambda m, dtype: UNetGenerator(m.isize, m.channels, m.ngf, m.max_channels,
+                                         m.residual_blocks, m.self_attention, m.dropout, dtype),
     latent_term=lambda out, real_features, fake_features: losses.feature_matching(
         real_features, fake_features),
     ignores={'kernel_size': "the U-Net's convs are 4x4 as in the study; only the discriminator "
                             'would change'}))
 
 register_discriminator('dcgan', DiscriminatorKind(
-    build=lambda m, norm: Discriminator(m.isize, m.channels, m.ndf, m.kernel_size, m.max_channels,
-                                        norm, m.spectral_norm, m.residual_blocks, _dtype(m)),
+    build=lambda m, norm, dtype: Discriminator(m.isize, m.channels, m.ndf, m.kernel_size,
+                                               m.max_channels, norm, m.spectral_norm,
+                                               m.residual_blocks, dtype),
     ignores={'classifier_kernel': 'only the latent discriminator has a classifier conv'}))
 register_discriminator('latent', DiscriminatorKind(
-    build=lambda m, norm: LatentDiscriminator(m.isize, m.channels, m.latent_dim, m.ndf,
-                                              m.kernel_size, m.max_channels, m.classifier_kernel,
-                                              norm, m.spectral_norm, m.residual_blocks, _dtype(m)),
+    build=lambda m, norm, dtype: LatentDiscriminator(m.isize, m.channels, m.latent_dim, m.ndf,
+                                                     m.kernel_size, m.max_channels,
+                                                     m.classifier_kernel, norm, m.spectral_norm,
+                                                     m.residual_blocks, dtype),
     latent_features=True))
 
 
@@ -109,13 +107,16 @@ def discriminator_norm(config: ml_collections.ConfigDict) -> str:
 
 
 def build_models(config: ml_collections.ConfigDict) -> tuple[nn.Module, nn.Module]:
-  """Returns (generator, discriminator) modules for `config.model` (pure Flax linen modules)."""
-  m = config.model
+  """Returns (generator, discriminator) modules for `config.model` (pure Flax linen modules).
+
+  They compute in `config.runtime.dtype` (parameters stay float32, so the dtype is not architecture).
+  """
+  m, dtype = config.model, jnp.dtype(config.runtime.dtype)
   if m.generator not in GENERATORS:
     raise ValueError(f'model.generator must be one of {tuple(GENERATORS)}, got {m.generator!r}.')
   if m.discriminator not in DISCRIMINATORS:
     raise ValueError(f'model.discriminator must be one of {tuple(DISCRIMINATORS)}, '
                      f'got {m.discriminator!r}.')
-  generator = GENERATORS[m.generator].build(m)
-  discriminator = DISCRIMINATORS[m.discriminator].build(m, discriminator_norm(config))
+  generator = GENERATORS[m.generator].build(m, dtype)
+  discriminator = DISCRIMINATORS[m.discriminator].build(m, discriminator_norm(config), dtype)
   return generator, discriminator

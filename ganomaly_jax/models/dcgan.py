@@ -17,8 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ganomaly_jax.models import convolution, layers
-from ganomaly_jax.models.conv_transpose import ConvTranspose
+from ganomaly_jax.models import layers
 
 
 def pyramid_channels(isize: int, base: int, max_channels: int = 0) -> list[int]:
@@ -47,9 +46,7 @@ class Encoder(nn.Module):
   dtype: Any = jnp.float32
 
   def _conv(self, x, features, kernel, strides, padding, update_stats, name):
-    conv = nn.Conv(features, (kernel, kernel), strides=strides, padding=padding, use_bias=False,
-                   kernel_init=layers.conv_init, dtype=self.dtype, param_dtype=jnp.float32,
-                   conv_general_dilated=convolution.conv_general_dilated, name=name)
+    conv = layers.conv(features, kernel, strides, padding, self.dtype, name=name)
     if self.spectral_norm:
       return nn.SpectralNorm(conv, name=f'{name}_sn')(x, update_stats=update_stats)
     return conv(x)
@@ -82,16 +79,13 @@ class Decoder(nn.Module):
   residual_blocks: bool = False
   self_attention: int = 0
   dropout: float = 0.0
-  conv_transpose: str = 'auto'
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, z: jax.Array, train: bool, stochastic: bool | None = None) -> jax.Array:
     deterministic = not (train if stochastic is None else stochastic)
     chans = pyramid_channels(self.isize, self.base, self.max_channels)[::-1]  # 4x4 level first
-    convt = lambda c, k, s, pad, name: ConvTranspose(
-        c, kernel_size=k, strides=s, padding=pad, use_bias=False, kernel_init=layers.conv_init,
-        dtype=self.dtype, impl=self.conv_transpose, name=name)
+    convt = lambda c, k, s, pad, name: layers.conv_transpose(c, k, s, pad, self.dtype, name=name)
 
     h = z.reshape(z.shape[0], 1, 1, -1).astype(self.dtype)
     h = convt(chans[0], 4, 1, 'VALID', 'convt_in')(h)  # 1x1 -> 4x4
@@ -125,7 +119,6 @@ class EDEGenerator(nn.Module):
   residual_blocks: bool = False
   self_attention: int = 0
   dropout: float = 0.0
-  conv_transpose: str = 'auto'
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -133,8 +126,7 @@ class EDEGenerator(nn.Module):
                           self.max_channels, residual_blocks=self.residual_blocks, dtype=self.dtype)
     self.encoder1 = enc()
     self.decoder = Decoder(self.isize, self.channels, self.base, self.kernel_size, self.max_channels,
-                           self.residual_blocks, self.self_attention, self.dropout,
-                           self.conv_transpose, self.dtype)
+                           self.residual_blocks, self.self_attention, self.dropout, self.dtype)
     self.encoder2 = enc()
 
   def __call__(self, x: jax.Array, train: bool, stochastic: bool | None = None) -> dict:
@@ -194,9 +186,7 @@ class LatentDiscriminator(nn.Module):
                         self.norm, self.spectral_norm, self.residual_blocks, self.dtype,
                         name='encoder')(x, train, update_stats)
     k = self.classifier_kernel
-    classifier = nn.Conv(1, (k, k), padding='SAME', use_bias=False, kernel_init=layers.conv_init,
-                         dtype=self.dtype, param_dtype=jnp.float32,
-                         conv_general_dilated=convolution.conv_general_dilated, name='classifier')
+    classifier = layers.conv(1, k, padding='SAME', dtype=self.dtype, name='classifier')
     h = latent.reshape(latent.shape[0], 1, 1, -1)
     if self.spectral_norm:
       logit = nn.SpectralNorm(classifier, name='classifier_sn')(h, update_stats=update_stats)

@@ -9,8 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ganomaly_jax.models import convolution, layers
-from ganomaly_jax.models.conv_transpose import ConvTranspose
+from ganomaly_jax.models import layers
 
 
 def unet_channels(isize: int, base: int, max_channels: int = 0) -> list[int]:
@@ -36,7 +35,6 @@ class UNetGenerator(nn.Module):
   residual_blocks: bool = False
   self_attention: int = 0
   dropout: float = 0.0
-  conv_transpose: str = 'auto'
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -51,9 +49,7 @@ class UNetGenerator(nn.Module):
     for i, c in enumerate(chans):
       if i > 0:
         h = layers.leaky_relu(h)
-      h = nn.Conv(c, (4, 4), strides=2, padding=pad, use_bias=False, kernel_init=layers.conv_init,
-                  dtype=self.dtype, param_dtype=jnp.float32,
-                  conv_general_dilated=convolution.conv_general_dilated, name=f'down_{i}')(h)
+      h = layers.conv(c, 4, 2, pad, self.dtype, name=f'down_{i}')(h)
       if 0 < i < n - 1:
         h = layers.batch_norm(train, self.dtype, name=f'down_bn_{i}')(h)
         if self.residual_blocks:
@@ -65,9 +61,8 @@ class UNetGenerator(nn.Module):
         h = jnp.concatenate([skips[i], h], axis=-1)
       h = nn.relu(h)
       out_ch = chans[i - 1] if i > 0 else self.channels
-      h = ConvTranspose(out_ch, kernel_size=4, strides=2, padding=layers.transpose_padding(4),
-                        use_bias=(i == 0), kernel_init=layers.conv_init, dtype=self.dtype,
-                        impl=self.conv_transpose, name=f'up_{i}')(h)
+      h = layers.conv_transpose(out_ch, 4, 2, layers.transpose_padding(4), self.dtype,
+                                use_bias=(i == 0), name=f'up_{i}')(h)
       if i == 0:
         break
       h = layers.batch_norm(train, self.dtype, name=f'up_bn_{i}')(h)

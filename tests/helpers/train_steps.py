@@ -13,7 +13,6 @@ writes /tmp/x/one.npz, /tmp/x/all.npz (final state leaves + per-step metrics) an
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import sys
@@ -58,23 +57,18 @@ def global_batches(config, num_steps: int, num_processes: int = 1) -> list:
 
 
 def run_steps(config, batches: list, mesh) -> tuple[Any, list[dict[str, float]]]:
-  """Initial state and `len(batches)` train steps with train.py's jit, shardings and keys.
+  """Initial state and `len(batches)` train steps with train.py's programs (`programs.build`) and keys.
 
   Returns (final state, on the mesh; per-step metrics).
   """
   import jax
 
-  from ganomaly_jax import parallel, state as state_lib, step as step_lib
+  from ganomaly_jax import parallel, programs
 
-  components = state_lib.build_components(config)
-  hp = step_lib.StepConfig.from_config(config)
-  repl, batch_sh = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+  progs = programs.build(config, mesh)
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
-  state = jax.jit(functools.partial(state_lib.create_state, config, components),
-                  out_shardings=repl)(init_rng)
-  train_step = jax.jit(functools.partial(step_lib.train_step, components=components, hp=hp),
-                       in_shardings=(repl, batch_sh, repl), out_shardings=(repl, repl),
-                       donate_argnums=0)
+  state = progs.init(init_rng)
+  train_step = progs.train_step
   history = []
   for step, images in enumerate(batches, start=1):
     batch = parallel.to_global({'image': images}, mesh)

@@ -1,4 +1,4 @@
-"""models.convolution: the conv every nn.Conv runs equals lax.conv_general_dilated, gradients too."""
+"""cpu.convolution: the CPU form of nn.Conv equals lax.conv_general_dilated, gradients too."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from ganomaly_jax.models import conv_transpose, convolution
+from ganomaly_jax.cpu import conv_transpose, convolution
 
 DN = ('NHWC', 'HWIO', 'NHWC')
 

@@ -16,9 +16,10 @@ XLA's defaults.
 
 XLA rejects unknown flags at start-up, and `*_experimental_*` flags come and go, so the defaults are
 applied only on jaxlib versions where they were measured. They never override a user's choice: a
-flag already named in XLA_FLAGS is left alone, and GANOMALY_JAX_XLA_DEFAULTS=0 turns them all off.
-XLA_FLAGS is read when the backend starts, so this must run before the first JAX computation; the
-package does it on import.
+flag already named in XLA_FLAGS is left alone, and `runtime.xla_cpu_defaults=False` (or its
+documented alias, the environment variable GANOMALY_JAX_XLA_DEFAULTS=0) turns them all off.
+XLA_FLAGS is read when the backend starts, so the entry points (`main`, `sweep`, `infer`, `bench/*`)
+call `apply_cpu_defaults` before their first JAX computation; importing the package changes nothing.
 """
 
 from __future__ import annotations
@@ -41,9 +42,12 @@ def _jaxlib_version() -> str:
 
 
 def apply_cpu_defaults(environ: MutableMapping[str, str] = os.environ,
-                       jaxlib_version: str | None = None) -> list[str]:
-  """Adds the CPU defaults to environ['XLA_FLAGS'] where allowed; returns the flags it added."""
-  if environ.get(OPT_OUT, '1') == '0':
+                       jaxlib_version: str | None = None, enabled: bool = True) -> list[str]:
+  """Adds the CPU defaults to environ['XLA_FLAGS'] where allowed; returns the flags it added.
+
+  `enabled` is `runtime.xla_cpu_defaults`; GANOMALY_JAX_XLA_DEFAULTS=0 in `environ` also disables.
+  """
+  if not enabled or environ.get(OPT_OUT, '1') == '0':
     return []
   version = _jaxlib_version() if jaxlib_version is None else jaxlib_version
   if not version.startswith(MEASURED_ON):

@@ -1,8 +1,8 @@
-"""A drop-in `nn.ConvTranspose` with faster implementations for XLA:CPU.
+"""Transposed convolutions computed faster on XLA:CPU, exact equivalents of `nn.ConvTranspose`.
 
 On XLA:CPU the gradient of a strided `lax.conv_transpose` (a convolution with `lhs_dilation`) with
-respect to its kernel runs at 1-5 GFLOP/s, and the GAN decoders are a chain of such layers. Under
-`impl='auto'` on CPU each layer instead runs
+respect to its kernel runs at 1-5 GFLOP/s, and the GAN decoders are a chain of such layers. With the CPU kernels on
+(`ganomaly_jax.cpu.kernels`), each `nn.ConvTranspose` layer instead runs (`conv_transpose`)
   * forward: whichever of three exact forms was measured fastest for its shape (`resolve_impl`): XLA's
     own kernel, the "sub-pixel" form below, or a single matmul when the input is 1x1;
   * backward: the transposed convolution is the adjoint of a strided convolution, so its input
@@ -50,7 +50,7 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-from ganomaly_jax.models import matmul_conv
+from ganomaly_jax.cpu import matmul_conv
 
 Array = jax.Array
 # A (lo, hi) pair shared by every spatial dim, one pair per spatial dim, or 'VALID' / 'SAME'.
@@ -429,15 +429,13 @@ def resolve_impl(impl: str, strides: tuple[int, int], features: int = 1 << 30,
   (16x16x128 -> 64: 30 ms vs 88 with XLA's kernel and 66 with the im2col phase matmul). The backward
   pass under 'auto' does not depend on this choice (see `conv_transpose_adjoint_grads`). On GPU and
   TPU XLA's own transposed convolution is fine (cuDNN handles lhs dilation natively) and we have not
-  measured the alternatives there, so 'auto' keeps it. `in_hw` is the input's (H, W), (0, 0) if
-  unknown.
+  measured the alternatives there: `kernels` only ever runs these forms in a step lowered for CPU.
+  `in_hw` is the input's (H, W), (0, 0) if unknown.
   """
   if impl not in ('auto', 'xla', 'subpixel'):
     raise ValueError(f"impl must be 'auto', 'xla' or 'subpixel', got {impl!r}.")
   if impl != 'auto':
     return impl
-  if jax.default_backend() != 'cpu':
-    return 'xla'
   if tuple(in_hw) == (1, 1):
     return 'matmul'
   if max(in_hw) == 2:
@@ -447,8 +445,23 @@ def resolve_impl(impl: str, strides: tuple[int, int], features: int = 1 << 30,
   return 'subpixel'
 
 
+def conv_transpose(x: Array, kernel: Array, strides: tuple[int, int],
+                   padding: tuple[tuple[int, int], tuple[int, int]], precision: Any = None) -> Array:
+  """`lax.conv_transpose(x, kernel, strides, padding)` (NHWC, HWIO) in its fastest CPU form.
+
+  The forward kernel is chosen per layer (`resolve_impl`); the backward pass is that of the strided
+  convolution the layer is the adjoint of (`conv_transpose_adjoint_grads`) where the padding allows.
+  """
+  forward = resolve_impl('auto', strides, kernel.shape[-1], x.shape[1:3])
+  if forward == 'matmul':
+    return single_pixel_conv_transpose(x, kernel, padding, precision)
+  if adjoint_conv_padding(kernel.shape[:2], padding) is not None:
+    return conv_transpose_adjoint_grads(x, kernel, strides, padding, precision, forward)
+  return _FORWARDS[forward](x, kernel, strides, padding, precision)
+
+
 class ConvTranspose(nn.Module):
-  """2D transposed convolution with `nn.ConvTranspose` parameters and a selectable kernel.
+  """2D transposed convolution with `nn.ConvTranspose` parameters and a selectable kernel (tests, bench).
 
   Same parameters (`kernel` [k, k, in, features], optional `bias` [features]) and the same output as
   `nn.ConvTranspose(features, (k, k), strides=(s, s), padding=((lo, hi), (lo, hi)),
@@ -468,8 +481,7 @@ class ConvTranspose(nn.Module):
     param_dtype: dtype of the parameters.
     precision: `lax` precision of the convolution.
     impl: 'xla' (lax.conv_transpose), 'subpixel' (one stride-1 conv + depth-to-space), both
-      differentiated by JAX, or 'auto': on CPU the fastest forward per layer (`resolve_impl`) with the
-      backward pass of `conv_transpose_adjoint_grads`; XLA's kernel elsewhere.
+      differentiated by JAX, or 'auto': `conv_transpose`, the CPU form the kernels switch runs.
   """
 
   features: int
@@ -501,14 +513,10 @@ class ConvTranspose(nn.Module):
     bias = self.param('bias', self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
     x, kernel, bias = flax_dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
 
-    forward = resolve_impl(self.impl, strides, self.features, x.shape[1:3])
-    if forward == 'matmul':
-      y = single_pixel_conv_transpose(x, kernel, padding, self.precision)
-    elif (self.impl == 'auto' and jax.default_backend() == 'cpu'
-          and adjoint_conv_padding(kernel_size, padding) is not None):
-      y = conv_transpose_adjoint_grads(x, kernel, strides, padding, self.precision, forward)
+    if self.impl == 'auto':
+      y = conv_transpose(x, kernel, strides, padding, self.precision)
     else:
-      y = _FORWARDS[forward](x, kernel, strides, padding, self.precision)
+      y = _FORWARDS[self.impl](x, kernel, strides, padding, self.precision)
     if bias is not None:
       y = y + bias
     return y.reshape(batch_shape + y.shape[1:])

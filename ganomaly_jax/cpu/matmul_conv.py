@@ -12,8 +12,7 @@ gradient of it ran at ~5 GFLOP/s, 228 ms of a SkipGANomaly step. Written as im2c
 slices of the padded input) and one matmul, autodiff turns the slices into pads and adds and the
 gradient into matmuls.
 
-`conv_general_dilated` has `lax.conv_general_dilated`'s signature, so it plugs into `nn.Conv`
-through its `conv_general_dilated` attribute: parameters, names and checkpoints stay `nn.Conv`'s.
+`conv_general_dilated` has `lax.conv_general_dilated`'s signature (used by `convolution`).
 """
 
 from __future__ import annotations

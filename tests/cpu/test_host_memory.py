@@ -4,7 +4,7 @@ import platform
 
 import pytest
 
-from ganomaly_jax import host_memory
+from ganomaly_jax.cpu import host_memory
 
 
 @pytest.mark.skipif(platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc',

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from ganomaly_jax.models import matmul_conv
+from ganomaly_jax.cpu import matmul_conv
 
 DN = ('NHWC', 'HWIO', 'NHWC')
 

@@ -1,11 +1,11 @@
-"""The convolution every `nn.Conv` in the models runs: the fastest exact form for its shape.
+"""The CPU form of `nn.Conv`'s convolution: the fastest exact form for its shape on XLA:CPU.
 
-`conv_general_dilated` has `lax.conv_general_dilated`'s signature and plugs into `nn.Conv` through its
-`conv_general_dilated` attribute, so parameters, names and checkpoints stay `nn.Conv`'s. For plain
-NHWC x HWIO convolutions it picks
-  * a matmul when the output map is 1x1 or 2x2 (`matmul_conv`), on every backend;
-  * on XLA:CPU, for strided convs, `conv_transpose.strided_conv`: XLA's forward and kernel gradient,
-    with the input gradient computed as our fastest transposed convolution;
+`conv_general_dilated` has `lax.conv_general_dilated`'s signature; `kernels` runs it in place of
+flax's call for steps lowered for CPU, on `nn.Conv`'s own parameters. For plain NHWC x HWIO
+convolutions it picks
+  * a matmul when the output map is 1x1 or 2x2 (`matmul_conv`);
+  * for strided convs, `conv_transpose.strided_conv`: XLA's forward and kernel gradient, with the
+    input gradient computed as our fastest transposed convolution;
 and `lax.conv_general_dilated` for everything else.
 """
 
@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import jax
 from jax import lax
 
-from ganomaly_jax.models import conv_transpose, matmul_conv
+from ganomaly_jax.cpu import conv_transpose, matmul_conv
 
 
 def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding, lhs_dilation=None,
@@ -29,7 +28,7 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding, lhs_d
     y = matmul_conv.tiny_output_conv(lhs, rhs, strides, padding, precision)
     if y is not None:
       return y
-    if max(strides) > 1 and jax.default_backend() == 'cpu':
+    if max(strides) > 1:
       pads = matmul_conv.explicit_padding(lhs, rhs, strides, padding)
       if conv_transpose.input_grad_impl(lhs.shape, rhs.shape, strides, pads) is not None:
         return conv_transpose.strided_conv(lhs, rhs, strides, pads, precision)

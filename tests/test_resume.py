@@ -1,0 +1,62 @@
+"""Resuming a workdir compares parameter trees: runtime settings may change, the architecture not."""
+
+import logging
+import os
+
+import pytest
+
+from ganomaly_jax import config_lib, programs, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ('configs/ganomaly.py:quick,model.ngf=4,model.ndf=4,batch=8,dataset.max_train=64,'
+        'dataset.max_test=32,eval.batch_size=16,eval_every=2,checkpoint_every=2')
+
+
+def _config(steps: int, **overrides):
+  config = config_lib.load_config(os.path.join(REPO, f'{TINY},steps={steps}'))
+  config.unlock()
+  config.runtime.compile_cache_dir = ''
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('resume') / 'run')
+  train.train_and_evaluate(_config(2), workdir)
+  return workdir
+
+
+def test_resume_with_other_kernels_and_dtype_logs_the_change(trained, caplog):
+  with caplog.at_level(logging.WARNING):
+    results = train.train_and_evaluate(
+        _config(3, **{'runtime.cpu_kernels': 'off', 'runtime.dtype': 'bfloat16'}), trained)
+  assert results['steps'] == 3
+  lines = [r.getMessage() for r in caplog.records]
+  assert any("runtime.cpu_kernels='off'" in m and "'auto'" in m for m in lines), lines
+  assert any("runtime.dtype='bfloat16'" in m for m in lines), lines
+
+
+def test_another_architecture_is_refused_before_compiling(trained, monkeypatch):
+  build = programs.build
+
+  def no_compile(*args, **kwargs):  # the refusal must come before the step is lowered
+    progs = build(*args, **kwargs)
+
+    class Refuse:
+      def lower(self, *a, **k):
+        raise AssertionError('the train step was lowered before the architecture check')
+
+    return progs._replace(train_step=Refuse())
+
+  monkeypatch.setattr(programs, 'build', no_compile)
+  with pytest.raises(train.TrainingError) as info:
+    train.train_and_evaluate(_config(4, **{'model.ngf': 8}), trained)
+  message = str(info.value)
+  assert '\n' not in message and 'different architecture' in message
+  assert 'g_params/decoder/bn_0/bias (8,) -> (16,)' in message, message
