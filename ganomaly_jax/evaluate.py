@@ -9,7 +9,6 @@ extremes), and the test split is only evaluated with a checkpoint chosen on vali
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Callable, Iterator
 
 from absl import logging
@@ -19,7 +18,7 @@ import numpy as np
 from sklearn import metrics as sk_metrics
 
 from ganomaly_jax import fid as fid_lib
-from ganomaly_jax import parallel, pixel_metrics, plots, programs, uncertainty
+from ganomaly_jax import parallel, pixel_metrics, plots, programs, rundir, uncertainty
 from ganomaly_jax.data import pipeline
 
 # The study computed FID on 50 reconstructions per split (docs/methods.md#extensions).
@@ -314,21 +313,21 @@ def _write_pictures(workdir: str, source, outputs: TestOutputs, maps: np.ndarray
   """loss_curves.png, roc_pr.png, score_histogram.png, extremes.png (+ extremes_uncertainty.png)."""
   labels = outputs.label
   if curves:
-    plots.plot_loss_curves(curves, os.path.join(workdir, 'loss_curves.png'))
-  plots.plot_roc_pr(labels, scores, os.path.join(workdir, 'roc_pr.png'))
-  plots.plot_score_histogram(labels, scores, os.path.join(workdir, 'score_histogram.png'))
+    plots.plot_loss_curves(curves, rundir.path(workdir, 'loss_curves.png'))
+  plots.plot_roc_pr(labels, scores, rundir.path(workdir, 'roc_pr.png'))
+  plots.plot_score_histogram(labels, scores, rundir.path(workdir, 'score_histogram.png'))
   # plot_extremes only ever shows the k highest and k lowest: load just those 2k images from the
   # source rather than holding the whole test set in memory.
   chosen = _extremes(scores, EXTREMES_K)
   images = [source[i]['image'] for i in chosen]
   plots.plot_extremes(images, maps[chosen], scores[chosen], labels[chosen],
-                      os.path.join(workdir, 'extremes.png'), k=EXTREMES_K)
+                      rundir.path(workdir, 'extremes.png'), k=EXTREMES_K)
   if outputs.mc_score is not None:
     mc_scores = normalise(outputs.mc_score)
     chosen_mc = _extremes(mc_scores, EXTREMES_K)
     plots.plot_extremes([source[i]['image'] for i in chosen_mc], outputs.uncertainty[chosen_mc],
                         mc_scores[chosen_mc], labels[chosen_mc],
-                        os.path.join(workdir, 'extremes_uncertainty.png'), k=EXTREMES_K)
+                        rundir.path(workdir, 'extremes_uncertainty.png'), k=EXTREMES_K)
 
 
 def final_image_grid(eval_maps_fn: Callable, state: Any, source, mesh, batch_size: int,
