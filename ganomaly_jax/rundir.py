@@ -100,7 +100,8 @@ def append_curves(workdir: PathLike, step: int, summary: Mapping[str, float]) ->
 
 
 def read_curves(workdir: PathLike) -> dict[str, list[tuple[int, float]]]:
-  """Loss curves logged so far (all sessions of a resumed run; a re-logged step keeps its last value)."""
+  """Loss curves logged so far: every session of a resumed run; a re-logged step keeps its last
+  value."""
   source = path(workdir, CURVES)
   if not source.exists():
     return {}
@@ -148,7 +149,8 @@ def check_parameters(saved: Mapping[str, tuple[int, ...]] | None,
   diff = sorted(k for k in set(saved) | set(wanted)
                 if saved.get(k) != wanted.get(k) and k.split('/')[0] in PARAMETER_FIELDS)
   if diff:
-    shown = ', '.join(f'{k} {saved.get(k, "absent")} -> {wanted.get(k, "absent")}' for k in diff[:4])
+    shown = ', '.join(f'{k} {saved.get(k, "absent")} -> {wanted.get(k, "absent")}'
+                      for k in diff[:4])
     more = f' and {len(diff) - 4} more' if len(diff) > 4 else ''
     raise TrainingError(
         f'{workdir} holds a run with a different architecture (parameters differ: {shown}{more}); '

@@ -80,8 +80,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     rundir.write_json(rundir.path(workdir, rundir.CONFIG), {'config': config.to_dict()})
 
   # ---------------- Train loop ----------------
-  writer = metric_writers.create_default_writer(str(rundir.path(workdir)), just_logging=not is_chief,
-                                                asynchronous=True)
+  # clu's writer goes through tf.io.gfile, which reads and writes gs:// itself.
+  writer = metric_writers.create_default_writer(
+      str(rundir.path(workdir)), just_logging=not is_chief, asynchronous=True)
   num_steps = t.num_steps if config.mode == 'train' else int(state.step)
   if int(state.step) == 0 and is_chief:
     writer.write_hparams(hparams(config))

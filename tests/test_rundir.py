@@ -1,11 +1,10 @@
-"""The run directory on a local disk and on `gs://` (fsspec's in-memory file system, tests/fake_gcs.py).
+"""The run directory on a local disk and on `gs://` (in memory: tests/fake_gcs.py).
 
 Every case that touches files runs twice: on a local tmp_path and on `gs://test-bucket/run` served
 from memory, so the same epath calls train.py, sweep.py and evaluate.py make are exercised with a
 real gs:// string.
 """
 
-import json
 import os
 import subprocess
 import sys
@@ -70,7 +69,8 @@ def test_curves_keep_the_last_value_of_a_relogged_step_and_skip_a_cut_line(root)
   rundir.append_curves(root, 2, {'g_loss': 0.9, 'd_loss': 0.6})  # a resumed session re-logs step 2
   with rundir.path(root, rundir.CURVES).open('a') as f:
     f.write('{"step": 6, "g_lo')  # killed mid-line
-  assert rundir.read_curves(root) == {'g_loss': [(2, 0.9), (4, 0.8)], 'd_loss': [(2, 0.6), (4, 0.4)]}
+  assert rundir.read_curves(root) == {'g_loss': [(2, 0.9), (4, 0.8)],
+                                      'd_loss': [(2, 0.6), (4, 0.4)]}
 
 
 def test_move_aside_keeps_everything(root):

@@ -27,7 +27,8 @@ def _adam_count(opt_state) -> int:
 
 
 def test_ttur_rates_reach_each_optimizer():
-  # Adam's first update is lr * sign(gradient) (bias-corrected moments cancel): its size is the rate.
+  # Adam's first update is lr * sign(gradient) (the bias-corrected moments cancel): its size is
+  # the rate.
   components = state_lib.build_components(tiny_config(**{'optim.g_lr': 1e-3, 'optim.d_lr': 4e-3}))
   params = {'w': jnp.ones((3,))}
   grads = {'w': jnp.asarray([1.0, -2.0, 0.5])}
