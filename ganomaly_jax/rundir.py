@@ -168,20 +168,6 @@ def runtime_changes(runtime: Mapping[str, Any], workdir: PathLike) -> list[tuple
   return [(k, v, old[k]) for k, v in sorted(runtime.items()) if k in old and old[k] != v]
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
-  """{'a': {'b': 1}} -> {'a.b': 1}: a config (`config.to_dict()`) as dotted keys.
-
-  The one flattening of a config: TensorBoard hparams, sweep columns and config comparisons.
-  """
-  flat: dict[str, Any] = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      flat.update(flatten(v, f'{prefix}{k}.'))
-    else:
-      flat[f'{prefix}{k}'] = v
-  return flat
-
-
 def has_steps(directory: PathLike) -> bool:
   """True when an orbax checkpoint folder holds a finished step (orbax names them by the step)."""
   directory = epath.Path(directory)

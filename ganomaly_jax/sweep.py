@@ -137,7 +137,7 @@ def _get(config: ml_collections.ConfigDict, key: str) -> Any:
 
 
 def _leaf_keys(config: ml_collections.ConfigDict) -> list[str]:
-  return list(rundir.flatten(config.to_dict()))
+  return list(config_lib.flatten(config.to_dict()))
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any],

@@ -227,7 +227,7 @@ def _restore(config: ml_collections.ConfigDict, store: checkpoint.CheckpointStor
 
 def hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The config's scalar leaves as dotted keys (TensorBoard's hparams take no lists or None)."""
-  return {k: v for k, v in rundir.flatten(config.to_dict()).items()
+  return {k: v for k, v in config_lib.flatten(config.to_dict()).items()
           if isinstance(v, (int, float, str, bool))}
 
 

@@ -120,11 +120,6 @@ def test_runtime_changes_come_from_config_json(root):
   assert changes == [('dtype', 'bfloat16', 'float32')]
 
 
-def test_flatten_is_dotted_leaves():
-  assert rundir.flatten({'a': {'b': 1, 'c': {'d': None}}, 'e': [1, 2], 'f': {}}) == {
-      'a.b': 1, 'a.c.d': None, 'e': [1, 2]}
-
-
 def test_pictures_and_report_are_written_through_epath(root):
   labels, scores = np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])
   out = plots.plot_roc_pr(labels, scores, rundir.path(root, 'roc_pr.png'))
