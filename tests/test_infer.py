@@ -161,3 +161,81 @@ def test_map_names_are_unique():
   names = infer.map_names(['a/x.png', 'a/x.jpg', 'b/x.png', 'y.tif'])
   assert names == ['a/x_png', 'a/x_jpg', 'b/x', 'y']
   assert len(set(names)) == len(names)
+
+
+# A check injected into the page under test: decodes every picture the page shows (the lazy <img>s
+# of both strips and of the first page) and writes '<ok>/<total>' into #decoded, which --dump-dom
+# then reads. Chromium's --virtual-time-budget lets the promises settle before the dump.
+_DECODE_CHECK = """<script>
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.querySelectorAll('img'));
+  Promise.all(imgs.map(function (img) {
+    var probe = new Image();
+    probe.src = img.src;
+    return probe.decode().then(function () { return probe.naturalWidth > 0 ? 1 : 0; },
+                               function () { return 0; });
+  })).then(function (ok) {
+    var out = document.createElement('pre');
+    out.id = 'decoded';
+    out.textContent = ok.reduce(function (a, b) { return a + b; }, 0) + '/' + imgs.length;
+    document.body.appendChild(out);
+  });
+});
+</script>
+</body>"""
+
+
+@pytest.mark.browser
+def test_paged_report_of_hundreds_of_images_in_chromium(tmp_path):
+  """300 entries: the page renders, shows the highest scores first, and every picture it shows decodes."""
+  if not CHROMIUM.exists():
+    if os.environ.get('GANOMALY_SKIP_BROWSER') == '1':
+      pytest.skip('GANOMALY_SKIP_BROWSER=1: headless browser test skipped')
+    pytest.fail('/usr/bin/chromium not found: install it with `apt-get install -y chromium` '
+                '(or set GANOMALY_SKIP_BROWSER=1 to skip this test deliberately)')
+  from ganomaly_jax import report
+
+  rng = np.random.default_rng(0)
+  n = 300
+  scores = rng.normal(size=n)
+  scores[7] = np.nan  # sorts last, never among the most anomalous
+  entries = []
+  for i in range(n):
+    rel = f'maps/sub{i % 3}/img_{i:03d}.png'
+    (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / rel)
+    entries.append({'name': f'sub{i % 3}/img_{i:03d}.png', 'score': float(scores[i]),
+                    'map_png': rel})
+  path = report.write_paged_report(tmp_path, entries, {'images_scored': n}, 'paged <test>',
+                                   page_size=50, extremes=6)
+  page = path.read_text(encoding='utf-8')
+  assert 'base64' not in page and page.count('<img') == 0  # pictures are files, built by JS
+  page = page.replace('</body>', _DECODE_CHECK)
+  checked = tmp_path / 'checked.html'
+  checked.write_text(page, encoding='utf-8')
+  cmd = [str(CHROMIUM), '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic',
+         '--no-first-run', '--disable-background-networking', '--disable-component-update',
+         '--disable-sync', f'--user-data-dir={tmp_path / "profile"}', '--virtual-time-budget=10000',
+         '--window-size=1200,900', '--dump-dom', checked.resolve().as_uri()]
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  dom = proc.stdout
+  count = re.search(r'<span id="count">([^<]*)</span>', dom)
+  assert count is not None and count.group(1) == str(n), dom[:2000]
+  # One page of the full list, highest score first; the strips hold the extremes.
+  listed = dom[dom.index('id="entries"'):]
+  shown = [float(s) for s in re.findall(r'<div class="entry" data-score="([^"]*)"', listed)]
+  finite = np.sort(scores[np.isfinite(scores)])[::-1]
+  assert len(shown) == 50
+  np.testing.assert_allclose(shown, finite[:50], rtol=1e-5)
+  most = dom[dom.index('id="most"'):dom.index('id="least"')]
+  least = dom[dom.index('id="least"'):dom.index('id="entries"')]
+  np.testing.assert_allclose(
+      [float(s) for s in re.findall(r'data-score="([^"]*)"', most)], finite[:6], rtol=1e-5)
+  np.testing.assert_allclose(
+      [float(s) for s in re.findall(r'data-score="([^"]*)"', least)], finite[::-1][:6], rtol=1e-5)
+  shown_imgs = re.findall(r'<img [^>]*>', dom)
+  assert len(shown_imgs) == 50 + 2 * 6 and all('loading="lazy"' in t for t in shown_imgs)
+  decoded = re.search(r'<pre id="decoded">(\d+)/(\d+)</pre>', dom)
+  assert decoded is not None, proc.stderr[-2000:]
+  assert decoded.group(1) == decoded.group(2) == str(len(shown_imgs))
