@@ -239,3 +239,19 @@ def test_paged_report_of_hundreds_of_images_in_chromium(tmp_path):
   decoded = re.search(r'<pre id="decoded">(\d+)/(\d+)</pre>', dom)
   assert decoded is not None, proc.stderr[-2000:]
   assert decoded.group(1) == decoded.group(2) == str(len(shown_imgs))
+
+
+def test_overlay_batch_matches_plots_overlay():
+  """The batched 256-level overlay of the map PNGs draws what plots.overlay draws, within 3 of 255."""
+  from ganomaly_jax import plots
+
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (5, 12, 12, 3), dtype=np.uint8)
+  maps = rng.uniform(0, 1.5, (5, 12, 12)).astype(np.float32)
+  maps[0, 0, 0] = np.nan  # a diverged pixel takes the bottom colour in both
+  batch = infer.overlay_batch(images, maps, vmax=1.2)
+  ref = np.stack([plots.overlay(i, m, vmin=0.0, vmax=1.2) for i, m in zip(images, maps)])
+  assert batch.dtype == np.uint8 and batch.shape == ref.shape
+  assert np.abs(batch.astype(int) - ref).max() <= 3
+  grey = infer.overlay_batch(images[:2, ..., :1], maps[:2], vmax=1.2)
+  assert grey.shape == (2, 12, 12, 3)
