@@ -475,7 +475,8 @@ def infer(workdir: str, images_dir: str, out_dir: str, batch_size: int = 0,
 
     scores, vmax = outputs.finish()
     if score_range is not None:
-      normalisation = f'test-set raw score range [{score_range[0]:.6g}, {score_range[1]:.6g}] of the run'
+      lo, hi = score_range
+      normalisation = f'test-set raw score range [{lo:.6g}, {hi:.6g}] of the run'
     else:
       normalisation = 'min/max of the scored images (the run has no test score range)'
     # This call's counts first, then the run's results.json (its test metrics and score range).

@@ -187,7 +187,7 @@ window.addEventListener('load', function () {
 
 @pytest.mark.browser
 def test_paged_report_of_hundreds_of_images_in_chromium(tmp_path):
-  """300 entries: the page renders, shows the highest scores first, and every picture it shows decodes."""
+  """300 entries: the page renders, shows the highest scores first, every picture shown decodes."""
   if not CHROMIUM.exists():
     if os.environ.get('GANOMALY_SKIP_BROWSER') == '1':
       pytest.skip('GANOMALY_SKIP_BROWSER=1: headless browser test skipped')
