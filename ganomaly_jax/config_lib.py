@@ -151,6 +151,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.gp_weight = 10.0
   c.loss.n_critic = 1  # wgan_gp: critic updates per generator update (Gulrajani et al.: 5)
   c.loss.hole_weight = 1.0  # weight of masked-hole pixels in the reconstruction loss
+  c.loss.w_ssim = 0.0  # + w_ssim (1 - mean SSIM) in G's loss (Wang et al. 2004; RIAD)
+  c.loss.w_msgms = 0.0  # + w_msgms (1 - mean multi-scale GMS) in G's loss (Xue et al. 2014; RIAD)
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 64
@@ -171,12 +173,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.mask = ml_collections.ConfigDict()
   c.mask.kind = 'none'  # none | square | grid | stain
   c.mask.size = 0.5  # square hole side as a fraction of the image side
-  c.mask.cells = 4  # grid cells per side
+  c.mask.cell_sizes = ()  # grid cell sides in pixels; () = 2, 4, ... up to min(16, isize / 4)
+  c.mask.sets = 3  # grid: disjoint random cell sets per size (RIAD: 3; 2 = a random complementary pair)
   c.mask.fill = 0.0  # value written into holes (images are in [-1, 1])
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 64
-  c.eval.score = 'latent'  # latent | reconstruction | lambda | inpaint
+  c.eval.score = 'latent'  # latent | reconstruction | lambda | inpaint | map_mean | map_max | map_topk
   c.eval.score_lambda = 0.9  # eq. 6.1
   c.eval.select = 'val_loss'  # checkpoint selection on validation normals: val_loss | last
   # Operating point: an image is anomalous when its raw score exceeds this quantile of the
@@ -185,7 +188,9 @@ def base_config() -> ml_collections.ConfigDict:
   # the validation split, and the digits default holds 130 validation normals (~6 above the 0.95
   # quantile; the 0.99 one would sit between the two largest), an MVTec AD category 6-39.
   c.eval.threshold_quantile = 0.95
-  c.eval.smooth_sigma = 0.0  # Gaussian smoothing of pixel maps
+  c.eval.smooth_sigma = 0.0  # Gaussian smoothing of pixel maps (and of the map_* scores' maps)
+  c.eval.map = 'l1'  # pixel anomaly map: l1 | ssim | msgms | riad (ssim + msgms)
+  c.eval.topk_fraction = 0.1  # eval.score=map_topk: mean of this fraction of the highest pixels
   c.eval.mc_samples = 0
   c.eval.fid = False
   c.eval.fid_weights = ''

@@ -9,6 +9,7 @@ extremes), and the test split is only evaluated with a checkpoint chosen on vali
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Iterator
 
 from absl import logging
@@ -29,40 +30,55 @@ EXTREMES_K = 8
 
 def _global_batches(source, mesh, batch_size: int,
                     limit: int = 0) -> Iterator[tuple[dict[str, jax.Array], dict[str, np.ndarray]]]:
-  """Ordered, padded batches of `source`: (global device batch {'image'}, full host batch).
+  """Ordered, padded batches of `source`: (global device batch {'image'}, this process's host part).
 
-  Every process reads the same ordered batches and contributes its slice of each global batch; the
-  host batch ('image', 'label', 'valid') is the whole batch, identical on every process.
+  Each process decodes only its own contiguous slice of every global batch (`pipeline.eval_batches`
+  with its process index): the host part holds that slice's 'image', 'label', 'valid' and 'index'
+  (position in `source`, -1 for padding). `_fetch` gathers what every host needs.
   """
   n_proc, proc = jax.process_count(), jax.process_index()
-  for batch in pipeline.eval_batches(source, batch_size, limit):
-    local = {'image': np.array_split(batch['image'], n_proc)[proc]}
-    yield parallel.to_global(local, mesh), batch
+  for local in pipeline.eval_batches(source, batch_size, limit, proc, n_proc):
+    yield parallel.to_global({'image': local['image']}, mesh), local
 
 
-def _fetch(out: dict[str, jax.Array], keys: tuple[str, ...],
-           valid: np.ndarray) -> dict[str, np.ndarray]:
-  """Brings the chosen outputs of one global batch to every host, real examples only."""
-  out = {k: out[k] for k in keys}
+def _gather_hosts(tree: dict[str, Any]) -> dict[str, np.ndarray]:
+  """Concatenates the processes' host arrays (and global device arrays) in process order."""
   if jax.process_count() > 1:
-    out = multihost_utils.process_allgather(out, tiled=True)
-  out = jax.device_get(out)
-  return {k: np.asarray(out[k])[valid] for k in keys}
+    tree = multihost_utils.process_allgather(tree, tiled=True)
+  return {k: np.asarray(v) for k, v in jax.device_get(tree).items()}
+
+
+def _fetch(out: dict[str, jax.Array], keys: tuple[str, ...], local: dict[str, np.ndarray],
+           host_keys: tuple[str, ...] = ('label',)) -> dict[str, np.ndarray]:
+  """The chosen outputs of one global batch plus the processes' `host_keys`, real examples only.
+
+  Every host gets the same arrays: `keys` of the device outputs and `host_keys` of the host parts
+  (e.g. 'label', 'index', or 'image' where the inputs themselves are needed), one all-gather.
+  """
+  tree = {k: out[k] for k in keys}
+  tree.update({f'host/{k}': local[k] for k in host_keys + ('valid',)})
+  tree = _gather_hosts(tree)
+  valid = tree.pop('host/valid')
+  return {k.removeprefix('host/'): v[valid] for k, v in tree.items()}
+
+
+def _local_rows(out: jax.Array) -> np.ndarray:
+  """This process's rows of a batch-sharded global array (its devices' shards, in batch order)."""
+  shards = sorted(out.addressable_shards, key=lambda s: s.index[0].start or 0)
+  return np.concatenate([np.asarray(s.data) for s in shards])
 
 
 def run_eval(eval_fn: Callable, state: Any, source, mesh, batch_size: int,
              keys: tuple[str, ...] = ('score', 'l1'), limit: int = 0) -> dict[str, np.ndarray]:
   """Applies `eval_fn(state, batch)` to every example of `source` in order; returns host arrays.
 
-  Every process feeds the same ordered batches; each contributes its slice of a global batch.
+  Each process decodes its own slice of every global batch; the outputs are gathered on every host.
   """
   pieces: dict[str, list[np.ndarray]] = {k: [] for k in keys + ('label',)}
-  for inputs, batch in _global_batches(source, mesh, batch_size, limit):
-    valid = batch['valid']
-    out = _fetch(eval_fn(state, inputs), keys, valid)
-    for k in keys:
+  for inputs, local in _global_batches(source, mesh, batch_size, limit):
+    out = _fetch(eval_fn(state, inputs), keys, local)
+    for k in keys + ('label',):
       pieces[k].append(out[k])
-    pieces['label'].append(batch['label'][valid])
   return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in pieces.items()}
 
 
@@ -158,29 +174,53 @@ class Subset:
 class TestOutputs:
   """Everything the final report needs from one pass over the test split (host arrays).
 
+  Per image only scalars are kept; maps go straight into the pixel-metric histogram, so memory does
+  not grow with N*H*W. The pictures re-run the few images they show (`_pictures_of`).
+
   Attributes:
     score: [N] raw anomaly scores (not normalised).
     l1: [N] mean |x - x̂| per image.
     label: [N] 0 normal, 1 abnormal.
-    maps: [N, H, W] per-pixel anomaly maps (mean over channels of |x - x̂|), not yet smoothed.
+    pixel: the test images' pixel-metric histogram (smoothed maps vs. known masks), or None when the
+      source has no ground truth.
+    map_max: largest value of the smoothed maps (0 for an empty set).
     mc_score: [N] mean MC-dropout variance per image, or None without MC-dropout.
-    uncertainty: [N, H, W] MC-dropout variance maps, or None.
     fid_sets: label -> (inputs [n, H, W, C], reconstructions [n, H, W, C]) in [-1, 1], the first
       `FID_SAMPLES` test images of each class; empty unless FID was asked for.
   """
   score: np.ndarray
   l1: np.ndarray
   label: np.ndarray
-  maps: np.ndarray
+  pixel: pixel_metrics.PixelHistogram | None = None
+  map_max: float = 0.0
   mc_score: np.ndarray | None = None
-  uncertainty: np.ndarray | None = None
   fid_sets: dict[int, tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict)
+
+
+def _add_local_maps(hist: pixel_metrics.PixelHistogram, source, maps: np.ndarray,
+                    index: np.ndarray) -> None:
+  """Adds this process's maps whose ground truth is known (padding has index -1)."""
+  for amap, i in zip(maps, index):
+    if i < 0:
+      continue
+    gt = source.ground_truth(int(i))
+    if gt is not None:
+      hist.add(amap, gt)
+
+
+def _merge_hosts(hist: pixel_metrics.PixelHistogram) -> pixel_metrics.PixelHistogram:
+  """Sums the processes' histograms (each saw only its own slice of every batch)."""
+  if jax.process_count() == 1:
+    return hist
+  stacked = multihost_utils.process_allgather(hist.state(), tiled=False)
+  return pixel_metrics.PixelHistogram.from_state(
+      {k: np.asarray(v).sum(axis=0) for k, v in stacked.items()}, hist.max_value)
 
 
 def collect_test_outputs(eval_maps_fn: Callable, state: Any, source, mesh, batch_size: int, *,
                          mc_fn: Callable | None = None, mc_rng: jax.Array | None = None,
-                         fid_samples: int = 0) -> TestOutputs:
-  """One ordered pass over `source`: scores, maps, optional MC-dropout and FID samples.
+                         fid_samples: int = 0, smooth_sigma: float = 0.0) -> TestOutputs:
+  """One ordered pass over `source`: scores, pixel-metric histogram, optional MC-dropout and FID.
 
   Args:
     eval_maps_fn: jitted `eval_step(..., with_maps=True)`, called as fn(state, batch).
@@ -192,42 +232,52 @@ def collect_test_outputs(eval_maps_fn: Callable, state: Any, source, mesh, batch
     mc_rng: key for MC-dropout; batch b uses fold_in(mc_rng, b), so results do not depend on how
       many batches came before on other runs.
     fid_samples: keep inputs and reconstructions of the first this-many images of each class.
+    smooth_sigma: Gaussian smoothing of the maps before the pixel metrics (as `eval.smooth_sigma`).
 
   Returns:
-    TestOutputs. Only the kept FID samples hold reconstructions, so host memory stays at the maps
-    ([N, H, W] float32) plus one batch.
+    TestOutputs. Each process decodes only its slice of each batch and adds its own devices' maps to
+    its histogram (summed over processes at the end); only scalars per image, one batch of maps and
+    the kept FID samples are held, so host memory is O(N) scalars + O(batch) pixels.
   """
-  keys = ('score', 'l1', 'map', 'recon') if fid_samples else ('score', 'l1', 'map')
-  pieces: dict[str, list[np.ndarray]] = {
-      k: [] for k in ('score', 'l1', 'map', 'label', 'mc', 'unc')}
+  keys = ('score', 'l1', 'recon') if fid_samples else ('score', 'l1')
+  pieces: dict[str, list[np.ndarray]] = {k: [] for k in ('score', 'l1', 'label', 'mc')}
+  hist = pixel_metrics.PixelHistogram() if hasattr(source, 'ground_truth') else None
+  map_max = 0.0
   fid_pieces: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {0: ([], []), 1: ([], [])}
-  for b, (inputs, batch) in enumerate(_global_batches(source, mesh, batch_size)):
-    valid = batch['valid']
-    out = _fetch(eval_maps_fn(state, inputs), keys, valid)
-    labels = batch['label'][valid]
+  for b, (inputs, local) in enumerate(_global_batches(source, mesh, batch_size)):
+    raw = eval_maps_fn(state, inputs)
+    # FID needs the inputs of the first few images of each class; gather them only while needed
+    # (the condition depends on gathered labels only, so every process takes the same branch).
+    need_fid = fid_samples and any(sum(len(x) for x in xs) < fid_samples
+                                   for xs, _ in fid_pieces.values())
+    out = _fetch(raw, keys, local, ('label', 'image') if need_fid else ('label',))
+    maps = pixel_metrics.smooth_maps(_local_rows(raw['map'])[local['valid']], smooth_sigma)
+    if maps.size:
+      map_max = max(map_max, float(np.max(maps)))
+    if hist is not None:
+      _add_local_maps(hist, source, maps, local['index'][local['valid']])
+    labels = out['label']
     pieces['score'].append(out['score'])
     pieces['l1'].append(out['l1'])
-    pieces['map'].append(out['map'].astype(np.float32))
     pieces['label'].append(labels)
     if mc_fn is not None:
-      mc = _fetch(mc_fn(state, inputs['image'], jax.random.fold_in(mc_rng, b)),
-                  ('mc_score', 'uncertainty'), valid)
+      mc = _fetch(mc_fn(state, inputs['image'], jax.random.fold_in(mc_rng, b)), ('mc_score',),
+                  local, ())
       pieces['mc'].append(mc['mc_score'])
-      pieces['unc'].append(mc['uncertainty'].astype(np.float32))
-    if fid_samples:
-      images = batch['image'][valid]
+    if need_fid:
       for cls, (xs, rs) in fid_pieces.items():
         room = fid_samples - sum(len(x) for x in xs)
         take = np.flatnonzero(labels == cls)[:max(room, 0)]
         if len(take):
-          xs.append(images[take])
+          xs.append(out['image'][take])
           rs.append(out['recon'][take])
+  if jax.process_count() > 1:
+    map_max = float(np.max(multihost_utils.process_allgather(np.float64(map_max))))
   cat = lambda v: np.concatenate(v) if v else np.zeros((0,))
   return TestOutputs(
       score=cat(pieces['score']), l1=cat(pieces['l1']), label=cat(pieces['label']).astype(np.int32),
-      maps=cat(pieces['map']),
+      pixel=_merge_hosts(hist) if hist is not None else None, map_max=map_max,
       mc_score=cat(pieces['mc']) if mc_fn is not None else None,
-      uncertainty=cat(pieces['unc']) if mc_fn is not None else None,
       fid_sets={cls: (np.concatenate(xs), np.concatenate(rs))
                 for cls, (xs, rs) in fid_pieces.items() if xs})
 
@@ -251,24 +301,41 @@ def ground_truth_masks(source, n: int) -> tuple[np.ndarray, np.ndarray | None]:
   return np.asarray(known, np.int64), np.stack(masks)
 
 
-def pixel_results(maps: np.ndarray, source) -> dict[str, Any]:
-  """pixel_auroc / pixel_pro over the test images with a known mask (None where undefined)."""
-  known, masks = ground_truth_masks(source, len(maps))
+def histogram_results(hist: pixel_metrics.PixelHistogram | None) -> dict[str, Any]:
+  """pixel_auroc / pixel_pro from a filled histogram (None where undefined or without one)."""
   results: dict[str, Any] = {'pixel_auroc': None, 'pixel_pro': None,
-                             'num_pixel_gt_images': int(len(known)),
-                             'num_pixel_gt_defect_images': 0}
-  if masks is None:
+                             'num_pixel_gt_images': 0, 'num_pixel_gt_defect_images': 0}
+  if hist is None or hist.num_images == 0:
     return results
-  results['num_pixel_gt_defect_images'] = int((masks.reshape(len(masks), -1).max(axis=1) > 0).sum())
-  if masks.shape[1:] != maps.shape[1:]:
-    raise ValueError(f'ground-truth masks {masks.shape[1:]} and anomaly maps {maps.shape[1:]} '
-                     'differ in size')
-  results['pixel_auroc'] = pixel_metrics.pixel_auroc(maps[known], masks)
-  results['pixel_pro'] = pixel_metrics.pixel_pro(maps[known], masks)
+  results.update({'num_pixel_gt_images': hist.num_images,
+                  'num_pixel_gt_defect_images': hist.num_defect_images,
+                  'pixel_auroc': hist.auroc(), 'pixel_pro': hist.pro()})
+  if hist.clipped:
+    logging.warning('%d map value(s) outside [0, %g] were clipped into the end bins of the pixel '
+                    'metrics.', hist.clipped, hist.max_value)
   if results['pixel_auroc'] is None:
     logging.warning('Pixel metrics undefined: the %d test images with a known mask hold no defect '
-                    'pixel (or no normal pixel).', len(known))
+                    'pixel (or no normal pixel), or a map is not finite.', hist.num_images)
   return results
+
+
+def pixel_results(maps: np.ndarray, source) -> dict[str, Any]:
+  """pixel_auroc / pixel_pro of given maps [N, H, W] over the test images with a known mask.
+
+  The same histogram computation as the streaming pass of `collect_test_outputs`, for maps at hand.
+  """
+  if not hasattr(source, 'ground_truth'):
+    return histogram_results(None)
+  hist = pixel_metrics.PixelHistogram()
+  for i, amap in enumerate(maps):
+    gt = source.ground_truth(i)
+    if gt is None:
+      continue
+    if np.shape(gt) != np.shape(amap):
+      raise ValueError(f'ground-truth masks {np.shape(gt)} and anomaly maps {np.shape(amap)} '
+                       'differ in size')
+    hist.add(amap, gt)
+  return histogram_results(hist)
 
 
 def fid_results(weights: str, fid_sets: dict[int, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
@@ -308,46 +375,59 @@ def _extremes(scores: np.ndarray, k: int) -> list[int]:
   return top + bottom
 
 
-def _write_pictures(workdir: str, source, outputs: TestOutputs, maps: np.ndarray,
-                    scores: np.ndarray, curves: dict[str, list[tuple[int, float]]]) -> None:
-  """loss_curves.png, roc_pr.png, score_histogram.png, extremes.png (+ extremes_uncertainty.png)."""
+def _pictures_of(eval_maps_fn: Callable, state: Any, source, mesh, batch_size: int,
+                 indices: list[int], smooth_sigma: float, mc_fn: Callable | None = None,
+                 mc_rng: jax.Array | None = None) -> dict[str, np.ndarray]:
+  """Inputs, reconstructions, smoothed maps (and MC uncertainty maps) of a few chosen test images.
+
+  The test pass keeps no pixels, so the pictures run their images once more (padded batches of the
+  usual size: no recompilation). Uncertainty maps are a fresh MC-dropout draw (key `mc_rng`), of the
+  same distribution as the pass's. Every process must call this (it runs global batches).
+  """
+  pieces: dict[str, list[np.ndarray]] = {'image': [], 'recon': [], 'map': [], 'uncertainty': []}
+  for b, (inputs, local) in enumerate(_global_batches(Subset(source, indices), mesh, batch_size)):
+    out = _fetch(eval_maps_fn(state, inputs), ('recon', 'map'), local, ('image',))
+    pieces['image'].append(out['image'])
+    pieces['recon'].append(out['recon'])
+    pieces['map'].append(pixel_metrics.smooth_maps(out['map'], smooth_sigma))
+    if mc_fn is not None:
+      mc = _fetch(mc_fn(state, inputs['image'], jax.random.fold_in(mc_rng, b)), ('uncertainty',),
+                  local, ())
+      pieces['uncertainty'].append(mc['uncertainty'].astype(np.float32))
+  return {k: np.concatenate(v) if v else None for k, v in pieces.items()}
+
+
+def _write_pictures(workdir: str, outputs: TestOutputs, scores: np.ndarray,
+                    curves: dict[str, list[tuple[int, float]]], extremes: dict[str, np.ndarray],
+                    chosen: list[int], mc_extremes: dict[str, np.ndarray] | None,
+                    chosen_mc: list[int]) -> None:
+  """loss_curves.png, roc_pr.png, score_histogram.png, extremes.png (+ extremes_uncertainty.png).
+
+  plot_extremes only ever shows the k highest and k lowest: `extremes` holds just those 2k images
+  (`_pictures_of` for `chosen`) rather than the whole test set.
+  """
   labels = outputs.label
   if curves:
     plots.plot_loss_curves(curves, rundir.path(workdir, 'loss_curves.png'))
   plots.plot_roc_pr(labels, scores, rundir.path(workdir, 'roc_pr.png'))
   plots.plot_score_histogram(labels, scores, rundir.path(workdir, 'score_histogram.png'))
-  # plot_extremes only ever shows the k highest and k lowest: load just those 2k images from the
-  # source rather than holding the whole test set in memory.
-  chosen = _extremes(scores, EXTREMES_K)
-  images = [source[i]['image'] for i in chosen]
-  plots.plot_extremes(images, maps[chosen], scores[chosen], labels[chosen],
+  plots.plot_extremes(list(extremes['image']), extremes['map'], scores[chosen], labels[chosen],
                       rundir.path(workdir, 'extremes.png'), k=EXTREMES_K)
-  if outputs.mc_score is not None:
+  if mc_extremes is not None:
     mc_scores = normalise(outputs.mc_score)
-    chosen_mc = _extremes(mc_scores, EXTREMES_K)
-    plots.plot_extremes([source[i]['image'] for i in chosen_mc], outputs.uncertainty[chosen_mc],
+    plots.plot_extremes(list(mc_extremes['image']), mc_extremes['uncertainty'],
                         mc_scores[chosen_mc], labels[chosen_mc],
                         rundir.path(workdir, 'extremes_uncertainty.png'), k=EXTREMES_K)
 
 
-def final_image_grid(eval_maps_fn: Callable, state: Any, source, mesh, batch_size: int,
-                     outputs: TestOutputs, maps: np.ndarray, scores: np.ndarray,
-                     num_images: int) -> np.ndarray:
-  """input | reconstruction | map (| MC uncertainty) for the most and least anomalous test images.
-
-  Reconstructions are not kept for the whole set, so the chosen images are run once more (one padded
-  batch of the usual size: no recompilation). Every process must call this (it runs a global batch).
-  """
-  chosen = _extremes(scores, max(num_images // 2, 1))
+def final_image_grid(pictures: dict[str, np.ndarray]) -> np.ndarray:
+  """input | reconstruction | map (| MC uncertainty) rows of `_pictures_of`'s chosen images."""
   rows = []
-  for inputs, batch in _global_batches(Subset(source, chosen), mesh, batch_size):
-    out = _fetch(eval_maps_fn(state, inputs), ('recon',), batch['valid'])
-    for j, image in enumerate(batch['image'][batch['valid']]):
-      i = chosen[len(rows)]
-      row = [image, out['recon'][j], maps[i]]
-      if outputs.uncertainty is not None:
-        row.append(outputs.uncertainty[i])
-      rows.append(row)
+  for j in range(len(pictures['image'])):
+    row = [pictures['image'][j], pictures['recon'][j], pictures['map'][j]]
+    if pictures['uncertainty'] is not None:
+      row.append(pictures['uncertainty'][j])
+    rows.append(row)
   return plots.image_grid(rows)
 
 
@@ -385,8 +465,7 @@ def evaluate_and_report(config, workdir: str, state: Any, components, hp, splits
   outputs = collect_test_outputs(
       eval_maps_fn, state, splits.test, mesh, e.batch_size, mc_fn=mc_fn,
       mc_rng=jax.random.fold_in(jax.random.key(config.seed), 0x6d63),
-      fid_samples=FID_SAMPLES if e.fid else 0)
-  maps = pixel_metrics.smooth_maps(outputs.maps, e.smooth_sigma)
+      fid_samples=FID_SAMPLES if e.fid else 0, smooth_sigma=e.smooth_sigma)
   # The operating point is fixed on validation normals (the selected state's raw scores), before
   # any test label is looked at. eval_maps_fn is already compiled: no second program.
   val = run_eval(eval_maps_fn, state, splits.val, mesh, e.batch_size, keys=('score',))
@@ -403,8 +482,8 @@ def evaluate_and_report(config, workdir: str, state: Any, components, hp, splits
                   'score_min': float(np.min(outputs.score)),
                   'score_max': float(np.max(outputs.score)),
                   'smooth_sigma': float(e.smooth_sigma),
-                  'pixel_map_max': float(np.max(maps)) if maps.size else None})
-  results.update(pixel_results(maps, splits.test))
+                  'pixel_map_max': float(outputs.map_max) if len(outputs.label) else None})
+  results.update(histogram_results(outputs.pixel))
   if mc_fn is not None:
     mc = image_metrics(outputs.label, outputs.mc_score)
     results.update({'mc_samples': max(int(e.mc_samples), 2), 'mc_auroc': mc['image_auroc'],
@@ -417,9 +496,18 @@ def evaluate_and_report(config, workdir: str, state: Any, components, hp, splits
              and isinstance(v, float)}
   writer.write_scalars(results['steps'], scalars)
   scores = normalise(outputs.score)
-  grid = final_image_grid(eval_maps_fn, state, splits.test, mesh, e.batch_size, outputs, maps,
-                          scores, e.num_images)
-  writer.write_images(results['steps'], {'test/final_input_recon_map': grid[None]})
+  pictures = functools.partial(_pictures_of, eval_maps_fn, state, splits.test, mesh, e.batch_size,
+                               smooth_sigma=e.smooth_sigma)
+  pic_rng = jax.random.fold_in(jax.random.key(config.seed), 0x706963)
+  grid_rows = pictures(_extremes(scores, max(e.num_images // 2, 1)), mc_fn=mc_fn, mc_rng=pic_rng)
+  writer.write_images(results['steps'], {'test/final_input_recon_map':
+                                         final_image_grid(grid_rows)[None]})
+  chosen = _extremes(scores, EXTREMES_K)
+  extremes = pictures(chosen)
+  chosen_mc, mc_extremes = [], None
+  if mc_fn is not None:
+    chosen_mc = _extremes(normalise(outputs.mc_score), EXTREMES_K)
+    mc_extremes = pictures(chosen_mc, mc_fn=mc_fn, mc_rng=pic_rng)
   if jax.process_index() == 0:
-    _write_pictures(workdir, splits.test, outputs, maps, scores, curves)
+    _write_pictures(workdir, outputs, scores, curves, extremes, chosen, mc_extremes, chosen_mc)
   return results

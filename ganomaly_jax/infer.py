@@ -6,35 +6,48 @@ chosen on validation normals, if present; else the latest of checkpoints/), scor
 DIR (recursively, any size and format that `data.images` decodes, resized to the model's input size),
 and writes
 
-  OUT/scores.csv        path,score,anomalous  (one row per scored image, sorted by path)
+  OUT/scores.csv        path,score,anomalous  (one row per scored image, in path order)
   OUT/maps/<name>.png   the pixel anomaly map over the resized image
-  OUT/index.html        a self-contained report (metrics of the run, every image with its map)
+  OUT/index.html        a report that opens from disk: metrics of the run, the most and least
+                        anomalous images, then every image one page at a time (the map PNGs of
+                        maps/, referenced by relative path and loaded lazily)
+
+It streams: grain threads decode and resize ahead of the devices, every batch is scored on all local
+devices (a data-parallel mesh; the last batch padded so the step compiles once), and each finished
+batch's CSV rows and map PNGs are written at once. Only O(batch) images and maps are held, plus one
+(path, map name, score) record per image, so memory stays flat however large the folder.
 
 Scores use the run's score (`eval.score`) normalised with the raw score range of its test set
 (`score_min`/`score_max` in RUN/results.json), so scores of different calls are comparable: 0 is the
 least and 1 the most anomalous test image, and new images may fall outside [0, 1]. Without that range
-the scores are min-max normalised over the scored images themselves. `anomalous` is 1 where the raw
-score exceeds the run's `threshold` (RUN/results.json: a quantile of its validation normals' raw
-scores, fixed without test labels), 0 below it, and empty for a run without one. Maps share one colour scale,
-0..`pixel_map_max` of the run's test set (else the largest map value of the scored images).
+the scores are min-max normalised over the scored images themselves (the small CSV is then rewritten
+once at the end). `anomalous` is 1 where the raw score exceeds the run's `threshold` (RUN/results.json:
+a quantile of its validation normals' raw scores, fixed without test labels), 0 at or below it, and
+empty for a run without one. Maps share one colour scale, 0..`pixel_map_max` of the run's test set (else the
+largest map value of the scored images: the batches' uint8 images and float16 maps are then spooled
+to the staging folder and drawn at the end, still O(batch) in memory).
 
 Files that cannot be decoded are skipped, counted and listed in the report. Nothing already in OUT is
 lost: the outputs are staged in a temporary folder inside OUT and moved into place only when complete.
-Problems that make inference impossible (no checkpoint, missing or empty image folder) end the command
-with one `error:` line and exit code 1.
+Problems that make inference impossible (no checkpoint, missing or empty image folder, no decodable
+image — found only once the stream has ended; the staging folder and an OUT the call created are then
+removed) end the command with one `error:` line and exit code 1.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import logging as std_logging
 import os
 import shutil
 import sys
 import tempfile
-from typing import Any
+from typing import Any, Iterator
 
 from absl import app, flags, logging
+import grain
+import matplotlib
 import jax
 import ml_collections
 import numpy as np
@@ -68,6 +81,9 @@ def _define_flags() -> dict[str, Any]:
           'batch_size', 0, 'Images per forward pass (0: the run\'s eval.batch_size).'),
       'checkpoint': flags.DEFINE_enum('checkpoint', 'auto', ['auto', 'best', 'latest'],
                                       'auto: best/ if present, else the latest of checkpoints/.'),
+      'decode_threads': flags.DEFINE_integer(
+          'decode_threads', DEFAULT_DECODE_THREADS,
+          'grain threads decoding and resizing images ahead of the devices (0: in the main thread).'),
   }
 
 
@@ -178,29 +194,77 @@ def map_names(rel_paths: list[str]) -> list[str]:
           for s, p in zip(stems, rel_paths)]
 
 
-def decode_folder(candidates: list[str], isize: int,
-                  channels: int) -> tuple[list[str], list[np.ndarray], dict[str, list[str]]]:
-  """Decodes and resizes every candidate: (decoded paths, uint8 [isize, isize, C] images, skipped).
+# Decoding threads: PIL releases the GIL while it decodes and resizes, so threads overlap on every core
+# without the start-up cost (~1 s per worker, a fresh JAX-free interpreter each) and pickling of
+# grain's worker processes. Measured in bench/infer_memory.py (README, inference).
+DEFAULT_DECODE_THREADS = 4
+# Records decoded ahead of the device: a few batches, so the device never waits on one slow file and
+# memory stays O(batch).
+_PREFETCH_BATCHES = 2
 
-  Files without an image extension are skipped as 'not_an_image' without being opened (as for
-  training data); files that fail to decode are skipped under their `BadImage` reason. Grey images
-  become RGB for an RGB model (and colour becomes grey for a grey one) inside `decode_image`.
+
+def _decode_one(path: str, isize: int, channels: int) -> dict[str, Any]:
+  """One candidate -> {'path', 'image' (uint8 [isize, isize, C], or empty), 'reason' ('' if good)}.
+
+  Files without an image extension are 'not_an_image' without being opened (as for training data).
+  Grey images become RGB for an RGB model (and colour becomes grey for a grey one) in `decode_image`.
   """
-  paths, images, skipped = [], [], {}
-  for path in candidates:
-    if not images_lib.has_image_extension(path):
-      skipped.setdefault('not_an_image', []).append(path)
+  empty = np.zeros((0,), np.uint8)
+  if not images_lib.has_image_extension(path):
+    return {'path': path, 'image': empty, 'reason': 'not_an_image'}
+  try:
+    image = images_lib.decode_image(path, channels)
+  except images_lib.BadImage as e:
+    return {'path': path, 'image': empty, 'reason': e.reason}
+  return {'path': path, 'image': images_lib.resize_image(image, isize), 'reason': ''}
+
+
+def decode_stream(candidates: list[str], isize: int, channels: int, batch_size: int,
+                  threads: int = DEFAULT_DECODE_THREADS) -> Iterator[dict[str, Any]]:
+  """The candidates decoded and resized in order by `threads` grain threads (see `_decode_one`).
+
+  A grain MapDataset over the sorted path list keeps the order, so rows, maps and report entries
+  come out in path order whatever the number of threads.
+  """
+  ds = grain.MapDataset.source(candidates).map(
+      functools.partial(_decode_one, isize=isize, channels=channels))
+  if threads <= 0:
+    return iter(ds)
+  return iter(ds.to_iter_dataset(grain.ReadOptions(
+      num_threads=threads, prefetch_buffer_size=max(_PREFETCH_BATCHES * batch_size, threads))))
+
+
+def _batches(records: Iterator[dict[str, Any]], batch_size: int,
+             skipped: dict[str, list[str]]) -> Iterator[tuple[list[str], list[np.ndarray]]]:
+  """Groups decodable records into (paths, images) of up to batch_size; bad ones go to `skipped`."""
+  paths, images = [], []
+  for record in records:
+    if record['reason']:
+      skipped.setdefault(record['reason'], []).append(record['path'])
       continue
-    try:
-      image = images_lib.decode_image(path, channels)
-    except images_lib.BadImage as e:
-      skipped.setdefault(e.reason, []).append(path)
-      continue
-    paths.append(path)
-    images.append(images_lib.resize_image(image, isize))
-  # Reasons in the fixed order of images.REASONS, so logs and reports read the same every time.
-  skipped = {r: skipped[r] for r in images_lib.REASONS if r in skipped}
-  return paths, images, skipped
+    paths.append(record['path'])
+    images.append(record['image'])
+    if len(paths) == batch_size:
+      yield paths, images
+      paths, images = [], []
+  if paths:
+    yield paths, images
+
+
+# scores.csv columns; `_csv_row` writes one image's row. Another column is one more name here and one
+# more value there.
+CSV_COLUMNS = ('path', 'score', 'anomalous')
+
+
+def _csv_row(path: str, score: float, anomalous: int | None) -> list[str]:
+  return [path, f'{score:.6g}', '' if anomalous is None else str(anomalous)]
+
+
+def _write_csv(path: str, rows) -> None:
+  with open(path, 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(CSV_COLUMNS)
+    writer.writerows(rows)
 
 
 def _write_png(array: np.ndarray, path: str) -> None:
@@ -223,9 +287,120 @@ def _move_into(staging: str, out_dir: str) -> None:
     os.replace(os.path.join(staging, rel), target)
 
 
+@functools.lru_cache(maxsize=4)
+def _colour_table(cmap: str) -> np.ndarray:
+  """The colormap at 256 levels, float32 [256, 3] in 0..255."""
+  return (matplotlib.colormaps[cmap](np.linspace(0.0, 1.0, 256))[:, :3] * 255.0).astype(np.float32)
+
+
+def overlay_batch(images: np.ndarray, maps: np.ndarray, vmax: float,
+                  alpha: float = 0.5) -> np.ndarray:
+  """`plots.overlay(image, map, vmin=0, vmax=vmax)` for a whole batch, the map at 256 colour levels.
+
+  One table lookup per pixel instead of one colormap call per image: at 64x64 the per-image call
+  cost more host time than scoring the image. Non-finite map values take the bottom colour, as there.
+  """
+  rgb = np.stack([plots.to_rgb_uint8(im) for im in images]).astype(np.float32)
+  norm = np.asarray(maps, np.float32) / vmax if vmax > 0 else np.zeros(maps.shape, np.float32)
+  norm = np.clip(np.where(np.isfinite(norm), norm, 0.0), 0.0, 1.0)
+  heat = _colour_table(plots.DEFAULT_CMAP)[np.rint(norm * 255.0).astype(np.int32)]
+  return np.rint((1.0 - alpha) * rgb + alpha * heat).astype(np.uint8)
+
+
+class _Outputs:
+  """Writes one finished batch at a time into the staging folder; keeps O(1) per image.
+
+  Per image it keeps only (path, map name, raw score). Map PNGs need the shared colour scale: with the
+  run's `pixel_map_max` they are written at once; without it the batch's images (uint8) and maps
+  (float16) are spooled to disk and drawn in `finish`, once the largest map value is known.
+  """
+
+  def __init__(self, staging: str, map_name: dict[str, str],
+               score_range: tuple[float, float] | None, vmax: float | None, sigma: float,
+               threshold: float | None):
+    self.staging, self.map_name = staging, map_name
+    self.score_range, self.vmax, self.sigma = score_range, vmax, sigma
+    self.threshold = threshold
+    self.paths: list[str] = []
+    self.names: list[str] = []
+    self.raw: list[float] = []
+    self.flags: list[int | None] = []
+    self.map_max = -np.inf  # largest finite map value so far (the fallback colour scale)
+    self.spool: list[str] = []
+    self.csv_path = os.path.join(staging, 'scores.csv')
+    self._csv = open(self.csv_path, 'w', newline='')
+    self._writer = csv.writer(self._csv)
+    self._writer.writerow(CSV_COLUMNS)
+
+  def scale(self, raw: np.ndarray) -> np.ndarray:
+    """Raw -> reported scores with the run's test range (raw scores until the fallback rewrite)."""
+    if self.score_range is None:
+      return raw
+    lo, hi = self.score_range
+    return (raw - lo) / (hi - lo)
+
+  def add(self, paths: list[str], images: list[np.ndarray], raw: np.ndarray,
+          maps: np.ndarray) -> None:
+    names = [self.map_name[p] for p in paths]
+    maps = pixel_metrics.smooth_maps(maps, self.sigma)
+    finite = maps[np.isfinite(maps)]
+    if finite.size:
+      self.map_max = max(self.map_max, float(finite.max()))
+    # The run's operating point is on the raw score scale, like the threshold itself.
+    flags = [None if self.threshold is None else int(r > self.threshold) for r in raw]
+    self._writer.writerows(_csv_row(p, s, a) for p, s, a in zip(paths, self.scale(raw), flags))
+    self._csv.flush()
+    if self.vmax is not None:
+      self._draw_batch(names, np.stack(images), maps, self.vmax)
+    else:
+      spool = os.path.join(self.staging, '.spool', f'{len(self.spool):06d}.npz')
+      os.makedirs(os.path.dirname(spool), exist_ok=True)
+      np.savez(spool, images=np.stack(images), maps=maps.astype(np.float16))
+      self.spool.append(spool)
+    self.paths.extend(paths)
+    self.names.extend(names)
+    self.raw.extend(float(r) for r in raw)
+    self.flags.extend(flags)
+
+  def _draw_batch(self, names: list[str], images: np.ndarray, maps: np.ndarray,
+                  vmax: float) -> None:
+    for name, overlay in zip(names, overlay_batch(images, maps, vmax)):
+      _write_png(overlay, os.path.join(self.staging, 'maps', f'{name}.png'))
+
+  def finish(self) -> tuple[np.ndarray, float]:
+    """Draws spooled maps and rewrites the CSV if normalised over the scored images: (scores, vmax)."""
+    self._csv.close()
+    vmax = self.vmax
+    if vmax is None:
+      vmax = self.map_max if np.isfinite(self.map_max) and self.map_max > 0 else 1.0
+      done = 0
+      for spool in self.spool:
+        with np.load(spool) as batch:
+          images, maps = batch['images'], batch['maps'].astype(np.float32)
+        self._draw_batch(self.names[done:done + len(images)], images, maps, vmax)
+        done += len(images)
+        os.remove(spool)
+      shutil.rmtree(os.path.join(self.staging, '.spool'), ignore_errors=True)
+    raw = np.asarray(self.raw, np.float64)
+    if self.score_range is None:
+      scores = evaluate.normalise(raw)  # needs every score: rewrite the small CSV once
+      _write_csv(self.csv_path,
+                 (_csv_row(p, s, a) for p, s, a in zip(self.paths, scores, self.flags)))
+    else:
+      scores = self.scale(raw)
+    return scores, vmax
+
+  def close(self) -> None:
+    self._csv.close()
+
+
 def infer(workdir: str, images_dir: str, out_dir: str, batch_size: int = 0,
-          which_checkpoint: str = 'auto') -> dict[str, Any]:
+          which_checkpoint: str = 'auto',
+          decode_threads: int = DEFAULT_DECODE_THREADS) -> dict[str, Any]:
   """Scores every image under `images_dir` with the run in `workdir`; writes OUT (see module doc).
+
+  Streams: grain threads decode ahead, each batch is scored on all local devices while the previous
+  one is written, and only O(batch) pixels are held at any time.
 
   Returns:
     A summary: {'scored', 'skipped' (reason -> paths), 'checkpoint', 'checkpoint_step',
@@ -242,86 +417,100 @@ def infer(workdir: str, images_dir: str, out_dir: str, batch_size: int = 0,
     raise InferError(f'no file to score under {images_dir}')
   isize, channels = config.model.isize, config.model.channels
   sigma = float(config.eval.get('smooth_sigma', 0.0))
-  batch_size = batch_size or config.eval.batch_size
 
-  # Decode everything first: a folder with nothing usable fails before the model is even built.
-  paths, inputs, skipped = decode_folder(candidates, isize, channels)
-  num_skipped = sum(len(v) for v in skipped.values())
-  for reason, items in skipped.items():
-    logging.warning('Skipped %d file(s) as %s, e.g. %s', len(items), reason, items[0])
-  if not paths:
-    raise InferError(f'no decodable image under {images_dir} ({len(candidates)} file(s), all '
-                     f'skipped: {", ".join(f"{r}: {len(v)}" for r, v in skipped.items())})')
+  # One data-parallel mesh over this host's devices; the batch is rounded up to split evenly, and the
+  # last batch is padded, so the step compiles once.
+  devices = jax.local_devices()
+  batch_size = batch_size or config.eval.batch_size
+  batch_size = -(-batch_size // len(devices)) * len(devices)
+  mesh = parallel.make_mesh(devices)
+  batch_sharding = parallel.batch_sharding(mesh)
 
   components, state, step, kind = restore_state(config, workdir, which_checkpoint)
-  # One device: the restored state lives there (abstract_state_like), and so do the batches.
-  mesh = parallel.make_mesh(jax.local_devices()[:1])
+  state = jax.device_put(state, parallel.replicated(mesh))
   eval_fn = programs.build(config, mesh, components).eval_maps
-  logging.info('Scoring %d image(s) under %s with the %s checkpoint (step %d) of %s.', len(paths),
-               images_dir, kind, step, workdir)
-  raw, maps = [], []
-  for start in range(0, len(inputs), batch_size):
-    chunk = inputs[start:start + batch_size]
-    batch = np.stack([pipeline.to_float(im) for im in chunk])
-    pad = batch_size - len(batch)
-    if pad:  # every call has the same shape, so the step compiles once
-      batch = np.concatenate([batch, np.zeros((pad,) + batch.shape[1:], batch.dtype)])
-    out = jax.device_get(eval_fn(state, {'image': batch}))
-    raw.append(np.asarray(out['score'])[:len(chunk)])
-    maps.append(np.asarray(out['map'], np.float32)[:len(chunk)])
 
-  raw_scores = np.concatenate(raw).astype(np.float64)
-  all_maps = pixel_metrics.smooth_maps(np.concatenate(maps), sigma)
   lo, hi = results.get('score_min'), results.get('score_max')
-  if lo is not None and hi is not None and hi > lo:
-    scores = (raw_scores - lo) / (hi - lo)
-    normalisation = f'test-set raw score range [{lo:.6g}, {hi:.6g}] of the run'
-  else:
-    scores = evaluate.normalise(raw_scores)
-    normalisation = 'min/max of the scored images (the run has no test score range)'
+  score_range = (float(lo), float(hi)) if lo is not None and hi is not None and hi > lo else None
   vmax = results.get('pixel_map_max')
-  if not vmax or not np.isfinite(vmax):
-    finite = all_maps[np.isfinite(all_maps)]
-    vmax = float(finite.max()) if finite.size else 1.0
-  # The run's operating point is on the raw score scale, like the threshold itself. Runs older than
-  # `threshold_quantile` stored a test-label (oracle) threshold under this name: never used here.
+  vmax = float(vmax) if vmax and np.isfinite(vmax) else None
+  # Runs older than `threshold_quantile` stored a test-label (oracle) threshold under this name:
+  # never used here.
   threshold = results.get('threshold') if 'threshold_quantile' in results else None
-  anomalous = ([None] * len(raw_scores) if threshold is None
-               else [int(s > threshold) for s in raw_scores])
+  threshold = float(threshold) if threshold is not None else None
+  logging.info('Scoring %d file(s) under %s with the %s checkpoint (step %d) of %s on %d device(s).',
+               len(candidates), images_dir, kind, step, workdir, len(devices))
 
-  rel_paths = [os.path.relpath(p, images_dir) for p in paths]
-  names = map_names(rel_paths)
+  created_out = not os.path.exists(out_dir)
   os.makedirs(out_dir, exist_ok=True)
   staging = tempfile.mkdtemp(prefix='.infer-', dir=out_dir)
+  # Map names are fixed up front over every file with an image extension, so x.png and x.jpg get
+  # distinct names even when they fall into different batches.
+  named = [p for p in candidates if images_lib.has_image_extension(p)]
+  map_name = dict(zip(named, map_names([os.path.relpath(p, images_dir) for p in named])))
+  outputs = _Outputs(staging, map_name, score_range, vmax, sigma, threshold)
+  skipped: dict[str, list[str]] = {}
   try:
-    entries = []
-    for name, image, amap, score, flag in zip(names, inputs, all_maps, scores, anomalous):
-      map_rel = f'maps/{name}.png'
-      _write_png(plots.overlay(image, amap, vmin=0.0, vmax=vmax), os.path.join(staging, map_rel))
-      entries.append({'name': name, 'score': float(score), 'image': image, 'map_png': map_rel,
-                      'anomalous': flag})
-    with open(os.path.join(staging, 'scores.csv'), 'w', newline='') as f:
-      writer = csv.writer(f)
-      writer.writerow(['path', 'score', 'anomalous'])
-      writer.writerows((p, f'{s:.6g}', '' if a is None else a)
-                       for p, s, a in zip(paths, scores, anomalous))
+    pending = None
+    records = decode_stream(candidates, isize, channels, batch_size, decode_threads)
+    for paths, images in _batches(records, batch_size, skipped):
+      batch = np.zeros((batch_size, isize, isize, channels), np.float32)
+      batch[:len(images)] = pipeline.to_float(np.stack(images))
+      # Dispatch is asynchronous: the devices score this batch while the host writes the last one.
+      out = eval_fn(state, {'image': jax.device_put(batch, batch_sharding)})
+      if pending is not None:
+        _finish_batch(outputs, *pending)
+      pending = (paths, images, out)
+    if pending is not None:
+      _finish_batch(outputs, *pending)
+    # Reasons in the fixed order of images.REASONS, so logs and reports read the same every time.
+    skipped = {r: skipped[r] for r in images_lib.REASONS if r in skipped}
+    num_skipped = sum(len(v) for v in skipped.values())
+    for reason, items in skipped.items():
+      logging.warning('Skipped %d file(s) as %s, e.g. %s', len(items), reason, items[0])
+    if not outputs.paths:
+      raise InferError(f'no decodable image under {images_dir} ({len(candidates)} file(s), all '
+                       f'skipped: {", ".join(f"{r}: {len(v)}" for r, v in skipped.items())})')
+
+    scores, vmax = outputs.finish()
+    if score_range is not None:
+      lo, hi = score_range
+      normalisation = f'test-set raw score range [{lo:.6g}, {hi:.6g}] of the run'
+    else:
+      normalisation = 'min/max of the scored images (the run has no test score range)'
     # This call's counts first, then the run's results.json (its test metrics and score range).
     metrics: dict[str, Any] = {
         'workdir': workdir, 'images': images_dir, 'checkpoint': kind, 'checkpoint_step': step,
-        'normalisation': normalisation, 'files_found': len(candidates), 'images_scored': len(paths),
-        'images_anomalous': None if threshold is None else int(sum(anomalous)),
-        'files_skipped': num_skipped, 'skipped': skipped,
+        'normalisation': normalisation, 'files_found': len(candidates),
+        'images_scored': len(outputs.paths),
+        'images_anomalous': None if threshold is None else int(sum(outputs.flags)),
+        'files_skipped': num_skipped, 'skipped': skipped, 'map_colour_max': vmax,
     }
     for key, value in results.items():
       metrics.setdefault(key, value)
-    report.write_html_report(staging, entries,
-                             metrics, f'{config.method} inference: {images_dir}')
+    entries = [{'name': n, 'score': float(s), 'map_png': f'maps/{n}.png', 'anomalous': a}
+               for n, s, a in zip(outputs.names, scores, outputs.flags)]
+    report.write_paged_report(staging, entries, metrics, f'{config.method} inference: {images_dir}')
     _move_into(staging, out_dir)
+    logging.info('Finished: %d image(s) scored, %d file(s) skipped, outputs in %s.',
+                 len(outputs.paths), num_skipped, out_dir)
   finally:
+    outputs.close()
     shutil.rmtree(staging, ignore_errors=True)
-  return {'scored': len(paths), 'skipped': skipped, 'checkpoint': kind, 'checkpoint_step': step,
-          'normalisation': normalisation, 'scores_csv': os.path.join(out_dir, 'scores.csv'),
+    if created_out and not os.listdir(out_dir):
+      os.rmdir(out_dir)  # a call that failed leaves no trace
+  return {'scored': len(outputs.paths), 'skipped': skipped, 'checkpoint': kind,
+          'checkpoint_step': step, 'normalisation': normalisation,
+          'scores_csv': os.path.join(out_dir, 'scores.csv'),
           'report': os.path.join(out_dir, 'index.html')}
+
+
+def _finish_batch(outputs: _Outputs, paths: list[str], images: list[np.ndarray], out) -> None:
+  """Brings one scored batch to the host (real images only) and writes it."""
+  out = jax.device_get({'score': out['score'], 'map': out['map']})
+  n = len(paths)
+  outputs.add(paths, images, np.asarray(out['score'], np.float64)[:n],
+              np.asarray(out['map'], np.float32)[:n])
 
 
 class _QuietLibraries:
@@ -338,7 +527,8 @@ def main(argv):
   xla_flags.apply_cpu_defaults()  # before JAX starts its backend; GANOMALY_JAX_XLA_DEFAULTS=0: off
   try:
     summary = infer(_FLAGS['workdir'].value, _FLAGS['images'].value, _FLAGS['out'].value,
-                    _FLAGS['batch_size'].value, _FLAGS['checkpoint'].value)
+                    _FLAGS['batch_size'].value, _FLAGS['checkpoint'].value,
+                    _FLAGS['decode_threads'].value)
   except InferError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)

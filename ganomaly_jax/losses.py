@@ -14,6 +14,11 @@ docs/methods.md#skip_ganomaly; GANomaly: Akçay et al. 2018; Skip-GANomaly: Akç
   eq. 3.8  SkipGANomaly L_D = BCE(D(x), 1) + BCE(D(x̂), 0) + the latent term mean((f(x) - f(x̂))²)
   eq. 6.1  A(x)  = λ mean((x - x̂)²) + (1 - λ) mean((f(x) - f(x̂))²)   SkipGANomaly score
 
+Beside L1, every reconstruction method may add SSIM and multi-scale gradient-magnitude similarity
+terms to G's loss (`loss.w_ssim`, `loss.w_msgms`; `structural_loss`) and choose its pixel anomaly map
+(`eval.map`, registry `MAPS`), as RIAD does (Zavrtanik, Kristan, Skočaj, Pattern Recognition 2021;
+docs/methods.md#grid_mask). The `map_*` scores reduce that map to one number per image.
+
 A method picks its adversarial objective (`loss.adversarial`) and its score (`eval.score`) by name
 from `ADVERSARIAL` and `SCORES`; the train and eval steps call the registered functions, and
 `validate.py` reads each entry's facts. A new one is one `register_adversarial` / `register_score`
@@ -27,6 +32,8 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from ganomaly_jax import similarity
 
 
 def _per_example_mean(x: jax.Array) -> jax.Array:
@@ -135,6 +142,48 @@ def pixel_map(x: jax.Array, recon: jax.Array) -> jax.Array:
   return jnp.mean(jnp.abs(x - recon), axis=-1)
 
 
+def structural_loss(x: jax.Array, recon: jax.Array, w_ssim: float, w_msgms: float
+                    ) -> tuple[jax.Array | float, dict[str, jax.Array]]:
+  """RIAD's structural terms beside L1 (eq. 3.3), added to G's loss (eq. 3.1).
+
+  Returns (w_ssim * g_ssim + w_msgms * g_msgms, the unweighted terms for logging) with g_ssim =
+  1 - mean SSIM and g_msgms = the mean over scales of mean(1 - GMS); a term whose weight is 0 is
+  not computed (the weights are static). Both cover the whole image (no hole weight).
+  """
+  terms = {}
+  if w_ssim > 0:
+    terms['g_ssim'] = similarity.ssim_loss(x, recon)
+  if w_msgms > 0:
+    terms['g_msgms'] = similarity.msgms_loss(x, recon)
+  total = w_ssim * terms.get('g_ssim', 0.0) + w_msgms * terms.get('g_msgms', 0.0)
+  return total, terms
+
+
+# ---- Pixel anomaly maps (`eval.map`): (x, x̂) -> [B, H, W], higher = more anomalous. ----
+
+MAPS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
+    'l1': pixel_map,
+    'ssim': similarity.ssim_anomaly_map,  # 1 - SSIM
+    'msgms': similarity.msgms_anomaly_map,  # RIAD's map: 1 - MSGMS, mean-filtered
+    # Both structural maps summed: SSIM reacts to local contrast, MSGMS to edges.
+    'riad': lambda x, recon: similarity.ssim_anomaly_map(x, recon)
+                             + similarity.msgms_anomaly_map(x, recon),
+}
+
+
+def anomaly_map(x: jax.Array, outputs: dict, name: str) -> jax.Array:
+  """The `eval.map` map of x against the generator's reconstruction: [B, H, W].
+
+  With several evaluation tilings (`outputs['recons']`, [T, B, H, W, C]: the grid mask's cell sizes)
+  the T maps are averaged, as RIAD averages its maps over cell sizes.
+  """
+  fn = MAPS[name]
+  if 'recons' not in outputs:
+    return fn(x, outputs['recon'])
+  recons = outputs['recons']
+  return sum(fn(x, recons[t]) for t in range(recons.shape[0])) / recons.shape[0]
+
+
 # ---- Registries: the adversarial objectives (`loss.adversarial`) and scores (`eval.score`). ----
 
 
@@ -221,6 +270,8 @@ class Score:
   fn: Callable[[ScoreInputs, Any], jax.Array]
   needs_outputs: tuple[str, ...] = ()  # generator outputs beyond 'recon' (models.GENERATORS)
   mask: str = 'any'  # 'required' | 'forbidden' | 'any': whether training with mask.kind fits it
+  reads: frozenset[str] = frozenset()  # eval keys only this score uses (validation refuses them
+  # away from their defaults with any other score)
 
 
 SCORES: dict[str, Score] = {}
@@ -247,3 +298,24 @@ register_score('lambda', Score(_lambda))  # eq. 6.1, docs/methods.md#skip_ganoma
 # The masked methods' score: reconstruction error of the full-coverage inpainting.
 register_score('inpaint', Score(lambda s, hp: reconstruction_score(s.x, s.outputs['recon']),
                                 mask='required'))
+
+
+# Scores from the pixel map (`eval.map`), Gaussian-smoothed with eval.smooth_sigma first -- the same
+# map the pixel metrics see -- so image and pixel results describe one map. RIAD scores an image by
+# the maximum of its smoothed map.
+
+
+def _smoothed_map(s: ScoreInputs, hp: Any) -> jax.Array:
+  amap = anomaly_map(s.x, s.outputs, hp.eval.map)
+  return similarity.gaussian_smooth(amap, hp.eval.smooth_sigma).reshape(amap.shape[0], -1)
+
+
+def _map_topk(s: ScoreInputs, hp: Any) -> jax.Array:
+  flat = _smoothed_map(s, hp)
+  k = similarity.topk_count(flat.shape[1], hp.eval.topk_fraction)
+  return jnp.mean(jax.lax.top_k(flat, k)[0], axis=1)
+
+
+register_score('map_mean', Score(lambda s, hp: jnp.mean(_smoothed_map(s, hp), axis=1)))
+register_score('map_max', Score(lambda s, hp: jnp.max(_smoothed_map(s, hp), axis=1)))
+register_score('map_topk', Score(_map_topk, reads=frozenset({'eval.topk_fraction'})))

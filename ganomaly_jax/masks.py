@@ -8,13 +8,18 @@ Three hole shapes (`mask.kind`):
   * 'square': one random square hole of side round(mask.size * isize) per training image; at
     evaluation a fixed set of such squares that tiles the image, so every pixel is reconstructed from
     context exactly once (this removes the "damage outside the hole is copied through" limitation).
-  * 'grid': two complementary checkerboards of `mask.cells` x `mask.cells` cells; the generator fills
-    both and the two hole regions are combined into one full reconstruction (training and eval).
+  * 'grid': reconstruction by inpainting (RIAD: Zavrtanik, Kristan, Skočaj, Pattern Recognition
+    2021), the study's grid-mask proposal done as RIAD measured it. Square cells of several sizes
+    (`mask.cell_sizes`); the cells of one size are split at random into `mask.sets` disjoint sets, one
+    mask per set, so the n holes tile the image; the generator fills all n masked copies and each
+    pixel is taken from the copy where it was hidden. Training draws a size and a fresh partition
+    per image every step (`grid_train_masks`); evaluation uses every size with a fixed partition
+    (`grid_eval_masks`).
   * 'stain': random blurred irregular ellipses covering 1-12% of the image (Collin & De Vleeschouwer
     2020); evaluated with a fixed square tiling, see `eval_masks`.
 
 Everything is pure jax.numpy with static shapes: sizes and counts are Python ints, only the random
-positions/shapes are traced, so the training-mask samplers can live inside a jitted train step.
+positions/shapes/partitions are traced, so the training-mask samplers can live inside a jitted train step.
 """
 
 from __future__ import annotations
@@ -76,11 +81,36 @@ def _check_tiling(isize: int, size: float) -> int:
   return side
 
 
-def _check_cells(isize: int, cells: int) -> None:
-  if not isinstance(cells, int) or cells < 2:
-    raise ValueError(f'mask.cells={cells!r} must be an integer >= 2 (cells per side of the grid mask).')
-  if isize % cells:
-    raise ValueError(f'mask.cells={cells} must divide isize={isize} so grid cells are equal.')
+def grid_cell_sizes(isize: int, cell_sizes) -> tuple[int, ...]:
+  """The grid's cell sides in pixels: `mask.cell_sizes`, or for () powers of two from 2 to
+  min(16, isize / 4) -- (2, 4) at 16x16, (2, 4, 8) at 32x32, (2, 4, 8, 16) from 64x64 up.
+
+  The upper end keeps at least 4x4 cells, so that with 3 sets every hole still has visible
+  neighbours; RIAD uses 2, 4, 8, 16 at 256x256.
+  """
+  if cell_sizes:
+    return tuple(int(c) for c in cell_sizes)
+  top = min(16, isize // 4)
+  return tuple(2 ** k for k in range(1, 5) if 2 ** k <= top)
+
+
+def _check_grid(isize: int, cell_sizes, sets) -> None:
+  if not isinstance(sets, int) or isinstance(sets, bool) or sets < 2:
+    raise ValueError(f'mask.sets={sets!r} must be an integer >= 2 (disjoint cell sets per size).')
+  if not isinstance(cell_sizes, (tuple, list)) or not all(
+      isinstance(c, int) and not isinstance(c, bool) for c in cell_sizes):
+    raise ValueError(f'mask.cell_sizes={cell_sizes!r} must be a tuple of integers (cell sides in '
+                     f'pixels), or () for the default.')
+  sizes = grid_cell_sizes(isize, cell_sizes)
+  if not sizes or len(set(sizes)) != len(sizes):
+    raise ValueError(f'mask.cell_sizes={cell_sizes!r} gives {sizes} at isize={isize}: need at '
+                     f'least one size, with no repeats.')
+  for c in sizes:
+    if c < 1 or isize % c:
+      raise ValueError(f'mask.cell_sizes: a cell side of {c} must be >= 1 and divide isize={isize}.')
+    if (isize // c) ** 2 < sets:
+      raise ValueError(f'mask.cell_sizes: a cell side of {c} leaves {(isize // c) ** 2} cells at '
+                       f'isize={isize}, fewer than mask.sets={sets}.')
 
 
 def square_masks(rng: jax.Array, batch: int, isize: int, size: float) -> jax.Array:
@@ -197,21 +227,70 @@ def stain_masks(rng: jax.Array, batch: int, isize: int) -> jax.Array:
   return jnp.where(in_range, hole, clipped).astype(jnp.float32)[..., None]
 
 
-def grid_masks(isize: int, cells: int) -> jax.Array:
-  """Two complementary checkerboard masks.
+def _set_of_pixel(uniform: jax.Array, isize: int, cell: int, sets: int) -> jax.Array:
+  """Random balanced partition of the cells: [..., c * c] uniforms -> int32 [..., isize, isize].
 
-  Args:
-    isize: image side in pixels.
-    cells: grid cells per side; must divide isize and be >= 2.
+  A cell's rank in the random order (argsort of argsort) modulo `sets` is its set, so every set
+  gets floor or ceil of c² / sets cells -- RIAD shuffles the cells and splits them into n equal
+  parts -- and the sets are disjoint and cover every cell by construction.
+  """
+  c = isize // cell
+  rank = jnp.argsort(jnp.argsort(uniform, axis=-1), axis=-1)
+  sets_of_cells = (rank % sets).reshape(uniform.shape[:-1] + (c, c))
+  pixel_cell = _iota(isize) // cell
+  return sets_of_cells[..., pixel_cell[:, None], pixel_cell[None, :]]
+
+
+def _one_hot_sets(set_of_pixel: jax.Array, sets: int) -> jax.Array:
+  """int [..., H, W] -> float32 [sets, ..., H, W, 1] masks, mask k holding the pixels of set k."""
+  ks = jnp.arange(sets).reshape((sets,) + (1,) * set_of_pixel.ndim)
+  return (set_of_pixel[None] == ks).astype(jnp.float32)[..., None]
+
+
+# The fixed partitions of evaluation come from this key, so every evaluation (and every run) of the
+# same config sees the same masks.
+GRID_EVAL_SEED = 0
+
+
+def grid_eval_masks(isize: int, cell_sizes, sets: int) -> jax.Array:
+  """The deterministic evaluation partitions: for every cell size, `sets` disjoint masks.
 
   Returns:
-    [2, isize, isize, 1] float32; mask 0 has holes on the cells with even (row + col), mask 1 on the
-    odd ones, so m0 + m1 == 1 everywhere and horizontally/vertically adjacent cells differ.
+    [S, sets, isize, isize, 1] float32 (S = number of cell sizes); for each size s the masks sum to
+    1 everywhere. The partition of size c is drawn from fold_in(key(GRID_EVAL_SEED), c).
   """
-  _check_cells(isize, cells)
-  cell = _iota(isize) // (isize // cells)
-  even = ((cell[:, None] + cell[None, :]) % 2 == 0).astype(jnp.float32)
-  return jnp.stack([even, 1.0 - even])[..., None]
+  _check_grid(isize, cell_sizes, sets)
+  out = []
+  for cell in grid_cell_sizes(isize, cell_sizes):
+    c = isize // cell
+    u = jax.random.uniform(jax.random.fold_in(jax.random.key(GRID_EVAL_SEED), cell), (c * c,))
+    out.append(_one_hot_sets(_set_of_pixel(u, isize, cell, sets), sets))
+  return jnp.stack(out)
+
+
+def grid_train_masks(rng: jax.Array, batch: int, isize: int, cell_sizes, sets: int) -> jax.Array:
+  """Training partitions: per image, a random cell size and a fresh random partition of its cells.
+
+  The size is drawn per image, not per batch: every batch then mixes all sizes, as evaluation does,
+  so BatchNorm's batch statistics do not swing between scales from one step to the next. Shapes stay
+  static: the partitions of every size are drawn (cheap: one uniform per cell) and the drawn size
+  selects among them.
+
+  Returns:
+    [sets, batch, isize, isize, 1] float32; for each image the `sets` masks sum to 1 everywhere.
+  """
+  _check_grid(isize, cell_sizes, sets)
+  sizes = grid_cell_sizes(isize, cell_sizes)
+  size_rng, *part_rngs = jax.random.split(rng, len(sizes) + 1)
+  which = jax.random.randint(size_rng, (batch,), 0, len(sizes))
+  per_size = []
+  for cell, part_rng in zip(sizes, part_rngs):
+    c = isize // cell
+    # Flat draw, reshaped: XLA:CPU compiles multi-dimensional threefry slowly (see stain_masks).
+    u = jax.random.uniform(part_rng, (batch * c * c,)).reshape(batch, c * c)
+    per_size.append(_set_of_pixel(u, isize, cell, sets))
+  chosen = jnp.take_along_axis(jnp.stack(per_size, axis=1), which[:, None, None, None], axis=1)
+  return _one_hot_sets(chosen[:, 0], sets)
 
 
 def tiling_masks(isize: int, size: float) -> jax.Array:
@@ -232,41 +311,45 @@ def tiling_masks(isize: int, size: float) -> jax.Array:
   return (tile_id[None] == jnp.arange(n * n)[:, None, None]).astype(jnp.float32)[..., None]
 
 
-def eval_masks(kind: str, isize: int, size: float, cells: int) -> jax.Array:
-  """The fixed set of masks whose holes tile the image, used at evaluation time.
+def eval_masks(kind: str, isize: int, mask) -> jax.Array:
+  """The fixed tilings used at evaluation time; `mask` is the config's mask section.
 
-  'square' -> `tiling_masks(isize, size)`, 'grid' -> `grid_masks(isize, cells)`. 'stain' ->
-  `tiling_masks(isize, 0.25)`: stains are random, so a stain tiling would be neither reproducible nor
-  exact; a fixed tiling of small (1/16 of the image) square holes is a deterministic stand-in of
-  comparable scale that still reconstructs every pixel from context.
+  'square' -> one tiling, `tiling_masks(isize, mask.size)`; 'grid' -> one tiling per cell size,
+  `grid_eval_masks`. 'stain' -> `tiling_masks(isize, 0.25)`: stains are random, so a stain tiling
+  would be neither reproducible nor exact; a fixed tiling of small (1/16 of the image) square holes
+  is a deterministic stand-in of comparable scale that still reconstructs every pixel from context.
 
   Returns:
-    [K, isize, isize, 1] float32 masks, summing to 1 over K.
+    [T, K, isize, isize, 1] float32: T tilings of K masks each, summing to 1 over K.
   """
   entry = KINDS.get(kind)
   if entry is None or entry.eval_holes is None:
     raise ValueError(f'mask.kind={kind!r} has no evaluation masks; expected one of '
                      f'{", ".join(k for k, e in KINDS.items() if e.eval_holes)}.')
-  return entry.eval_holes(isize, size, cells)
+  return entry.eval_holes(isize, mask)
 
 
-def train_masks(kind: str, rng: jax.Array, batch: int, isize: int, size: float,
-                cells: int) -> jax.Array:
-  """Training masks for one batch.
+def train_masks(kind: str, rng: jax.Array, batch: int, isize: int, mask) -> jax.Array:
+  """Training masks for one batch; `mask` is the config's mask section.
 
   Returns:
-    'square' -> [batch, isize, isize, 1] from `square_masks`; 'stain' -> [batch, isize, isize, 1] from
-    `stain_masks`; 'grid' -> [2, isize, isize, 1] from `grid_masks`: the same two complementary masks
-    for every image (rng and batch unused), to be broadcast by the caller, typically through
-    `combine_inpaintings`.
+    'square' / 'stain' -> [batch, isize, isize, 1], one hole per image; 'grid' -> [K, batch, isize,
+    isize, 1], K = mask.sets complementary masks per image, for `combine_inpaintings`.
   """
   entry = KINDS.get(kind)
-  if entry is not None and entry.train_on_combination:
-    return entry.eval_holes(isize, size, cells)
   if entry is None or entry.train_holes is None:
     raise ValueError(f'mask.kind={kind!r} has no training masks; expected one of '
-                     f'{", ".join(k for k, e in KINDS.items() if e.eval_holes)}.')
-  return entry.train_holes(rng, batch, isize, size, cells)
+                     f'{", ".join(k for k, e in KINDS.items() if e.train_holes)}.')
+  return entry.train_holes(rng, batch, isize, mask)
+
+
+def _inpaint(reconstruct: Callable[[jax.Array], jax.Array], x: jax.Array, masks: jax.Array,
+             fill: float) -> jax.Array:
+  """[K, 1 or B, H, W, 1] masks -> the K inpaintings [K, B, H, W, C], from ONE `reconstruct` call."""
+  num_masks = masks.shape[0]
+  masked = apply_mask(x[None], masks, fill)  # [K, B, H, W, C]
+  recon = reconstruct(masked.reshape((num_masks * x.shape[0],) + x.shape[1:]))
+  return recon.reshape((num_masks,) + x.shape)
 
 
 def combine_inpaintings(reconstruct: Callable[[jax.Array], jax.Array], x: jax.Array, masks: jax.Array,
@@ -275,7 +358,7 @@ def combine_inpaintings(reconstruct: Callable[[jax.Array], jax.Array], x: jax.Ar
 
   For each mask k the images are masked with `apply_mask(x, masks[k], fill)` and reconstructed; only
   the hole of each reconstruction is kept: x_hat = sum_k reconstruct(masked_k) * masks[k]. If the holes
-  tile the image (`eval_masks`, `grid_masks`), every output pixel was predicted from context only.
+  tile the image (`tiling_masks`, `grid_train_masks`), every output pixel was predicted from context only.
 
   The K masked copies are stacked into ONE batch of K * B images and `reconstruct` is called once, so
   BatchNorm statistics and the traced graph see a single call, then the result is reshaped back.
@@ -293,25 +376,44 @@ def combine_inpaintings(reconstruct: Callable[[jax.Array], jax.Array], x: jax.Ar
     masks = masks[:, None]  # share across the batch
   elif masks.ndim != 5:
     raise ValueError(f'masks must be [K, H, W, 1] or [K, B, H, W, 1], got shape {masks.shape}.')
-  num_masks = masks.shape[0]
-  masked = apply_mask(x[None], masks, fill)  # [K, B, H, W, C]
-  recon = reconstruct(masked.reshape((num_masks * x.shape[0],) + x.shape[1:]))
-  recon = recon.reshape((num_masks,) + x.shape)
-  return (recon * masks).sum(axis=0)
+  return (_inpaint(reconstruct, x, masks, fill) * masks).sum(axis=0)
 
 
-def validate_mask_config(kind: str, isize: int, size: float, cells: int) -> None:
-  """Raises ValueError (one line naming mask.kind / mask.size / mask.cells) for impossible values.
+def combine_tilings(reconstruct: Callable[[jax.Array], jax.Array], x: jax.Array,
+                    tilings: jax.Array, fill: float) -> jax.Array:
+  """`combine_inpaintings` for T tilings at once: one full reconstruction per tiling.
+
+  All T * K masked copies go through ONE `reconstruct` call (T * K * B images), as in
+  `combine_inpaintings`.
+
+  Args:
+    reconstruct: images [N, H, W, C] -> reconstructed images [N, H, W, C].
+    x: images [B, H, W, C].
+    tilings: [T, K, H, W, 1], each tiling's K masks summing to 1 (`eval_masks`).
+    fill: value written into the holes.
+
+  Returns:
+    [T, B, H, W, C]: tiling t's reconstruction, every pixel from the copy where it was hidden.
+  """
+  t, k = tilings.shape[:2]
+  flat = tilings.reshape((t * k, 1) + tilings.shape[2:])
+  recon = _inpaint(reconstruct, x, flat, fill).reshape((t, k) + x.shape)
+  return (recon * tilings[:, :, None]).sum(axis=1)
+
+
+def validate_mask_config(kind: str, isize: int, mask) -> None:
+  """Raises ValueError (one line naming mask.kind / mask.size / mask.cell_sizes / mask.sets) for
+  impossible values of the config's mask section `mask`.
 
   Checks exactly what `train_masks` and `eval_masks` will need, so a bad config fails before any
   compilation instead of inside a jitted step. kind 'none' (no masking) needs nothing.
   """
   if kind not in KINDS:
     raise ValueError(f'mask.kind={kind!r} is unknown; expected one of {", ".join(KINDS)}.')
-  KINDS[kind].check(isize, size, cells)
+  KINDS[kind].check(isize, mask)
 
 
-def _check_stain(isize: int, size: float, cells: int) -> None:
+def _check_stain(isize: int, mask) -> None:
   try:
     _check_tiling(isize, STAIN_EVAL_SIZE)
   except ValueError:
@@ -327,35 +429,42 @@ def _check_stain(isize: int, size: float, cells: int) -> None:
 class MaskKind:
   """How one mask kind trains and evaluates, and which config keys it reads.
 
-  Training either hides one random hole per image (`train_holes`, the loss weights the hole by
-  loss.hole_weight) or, with `train_on_combination`, inpaints every hole of `eval_holes` and trains on
-  the combined reconstruction. Evaluation always combines the inpaintings of `eval_holes`, whose holes
-  tile the image. `reads` names the keys the kind uses; validation refuses the others when they are
-  set away from their defaults, so no setting is silently ignored.
+  Every function takes the config's mask section (`mask.size`, `mask.cell_sizes`, ...). Training
+  either hides one random hole per image (`train_holes` -> [B, H, W, 1]; the loss weights the hole
+  by loss.hole_weight) or, with `train_on_combination`, K complementary masks per image
+  (`train_holes` -> [K, B, H, W, 1]) whose inpaintings are combined into the reconstruction that
+  every loss sees. Evaluation combines the inpaintings of each tiling of `eval_holes`
+  ([T, K, H, W, 1]) and, with T > 1, averages the T anomaly maps. `reads` names the keys the kind
+  uses; validation refuses the others when they are set away from their defaults, so no setting is
+  silently ignored.
   """
 
-  train_holes: Callable[[jax.Array, int, int, float, int], jax.Array] | None = None
-  eval_holes: Callable[[int, float, int], jax.Array] | None = None
+  train_holes: Callable[[jax.Array, int, int, object], jax.Array] | None = None
+  eval_holes: Callable[[int, object], jax.Array] | None = None
   train_on_combination: bool = False
-  reads: frozenset[str] = frozenset()  # of 'mask.size', 'mask.cells', 'mask.fill', 'loss.hole_weight'
-  check: Callable[[int, float, int], None] = lambda isize, size, cells: None
+  # of 'mask.size', 'mask.cell_sizes', 'mask.sets', 'mask.fill', 'loss.hole_weight'
+  reads: frozenset[str] = frozenset()
+  check: Callable[[int, object], None] = lambda isize, mask: None
 
 
 KINDS: dict[str, MaskKind] = {
     'none': MaskKind(),
     # Masked SkipGANomaly, docs/methods.md#masked.
     'square': MaskKind(
-        train_holes=lambda rng, batch, isize, size, cells: square_masks(rng, batch, isize, size),
-        eval_holes=lambda isize, size, cells: tiling_masks(isize, size),
+        train_holes=lambda rng, batch, isize, m: square_masks(rng, batch, isize, m.size),
+        eval_holes=lambda isize, m: tiling_masks(isize, m.size)[None],
         reads=frozenset({'mask.size', 'mask.fill', 'loss.hole_weight'}),
-        check=lambda isize, size, cells: _check_tiling(isize, size)),
-    # The grid-mask proposal, docs/methods.md#grid_mask: no single hole, so no hole weight.
+        check=lambda isize, m: _check_tiling(isize, m.size)),
+    # The grid-mask proposal as RIAD, docs/methods.md#grid_mask: no single hole, so no hole weight.
     'grid': MaskKind(
-        eval_holes=lambda isize, size, cells: grid_masks(isize, cells), train_on_combination=True,
-        reads=frozenset({'mask.cells', 'mask.fill'}),
-        check=lambda isize, size, cells: _check_cells(isize, cells)),
+        train_holes=lambda rng, batch, isize, m: grid_train_masks(rng, batch, isize,
+                                                                  m.cell_sizes, m.sets),
+        eval_holes=lambda isize, m: grid_eval_masks(isize, m.cell_sizes, m.sets),
+        train_on_combination=True,
+        reads=frozenset({'mask.cell_sizes', 'mask.sets', 'mask.fill'}),
+        check=lambda isize, m: _check_grid(isize, m.cell_sizes, m.sets)),
     'stain': MaskKind(
-        train_holes=lambda rng, batch, isize, size, cells: stain_masks(rng, batch, isize),
-        eval_holes=lambda isize, size, cells: tiling_masks(isize, STAIN_EVAL_SIZE),
+        train_holes=lambda rng, batch, isize, m: stain_masks(rng, batch, isize),
+        eval_holes=lambda isize, m: tiling_masks(isize, STAIN_EVAL_SIZE)[None],
         reads=frozenset({'mask.fill', 'loss.hole_weight'}), check=_check_stain),
 }

@@ -1,9 +1,18 @@
-"""A static, self-contained HTML report of anomaly-detection results.
+"""Static HTML reports of anomaly-detection results that open from disk (file://), with no server.
 
-`write_html_report` writes one `index.html` that opens from disk (file://) with no server and no
-network: every picture is embedded as a base64 `data:` URI, the CSS and the few lines of JS are inline,
-and a Content-Security-Policy forbids the page from loading anything else, so a report copied off a
-cluster looks the same on a laptop on a plane.
+Two writers:
+
+- `write_html_report` (a few hundred entries at most): one `index.html` with every picture embedded as
+  a base64 `data:` URI, so the single file can be mailed or copied on its own.
+- `write_paged_report` (inference over whole folders, tens of thousands of images): the page holds a
+  small JSON index (name, score, relative map path per image) and a few lines of JS that show the most
+  and the least anomalous images first and the rest one page at a time; thumbnails are the map PNGs
+  already written under the report's folder, referenced by relative path with `loading="lazy"`. The
+  page stays a few MB and the browser decodes only the pictures in view. It is self-contained in the
+  sense that the report folder (index.html + maps/) opens anywhere from disk.
+
+The CSS and JS are inline, and a Content-Security-Policy forbids loading anything but inline code and
+local pictures, so the page cannot silently depend on the network.
 """
 
 from __future__ import annotations
@@ -31,6 +40,11 @@ _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 # Only inline styles/scripts and data: images; anything else (a stray http:// reference) is blocked by
 # the browser, so the page cannot silently depend on the network.
 _CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'")
+
+# The paged report's pictures are files beside the page: 'self' and file: allow exactly those (Chromium
+# treats file: pages as opaque origins, so 'self' alone would block them); still nothing from a network.
+_PAGED_CSP = ("default-src 'none'; img-src 'self' file: data:; style-src 'unsafe-inline'; "
+              "script-src 'unsafe-inline'")
 
 _CSS = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; background: #fafafa; }
@@ -257,6 +271,175 @@ def write_html_report(out_dir: PathLike,
 """
   path = out_dir / 'index.html'
   # Write then rename, so a crash mid-write never leaves a truncated report that looks complete.
+  tmp = out_dir / 'index.html.tmp'
+  tmp.write_text(page, encoding='utf-8')
+  tmp.replace(path)
+  return path
+
+
+# --- Paged report (inference over large folders) -------------------------------------------------
+
+# Entries per page of the full list, and per strip of the most / least anomalous images.
+PAGE_SIZE = 100
+EXTREMES = 12
+
+_PAGED_CSS = _CSS + """
+.strip { display: flex; flex-wrap: wrap; gap: 0.8em; margin-bottom: 1em; }
+.entry { width: 134px; }  /* one picture per card: the map over the image */
+.entry img { display: block; }
+.pager { margin: 0.6em 0; }
+.pager button { margin-right: 0.4em; }
+"""
+
+# Renders the JSON index: two strips (most and least anomalous) and one page of the full list, in the
+# chosen order. Only the entries on screen exist in the DOM, and their <img loading="lazy"> fetch the
+# map PNG when scrolled into view, so 20,000 images cost the browser what one page does.
+_PAGED_JS = """
+(function () {
+  var index = JSON.parse(document.getElementById('index').textContent);
+  // [name, score or null, map path or null, anomalous 0/1 or null], highest score first
+  var items = index.entries;
+  var pageSize = index.page_size, page = 0, descending = true;
+  function fmt(s) { return s === null ? 'nan' : Number(s.toPrecision(6)).toString(); }
+  function card(item, cls) {
+    var div = document.createElement('div');
+    div.className = cls;
+    div.setAttribute('data-score', fmt(item[1]));
+    var pic;
+    if (item[2] === null) {
+      pic = document.createElement('div');
+      pic.className = 'missing';
+      pic.textContent = 'no map';
+    } else {
+      pic = document.createElement('img');
+      pic.loading = 'lazy';
+      pic.alt = 'anomaly map';
+      pic.src = item[2];
+    }
+    var name = document.createElement('div');
+    name.className = 'name';
+    name.title = item[0];
+    name.textContent = item[0];
+    var score = document.createElement('div');
+    score.innerHTML = 'score <span class="score"></span>';
+    score.firstElementChild.textContent = fmt(item[1]);
+    div.appendChild(pic); div.appendChild(name); div.appendChild(score);
+    if (item[3] !== null) {  // the run's validation threshold decided this image
+      var verdict = document.createElement('div');
+      verdict.className = 'verdict' + (item[3] ? ' anomalous' : '');
+      verdict.textContent = item[3] ? 'anomalous' : 'normal';
+      div.setAttribute('data-anomalous', String(item[3]));
+      div.appendChild(verdict);
+    }
+    return div;
+  }
+  function fill(id, list, cls) {
+    var box = document.getElementById(id);
+    box.textContent = '';
+    list.forEach(function (item) { box.appendChild(card(item, cls)); });
+  }
+  var k = Math.min(index.extremes, items.length);
+  fill('most', items.slice(0, k), 'entry extreme');
+  // NaN scores sort last, so the least anomalous are the last finite ones.
+  var finite = items.filter(function (it) { return it[1] !== null; });
+  fill('least', finite.slice(Math.max(finite.length - k, 0)).reverse(), 'entry extreme');
+  var pages = Math.max(1, Math.ceil(items.length / pageSize));
+  function show() {
+    var ordered = descending ? items : finite.slice().reverse().concat(
+        items.filter(function (it) { return it[1] === null; }));
+    fill('entries', ordered.slice(page * pageSize, (page + 1) * pageSize), 'entry');
+    document.getElementById('page').textContent = (page + 1) + ' / ' + pages;
+    document.getElementById('order').textContent =
+        descending ? 'most anomalous first' : 'least anomalous first';
+  }
+  function go(p) { page = Math.min(Math.max(p, 0), pages - 1); show(); }
+  document.getElementById('first').onclick = function () { go(0); };
+  document.getElementById('prev').onclick = function () { go(page - 1); };
+  document.getElementById('next').onclick = function () { go(page + 1); };
+  document.getElementById('last').onclick = function () { go(pages - 1); };
+  document.getElementById('flip').onclick = function () { descending = !descending; go(0); };
+  show();
+  document.getElementById('count').textContent = String(items.length);
+})();
+"""
+
+
+def _json_score(entry: Mapping[str, Any]) -> float | None:
+  try:
+    score = float(entry.get('score'))
+  except (TypeError, ValueError):
+    return None
+  return score if math.isfinite(score) else None
+
+
+def write_paged_report(out_dir: PathLike,
+                       entries: Sequence[Mapping[str, Any]],
+                       metrics: Mapping[str, Any],
+                       title: str,
+                       page_size: int = PAGE_SIZE,
+                       extremes: int = EXTREMES) -> Path:
+  """Writes `out_dir/index.html` for any number of entries: JSON index, lazy thumbnails, pages.
+
+  Args:
+    out_dir: directory of the report (holds, or will hold, the map PNGs); created if needed.
+    entries: one small dict per image: `name` (str), `score` (float, higher = more anomalous; NaN or
+      None sorts last), `map_png` (path of the thumbnail relative to out_dir, e.g. 'maps/x.png', or
+      None), optionally `anomalous` (0/1 above / below the run's validation threshold; None or
+      absent: no threshold). No pixels: the page references the files, so memory and page size are
+      O(entries) names.
+    metrics: name -> value for the metrics table; a 'skipped' key is listed in its own section.
+    title: page title and heading.
+    page_size: entries per page of the full list.
+    extremes: entries in each of the 'most anomalous' and 'least anomalous' strips.
+
+  Returns:
+    Path of the written index.html. After its script runs, `#most` and `#least` hold
+    `<div class="entry extreme">` cards, `#entries` one page of `<div class="entry" data-score=...>`
+    cards (highest score first), and `#count` the number of entries.
+  """
+  out_dir = Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  ordered = sorted(entries, key=_score_key)
+  index = {'page_size': int(max(page_size, 1)), 'extremes': int(max(extremes, 0)),
+           'entries': [[str(e.get('name', '')), _json_score(e),
+                        None if e.get('map_png') is None else Path(e['map_png']).as_posix(),
+                        None if e.get('anomalous') is None else int(e['anomalous'])]
+                       for e in ordered]}
+  # '</' inside the JSON would end the <script> element early; '<\\/' is the same JSON string.
+  index_json = json.dumps(index, separators=(',', ':')).replace('</', '<\\/')
+  title_html = html.escape(title)
+  page = f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{_PAGED_CSP}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title_html}</title>
+<style>{_PAGED_CSS}</style>
+</head>
+<body>
+<h1>{title_html}</h1>
+<p><span id="count"></span> images; each picture is its anomaly map over the resized image.</p>
+<h2>Most anomalous</h2>
+<div class="strip" id="most"></div>
+<h2>Least anomalous</h2>
+<div class="strip" id="least"></div>
+<details><summary><b>Metrics</b> of this call and of the run</summary>
+{_metrics_table(metrics)}
+</details>
+{_skipped_section(metrics.get('skipped'))}
+<h2>All images ({len(ordered)}), <span id="order"></span></h2>
+<div class="pager"><button id="first">&laquo;</button><button id="prev">&lsaquo; previous</button>
+page <span id="page"></span>
+<button id="next">next &rsaquo;</button><button id="last">&raquo;</button>
+<button id="flip">reverse order</button></div>
+<div id="entries"></div>
+<script type="application/json" id="index">{index_json}</script>
+<script>{_PAGED_JS}</script>
+</body>
+</html>
+"""
+  path = out_dir / 'index.html'
   tmp = out_dir / 'index.html.tmp'
   tmp.write_text(page, encoding='utf-8')
   tmp.replace(path)

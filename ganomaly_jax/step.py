@@ -94,9 +94,10 @@ def reconstruct_for_training(components: Components, hp: StepConfig, g_params, g
   mask_rng, drop_rng = jax.random.split(rng)
   kind, m = masks.KINDS[hp.mask.kind], hp.mask
   if kind.train_on_combination:
-    # Grid-mask proposal: reconstruct both complementary masked copies in one G call and paste
-    # each hole region into one full reconstruction; every loss term then sees that combination.
-    holes = kind.eval_holes(hp.model.isize, m.size, m.cells)
+    # Grid mask (RIAD): K complementary masks per image; all K masked copies go through one G call
+    # and each pixel is taken from the copy where it was hidden, so every loss term sees a
+    # reconstruction made entirely from context.
+    holes = kind.train_holes(mask_rng, x.shape[0], hp.model.isize, m)
     new_stats = {}
 
     def reconstruct(images):
@@ -109,7 +110,7 @@ def reconstruct_for_training(components: Components, hp: StepConfig, g_params, g
     out, g_stats = _apply_g(components, g_params, g_stats, x, True, drop_rng)
     return out, g_stats, None
   # square / stain: one random hole per image; the generator completes it from context.
-  hole = kind.train_holes(mask_rng, x.shape[0], hp.model.isize, m.size, m.cells)
+  hole = kind.train_holes(mask_rng, x.shape[0], hp.model.isize, m)
   out, g_stats = _apply_g(components, g_params, g_stats, masks.apply_mask(x, hole, m.fill), True,
                           drop_rng)
   weight = 1.0 + (hp.loss.hole_weight - 1.0) * hole
@@ -235,8 +236,10 @@ def train_step(state: GanState, batch: dict[str, jax.Array], rng: jax.Array, *,
     if w.adv_extra:  # eq. 3.6, non-saturating form
       g_adv = g_adv + losses.generator_bce(fake_logits)
     g_con = losses.reconstruction_l1(x, recon, weight)
+    # RIAD's SSIM / MSGMS terms beside L1 (0 and not computed unless switched on).
+    g_struct, g_struct_terms = losses.structural_loss(x, recon, w.w_ssim, w.w_msgms)
     g_lat = generator.latent_term(out, real_feat, fake_feat)
-    g_loss = w.w_adv * g_adv + w.w_con * g_con + w.w_enc * g_lat
+    g_loss = w.w_adv * g_adv + w.w_con * g_con + g_struct + w.w_enc * g_lat
 
     # ---- Discriminator loss (eq. 3.5; SkipGANomaly eq. 3.8 with the latent term). ----
     d_loss = adversarial.discriminator_loss(inputs, hp)
@@ -249,7 +252,7 @@ def train_step(state: GanState, batch: dict[str, jax.Array], rng: jax.Array, *,
     metrics = {
         'g_loss': g_loss, 'g_adv': g_adv, 'g_con': g_con, 'g_lat': g_lat, 'd_loss': d_loss,
         'd_real': jnp.mean(jax.nn.sigmoid(real_logits)),
-        'd_fake': jnp.mean(jax.nn.sigmoid(fake_logits)),
+        'd_fake': jnp.mean(jax.nn.sigmoid(fake_logits)), **g_struct_terms,
     }
     return (g_loss, d_loss), (g_stats, d_stats, metrics)
 
@@ -294,10 +297,12 @@ def reconstruct_for_eval(components: Components, hp: StepConfig, state: GanState
                          rng: jax.Array | None = None, stochastic: bool = False) -> dict:
   """Generator forward in eval mode (BatchNorm running statistics).
 
-  Masked methods reconstruct every region from its context: the holes of the mask kind's
-  `eval_holes` tile the image, so damage anywhere is inpainted rather than copied through (the
-  study's stated limitation, docs/methods.md#masked). `stochastic=True` keeps dropout active for
-  MC-dropout.
+  Masked methods reconstruct every region from its context: the holes of each tiling of the mask
+  kind's `eval_holes` tile the image, so damage anywhere is inpainted rather than copied through (the
+  study's stated limitation, docs/methods.md#masked). With several tilings (the grid mask's cell
+  sizes, docs/methods.md#grid_mask) 'recon' is their mean and 'recons' [T, B, H, W, C] holds each,
+  so `losses.anomaly_map` can average the per-size maps as RIAD does. `stochastic=True` keeps
+  dropout active for MC-dropout.
   """
   def run(images):
     out, _ = _apply_g(components, state.g_params, state.g_stats, images, False, rng, stochastic)
@@ -306,8 +311,11 @@ def reconstruct_for_eval(components: Components, hp: StepConfig, state: GanState
   kind, m = masks.KINDS[hp.mask.kind], hp.mask
   if kind.eval_holes is None:
     return run(x)
-  tiles = kind.eval_holes(hp.model.isize, m.size, m.cells)
-  return {'recon': masks.combine_inpaintings(lambda imgs: run(imgs)['recon'], x, tiles, m.fill)}
+  tilings = kind.eval_holes(hp.model.isize, m)
+  recons = masks.combine_tilings(lambda imgs: run(imgs)['recon'], x, tilings, m.fill)
+  if recons.shape[0] == 1:
+    return {'recon': recons[0]}
+  return {'recon': jnp.mean(recons, axis=0), 'recons': recons}
 
 
 def eval_step(state: GanState, batch: dict[str, jax.Array], *, components: Components,
@@ -315,6 +323,7 @@ def eval_step(state: GanState, batch: dict[str, jax.Array], *, components: Compo
   """Per-image raw anomaly scores (not yet normalised) and reconstruction L1, in eval mode.
 
   The score is `losses.SCORES[hp.eval.score]` (eq. 6.1 for SkipGANomaly); D runs in eval mode.
+  With maps, 'map' is the `eval.map` pixel map (`losses.anomaly_map`), not yet smoothed.
   """
   x = batch['image']
   out = reconstruct_for_eval(components, hp, state, x)
@@ -326,5 +335,5 @@ def eval_step(state: GanState, batch: dict[str, jax.Array], *, components: Compo
   result['score'] = score.fn(losses.ScoreInputs(x=x, outputs=out, discriminator=discriminator), hp)
   if with_maps:
     result['recon'] = recon
-    result['map'] = losses.pixel_map(x, recon)
+    result['map'] = losses.anomaly_map(x, out, hp.eval.map)
   return result

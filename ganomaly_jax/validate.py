@@ -83,7 +83,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(t.d_reinit_threshold <= 0 or adversarial.d_loss_bounded,
            f'train.d_reinit_threshold={t.d_reinit_threshold}: the loss.adversarial={l.adversarial} '
            f'discriminator loss is not bounded below by 0, so D would be re-initialised every step.')
-  for key in ('w_adv', 'w_con', 'w_enc', 'gp_weight', 'hole_weight'):
+  for key in ('w_adv', 'w_con', 'w_enc', 'gp_weight', 'hole_weight', 'w_ssim', 'w_msgms'):
     _require(l[key] >= 0, f'loss.{key}={l[key]} must be >= 0.')
 
   for key in ('batch_size', 'num_steps', 'log_every', 'eval_every', 'checkpoint_every',
@@ -99,10 +99,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   mask_kind = masks.KINDS[config.mask.kind]
   masked = mask_kind.eval_holes is not None  # 'none' has no holes
   try:
-    masks.validate_mask_config(config.mask.kind, m.isize, config.mask.size, config.mask.cells)
+    masks.validate_mask_config(config.mask.kind, m.isize, config.mask)
   except ValueError as err:
     raise ConfigError(str(err)) from None
-  for dotted in ('mask.size', 'mask.cells', 'mask.fill', 'loss.hole_weight'):
+  for dotted in ('mask.size', 'mask.cell_sizes', 'mask.sets', 'mask.fill', 'loss.hole_weight'):
     section, key = dotted.split('.')
     value, default = config[section][key], defaults[section][key]
     _require(dotted in mask_kind.reads or value == default,
@@ -122,6 +122,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(not (score.mask == 'required' and not masked),
            f'eval.score={e.score} needs a mask (mask.kind='
            f"{'|'.join(k for k, v in masks.KINDS.items() if v.eval_holes is not None)}).")
+  for dotted in sorted(set().union(*(s.reads for s in losses.SCORES.values()))):
+    section, key = dotted.split('.')
+    value, default = config[section][key], defaults[section][key]
+    _require(dotted in score.reads or value == default,
+             f'{dotted}={value} is not used by eval.score={e.score}; leave it at {default}.')
+  _require(e.map in losses.MAPS, f'eval.map={e.map!r} is not one of {_names(losses.MAPS)}.')
+  _require(0.0 < e.topk_fraction <= 1.0,
+           f'eval.topk_fraction={e.topk_fraction} must be in (0, 1].')
+  _require(e.smooth_sigma >= 0, f'eval.smooth_sigma={e.smooth_sigma} must be >= 0.')
   _require(0.0 <= e.score_lambda <= 1.0, f'eval.score_lambda={e.score_lambda} must be in [0, 1].')
   _require(0.0 < e.threshold_quantile < 1.0,
            f'eval.threshold_quantile={e.threshold_quantile} must be in (0, 1).')

@@ -213,3 +213,36 @@ def test_oracle_f1_is_the_best_over_every_threshold():
   assert skm.f1_score(LABELS, flagged) == pytest.approx(got['image_f1_oracle'])
   # Without a validation threshold there is no operating point, and nothing is passed off as one.
   assert got['threshold'] is None and got['image_f1'] is None and got['image_fpr'] is None
+
+
+def test_eval_batches_each_process_decodes_only_its_slice():
+  """Two processes' slices of every batch put together are the one-process batch; no record is read
+  by both."""
+  from ganomaly_jax.data import pipeline
+
+  class Counting:
+    def __init__(self, n):
+      self.images = np.arange(n * 4, dtype=np.uint8).reshape(n, 2, 2, 1)
+      self.reads = []
+
+    def __len__(self):
+      return len(self.images)
+
+    def __getitem__(self, i):
+      self.reads.append(i)
+      return {'image': self.images[i], 'label': i % 2}
+
+  whole = list(pipeline.eval_batches(Counting(10), 4))
+  sources = [Counting(10) for _ in range(2)]
+  parts = [list(pipeline.eval_batches(sources[p], 4, process_index=p, process_count=2))
+           for p in range(2)]
+  assert len(whole) == len(parts[0]) == len(parts[1]) == 3
+  for b, batch in enumerate(whole):
+    for key in ('image', 'label', 'valid'):
+      np.testing.assert_array_equal(
+          np.concatenate([parts[0][b][key], parts[1][b][key]]), batch[key], err_msg=key)
+    np.testing.assert_array_equal(np.concatenate([parts[0][b]['index'], parts[1][b]['index']]),
+                                  np.where(batch['valid'], np.arange(4) + 4 * b, -1))
+  # Process 0 holds rows 8-9 of the last batch, process 1 only padding (one read for its shape).
+  assert set(sources[0].reads) == {0, 1, 4, 5, 8, 9}
+  assert set(sources[1].reads) - {0} == {2, 3, 6, 7}

@@ -23,19 +23,82 @@ def test_tiling_holes_cover_every_pixel_once(isize, size, count):
   np.testing.assert_array_equal(m.sum(axis=(1, 2, 3)), side * side)
 
 
-@pytest.mark.parametrize('isize,cells', [(16, 2), (16, 4), (32, 8), (12, 3)])
-def test_grid_masks_complementary_and_alternating(isize, cells):
-  m = np.asarray(masks.grid_masks(isize, cells))
-  assert m.shape == (2, isize, isize, 1)
-  np.testing.assert_array_equal(m.sum(axis=0), 1.0)
-  # Sample one pixel per cell: constant within a cell, neighbours in both directions differ.
-  step = isize // cells
-  cell_values = m[0, ::step, ::step, 0]
-  np.testing.assert_array_equal(m[0, :, :, 0], np.kron(cell_values, np.ones((step, step))))
-  assert np.all(cell_values[1:, :] != cell_values[:-1, :])
-  assert np.all(cell_values[:, 1:] != cell_values[:, :-1])
-  if cells % 2 == 0:
-    assert m[0].sum() == m[1].sum() == isize * isize / 2
+class _Mask:
+  """Stands in for the config's mask section (attribute access, like the ConfigDict and StepConfig)."""
+
+  def __init__(self, size=0.5, cell_sizes=(), sets=3, fill=0.0):
+    self.size, self.cell_sizes, self.sets, self.fill = size, cell_sizes, sets, fill
+
+
+def _assert_partition(m: np.ndarray, cell: int, sets: int) -> None:
+  """m: [sets, H, W, 1] -- binary, disjoint, covering, constant on cells, balanced sets."""
+  isize = m.shape[1]
+  assert m.shape == (sets, isize, isize, 1)
+  assert set(np.unique(m)) <= {0.0, 1.0}
+  np.testing.assert_array_equal(m.sum(axis=0), 1.0)  # disjoint and covering: every pixel once
+  cell_values = m[:, ::cell, ::cell, 0]
+  np.testing.assert_array_equal(m[..., 0], np.kron(cell_values, np.ones((1, cell, cell))))
+  cells_per_set = cell_values.sum(axis=(1, 2))
+  n = (isize // cell) ** 2
+  assert set(cells_per_set) <= {n // sets, -(-n // sets)}  # balanced, as RIAD's equal split
+
+
+@pytest.mark.parametrize('isize,cell_sizes,expected', [
+    (16, (), (2, 4)), (32, (), (2, 4, 8)), (64, (), (2, 4, 8, 16)), (256, (), (2, 4, 8, 16)),
+    (32, (4, 8), (4, 8))])
+def test_grid_cell_sizes(isize, cell_sizes, expected):
+  assert masks.grid_cell_sizes(isize, cell_sizes) == expected
+
+
+@pytest.mark.parametrize('isize,cell_sizes,sets', [(16, (), 3), (32, (2, 4, 8), 3), (32, (), 2),
+                                                   (16, (1, 4, 8), 4)])
+def test_grid_eval_partitions_cover_every_pixel_once_and_are_fixed(isize, cell_sizes, sets):
+  m = np.asarray(masks.grid_eval_masks(isize, cell_sizes, sets))
+  sizes = masks.grid_cell_sizes(isize, cell_sizes)
+  assert m.shape == (len(sizes), sets, isize, isize, 1)
+  for t, cell in enumerate(sizes):
+    _assert_partition(m[t], cell, sets)
+  # Deterministic: the same masks on every call (a fixed key), and a real random split, not a
+  # checkerboard: some horizontally adjacent cells share a set.
+  np.testing.assert_array_equal(m, np.asarray(masks.grid_eval_masks(isize, cell_sizes, sets)))
+  finest = m[0, 0, ::sizes[0], ::sizes[0], 0]
+  assert np.any(finest[:, 1:] == finest[:, :-1])
+
+
+_grid_train = jax.jit(masks.grid_train_masks, static_argnums=(1, 2, 3, 4))
+
+
+@pytest.mark.parametrize('isize,cell_sizes,sets', [(16, (), 3), (32, (2, 4, 8), 3), (16, (2, 4), 2)])
+def test_grid_train_partitions_cover_every_pixel_once_at_every_size(isize, cell_sizes, sets):
+  batch = 24
+  m = np.asarray(_grid_train(jax.random.PRNGKey(0), batch, isize, cell_sizes, sets))
+  assert m.shape == (sets, batch, isize, isize, 1)
+  sizes = masks.grid_cell_sizes(isize, cell_sizes)
+  seen = set()
+  for b in range(batch):
+    # The drawn size is the largest cell side on which this image's partition is constant.
+    image = m[:, b]
+    cell = max(c for c in sizes
+               if np.array_equal(image[..., 0], np.kron(image[:, ::c, ::c, 0], np.ones((1, c, c)))))
+    _assert_partition(image, cell, sets)
+    seen.add(cell)
+  assert seen == set(sizes)  # every size is drawn (24 images, <= 3 sizes)
+  # Per image: the partitions of a batch differ.
+  assert len({m[:, b].tobytes() for b in range(batch)}) > batch // 2
+
+
+def test_grid_train_masks_random_per_step():
+  a = _grid_train(jax.random.PRNGKey(1), 8, 16, (2, 4), 3)
+  b = _grid_train(jax.random.PRNGKey(2), 8, 16, (2, 4), 3)
+  assert not np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_grid_shapes_are_static_under_jit():
+  out = jax.eval_shape(lambda r: masks.train_masks('grid', r, 5, 32, _Mask(cell_sizes=(2, 4, 8))),
+                       jax.random.PRNGKey(0))
+  assert (out.shape, out.dtype) == ((3, 5, 32, 32, 1), jnp.float32)
+  out = jax.eval_shape(lambda: masks.eval_masks('grid', 32, _Mask(sets=2)))
+  assert out.shape == (3, 2, 32, 32, 1)
 
 
 def test_square_masks_side_contiguity_and_positions():
@@ -95,7 +158,7 @@ def _images(shape=(3, 8, 8, 2), seed=0):
 def test_combine_inpaintings(mask_set):
   x = _images()
   target = _images(seed=1)
-  m = masks.tiling_masks(8, 0.5) if mask_set == 'tiling' else masks.grid_masks(8, 4)
+  m = masks.tiling_masks(8, 0.5) if mask_set == 'tiling' else masks.grid_eval_masks(8, (2,), 3)[0]
   num_masks = m.shape[0]
   calls = []
 
@@ -132,28 +195,52 @@ def test_combine_inpaintings_sees_masked_copies_in_mask_order():
     np.testing.assert_allclose(stacked[k], masks.apply_mask(x, m[k], -1.0))
 
 
+def test_combine_tilings_assembles_each_tiling_from_one_call():
+  x = _images()
+  tilings = masks.grid_eval_masks(8, (2, 4), 3)  # [2, 3, 8, 8, 1]
+  calls = []
+
+  def by_copy(images):  # copy j of the stack returns the constant j: shows which copy a pixel took
+    calls.append(images.shape)
+    n = images.shape[0] // x.shape[0]
+    return jnp.broadcast_to(jnp.arange(n, dtype=jnp.float32)[:, None, None, None, None],
+                            (n,) + x.shape).reshape(images.shape)
+
+  out = np.asarray(masks.combine_tilings(by_copy, x, tilings, 0.0))
+  assert calls == [(6 * x.shape[0],) + x.shape[1:]]
+  assert out.shape == (2,) + x.shape
+  t = np.asarray(tilings)[..., 0]
+  for size in range(2):
+    expected = sum((3 * size + k) * t[size, k] for k in range(3))  # the copy where it was hidden
+    np.testing.assert_allclose(out[size], np.broadcast_to(expected[None, :, :, None], x.shape))
+
+
 def test_eval_and_train_dispatch():
-  np.testing.assert_array_equal(masks.eval_masks('square', 16, 0.5, 4), masks.tiling_masks(16, 0.5))
-  np.testing.assert_array_equal(masks.eval_masks('grid', 16, 0.5, 4), masks.grid_masks(16, 4))
-  assert masks.eval_masks('stain', 16, 0.5, 4).shape == (16, 16, 16, 1)
+  np.testing.assert_array_equal(masks.eval_masks('square', 16, _Mask()),
+                                masks.tiling_masks(16, 0.5)[None])
+  np.testing.assert_array_equal(masks.eval_masks('grid', 16, _Mask()),
+                                masks.grid_eval_masks(16, (), 3))
+  assert masks.eval_masks('stain', 16, _Mask()).shape == (1, 16, 16, 16, 1)
   rng = jax.random.PRNGKey(0)
 
   def shape(kind):  # eval_shape traces without compiling: fast
-    out = jax.eval_shape(lambda r: masks.train_masks(kind, r, 5, 16, 0.5, 4), rng)
+    out = jax.eval_shape(lambda r: masks.train_masks(kind, r, 5, 16, _Mask()), rng)
     return out.shape, out.dtype
 
   assert shape('square') == ((5, 16, 16, 1), jnp.float32)
   assert shape('stain') == ((5, 16, 16, 1), jnp.float32)
-  assert shape('grid') == ((2, 16, 16, 1), jnp.float32)
+  assert shape('grid') == ((3, 5, 16, 16, 1), jnp.float32)
   with pytest.raises(ValueError, match='mask.kind'):
-    masks.eval_masks('circle', 16, 0.5, 4)
+    masks.eval_masks('circle', 16, _Mask())
   with pytest.raises(ValueError, match='mask.kind'):
-    masks.train_masks('none', rng, 5, 16, 0.5, 4)
+    masks.train_masks('none', rng, 5, 16, _Mask())
 
 
 @pytest.mark.parametrize('fn,args,key', [
-    (masks.grid_masks, (16, 3), 'mask.cells'),
-    (masks.grid_masks, (16, 1), 'mask.cells'),
+    (masks.grid_eval_masks, (16, (3,), 3), 'mask.cell_sizes'),
+    (masks.grid_eval_masks, (16, (8,), 5), 'mask.cell_sizes'),
+    (masks.grid_eval_masks, (16, (2, 2), 3), 'mask.cell_sizes'),
+    (masks.grid_eval_masks, (16, (2,), 1), 'mask.sets'),
     (masks.tiling_masks, (16, 0.3), 'mask.size'),
     (masks.tiling_masks, (16, 1.0), 'mask.size'),
     (masks.tiling_masks, (16, 0.0), 'mask.size'),
@@ -169,26 +256,28 @@ def test_size_at_least_one_says_larger_than_image():
     masks.tiling_masks(16, 1.5)
 
 
-@pytest.mark.parametrize('kind,isize,size,cells,key', [
-    ('circle', 16, 0.5, 4, 'mask.kind'),
-    ('square', 16, 0.3, 4, 'mask.size'),
-    ('square', 16, 1.0, 4, 'mask.size'),
-    ('square', 16, -0.5, 4, 'mask.size'),
-    ('grid', 16, 0.5, 5, 'mask.cells'),
-    ('grid', 16, 0.5, 1, 'mask.cells'),
-    ('stain', 30, 0.5, 4, 'mask.kind'),
+@pytest.mark.parametrize('kind,isize,mask,key', [
+    ('circle', 16, _Mask(), 'mask.kind'),
+    ('square', 16, _Mask(size=0.3), 'mask.size'),
+    ('square', 16, _Mask(size=1.0), 'mask.size'),
+    ('square', 16, _Mask(size=-0.5), 'mask.size'),
+    ('grid', 16, _Mask(cell_sizes=(5,)), 'mask.cell_sizes'),
+    ('grid', 16, _Mask(cell_sizes=(16,)), 'mask.cell_sizes'),  # one cell, fewer than 3 sets
+    ('grid', 16, _Mask(sets=1), 'mask.sets'),
+    ('stain', 30, _Mask(), 'mask.kind'),
 ])
-def test_validate_mask_config_rejects(kind, isize, size, cells, key):
+def test_validate_mask_config_rejects(kind, isize, mask, key):
   with pytest.raises(ValueError, match=key) as info:
-    masks.validate_mask_config(kind, isize, size, cells)
+    masks.validate_mask_config(kind, isize, mask)
   assert '\n' not in str(info.value)
 
 
-@pytest.mark.parametrize('kind,isize,size,cells', [
-    ('none', 16, 7.0, 0),  # nothing to check when masking is off
-    ('square', 256, 0.5, 4),
-    ('grid', 32, 0.3, 4),  # grid ignores mask.size
-    ('stain', 32, 2.0, 1),  # stain ignores mask.size and mask.cells
+@pytest.mark.parametrize('kind,isize,mask', [
+    ('none', 16, _Mask(size=7.0, sets=0)),  # nothing to check when masking is off
+    ('square', 256, _Mask()),
+    ('grid', 32, _Mask(size=0.3)),  # grid ignores mask.size
+    ('grid', 256, _Mask(cell_sizes=(2, 4, 8, 16), sets=2)),
+    ('stain', 32, _Mask(size=2.0, sets=0)),  # stain ignores mask.size and the grid keys
 ])
-def test_validate_mask_config_accepts(kind, isize, size, cells):
-  masks.validate_mask_config(kind, isize, size, cells)
+def test_validate_mask_config_accepts(kind, isize, mask):
+  masks.validate_mask_config(kind, isize, mask)

@@ -169,3 +169,59 @@ def test_smoothing_helps_pro_on_speckled_maps():
   raw = pixel_metrics.pixel_pro(maps, mask)
   smooth = pixel_metrics.pixel_pro(pixel_metrics.smooth_maps(maps, 2.0), mask)
   assert smooth > raw
+
+
+# --- PixelHistogram: the streaming form used by evaluation ------------------------------------
+
+
+def _quantised(maps: np.ndarray, hist: pixel_metrics.PixelHistogram) -> np.ndarray:
+  """The maps rounded down to the histogram's bins (the maps on which it is exact)."""
+  return np.floor(np.clip(maps, 0, None) * hist.bins / hist.max_value).clip(0, hist.bins - 1)
+
+
+@pytest.mark.parametrize('bins', [16, 2 ** 16])
+def test_histogram_is_exact_on_quantised_maps(bins):
+  masks = _masks_with_regions(5, 24, seed=3)
+  rng = np.random.default_rng(1)
+  maps = np.clip(rng.uniform(0, 1.5, masks.shape) + 0.4 * masks, 0, 2).astype(np.float32)
+  hist = pixel_metrics.PixelHistogram(bins=bins)
+  for amap, mask in zip(maps, masks):
+    hist.add(amap, mask)
+  q = _quantised(maps, hist)
+  assert hist.auroc() == pytest.approx(pixel_metrics.pixel_auroc(q, masks), abs=1e-12)
+  assert hist.pro() == pytest.approx(pixel_metrics.pixel_pro(q, masks), abs=1e-12)
+  assert hist.num_images == 5 and hist.num_defect_images == 4
+
+
+def test_histogram_close_to_exact_on_continuous_maps():
+  """With the default 2**16 bins over [0, 2] only pairs closer than 3e-5 are tied."""
+  masks = _masks_with_regions(4, 32, seed=5)
+  maps = np.random.default_rng(2).uniform(0, 2, masks.shape).astype(np.float32) * (1 + 0.2 * masks)
+  maps = np.minimum(maps, 1.999)
+  hist = pixel_metrics.PixelHistogram()
+  for amap, mask in zip(maps, masks):
+    hist.add(amap, mask)
+  assert hist.auroc() == pytest.approx(pixel_metrics.pixel_auroc(maps, masks), abs=1e-4)
+  assert hist.pro() == pytest.approx(pixel_metrics.pixel_pro(maps, masks), abs=1e-4)
+
+
+def test_histograms_of_shards_merge_to_the_whole():
+  masks = _masks_with_regions(6, 16, seed=7)
+  maps = np.random.default_rng(4).uniform(0, 2, masks.shape).astype(np.float32)
+  whole, a, b = (pixel_metrics.PixelHistogram(bins=256) for _ in range(3))
+  for i, (amap, mask) in enumerate(zip(maps, masks)):
+    whole.add(amap, mask)
+    (a if i % 2 else b).add(amap, mask)
+  a.merge(pixel_metrics.PixelHistogram.from_state(b.state()))
+  assert a.auroc() == whole.auroc() and a.pro() == whole.pro()
+  assert a.num_regions == whole.num_regions
+
+
+def test_histogram_undefined_and_clipped_cases():
+  hist = pixel_metrics.PixelHistogram(bins=64)
+  hist.add(np.ones((4, 4)), np.zeros((4, 4)))
+  assert hist.auroc() is None and hist.pro() is None  # no defect pixel
+  hist.add(np.full((4, 4), 5.0), np.ones((4, 4)))  # above max_value: clipped into the top bin
+  assert hist.clipped == 16 and hist.auroc() == 1.0
+  hist.add(np.full((4, 4), np.nan), np.ones((4, 4)))
+  assert hist.auroc() is None and hist.pro() is None

@@ -11,7 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from ganomaly_jax import config_lib, losses, models, state as state_lib, step as step_lib, sweep
+from ganomaly_jax import (config_lib, losses, models, pixel_metrics, state as state_lib,
+                          step as step_lib, sweep)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ':quick,model.ngf=4,model.ndf=4,batch=8'
@@ -99,3 +100,32 @@ def test_skip_ganomaly_d_loss_includes_the_latent_term():
   np.testing.assert_allclose(default['g_lat'], ablation['g_lat'], rtol=1e-6)
   np.testing.assert_allclose(default['d_loss'] - ablation['d_loss'], 1.0 * default['g_lat'],
                              rtol=1e-4, atol=1e-7)
+
+
+# ---- RIAD's structural terms and maps (docs/methods.md#grid_mask): switches of every method. ----
+
+
+def test_structural_terms_add_to_the_generator_loss():
+  # The weights do not change the forward pass, so the G loss differs by exactly the weighted terms.
+  _, _, plain, _ = run_method('skip_ganomaly')
+  _, _, riad, _ = run_method('skip_ganomaly', ('loss.w_msgms', 3.0), ('loss.w_ssim', 2.0))
+  assert 'g_ssim' not in plain and 0 < riad['g_ssim'] < 2 and 0 < riad['g_msgms'] < 1
+  np.testing.assert_allclose(riad['g_loss'] - plain['g_loss'],
+                             2.0 * riad['g_ssim'] + 3.0 * riad['g_msgms'], rtol=1e-4)
+
+
+def test_grid_eval_is_deterministic_and_scores_its_map():
+  config = tiny_config('grid_mask')
+  components = state_lib.build_components(config)
+  hp = step_lib.StepConfig.from_config(config)
+  state = state_lib.create_state(config, components, jax.random.key(0))
+  shape = state_lib.image_shape(config, config.train.batch_size)
+  batch = {'image': np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)}
+  evaluate = jax.jit(functools.partial(step_lib.eval_step, components=components, hp=hp,
+                                       with_maps=True))
+  first, second = jax.device_get(evaluate(state, batch)), jax.device_get(evaluate(state, batch))
+  np.testing.assert_array_equal(first['map'], second['map'])  # fixed partitions at evaluation
+  assert first['map'].shape == shape[:3]
+  # configs/grid_mask.py: eval.score=map_max of the 'riad' map smoothed with eval.smooth_sigma.
+  smoothed = pixel_metrics.smooth_maps(first['map'], config.eval.smooth_sigma)
+  np.testing.assert_allclose(first['score'], smoothed.reshape(shape[0], -1).max(axis=1), rtol=1e-4)

@@ -81,8 +81,38 @@ def test_mask_fill_without_a_mask_is_refused():
   validate.validate_config(_config('masked', **{'mask.fill': -1.0}))
 
 
-def test_mask_cells_with_the_square_mask_is_refused():
-  _refused('masked', {'mask.cells': 2}, r'mask.cells=2 is not used by mask.kind=square')
+@pytest.mark.parametrize('key, value', [('mask.cell_sizes', (2, 4)), ('mask.sets', 2)])
+def test_grid_keys_with_the_square_mask_are_refused(key, value):
+  _refused('masked', {key: value}, rf'{key}=.* is not used by mask.kind=square')
+  validate.validate_config(_config('grid_mask', **{key: value}))  # the grid reads both
+
+
+def test_bad_grid_cell_sizes_are_refused():
+  _refused('grid_mask', {'mask.cell_sizes': (3,)}, r'mask.cell_sizes: a cell side of 3')
+  _refused('grid_mask', {'mask.sets': 1}, r'mask.sets=1')
+
+
+# ---- Structural losses and maps are switches of every reconstruction method. ----
+
+
+@pytest.mark.parametrize('method', config_lib.METHODS)
+def test_structural_losses_and_maps_fit_every_method(method):
+  validate.validate_config(_config(method, **{'loss.w_ssim': 1.0, 'loss.w_msgms': 1.0,
+                                              'eval.map': 'msgms', 'eval.score': 'map_max'}))
+
+
+def test_map_options_come_from_the_registries():
+  _refused('skip_ganomaly', {'eval.map': 'l2'}, 'eval.map=.* is not one of ' + ', '.join(losses.MAPS))
+  _refused('skip_ganomaly', {'loss.w_ssim': -1.0}, r'loss.w_ssim=-1.0 must be >= 0')
+
+
+def test_topk_fraction_only_with_the_topk_score():
+  _refused('grid_mask', {'eval.topk_fraction': 0.2},
+           r'eval.topk_fraction=0.2 is not used by eval.score=map_mean')
+  validate.validate_config(_config('grid_mask', **{'eval.score': 'map_topk',
+                                                   'eval.topk_fraction': 0.2}))
+  _refused('grid_mask', {'eval.score': 'map_topk', 'eval.topk_fraction': 0.0},
+           r'eval.topk_fraction=0.0 must be in \(0, 1\]')
 
 
 # ---- Allowed values come from the registries. ----

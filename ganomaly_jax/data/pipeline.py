@@ -79,21 +79,34 @@ def train_iterator(source, *, batch_size: int, seed: int, flip: bool = False, zo
   return iter(it)
 
 
-def eval_batches(source, batch_size: int, limit: int = 0) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(source, batch_size: int, limit: int = 0, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
   """Ordered batches of the whole source, the last one padded; `valid` marks real examples.
 
-  Padding keeps every batch the same shape so the eval step compiles once.
+  Padding keeps every batch the same shape so the eval step compiles once. With `process_count` > 1
+  each global batch of `batch_size` is split into equal contiguous slices and this process decodes
+  only slice `process_index` (the part of the global batch its devices hold), so no host reads the
+  whole batch. `index` holds each row's position in the source (-1 for padding).
   """
+  if batch_size % process_count:
+    raise ValueError(f'batch size {batch_size} does not split over {process_count} processes')
+  per = batch_size // process_count
   n = len(source) if not limit else min(limit, len(source))
   for start in range(0, n, batch_size):
-    idx = range(start, min(start + batch_size, n))
+    first = start + process_index * per
+    idx = range(min(first, n), min(first + per, n))
     records = [source[i] for i in idx]
-    images = np.stack([to_float(r['image']) for r in records])
-    labels = np.asarray([r['label'] for r in records], np.int32)
+    if records:
+      images = np.stack([to_float(r['image']) for r in records])
+    else:  # this slice is all padding: its shape is the first record's
+      images = np.zeros((0,) + np.shape(to_float(source[0]['image'])), np.float32)
+    labels = np.asarray([r['label'] for r in records], np.int32).reshape(-1)
     valid = np.ones(len(records), bool)
-    pad = batch_size - len(records)
+    index = np.asarray(idx, np.int64).reshape(-1)
+    pad = per - len(records)
     if pad:
       images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
       labels = np.concatenate([labels, np.zeros(pad, np.int32)])
       valid = np.concatenate([valid, np.zeros(pad, bool)])
-    yield {'image': images, 'label': labels, 'valid': valid}
+      index = np.concatenate([index, np.full(pad, -1, np.int64)])
+    yield {'image': images, 'label': labels, 'valid': valid, 'index': index}
