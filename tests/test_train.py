@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 
+from fake_gcs import gs_root  # noqa: F401  (a fixture)
 from ganomaly_jax import config_lib, rundir, train
 from ganomaly_jax.data import sources
 
@@ -108,3 +109,35 @@ def test_hparams_are_the_configs_scalar_leaves():
   flat = train.hparams(tiny_config())
   assert flat['train.num_steps'] == 4 and flat['method'] == 'ganomaly'
   assert all(isinstance(v, (int, float, str, bool)) for v in flat.values())
+
+
+@pytest.mark.slow
+def test_quick_run_on_gs_writes_the_run_directory_through_epath(gs_root, tmp_path, monkeypatch):
+  # gs:// is fsspec's in-memory file system (tests/fake_gcs.py). Orbax's arrays (tensorstore's own
+  # GCS driver) and TensorBoard (tf.io.gfile) cannot reach it, so those two go to a local folder;
+  # everything else the run writes and reads (config, curves, results, pictures, the finished rule,
+  # restart) goes to gs://.
+  from clu import metric_writers
+
+  from ganomaly_jax import checkpoint
+
+  local = str(tmp_path / 'local')
+  store, writer = checkpoint.CheckpointStore, metric_writers.create_default_writer
+  monkeypatch.setattr(checkpoint, 'CheckpointStore', lambda workdir, keep=2: store(local, keep))
+  monkeypatch.setattr(metric_writers, 'create_default_writer',
+                      lambda logdir, **kw: writer(local, **kw))
+  monkeypatch.chdir(tmp_path)
+  config = tiny_config(**{'train.num_steps': 2, 'train.log_every': 1, 'dataset.max_train': 64,
+                          'dataset.max_test': 32, 'eval.batch_size': 16})
+  results = train.train_and_evaluate(config, gs_root)
+  names = {p.name for p in rundir.path(gs_root).iterdir()}
+  assert {rundir.RESULTS, rundir.CONFIG, rundir.CURVES, 'loss_curves.png', 'roc_pr.png',
+          'score_histogram.png', 'extremes.png'} <= names, names
+  assert rundir.read_results(gs_root) == results and results['steps'] == 2
+  assert [s for s, _ in rundir.read_curves(gs_root)['g_loss']] == [1, 2]
+  assert sorted(os.listdir(tmp_path)) == ['local']  # nothing landed in a local 'gs:' folder
+  # The finished rule reads gs://; a restart moves the run aside there.
+  assert train.train_and_evaluate(config, gs_root) == results
+  rundir.move_aside(gs_root, stamp='x')
+  assert rundir.read_results(gs_root) is None
+  assert rundir.read_json(rundir.path(gs_root, 'old_x', rundir.RESULTS)) == results
