@@ -19,7 +19,7 @@ DOC = REPO / 'docs' / 'performance.md'
 FIGURE = re.compile(
     r'\d(?:[\d,.]*\d)?\s*(?:images/s|img/s|steps/s|[GT]FLOP/s|[KMG]iB|ms)(?![\w/])'
     r'|\d\s*[x×]\s+(?:faster|slower)')
-CITATION = re.compile(r'docs/performance\.md#([\w-]+)')
+CITATION = re.compile(re.escape(DOC.relative_to(REPO).as_posix()) + r'#([\w-]+)')
 
 
 def docstrings_and_comments(path: pathlib.Path) -> list[tuple[int, str]]:
