@@ -1,8 +1,8 @@
 """JAX's persistent compilation cache, switched on for the programs of every `main` and `sweep` run.
 
-Compiling the training step is the largest single cost of a short run and of a resume: 6-9 s per
+Compiling the training step is the largest single cost of a short run and of a resume: seconds per
 program on a 2-core CPU, more on TPU pods, and on CPU XLA's compilation is also the peak of the
-process's memory (it added ~350 MiB to the GANomaly 32x32x1 benchmark, more than running the step).
+process's memory, more than running the step (docs/performance.md#compile-cache).
 With the cache a later run of the same program (a resume, a rerun, an ablation that changes only
 data or step counts, every host of a pod after the first) loads the executable instead.
 

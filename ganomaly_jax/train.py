@@ -186,8 +186,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     _check_process_count(store, workdir)
   if config.mode == 'train':
     # Compile the step from shapes alone, before any state exists, and give the compiler's scratch
-    # memory back: on CPU the compilation is the run's memory peak, and on top of the state it was
-    # 150-390 MiB higher (host_memory.py).
+    # memory back: on CPU the compilation is the run's memory peak, and on top of the state the
+    # peak would be higher still (docs/performance.md#host-memory-hand-back).
     image = jax.ShapeDtypeStruct(state_lib.image_shape(config, config.train.batch_size), jnp.float32)
     p_train_step = p_train_step.lower(state_shapes, {'image': image},
                                       jax.eval_shape(jax.random.fold_in, train_rng, 0)).compile()
