@@ -79,8 +79,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.distributed = False  # call jax.distributed.initialize() (multi-host)
   c.restart = False  # move old checkpoints aside and start fresh
-  # JAX's persistent compilation cache: reruns and resumes load the compiled steps ('' = off).
-  c.compile_cache_dir = compile_cache.DEFAULT_DIR
+  # JAX's persistent compilation cache: reruns and resumes load the compiled steps ('' = off;
+  # default $JAX_COMPILATION_CACHE_DIR, else ~/.cache/ganomaly_jax/xla).
+  c.compile_cache_dir = compile_cache.default_dir()
   c.debug_nan_at_step = -1  # test hook: inject a NaN into the loss at this step (-1: never)
   c.debug_kill_at_step = -1  # test hook: SIGKILL this process after this step (-1: never)
 
