@@ -1,7 +1,7 @@
 """Inference CLI: `python -m ganomaly_jax.infer` on the shared quick masked run (tests/conftest.py).
 
-The browser test needs `/usr/bin/chromium`; without it the test FAILS unless GANOMALY_SKIP_BROWSER=1
-(as in test_plots_report).
+The browser test needs chromium, chromium-browser or google-chrome on PATH (tests/helpers/browser.py);
+without it the test FAILS unless GANOMALY_SKIP_BROWSER=1 (as in test_plots_report).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import pytest
 
 import synthetic
 from ganomaly_jax import infer
+from helpers import browser
 
-CHROMIUM = Path('/usr/bin/chromium')
 ENTRY_RE = re.compile(r'<div class="entry"')
 
 
@@ -88,22 +88,21 @@ def test_skipped_files_listed_and_nothing_lost(inferred):
   assert not [p for p in os.listdir(inferred.out) if p.startswith('.infer-')]
 
 
+@pytest.mark.browser
 def test_report_renders_one_entry_per_image_in_chromium(inferred, tmp_path):
-  if not CHROMIUM.exists():
-    if os.environ.get('GANOMALY_SKIP_BROWSER') == '1':
-      pytest.skip('GANOMALY_SKIP_BROWSER=1: headless browser test skipped')
-    pytest.fail('/usr/bin/chromium not found: install it with `apt-get install -y chromium` '
-                '(or set GANOMALY_SKIP_BROWSER=1 to skip this test deliberately)')
-  cmd = [str(CHROMIUM), '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic',
-         '--no-first-run', '--disable-background-networking', '--disable-component-update',
-         '--disable-sync', f'--user-data-dir={tmp_path / "profile"}', '--dump-dom',
-         (inferred.out / 'index.html').resolve().as_uri()]
-  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
-  assert proc.returncode == 0, proc.stderr[-2000:]
+  dom = browser.dump_dom(inferred.out / 'index.html', tmp_path / 'profile')
   n = len(inferred.folder.decodable)
-  assert len(ENTRY_RE.findall(proc.stdout)) == n
-  count = re.search(r'<span id="count">([^<]*)</span>', proc.stdout)
+  assert len(ENTRY_RE.findall(dom)) == n
+  count = re.search(r'<span id="count">([^<]*)</span>', dom)
   assert count is not None and count.group(1) == str(n)
+  # Each entry's image and map are embedded PNGs that decode; each map is one written to maps/.
+  pictures = browser.embedded_images(dom)
+  assert len(pictures) == 2 * n
+  maps = set()
+  for path in (inferred.out / 'maps').rglob('*.png'):
+    with Image.open(path) as im:
+      maps.add(np.asarray(im.convert('RGB')).tobytes())
+  assert sum(p.tobytes() in maps for p in pictures) == n
 
 
 def test_workdir_without_checkpoint_is_one_error_line(masked_run, tmp_path):
@@ -161,3 +160,24 @@ def test_map_names_are_unique():
   names = infer.map_names(['a/x.png', 'a/x.jpg', 'b/x.png', 'y.tif'])
   assert names == ['a/x_png', 'a/x_jpg', 'b/x', 'y']
   assert len(set(names)) == len(names)
+
+
+def test_raw_scores_equal_the_runs_own_evaluation(masked_run, tmp_path):
+  """infer on the run's whole test set reproduces the raw scores its evaluation recorded.
+
+  The run wrote the raw test-score range (score_min / score_max) of the checkpoint it selected; infer
+  restores that checkpoint, decodes the same files through its own path and scores them in batches
+  of another size. Any difference (train-mode BatchNorm, another checkpoint, other preprocessing)
+  moves the extremes.
+  """
+  images = tmp_path / 'test_set'
+  images.mkdir()
+  for i, path in enumerate(masked_run.data.test_good + masked_run.data.test_defect):
+    shutil.copy(path, images / f'{i:03d}.png')
+  summary = infer.infer(str(masked_run.workdir), str(images), str(tmp_path / 'out'), batch_size=5)
+  assert summary['scored'] == len(masked_run.data.test_good) + len(masked_run.data.test_defect)
+  lo, hi = masked_run.results['score_min'], masked_run.results['score_max']
+  # infer writes (raw - lo) / (hi - lo) with the run's range: the run's extremes map to exactly 0 and 1.
+  scores = np.array([float(r['score']) for r in _rows(tmp_path / 'out' / 'scores.csv')])
+  raw = scores * (hi - lo) + lo
+  np.testing.assert_allclose([raw.min(), raw.max()], [lo, hi], rtol=1e-4, atol=1e-7)
