@@ -88,6 +88,7 @@ def _kernel_sides(tree) -> set[int]:
   return {shape[0] for name, shape in _leaves(tree).items() if name.endswith('kernel') and len(shape) == 4}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('method', config_lib.METHODS)
 def test_every_method_quick_run_writes_results(method, tmp_path, monkeypatch):
   from test_reliability import latest_state

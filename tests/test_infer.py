@@ -57,6 +57,7 @@ def inferred(masked_run, tmp_path_factory) -> InferRun:
   return InferRun(folder, out, proc)
 
 
+@pytest.mark.slow
 def test_scores_csv_has_one_row_per_decodable_image(inferred):
   rows = _rows(inferred.out / 'scores.csv')
   assert list(rows[0]) == ['path', 'score']
@@ -70,6 +71,7 @@ def test_scores_csv_has_one_row_per_decodable_image(inferred):
   assert 'Scored 6 image(s), skipped 2 file(s)' in inferred.proc.stdout
 
 
+@pytest.mark.slow
 def test_maps_exist_for_every_scored_image(inferred):
   for row in _rows(inferred.out / 'scores.csv'):
     rel = Path(row['path']).relative_to(inferred.folder.root)
@@ -77,6 +79,7 @@ def test_maps_exist_for_every_scored_image(inferred):
       assert im.format == 'PNG' and im.mode == 'RGB' and im.size == (16, 16)
 
 
+@pytest.mark.slow
 def test_skipped_files_listed_and_nothing_lost(inferred):
   page = (inferred.out / 'index.html').read_text(encoding='utf-8')
   skipped = page[page.index('id="skipped"'):page.index('id="entries"')]
@@ -88,6 +91,7 @@ def test_skipped_files_listed_and_nothing_lost(inferred):
   assert not [p for p in os.listdir(inferred.out) if p.startswith('.infer-')]
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 def test_report_renders_one_entry_per_image_in_chromium(inferred, tmp_path):
   dom = browser.dump_dom(inferred.out / 'index.html', tmp_path / 'profile')
@@ -105,6 +109,7 @@ def test_report_renders_one_entry_per_image_in_chromium(inferred, tmp_path):
   assert sum(p.tobytes() in maps for p in pictures) == n
 
 
+@pytest.mark.slow
 def test_workdir_without_checkpoint_is_one_error_line(masked_run, tmp_path):
   workdir = tmp_path / 'untrained'
   workdir.mkdir()
@@ -120,6 +125,7 @@ def test_workdir_without_checkpoint_is_one_error_line(masked_run, tmp_path):
   assert sorted(os.listdir(workdir)) == ['config.json']  # nothing created in the workdir either
 
 
+@pytest.mark.slow
 def test_folder_errors(masked_run, tmp_path):
   workdir = str(masked_run.workdir)
   with pytest.raises(infer.InferError, match='image folder not found'):
@@ -137,6 +143,7 @@ def test_folder_errors(masked_run, tmp_path):
   assert not (tmp_path / 'out').exists()
 
 
+@pytest.mark.slow
 def test_fallback_normalisation_and_rerun_into_same_out(masked_run, inferred, tmp_path):
   """Without the run's score range the scores are min-max over the images; OUT can be reused."""
   workdir = tmp_path / 'run'
@@ -162,6 +169,7 @@ def test_map_names_are_unique():
   assert len(set(names)) == len(names)
 
 
+@pytest.mark.slow
 def test_raw_scores_equal_the_runs_own_evaluation(masked_run, tmp_path):
   """infer on the run's whole test set reproduces the raw scores its evaluation recorded.
 

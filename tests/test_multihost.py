@@ -100,6 +100,8 @@ def logged(workdir: str) -> dict[int, dict[str, float]]:
     return {row.pop('step'): row for row in map(json.loads, f)}
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_preempt_resume_and_match_one_process(tmp_path):
   workdir, cache = str(tmp_path / 'shared'), str(tmp_path / 'jax_cache')
   port = free_port()
@@ -176,6 +178,8 @@ def test_preempt_resume_and_match_one_process(tmp_path):
     np.testing.assert_allclose(results[key], single[key], rtol=1e-6, err_msg=key)
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_startup_failures_give_one_clear_line(tmp_path):
   # Disagreeing configs: process 1 was started with another seed. Meanwhile a third process waits
   # for a coordinator that nobody runs.
