@@ -112,6 +112,7 @@ def test_single_pixel_gradient_with_padding_beyond_the_kernel():
   np.testing.assert_allclose(got[0, 0, 0, 0], numeric, rtol=1e-2)
 
 
+@pytest.mark.slow
 def test_generator_eval_output_does_not_depend_on_the_forward_kernel():
   # The same parameters must give the same reconstruction whichever kernels run.
   from ganomaly_jax.models.dcgan import EDEGenerator

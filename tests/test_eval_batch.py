@@ -60,6 +60,7 @@ def test_eval_step_score_ignores_batch_mates_and_padding(method):
   assert not np.allclose(scores['mates_a'][1:], scores['padding'][1:], rtol=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('method', ['ganomaly', 'masked'])
 def test_run_eval_scores_do_not_depend_on_batch_size(method):
   config, state, eval_fn = _setup(method)
