@@ -10,12 +10,13 @@ import tempfile
 # here (measured: test_evaluate 130 s -> 55 s). Set before JAX starts; subprocesses inherit it.
 os.environ.setdefault('XLA_FLAGS', '--xla_backend_optimization_level=0')
 
-import jax  # noqa: E402,F401  (imported before the cache variable below, so it stays off in-process)
+import jax  # noqa: E402,F401  (before the cache variable below: see there)
 
-# Tests never write outside temporary directories. Every cache that a run (in-process, or a `main`
-# / `sweep` / `infer` process started by a test, which inherits this environment) would put under
-# $HOME goes to one directory for the session instead: JAX's compilation cache (the package's
-# default honours JAX_COMPILATION_CACHE_DIR), matplotlib's font cache, Keras's ~/.keras (TensorFlow's import creates it) and any XDG cache.
+# Tests never write outside temporary directories. Every cache that a run would put under $HOME goes
+# to one directory for the session instead; `main` / `sweep` / `infer` processes started by tests
+# inherit it: JAX's compilation cache (the package's default honours JAX_COMPILATION_CACHE_DIR; this
+# process imported JAX above, so its own cache stays off unless a test enables it), matplotlib's font
+# cache, Keras's ~/.keras (created when TensorFlow is imported) and any XDG cache.
 # tests/test_compile_cache.py checks that a `main` run started this way leaves $HOME untouched.
 SESSION_DIR = tempfile.mkdtemp(prefix='ganomaly_jax_tests_')
 for _var, _sub in (('JAX_COMPILATION_CACHE_DIR', 'xla'), ('MPLCONFIGDIR', 'matplotlib'),

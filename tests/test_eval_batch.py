@@ -1,4 +1,4 @@
-"""A test score depends only on its own image: not on its batch-mates, nor on the padding of a last batch.
+"""A score depends only on its own image: not on its batch-mates, nor on a last batch's padding.
 
 Evaluation runs BatchNorm with its running statistics (eval mode); train-mode BatchNorm (the reference
 code's pitfall), or a masking step that mixed images across the batch, would make the score of an
@@ -50,7 +50,8 @@ def test_eval_step_score_ignores_batch_mates_and_padding(method):
   x = _images(config, 1, 0)
   batches = {
       'mates_a': np.concatenate([x, _images(config, BATCH - 1, 1)]),
-      'mates_b': np.concatenate([_images(config, BATCH - 1, 2), x])[::-1],  # x first again
+      # x first again, beside other images:
+      'mates_b': np.concatenate([_images(config, BATCH - 1, 2), x])[::-1],
       'padding': np.concatenate([x, np.zeros((BATCH - 1,) + x.shape[1:], np.uint8)]),
   }
   scores = {k: np.asarray(eval_fn(state, {'image': pipeline.to_float(b)})['score']) for k, b in batches.items()}
