@@ -21,6 +21,16 @@ from absl import logging
 
 DEFAULT_DIR = '~/.cache/ganomaly_jax/xla'
 DEFAULT_MAX_BYTES = 2 * 1024**3
+ENV_DIR = 'JAX_COMPILATION_CACHE_DIR'  # JAX's own variable for its cache directory
+
+
+def default_dir() -> str:
+  """The cache directory a config starts with: $JAX_COMPILATION_CACHE_DIR when set, else DEFAULT_DIR.
+
+  A user (or a test suite) that points JAX's cache elsewhere through JAX's own variable expects every
+  run to use it; a default that ignored it would put the cache back under $HOME.
+  """
+  return os.environ.get(ENV_DIR) or DEFAULT_DIR
 
 
 def enable(cache_dir: str, min_compile_s: float = 1.0, max_bytes: int = DEFAULT_MAX_BYTES) -> str:
