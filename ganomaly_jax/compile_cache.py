@@ -1,8 +1,8 @@
 """JAX's persistent compilation cache, switched on for the programs of every `main` and `sweep` run.
 
-Compiling the training step is the largest single cost of a short run and of a resume: 6-9 s per
+Compiling the training step is the largest single cost of a short run and of a resume: seconds per
 program on a 2-core CPU, more on TPU pods, and on CPU XLA's compilation is also the peak of the
-process's memory (it added ~350 MiB to the GANomaly 32x32x1 benchmark, more than running the step).
+process's memory, more than running the step (docs/performance.md#compile-cache).
 With the cache a later run of the same program (a resume, a rerun, an ablation that changes only
 data or step counts, every host of a pod after the first) loads the executable instead.
 
@@ -21,6 +21,16 @@ from absl import logging
 
 DEFAULT_DIR = '~/.cache/ganomaly_jax/xla'
 DEFAULT_MAX_BYTES = 2 * 1024**3
+ENV_DIR = 'JAX_COMPILATION_CACHE_DIR'  # JAX's own variable for its cache directory
+
+
+def default_dir() -> str:
+  """The cache directory a config starts with: $JAX_COMPILATION_CACHE_DIR when set, else DEFAULT_DIR.
+
+  A user (or a test suite) that points JAX's cache elsewhere through JAX's own variable expects every
+  run to use it; a default that ignored it would put the cache back under $HOME.
+  """
+  return os.environ.get(ENV_DIR) or DEFAULT_DIR
 
 
 def enable(cache_dir: str, min_compile_s: float = 1.0, max_bytes: int = DEFAULT_MAX_BYTES) -> str:

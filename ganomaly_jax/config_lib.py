@@ -130,7 +130,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.runtime.cpu_kernels = 'auto'  # 'auto': exact CPU forms of conv/BN on the CPU platform | 'off'
   c.runtime.dtype = 'float32'  # compute dtype: float32 | bfloat16 (params stay float32)
   # JAX's persistent compilation cache: reruns and resumes load the compiled steps ('' = off).
-  c.runtime.compile_cache_dir = compile_cache.DEFAULT_DIR
+  # JAX's persistent compilation cache: reruns and resumes load the compiled steps ('' = off;
+  # default $JAX_COMPILATION_CACHE_DIR, else ~/.cache/ganomaly_jax/xla).
+  c.runtime.compile_cache_dir = compile_cache.default_dir()
   c.runtime.distributed = False  # call jax.distributed.initialize() (multi-host)
   # XLA:CPU flags of cpu/xla_flags.py, set by the entry points (GANOMALY_JAX_XLA_DEFAULTS=0: off).
   c.runtime.xla_cpu_defaults = True

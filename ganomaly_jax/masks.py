@@ -168,7 +168,7 @@ def stain_masks(rng: jax.Array, batch: int, isize: int) -> jax.Array:
   n = _STAIN_ELLIPSES
   num_pixels = isize * isize
   # One flat uniform draw split into named columns: a single threefry call, and a 1-D one, because
-  # XLA:CPU compiles a rank-3 threefry ~5x slower (seconds per shape in tests).
+  # XLA:CPU compiles a rank-3 threefry much more slowly (docs/performance.md#other-figures).
   draws = jax.random.uniform(rng, (batch * n * 10,)).reshape(batch, n, 10)
   (u_on, u_share, u_aspect, u_angle, u_wobble, u_freq, u_phase, u_cy, u_cx,
    u_total) = (draws[..., i] for i in range(10))

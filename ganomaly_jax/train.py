@@ -203,7 +203,8 @@ def _compile_train_step(config: ml_collections.ConfigDict, train_step, state_sha
   """The train step compiled from shapes alone, before any state exists.
 
   The compiler's scratch memory is given back at once: on CPU the compilation is the run's memory
-  peak, and on top of the state it was 150-390 MiB higher (host_memory.py).
+  peak, and on top of the state the peak would be higher still
+  (docs/performance.md#host-memory-hand-back).
   """
   image = jax.ShapeDtypeStruct(state_lib.image_shape(config, config.train.batch_size), jnp.float32)
   compiled = train_step.lower(state_shapes, {'image': image},

@@ -1,12 +1,27 @@
-"""Session fixtures shared by several test modules."""
+"""Session set-up and fixtures shared by several test modules."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 # The test models are tiny, so XLA's compile time dominates; its backend optimisations buy nothing
 # here (measured: test_evaluate 130 s -> 55 s). Set before JAX starts; subprocesses inherit it.
 os.environ.setdefault('XLA_FLAGS', '--xla_backend_optimization_level=0')
+
+import jax  # noqa: E402,F401  (before the cache variable below: see there)
+
+# Tests never write outside temporary directories. Every cache that a run would put under $HOME goes
+# to one directory for the session instead; `main` / `sweep` / `infer` processes started by tests
+# inherit it: JAX's compilation cache (the package's default honours JAX_COMPILATION_CACHE_DIR; this
+# process imported JAX above, so its own cache stays off unless a test enables it), matplotlib's font
+# cache, Keras's ~/.keras (created when TensorFlow is imported) and any XDG cache.
+# tests/test_compile_cache.py checks that a `main` run started this way leaves $HOME untouched.
+SESSION_DIR = tempfile.mkdtemp(prefix='ganomaly_jax_tests_')
+for _var, _sub in (('JAX_COMPILATION_CACHE_DIR', 'xla'), ('MPLCONFIGDIR', 'matplotlib'),
+                   ('XDG_CACHE_HOME', 'cache'), ('KERAS_HOME', 'keras')):
+  os.environ[_var] = os.path.join(SESSION_DIR, _sub)
 
 from absl import flags  # noqa: E402
 
@@ -15,7 +30,12 @@ flags.FLAGS.mark_as_parsed()
 
 import pytest  # noqa: E402
 
-import synthetic
+import synthetic  # noqa: E402
+
+
+def pytest_sessionfinish(session, exitstatus):
+  del session, exitstatus
+  shutil.rmtree(SESSION_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope='session')

@@ -1,4 +1,5 @@
-"""compile_cache: the persistent XLA cache is written, reused, and never stops a run."""
+"""compile_cache: the persistent XLA cache is written, reused (JAX reports the hit), never stops a run,
+and a `main` run started by the suite keeps it (and everything else) out of $HOME."""
 
 import os
 
@@ -9,6 +10,9 @@ import pytest
 
 from ganomaly_jax import compile_cache, config_lib
 
+HIT = '/jax/compilation_cache/cache_hits'  # the event jax 0.10's compiler records on a cache hit
+MISS = '/jax/compilation_cache/cache_misses'
+
 
 @pytest.fixture
 def cache_off_afterwards():
@@ -16,11 +20,26 @@ def cache_off_afterwards():
   compile_cache.disable()
 
 
+@pytest.fixture
+def cache_events():
+  """The names of the compilation-cache events JAX records while the test runs (jax.monitoring)."""
+  events: list[str] = []
+
+  def listen(event, **kwargs):
+    del kwargs
+    if event.startswith('/jax/compilation_cache/'):
+      events.append(event)
+
+  jax.monitoring.register_event_listener(listen)
+  yield events
+  jax.monitoring.unregister_event_listener(listen)
+
+
 def _entries(path):
   return sorted(f for f in os.listdir(path) if not f.startswith('.'))
 
 
-def test_compiled_program_is_stored_and_reused(tmp_path, cache_off_afterwards):
+def test_compiled_program_is_stored_and_reused(tmp_path, cache_off_afterwards, cache_events):
   cache = tmp_path / 'nested' / 'xla'  # created on demand
   assert compile_cache.enable(str(cache), min_compile_s=0.0) == str(cache)
   assert cache.is_dir()
@@ -30,17 +49,22 @@ def test_compiled_program_is_stored_and_reused(tmp_path, cache_off_afterwards):
 
   x = jnp.arange(12.0).reshape(3, 4)
   expected = np.asarray(jax.jit(program)(x))
-  stored = _entries(cache)
-  assert stored, 'no executable was written to the cache'
+  assert _entries(cache), 'no executable was written to the cache'
+  assert MISS in cache_events and HIT not in cache_events, cache_events
 
+  cache_events.clear()
   jax.clear_caches()  # forget the in-memory executable: the next call must come from disk
   np.testing.assert_allclose(np.asarray(jax.jit(program)(x)), expected, rtol=1e-6)
-  assert _entries(cache) == stored  # a hit: nothing new compiled and stored
+  # JAX itself says the executable was loaded, not compiled (a recompile would report a miss).
+  assert cache_events.count(HIT) == 1 and MISS not in cache_events, cache_events
 
 
-def test_empty_dir_leaves_cache_off(cache_off_afterwards):
+def test_empty_dir_leaves_cache_off(cache_off_afterwards, cache_events):
   assert compile_cache.enable('') == ''
   assert jax.config.jax_compilation_cache_dir is None
+  jax.clear_caches()
+  jax.jit(lambda v: v * 2 + 1)(jnp.ones(3))
+  assert HIT not in cache_events and MISS not in cache_events, cache_events
 
 
 def test_unusable_dir_warns_and_runs_on(tmp_path, cache_off_afterwards):
@@ -51,24 +75,36 @@ def test_unusable_dir_warns_and_runs_on(tmp_path, cache_off_afterwards):
   assert float(jax.jit(lambda v: v + 1)(1.0)) == 2.0
 
 
-def test_default_config_points_at_user_cache():
-  config = config_lib.base_config()
-  assert config.runtime.compile_cache_dir == compile_cache.DEFAULT_DIR
+def test_default_dir_honours_jax_variable(tmp_path, monkeypatch):
+  monkeypatch.setenv(compile_cache.ENV_DIR, str(tmp_path / 'jax_cache'))
+  assert config_lib.base_config().runtime.compile_cache_dir == str(tmp_path / 'jax_cache')
+  monkeypatch.delenv(compile_cache.ENV_DIR)
+  home = tmp_path / 'home'
+  monkeypatch.setenv('HOME', str(home))
+  # Without the variable: the per-user cache, which enable() expands under $HOME.
+  assert compile_cache.enable(config_lib.base_config().runtime.compile_cache_dir) == str(
+      home / '.cache' / 'ganomaly_jax' / 'xla')
+  compile_cache.disable()
 
 
-def test_main_stores_its_steps_and_a_rerun_loads_them(tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_main_stores_its_steps_a_rerun_loads_them_and_home_stays_empty(tmp_path, monkeypatch):
   from test_reliability import run_main
 
-  cache = tmp_path / 'cache'
-  first = run_main(tmp_path / 'first', f'--config.runtime.compile_cache_dir={cache}')
+  # The suite's environment (tests/conftest.py) with an empty $HOME and the cache variable pointing
+  # at this test's directory: main's default cache directory must follow the variable.
+  home, cache = tmp_path / 'home', tmp_path / 'cache'
+  home.mkdir()
+  monkeypatch.setenv('HOME', str(home))
+  monkeypatch.setenv(compile_cache.ENV_DIR, str(cache))
+  first = run_main(tmp_path / 'first')
   assert first.returncode == 0, first.stderr[-2000:]
+  assert list(home.iterdir()) == [], 'a main run wrote under $HOME'
   stored = {f for f in _entries(cache) if f.endswith('-cache')}
   assert any(f.startswith('jit_train_step') for f in stored), stored
   # Same program in a new workdir: the step is loaded, not compiled (JAX says so in its log).
   monkeypatch.setenv('JAX_LOG_COMPILES', '1')
-  second = run_main(tmp_path / 'second', f'--config.runtime.compile_cache_dir={cache}')
+  second = run_main(tmp_path / 'second')
   assert second.returncode == 0, second.stderr[-2000:]
   assert "Persistent compilation cache hit for 'jit_train_step'" in second.stderr
-  # (Smaller programs near the 1 s threshold may or may not be stored; the step's entry is reused.)
-  steps = lambda names: {f for f in names if f.startswith('jit_train_step') and f.endswith('-cache')}
-  assert steps(_entries(cache)) == steps(stored)
+  assert list(home.iterdir()) == []

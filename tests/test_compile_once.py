@@ -5,6 +5,7 @@ import os
 import re
 
 import jax
+import pytest
 
 from ganomaly_jax import config_lib, train
 
@@ -24,6 +25,7 @@ class _CompileLog(logging.Handler):
       self.names.append(match.group(1))
 
 
+@pytest.mark.slow
 def test_steps_compile_once_across_eval_and_checkpoints(tmp_path):
   # Six steps with evaluation, images and a checkpoint every two: a recompile (a changed static
   # argument, a weak-typed or differently sharded state coming back from eval or the checkpointer)

@@ -18,6 +18,7 @@ def load(arg):
   return config_lib.load_config(os.path.join(REPO, f'configs/ganomaly.py:{arg}'))
 
 
+@pytest.mark.slow
 def test_npz_source_end_to_end_and_protocol(tmp_path):
   rng = np.random.default_rng(0)
   path = tmp_path / 'data.npz'
@@ -33,6 +34,7 @@ def test_npz_source_end_to_end_and_protocol(tmp_path):
   assert 0.0 <= results['image_auroc'] <= 1.0 and results['abnormal'] == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name,channels', [('mnist', 1), ('cifar10', 3)])
 def test_tfds_source_end_to_end(name, channels, tmp_path):
   with tfds.testing.mock_data(num_examples=40):

@@ -26,6 +26,7 @@ def _unit_interval(value) -> bool:
   return isinstance(value, float) and 0.0 <= value <= 1.0
 
 
+@pytest.mark.slow
 def test_results_hold_image_pixel_and_mc_metrics(masked_run):
   results = json.loads((masked_run.workdir / 'results.json').read_text())
   assert results == json.loads(json.dumps(masked_run.results))  # what was returned is what was written
@@ -49,6 +50,7 @@ def test_results_hold_image_pixel_and_mc_metrics(masked_run):
   assert results['image_f1'] <= results['image_f1_oracle'] + 1e-12  # the oracle is an upper bound
 
 
+@pytest.mark.slow
 def test_fid_without_weights_is_null_not_a_crash(masked_run):
   results = masked_run.results
   assert results['fid_normal'] is None and results['fid_abnormal'] is None
@@ -57,6 +59,7 @@ def test_fid_without_weights_is_null_not_a_crash(masked_run):
   assert results['fid_abnormal_samples'] == len(masked_run.data.test_defect)
 
 
+@pytest.mark.slow
 def test_pictures_and_tensorboard_grid_written(masked_run):
   for name in PICTURES:
     path = masked_run.workdir / name
@@ -68,6 +71,7 @@ def test_pictures_and_tensorboard_grid_written(masked_run):
   assert b'test/pixel_pro' in events
 
 
+@pytest.mark.slow
 def test_mode_eval_reevaluates_the_selected_checkpoint(masked_run, tmp_path):
   """--config.mode=eval on a finished workdir evaluates its selected checkpoint again: same image and
   pixel metrics, pictures rewritten; eval options may differ (here: no MC-dropout, no FID)."""
@@ -128,6 +132,7 @@ def test_extremes_never_repeat_and_rank_nan_lowest():
   assert evaluate._extremes(scores[:3], 2) == [2, 0, 1]
 
 
+@pytest.mark.slow
 def test_mc_dropout_variance_matches_sample_loop(masked_run):
   """uncertainty.mc_dropout's running variance equals the variance of N separate reconstructions."""
   config, _ = infer.load_run(str(masked_run.workdir))

@@ -1,7 +1,7 @@
 """Inference CLI: `python -m ganomaly_jax.infer` on the shared quick masked run (tests/conftest.py).
 
-The browser test needs `/usr/bin/chromium`; without it the test FAILS unless GANOMALY_SKIP_BROWSER=1
-(as in test_plots_report).
+The browser test needs chromium, chromium-browser or google-chrome on PATH (tests/helpers/browser.py);
+without it the test FAILS unless GANOMALY_SKIP_BROWSER=1 (as in test_plots_report).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import pytest
 
 import synthetic
 from ganomaly_jax import infer
+from helpers import browser
 
-CHROMIUM = Path('/usr/bin/chromium')
 ENTRY_RE = re.compile(r'<div class="entry"')
 
 
@@ -58,6 +58,7 @@ def inferred(masked_run, tmp_path_factory) -> InferRun:
   return InferRun(folder, out, proc)
 
 
+@pytest.mark.slow
 def test_scores_csv_has_one_row_per_decodable_image(inferred):
   rows = _rows(inferred.out / 'scores.csv')
   assert list(rows[0]) == ['path', 'score', 'anomalous']
@@ -92,6 +93,7 @@ def test_anomalous_column_uses_the_runs_raw_threshold(masked_run, inferred):
   assert 'images_anomalous' in page and 'threshold_quantile' in page
 
 
+@pytest.mark.slow
 def test_maps_exist_for_every_scored_image(inferred):
   for row in _rows(inferred.out / 'scores.csv'):
     rel = Path(row['path']).relative_to(inferred.folder.root)
@@ -99,6 +101,7 @@ def test_maps_exist_for_every_scored_image(inferred):
       assert im.format == 'PNG' and im.mode == 'RGB' and im.size == (16, 16)
 
 
+@pytest.mark.slow
 def test_skipped_files_listed_and_nothing_lost(inferred):
   page = (inferred.out / 'index.html').read_text(encoding='utf-8')
   skipped = page[page.index('id="skipped"'):page.index('id="entries"')]
@@ -110,24 +113,28 @@ def test_skipped_files_listed_and_nothing_lost(inferred):
   assert not [p for p in os.listdir(inferred.out) if p.startswith('.infer-')]
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_report_renders_one_entry_per_image_in_chromium(inferred, tmp_path):
-  if not CHROMIUM.exists():
-    if os.environ.get('GANOMALY_SKIP_BROWSER') == '1':
-      pytest.skip('GANOMALY_SKIP_BROWSER=1: headless browser test skipped')
-    pytest.fail('/usr/bin/chromium not found: install it with `apt-get install -y chromium` '
-                '(or set GANOMALY_SKIP_BROWSER=1 to skip this test deliberately)')
-  cmd = [str(CHROMIUM), '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic',
-         '--no-first-run', '--disable-background-networking', '--disable-component-update',
-         '--disable-sync', f'--user-data-dir={tmp_path / "profile"}', '--dump-dom',
-         (inferred.out / 'index.html').resolve().as_uri()]
-  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
-  assert proc.returncode == 0, proc.stderr[-2000:]
+  dom = browser.dump_dom(inferred.out / 'index.html', tmp_path / 'profile')
   n = len(inferred.folder.decodable)
-  assert len(ENTRY_RE.findall(proc.stdout)) == n
-  count = re.search(r'<span id="count">([^<]*)</span>', proc.stdout)
+  assert len(ENTRY_RE.findall(dom)) == n
+  count = re.search(r'<span id="count">([^<]*)</span>', dom)
   assert count is not None and count.group(1) == str(n)
+  # The paged report embeds no pixels: every card's picture is a map PNG under OUT that decodes and
+  # is one of the maps infer wrote.
+  assert not browser.embedded_images(dom)
+  shown = [re.search(r'src="([^"]*)"', tag).group(1)
+           for tag in re.findall(r'<img [^>]*>', dom[dom.index('id="entries"'):])]
+  assert len(shown) == n and all(src.startswith('maps/') for src in shown)
+  written = {p.relative_to(inferred.out).as_posix() for p in (inferred.out / 'maps').rglob('*.png')}
+  assert set(shown) == written
+  for src in shown:
+    with Image.open(inferred.out / src) as im:
+      im.load()
 
 
+@pytest.mark.slow
 def test_workdir_without_checkpoint_is_one_error_line(masked_run, tmp_path):
   workdir = tmp_path / 'untrained'
   workdir.mkdir()
@@ -143,6 +150,7 @@ def test_workdir_without_checkpoint_is_one_error_line(masked_run, tmp_path):
   assert sorted(os.listdir(workdir)) == ['config.json']  # nothing created in the workdir either
 
 
+@pytest.mark.slow
 def test_folder_errors(masked_run, tmp_path):
   workdir = str(masked_run.workdir)
   with pytest.raises(infer.InferError, match='image folder not found'):
@@ -160,6 +168,7 @@ def test_folder_errors(masked_run, tmp_path):
   assert not (tmp_path / 'out').exists()
 
 
+@pytest.mark.slow
 def test_fallback_normalisation_and_rerun_into_same_out(masked_run, inferred, tmp_path):
   """Without the run's score range the scores are min-max over the images; OUT can be reused."""
   workdir = tmp_path / 'run'
@@ -211,11 +220,7 @@ window.addEventListener('load', function () {
 @pytest.mark.browser
 def test_paged_report_of_hundreds_of_images_in_chromium(tmp_path):
   """300 entries: the page renders, shows the highest scores first, every picture shown decodes."""
-  if not CHROMIUM.exists():
-    if os.environ.get('GANOMALY_SKIP_BROWSER') == '1':
-      pytest.skip('GANOMALY_SKIP_BROWSER=1: headless browser test skipped')
-    pytest.fail('/usr/bin/chromium not found: install it with `apt-get install -y chromium` '
-                '(or set GANOMALY_SKIP_BROWSER=1 to skip this test deliberately)')
+  chromium = browser.find_chromium()
   from ganomaly_jax import report
 
   rng = np.random.default_rng(0)
@@ -236,7 +241,7 @@ def test_paged_report_of_hundreds_of_images_in_chromium(tmp_path):
   page = page.replace('</body>', _DECODE_CHECK)
   checked = tmp_path / 'checked.html'
   checked.write_text(page, encoding='utf-8')
-  cmd = [str(CHROMIUM), '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic',
+  cmd = [chromium, '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic',
          '--no-first-run', '--disable-background-networking', '--disable-component-update',
          '--disable-sync', f'--user-data-dir={tmp_path / "profile"}', '--virtual-time-budget=30000',
          '--window-size=1200,900', '--dump-dom', checked.resolve().as_uri()]
@@ -302,3 +307,25 @@ def test_small_batches_and_serial_decoding_give_the_same_outputs(masked_run, inf
     a = np.asarray(Image.open(out / rel), np.int32)
     b = np.asarray(Image.open(inferred.out / rel), np.int32)
     assert np.abs(a - b).max() <= 2, rel  # float noise of a different batch size, at most
+
+
+@pytest.mark.slow
+def test_raw_scores_equal_the_runs_own_evaluation(masked_run, tmp_path):
+  """infer on the run's whole test set reproduces the raw scores its evaluation recorded.
+
+  The run wrote the raw test-score range (score_min / score_max) of the checkpoint it selected; infer
+  restores that checkpoint, decodes the same files through its own path and scores them in batches
+  of another size. Any difference (train-mode BatchNorm, another checkpoint, other preprocessing)
+  moves the extremes.
+  """
+  images = tmp_path / 'test_set'
+  images.mkdir()
+  for i, path in enumerate(masked_run.data.test_good + masked_run.data.test_defect):
+    shutil.copy(path, images / f'{i:03d}.png')
+  summary = infer.infer(str(masked_run.workdir), str(images), str(tmp_path / 'out'), batch_size=5)
+  assert summary['scored'] == len(masked_run.data.test_good) + len(masked_run.data.test_defect)
+  lo, hi = masked_run.results['score_min'], masked_run.results['score_max']
+  # infer writes (raw - lo) / (hi - lo) with the run's range: the run's extremes map to exactly 0 and 1.
+  scores = np.array([float(r['score']) for r in _rows(tmp_path / 'out' / 'scores.csv')])
+  raw = scores * (hi - lo) + lo
+  np.testing.assert_allclose([raw.min(), raw.max()], [lo, hi], rtol=1e-4, atol=1e-7)

@@ -4,6 +4,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from ganomaly_jax.models import layers
 from ganomaly_jax.models.dcgan import EDEGenerator
@@ -66,6 +67,7 @@ def test_self_attention_sits_at_the_requested_decoder_resolution():
   assert 'attention' not in _init(EDEGenerator(16, 1, latent_dim=8, base=4))['params']['decoder']
 
 
+@pytest.mark.slow
 def test_dropout_is_off_in_eval_and_random_when_stochastic():
   for model in (EDEGenerator(16, 1, latent_dim=8, base=4, dropout=0.5),
                 UNetGenerator(16, 1, base=4, dropout=0.5)):

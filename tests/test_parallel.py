@@ -41,10 +41,12 @@ def _leaf_error(a: np.ndarray, b: np.ndarray) -> float:
   return float(np.max(np.abs(a - b)) / max(np.max(np.abs(a)), 1e-12)) if a.size else 0.0
 
 
+@pytest.mark.slow
 def test_helper_saw_eight_devices(outcome):
   assert outcome[2]['device_count'] == DEVICES
 
 
+@pytest.mark.slow
 def test_losses_match_one_device(outcome):
   one, many, _ = outcome
   metrics = [k for k in one.files if k.startswith('metric/')]
@@ -54,6 +56,7 @@ def test_losses_match_one_device(outcome):
     np.testing.assert_allclose(many[key], one[key], rtol=RTOL, atol=1e-7, err_msg=key)
 
 
+@pytest.mark.slow
 def test_state_matches_one_device(outcome):
   one, many, _ = outcome
   leaves = [k for k in one.files if k.startswith('state')]
@@ -65,6 +68,7 @@ def test_state_matches_one_device(outcome):
   assert int(one['state.step']) == int(many['state.step']) == 3
 
 
+@pytest.mark.slow
 def test_uneven_batch_names_the_key(outcome):
   error = outcome[2]['batch_error']
   assert error is not None, 'batch 12 on 8 devices did not raise'

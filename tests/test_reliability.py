@@ -51,6 +51,7 @@ def metrics_at(workdir, step):
   return [r for r in rows if r['step'] == step][-1]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_straight_run(tmp_path):
   """6 steps straight == 5 steps + SIGKILL (checkpoints every 2) + resume to 6: identical."""
   straight, killed = str(tmp_path / 'straight'), str(tmp_path / 'killed')
@@ -71,6 +72,7 @@ def test_sigkill_then_resume_equals_straight_run(tmp_path):
   assert metrics_at(straight, 6) == metrics_at(killed, 6)
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
   workdir = str(tmp_path / 'run')
   proc = run_main(workdir, '--config.train.num_steps=100000', '--config.train.checkpoint_every=1000',
@@ -88,6 +90,7 @@ def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
   assert step >= 2  # the step in flight was finished and saved, not lost
 
 
+@pytest.mark.slow
 def test_nan_stop_names_step_and_term(tmp_path):
   config = tiny_config(**{'debug_nan_at_step': 3, 'train.num_steps': 4})
   with pytest.raises(train.TrainingError, match=r'step 3 \(non-finite g_loss\)'):
@@ -95,6 +98,7 @@ def test_nan_stop_names_step_and_term(tmp_path):
   assert not os.path.exists(tmp_path / 'run' / 'results.json')
 
 
+@pytest.mark.slow
 def test_exploding_but_finite_loss_counts_as_divergence(tmp_path):
   # Every real loss is far above a limit of 1e-6, so the very first step must be refused by name.
   config = tiny_config(**{'train.loss_limit': 1e-6, 'train.num_steps': 2})
@@ -104,6 +108,7 @@ def test_exploding_but_finite_loss_counts_as_divergence(tmp_path):
   assert not os.path.exists(tmp_path / 'run' / 'results.json')
 
 
+@pytest.mark.slow
 def test_nan_rollback_skips_batch_and_finishes(tmp_path):
   config = tiny_config(**{'debug_nan_at_step': 3, 'train.num_steps': 6,
                           'train.on_nonfinite': 'rollback'})
@@ -113,6 +118,7 @@ def test_nan_rollback_skips_batch_and_finishes(tmp_path):
   assert 0.0 <= results['image_auroc'] <= 1.0
 
 
+@pytest.mark.slow
 def test_rollback_budget_exhausted_stops(tmp_path):
   config = tiny_config(**{'debug_nan_at_step': 3, 'train.num_steps': 6,
                           'train.on_nonfinite': 'rollback', 'train.max_rollbacks': 0})
@@ -134,6 +140,7 @@ def _write_bad_folder(root):
   Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8)).save(root / 'test/good/gray.png')
 
 
+@pytest.mark.slow
 def test_bad_images_are_skipped_counted_and_reported(tmp_path):
   _write_bad_folder(tmp_path / 'data')
   config = tiny_config(**{'dataset.name': f'folder:{tmp_path / "data"}', 'model.channels': 3,
@@ -148,6 +155,7 @@ def test_bad_images_are_skipped_counted_and_reported(tmp_path):
   assert report['usable'] == {'train': 12, 'test': 9}
 
 
+@pytest.mark.slow
 def test_folder_without_usable_images_is_one_clear_error(tmp_path):
   root = tmp_path / 'data'
   os.makedirs(root / 'train/good')
@@ -160,6 +168,7 @@ def test_folder_without_usable_images_is_one_clear_error(tmp_path):
   assert len(errors) == 1 and 'train/good' in errors[0], result.stderr[-1500:]
 
 
+@pytest.mark.slow
 def test_incompatible_workdir_refused_then_restart_moves_it_aside(tmp_path):
   workdir = str(tmp_path / 'run')
   train.train_and_evaluate(tiny_config(**{'train.num_steps': 2}), workdir)
@@ -175,6 +184,7 @@ def test_incompatible_workdir_refused_then_restart_moves_it_aside(tmp_path):
     assert json.load(f)['steps'] == 2
 
 
+@pytest.mark.slow
 def test_resume_with_another_process_count_is_one_clear_error(tmp_path):
   workdir = str(tmp_path / 'run')
   train.train_and_evaluate(tiny_config(**{'train.num_steps': 2}), workdir)

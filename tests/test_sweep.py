@@ -5,7 +5,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -96,6 +95,7 @@ def test_get_sweep_may_take_the_base_config(tmp_path):
   assert run.name == 'seed-5' and run.config.seed == 5
 
 
+@pytest.mark.slow
 def test_dry_run_prints_one_command_per_run(tmp_path):
   root = tmp_path / 'ablation'
   spec = 'configs/ganomaly_modified.py:quick'
@@ -152,6 +152,7 @@ def test_preemption_stops_the_sweep_and_keeps_the_table(tmp_path):
   assert [r['status'] for r in sweep.read_table(root)] == ['preempted', 'pending']
 
 
+@pytest.mark.slow
 def test_real_sweep_of_two_runs_then_skips_them(tmp_path):
   root = str(tmp_path / 'root')
   path = write_sweep(tmp_path / 's.py', [{}, {'train.soft_labels': True}])
@@ -167,10 +168,9 @@ def test_real_sweep_of_two_runs_then_skips_them(tmp_path):
   md = open(os.path.join(root, sweep.RESULTS_MD)).read()
   assert md.count('| done |') == 2
 
-  started = time.time()
+  # Finished runs are skipped, not retrained (never_called fails the test if training starts).
   again = sweep.run_sweep(TINY, path, root, train_fn=never_called)
   assert [r.status for r in again] == ['skipped', 'skipped']
-  assert time.time() - started < 5
   assert [r['wall_time_s'] for r in sweep.read_table(root)] == [r['wall_time_s'] for r in rows]
 
 

@@ -108,7 +108,7 @@ def test_map_options_come_from_the_registries():
 
 def test_topk_fraction_only_with_the_topk_score():
   _refused('grid_mask', {'eval.topk_fraction': 0.2},
-           r'eval.topk_fraction=0.2 is not used by eval.score=map_mean')
+           r'eval.topk_fraction=0.2 is not used by eval.score=map_max')
   validate.validate_config(_config('grid_mask', **{'eval.score': 'map_topk',
                                                    'eval.topk_fraction': 0.2}))
   _refused('grid_mask', {'eval.score': 'map_topk', 'eval.topk_fraction': 0.0},

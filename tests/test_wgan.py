@@ -42,6 +42,7 @@ def single_critic_step():
   return _one_step(_config())
 
 
+@pytest.mark.slow
 def test_wgan_gp_step_updates_critic_and_generator_once(single_critic_step):
   before, after, metrics = single_critic_step
   assert metrics['nonfinite'] == 0.0
@@ -51,6 +52,7 @@ def test_wgan_gp_step_updates_critic_and_generator_once(single_critic_step):
   assert _max_change(before.g_params, after.g_params) > 0
 
 
+@pytest.mark.slow
 def test_n_critic_makes_extra_critic_updates_only(single_critic_step):
   _, one, _ = single_critic_step
   before, after, metrics = _one_step(_config(**{'loss.n_critic': 3}))
@@ -63,6 +65,7 @@ def test_n_critic_makes_extra_critic_updates_only(single_critic_step):
   assert _max_change(one.g_params, after.g_params) > 0
 
 
+@pytest.mark.slow
 def test_a_non_finite_step_also_discards_the_extra_critic_updates():
   before, after, metrics = _one_step(_config(**{'loss.n_critic': 3, 'debug_nan_at_step': 1}))
   assert metrics['nonfinite'] == 1.0

@@ -2,10 +2,11 @@
 
 XLA:CPU split flax's reductions over the batch and spatial axes into slow reduce-window passes; as
 matrix-vector products over the rows of the flattened activations the training step is faster
-(README, Performance). The products are taken at HIGHEST precision and on data shifted
-by one sample per channel: the variance is then E[d^2] - E[d]^2 of values near zero, which keeps
-float32 exact for activations whose mean is large against their spread (E[x^2] - E[x]^2 on the raw
-values would cancel), and a backend that runs default-precision dots in bfloat16 could not lose it.
+(docs/performance.md#batchnorm-statistics). The products are taken at HIGHEST precision and on
+data shifted by one sample per channel: the variance is then E[d^2] - E[d]^2 of values near zero,
+which keeps float32 exact for activations whose mean is large against their spread (E[x^2] -
+E[x]^2 on the raw values would cancel), and a backend that runs default-precision dots in bfloat16
+could not lose it.
 """
 
 from __future__ import annotations

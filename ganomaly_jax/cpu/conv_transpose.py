@@ -1,14 +1,15 @@
 """Transposed convolutions computed faster on XLA:CPU, exact equivalents of `nn.ConvTranspose`.
 
 On XLA:CPU the gradient of a strided `lax.conv_transpose` (a convolution with `lhs_dilation`) with
-respect to its kernel runs at 1-5 GFLOP/s, and the GAN decoders are a chain of such layers. With the CPU kernels on
-(`ganomaly_jax.cpu.kernels`), each `nn.ConvTranspose` layer instead runs (`conv_transpose`)
+respect to its kernel is slow on these shapes (docs/performance.md#transposed-convolutions), and
+the GAN decoders are a chain of such layers. With the CPU kernels on (`ganomaly_jax.cpu.kernels`),
+each `nn.ConvTranspose` layer instead runs (`conv_transpose`)
   * forward: whichever of three exact forms was measured fastest for its shape (`resolve_impl`): XLA's
     own kernel, the "sub-pixel" form below, or a single matmul when the input is 1x1;
   * backward: the transposed convolution is the adjoint of a strided convolution, so its input
     gradient is that strided convolution and its kernel gradient is that convolution's kernel
     gradient (`conv_transpose_adjoint_grads`): the ops of an encoder's backward pass, which XLA:CPU
-    runs at 120-190 GFLOP/s.
+    runs fast.
 The parameters are the untouched `nn.ConvTranspose` kernel ([kh, kw, in, out], `transpose_kernel=False`),
 so the parameter tree, parameter count and checkpoints do not depend on which implementation runs.
 
@@ -162,9 +163,9 @@ def subpixel_kernel(kernel: Array, strides: tuple[int, int]) -> Array:
 def _valid_conv_matmul(x: Array, kernel: Array, precision: Any = None) -> Array:
   """Stride-1 'VALID' convolution as patch extraction (im2col) and one matmul.
 
-  XLA:CPU computes the weight gradient of a stride-1 convolution with many output channels 10-50x
-  slower than the equivalent matmul (measured: 2x2 conv 4x4x256 -> 512 channels, batch 64: 792 ms
-  vs 21 ms), and that gradient dominated the decoder's backward pass. The sub-kernels are tiny
+  XLA:CPU computes the weight gradient of a stride-1 convolution with many output channels far
+  slower than the equivalent matmul, and that gradient dominated the decoder's backward pass
+  (docs/performance.md#transposed-convolutions). The sub-kernels are tiny
   (ceil(k/s) taps per side), so the patch tensor is only T*T times the input.
   """
   return matmul_conv.im2col_conv(x, kernel, (1, 1), ((0, 0), (0, 0)), precision)
@@ -187,7 +188,7 @@ def conv_transpose_subpixel(
     padding: explicit ((lo_h, hi_h), (lo_w, hi_w)) of the transposed convolution; any integers.
     precision: passed to the phase convolution.
     phase_conv: 'matmul' (im2col + matmul, whose JAX gradient is fast on XLA:CPU) or 'xla' (XLA's
-      stride-1 convolution: 2-3x faster forward from 8x8 inputs on, but its kernel gradient is slow,
+      stride-1 convolution: faster forward from 8x8 inputs on, but its kernel gradient is slow,
       so only for forward passes and `conv_transpose_adjoint_grads`).
 
   Returns:
@@ -233,7 +234,7 @@ def single_pixel_conv_transpose(
 
   With a single input pixel, output o receives x * K[lo - o] (where 0 <= lo - o < k), so the output
   is the flipped kernel, cropped or zero-padded to the output size, weighted by the input channels.
-  XLA:CPU ran the decoder's first layer (1x1x100 -> 4x4x256) at ~10 GFLOP/s as a convolution.
+  XLA:CPU ran the decoder's first layer (1x1x100 -> 4x4x256) slowly as a convolution.
   """
   n, h, w, _ = x.shape
   if (h, w) != (1, 1):
@@ -262,8 +263,8 @@ def conv_transpose_scatter(
 
   Input pixel i writes x[i] * K[::-1] to outputs s*i + lo - k + 1 ... s*i + lo. The matmul has no
   wasted FLOPs, but its result is k*k/(s*s) times the output, so this only pays for tiny inputs
-  (2x2: the U-Net's 2x2x1024 -> 4x4x256 layer, 44 -> 17-25 ms forward, where the sub-pixel form
-  computes a 3x3 phase grid for a 2x2 one and XLA's kernel is slower still).
+  (2x2: the U-Net's 2x2x1024 -> 4x4x256 layer, where the sub-pixel form computes a 3x3 phase grid
+  for a 2x2 one and XLA's kernel is slower still; docs/performance.md#transposed-convolutions).
   """
   n, h, w, cin = x.shape
   kh, kw, _, cout = kernel.shape
@@ -323,9 +324,9 @@ def conv_transpose_adjoint_grads(x: Array, kernel: Array, strides: tuple[int, in
   those of a plain strided convolution, read backwards: the input gradient IS the strided
   convolution of the output gradient, and the kernel gradient is that convolution's kernel gradient
   with the input as its output gradient. These are exactly the ops XLA runs for an encoder's
-  backward pass, which XLA:CPU does at 120-190 GFLOP/s, where its gradient of its own transposed
-  convolution's kernel ran at 1-5 GFLOP/s (4x4x256 -> 8x8x128, batch 64: 157 ms vs 7 ms) and the
-  sub-pixel form's im2col matmuls waste the zero taps. Requires non-negative `adjoint_conv_padding`.
+  backward pass, which XLA:CPU runs fast, where its gradient of its own transposed convolution's
+  kernel is slow on these shapes (docs/performance.md#transposed-convolutions) and the sub-pixel
+  form's im2col matmuls waste the zero taps. Requires non-negative `adjoint_conv_padding`.
   """
   return _FORWARDS_WITHOUT_GRAD[forward](x, kernel, strides, padding, precision)
 
@@ -394,8 +395,8 @@ def strided_conv(x: Array, kernel: Array, strides: tuple[int, int],
   """NHWC x HWIO `lax.conv_general_dilated` whose input gradient runs as our fastest transposed conv.
 
   XLA differentiates a strided convolution into a transposed one with its own lhs-dilated kernel,
-  which XLA:CPU runs 2-3x slower than the sub-pixel form from 8x8 gradients on (encoder conv
-  32x32x64 -> 16x16x128, batch 64: input gradient 86 -> 31 ms). The kernel gradient stays XLA's.
+  which XLA:CPU runs slower than the sub-pixel form from 8x8 gradients on
+  (docs/performance.md#strided-convolutions). The kernel gradient stays XLA's.
   Only for convs where `input_grad_impl` is not None.
   """
   return _conv(x, kernel, strides, pads, precision)
@@ -422,11 +423,10 @@ def resolve_impl(impl: str, strides: tuple[int, int], features: int = 1 << 30,
   """The forward kernel for `impl`: 'xla', 'subpixel', or under 'auto' also 'matmul' or 'scatter'.
 
   'auto' on XLA:CPU picks, per layer, the forward pass measured fastest (batch 64, forward only;
-  bench/conv_transpose_speed.py): a matmul for 1x1 inputs; the scatter form
-  (`conv_transpose_scatter`) for 1x2, 2x1 and 2x2 ones (2x2x1024 -> 256: 16 ms vs 44 sub-pixel);
-  XLA's own kernel on 3x3 and 4x4 inputs (4x4x512 -> 256: 30 vs 41 ms) and for layers with few output
-  channels (an image layer); the sub-pixel form with XLA's stride-1 phase convolution from 5x5 on
-  (16x16x128 -> 64: 30 ms vs 88 with XLA's kernel and 66 with the im2col phase matmul). The backward
+  bench/conv_transpose_speed.py; timings in docs/performance.md#transposed-convolutions): a matmul for
+  1x1 inputs; the scatter form (`conv_transpose_scatter`) for 1x2, 2x1 and 2x2 ones; XLA's own kernel
+  on 3x3 and 4x4 inputs and for layers with few output channels (an image layer); the sub-pixel form
+  with XLA's stride-1 phase convolution from 5x5 on. The backward
   pass under 'auto' does not depend on this choice (see `conv_transpose_adjoint_grads`). On GPU and
   TPU XLA's own transposed convolution is fine (cuDNN handles lhs dilation natively) and we have not
   measured the alternatives there: `kernels` only ever runs these forms in a step lowered for CPU.

@@ -1,10 +1,9 @@
 """Hands the C heap's free pages back to the operating system (glibc's malloc_trim).
 
-XLA:CPU's compilation of the training step is the largest transient allocation of a CPU run
-(~470 MiB for GANomaly 32x32x1 at study width). glibc keeps freed memory in its arenas, so whatever
-the process allocates next lands on top of that high-water mark. Compiling the step first, trimming,
-and only then creating the state lowered the peak RSS of the benchmark's training run from 794 to
-640 MiB (GANomaly 32x32x1), 1346 to 955 (64x64x3) and 1172 to 811 (SkipGANomaly 32x32x3).
+XLA:CPU's compilation of the training step is the largest transient allocation of a CPU run. glibc
+keeps freed memory in its arenas, so whatever the process allocates next lands on top of that
+high-water mark. Compiling the step first, trimming, and only then creating the state lowers the
+peak RSS of a training run (docs/performance.md#host-memory-hand-back).
 """
 
 from __future__ import annotations

@@ -2,13 +2,13 @@
 
 The last conv of every encoder (4x4 features -> latent, 'VALID') and the innermost U-Net conv
 (2x2 -> 1x1, stride 2, padding 1) see a single window. XLA:CPU handles the second one badly: it
-rewrites it into a kernel-reversed, negatively padded convolution that ran at ~1 GFLOP/s, 132 ms of
-a 281 ms SkipGANomaly inference step (bench/profile_step.py). As a matmul over the kernel taps that
-actually meet the input, the same layer is exact and takes a few milliseconds; padding taps, which
-only ever multiply zeros, are skipped.
+rewrites it into a kernel-reversed, negatively padded convolution that ran slowly and took a large
+share of a SkipGANomaly inference step (bench/profile_step.py). As a matmul over the kernel taps that
+actually meet the input, the same layer is exact and fast; padding taps, which only ever multiply
+zeros, are skipped. Figures: docs/performance.md#tiny-output-convolutions.
 
 A 2x2 output map (the U-Net conv 4x4 -> 2x2) has a similar problem in training: XLA's input
-gradient of it ran at ~5 GFLOP/s, 228 ms of a SkipGANomaly step. Written as im2col (four strided
+gradient of it was slow, a large share of a SkipGANomaly step. Written as im2col (four strided
 slices of the padded input) and one matmul, autodiff turns the slices into pads and adds and the
 gradient into matmuls.
 

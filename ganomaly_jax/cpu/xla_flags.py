@@ -1,18 +1,13 @@
 """XLA:CPU defaults that make the GAN steps faster, applied before JAX starts its CPU backend.
 
 jaxlib 0.10 runs convolutions, matmuls and reductions on the CPU through YNNPACK by default. For these
-models XLA's own kernels are faster: GANomaly 32x32x1 (batch 64, 2 cores) trained at 205 vs 187
-images/s and inferred at 1307 vs 1153 images/s with convolutions and dots on Eigen; YNNPACK's reduce
-fusions ran the masked method's combination of four inpaintings (tanh, mask, sum over the four) in
-53 ms of a 435 ms inference step, and without them masked SkipGANomaly inference went from 121 to
-163 images/s (bench/throughput.py). The first flag below sends convolutions, dots and reductions back
-to XLA.
+models XLA's own kernels are faster, in training and inference, and YNNPACK's reduce fusions were slow
+on the masked method's combination of four inpaintings (tanh, mask, sum over the four)
+(bench/throughput.py). The first flag below sends convolutions, dots and reductions back to XLA.
 
-The second picks XLA's memory-optimised instruction scheduler over the default one: the peak memory
-of every training benchmark fell by 30-130 MiB (GANomaly 64x64x3: 1446 / 1421 -> 1363 / 1287 MiB in
-two alternating rounds of bench/throughput.py), at the same speed within the machine's noise
-(SkipGANomaly inference was faster with it: 528 / 546 -> 694 / 672 images/s). Everything else keeps
-XLA's defaults.
+The second picks XLA's memory-optimised instruction scheduler over the default one: it lowered the
+peak memory of every training benchmark at the same speed within the machine's noise. Everything else
+keeps XLA's defaults. Figures: docs/performance.md#xla-flags.
 
 XLA rejects unknown flags at start-up, and `*_experimental_*` flags come and go, so the defaults are
 applied only on jaxlib versions where they were measured. They never override a user's choice: a

@@ -109,6 +109,7 @@ def test_single_pixel_gradient_with_padding_beyond_the_kernel():
   np.testing.assert_allclose(got[0, 0, 0, 0], numeric, rtol=1e-2)
 
 
+@pytest.mark.slow
 def test_generator_output_does_not_depend_on_the_cpu_kernels():
   # The same parameters give the same reconstruction (and batch statistics) with the switch on/off.
   from ganomaly_jax.cpu import kernels

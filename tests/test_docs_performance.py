@@ -1,0 +1,71 @@
+"""Speed and memory figures live in docs/performance.md, not in the package's docstrings or comments.
+
+Comments say why a CPU form or setting exists and cite the doc's section; a measured figure in the
+code goes stale silently when the kernels, XLA or the machine change, while the doc records each
+figure with the command and commit it came from.
+"""
+
+import ast
+import io
+import pathlib
+import re
+import tokenize
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+PACKAGE = sorted((REPO / 'ganomaly_jax').rglob('*.py'))
+DOC = REPO / 'docs' / 'performance.md'
+# A number followed by a throughput, time or memory unit ("1-5 GFLOP/s", "~470 MiB", "44 -> 17 ms",
+# "205 vs 187\nimages/s"), or a measured speed-up ("2-3x faster").
+FIGURE = re.compile(
+    r'\d(?:[\d,.]*\d)?\s*(?:images/s|img/s|steps/s|[GT]FLOP/s|[KMG]iB|ms)(?![\w/])'
+    r'|\d\s*[x×]\s+(?:faster|slower)')
+CITATION = re.compile(re.escape(DOC.relative_to(REPO).as_posix()) + r'#([\w-]+)')
+
+
+def docstrings_and_comments(path: pathlib.Path) -> list[tuple[int, str]]:
+  """(line, text) of every docstring and comment of a Python file."""
+  source = path.read_text(encoding='utf-8')
+  found = []
+  for node in ast.walk(ast.parse(source)):
+    if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+      body = node.body
+      if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+          and isinstance(body[0].value.value, str):
+        found.append((body[0].lineno, body[0].value.value))
+  for token in tokenize.generate_tokens(io.StringIO(source).readline):
+    if token.type == tokenize.COMMENT:
+      found.append((token.start[0], token.string))
+  return found
+
+
+def anchors(markdown: pathlib.Path) -> set[str]:
+  """GitHub's heading anchors: lower case, punctuation other than '-' and '_' dropped, spaces -> '-'."""
+  headings = re.findall(r'^#+\s+(.*)$', markdown.read_text(encoding='utf-8'), re.M)
+  return {re.sub(r'[^\w\- ]', '', h.strip().lower()).replace(' ', '-') for h in headings}
+
+
+def test_figure_pattern():
+  for text in ('1-5 GFLOP/s', '~470 MiB', '44 -> 17-25 ms forward', '205 vs 187\n  images/s',
+               '2-3x faster', '1,346 MiB', '3.0 img/s'):
+    assert FIGURE.search(text), text
+  for text in ('slow on these shapes', 'msgs', '4x4x256 -> 8x8x128', 'O(batch)', '2 msec'):
+    assert not FIGURE.search(text), text
+
+
+def test_no_measured_figures_in_package_docstrings_or_comments():
+  offenders = [f'{path.relative_to(REPO)}:{line}: {match.group(0)!r}'
+               for path in PACKAGE for line, text in docstrings_and_comments(path)
+               for match in FIGURE.finditer(text)]
+  assert not offenders, ('measured figures belong in docs/performance.md; in the code say why, and '
+                         'cite the section:\n' + '\n'.join(offenders))
+
+
+def test_cited_performance_sections_exist():
+  sections = anchors(DOC)
+  cited = [(str(path.relative_to(REPO)), anchor)
+           for path in PACKAGE + [REPO / 'README.md']
+           for anchor in CITATION.findall(path.read_text(encoding='utf-8'))]
+  assert any(source.startswith('ganomaly_jax/') for source, _ in cited)
+  missing = [f'{source} cites docs/performance.md#{anchor}' for source, anchor in cited
+             if anchor not in sections]
+  assert not missing, missing
