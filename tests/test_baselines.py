@@ -21,6 +21,7 @@ def digits_config(abnormal: int, seed: int = 0):
   return config_lib.load_config(f'{GANOMALY}:abnormal={abnormal},seed={seed}')
 
 
+@pytest.mark.slow  # ten one-class splits, PCA and k-NN on each
 def test_baselines_beat_chance_on_every_digit():
   pca, knn = [], []
   for digit in range(10):
