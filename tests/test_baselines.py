@@ -21,6 +21,7 @@ def digits_config(abnormal: int, seed: int = 0):
   return config_lib.load_config(f'{GANOMALY}:abnormal={abnormal},seed={seed}')
 
 
+@pytest.mark.slow  # ten one-class splits, PCA and k-NN on each
 def test_baselines_beat_chance_on_every_digit():
   pca, knn = [], []
   for digit in range(10):
@@ -122,8 +123,8 @@ def test_pca_gives_pixel_metrics_on_folder_masks_knn_does_not(small_textures):
   assert knn['pixel_auroc'] is None and knn['image_auroc'] > 0
 
 
-def test_textures_without_scikit_image_says_what_to_install(monkeypatch, tmp_path):
+def test_textures_without_scikit_image_is_one_clear_line(monkeypatch, tmp_path):
   import sys
   monkeypatch.setitem(sys.modules, 'skimage', None)  # import skimage -> ImportError
-  with pytest.raises(textures.TexturesError, match=r'needs scikit-image: pip install'):
+  with pytest.raises(textures.TexturesError, match=r'needs scikit-image, a declared dependency'):
     textures.write_textures(str(tmp_path))

@@ -293,6 +293,7 @@ def test_overlay_batch_matches_plots_overlay():
   assert grey.shape == (2, 12, 12, 3)
 
 
+@pytest.mark.slow  # the shared quick run and the inference subprocess
 def test_small_batches_and_serial_decoding_give_the_same_outputs(masked_run, inferred, tmp_path):
   """Batches of 4 (several, the last padded) decoded in the main thread: the same rows and maps."""
   out = tmp_path / 'out'

@@ -32,6 +32,7 @@ def trained(tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow  # trains, then resumes
 def test_resume_with_other_kernels_and_dtype_logs_the_change(trained, caplog):
   with caplog.at_level(logging.WARNING):
     results = train.train_and_evaluate(

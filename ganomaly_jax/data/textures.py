@@ -41,15 +41,15 @@ MARKER = '.complete'
 
 
 class TexturesError(ValueError):
-  """The texture data cannot be made (scikit-image missing); one line saying what to install."""
+  """The texture data cannot be made (scikit-image missing from a broken install); one line."""
 
 
 def _photograph(name: str) -> np.ndarray:
   try:
-    from skimage import data as sk_data  # optional dependency: only this suite needs it
+    from skimage import data as sk_data  # imported here: only this suite needs it
   except ImportError:
-    raise TexturesError('The textures suite needs scikit-image: pip install -e ".[bench]" '
-                        '(or pip install "scikit-image>=0.22").') from None
+    raise TexturesError('The textures suite needs scikit-image, a declared dependency: reinstall '
+                        'the package (pip install -e .).') from None
   image = np.asarray(getattr(sk_data, name)())
   if image.ndim == 3:  # an RGB photograph: the luma, as the folder loader would convert it
     image = np.round(image[..., :3] @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)

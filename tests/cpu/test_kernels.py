@@ -40,6 +40,7 @@ def _abstract_args(config, progs):
   return state, {'image': images}, rng
 
 
+@pytest.mark.slow  # trains every method twice
 @pytest.mark.parametrize('method', _methods())
 def test_off_and_auto_train_alike(method):
   # Two train steps from the same initial state: parameters and losses agree to float tolerance.
