@@ -2,8 +2,8 @@
 
 etils.epath sends `gs://` paths to tf.io.gfile when TensorFlow is installed and to fsspec otherwise
 (EPATH_USE_TF=false forces fsspec). fsspec asks its registry for the `gs`/`gcs` implementation,
-which is normally gcsfs; registering an in-memory file system there instead makes every epath call of our
-code run against a real `gs://bucket/...` string: the same URL parsing, the same backend methods
+which is normally gcsfs; registering an in-memory file system there instead makes every epath call
+of our code run against a real `gs://bucket/...` string: the same URL parsing, the same backend methods
 (open, rename, mkdir, glob, exists), only the bytes stay in this process. It stands in for GCS as
 far as our code is concerned; what it cannot show is GCS's own behaviour (latency, eventual listing,
 non-atomic directory renames) and anything outside epath (orbax's tensorstore array writes, clu's
