@@ -27,7 +27,7 @@ from typing import Any, Callable
 from absl import app, flags, logging
 import ml_collections
 
-from ganomaly_jax import benchmark_report, suite_lib, sweep
+from ganomaly_jax import benchmark_report, rundir, suite_lib, sweep
 
 _SUITE = flags.DEFINE_string('suite', None, 'Suite: NAME[:ARG] of configs/suites/, or a file path.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Benchmark root: runs/, data/ and the tables.')
@@ -80,19 +80,17 @@ def describe(run: suite_lib.BenchRun) -> str:
 def _finished(run: suite_lib.BenchRun) -> dict[str, Any] | None:
   """Final results of a run that needs nothing more, else None (trained runs: sweep's rule)."""
   if run.method.baseline:
-    from ganomaly_jax import train
-
-    previous = train.read_results(run.workdir)
+    previous = rundir.read_results(run.workdir)
     return previous if previous and previous.get('baseline') == run.method.baseline else None
   return sweep.finished_results(run.config, run.workdir)
 
 
 def _run_baseline(run: suite_lib.BenchRun) -> dict[str, Any]:
-  from ganomaly_jax import baselines, train
+  from ganomaly_jax import baselines
 
   results = baselines.evaluate(run.method.baseline, run.config)
-  os.makedirs(run.workdir, exist_ok=True)
-  train.write_json(os.path.join(run.workdir, train.RESULTS_FILE), results)
+  rundir.path(run.workdir).mkdir(parents=True, exist_ok=True)
+  rundir.write_json(rundir.path(run.workdir, rundir.RESULTS), results)
   return results
 
 

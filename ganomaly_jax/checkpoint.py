@@ -11,13 +11,15 @@ during a save leaves the previous checkpoint usable.
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Any
 
+from etils import epath
 import grain
 import jax
 import orbax.checkpoint as ocp
+
+from ganomaly_jax import rundir
 
 
 def _abstract(tree: Any) -> Any:
@@ -40,9 +42,9 @@ def tree_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
 class CheckpointStore:
   """Latest and best checkpoints of one run."""
 
-  def __init__(self, workdir: str, keep: int = 2):
-    self.latest_dir = os.path.join(os.path.abspath(workdir), 'checkpoints')
-    self.best_dir = os.path.join(os.path.abspath(workdir), 'best')
+  def __init__(self, workdir: str | epath.Path, keep: int = 2):
+    self.latest_dir = rundir.path(workdir, rundir.CHECKPOINTS)  # local (absolute) or gs://
+    self.best_dir = rundir.path(workdir, rundir.BEST)
     self.latest = ocp.CheckpointManager(
         self.latest_dir,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
@@ -88,11 +90,11 @@ class CheckpointStore:
     step = self.latest.latest_step()
     if step is None:
       return None
-    data_dir = os.path.join(self.latest_dir, str(step), 'data')
-    if not os.path.isdir(data_dir):
+    data_dir = self.latest_dir / str(step) / 'data'
+    if not data_dir.is_dir():
       return None
-    counts = {int(m.group(1)) for name in os.listdir(data_dir)
-              if (m := re.fullmatch(r'process_\d+-of-(\d+)\.json', name))}
+    counts = {int(m.group(1)) for p in data_dir.iterdir()
+              if (m := re.fullmatch(r'process_\d+-of-(\d+)\.json', p.name))}
     return counts.pop() if len(counts) == 1 else None
 
   def saved_shapes(self) -> dict[str, tuple[int, ...]] | None:

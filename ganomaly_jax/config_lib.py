@@ -19,7 +19,7 @@ import ast
 import copy
 import os
 import zipfile
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -198,6 +198,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.fid_weights = ''
   c.eval.num_images = 16  # images per TensorBoard grid
   return c
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+  """{'a': {'b': 1}} -> {'a.b': 1}: a config (`config.to_dict()`) as dotted keys.
+
+  The one flattening of a config: TensorBoard hparams, sweep keys, the processes' config check.
+  """
+  flat: dict[str, Any] = {}
+  for k, v in tree.items():
+    if isinstance(v, Mapping):
+      flat.update(flatten(v, f'{prefix}{k}.'))
+    else:
+      flat[f'{prefix}{k}'] = v
+  return flat
 
 
 def upgrade_legacy(saved: dict[str, Any]) -> dict[str, Any]:

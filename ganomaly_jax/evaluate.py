@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from typing import Any, Callable, Iterator
 
 from absl import logging
@@ -20,7 +19,7 @@ import numpy as np
 from sklearn import metrics as sk_metrics
 
 from ganomaly_jax import fid as fid_lib
-from ganomaly_jax import parallel, pixel_metrics, plots, programs, uncertainty
+from ganomaly_jax import parallel, pixel_metrics, plots, programs, rundir, uncertainty
 from ganomaly_jax.data import pipeline
 
 # The study computed FID on 50 reconstructions per split (docs/methods.md#extensions).
@@ -409,16 +408,16 @@ def _write_pictures(workdir: str, outputs: TestOutputs, scores: np.ndarray,
   """
   labels = outputs.label
   if curves:
-    plots.plot_loss_curves(curves, os.path.join(workdir, 'loss_curves.png'))
-  plots.plot_roc_pr(labels, scores, os.path.join(workdir, 'roc_pr.png'))
-  plots.plot_score_histogram(labels, scores, os.path.join(workdir, 'score_histogram.png'))
+    plots.plot_loss_curves(curves, rundir.path(workdir, 'loss_curves.png'))
+  plots.plot_roc_pr(labels, scores, rundir.path(workdir, 'roc_pr.png'))
+  plots.plot_score_histogram(labels, scores, rundir.path(workdir, 'score_histogram.png'))
   plots.plot_extremes(list(extremes['image']), extremes['map'], scores[chosen], labels[chosen],
-                      os.path.join(workdir, 'extremes.png'), k=EXTREMES_K)
+                      rundir.path(workdir, 'extremes.png'), k=EXTREMES_K)
   if mc_extremes is not None:
     mc_scores = normalise(outputs.mc_score)
     plots.plot_extremes(list(mc_extremes['image']), mc_extremes['uncertainty'],
                         mc_scores[chosen_mc], labels[chosen_mc],
-                        os.path.join(workdir, 'extremes_uncertainty.png'), k=EXTREMES_K)
+                        rundir.path(workdir, 'extremes_uncertainty.png'), k=EXTREMES_K)
 
 
 def final_image_grid(pictures: dict[str, np.ndarray]) -> np.ndarray:

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import json
 import logging as std_logging
 import os
 import shutil
@@ -55,14 +54,12 @@ import numpy as np
 from PIL import Image
 
 from ganomaly_jax import checkpoint, config_lib, evaluate, parallel, pixel_metrics, plots, programs
-from ganomaly_jax import report
+from ganomaly_jax import report, rundir
 from ganomaly_jax import state as state_lib
 from ganomaly_jax.cpu import xla_flags
 from ganomaly_jax.data import images as images_lib
 from ganomaly_jax.data import pipeline
 
-CONFIG_FILE = 'config.json'  # as train.CONFIG_FILE; not imported to keep TensorFlow (clu) out
-RESULTS_FILE = 'results.json'
 # OS litter that is not hidden by a leading dot (as data/folder.py).
 _IGNORED_NAMES = frozenset({'thumbs.db', 'desktop.ini'})
 
@@ -97,37 +94,30 @@ class InferError(ValueError):
   """Inference cannot run as asked; the message is one line naming the problem."""
 
 
-def _has_steps(directory: str) -> bool:
-  """True when an orbax checkpoint folder holds a finished step (orbax names them by the step)."""
-  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
-
-
 def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
   """The run's config (from config.json) and results.json ({} if the run has not finished).
 
   Raises:
     InferError: the workdir, its config.json, or any checkpoint is missing.
   """
-  if not os.path.isdir(workdir):
+  if not rundir.path(workdir).is_dir():
     raise InferError(f'workdir not found: {workdir}')
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.isfile(path):
-    raise InferError(f'{workdir} has no {CONFIG_FILE}: not a training run directory.')
-  if not (_has_steps(os.path.join(workdir, 'best'))
-          or _has_steps(os.path.join(workdir, 'checkpoints'))):
+  path = rundir.path(workdir, rundir.CONFIG)
+  if not path.is_file():
+    raise InferError(f'{workdir} has no {rundir.CONFIG}: not a training run directory.')
+  if not (rundir.has_steps(rundir.path(workdir, rundir.BEST))
+          or rundir.has_steps(rundir.path(workdir, rundir.CHECKPOINTS))):
     raise InferError(f'{workdir} has no checkpoint (neither best/ nor checkpoints/ holds a step); '
                      'train it first.')
   try:
-    with open(path) as f:
-      config = ml_collections.ConfigDict(config_lib.upgrade_legacy(json.load(f)['config']))
+    config = ml_collections.ConfigDict(config_lib.upgrade_legacy(rundir.read_json(path)['config']))
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise InferError(f'{path} cannot be read as a run config: {e!r}') from None
   results: dict[str, Any] = {}
-  results_path = os.path.join(workdir, RESULTS_FILE)
-  if os.path.isfile(results_path):
+  results_path = rundir.path(workdir, rundir.RESULTS)
+  if results_path.is_file():
     try:
-      with open(results_path) as f:
-        results = json.load(f)
+      results = rundir.read_json(results_path)
     except (OSError, ValueError) as e:
       logging.warning('Ignoring unreadable %s: %r', results_path, e)
   return config, results
@@ -155,9 +145,9 @@ def restore_state(config: ml_collections.ConfigDict, workdir: str, which: str = 
   try:
     restored, kind = None, which
     state_like = abstract_state_like(config, components)
-    if which in ('auto', 'best') and _has_steps(store.best_dir):
+    if which in ('auto', 'best') and rundir.has_steps(store.best_dir):
       restored, kind = store.restore_best(state_like), 'best'
-    if restored is None and which in ('auto', 'latest') and _has_steps(store.latest_dir):
+    if restored is None and which in ('auto', 'latest') and rundir.has_steps(store.latest_dir):
       restored, kind = store.restore_latest(state_like, None), 'latest'
   except Exception as e:  # orbax raises many types for a damaged or foreign checkpoint
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -38,6 +38,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 
+from ganomaly_jax import config_lib
+
 DATA_AXIS = 'data'
 
 ENV_COORDINATOR = 'JAX_COORDINATOR_ADDRESS'
@@ -239,15 +241,6 @@ def _config_text(config: ml_collections.ConfigDict, workdir: str | None) -> str:
   return json.dumps({'config': json.loads(config.to_json()), 'workdir': workdir}, sort_keys=True)
 
 
-def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
-  if not isinstance(tree, dict):
-    return {prefix.rstrip('.'): tree}
-  flat: dict[str, Any] = {}
-  for k, v in tree.items():
-    flat.update(_flatten(v, f'{prefix}{k}.'))
-  return flat
-
-
 def _broadcast_text(text: str) -> str:
   """Process 0's `text` on every process (collective: every process must call it)."""
   data = np.frombuffer(text.encode(), np.uint8).astype(np.int32)
@@ -276,14 +269,14 @@ def check_same_config(config: ml_collections.ConfigDict, workdir: str | None = N
   if not differing:
     logging.info('All %d processes run the same config.', jax.process_count())
     return
-  reference = _flatten(json.loads(_broadcast_text(text)))
+  reference = config_lib.flatten(json.loads(_broadcast_text(text)))
   me = jax.process_index()
   hint = 'start every process with the same command and config file'
   if me not in differing:
     raise ConfigMismatchError(
         f'processes disagree on the config: process(es) {", ".join(map(str, differing))} differ '
         f'from process 0 (their logs name the keys); {hint}.')
-  mine = _flatten(json.loads(text))
+  mine = config_lib.flatten(json.loads(text))
   keys = sorted(k for k in set(mine) | set(reference) if mine.get(k) != reference.get(k))
   shown = ', '.join(f'{k.removeprefix("config.")}={mine.get(k)!r} (process 0: {reference.get(k)!r})'
                     for k in keys[:5])

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-
+# epath: figures may go to a gs:// run directory as well as a local one.
+from etils.epath import Path
 import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -180,7 +180,8 @@ def _new_figure(width: float, height: float) -> Figure:
 def _save(fig: Figure, path: PathLike) -> Path:
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, format='png', dpi=_DPI)
+  with path.open('wb') as f:  # a file object: matplotlib itself only writes local paths
+    fig.savefig(f, format='png', dpi=_DPI)
   return path
 
 

@@ -24,9 +24,10 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
+# epath: the report may be written to a gs:// folder as well as a local one.
+from etils.epath import Path
 import numpy as np
 from PIL import Image
 
@@ -272,7 +273,7 @@ def write_html_report(out_dir: PathLike,
   # Write then rename, so a crash mid-write never leaves a truncated report that looks complete.
   tmp = out_dir / 'index.html.tmp'
   tmp.write_text(page, encoding='utf-8')
-  os.replace(tmp, path)
+  tmp.replace(path)
   return path
 
 
@@ -441,5 +442,5 @@ page <span id="page"></span>
   path = out_dir / 'index.html'
   tmp = out_dir / 'index.html.tmp'
   tmp.write_text(page, encoding='utf-8')
-  os.replace(tmp, path)
+  tmp.replace(path)
   return path

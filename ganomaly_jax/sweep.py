@@ -25,7 +25,6 @@ import difflib
 import hashlib
 import importlib.util
 import inspect
-import json
 import os
 import re
 import shlex
@@ -36,7 +35,7 @@ from typing import Any, Callable
 from absl import app, flags, logging
 import ml_collections
 
-from ganomaly_jax import config_lib, validate
+from ganomaly_jax import config_lib, rundir, validate
 
 if __name__ == '__main__':  # flags only for the program: ganomaly_jax.benchmark imports this module
   _CONFIG = flags.DEFINE_string('config', None,
@@ -47,7 +46,7 @@ if __name__ == '__main__':  # flags only for the program: ganomaly_jax.benchmark
 
 RESULTS_CSV = 'results.csv'
 RESULTS_MD = 'results.md'
-RUN_INFO = 'sweep_run.json'  # per-run sidecar: overrides, wall time of the session that ran it
+RUN_INFO = rundir.RUN_INFO  # per-run sidecar: overrides, wall time of the session that ran it
 # image_f1 .. image_fpr: at the threshold fixed on validation normals; image_f1_oracle: the best F1
 # over thresholds chosen with the test labels (an upper bound, never an operating point).
 METRICS = ('image_auroc', 'image_ap', 'image_f1', 'image_precision', 'image_recall', 'image_fpr',
@@ -137,14 +136,8 @@ def _get(config: ml_collections.ConfigDict, key: str) -> Any:
   return node
 
 
-def _leaf_keys(config: ml_collections.ConfigDict, prefix: str = '') -> list[str]:
-  keys = []
-  for k, v in config.items():
-    if isinstance(v, ml_collections.ConfigDict):
-      keys += _leaf_keys(v, f'{prefix}{k}.')
-    else:
-      keys.append(f'{prefix}{k}')
-  return keys
+def _leaf_keys(config: ml_collections.ConfigDict) -> list[str]:
+  return list(config_lib.flatten(config.to_dict()))
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any],
@@ -279,28 +272,18 @@ def read_table(root: str) -> list[dict[str, str]]:
 
 
 def finished_results(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
-  """The results of a run that needs no more training (train.py's own rule), else None."""
-  from ganomaly_jax import train
-
-  previous = train.read_results(workdir)
-  if previous and previous.get('steps', 0) >= config.train.num_steps:
-    return previous
-  return None
+  """The results of a run that needs no more training (rundir's rule, as train's), else None."""
+  return rundir.finished_results(workdir, config.train.num_steps)
 
 
 def read_run_info(workdir: str) -> dict[str, Any]:
   """The sidecar a runner wrote next to a finished run's results ({} if none)."""
-  path = os.path.join(workdir, RUN_INFO)
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    return json.load(f)
+  return rundir.read_json(rundir.path(workdir, RUN_INFO)) or {}
 
 
 def write_run_info(workdir: str, info: dict[str, Any]) -> None:
   """Writes the sidecar (overrides, wall time of the session that ran the run, ...)."""
-  with open(os.path.join(workdir, RUN_INFO), 'w') as f:
-    json.dump(info, f, indent=2, default=str)
+  rundir.write_json(rundir.path(workdir, RUN_INFO), info)
 
 
 def recorded_wall_time(workdir: str, results: dict[str, Any]) -> float | None:

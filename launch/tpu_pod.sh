@@ -4,8 +4,9 @@
 # `ganomaly_jax.main` command on all workers with GANOMALY_DISTRIBUTED=1, where
 # jax.distributed.initialize(), called with no arguments, finds the pod's workers, their count and
 # each worker's index by itself (TPU VM metadata): no coordinator settings. The workdir is a gs://
-# bucket path, mounted with gcsfuse at ~/gcs/<bucket> on every worker (the code writes plain paths):
-# checkpoints outlive the VM, and running the same command again resumes a preempted run.
+# bucket path, passed as is: checkpoints (orbax), JSON files, curves and pictures (etils.epath) and
+# TensorBoard events (tf.io.gfile) go straight to the bucket with the VM's service account, no
+# gcsfuse. Checkpoints outlive the VM, and running the same command again resumes a preempted run.
 #
 # Usage:
 #   launch/tpu_pod.sh gs://BUCKET/PATH [ganomaly_jax.main flags...]
@@ -23,7 +24,7 @@
 #   DRY_RUN=1         print the gcloud commands instead of running them
 #
 # On each worker the script runs itself as `launch/tpu_pod.sh --on-worker gs://... [flags...]`:
-# mount the bucket, then launch/run_on_host.sh (virtualenv + install, once) execs the command.
+# launch/run_on_host.sh (virtualenv + install, once) execs the command.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -55,25 +56,12 @@ split_url() {  # gs://bucket/some/path -> sets bucket and path
 }
 
 on_worker() {
-  split_url "$1"
+  local workdir="$1"
+  split_url "$workdir"
   shift
-  local mount="$HOME/gcs/$bucket"
-  if ! command -v gcsfuse > /dev/null; then
-    local codename list
-    codename="$(sed -n 's/^VERSION_CODENAME=//p' /etc/os-release)"
-    list="deb [signed-by=/usr/share/keyrings/cloud.google.asc] https://packages.cloud.google.com/apt gcsfuse-$codename main"
-    run sudo sh -c "echo '$list' > /etc/apt/sources.list.d/gcsfuse.list"
-    run sudo sh -c 'curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg > /usr/share/keyrings/cloud.google.asc'
-    run sudo apt-get update -qq
-    run sudo apt-get install -y -qq gcsfuse
-  fi
-  if ! mountpoint -q "$mount"; then
-    run mkdir -p "$mount"
-    # orbax renames its temporary checkpoint directories: allow directory renames.
-    run gcsfuse --implicit-dirs --rename-dir-limit=1000000 "$bucket" "$mount"
-  fi
+  # The code writes gs:// itself (etils.epath, orbax, tf.io.gfile): no mount, no gcsfuse.
   run env GANOMALY_DISTRIBUTED=1 PIP_EXTRA="${PIP_EXTRA:-jax[tpu]}" \
-    "$repo/launch/run_on_host.sh" python -m ganomaly_jax.main --workdir="$mount/$path" "$@"
+    "$repo/launch/run_on_host.sh" python -m ganomaly_jax.main --workdir="$workdir" "$@"
 }
 
 if [[ $# -ge 1 && "$1" == --on-worker ]]; then

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from ganomaly_jax import benchmark, benchmark_report, suite_lib, train
+from ganomaly_jax import benchmark, benchmark_report, rundir, suite_lib, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The tiny GANomaly of tests/test_sweep.py, 2 steps.
@@ -35,7 +35,7 @@ def fake_train(config, workdir):
   os.makedirs(workdir, exist_ok=True)
   results = {'image_auroc': 0.5 + 0.01 * config.seed, 'image_ap': 0.5, 'steps':
              config.train.num_steps, 'train_wall_time_s': 1.0}
-  train.write_json(os.path.join(workdir, train.RESULTS_FILE), results)
+  rundir.write_json(rundir.path(workdir, rundir.RESULTS), results)
   return results
 
 
@@ -210,7 +210,7 @@ def test_finished_runs_are_skipped_and_failures_retried(tmp_path, monkeypatch):
 def fake_baseline(run):
   results = {'baseline': run.method.baseline, 'image_auroc': 0.6, 'image_ap': 0.5}
   os.makedirs(run.workdir, exist_ok=True)
-  train.write_json(os.path.join(run.workdir, train.RESULTS_FILE), results)
+  rundir.write_json(rundir.path(run.workdir, rundir.RESULTS), results)
   return results
 
 
@@ -224,7 +224,7 @@ def test_micro_suite_trains_once_then_skips(tmp_path, monkeypatch):
   assert [r['method'] for r in rows] == ['ganomaly', 'pca'] and rows[0]['steps'] == '2'
   for row in rows:
     assert 0.0 <= float(row['image_auroc']) <= 1.0 and row['class'] == '1'
-  assert train.read_results(records[0].run.workdir)['steps'] == 2
+  assert rundir.read_results(records[0].run.workdir)['steps'] == 2
 
   from ganomaly_jax import baselines
   monkeypatch.setattr(baselines, 'evaluate', lambda *a, **k: pytest.fail('baseline re-ran'))

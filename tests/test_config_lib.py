@@ -110,3 +110,8 @@ def test_resolve_is_pure_idempotent_and_keeps_explicit_values():
   assert once.is_locked  # unknown keys still fail after resolving
   with pytest.raises(ValueError, match='dataset.name'):
     config_lib.resolve(config_lib.load_config(f'{GANOMALY}:dataset=imagenet', resolved=False))
+
+
+def test_flatten_is_dotted_leaves():
+  assert config_lib.flatten({'a': {'b': 1, 'c': {'d': None}}, 'e': [1, 2], 'f': {}}) == {
+      'a.b': 1, 'a.c.d': None, 'e': [1, 2]}

@@ -29,7 +29,7 @@ import jax
 import numpy as np
 import pytest
 
-from ganomaly_jax import checkpoint, parallel, train
+from ganomaly_jax import checkpoint, parallel, rundir, train
 from helpers import train_steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -130,7 +130,7 @@ def test_preempt_resume_and_match_one_process(tmp_path):
     stopped |= set(re.findall(r'Preempted \(\w+\) at step (\d+)', err))
   assert len(stopped) == 1, f'processes stopped at different steps: {stopped}'
   preempted_at = int(stopped.pop())
-  assert preempted_at >= 2 and train.read_results(workdir) is None
+  assert preempted_at >= 2 and rundir.read_results(workdir) is None
   assert 'JAX process 1 / 2' in first[1][1]
   assert 'All 2 processes run the same config' in first[0][1]
 
@@ -139,7 +139,7 @@ def test_preempt_resume_and_match_one_process(tmp_path):
   spec = f'{tiny},steps={num_steps}'
   second = run_two(spec, workdir, cache)
   assert all(f'Resumed from step {preempted_at}' in err for _, err in second)
-  results = train.read_results(workdir)
+  results = rundir.read_results(workdir)
   assert results['steps'] == num_steps
 
   # Reference: the same global batches through train.py's step, in this process.
