@@ -216,6 +216,21 @@ def _entry_html(entry: Mapping[str, Any], out_dir: Path, max_size: int) -> str:
           '</div>')
 
 
+def _page_head(title_html: str, csp: str, css: str) -> str:
+  """The start of a report page, up to its <h1>: charset, CSP, viewport, title and style."""
+  return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{csp}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title_html}</title>
+<style>{css}</style>
+</head>
+<body>
+<h1>{title_html}</h1>"""
+
+
 def write_html_report(out_dir: PathLike,
                       entries: Sequence[Mapping[str, Any]],
                       metrics: Mapping[str, Any],
@@ -246,17 +261,7 @@ def write_html_report(out_dir: PathLike,
   if not ordered:
     entries_html = '<p>No entries.</p>'
   title_html = html.escape(title)
-  page = f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{_CSP}">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title_html}</title>
-<style>{_CSS}</style>
-</head>
-<body>
-<h1>{title_html}</h1>
+  page = _page_head(title_html, _CSP, _CSS) + f"""
 <p><span id="count"></span> entries, sorted by anomaly score, highest first.</p>
 <h2>Metrics</h2>
 {_metrics_table(metrics)}
@@ -408,17 +413,7 @@ def write_paged_report(out_dir: PathLike,
   # '</' inside the JSON would end the <script> element early; '<\\/' is the same JSON string.
   index_json = json.dumps(index, separators=(',', ':')).replace('</', '<\\/')
   title_html = html.escape(title)
-  page = f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{_PAGED_CSP}">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title_html}</title>
-<style>{_PAGED_CSS}</style>
-</head>
-<body>
-<h1>{title_html}</h1>
+  page = _page_head(title_html, _PAGED_CSP, _PAGED_CSS) + f"""
 <p><span id="count"></span> images; each picture is its anomaly map over the resized image.</p>
 <h2>Most anomalous</h2>
 <div class="strip" id="most"></div>

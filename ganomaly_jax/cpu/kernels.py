@@ -62,6 +62,18 @@ def _explicit_padding(padding, kernel_size) -> Any:
   return tuple(pads)
 
 
+def _variables(module: nn.Conv | nn.ConvTranspose, inputs: jax.Array, kernel_size: tuple[int, ...]):
+  """The module's own kernel and bias (same names, shapes, initialisers as flax), promoted as flax does.
+
+  Returns (inputs, kernel, bias or None) in the module's compute dtype.
+  """
+  kernel = module.param('kernel', module.kernel_init,
+                        kernel_size + (inputs.shape[-1], module.features), module.param_dtype)
+  bias = (module.param('bias', module.bias_init, (module.features,), module.param_dtype)
+          if module.use_bias else None)
+  return flax_dtypes.promote_dtype(inputs, kernel, bias, dtype=module.dtype)
+
+
 def _conv(module: nn.Conv, inputs: jax.Array) -> jax.Array | None:
   """nn.Conv's __call__ with the CPU convolution; None where the CPU form does not apply."""
   kernel_size = tuple(module.kernel_size) if not isinstance(module.kernel_size, int) else (
@@ -73,12 +85,7 @@ def _conv(module: nn.Conv, inputs: jax.Array) -> jax.Array | None:
       or module.conv_general_dilated is not None or module.conv_general_dilated_cls is not None):
     return None
   strides = _pairs(module.strides)
-  kernel = module.param('kernel', module.kernel_init, kernel_size + (inputs.shape[-1],
-                                                                     module.features),
-                        module.param_dtype)
-  bias = (module.param('bias', module.bias_init, (module.features,), module.param_dtype)
-          if module.use_bias else None)
-  x, kernel, bias = flax_dtypes.promote_dtype(inputs, kernel, bias, dtype=module.dtype)
+  x, kernel, bias = _variables(module, inputs, kernel_size)
   conv = lambda fn: lambda x, k: fn(x, k, strides, padding, dimension_numbers=_NHWC,
                                     precision=module.precision)
   y = _on_cpu(conv(convolution.conv_general_dilated), conv(lax.conv_general_dilated), x, kernel)
@@ -98,12 +105,7 @@ def _conv_transpose(module: nn.ConvTranspose, inputs: jax.Array) -> jax.Array | 
   if padding is None:
     return None
   pads = conv_transpose.explicit_padding(padding, kernel_size, strides)
-  kernel = module.param('kernel', module.kernel_init, kernel_size + (inputs.shape[-1],
-                                                                     module.features),
-                        module.param_dtype)
-  bias = (module.param('bias', module.bias_init, (module.features,), module.param_dtype)
-          if module.use_bias else None)
-  x, kernel, bias = flax_dtypes.promote_dtype(inputs, kernel, bias, dtype=module.dtype)
+  x, kernel, bias = _variables(module, inputs, kernel_size)
   fast = lambda x, k: conv_transpose.conv_transpose(x, k, strides, pads, module.precision)
   plain = lambda x, k: lax.conv_transpose(x, k, strides, pads, dimension_numbers=_NHWC,
                                           precision=module.precision)
