@@ -16,6 +16,11 @@ CASES = [
 ]
 
 
+def _slow_after(cases, n):
+  """The first n cases run in the fast loop; the rest only in the full suite (marked slow)."""
+  return [c if i < n else pytest.param(*c, marks=pytest.mark.slow) for i, c in enumerate(cases)]
+
+
 def _pair(padding):
   return padding if isinstance(padding, str) else (padding, padding)
 
@@ -43,7 +48,7 @@ def _assert_equals_flax(impl, k, s, padding, size, features=5):
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize('k,s,padding,size', CASES)
+@pytest.mark.parametrize('k,s,padding,size', _slow_after(CASES, 4))
 def test_subpixel_equals_flax_conv_transpose(k, s, padding, size):
   _assert_equals_flax('subpixel', k, s, padding, size)
 
@@ -84,8 +89,9 @@ AUTO_CASES = CASES + [(4, 2, (2, 2), 1), (4, 2, (2, 2), 16), (4, 1, (3, 3), 3), 
                       (4, 2, (2, 2), 2), (5, 2, (2, 3), 2), (3, 2, (1, 2), 2), (4, 2, (0, 4), 2)]
 
 
-@pytest.mark.parametrize('features', [5, 64])
-@pytest.mark.parametrize('k,s,padding,size', AUTO_CASES)
+# Fast loop: a few regular shapes and every small-input form (matmul, scatter-add); all in the full suite.
+@pytest.mark.parametrize('features', [5, pytest.param(64, marks=pytest.mark.slow)])
+@pytest.mark.parametrize('k,s,padding,size', _slow_after(CASES, 3) + AUTO_CASES[len(CASES):])
 def test_auto_equals_flax_values_and_gradients(k, s, padding, size, features):
   # 'auto' mixes forward kernels (matmul for 1x1 inputs, XLA's or the sub-pixel one) with the
   # adjoint-convolution backward pass; all of it must be nn.ConvTranspose, gradients included.
