@@ -106,7 +106,7 @@ def run_benchmark(suite: suite_lib.Suite, root: str, train_fn: TrainFn | None = 
 
   runs = suite_lib.expand(suite, root)
   train_fn = train_fn or sweep.train_in_process
-  os.makedirs(root, exist_ok=True)
+  rundir.path(root).mkdir(parents=True, exist_ok=True)
   if suite.prepare is not None:
     suite.prepare(os.path.join(root, 'data'))
   here = commit()
@@ -181,7 +181,7 @@ def main(argv: list[str]) -> None:
   except ValueError as e:  # unknown suite, bad argument, unknown key, impossible value: one line
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
-  print(open(os.path.join(root, benchmark_report.RESULTS_MD)).read(), end='')
+  print(rundir.path(root, benchmark_report.RESULTS_MD).read_text(), end='')
   failed = [r.run.name for r in records if r.status.startswith('failed')]
   if failed:
     print(f'error: {len(failed)} run(s) failed: {", ".join(failed)} '

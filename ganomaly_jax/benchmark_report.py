@@ -10,12 +10,12 @@ Markdown, and a method without a value in a column (k-NN has no pixel map) shows
 from __future__ import annotations
 
 import csv
-import os
+import io
 from typing import Any, Sequence
 
 import numpy as np
 
-from ganomaly_jax import plots, sweep
+from ganomaly_jax import plots, rundir, sweep
 
 RESULTS_CSV = sweep.RESULTS_CSV
 RESULTS_MD = sweep.RESULTS_MD
@@ -26,27 +26,17 @@ COLUMNS = (('suite', 'method', 'class', 'seed', 'status') + METRICS
 PLOT_METRIC = 'image_auroc'
 
 
-def _write_atomic(path: str, text: str) -> None:
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w', newline='') as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 def write_csv(root: str, rows: Sequence[dict[str, Any]]) -> None:
   """ROOT/results.csv, one row per run (empty cells for missing values), written atomically."""
-  import io
-
   buffer = io.StringIO()
   writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction='ignore')
   writer.writeheader()
   writer.writerows({k: '' if row.get(k) is None else row.get(k) for k in COLUMNS} for row in rows)
-  _write_atomic(os.path.join(root, RESULTS_CSV), buffer.getvalue())
+  rundir.write_text(rundir.path(root, RESULTS_CSV), buffer.getvalue())
 
 
 def read_csv(root: str) -> list[dict[str, str]]:
-  with open(os.path.join(root, RESULTS_CSV), newline='') as f:
-    return list(csv.DictReader(f))
+  return list(csv.DictReader(io.StringIO(rundir.path(root, RESULTS_CSV).read_text())))
 
 
 def _number(value: Any) -> float | None:
@@ -143,7 +133,7 @@ def markdown(rows: Sequence[dict[str, Any]], title: str, notes: Sequence[str] = 
 
 def write_markdown(root: str, rows: Sequence[dict[str, Any]], title: str,
                    notes: Sequence[str] = ()) -> None:
-  _write_atomic(os.path.join(root, RESULTS_MD), markdown(rows, title, notes))
+  rundir.write_text(rundir.path(root, RESULTS_MD), markdown(rows, title, notes))
 
 
 def write_plot(root: str, rows: Sequence[dict[str, Any]], title: str) -> str:
@@ -157,7 +147,7 @@ def write_plot(root: str, rows: Sequence[dict[str, Any]], title: str) -> str:
     for i, method in enumerate(methods):
       if PLOT_METRIC in summary[cls].get(method, {}):
         means[i, j], stds[i, j], _ = summary[cls][method][PLOT_METRIC]
-  path = os.path.join(root, RESULTS_PNG)
+  path = rundir.path(root, RESULTS_PNG)
   plots.plot_grouped_bars(classes, methods, means, stds, path, title=title,
                           ylabel=f'{PLOT_METRIC} (mean ± std over seeds)', chance=0.5)
   return path

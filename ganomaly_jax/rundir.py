@@ -58,15 +58,21 @@ def _is_remote(p: epath.Path) -> bool:
   return '://' in str(p)
 
 
-def write_json(target: PathLike, payload: Mapping[str, Any]) -> None:
-  """Writes JSON atomically (temporary file + rename) so a crash never leaves half a file.
+def write_text(target: PathLike, text: str) -> None:
+  """Writes text atomically (temporary file + rename) so a crash never leaves half a file.
 
   On GCS the object appears whole on close anyway; the rename keeps one code path for both.
   """
   target = epath.Path(target)
+  target.parent.mkdir(parents=True, exist_ok=True)
   tmp = target.parent / f'{target.name}.tmp'
-  tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+  tmp.write_text(text)
   tmp.replace(target)
+
+
+def write_json(target: PathLike, payload: Mapping[str, Any]) -> None:
+  """Writes JSON atomically (`write_text`)."""
+  write_text(target, json.dumps(payload, indent=2, sort_keys=True, default=str))
 
 
 def read_json(source: PathLike) -> dict[str, Any] | None:

@@ -25,6 +25,7 @@ import difflib
 import hashlib
 import importlib.util
 import inspect
+import io
 import os
 import re
 import shlex
@@ -239,31 +240,25 @@ def _cell(column: str, value: Any) -> str:
 
 
 def write_tables(root: str, records: list[Record], title: str) -> None:
-  """Rewrites ROOT/results.csv and ROOT/results.md (atomically: temporary file + rename)."""
-  os.makedirs(root, exist_ok=True)
+  """Rewrites ROOT/results.csv and ROOT/results.md (atomically, through epath: ROOT may be gs://)."""
   rows = [r.row() for r in records]
-  tmp = os.path.join(root, RESULTS_CSV + '.tmp')
-  with open(tmp, 'w', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=COLUMNS)
-    writer.writeheader()
-    writer.writerows({k: '' if v is None else v for k, v in row.items()} for row in rows)
-  os.replace(tmp, os.path.join(root, RESULTS_CSV))
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+  writer.writeheader()
+  writer.writerows({k: '' if v is None else v for k, v in row.items()} for row in rows)
+  rundir.write_text(rundir.path(root, RESULTS_CSV), buffer.getvalue())
   lines = [f'# {title}', '', '| ' + ' | '.join(COLUMNS) + ' |',
            '|' + '|'.join('---' for _ in COLUMNS) + '|']
   for row in rows:
     cells = [_cell(c, row[c]) for c in COLUMNS]
     cells[1] = f'`{cells[1]}`' if cells[1] else '(none)'
     lines.append('| ' + ' | '.join(c.replace('|', '\\|') for c in cells) + ' |')
-  tmp = os.path.join(root, RESULTS_MD + '.tmp')
-  with open(tmp, 'w') as f:
-    f.write('\n'.join(lines) + '\n')
-  os.replace(tmp, os.path.join(root, RESULTS_MD))
+  rundir.write_text(rundir.path(root, RESULTS_MD), '\n'.join(lines) + '\n')
 
 
 def read_table(root: str) -> list[dict[str, str]]:
   """The rows of ROOT/results.csv (strings, as written)."""
-  with open(os.path.join(root, RESULTS_CSV), newline='') as f:
-    return list(csv.DictReader(f))
+  return list(csv.DictReader(io.StringIO(rundir.path(root, RESULTS_CSV).read_text())))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,7 +372,7 @@ def main(argv: list[str]) -> None:
   except ValueError as e:  # bad sweep file, unknown key, impossible value: one line
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
-  print(open(os.path.join(root, RESULTS_MD)).read(), end='')
+  print(rundir.path(root, RESULTS_MD).read_text(), end='')
   failed = [r.run.name for r in records if r.status.startswith('failed')]
   if failed:
     print(f'error: {len(failed)} run(s) failed: {", ".join(failed)} (see {RESULTS_CSV})',

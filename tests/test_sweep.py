@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from ganomaly_jax import rundir, sweep, train
+from ganomaly_jax import benchmark_report, rundir, sweep, train
+from fake_gcs import gs_root  # noqa: F401  (a fixture)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ABLATION = os.path.join(REPO, 'configs', 'sweeps', 'ablation.py')
@@ -234,3 +235,19 @@ def test_tables_never_show_the_oracle_f1_under_the_plain_name(tmp_path):
   header = open(tmp_path / sweep.RESULTS_MD).read().splitlines()[2]
   assert 'image_f1_oracle' in header and 'image_fpr' in header
   assert sweep.read_table(str(tmp_path))[0]['image_f1'] == ''
+
+
+def test_sweep_and_benchmark_tables_on_a_gs_root(gs_root, tmp_path, monkeypatch):
+  """A sweep or benchmark root on gs:// (in memory, tests/fake_gcs.py): the tables are written and read
+  through epath, and nothing lands in a local folder named after the bucket."""
+  monkeypatch.chdir(tmp_path)
+  run = sweep.Run('seed-1', {'seed': 1}, None, f'{gs_root}/seed-1')
+  sweep.write_tables(gs_root, [sweep.Record(run, 'done', {'image_auroc': 0.75, 'steps': 2})], 'gs')
+  rows = sweep.read_table(gs_root)
+  assert [(r['run'], r['image_auroc'], r['steps']) for r in rows] == [('seed-1', '0.75', '2')]
+  assert '| seed-1 | `seed=1` | done | 0.7500 |' in rundir.path(gs_root, sweep.RESULTS_MD).read_text()
+  bench_rows = [{'suite': 'digits', 'method': 'pca', 'class': '3', 'seed': 0, 'status': 'done',
+                 'image_auroc': 0.5}]
+  benchmark_report.write_csv(gs_root, bench_rows)
+  assert benchmark_report.read_csv(gs_root)[0]['image_auroc'] == '0.5'
+  assert not list(tmp_path.iterdir())  # no local shadow such as ./gs:/test-bucket
