@@ -31,7 +31,7 @@ from etils.epath import Path
 import numpy as np
 from PIL import Image
 
-from ganomaly_jax import plots
+from ganomaly_jax import plots, rundir
 
 PathLike = str | os.PathLike
 
@@ -275,10 +275,8 @@ def write_html_report(out_dir: PathLike,
 </html>
 """
   path = out_dir / 'index.html'
-  # Write then rename, so a crash mid-write never leaves a truncated report that looks complete.
-  tmp = out_dir / 'index.html.tmp'
-  tmp.write_text(page, encoding='utf-8')
-  tmp.replace(path)
+  # Written then renamed, so a crash mid-write never leaves a truncated report that looks complete.
+  rundir.write_text(path, page)
   return path
 
 
@@ -435,7 +433,6 @@ page <span id="page"></span>
 </html>
 """
   path = out_dir / 'index.html'
-  tmp = out_dir / 'index.html.tmp'
-  tmp.write_text(page, encoding='utf-8')
-  tmp.replace(path)
+  # Written then renamed, so a crash mid-write never leaves a truncated report that looks complete.
+  rundir.write_text(path, page)
   return path

@@ -66,7 +66,7 @@ def write_text(target: PathLike, text: str) -> None:
   target = epath.Path(target)
   target.parent.mkdir(parents=True, exist_ok=True)
   tmp = target.parent / f'{target.name}.tmp'
-  tmp.write_text(text)
+  tmp.write_text(text, encoding='utf-8')
   tmp.replace(target)
 
 
