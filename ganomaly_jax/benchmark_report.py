@@ -24,6 +24,8 @@ METRICS = tuple(dict.fromkeys(sweep.METRICS + ('pixel_auroc', 'pixel_pro')))
 COLUMNS = (('suite', 'method', 'class', 'seed', 'status') + METRICS
            + ('steps', 'wall_time_s', 'commit', 'workdir'))
 PLOT_METRIC = 'image_auroc'
+# Columns where smaller is better (false alarms); every other metric is better when larger.
+LOWER_IS_BETTER = frozenset({'image_fpr'})
 
 
 def write_csv(root: str, rows: Sequence[dict[str, Any]]) -> None:
@@ -85,7 +87,8 @@ def _table(methods: dict[str, dict[str, tuple[float, float, int]]], all_methods:
   best = {}
   for metric in metrics:
     means = [cols[metric][0] for cols in methods.values() if metric in cols]
-    best[metric] = max(means) if means else None
+    pick = min if metric in LOWER_IS_BETTER else max
+    best[metric] = pick(means) if means else None
   head = ['method', count_label, *metrics, 'wall_time_s']
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '|'.join('---' for _ in head) + '|']
   for method in all_methods:
@@ -115,8 +118,8 @@ def markdown(rows: Sequence[dict[str, Any]], title: str, notes: Sequence[str] = 
   lines = [f'# {title}', '', *notes]
   if notes:
     lines.append('')
-  lines += ['Mean ± std over seeds (sample std); the best mean of each column in **bold**; '
-            '`n/a`: the method gives no such value (k-NN has no pixel map) or no seed has '
+  lines += ['Mean ± std over seeds (sample std); the best mean of each column in **bold** (the '
+            'smallest for image_fpr, the largest elsewhere); `n/a`: the method gives no such value (k-NN has no pixel map) or no seed has '
             'finished.', '']
   if len(summary) > 1:
     lines += ['## All classes (mean ± std over the per-class means)', '']

@@ -234,6 +234,23 @@ def upgrade_legacy(saved: dict[str, Any]) -> dict[str, Any]:
   return saved
 
 
+def _tuples(value: Any) -> Any:
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
+def from_saved(saved: dict[str, Any]) -> ml_collections.ConfigDict:
+  """The ConfigDict of a run's config.json: legacy keys upgraded, JSON lists back to tuples.
+
+  Config values are never lists (`base_config` holds tuples, e.g. `mask.cell_sizes`), but JSON
+  writes tuples as lists; without this a reloaded config would fail validation (`[] != ()`).
+  """
+  return ml_collections.ConfigDict(_tuples(upgrade_legacy(saved)))
+
+
 def apply_args(config: ml_collections.ConfigDict, args: dict[str, Any]) -> None:
   """Sets config keys from parsed argument-string values (aliases or dotted keys)."""
   for key, value in args.items():

@@ -110,7 +110,7 @@ def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
     raise InferError(f'{workdir} has no checkpoint (neither best/ nor checkpoints/ holds a step); '
                      'train it first.')
   try:
-    config = ml_collections.ConfigDict(config_lib.upgrade_legacy(rundir.read_json(path)['config']))
+    config = config_lib.from_saved(rundir.read_json(path)['config'])
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise InferError(f'{path} cannot be read as a run config: {e!r}') from None
   results: dict[str, Any] = {}

@@ -165,6 +165,12 @@ def test_tables_mean_std_bold_best_and_na(tmp_path):
   back = benchmark_report.read_csv(str(tmp_path))
   assert list(back[0]) == list(benchmark_report.COLUMNS) and len(back) == 9
   assert back[-1]['image_auroc'] == '' and back[0]['class'] == '1'
+  # False alarms: the smallest mean is the best.
+  fpr_rows = [{'class': '1', 'seed': 0, 'method': m, 'status': 'done', 'image_fpr': v}
+              for m, v in (('few_alarms', 0.02), ('many_alarms', 0.3))]
+  fpr_md = benchmark_report.markdown(fpr_rows, 'F').splitlines()
+  assert '| few_alarms | 1 | **0.0200 ± 0.0000** | n/a |' in fpr_md
+  assert '| many_alarms | 1 | 0.3000 ± 0.0000 | n/a |' in fpr_md
   path = benchmark_report.write_plot(str(tmp_path), rows, 'T')
   assert os.path.getsize(path) > 1000
 
@@ -232,3 +238,23 @@ def test_micro_suite_trains_once_then_skips(tmp_path, monkeypatch):
   assert [r.status for r in again] == ['skipped', 'skipped']
   assert [r['image_auroc'] for r in benchmark_report.read_csv(root)] == [
       r['image_auroc'] for r in rows]
+
+  # bench/rescore.py: the same checkpoint with another score; its own score reproduces the run.
+  sys.path.insert(0, os.path.join(REPO, 'bench'))
+  import rescore  # noqa: E402  (bench/ is scripts, not a package)
+  out = str(tmp_path / 'rescored')
+  rescored = rescore.rescore(root, 'ganomaly', ['latent', 'reconstruction'], out)
+  assert [(r['method'], r['class'], r['seed']) for r in rescored] == [
+      ('ganomaly[latent]', '1', 0), ('ganomaly[reconstruction]', '1', 0)]
+  own = rundir.read_results(records[0].run.workdir)
+  assert own['score'] == 'latent'
+  assert rescored[0]['image_auroc'] == pytest.approx(own['image_auroc'], abs=1e-9)
+  other = rundir.read_results(rescored[1]['workdir'])
+  assert other['score'] == 'reconstruction' and other['selected_step'] == own['selected_step']
+  assert other['score_max'] != pytest.approx(own['score_max'])  # another score was computed
+  assert '| ganomaly[reconstruction] | 1 |' in rundir.path(out, 'results.md').read_text()
+  monkeypatch.setattr(rescore, 'rescore_run', lambda *a: pytest.fail('re-evaluated'))
+  assert rescore.rescore(root, 'ganomaly', ['latent'], out)[0]['image_auroc'] == (
+      rescored[0]['image_auroc'])
+  with pytest.raises(ValueError, match='No finished run'):
+    rescore.rescore(root, 'masked', ['inpaint'], out)

@@ -115,3 +115,17 @@ def test_resolve_is_pure_idempotent_and_keeps_explicit_values():
 def test_flatten_is_dotted_leaves():
   assert config_lib.flatten({'a': {'b': 1, 'c': {'d': None}}, 'e': [1, 2], 'f': {}}) == {
       'a.b': 1, 'a.c.d': None, 'e': [1, 2]}
+
+
+def test_a_saved_config_reloads_equal_and_valid():
+  # config.json holds JSON, where tuples become lists; a reloaded run config (infer, rescore) must
+  # be the config that trained, or validation refuses mask.cell_sizes=[] against ().
+  import json
+  from ganomaly_jax import validate
+  for method, arg in (('ganomaly', ''), ('grid_mask', 'quick')):
+    config = config_lib.resolve(load(arg, method))
+    saved = json.loads(json.dumps({'config': config.to_dict()}))['config']
+    back = config_lib.from_saved(saved)
+    assert back.to_dict() == config.to_dict()
+    validate.validate_config(back)
+  assert config_lib.from_saved({'mask': {'cell_sizes': [2, 4]}}).mask.cell_sizes == (2, 4)
