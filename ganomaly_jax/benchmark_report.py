@@ -70,15 +70,51 @@ def summarise(rows: Sequence[dict[str, Any]], columns: Sequence[str] = METRICS +
           for cls, methods in values.items()}
 
 
-def _overall(summary) -> dict[str, dict[str, tuple[float, float, int]]]:
-  """method -> column -> (mean over classes of the per-class means, std over classes, classes)."""
+def _overall(rows: Sequence[dict[str, Any]], summary
+             ) -> dict[str, dict[str, tuple[float, float, int]]]:
+  """method -> column -> (mean over classes of the per-class means, std over seeds of the mean over
+  classes, classes): the spread a rerun with other seeds would show, not the classes' difficulty."""
   by_method: dict[str, dict[str, list[float]]] = {}
   for methods in summary.values():
     for method, cols in methods.items():
       for column, (mean, _, _) in cols.items():
         by_method.setdefault(method, {}).setdefault(column, []).append(mean)
-  return {m: {c: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v))
-              for c, v in cols.items()} for m, cols in by_method.items()}
+  per_seed: dict[tuple[str, str], dict[str, list[float]]] = {}
+  for row in rows:
+    if str(row.get('status', 'done')) not in ('done', 'skipped'):
+      continue
+    for column in by_method.get(str(row['method']), {}):
+      number = _number(row.get(column))
+      if number is not None:
+        per_seed.setdefault((str(row['method']), column), {}).setdefault(
+            str(row.get('seed')), []).append(number)
+
+  def seed_std(method: str, column: str) -> float:
+    means = [np.mean(v) for v in per_seed.get((method, column), {}).values()]
+    return float(np.std(means, ddof=1)) if len(means) > 1 else 0.0
+
+  return {m: {c: (float(np.mean(v)), seed_std(m, c), len(v)) for c, v in cols.items()}
+          for m, cols in by_method.items()}
+
+
+def _by_class(summary, all_methods: Sequence[str], metric: str) -> list[str]:
+  """Markdown rows: one per method, its mean `metric` over seeds for each class, best in bold."""
+  classes = list(summary)
+  head = ['method', *classes, 'mean']
+  lines = ['| ' + ' | '.join(head) + ' |', '|' + '|'.join('---' for _ in head) + '|']
+  table = {m: [summary[c].get(m, {}).get(metric, (None,))[0] for c in classes] for m in all_methods}
+  table = {m: v + [float(np.mean(v)) if all(x is not None for x in v) else None]
+           for m, v in table.items() if any(x is not None for x in v)}
+  pick = min if metric in LOWER_IS_BETTER else max
+  best = [pick((v[j] for v in table.values() if v[j] is not None), default=None)
+          for j in range(len(classes) + 1)]
+  for method, values in table.items():
+    cells = [method]
+    for value, top in zip(values, best):
+      text = 'n/a' if value is None else f'{value:.3f}'
+      cells.append(f'**{text}**' if value is not None and round(value, 3) == round(top, 3) else text)
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return lines
 
 
 def _table(methods: dict[str, dict[str, tuple[float, float, int]]], all_methods: Sequence[str],
@@ -122,8 +158,12 @@ def markdown(rows: Sequence[dict[str, Any]], title: str, notes: Sequence[str] = 
             'smallest for image_fpr, the largest elsewhere); `n/a`: the method gives no such value (k-NN has no pixel map) or no seed has '
             'finished.', '']
   if len(summary) > 1:
-    lines += ['## All classes (mean ± std over the per-class means)', '']
-    lines += _table(_overall(summary), methods, metrics, 'classes') + ['']
+    lines += ['## All classes (mean over classes; ± std over seeds of that mean)', '']
+    lines += _table(_overall(rows, summary), methods, metrics, 'classes') + ['']
+    for metric in (PLOT_METRIC, 'pixel_auroc'):
+      if metric in metrics:
+        lines += [f'## {metric} per class (mean over seeds)', '']
+        lines += _by_class(summary, methods, metric) + ['']
   for cls, per_method in summary.items():
     lines += [f'## {cls}', ''] + _table(per_method, methods, metrics, 'seeds') + ['']
   status = [r for r in rows if str(r.get('status')) not in ('done', 'skipped')]

@@ -158,8 +158,16 @@ def test_tables_mean_std_bold_best_and_na(tmp_path):
   assert md[head + 2] == ('| gan | 2 | **0.8000 ± 0.0141** | 0.5000 ± 0.0000 | n/a | 10.0 |')
   assert md[head + 3] == ('| pca | 2 | 0.7000 ± 0.0000 | **0.6000 ± 0.0000** | '
                           '**0.9000 ± 0.0000** | 1.0 |')
-  overall = md.index('## All classes (mean ± std over the per-class means)') + 2
-  assert md[overall + 2].startswith('| gan | 2 | **0.8500 ± 0.0707** |')
+  # Over all classes: the mean of the class means, ± the std over seeds of the mean over classes
+  # (seed 0: (0.79 + 0.89) / 2, seed 1: (0.81 + 0.91) / 2), not the spread between classes.
+  overall = md.index('## All classes (mean over classes; ± std over seeds of that mean)') + 2
+  assert md[overall + 2].startswith('| gan | 2 | **0.8500 ± 0.0141** |')
+  by_class = md.index('## image_auroc per class (mean over seeds)') + 2
+  assert md[by_class:by_class + 4] == ['| method | 1 | 2 | mean |', '|---|---|---|---|',
+                                       '| gan | **0.800** | **0.900** | **0.850** |',
+                                       '| pca | 0.700 | 0.800 | 0.750 |']
+  pixel = md.index('## pixel_auroc per class (mean over seeds)') + 2
+  assert md[pixel + 2:pixel + 4] == ['| pca | **0.900** | **0.900** | **0.900** |', '']
   assert '1 run(s) not finished: 2/gan/seed-2 (failed: diverged)' in md
   benchmark_report.write_csv(str(tmp_path), rows)
   back = benchmark_report.read_csv(str(tmp_path))
