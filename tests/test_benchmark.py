@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from ganomaly_jax import benchmark, benchmark_report, rundir, suite_lib, train
+from ganomaly_jax import benchmark, benchmark_report, config_lib, rundir, suite_lib, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The tiny GANomaly of tests/test_sweep.py, 2 steps.
@@ -73,6 +73,22 @@ def test_digits_suite_is_methods_by_classes_by_seeds(tmp_path):
   assert not os.listdir(tmp_path)  # expanding creates nothing
 
 
+def test_grid_ablation_suite_changes_one_switch_per_row(tmp_path):
+  suite = suite_lib.load_suite('digits_grid:seeds=0,steps=40')
+  runs = {r.method.name: r for r in suite_lib.expand(suite, str(tmp_path)) if r.cls == '3'}
+  assert list(runs) == ['grid_mask', 'grid_mask_ae', 'grid_mask_l1', 'grid_mask_sets2',
+                        'grid_mask_cells4_8']
+  default = config_lib.flatten(runs['grid_mask'].config.to_dict())
+  assert default['mask.kind'] == 'grid' and default['train.num_steps'] == 40
+  expected = {'grid_mask_ae': {'loss.w_adv': 0.0},
+              'grid_mask_l1': {'loss.w_ssim': 0.0, 'loss.w_msgms': 0.0, 'eval.map': 'l1'},
+              'grid_mask_sets2': {'mask.sets': 2},
+              'grid_mask_cells4_8': {'mask.cell_sizes': (4, 8)}}
+  for name, changes in expected.items():
+    flat = config_lib.flatten(runs[name].config.to_dict())
+    assert {k: v for k, v in flat.items() if default[k] != v} == changes, name
+
+
 def test_options_restrict_the_suite():
   suite = suite_lib.load_suite('digits:classes=3+8,seeds=1,methods=ganomaly+knn,steps=7')
   assert suite.classes == ['3', '8'] and suite.seeds == [1] and suite.steps == 7
@@ -81,7 +97,7 @@ def test_options_restrict_the_suite():
 
 
 @pytest.mark.parametrize('spec, match', [
-    ('nope', r"Unknown suite 'nope': use one of cifar10, digits, fashion_mnist, "
+    ('nope', r"Unknown suite 'nope': use one of cifar10, digits, digits_grid, fashion_mnist, "
              r'folder_categories, mnist, textures'),
     ('digits:bogus=1', r'unknown option\(s\) bogus'),
     ('digits:classes=11', r"classes='11' names \['11'\]; the suite has 0\+1"),
@@ -130,7 +146,7 @@ def test_dry_run_lists_the_runs(tmp_path):
                         f'--workdir={root}', '--dry_run'], cwd=REPO, capture_output=True,
                        text=True, timeout=120)
   assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
-      "error: Unknown suite 'nope': use one of cifar10, digits, fashion_mnist, folder_categories, "
+      "error: Unknown suite 'nope': use one of cifar10, digits, digits_grid, fashion_mnist, folder_categories, "
       'mnist, textures or a path to a suite file.']
 
 
