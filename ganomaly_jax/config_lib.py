@@ -382,16 +382,23 @@ def finalize(config: ml_collections.ConfigDict, args: dict[str, Any]) -> ml_coll
   return config
 
 
-def load_sibling(config_file: str, name: str):
-  """Imports another config file from the same directory (configs are files, not a package)."""
+def import_file(path: str, module_name: str):
+  """Runs the Python file at `path` as a fresh module: configs, sweeps and suites are files that
+  define `get_config` / `get_sweep` / `get_suite`, not a package. The caller checks that it exists."""
   import importlib.util
-  import os
 
-  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f'{name}.py')
-  spec = importlib.util.spec_from_file_location(f'_ganomaly_config_{name}', path)
+  spec = importlib.util.spec_from_file_location(module_name, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
+def load_sibling(config_file: str, name: str):
+  """Imports another config file from the same directory (configs are files, not a package)."""
+  import os
+
+  return import_file(os.path.join(os.path.dirname(os.path.abspath(config_file)), f'{name}.py'),
+                     f'_ganomaly_config_{name}')
 
 
 def load_config(spec: str, resolved: bool = True) -> ml_collections.ConfigDict:
@@ -400,14 +407,10 @@ def load_config(spec: str, resolved: bool = True) -> ml_collections.ConfigDict:
   The config comes back `resolve`d unless `resolved=False`: pass that when overrides (a sweep's,
   a --config flag's) still follow, so AUTO keys are filled from the final dataset.
   """
-  import importlib.util
   import os
 
   path, _, arg = spec.partition(':')
-  module_spec = importlib.util.spec_from_file_location('_ganomaly_config', path)
-  if module_spec is None or not os.path.isfile(path):
+  if not os.path.isfile(path):
     raise ValueError(f'Config file not found: {path}')
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  config = module.get_config(arg or None)
+  config = import_file(path, '_ganomaly_config').get_config(arg or None)
   return resolve(config) if resolved else config

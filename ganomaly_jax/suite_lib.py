@@ -14,7 +14,6 @@ so a typo in the last run fails in seconds. Nothing here imports JAX or TensorFl
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import re
 from typing import Any, Callable
@@ -136,10 +135,7 @@ def load_suite(spec: str) -> Suite:
                        'or a path to a suite file.')
   if not os.path.isfile(path):
     raise SuiteError(f'Suite file not found: {path}')
-  module_spec = importlib.util.spec_from_file_location('_ganomaly_suite', path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  get_suite = getattr(module, 'get_suite', None)
+  get_suite = getattr(config_lib.import_file(path, '_ganomaly_suite'), 'get_suite', None)
   if not callable(get_suite):
     raise SuiteError(f'{path} must define get_suite(arg) returning a suite_lib.Suite.')
   suite = get_suite(arg or None)

@@ -23,7 +23,6 @@ import csv
 import dataclasses
 import difflib
 import hashlib
-import importlib.util
 import inspect
 import io
 import os
@@ -172,10 +171,7 @@ def load_sweep(path: str, config: ml_collections.ConfigDict) -> list[dict[str, A
   """Imports a sweep file and returns its list of override dicts (checked for shape)."""
   if not os.path.isfile(path):
     raise SweepError(f'Sweep file not found: {path}')
-  spec = importlib.util.spec_from_file_location('_ganomaly_sweep', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  get_sweep = getattr(module, 'get_sweep', None)
+  get_sweep = getattr(config_lib.import_file(path, '_ganomaly_sweep'), 'get_sweep', None)
   if not callable(get_sweep):
     raise SweepError(f'{path} must define get_sweep() returning a list of override dicts.')
   takes_config = bool(inspect.signature(get_sweep).parameters)
