@@ -8,7 +8,7 @@ A category is a sub-folder of PATH holding train/good (and test/, optionally gro
 runs as `dataset.name=folder:PATH/<category>`, so pixel AUROC / PRO come with the masks. 64×64 RGB
 (`isize=N`, `channels=1|3` change it), study widths, 3 seeds, 5000 steps; not CPU-sized.
 Options (suite_lib.restrict): classes=a+b, seeds=0, methods=ganomaly+pca, steps=N, isize=N,
-channels=N.
+channels=N, width=N (ngf = ndf), batch=N.
 """
 
 import os
@@ -31,16 +31,22 @@ def categories(root):
 
 
 def folder_suite(name, classes, options, *, class_value, steps, isize, channels, width=None,
-                 doc='', prepare=None):
+                 batch=None, doc='', prepare=None):
   """A suite over category folders (also used by the textures suite): `class_value` is the
-  `dataset.name` of a class, formatted with {cls} (and {data}, WORKDIR/data)."""
+  `dataset.name` of a class, formatted with {cls} (and {data}, WORKDIR/data). Options `isize`,
+  `channels`, `width` (ngf = ndf) and `batch` replace the suite's own values."""
   steps = int(options.pop('steps', steps))
   isize = int(options.pop('isize', isize))
   channels = int(options.pop('channels', channels))
+  width = int(options.pop('width', width or 0))
+  batch = int(options.pop('batch', batch or 0))
   # `dataset=folder:` keeps the digits preset off; each class then sets its own folder.
   arg = f'dataset=folder:,isize={isize},channels={channels}'
   if width:
     arg += f',model.ngf={width},model.ndf={width}'
+  if batch:
+    arg += f',batch={batch}'
+  width_text = f'ngf = ndf = {width}' if width else 'study widths'
   suite = suite_lib.Suite(
       name=name, methods=suite_lib.standard_methods(arg, CONFIGS), classes=list(classes),
       seeds=[0, 1, 2], steps=steps, class_key='dataset.name', class_value=class_value,

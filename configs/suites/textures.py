@@ -5,9 +5,11 @@
 
 The data (brick, grass, gravel, camera; scratches, stains, holes; recipe in
 ganomaly_jax/data/textures.py) is written once into WORKDIR/data/ in MVTec AD layout and read
-through the normal folder path, so image and pixel AUROC / PRO are reported. 64 px patches at
-32×32 grayscale, ngf = ndf = 32, 3 seeds, 1000 steps.
-Options (suite_lib.restrict): classes=brick+grass, seeds=0, methods=..., steps=N, isize=N.
+through the normal folder path, so image and pixel AUROC / PRO are reported. CPU-sized: 64 px
+patches at 32×32 grayscale, ngf = ndf = 16, batch 32, 300 steps (24 passes over the 400 training
+patches), 3 seeds; 4 textures × 10 methods × 3 seeds = 120 runs.
+Options (suite_lib.restrict): classes=brick+grass, seeds=0, methods=..., steps=N, isize=N,
+width=N, batch=N.
 """
 
 from ganomaly_jax import suite_lib
@@ -24,7 +26,7 @@ def get_suite(arg=None):
   # The data folder is WORKDIR/data, known only when the suite runs: the class value names it
   # through {data}, and `prepare` writes it there (once) before the first run.
   return folders.folder_suite(
-      'textures', textures.TEXTURES, options, class_value='folder:{data}/{cls}', steps=1000,
-      isize=32, channels=1, width=32, prepare=textures.write_textures,
+      'textures', textures.TEXTURES, options, class_value='folder:{data}/{cls}', steps=300,
+      isize=32, channels=1, width=16, batch=32, prepare=textures.write_textures,
       doc='skimage photographs (brick, grass, gravel, camera) as 64 px patches, synthetic '
           'scratches / stains / holes with masks:')
