@@ -125,6 +125,15 @@ def test_folder_categories_and_textures_expand_to_category_folders(tmp_path):
   (run,) = [r for r in suite_lib.expand(textures, '/w')
             if r.cls == 'grass' and r.method.name == 'pca']
   assert run.config.dataset.name == 'folder:/w/data/grass' and run.config.model.channels == 1
+  # CPU-sized by default; width= and batch= options resize it (MVTec folders keep study widths).
+  (gan,) = [r for r in suite_lib.expand(textures, '/w')
+            if r.cls == 'grass' and r.method.name == 'ganomaly']
+  assert (gan.config.model.ngf, gan.config.model.ndf, gan.config.train.batch_size,
+          gan.config.train.num_steps) == (16, 16, 32, 300)
+  small = suite_lib.load_suite('textures:seeds=0,classes=brick,width=8,batch=16')
+  (gan,) = [r for r in suite_lib.expand(small, '/w') if r.method.name == 'ganomaly']
+  assert (gan.config.model.ngf, gan.config.train.batch_size) == (8, 16)
+  assert runs[0].config.model.ngf == 64
 
 
 @pytest.mark.slow
