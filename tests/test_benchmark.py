@@ -208,6 +208,17 @@ def test_tables_mean_std_bold_best_and_na(tmp_path):
   assert os.path.getsize(path) > 1000
 
 
+def test_rescore_variants_parse_and_name():
+  sys.path.insert(0, os.path.join(REPO, 'bench'))
+  import rescore  # noqa: E402
+  assert rescore.parse_variant('eval.map=l1, score=map_mean') == {'map': 'l1', 'score': 'map_mean'}
+  assert rescore.variant_name({'score': 'map_mean'}) == 'map_mean'
+  assert rescore.variant_name({'score': 'map_max', 'map': 'l1'}) == 'map=l1,score=map_max'
+  for bad in ('map', '', '=l1'):
+    with pytest.raises(ValueError):
+      rescore.parse_variant(bad)
+
+
 # ------------------------------------------------------------------ running and resuming
 
 
@@ -276,7 +287,8 @@ def test_micro_suite_trains_once_then_skips(tmp_path, monkeypatch):
   sys.path.insert(0, os.path.join(REPO, 'bench'))
   import rescore  # noqa: E402  (bench/ is scripts, not a package)
   out = str(tmp_path / 'rescored')
-  rescored = rescore.rescore(root, 'ganomaly', ['latent', 'reconstruction'], out)
+  rescored = rescore.rescore(root, 'ganomaly', [{'score': 'latent'}, {'score': 'reconstruction'}],
+                             out)
   assert [(r['method'], r['class'], r['seed']) for r in rescored] == [
       ('ganomaly[latent]', '1', 0), ('ganomaly[reconstruction]', '1', 0)]
   own = rundir.read_results(records[0].run.workdir)
@@ -287,7 +299,7 @@ def test_micro_suite_trains_once_then_skips(tmp_path, monkeypatch):
   assert other['score_max'] != pytest.approx(own['score_max'])  # another score was computed
   assert '| ganomaly[reconstruction] | 1 |' in rundir.path(out, 'results.md').read_text()
   monkeypatch.setattr(rescore, 'rescore_run', lambda *a: pytest.fail('re-evaluated'))
-  assert rescore.rescore(root, 'ganomaly', ['latent'], out)[0]['image_auroc'] == (
+  assert rescore.rescore(root, 'ganomaly', [{'score': 'latent'}], out)[0]['image_auroc'] == (
       rescored[0]['image_auroc'])
   with pytest.raises(ValueError, match='No finished run'):
-    rescore.rescore(root, 'masked', ['inpaint'], out)
+    rescore.rescore(root, 'masked', [{'score': 'inpaint'}], out)
