@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from ganomaly_jax import config_lib, programs, train
+from ganomaly_jax import config_lib, programs, sweep, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ('configs/ganomaly.py:quick,model.ngf=4,model.ndf=4,batch=8,dataset.max_train=64,'
@@ -14,15 +14,7 @@ TINY = ('configs/ganomaly.py:quick,model.ngf=4,model.ndf=4,batch=8,dataset.max_t
 
 def _config(steps: int, **overrides):
   config = config_lib.load_config(os.path.join(REPO, f'{TINY},steps={steps}'))
-  config.unlock()
-  config.runtime.compile_cache_dir = ''
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return sweep.apply_overrides(config, {'runtime.compile_cache_dir': '', **overrides})
 
 
 @pytest.fixture(scope='module')

@@ -1,22 +1,14 @@
 """The train state: its creation, the two optimizers (TTUR rates) and what one step advances."""
 
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ganomaly_jax import config_lib, state as state_lib, step as step_lib, sweep
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config(**overrides):
-  config = config_lib.load_config(
-      os.path.join(REPO, 'configs/ganomaly.py:quick,model.ngf=4,model.ndf=4,batch=8'))
-  return sweep.apply_overrides(config, overrides)
+from ganomaly_jax import state as state_lib, step as step_lib
+from helpers.tiny import tiny_config
 
 
 def _adam_count(opt_state) -> int:

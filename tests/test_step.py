@@ -5,22 +5,13 @@ the metrics are finite, that both networks moved, and that the eval step scores 
 """
 
 import functools
-import os
 
 import jax
 import numpy as np
 import pytest
 
-from ganomaly_jax import (config_lib, losses, models, pixel_metrics, state as state_lib,
-                          step as step_lib, sweep)
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ':quick,model.ngf=4,model.ndf=4,batch=8'
-
-
-def tiny_config(method: str = 'ganomaly', **overrides):
-  config = config_lib.load_config(os.path.join(REPO, f'configs/{method}.py{TINY}'))
-  return sweep.apply_overrides(config, overrides)
+from ganomaly_jax import losses, models, pixel_metrics, state as state_lib, step as step_lib
+from helpers.tiny import tiny_config
 
 
 def run_step(config, seed: int = 0):

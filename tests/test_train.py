@@ -6,23 +6,9 @@ import numpy as np
 import pytest
 
 from fake_gcs import gs_root  # noqa: F401  (a fixture)
-from ganomaly_jax import config_lib, rundir, train
+from ganomaly_jax import rundir, train
 from ganomaly_jax.data import sources
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config(**overrides):
-  config = config_lib.load_config(
-      os.path.join(REPO, 'configs/ganomaly.py:quick,model.ngf=4,model.ndf=4,batch=8'))
-  config.unlock()
-  for key, value in overrides.items():
-    *parents, leaf = key.split('.')
-    node = config
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+from helpers.tiny import tiny_config
 
 
 def test_finished_run_returns_its_results_without_loading_data(tmp_path, monkeypatch):
