@@ -53,8 +53,10 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from ganomaly_jax import checkpoint, config_lib, evaluate, parallel, pixel_metrics, plots, programs
-from ganomaly_jax import report, rundir
+from ganomaly_jax import checkpoint, config_lib, parallel, programs
+from ganomaly_jax.evaluation import evaluator, pixel_metrics, plots
+from ganomaly_jax import rundir
+from ganomaly_jax.evaluation import report
 from ganomaly_jax import state as state_lib
 from ganomaly_jax.cpu import xla_flags
 from ganomaly_jax.data import images as images_lib
@@ -383,7 +385,7 @@ class _Outputs:
       shutil.rmtree(os.path.join(self.staging, '.spool'), ignore_errors=True)
     raw = np.asarray(self.raw, np.float64)
     if self.score_range is None:
-      scores = evaluate.normalise(raw)  # needs every score: rewrite the small CSV once
+      scores = evaluator.normalise(raw)  # needs every score: rewrite the small CSV once
       _write_csv(self.csv_path,
                  (_csv_row(p, s, a) for p, s, a in zip(self.paths, scores, self.flags)))
     else:

@@ -21,8 +21,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ganomaly_jax import checkpoint, config_lib, evaluate, parallel, plots, programs
-from ganomaly_jax import preemption, rundir, state as state_lib, validate
+from ganomaly_jax import checkpoint, config_lib, parallel, programs
+from ganomaly_jax.evaluation import evaluator, plots
+from ganomaly_jax import config_checks, preemption, rundir, state as state_lib
 from ganomaly_jax.cpu import host_memory
 from ganomaly_jax.data import pipeline, sources
 
@@ -37,7 +38,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   # Dataset-dependent keys are filled only now, after every --config override (config_lib.resolve).
   config = config_lib.resolve(config)
-  validate.validate_config(config)
+  config_checks.validate_config(config)
   previous = _prepare_workdir(config, workdir)
   if config.mode == 'train' and rundir.is_finished(previous, config.train.num_steps):
     logging.info('%s is finished (%d steps); results: %s', workdir, previous['steps'],
@@ -310,7 +311,7 @@ def _log_train_metrics(fetched: list[tuple[int, dict[str, Any]]], step: int, wri
 def _validate(config: ml_collections.ConfigDict, eval_fn, state: Any, source, mesh,
               store: checkpoint.CheckpointStore, writer, step: int) -> None:
   """Validation L1 and score on held-out normals; offers the state as the best by val loss."""
-  val = evaluate.run_eval(eval_fn, state, source, mesh, config.eval.batch_size)
+  val = evaluator.run_eval(eval_fn, state, source, mesh, config.eval.batch_size)
   val_loss = float(np.mean(val['l1'])) if len(val['l1']) else float('nan')
   writer.write_scalars(step, {'val/l1': val_loss, 'val/score_mean': float(np.mean(val['score']))})
   if config.eval.select == 'val_loss' and np.isfinite(val_loss):
@@ -319,7 +320,7 @@ def _validate(config: ml_collections.ConfigDict, eval_fn, state: Any, source, me
 
 def image_grid(eval_fn, state, source, mesh, batch_size: int, n: int) -> np.ndarray:
   """input | reconstruction | anomaly map for the first n images of a split (all processes join)."""
-  out = evaluate.run_eval(eval_fn, state, source, mesh, batch_size, keys=('recon', 'map'), limit=n)
+  out = evaluator.run_eval(eval_fn, state, source, mesh, batch_size, keys=('recon', 'map'), limit=n)
   rows = [[pipeline.to_float(source[i]['image']), out['recon'][i], out['map'][i]]
           for i in range(len(out['label']))]
   return plots.image_grid(rows)
@@ -345,7 +346,7 @@ def final_evaluation(config: ml_collections.ConfigDict, workdir: str, state: Any
   run_info = {**run_info, 'selected_step': selected_step,
               'd_reinits': int(jax.device_get(state.d_reinits)),
               'skipped_steps': int(jax.device_get(state.skipped_steps))}
-  results = evaluate.evaluate_and_report(
+  results = evaluator.evaluate_and_report(
       config, workdir, state, progs.components, progs.hp, splits, mesh, writer, run_info,
       rundir.read_curves(workdir), eval_maps_fn=progs.eval_maps)
   writer.flush()

@@ -1,4 +1,4 @@
-"""Converts pytorch-fid's FID Inception checkpoint into the .npz that `ganomaly_jax.fid` loads.
+"""Converts pytorch-fid's FID Inception checkpoint into the .npz that `ganomaly_jax.evaluation.fid` loads.
 
 FID is only comparable across papers when it uses the exact Inception graph of the original TF code
 (`inception-2015-12-05`). pytorch-fid ported that graph's weights to a PyTorch state_dict; this script
@@ -16,10 +16,10 @@ hand, on a machine with network access and PyTorch (`pip install torch`, CPU bui
        python scripts/convert_fid_weights.py \\
            --input pt_inception-2015-12-05-6726825d.pth --output fid_inception.npz
 
-  3. Point FID at the result, e.g. `ganomaly_jax.fid.compute_fid('fid_inception.npz', a, b)`. The .npz is
+  3. Point FID at the result, e.g. `ganomaly_jax.evaluation.fid.compute_fid('fid_inception.npz', a, b)`. The .npz is
      plain numpy, so the training machine needs neither torch nor network access.
 
-What the conversion does (the mapping itself is `ganomaly_jax.fid.torch_state_dict_to_flax`, pure numpy
+What the conversion does (the mapping itself is `ganomaly_jax.evaluation.fid.torch_state_dict_to_flax`, pure numpy
 and unit-tested): `X.conv.weight` (OIHW) -> `params/X/conv/kernel` (HWIO); `X.bn.weight|bias` ->
 `params/X/bn/scale|bias`; `X.bn.running_mean|running_var` -> `batch_stats/X/bn/mean|var`; the 1008-way
 classifier `fc.*` and the `num_batches_tracked` counters are dropped. The result is validated key by key
@@ -35,7 +35,7 @@ import sys
 from absl import logging
 import numpy as np
 
-from ganomaly_jax import fid
+from ganomaly_jax.evaluation import fid
 
 
 def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:

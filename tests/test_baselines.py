@@ -10,7 +10,8 @@ import os
 import numpy as np
 import pytest
 
-from ganomaly_jax import baselines, config_lib
+from ganomaly_jax import config_lib
+from ganomaly_jax.experiments import baselines
 from ganomaly_jax.data import sources, textures
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

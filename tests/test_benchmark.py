@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from ganomaly_jax import benchmark, benchmark_report, config_lib, rundir, suite_lib, train
+from ganomaly_jax import config_lib, rundir, train
+from ganomaly_jax.experiments import benchmark, suites, tables
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The tiny GANomaly of tests/test_sweep.py, 2 steps.
@@ -15,15 +16,15 @@ TINY_ARG = ('quick,model.ngf=4,model.ndf=4,batch=8,dataset.max_train=64,dataset.
             'eval.batch_size=16')
 MICRO = f'''
 import os
-from ganomaly_jax import suite_lib
+from ganomaly_jax.experiments import suites
 
 CONFIGS = {os.path.join(REPO, 'configs')!r}
 
 
 def get_suite(arg=None):
-  methods = [m for m in suite_lib.standard_methods({TINY_ARG!r}, CONFIGS)
+  methods = [m for m in suites.standard_methods({TINY_ARG!r}, CONFIGS)
              if m.name in ('ganomaly', 'pca')]
-  return suite_lib.Suite(name='micro', methods=methods, classes=['1'], seeds=[0], steps=2)
+  return suites.Suite(name='micro', methods=methods, classes=['1'], seeds=[0], steps=2)
 '''
 
 
@@ -39,21 +40,21 @@ def fake_train(config, workdir):
   return results
 
 
-def micro_suite(tmp_path) -> suite_lib.Suite:
+def micro_suite(tmp_path) -> suites.Suite:
   path = tmp_path / 'micro.py'
   path.write_text(MICRO)
-  return suite_lib.load_suite(str(path))
+  return suites.load_suite(str(path))
 
 
 # ------------------------------------------------------------------ suites and expansion
 
 
 def test_digits_suite_is_methods_by_classes_by_seeds(tmp_path):
-  suite = suite_lib.load_suite('digits')
+  suite = suites.load_suite('digits')
   names = [m.name for m in suite.methods]
   assert names == ['ganomaly', 'ganomaly_modified', 'ganomaly_sn', 'skip_ganomaly', 'masked',
                    'grid_mask', 'ganomaly_ae', 'skip_ganomaly_ae', 'pca', 'knn']
-  runs = suite_lib.expand(suite, str(tmp_path))
+  runs = suites.expand(suite, str(tmp_path))
   assert len(runs) == 10 * 10 * 3 == len({r.workdir for r in runs})
   assert {(r.cls, r.method.name, r.seed) for r in runs} == {
       (str(c), m, s) for c in range(10) for m in names for s in (0, 1, 2)}
@@ -74,8 +75,8 @@ def test_digits_suite_is_methods_by_classes_by_seeds(tmp_path):
 
 
 def test_grid_ablation_suite_changes_one_switch_per_row(tmp_path):
-  suite = suite_lib.load_suite('digits_grid:seeds=0,steps=40')
-  runs = {r.method.name: r for r in suite_lib.expand(suite, str(tmp_path)) if r.cls == '3'}
+  suite = suites.load_suite('digits_grid:seeds=0,steps=40')
+  runs = {r.method.name: r for r in suites.expand(suite, str(tmp_path)) if r.cls == '3'}
   assert list(runs) == ['grid_mask', 'grid_mask_ae', 'grid_mask_l1', 'grid_mask_sets2',
                         'grid_mask_cells4_8']
   default = config_lib.flatten(runs['grid_mask'].config.to_dict())
@@ -90,7 +91,7 @@ def test_grid_ablation_suite_changes_one_switch_per_row(tmp_path):
 
 
 def test_options_restrict_the_suite():
-  suite = suite_lib.load_suite('digits:classes=3+8,seeds=1,methods=ganomaly+knn,steps=7')
+  suite = suites.load_suite('digits:classes=3+8,seeds=1,methods=ganomaly+knn,steps=7')
   assert suite.classes == ['3', '8'] and suite.seeds == [1] and suite.steps == 7
   assert [m.name for m in suite.methods] == ['ganomaly', 'knn']
   assert suite.overrides['train.eval_every'] == 3
@@ -107,31 +108,31 @@ def test_options_restrict_the_suite():
     ('fashion_mnist:oops', 'the only positional argument is npz:PATH'),
 ])
 def test_bad_suites_fail_with_one_line(spec, match):
-  with pytest.raises(suite_lib.SuiteError, match=match):
-    suite_lib.load_suite(spec)
+  with pytest.raises(suites.SuiteError, match=match):
+    suites.load_suite(spec)
 
 
 def test_folder_categories_and_textures_expand_to_category_folders(tmp_path):
   for name in ('bottle', 'screw'):
     os.makedirs(tmp_path / 'mvtec' / name / 'train' / 'good')
   os.makedirs(tmp_path / 'mvtec' / 'not_a_category')
-  suite = suite_lib.load_suite(f'folder_categories:{tmp_path / "mvtec"},seeds=0,steps=5')
+  suite = suites.load_suite(f'folder_categories:{tmp_path / "mvtec"},seeds=0,steps=5')
   assert suite.classes == ['bottle', 'screw']
-  runs = suite_lib.expand(suite, str(tmp_path / 'root'))
+  runs = suites.expand(suite, str(tmp_path / 'root'))
   assert len(runs) == 2 * 10
   assert runs[0].config.dataset.name == f'folder:{tmp_path / "mvtec" / "bottle"}'
-  textures = suite_lib.load_suite('textures:seeds=0')
+  textures = suites.load_suite('textures:seeds=0')
   assert textures.classes == ['brick', 'grass', 'gravel', 'camera'] and textures.prepare
-  (run,) = [r for r in suite_lib.expand(textures, '/w')
+  (run,) = [r for r in suites.expand(textures, '/w')
             if r.cls == 'grass' and r.method.name == 'pca']
   assert run.config.dataset.name == 'folder:/w/data/grass' and run.config.model.channels == 1
   # CPU-sized by default; width= and batch= options resize it (MVTec folders keep study widths).
-  (gan,) = [r for r in suite_lib.expand(textures, '/w')
+  (gan,) = [r for r in suites.expand(textures, '/w')
             if r.cls == 'grass' and r.method.name == 'ganomaly']
   assert (gan.config.model.ngf, gan.config.model.ndf, gan.config.train.batch_size,
           gan.config.train.num_steps) == (16, 16, 32, 300)
-  small = suite_lib.load_suite('textures:seeds=0,classes=brick,width=8,batch=16')
-  (gan,) = [r for r in suite_lib.expand(small, '/w') if r.method.name == 'ganomaly']
+  small = suites.load_suite('textures:seeds=0,classes=brick,width=8,batch=16')
+  (gan,) = [r for r in suites.expand(small, '/w') if r.method.name == 'ganomaly']
   assert (gan.config.model.ngf, gan.config.train.batch_size) == (8, 16)
   assert runs[0].config.model.ngf == 64
 
@@ -140,7 +141,7 @@ def test_folder_categories_and_textures_expand_to_category_folders(tmp_path):
 def test_dry_run_lists_the_runs(tmp_path):
   root = tmp_path / 'bench'
   proc = subprocess.run(
-      [sys.executable, '-m', 'ganomaly_jax.benchmark', '--suite=digits:classes=2,seeds=0+1',
+      [sys.executable, '-m', 'ganomaly_jax.experiments.benchmark', '--suite=digits:classes=2,seeds=0+1',
        f'--workdir={root}', '--dry_run'], cwd=REPO, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-2000:]
   lines = proc.stdout.splitlines()
@@ -151,7 +152,7 @@ def test_dry_run_lists_the_runs(tmp_path):
   assert lines[19].startswith('2/knn/seed-1: baseline knn on the splits of')
   assert not root.exists()
 
-  bad = subprocess.run([sys.executable, '-m', 'ganomaly_jax.benchmark', '--suite=nope',
+  bad = subprocess.run([sys.executable, '-m', 'ganomaly_jax.experiments.benchmark', '--suite=nope',
                         f'--workdir={root}', '--dry_run'], cwd=REPO, capture_output=True,
                        text=True, timeout=120)
   assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
@@ -173,10 +174,10 @@ def test_tables_mean_std_bold_best_and_na(tmp_path):
                    'wall_time_s': 1.0})
   rows.append({'suite': 's', 'class': '2', 'seed': 2, 'method': 'gan',
                'status': 'failed: diverged', 'image_auroc': None})
-  summary = benchmark_report.summarise(rows)
+  summary = tables.summarise(rows)
   mean, std, n = summary['1']['gan']['image_auroc']
   assert mean == pytest.approx(0.8) and std == pytest.approx(0.02 ** 0.5 / 10) and n == 2
-  md = benchmark_report.markdown(rows, 'T').splitlines()
+  md = tables.markdown(rows, 'T').splitlines()
   head = md.index('## 1') + 2
   assert md[head].startswith('| method | seeds | image_auroc | image_ap |')
   assert 'pixel_auroc' in md[head] and 'pixel_pro' not in md[head]  # no run reports PRO
@@ -194,23 +195,22 @@ def test_tables_mean_std_bold_best_and_na(tmp_path):
   pixel = md.index('## pixel_auroc per class (mean over seeds)') + 2
   assert md[pixel + 2:pixel + 4] == ['| pca | **0.900** | **0.900** | **0.900** |', '']
   assert '1 run(s) not finished: 2/gan/seed-2 (failed: diverged)' in md
-  benchmark_report.write_csv(str(tmp_path), rows)
-  back = benchmark_report.read_csv(str(tmp_path))
-  assert list(back[0]) == list(benchmark_report.COLUMNS) and len(back) == 9
+  tables.write_csv(str(tmp_path), rows)
+  back = tables.read_csv(str(tmp_path))
+  assert list(back[0]) == list(tables.COLUMNS) and len(back) == 9
   assert back[-1]['image_auroc'] == '' and back[0]['class'] == '1'
   # False alarms: the smallest mean is the best.
   fpr_rows = [{'class': '1', 'seed': 0, 'method': m, 'status': 'done', 'image_fpr': v}
               for m, v in (('few_alarms', 0.02), ('many_alarms', 0.3))]
-  fpr_md = benchmark_report.markdown(fpr_rows, 'F').splitlines()
+  fpr_md = tables.markdown(fpr_rows, 'F').splitlines()
   assert '| few_alarms | 1 | **0.0200 ± 0.0000** | n/a |' in fpr_md
   assert '| many_alarms | 1 | 0.3000 ± 0.0000 | n/a |' in fpr_md
-  path = benchmark_report.write_plot(str(tmp_path), rows, 'T')
+  path = tables.write_plot(str(tmp_path), rows, 'T')
   assert os.path.getsize(path) > 1000
 
 
 def test_rescore_variants_parse_and_name():
-  sys.path.insert(0, os.path.join(REPO, 'bench'))
-  import rescore  # noqa: E402
+  from ganomaly_jax.experiments import rescore
   assert rescore.parse_variant('eval.map=l1, score=map_mean') == {'map': 'l1', 'score': 'map_mean'}
   assert rescore.variant_name({'score': 'map_mean'}) == 'map_mean'
   assert rescore.variant_name({'score': 'map_max', 'map': 'l1'}) == 'map=l1,score=map_max'
@@ -223,7 +223,7 @@ def test_rescore_variants_parse_and_name():
 
 
 def test_finished_runs_are_skipped_and_failures_retried(tmp_path, monkeypatch):
-  suite = suite_lib.load_suite('digits:classes=1,seeds=0+1,methods=ganomaly+grid_mask+pca,steps=2')
+  suite = suites.load_suite('digits:classes=1,seeds=0+1,methods=ganomaly+grid_mask+pca,steps=2')
   root = str(tmp_path / 'bench')
   calls = []
   monkeypatch.setattr(benchmark, '_run_baseline',
@@ -239,12 +239,12 @@ def test_finished_runs_are_skipped_and_failures_retried(tmp_path, monkeypatch):
   assert [r.status for r in records] == ['done'] * 4 + [
       'failed: Divergence at step 1 (non-finite g_loss); stopping.', 'done']
   assert len(calls) == 6
-  rows = benchmark_report.read_csv(root)
+  rows = tables.read_csv(root)
   assert [(r['method'], r['seed']) for r in rows] == [
       ('ganomaly', '0'), ('grid_mask', '0'), ('pca', '0'),
       ('ganomaly', '1'), ('grid_mask', '1'), ('pca', '1')]
   assert rows[0]['suite'] == 'digits' and rows[0]['commit'] and float(rows[0]['wall_time_s']) >= 0
-  for name in (benchmark_report.RESULTS_MD, benchmark_report.RESULTS_PNG):
+  for name in (tables.RESULTS_MD, tables.RESULTS_PNG):
     assert os.path.exists(os.path.join(root, name))
 
   calls.clear()
@@ -253,7 +253,7 @@ def test_finished_runs_are_skipped_and_failures_retried(tmp_path, monkeypatch):
       'skipped'] * 4 + ['failed: Divergence at step 1 (non-finite g_loss); stopping.', 'skipped']
   assert calls == [os.path.join(root, 'runs', '1', 'grid_mask', 'seed-1')]
   # A skipped run keeps the wall time and commit of the session that ran it.
-  assert [r['commit'] for r in benchmark_report.read_csv(root)][:4] == [
+  assert [r['commit'] for r in tables.read_csv(root)][:4] == [
       r['commit'] for r in rows][:4]
 
 
@@ -270,22 +270,21 @@ def test_micro_suite_trains_once_then_skips(tmp_path, monkeypatch):
   root = str(tmp_path / 'bench')
   records = benchmark.run_benchmark(suite, root)
   assert [(r.run.method.name, r.status) for r in records] == [('ganomaly', 'done'), ('pca', 'done')]
-  rows = benchmark_report.read_csv(root)
+  rows = tables.read_csv(root)
   assert [r['method'] for r in rows] == ['ganomaly', 'pca'] and rows[0]['steps'] == '2'
   for row in rows:
     assert 0.0 <= float(row['image_auroc']) <= 1.0 and row['class'] == '1'
   assert rundir.read_results(records[0].run.workdir)['steps'] == 2
 
-  from ganomaly_jax import baselines
+  from ganomaly_jax.experiments import baselines
   monkeypatch.setattr(baselines, 'evaluate', lambda *a, **k: pytest.fail('baseline re-ran'))
   again = benchmark.run_benchmark(suite, root, train_fn=never_called)
   assert [r.status for r in again] == ['skipped', 'skipped']
-  assert [r['image_auroc'] for r in benchmark_report.read_csv(root)] == [
+  assert [r['image_auroc'] for r in tables.read_csv(root)] == [
       r['image_auroc'] for r in rows]
 
-  # bench/rescore.py: the same checkpoint with another score; its own score reproduces the run.
-  sys.path.insert(0, os.path.join(REPO, 'bench'))
-  import rescore  # noqa: E402  (bench/ is scripts, not a package)
+  # ganomaly_jax/experiments/rescore.py: the same checkpoint with another score; its own score reproduces the run.
+  from ganomaly_jax.experiments import rescore
   out = str(tmp_path / 'rescored')
   rescored = rescore.rescore(root, 'ganomaly', [{'score': 'latent'}, {'score': 'reconstruction'}],
                              out)

@@ -7,7 +7,8 @@ from ml_collections import config_flags
 import numpy as np
 import pytest
 
-from ganomaly_jax import config_lib, summary, sweep
+from ganomaly_jax import config_lib, param_count
+from ganomaly_jax.experiments import sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GANOMALY = os.path.join(REPO, 'configs', 'ganomaly.py')
@@ -38,7 +39,7 @@ def test_flag_override_of_the_dataset_gives_the_argument_string_config():
   assert (by_flag.model.isize, by_flag.model.ngf, by_flag.model.ndf) == (32, 64, 64)
   assert (by_flag.train.num_steps, by_flag.train.eval_every) == (3000, 500)
   # And the networks the consumers build agree (summary resolves the flag config itself).
-  assert summary.count_parameters(by_flag) == summary.count_parameters(by_arg)
+  assert param_count.count_parameters(by_flag) == param_count.count_parameters(by_arg)
 
 
 def test_digits_default_quick_and_cars256_presets_are_unchanged():
@@ -121,11 +122,11 @@ def test_a_saved_config_reloads_equal_and_valid():
   # config.json holds JSON, where tuples become lists; a reloaded run config (infer, rescore) must
   # be the config that trained, or validation refuses mask.cell_sizes=[] against ().
   import json
-  from ganomaly_jax import validate
+  from ganomaly_jax import config_checks
   for method, arg in (('ganomaly', ''), ('grid_mask', 'quick')):
     config = config_lib.resolve(load(arg, method))
     saved = json.loads(json.dumps({'config': config.to_dict()}))['config']
     back = config_lib.from_saved(saved)
     assert back.to_dict() == config.to_dict()
-    validate.validate_config(back)
+    config_checks.validate_config(back)
   assert config_lib.from_saved({'mask': {'cell_sizes': [2, 4]}}).mask.cell_sizes == (2, 4)

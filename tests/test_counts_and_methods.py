@@ -9,14 +9,14 @@ import jax
 import numpy as np
 import pytest
 
-from ganomaly_jax import config_lib, masks, state as state_lib, step as step_lib, summary, train
+from ganomaly_jax import config_lib, masks, param_count, state as state_lib, step as step_lib, train
 from ganomaly_jax.models import unet
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def counts(spec):
-  return summary.count_parameters(config_lib.load_config(os.path.join(REPO, spec)))
+  return param_count.count_parameters(config_lib.load_config(os.path.join(REPO, spec)))
 
 
 @pytest.mark.parametrize('spec,g,d', [

@@ -15,7 +15,8 @@ from PIL import Image
 import pytest
 
 import synthetic
-from ganomaly_jax import evaluate, infer, step as step_lib, uncertainty
+from ganomaly_jax import infer, step as step_lib
+from ganomaly_jax.evaluation import evaluator, uncertainty
 from ganomaly_jax.data import sources
 
 PICTURES = ('loss_curves.png', 'roc_pr.png', 'score_histogram.png', 'extremes.png',
@@ -95,7 +96,7 @@ def test_mode_eval_reevaluates_the_selected_checkpoint(masked_run, tmp_path):
 
 def test_pixel_results_without_ground_truth_are_null():
   source = sources.ArraySource('arrays', np.zeros((4, 16, 16, 1), np.uint8), np.array([0, 0, 1, 1]))
-  results = evaluate.pixel_results(np.random.default_rng(0).uniform(size=(4, 16, 16)), source)
+  results = evaluator.pixel_results(np.random.default_rng(0).uniform(size=(4, 16, 16)), source)
   assert results['pixel_auroc'] is None and results['pixel_pro'] is None
   assert results['num_pixel_gt_images'] == 0
 
@@ -108,7 +109,7 @@ def test_pixel_results_leave_out_defects_without_mask(tmp_path):
   source = sources.FileSource('t', [str(p) for p in paths], [0] * 3 + [1] * 3, 32, 3, masks)
   gts = [source.ground_truth(i) for i in range(6)]
   maps = np.stack([np.zeros((32, 32)) if g is None else g for g in gts]).astype(np.float32)
-  results = evaluate.pixel_results(maps, source)
+  results = evaluator.pixel_results(maps, source)
   assert results['num_pixel_gt_images'] == 5 and results['num_pixel_gt_defect_images'] == 2
   assert results['pixel_auroc'] == pytest.approx(1.0) and results['pixel_pro'] == pytest.approx(1.0)
 
@@ -117,19 +118,19 @@ def test_fid_results_with_invalid_weights_record_the_error(tmp_path):
   weights = tmp_path / 'bogus.npz'
   weights.write_bytes(b'not a zip file')
   images = np.zeros((3, 16, 16, 3), np.float32)
-  results = evaluate.fid_results(str(weights), {0: (images, images), 1: (images, images)})
+  results = evaluator.fid_results(str(weights), {0: (images, images), 1: (images, images)})
   assert results['fid_normal'] is None and results['fid_abnormal'] is None
   assert 'bogus.npz' in results['fid_error']
   # Too few images for a covariance: skipped with a warning, still no crash.
-  results = evaluate.fid_results('', {0: (images[:1], images[:1])})
+  results = evaluator.fid_results('', {0: (images[:1], images[:1])})
   assert results['fid_normal'] is None and results['fid_abnormal_samples'] == 0
 
 
 def test_extremes_never_repeat_and_rank_nan_lowest():
   scores = np.array([0.5, np.nan, 0.9, 0.1, 0.7])
-  chosen = evaluate._extremes(scores, 2)
+  chosen = evaluator._extremes(scores, 2)
   assert chosen == [2, 4, 1, 3]
-  assert evaluate._extremes(scores[:3], 2) == [2, 0, 1]
+  assert evaluator._extremes(scores[:3], 2) == [2, 0, 1]
 
 
 @pytest.mark.slow
@@ -169,16 +170,16 @@ SCORES = np.array([0.10, 0.20, 0.30, 0.40, 0.55, 0.90, 0.50, 0.60, 0.80, 0.95])
 
 def test_validation_threshold_is_the_quantile_of_raw_validation_scores():
   val = np.arange(101, dtype=np.float64) / 100  # 0.00, 0.01, ..., 1.00
-  assert evaluate.validation_threshold(val, 0.95) == pytest.approx(0.95)
-  assert evaluate.validation_threshold(np.r_[val, np.nan], 0.95) == pytest.approx(0.95)
-  assert evaluate.validation_threshold(np.zeros(0), 0.95) is None
+  assert evaluator.validation_threshold(val, 0.95) == pytest.approx(0.95)
+  assert evaluator.validation_threshold(np.r_[val, np.nan], 0.95) == pytest.approx(0.95)
+  assert evaluator.validation_threshold(np.zeros(0), 0.95) is None
 
 
 @pytest.mark.parametrize('threshold', [0.45, 0.52, 0.85, 0.05, 2.0])
 def test_metrics_at_the_threshold_match_sklearn(threshold):
   from sklearn import metrics as skm
 
-  got = evaluate.image_metrics(LABELS, SCORES, threshold)
+  got = evaluator.image_metrics(LABELS, SCORES, threshold)
   predicted = (SCORES > threshold).astype(int)
   tn, fp, fn, tp = skm.confusion_matrix(LABELS, predicted, labels=[0, 1]).ravel()
   assert got['threshold'] == threshold
@@ -190,7 +191,7 @@ def test_metrics_at_the_threshold_match_sklearn(threshold):
 
 def test_metrics_at_the_threshold_by_hand():
   # Above 0.45: normals 0.55, 0.90 (2 of 6 false alarms); abnormals 0.50, 0.60, 0.80, 0.95 (all 4).
-  got = evaluate.image_metrics(LABELS, SCORES, 0.45)
+  got = evaluator.image_metrics(LABELS, SCORES, 0.45)
   assert got['image_precision'] == pytest.approx(4 / 6) and got['image_recall'] == 1.0
   assert got['image_fpr'] == pytest.approx(2 / 6)
   assert got['image_f1'] == pytest.approx(2 * (4 / 6) / (4 / 6 + 1))
@@ -200,15 +201,15 @@ def test_threshold_applies_to_raw_scores_not_normalised_ones():
   # Test scores far above the validation range: every test image is flagged, whatever the
   # min-max normalisation over the test set (used for AUROC) would make of them.
   raw = SCORES + 10.0
-  got = evaluate.image_metrics(LABELS, raw, threshold=1.0)
+  got = evaluator.image_metrics(LABELS, raw, threshold=1.0)
   assert got['image_fpr'] == 1.0 and got['image_recall'] == 1.0
-  assert got['image_auroc'] == evaluate.image_metrics(LABELS, SCORES)['image_auroc']
+  assert got['image_auroc'] == evaluator.image_metrics(LABELS, SCORES)['image_auroc']
 
 
 def test_oracle_f1_is_the_best_over_every_threshold():
   from sklearn import metrics as skm
 
-  got = evaluate.image_metrics(LABELS, SCORES)
+  got = evaluator.image_metrics(LABELS, SCORES)
   best = max(skm.f1_score(LABELS, (SCORES >= t).astype(int)) for t in SCORES)
   assert got['image_f1_oracle'] == pytest.approx(best)
   # Hand check: flagging >= 0.50 catches all 4 abnormals with 2 false alarms: F1 = 0.8.

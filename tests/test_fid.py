@@ -1,4 +1,4 @@
-"""Tests for ganomaly_jax.fid: distance maths, network layout, weight files and the torch name mapping.
+"""Tests for ganomaly_jax.evaluation.fid: distance maths, network layout, weight files and the torch name mapping.
 
 Only one test runs the full 299x299 network, on a single image; everything else uses jax.eval_shape or
 numpy, so the module stays fast on 2 CPU cores. No real weights are needed (or downloaded).
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from ganomaly_jax import fid
+from ganomaly_jax.evaluation import fid
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 

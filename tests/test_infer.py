@@ -221,7 +221,7 @@ window.addEventListener('load', function () {
 def test_paged_report_of_hundreds_of_images_in_chromium(tmp_path):
   """300 entries: the page renders, shows the highest scores first, every picture shown decodes."""
   chromium = browser.find_chromium()
-  from ganomaly_jax import report
+  from ganomaly_jax.evaluation import report
 
   rng = np.random.default_rng(0)
   n = 300
@@ -279,7 +279,7 @@ def test_paged_report_of_hundreds_of_images_in_chromium(tmp_path):
 
 def test_overlay_batch_matches_plots_overlay():
   """The batched 256-level overlay of the map PNGs draws what plots.overlay draws, within 3 of 255."""
-  from ganomaly_jax import plots
+  from ganomaly_jax.evaluation import plots
 
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (5, 12, 12, 3), dtype=np.uint8)

@@ -1,4 +1,4 @@
-"""Tests for ganomaly_jax.pixel_metrics: PRO, pixel AUROC, smoothing (pure numpy, milliseconds)."""
+"""Tests for ganomaly_jax.evaluation.pixel_metrics: PRO, pixel AUROC, smoothing (pure numpy, milliseconds)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import scipy.ndimage
 from sklearn import metrics as sk_metrics
 
-from ganomaly_jax import pixel_metrics
+from ganomaly_jax.evaluation import pixel_metrics
 
 
 def _masks_with_regions(n: int = 3, size: int = 16, seed: int = 0) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Tests for ganomaly_jax.plots and ganomaly_jax.report.
+"""Tests for ganomaly_jax.evaluation.plots and ganomaly_jax.evaluation.report.
 
 The browser test opens the HTML report in headless Chromium and checks that the page parsed and its
 inline JS ran. It needs chromium, chromium-browser or google-chrome on PATH (tests/helpers/browser.py,
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ganomaly_jax import plots
-from ganomaly_jax import report
+from ganomaly_jax.evaluation import plots
+from ganomaly_jax.evaluation import report
 from helpers import browser
 
 

@@ -13,7 +13,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from ganomaly_jax import checkpoint, config_lib, state as state_lib, sweep, train
+from ganomaly_jax import checkpoint, config_lib, state as state_lib, train
+from ganomaly_jax.experiments import sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Small enough for 2 CPU cores; the same string is used in- and out-of-process.

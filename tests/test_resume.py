@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from ganomaly_jax import config_lib, programs, sweep, train
+from ganomaly_jax import config_lib, programs, train
+from ganomaly_jax.experiments import sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ('configs/ganomaly.py:quick,model.ngf=4,model.ndf=4,batch=8,dataset.max_train=64,'

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from fake_gcs import gs_root  # noqa: F401  (a fixture)
-from ganomaly_jax import plots, report, rundir
+from ganomaly_jax import rundir
+from ganomaly_jax.evaluation import plots, report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

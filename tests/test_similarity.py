@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from ganomaly_jax import losses, pixel_metrics, similarity
+from ganomaly_jax import losses, similarity
+from ganomaly_jax.evaluation import pixel_metrics
 
 
 def _pair(shape, seed=0, noise=0.3):

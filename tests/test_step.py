@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from ganomaly_jax import losses, models, pixel_metrics, state as state_lib, step as step_lib
+from ganomaly_jax import losses, models, state as state_lib, step as step_lib
+from ganomaly_jax.evaluation import pixel_metrics
 from helpers.tiny import tiny_config
 
 

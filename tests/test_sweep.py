@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from ganomaly_jax import benchmark_report, rundir, sweep, train
+from ganomaly_jax import rundir, train
+from ganomaly_jax.experiments import sweep, tables
 from fake_gcs import gs_root  # noqa: F401  (a fixture)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -101,7 +102,7 @@ def test_dry_run_prints_one_command_per_run(tmp_path):
   root = tmp_path / 'ablation'
   spec = 'configs/ganomaly_modified.py:quick'
   proc = subprocess.run(
-      [sys.executable, '-m', 'ganomaly_jax.sweep', f'--config={spec}',
+      [sys.executable, '-m', 'ganomaly_jax.experiments.sweep', f'--config={spec}',
        '--sweep=configs/sweeps/ablation.py', f'--workdir={root}', '--dry_run'],
       cwd=REPO, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-2000:]
@@ -248,6 +249,6 @@ def test_sweep_and_benchmark_tables_on_a_gs_root(gs_root, tmp_path, monkeypatch)
   assert '| seed-1 | `seed=1` | done | 0.7500 |' in rundir.path(gs_root, sweep.RESULTS_MD).read_text()
   bench_rows = [{'suite': 'digits', 'method': 'pca', 'class': '3', 'seed': 0, 'status': 'done',
                  'image_auroc': 0.5}]
-  benchmark_report.write_csv(gs_root, bench_rows)
-  assert benchmark_report.read_csv(gs_root)[0]['image_auroc'] == '0.5'
+  tables.write_csv(gs_root, bench_rows)
+  assert tables.read_csv(gs_root)[0]['image_auroc'] == '0.5'
   assert not list(tmp_path.iterdir())  # no local shadow such as ./gs:/test-bucket

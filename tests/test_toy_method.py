@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ganomaly_jax import config_lib, losses, state as state_lib, step as step_lib, sweep, validate
+from ganomaly_jax import config_checks, config_lib, losses, state as state_lib, step as step_lib
+from ganomaly_jax.experiments import sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,19 +51,19 @@ def toy_method(monkeypatch):
 def test_unregistered_names_are_refused():
   config = config_lib.load_config(os.path.join(REPO, 'configs/ganomaly.py:quick'))
   config = sweep.apply_overrides(config, {'loss.adversarial': 'toy_hinge'})
-  with pytest.raises(validate.ConfigError, match="loss.adversarial='toy_hinge' is not one of"):
-    validate.validate_config(config)
+  with pytest.raises(config_checks.ConfigError, match="loss.adversarial='toy_hinge' is not one of"):
+    config_checks.validate_config(config)
 
 
 def test_toy_adversarial_and_score_train_two_steps_and_evaluate(toy_method):
   config = config_lib.load_config(os.path.join(REPO, 'configs/ganomaly.py:quick,model.ngf=4,'
                                                      'model.ndf=4,batch=8'))
   config = sweep.apply_overrides(config, {'loss.adversarial': 'toy_hinge', 'eval.score': 'toy_l1'})
-  validate.validate_config(config)
+  config_checks.validate_config(config)
   TRACED.clear()
   # The entry's facts reach validation: it declared no labels, so soft labels are refused.
-  with pytest.raises(validate.ConfigError, match='do not apply to loss.adversarial=toy_hinge'):
-    validate.validate_config(sweep.apply_overrides(config.copy_and_resolve_references(),
+  with pytest.raises(config_checks.ConfigError, match='do not apply to loss.adversarial=toy_hinge'):
+    config_checks.validate_config(sweep.apply_overrides(config.copy_and_resolve_references(),
                                                    {'train.soft_labels': True}))
 
   components = state_lib.build_components(config)

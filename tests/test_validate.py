@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from ganomaly_jax import config_lib, losses, masks, models, sweep, validate
+from ganomaly_jax import config_checks, config_lib, losses, masks, models
+from ganomaly_jax.experiments import sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,14 +23,14 @@ def _config(method: str = 'ganomaly', **overrides):
 
 
 def _refused(method: str, overrides: dict, message: str) -> None:
-  with pytest.raises(validate.ConfigError, match=message) as info:
-    validate.validate_config(_config(method, **overrides))
+  with pytest.raises(config_checks.ConfigError, match=message) as info:
+    config_checks.validate_config(_config(method, **overrides))
   assert '\n' not in str(info.value)  # one line
 
 
 @pytest.mark.parametrize('method', config_lib.METHODS)
 def test_every_method_config_is_valid(method):
-  validate.validate_config(_config(method))
+  config_checks.validate_config(_config(method))
 
 
 # ---- Impossible combinations (issue 15 item 3). ----
@@ -40,13 +41,13 @@ def test_residual_blocks_with_wgan_gp_are_refused():
   # batch, which breaks the gradient penalty.
   _refused('ganomaly', {'model.residual_blocks': True, 'loss.adversarial': 'wgan_gp'},
            r"model.residual_blocks: .*BatchNorm.*loss.adversarial=wgan_gp needs layer")
-  validate.validate_config(_config('ganomaly', **{'model.residual_blocks': True}))
+  config_checks.validate_config(_config('ganomaly', **{'model.residual_blocks': True}))
 
 
 def test_d_reinit_threshold_with_wgan_gp_is_refused():
   _refused('ganomaly', {'train.d_reinit_threshold': 1e-5, 'loss.adversarial': 'wgan_gp'},
            r'train.d_reinit_threshold=1e-05: .*wgan_gp.*re-initialised every step')
-  validate.validate_config(_config('ganomaly', **{'train.d_reinit_threshold': 1e-5}))
+  config_checks.validate_config(_config('ganomaly', **{'train.d_reinit_threshold': 1e-5}))
 
 
 @pytest.mark.parametrize('method, adversarial', [('ganomaly', 'wgan_gp'), ('skip_ganomaly', 'bce')])
@@ -61,30 +62,30 @@ def test_adv_extra_outside_feature_matching_is_refused(method, adversarial):
 def test_kernel_size_with_the_unet_is_refused():
   _refused('skip_ganomaly', {'model.kernel_size': 5},
            r'model.kernel_size=5 is not used by model.generator=unet')
-  validate.validate_config(_config('ganomaly', **{'model.kernel_size': 5}))
+  config_checks.validate_config(_config('ganomaly', **{'model.kernel_size': 5}))
 
 
 def test_classifier_kernel_with_the_dcgan_discriminator_is_refused():
   _refused('ganomaly', {'model.classifier_kernel': 3},
            r'model.classifier_kernel=3 is not used by model.discriminator=dcgan')
-  validate.validate_config(_config('skip_ganomaly', **{'model.classifier_kernel': 3}))
+  config_checks.validate_config(_config('skip_ganomaly', **{'model.classifier_kernel': 3}))
 
 
 @pytest.mark.parametrize('key, value', [('mask.size', 0.25), ('loss.hole_weight', 5.0)])
 def test_grid_mask_refuses_square_hole_keys(key, value):
   _refused('grid_mask', {key: value}, rf'{key}={value} is not used by mask.kind=grid')
-  validate.validate_config(_config('masked', **{key: value}))  # the square mask reads both
+  config_checks.validate_config(_config('masked', **{key: value}))  # the square mask reads both
 
 
 def test_mask_fill_without_a_mask_is_refused():
   _refused('skip_ganomaly', {'mask.fill': -1.0}, r'mask.fill=-1.0 is not used by mask.kind=none')
-  validate.validate_config(_config('masked', **{'mask.fill': -1.0}))
+  config_checks.validate_config(_config('masked', **{'mask.fill': -1.0}))
 
 
 @pytest.mark.parametrize('key, value', [('mask.cell_sizes', (2, 4)), ('mask.sets', 2)])
 def test_grid_keys_with_the_square_mask_are_refused(key, value):
   _refused('masked', {key: value}, rf'{key}=.* is not used by mask.kind=square')
-  validate.validate_config(_config('grid_mask', **{key: value}))  # the grid reads both
+  config_checks.validate_config(_config('grid_mask', **{key: value}))  # the grid reads both
 
 
 def test_bad_grid_cell_sizes_are_refused():
@@ -97,7 +98,7 @@ def test_bad_grid_cell_sizes_are_refused():
 
 @pytest.mark.parametrize('method', config_lib.METHODS)
 def test_structural_losses_and_maps_fit_every_method(method):
-  validate.validate_config(_config(method, **{'loss.w_ssim': 1.0, 'loss.w_msgms': 1.0,
+  config_checks.validate_config(_config(method, **{'loss.w_ssim': 1.0, 'loss.w_msgms': 1.0,
                                               'eval.map': 'msgms', 'eval.score': 'map_max'}))
 
 
@@ -109,7 +110,7 @@ def test_map_options_come_from_the_registries():
 def test_topk_fraction_only_with_the_topk_score():
   _refused('grid_mask', {'eval.topk_fraction': 0.2},
            r'eval.topk_fraction=0.2 is not used by eval.score=map_max')
-  validate.validate_config(_config('grid_mask', **{'eval.score': 'map_topk',
+  config_checks.validate_config(_config('grid_mask', **{'eval.score': 'map_topk',
                                                    'eval.topk_fraction': 0.2}))
   _refused('grid_mask', {'eval.score': 'map_topk', 'eval.topk_fraction': 0.0},
            r'eval.topk_fraction=0.0 must be in \(0, 1\]')

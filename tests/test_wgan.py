@@ -7,7 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from ganomaly_jax import config_lib, state as state_lib, step as step_lib, sweep, validate
+from ganomaly_jax import config_checks, config_lib, state as state_lib, step as step_lib
+from ganomaly_jax.experiments import sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = 'configs/ganomaly.py:quick,model.ngf=4,model.ndf=4,batch=8,loss.adversarial=wgan_gp'
@@ -81,4 +82,4 @@ def test_a_non_finite_step_also_discards_the_extra_critic_updates():
 ])
 def test_impossible_n_critic_is_refused(overrides, message):
   with pytest.raises(ValueError, match=message):
-    validate.validate_config(_config(**overrides))
+    config_checks.validate_config(_config(**overrides))

@@ -1,9 +1,9 @@
 """`cifar10`: every method and baseline on each CIFAR-10 class (one abnormal), 3 seeds, 3000 steps.
 
-  python -m ganomaly_jax.benchmark --suite=cifar10 --workdir=runs/bench_cifar10
+  python -m ganomaly_jax.experiments.benchmark --suite=cifar10 --workdir=runs/bench_cifar10
 
 Data through tfds (prepared once with network) or `cifar10:npz:PATH`; 32×32×3; not CPU-sized.
-Options (suite_lib.restrict): classes=cat+dog, seeds=0, methods=ganomaly+pca, steps=N.
+Options (suites.restrict): classes=cat+dog, seeds=0, methods=ganomaly+pca, steps=N.
 """
 
 from ganomaly_jax.config_lib import load_sibling

@@ -1,6 +1,6 @@
 """`digits_grid`: the grid mask's switches, on the `digits` suite's data, sizes and step budget.
 
-  python -m ganomaly_jax.benchmark --suite=digits_grid:seeds=0 --workdir=runs/bench_digits_grid
+  python -m ganomaly_jax.experiments.benchmark --suite=digits_grid:seeds=0 --workdir=runs/bench_digits_grid
 
 An ablation of configs/grid_mask.py (each row one or two dotted overrides, nothing else changed):
   grid_mask           the default (cells 2 and 4 at 16×16, 3 random sets, L1 + SSIM + MSGMS, GAN)
@@ -9,12 +9,12 @@ An ablation of configs/grid_mask.py (each row one or two dotted overrides, nothi
   grid_mask_sets2     mask.sets=2: a random complementary pair of cell sets
   grid_mask_cells4_8  mask.cell_sizes=(4, 8): no 2-pixel cells, cells up to half the image side
 The scores of each row's checkpoints can be compared without training again
-(bench/rescore.py). 5 variants × 10 digits × 3 seeds; `seeds=0` is a third of that.
+(ganomaly_jax/experiments/rescore.py). 5 variants × 10 digits × 3 seeds; `seeds=0` is a third of that.
 """
 
 import dataclasses
 
-from ganomaly_jax import suite_lib
+from ganomaly_jax.experiments import suites
 from ganomaly_jax.config_lib import load_sibling
 
 digits = load_sibling(__file__, 'digits')
@@ -29,9 +29,9 @@ VARIANTS = {
 
 
 def get_suite(arg=None):
-  positional, options = suite_lib.parse_arg(arg)
+  positional, options = suites.parse_arg(arg)
   if positional:
-    raise suite_lib.SuiteError(f'suite digits_grid: unexpected argument(s) {positional}.')
+    raise suites.SuiteError(f'suite digits_grid: unexpected argument(s) {positional}.')
   steps = options.pop('steps', None)
   suite = digits.get_suite(f'steps={steps}' if steps else None)
   grid = next(m for m in suite.methods if m.name == 'grid_mask')
@@ -39,4 +39,4 @@ def get_suite(arg=None):
              for name, extra in VARIANTS.items()]
   suite = dataclasses.replace(suite, name='digits_grid', methods=methods,
                               doc=f'Grid-mask ablation. {suite.doc}')
-  return suite_lib.restrict(suite, options)
+  return suites.restrict(suite, options)

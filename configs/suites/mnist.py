@@ -1,10 +1,10 @@
 """`mnist`: every method and baseline on each of the ten classes (one abnormal), 3 seeds.
 
-  python -m ganomaly_jax.benchmark --suite=mnist --workdir=runs/bench_mnist
-  python -m ganomaly_jax.benchmark --suite=mnist:npz:/data/mnist.npz --workdir=runs/bench_mnist
+  python -m ganomaly_jax.experiments.benchmark --suite=mnist --workdir=runs/bench_mnist
+  python -m ganomaly_jax.experiments.benchmark --suite=mnist:npz:/data/mnist.npz --workdir=runs/bench_mnist
 
 Data through tfds (prepared once with network) or an npz file; 32×32, study widths, 3000 steps;
-not CPU-sized. Options (suite_lib.restrict): classes=0+1, seeds=0, methods=ganomaly+pca, steps=N.
+not CPU-sized. Options (suites.restrict): classes=0+1, seeds=0, methods=ganomaly+pca, steps=N.
 """
 
 from ganomaly_jax.config_lib import load_sibling

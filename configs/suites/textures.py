@@ -1,18 +1,18 @@
 """`textures`: scikit-image's bundled photographs cut into patches, synthetic defects, masks.
 
-  python -m ganomaly_jax.benchmark --suite=textures --workdir=runs/bench_textures
-  python -m ganomaly_jax.benchmark --suite=textures:seeds=0,steps=300 --workdir=runs/tex  # README
+  python -m ganomaly_jax.experiments.benchmark --suite=textures --workdir=runs/bench_textures
+  python -m ganomaly_jax.experiments.benchmark --suite=textures:seeds=0,steps=300 --workdir=runs/tex  # README
 
 The data (brick, grass, gravel, camera; scratches, stains, holes; recipe in
 ganomaly_jax/data/textures.py) is written once into WORKDIR/data/ in MVTec AD layout and read
 through the normal folder path, so image and pixel AUROC / PRO are reported. CPU-sized: 64 px
 patches at 32×32 grayscale, ngf = ndf = 16, batch 32, 300 steps (24 passes over the 400 training
 patches), 3 seeds; 4 textures × 10 methods × 3 seeds = 120 runs.
-Options (suite_lib.restrict): classes=brick+grass, seeds=0, methods=..., steps=N, isize=N,
+Options (suites.restrict): classes=brick+grass, seeds=0, methods=..., steps=N, isize=N,
 width=N, batch=N.
 """
 
-from ganomaly_jax import suite_lib
+from ganomaly_jax.experiments import suites
 from ganomaly_jax.config_lib import load_sibling
 from ganomaly_jax.data import textures
 
@@ -20,9 +20,9 @@ folders = load_sibling(__file__, 'folder_categories')
 
 
 def get_suite(arg=None):
-  positional, options = suite_lib.parse_arg(arg)
+  positional, options = suites.parse_arg(arg)
   if positional:
-    raise suite_lib.SuiteError(f'suite textures: unexpected argument(s) {positional}.')
+    raise suites.SuiteError(f'suite textures: unexpected argument(s) {positional}.')
   # The data folder is WORKDIR/data, known only when the suite runs: the class value names it
   # through {data}, and `prepare` writes it there (once) before the first run.
   return folders.folder_suite(

@@ -1,8 +1,8 @@
 """Ablation of modified GANomaly (study method 2): each modification turned off on its own.
 
-  python -m ganomaly_jax.sweep --config=configs/ganomaly_modified.py \
+  python -m ganomaly_jax.experiments.sweep --config=configs/ganomaly_modified.py \
       --sweep=configs/sweeps/ablation.py --workdir=runs/ablation
-  python -m ganomaly_jax.sweep --config=configs/ganomaly_modified.py:quick \
+  python -m ganomaly_jax.experiments.sweep --config=configs/ganomaly_modified.py:quick \
       --sweep=configs/sweeps/ablation.py --workdir=/tmp/ablation     # smoke test, ~15 s a run
 
 The baseline is method 2 with every switch on; each further run reverts one switch to GANomaly's

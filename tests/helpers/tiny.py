@@ -2,7 +2,8 @@
 
 import os
 
-from ganomaly_jax import config_lib, sweep
+from ganomaly_jax import config_lib
+from ganomaly_jax.experiments import sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY_ARG = 'quick,model.ngf=4,model.ndf=4,batch=8'

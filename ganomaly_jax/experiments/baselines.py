@@ -149,7 +149,7 @@ def evaluate(kind: str, config, splits=None) -> dict[str, Any]:
   `abnormal`, `image_auroc`, `image_ap`, `pixel_auroc` / `pixel_pro` (None without masks or without
   maps), the training sample size and the baseline's own choices (`pca_components`, `knn_k`).
   """
-  from ganomaly_jax import evaluate as evaluate_lib, pixel_metrics
+  from ganomaly_jax.evaluation import evaluator as evaluate_lib, pixel_metrics
   from ganomaly_jax.data import sources
 
   started = time.time()

@@ -1,17 +1,17 @@
 """Benchmark: a suite of methods × classes × seeds at one step budget, with baselines, tabulated.
 
-  python -m ganomaly_jax.benchmark --suite=digits --workdir=runs/bench_digits
-  python -m ganomaly_jax.benchmark --suite=digits --workdir=runs/bench_digits --dry_run
-  python -m ganomaly_jax.benchmark --suite=folder_categories:/data/mvtec --workdir=runs/mvtec
-  python -m ganomaly_jax.benchmark --suite=textures --workdir=runs/textures
+  python -m ganomaly_jax.experiments.benchmark --suite=digits --workdir=runs/bench_digits
+  python -m ganomaly_jax.experiments.benchmark --suite=digits --workdir=runs/bench_digits --dry_run
+  python -m ganomaly_jax.experiments.benchmark --suite=folder_categories:/data/mvtec --workdir=runs/mvtec
+  python -m ganomaly_jax.experiments.benchmark --suite=textures --workdir=runs/textures
 
 Suites are files in configs/suites/ (`--suite=NAME[:ARG]`, or a path to a suite file; see
-`suite_lib`). Every run trains through the normal path (`train.train_and_evaluate`, in this process,
-as `ganomaly_jax.sweep` does) in `WORKDIR/runs/<class>/<method>/seed-<seed>`; baselines (PCA, k-NN)
+`suites`). Every run trains through the normal path (`train.train_and_evaluate`, in this process,
+as `ganomaly_jax.experiments.sweep` does) in `WORKDIR/runs/<class>/<method>/seed-<seed>`; baselines (PCA, k-NN)
 are evaluated on the same splits (`baselines`). A run whose workdir holds final results is skipped
 (sweep's rule), an interrupted one resumes from its checkpoint, and a failed one is recorded and
 retried next time, so rerunning the same command continues a suite. After every run
-`WORKDIR/results.csv`, `results.md` and `results.png` are rewritten (`benchmark_report`).
+`WORKDIR/results.csv`, `results.md` and `results.png` are rewritten (`tables`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from typing import Any, Callable
 from absl import app, flags, logging
 import ml_collections
 
-from ganomaly_jax import benchmark_report, rundir, suite_lib, sweep
+from ganomaly_jax import rundir
+from ganomaly_jax.experiments import suites, sweep, tables
 
 _SUITE = flags.DEFINE_string('suite', None, 'Suite: NAME[:ARG] of configs/suites/, or a file path.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Benchmark root: runs/, data/ and the tables.')
@@ -39,7 +40,7 @@ TrainFn = Callable[[ml_collections.ConfigDict, str], dict[str, Any]]
 @dataclasses.dataclass
 class Record:
   """One run's row: status (pending | done | skipped | preempted | failed: <reason>) and results."""
-  run: suite_lib.BenchRun
+  run: suites.BenchRun
   status: str = 'pending'
   results: dict[str, Any] | None = None
   wall_time_s: float | None = None
@@ -49,14 +50,14 @@ class Record:
     r = self.results or {}
     return {'suite': suite, 'method': self.run.method.name, 'class': self.run.cls,
             'seed': self.run.seed, 'status': self.status,
-            **{k: r.get(k) for k in benchmark_report.METRICS}, 'steps': r.get('steps'),
+            **{k: r.get(k) for k in tables.METRICS}, 'steps': r.get('steps'),
             'wall_time_s': None if self.wall_time_s is None else round(self.wall_time_s, 1),
             'commit': self.commit, 'workdir': self.run.workdir}
 
 
 def commit() -> str:
   """The repository's short commit, `+dirty` with uncommitted changes; `unknown` outside git."""
-  repo = os.path.dirname(suite_lib.CONFIGS_DIR)
+  repo = os.path.dirname(suites.CONFIGS_DIR)
   try:
     head = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=repo, capture_output=True,
                           text=True, timeout=10, check=True).stdout.strip()
@@ -67,7 +68,7 @@ def commit() -> str:
   return f'{head}+dirty' if dirty else head
 
 
-def describe(run: suite_lib.BenchRun) -> str:
+def describe(run: suites.BenchRun) -> str:
   """One line per run: the `ganomaly_jax.main` command that trains it alone, or the baseline."""
   settings = ' '.join(shlex.quote(f'--config.{k}={v}') for k, v in run.overrides.items())
   if run.method.baseline:
@@ -77,7 +78,7 @@ def describe(run: suite_lib.BenchRun) -> str:
           f'--workdir={shlex.quote(run.workdir)} {settings}')
 
 
-def _finished(run: suite_lib.BenchRun) -> dict[str, Any] | None:
+def _finished(run: suites.BenchRun) -> dict[str, Any] | None:
   """Final results of a run that needs nothing more, else None (trained runs: sweep's rule)."""
   if run.method.baseline:
     previous = rundir.read_results(run.workdir)
@@ -85,8 +86,8 @@ def _finished(run: suite_lib.BenchRun) -> dict[str, Any] | None:
   return sweep.finished_results(run.config, run.workdir)
 
 
-def _run_baseline(run: suite_lib.BenchRun) -> dict[str, Any]:
-  from ganomaly_jax import baselines
+def _run_baseline(run: suites.BenchRun) -> dict[str, Any]:
+  from ganomaly_jax.experiments import baselines
 
   results = baselines.evaluate(run.method.baseline, run.config)
   rundir.path(run.workdir).mkdir(parents=True, exist_ok=True)
@@ -94,7 +95,7 @@ def _run_baseline(run: suite_lib.BenchRun) -> dict[str, Any]:
   return results
 
 
-def run_benchmark(suite: suite_lib.Suite, root: str, train_fn: TrainFn | None = None
+def run_benchmark(suite: suites.Suite, root: str, train_fn: TrainFn | None = None
                   ) -> list[Record]:
   """Expands and validates every run, prepares generated data, then runs the unfinished runs.
 
@@ -104,7 +105,7 @@ def run_benchmark(suite: suite_lib.Suite, root: str, train_fn: TrainFn | None = 
   """
   from ganomaly_jax import train  # imports TensorFlow (clu): not needed to expand or --dry_run
 
-  runs = suite_lib.expand(suite, root)
+  runs = suites.expand(suite, root)
   train_fn = train_fn or sweep.train_in_process
   rundir.path(root).mkdir(parents=True, exist_ok=True)
   if suite.prepare is not None:
@@ -116,9 +117,9 @@ def run_benchmark(suite: suite_lib.Suite, root: str, train_fn: TrainFn | None = 
 
   def write_tables() -> None:
     rows = [r.row(suite.name) for r in records]
-    benchmark_report.write_csv(root, rows)
-    benchmark_report.write_markdown(root, rows, title, notes)
-    benchmark_report.write_plot(root, rows, title)
+    tables.write_csv(root, rows)
+    tables.write_markdown(root, rows, title, notes)
+    tables.write_plot(root, rows, title)
 
   for record in records:  # finished runs first, so the first table already shows them
     previous = _finished(record.run)
@@ -160,9 +161,9 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   root = _WORKDIR.value
   try:
-    suite = suite_lib.load_suite(_SUITE.value)
+    suite = suites.load_suite(_SUITE.value)
     if _DRY_RUN.value:
-      runs = suite_lib.expand(suite, root)
+      runs = suites.expand(suite, root)
       for run in runs:
         print(describe(run))
       trained = sum(1 for r in runs if not r.method.baseline)
@@ -175,17 +176,17 @@ def main(argv: list[str]) -> None:
     tf.config.experimental.set_visible_devices([], 'GPU')
     from ganomaly_jax import compile_cache  # runs of one method share their programs: load them
 
-    config = suite_lib.expand(suite, root)[0].config
+    config = suites.expand(suite, root)[0].config
     compile_cache.enable(config.runtime.compile_cache_dir)
     records = run_benchmark(suite, root)
   except ValueError as e:  # unknown suite, bad argument, unknown key, impossible value: one line
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
-  print(rundir.path(root, benchmark_report.RESULTS_MD).read_text(), end='')
+  print(rundir.path(root, tables.RESULTS_MD).read_text(), end='')
   failed = [r.run.name for r in records if r.status.startswith('failed')]
   if failed:
     print(f'error: {len(failed)} run(s) failed: {", ".join(failed)} '
-          f'(see {benchmark_report.RESULTS_CSV})', file=sys.stderr)
+          f'(see {tables.RESULTS_CSV})', file=sys.stderr)
     sys.exit(1)
 
 

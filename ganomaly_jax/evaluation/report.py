@@ -31,7 +31,8 @@ from etils.epath import Path
 import numpy as np
 from PIL import Image
 
-from ganomaly_jax import plots, rundir
+from ganomaly_jax import rundir
+from ganomaly_jax.evaluation import plots
 
 PathLike = str | os.PathLike
 

@@ -18,8 +18,9 @@ from jax.experimental import multihost_utils
 import numpy as np
 from sklearn import metrics as sk_metrics
 
-from ganomaly_jax import fid as fid_lib
-from ganomaly_jax import parallel, pixel_metrics, plots, programs, rundir, uncertainty
+from ganomaly_jax.evaluation import fid as fid_lib
+from ganomaly_jax import parallel, programs, rundir
+from ganomaly_jax.evaluation import pixel_metrics, plots, uncertainty
 from ganomaly_jax.data import pipeline
 
 # The study computed FID on 50 reconstructions per split (docs/methods.md#extensions).

@@ -20,10 +20,12 @@ from typing import Any, Callable
 
 import ml_collections
 
-from ganomaly_jax import config_lib, sweep, validate
+from ganomaly_jax import config_checks, config_lib
+from ganomaly_jax.experiments import sweep
 
 # The repository's configs/ (suite files refer to the method configs beside them).
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
+CONFIGS_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 SUITES_DIR = os.path.join(CONFIGS_DIR, 'suites')
 BASELINES = ('pca', 'knn')
 # The study's methods, then the plain-autoencoder ablation of each generator (the same network and
@@ -137,10 +139,10 @@ def load_suite(spec: str) -> Suite:
     raise SuiteError(f'Suite file not found: {path}')
   get_suite = getattr(config_lib.import_file(path, '_ganomaly_suite'), 'get_suite', None)
   if not callable(get_suite):
-    raise SuiteError(f'{path} must define get_suite(arg) returning a suite_lib.Suite.')
+    raise SuiteError(f'{path} must define get_suite(arg) returning a suites.Suite.')
   suite = get_suite(arg or None)
   if not isinstance(suite, Suite):
-    raise SuiteError(f'{path}: get_suite() must return a suite_lib.Suite, got '
+    raise SuiteError(f'{path}: get_suite() must return a suites.Suite, got '
                      f'{type(suite).__name__}.')
   _check(suite, path)
   return suite
@@ -190,8 +192,8 @@ def expand(suite: Suite, root: str) -> list[BenchRun]:
                      'seed': seed, 'train.num_steps': suite.steps}
         config = sweep.apply_overrides(bases[method.config], overrides, context)
         try:
-          validate.validate_config(config)
-        except validate.ConfigError as e:
+          config_checks.validate_config(config)
+        except config_checks.ConfigError as e:
           raise SuiteError(f'{context}: {e}') from None
         workdir = os.path.join(root, 'runs', safe_name(cls), safe_name(method.name),
                                f'seed-{seed}')

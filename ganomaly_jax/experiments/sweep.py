@@ -1,8 +1,8 @@
 """Sweeps: one config under a list of overrides, one workdir per run, results tabulated.
 
-  python -m ganomaly_jax.sweep --config=configs/ganomaly_modified.py:quick \
+  python -m ganomaly_jax.experiments.sweep --config=configs/ganomaly_modified.py:quick \
       --sweep=configs/sweeps/ablation.py --workdir=/tmp/ablation
-  python -m ganomaly_jax.sweep ... --dry_run      # print one `ganomaly_jax.main` command per run
+  python -m ganomaly_jax.experiments.sweep ... --dry_run      # print one `ganomaly_jax.main` command per run
 
 A sweep file defines `get_sweep()` returning a list of dicts of dotted config overrides, e.g.
 `[{}, {'train.soft_labels': False}]`; `get_sweep(config)` may take the loaded base config instead,
@@ -35,9 +35,9 @@ from typing import Any, Callable
 from absl import app, flags, logging
 import ml_collections
 
-from ganomaly_jax import config_lib, rundir, validate
+from ganomaly_jax import config_checks, config_lib, rundir
 
-if __name__ == '__main__':  # flags only for the program: ganomaly_jax.benchmark imports this module
+if __name__ == '__main__':  # flags only for the program: ganomaly_jax.experiments.benchmark imports this module
   _CONFIG = flags.DEFINE_string('config', None,
                                 'Base config file[:args], as for ganomaly_jax.main.')
   _SWEEP = flags.DEFINE_string('sweep', None, 'Sweep file defining get_sweep().')
@@ -202,8 +202,8 @@ def expand(config_spec: str, sweep_path: str, root: str) -> list[Run]:
     overrides = {k: _get(config, k) for k in overrides}
     name = run_name(overrides)
     try:
-      validate.validate_config(config)
-    except validate.ConfigError as e:
+      config_checks.validate_config(config)
+    except config_checks.ConfigError as e:
       raise SweepError(f'{context}: {e}') from None
     if name in seen:
       raise SweepError(f'{context}: the same overrides as run {seen[name]}.')

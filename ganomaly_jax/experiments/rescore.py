@@ -1,15 +1,15 @@
 """Re-scores a benchmark's finished runs with other image scores and maps, from the same checkpoints.
 
-  python bench/rescore.py --root=runs/bench_digits --method=grid_mask \
+  python -m ganomaly_jax.experiments.rescore --root=runs/bench_digits --method=grid_mask \
       --scores=map_max,map_mean,map_topk,inpaint --out=runs/rescore_digits
-  python bench/rescore.py --root=runs/bench_textures --method=grid_mask --out=runs/rescore_tex \
+  python -m ganomaly_jax.experiments.rescore --root=runs/bench_textures --method=grid_mask --out=runs/rescore_tex \
       --variant=score=map_max --variant=map=l1,score=map_max --variant=map=l1,smooth_sigma=2
 
 Nothing is retrained: each finished run of METHOD under ROOT/runs/<class>/METHOD/seed-<s> has its
 selected checkpoint (the one its results.json reports) evaluated again on the same test split with
 each variant of its `eval` section -- `--scores=a,b` is `--variant=score=a --variant=score=b`; a
 variant sets only eval.* keys (score, map, smooth_sigma, topk_fraction, ...) -- exactly as the run's
-final evaluation does (`evaluate.evaluate_and_report`; the threshold again from the validation
+final evaluation does (`evaluator.evaluate_and_report`; the threshold again from the validation
 normals). The run's own settings reproduce its results. OUT/results.csv and OUT/results.md (rows
 `METHOD[variant]`, the benchmark's table format) collect them; each evaluation's pictures and
 results.json go to OUT/runs/<variant>/<class>/seed-<s>, and a finished one is not evaluated again.
@@ -74,7 +74,8 @@ def rescore_run(workdir: str, variant: dict[str, str], out_dir: str) -> dict[str
   import jax
   from clu import metric_writers
 
-  from ganomaly_jax import evaluate, infer, parallel, programs, rundir, validate
+  from ganomaly_jax import config_checks, infer, parallel, programs, rundir
+  from ganomaly_jax.evaluation import evaluator
   from ganomaly_jax.data import sources
 
   config, original = infer.load_run(workdir)
@@ -87,7 +88,7 @@ def rescore_run(workdir: str, variant: dict[str, str], out_dir: str) -> dict[str
     elif isinstance(current, (int, float)):
       value = type(current)(value)
     config.eval[key] = value
-  validate.validate_config(config)
+  config_checks.validate_config(config)
   # The checkpoint final_evaluation selected: the best by validation loss, else the last.
   which = 'best' if config.eval.select == 'val_loss' else 'latest'
   components, state, step, _ = infer.restore_state(config, workdir, which)
@@ -101,7 +102,7 @@ def rescore_run(workdir: str, variant: dict[str, str], out_dir: str) -> dict[str
   run_info = {k: original[k] for k in ('method', 'dataset', 'abnormal', 'steps', 'selected_step')
               if k in original}
   writer = metric_writers.create_default_writer(out_dir, just_logging=True)
-  results = evaluate.evaluate_and_report(
+  results = evaluator.evaluate_and_report(
       config, out_dir, state, progs.components, progs.hp, splits, mesh, writer,
       {**run_info, 'rescored_from': workdir}, rundir.read_curves(workdir),
       eval_maps_fn=progs.eval_maps)
@@ -111,7 +112,8 @@ def rescore_run(workdir: str, variant: dict[str, str], out_dir: str) -> dict[str
 def rescore(root: str, method: str, variants: list[dict[str, str]], out: str
             ) -> list[dict[str, Any]]:
   """Every finished run of `method` × every variant: the rows of OUT/results.csv (written too)."""
-  from ganomaly_jax import benchmark_report, rundir
+  from ganomaly_jax import rundir
+  from ganomaly_jax.experiments import tables
 
   rows = []
   for cls, seed, workdir in finished_runs(root, method):
@@ -125,15 +127,15 @@ def rescore(root: str, method: str, variants: list[dict[str, str]], out: str
         rundir.write_json(rundir.path(out_dir, rundir.RESULTS), results)
       rows.append({'suite': f'rescore:{os.path.basename(os.path.normpath(root))}',
                    'method': f'{method}[{name}]', 'class': cls, 'seed': seed, 'status': 'done',
-                   **{k: results.get(k) for k in benchmark_report.METRICS},
+                   **{k: results.get(k) for k in tables.METRICS},
                    'steps': results.get('steps'), 'workdir': out_dir})
   if not rows:
     raise ValueError(f'No finished run of {method!r} under {root}/runs/<class>/{method}/.')
-  benchmark_report.write_csv(out, rows)
-  benchmark_report.write_markdown(
+  tables.write_csv(out, rows)
+  tables.write_markdown(
       out, rows, f'Post-hoc scores of {method} ({root})',
       notes=[f'The same checkpoints evaluated with eval settings '
-             f'{"; ".join(variant_name(v) for v in variants)} (bench/rescore.py). Post hoc: a '
+             f'{"; ".join(variant_name(v) for v in variants)} (ganomaly_jax/experiments/rescore.py). Post hoc: a '
              'setting picked from this table is picked on test labels.'])
   return rows
 

@@ -1,4 +1,4 @@
-"""Parameter summary without compiling: `python -m ganomaly_jax.summary --config=configs/<m>.py[:args]`.
+"""Parameter summary without compiling: `python -m ganomaly_jax.param_count --config=configs/<m>.py[:args]`.
 
 Counts follow the study's Keras tables: BatchNorm moving mean/variance (and spectral-norm state) are
 non-trainable parameters, i.e. total = Flax `params` + `batch_stats`.

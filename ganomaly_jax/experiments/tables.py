@@ -15,7 +15,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ganomaly_jax import plots, rundir, sweep
+from ganomaly_jax import rundir
+from ganomaly_jax.evaluation import plots
+from ganomaly_jax.experiments import sweep
 
 RESULTS_CSV = sweep.RESULTS_CSV
 RESULTS_MD = sweep.RESULTS_MD

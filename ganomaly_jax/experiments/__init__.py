@@ -1,0 +1,1 @@
+"""Experiments: sweeps, benchmark suites and their tables, baselines, post-hoc rescoring."""
