@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import logging as std_logging
 import os
 import shutil
 import sys
@@ -53,12 +52,9 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from ganomaly_jax import checkpoint, config_lib, parallel, programs
-from ganomaly_jax.evaluation import evaluator, pixel_metrics, plots
-from ganomaly_jax import rundir
-from ganomaly_jax.evaluation import report
+from ganomaly_jax import checkpoint, config_lib, parallel, programs, rundir, startup
 from ganomaly_jax import state as state_lib
-from ganomaly_jax.cpu import xla_flags
+from ganomaly_jax.evaluation import evaluator, pixel_metrics, plots, report
 from ganomaly_jax.data import images as images_lib
 from ganomaly_jax.data import pipeline
 
@@ -515,18 +511,11 @@ def _finish_batch(outputs: _Outputs, paths: list[str], images: list[np.ndarray],
               np.asarray(out['map'], np.float32)[:n])
 
 
-class _QuietLibraries:
-  """Drops orbax's INFO chatter so the command's own lines stay readable (as in main.py)."""
-
-  def filter(self, record) -> bool:
-    return record.levelno >= std_logging.WARNING or 'orbax' not in record.pathname
-
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  logging.get_absl_logger().addFilter(_QuietLibraries())
-  xla_flags.apply_cpu_defaults()  # before JAX starts its backend; GANOMALY_JAX_XLA_DEFAULTS=0: off
+  startup.configure_process(uses_tensorflow=False)  # before JAX starts its backend; GANOMALY_JAX_XLA_DEFAULTS=0: off
   try:
     summary = infer(_FLAGS['workdir'].value, _FLAGS['images'].value, _FLAGS['out'].value,
                     _FLAGS['batch_size'].value, _FLAGS['checkpoint'].value,

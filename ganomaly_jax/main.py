@@ -1,12 +1,11 @@
 """Entry point: `python -m ganomaly_jax.main --config=configs/<method>.py[:args] [--workdir=DIR]`.
 
-Kept short on purpose (as in the flax examples): parse flags, hide GPUs from TensorFlow, optionally
+Kept short on purpose (as in the flax examples): parse flags, set up the process (`startup.py`), optionally
 initialise multi-host JAX (and check that every process runs the same config), log the topology, and
 hand over to `train.train_and_evaluate`. Multi-host settings (GANOMALY_DISTRIBUTED=1, then JAX's
 own detection or JAX_COORDINATOR_ADDRESS, ...) are described in `parallel.py`.
 """
 
-import logging as std_logging
 import os
 import sys
 
@@ -17,28 +16,17 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Method config file[:a
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (default: runs/<method>).')
 
 
-class _QuietLibraries:
-  """Drops orbax's per-save INFO chatter so the run's own progress stays readable."""
-
-  def filter(self, record) -> bool:
-    return record.levelno >= std_logging.WARNING or 'orbax' not in record.pathname
-
 
 def main(argv):
-  logging.get_absl_logger().addFilter(_QuietLibraries())
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   config = _CONFIG.value
-  from ganomaly_jax.cpu import xla_flags
+  from ganomaly_jax import startup
 
-  # XLA reads XLA_FLAGS when its backend starts: before the first JAX computation.
-  xla_flags.apply_cpu_defaults(enabled=config.runtime.xla_cpu_defaults)
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TF's start-up banners are not our logs
-  import tensorflow as tf  # only clu's summary writer needs TF; keep it off the accelerators
-  tf.config.experimental.set_visible_devices([], 'GPU')
+  startup.configure_for(config)  # XLA:CPU defaults, TF off the GPUs, compile cache: before JAX starts
   import jax
 
-  from ganomaly_jax import compile_cache, parallel, train
+  from ganomaly_jax import parallel, train
 
   workdir = _WORKDIR.value or os.path.join('runs', config.method)
   try:
@@ -53,9 +41,6 @@ def main(argv):
     logging.info('JAX process %d / %d, local devices %s', jax.process_index(), jax.process_count(),
                  jax.local_devices())
     parallel.check_same_config(config, workdir)
-    cache_dir = compile_cache.enable(config.runtime.compile_cache_dir)
-    if cache_dir:
-      logging.info('Compilation cache: %s', cache_dir)
     train.train_and_evaluate(config, workdir)
   except (ValueError, train.TrainingError) as e:  # config, data and workdir errors: one clear line
     logging.error('%s', e)

@@ -56,6 +56,8 @@ def format_table(counts: dict[str, dict[str, int]]) -> str:
 
 def main(argv):
   del argv
+  from ganomaly_jax import startup
+  startup.configure_process(compile_cache_dir='', uses_tensorflow=False)  # nothing is compiled
   try:
     config = config_lib.resolve(_FLAGS['config'].value)
     counts = count_parameters(config)

@@ -126,13 +126,6 @@ def test_fid_results_with_invalid_weights_record_the_error(tmp_path):
   assert results['fid_normal'] is None and results['fid_abnormal_samples'] == 0
 
 
-def test_extremes_never_repeat_and_rank_nan_lowest():
-  scores = np.array([0.5, np.nan, 0.9, 0.1, 0.7])
-  chosen = evaluator._extremes(scores, 2)
-  assert chosen == [2, 4, 1, 3]
-  assert evaluator._extremes(scores[:3], 2) == [2, 0, 1]
-
-
 @pytest.mark.slow
 def test_mc_dropout_variance_matches_sample_loop(masked_run):
   """uncertainty.mc_dropout's running variance equals the variance of N separate reconstructions."""

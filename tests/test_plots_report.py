@@ -205,9 +205,9 @@ def test_plot_extremes_constant_and_nan_scores_no_labels(tmp_path):
 
 
 def test_extreme_indices_no_duplicates_nan_last():
-  top, bottom = plots._extreme_indices(np.array([0.1, np.nan, 0.9, 0.5]), k=2)
+  top, bottom = plots.extreme_indices(np.array([0.1, np.nan, 0.9, 0.5]), k=2)
   assert top == [2, 3] and bottom == [1, 0]
-  top, bottom = plots._extreme_indices(np.array([3.0, 1.0, 2.0]), k=8)
+  top, bottom = plots.extreme_indices(np.array([3.0, 1.0, 2.0]), k=8)
   assert top == [0, 2, 1] and bottom == []
 
 

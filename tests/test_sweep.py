@@ -227,10 +227,10 @@ def test_local_devices_checks_its_arguments():
 
 def test_tables_never_show_the_oracle_f1_under_the_plain_name(tmp_path):
   run = sweep.Run('baseline', {}, None, str(tmp_path))
-  new = sweep.Record(run, 'done', {'image_f1': 0.3, 'image_f1_oracle': 0.35, 'image_fpr': 0.05}).row()
+  new = sweep.table_row(sweep.Record(run, 'done', {'image_f1': 0.3, 'image_f1_oracle': 0.35, 'image_fpr': 0.05}))
   assert (new['image_f1'], new['image_f1_oracle'], new['image_fpr']) == (0.3, 0.35, 0.05)
   # A run finished before the validation threshold existed stored the oracle F1 as image_f1.
-  old = sweep.Record(run, 'skipped', {'image_auroc': 0.6, 'image_f1': 0.4}).row()
+  old = sweep.table_row(sweep.Record(run, 'skipped', {'image_auroc': 0.6, 'image_f1': 0.4}))
   assert old['image_f1'] is None and old['image_f1_oracle'] == 0.4 and old['image_auroc'] == 0.6
   sweep.write_tables(str(tmp_path), [sweep.Record(run, 'skipped', {'image_f1': 0.4})], 't')
   header = open(tmp_path / sweep.RESULTS_MD).read().splitlines()[2]

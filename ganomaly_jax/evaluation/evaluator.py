@@ -367,12 +367,9 @@ def fid_results(weights: str, fid_sets: dict[int, tuple[np.ndarray, np.ndarray]]
   return results
 
 
-def _extremes(scores: np.ndarray, k: int) -> list[int]:
-  """Indices of the k highest then the k lowest scores (no index twice); NaN never ranks as high."""
-  key = np.where(np.isfinite(scores), scores, -np.inf)
-  order = [int(i) for i in np.argsort(-key, kind='stable')]
-  top = order[:k]
-  bottom = order[len(top):][::-1][:k]
+def _top_then_bottom(scores: np.ndarray, k: int) -> list[int]:
+  """The k highest then the k lowest scores' indices (plots.extreme_indices: no index twice)."""
+  top, bottom = plots.extreme_indices(scores, k)
   return top + bottom
 
 
@@ -500,14 +497,14 @@ def evaluate_and_report(config, workdir: str, state: Any, components, hp, splits
   pictures = functools.partial(_pictures_of, eval_maps_fn, state, splits.test, mesh, e.batch_size,
                                smooth_sigma=e.smooth_sigma)
   pic_rng = jax.random.fold_in(jax.random.key(config.seed), 0x706963)
-  grid_rows = pictures(_extremes(scores, max(e.num_images // 2, 1)), mc_fn=mc_fn, mc_rng=pic_rng)
+  grid_rows = pictures(_top_then_bottom(scores, max(e.num_images // 2, 1)), mc_fn=mc_fn, mc_rng=pic_rng)
   writer.write_images(results['steps'], {'test/final_input_recon_map':
                                          final_image_grid(grid_rows)[None]})
-  chosen = _extremes(scores, EXTREMES_K)
+  chosen = _top_then_bottom(scores, EXTREMES_K)
   extremes = pictures(chosen)
   chosen_mc, mc_extremes = [], None
   if mc_fn is not None:
-    chosen_mc = _extremes(normalise(outputs.mc_score), EXTREMES_K)
+    chosen_mc = _top_then_bottom(normalise(outputs.mc_score), EXTREMES_K)
     mc_extremes = pictures(chosen_mc, mc_fn=mc_fn, mc_rng=pic_rng)
   if jax.process_index() == 0:
     _write_pictures(workdir, outputs, scores, curves, extremes, chosen, mc_extremes, chosen_mc)

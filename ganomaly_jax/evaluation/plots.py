@@ -393,7 +393,7 @@ def plot_score_histogram(labels: Sequence[int] | np.ndarray,
   return _save(fig, path)
 
 
-def _extreme_indices(scores: np.ndarray, k: int) -> tuple[list[int], list[int]]:
+def extreme_indices(scores: np.ndarray, k: int) -> tuple[list[int], list[int]]:
   """Indices of the k highest and k lowest scores, without showing any image twice.
 
   Non-finite scores sort below every finite one so a NaN never passes for "most anomalous".
@@ -432,7 +432,7 @@ def plot_extremes(images: Sequence[np.ndarray] | np.ndarray,
       labels is not None and len(labels) != n):
     raise ValueError('images, amaps, scores and labels must have the same length')
   k = max(int(k), 1)
-  top, bottom = _extreme_indices(scores, k)
+  top, bottom = extreme_indices(scores, k)
   groups = [('most anomalous', top), ('least anomalous', bottom)]
   rows_per_group = 1 if amaps is None else 2
   n_cols = max(len(top), 1)

@@ -16,43 +16,32 @@ retried next time, so rerunning the same command continues a suite. After every 
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shlex
 import subprocess
 import sys
-import time
-from typing import Any, Callable
+from typing import Any
 
-from absl import app, flags, logging
-import ml_collections
+from absl import app, flags
 
-from ganomaly_jax import rundir
-from ganomaly_jax.experiments import suites, sweep, tables
+from ganomaly_jax import rundir, startup
+from ganomaly_jax.experiments import run_queue, suites, tables
 
 _SUITE = flags.DEFINE_string('suite', None, 'Suite: NAME[:ARG] of configs/suites/, or a file path.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Benchmark root: runs/, data/ and the tables.')
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'List the runs (one line each) and run nothing.')
 
-TrainFn = Callable[[ml_collections.ConfigDict, str], dict[str, Any]]
+Record = run_queue.Record  # run_queue.Record[suites.BenchRun]
 
 
-@dataclasses.dataclass
-class Record:
-  """One run's row: status (pending | done | skipped | preempted | failed: <reason>) and results."""
-  run: suites.BenchRun
-  status: str = 'pending'
-  results: dict[str, Any] | None = None
-  wall_time_s: float | None = None
-  commit: str | None = None
-
-  def row(self, suite: str) -> dict[str, Any]:
-    r = self.results or {}
-    return {'suite': suite, 'method': self.run.method.name, 'class': self.run.cls,
-            'seed': self.run.seed, 'status': self.status,
-            **{k: r.get(k) for k in tables.METRICS}, 'steps': r.get('steps'),
-            'wall_time_s': None if self.wall_time_s is None else round(self.wall_time_s, 1),
-            'commit': self.commit, 'workdir': self.run.workdir}
+def table_row(record: Record, suite: str) -> dict[str, Any]:
+  """A benchmark table's row of one run."""
+  r = record.results or {}
+  return {'suite': suite, 'method': record.run.method.name, 'class': record.run.cls,
+          'seed': record.run.seed, 'status': record.status,
+          **{k: r.get(k) for k in tables.METRICS}, 'steps': r.get('steps'),
+          'wall_time_s': None if record.wall_time_s is None else round(record.wall_time_s, 1),
+          'commit': record.commit, 'workdir': record.run.workdir}
 
 
 def commit() -> str:
@@ -83,7 +72,7 @@ def _finished(run: suites.BenchRun) -> dict[str, Any] | None:
   if run.method.baseline:
     previous = rundir.read_results(run.workdir)
     return previous if previous and previous.get('baseline') == run.method.baseline else None
-  return sweep.finished_results(run.config, run.workdir)
+  return rundir.finished_results(run.workdir, run.config.train.num_steps)
 
 
 def _run_baseline(run: suites.BenchRun) -> dict[str, Any]:
@@ -95,65 +84,35 @@ def _run_baseline(run: suites.BenchRun) -> dict[str, Any]:
   return results
 
 
-def run_benchmark(suite: suites.Suite, root: str, train_fn: TrainFn | None = None
+def run_benchmark(suite: suites.Suite, root: str, train_fn: run_queue.TrainFn | None = None
                   ) -> list[Record]:
   """Expands and validates every run, prepares generated data, then runs the unfinished runs.
 
-  `train_fn(config, workdir)` defaults to `sweep.train_in_process`. A failed run (divergence, bad
-  data) is recorded and the suite goes on; a preempted run stops it (rerun to resume). Returns one
-  Record per run; the tables in `root` hold the same.
+  `train_fn(config, workdir)` defaults to `train.train_and_evaluate` in this process; baselines are
+  evaluated on the same splits. Skipping, failures and preemption follow `run_queue.run_all`.
+  Returns one Record per run; the tables in `root` hold the same.
   """
-  from ganomaly_jax import train  # imports TensorFlow (clu): not needed to expand or --dry_run
-
   runs = suites.expand(suite, root)
-  train_fn = train_fn or sweep.train_in_process
+  train_fn = train_fn or run_queue.train_in_process
   rundir.path(root).mkdir(parents=True, exist_ok=True)
   if suite.prepare is not None:
     suite.prepare(os.path.join(root, 'data'))
-  here = commit()
   title = f'Benchmark `{suite.name}`'
   notes = [suite.doc] if suite.doc else []
   records = [Record(run) for run in runs]
 
   def write_tables() -> None:
-    rows = [r.row(suite.name) for r in records]
+    rows = [table_row(r, suite.name) for r in records]
     tables.write_csv(root, rows)
     tables.write_markdown(root, rows, title, notes)
     tables.write_plot(root, rows, title)
 
-  for record in records:  # finished runs first, so the first table already shows them
-    previous = _finished(record.run)
-    if previous is not None:
-      info = sweep.read_run_info(record.run.workdir)
-      record.status, record.results, record.commit = 'skipped', previous, info.get('commit')
-      record.wall_time_s = sweep.recorded_wall_time(record.run.workdir, previous)
-  write_tables()
-
-  for i, record in enumerate(records, start=1):
-    run = record.run
-    if record.status == 'skipped':
-      continue
-    logging.info('Run %d/%d %s', i, len(records), run.name)
-    started = time.time()
-    try:
-      results = _run_baseline(run) if run.method.baseline else train_fn(run.config, run.workdir)
-    except (ValueError, train.TrainingError) as e:
-      record.status = f'failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}'
-      logging.error('Run %s failed: %s', run.name, e)
-    else:
-      record.results = results
-      if results.get('preempted'):
-        record.status = 'preempted'
-        write_tables()
-        logging.warning('Preempted during run %s; rerun the same command to resume the suite.',
-                        run.name)
-        return records
-      record.status, record.commit = 'done', here
-      record.wall_time_s = time.time() - started
-      sweep.write_run_info(run.workdir, {'overrides': run.overrides, 'wall_time_s':
-                                         record.wall_time_s, 'commit': here, 'suite': suite.name})
-    write_tables()
-  return records
+  return run_queue.run_all(
+      records, name=lambda run: run.name, workdir=lambda run: run.workdir, finished=_finished,
+      execute=lambda run: (_run_baseline(run) if run.method.baseline
+                           else train_fn(run.config, run.workdir)),
+      run_info=lambda run: {'overrides': run.overrides, 'suite': suite.name},
+      write_tables=write_tables, commit=commit(), what='suite')
 
 
 def main(argv: list[str]) -> None:
@@ -171,13 +130,7 @@ def main(argv: list[str]) -> None:
             f'baseline; {len(suite.methods)} methods × {len(suite.classes)} classes × '
             f'{len(suite.seeds)} seeds.')
       return
-    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-    import tensorflow as tf  # as in main.py: clu's summary writer needs TF, keep it off GPUs
-    tf.config.experimental.set_visible_devices([], 'GPU')
-    from ganomaly_jax import compile_cache  # runs of one method share their programs: load them
-
-    config = suites.expand(suite, root)[0].config
-    compile_cache.enable(config.runtime.compile_cache_dir)
+    startup.configure_for(suites.expand(suite, root)[0].config)  # before JAX starts its backend
     records = run_benchmark(suite, root)
   except ValueError as e:  # unknown suite, bad argument, unknown key, impossible value: one line
     print(f'error: {e}', file=sys.stderr)

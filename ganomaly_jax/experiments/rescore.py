@@ -143,10 +143,8 @@ def rescore(root: str, method: str, variants: list[dict[str, str]], out: str
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  from ganomaly_jax.cpu import xla_flags
-  xla_flags.apply_cpu_defaults(enabled=True)
-  from ganomaly_jax import compile_cache
-  compile_cache.enable(compile_cache.default_dir())
+  from ganomaly_jax import startup
+  startup.configure_process()  # before JAX starts its backend
   try:
     variants = [{'score': s} for s in _SCORES.value] + [parse_variant(v) for v in _VARIANTS.value]
     if not variants:

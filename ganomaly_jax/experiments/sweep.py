@@ -29,13 +29,13 @@ import os
 import re
 import shlex
 import sys
-import time
-from typing import Any, Callable
+from typing import Any
 
-from absl import app, flags, logging
+from absl import app, flags
 import ml_collections
 
-from ganomaly_jax import config_checks, config_lib, rundir
+from ganomaly_jax import config_checks, config_lib, rundir, startup
+from ganomaly_jax.experiments import run_queue
 
 if __name__ == '__main__':  # flags only for the program: ganomaly_jax.experiments.benchmark imports this module
   _CONFIG = flags.DEFINE_string('config', None,
@@ -46,7 +46,6 @@ if __name__ == '__main__':  # flags only for the program: ganomaly_jax.experimen
 
 RESULTS_CSV = 'results.csv'
 RESULTS_MD = 'results.md'
-RUN_INFO = rundir.RUN_INFO  # per-run sidecar: overrides, wall time of the session that ran it
 # image_f1 .. image_fpr: at the threshold fixed on validation normals; image_f1_oracle: the best F1
 # over thresholds chosen with the test labels (an upper bound, never an operating point).
 METRICS = ('image_auroc', 'image_ap', 'image_f1', 'image_precision', 'image_recall', 'image_fpr',
@@ -70,20 +69,15 @@ class Run:
   workdir: str
 
 
-@dataclasses.dataclass
-class Record:
-  """One row of the results table."""
+Record = run_queue.Record  # run_queue.Record[Run]: one row of the results table
 
-  run: Run
-  status: str  # pending | done | skipped | preempted | failed: <reason>
-  results: dict[str, Any] | None = None
-  wall_time_s: float | None = None
 
-  def row(self) -> dict[str, Any]:
-    r = table_metrics(self.results or {})
-    return {'run': self.run.name, 'overrides': format_overrides(self.run.overrides),
-            'status': self.status, **{k: r.get(k) for k in METRICS}, 'steps': r.get('steps'),
-            'wall_time_s': None if self.wall_time_s is None else round(self.wall_time_s, 1)}
+def table_row(record: Record) -> dict[str, Any]:
+  """A sweep table's row of one run."""
+  r = table_metrics(record.results or {})
+  return {'run': record.run.name, 'overrides': format_overrides(record.run.overrides),
+          'status': record.status, **{k: r.get(k) for k in METRICS}, 'steps': r.get('steps'),
+          'wall_time_s': None if record.wall_time_s is None else round(record.wall_time_s, 1)}
 
 
 def table_metrics(results: dict[str, Any]) -> dict[str, Any]:
@@ -237,7 +231,7 @@ def _cell(column: str, value: Any) -> str:
 
 def write_tables(root: str, records: list[Record], title: str) -> None:
   """Rewrites ROOT/results.csv and ROOT/results.md (atomically, through epath: ROOT may be gs://)."""
-  rows = [r.row() for r in records]
+  rows = [table_row(r) for r in records]
   buffer = io.StringIO()
   writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
   writer.writeheader()
@@ -262,87 +256,23 @@ def read_table(root: str) -> list[dict[str, str]]:
 # ---------------------------------------------------------------------------------------------
 
 
-def finished_results(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
-  """The results of a run that needs no more training (rundir's rule, as train's), else None."""
-  return rundir.finished_results(workdir, config.train.num_steps)
-
-
-def read_run_info(workdir: str) -> dict[str, Any]:
-  """The sidecar a runner wrote next to a finished run's results ({} if none)."""
-  return rundir.read_json(rundir.path(workdir, RUN_INFO)) or {}
-
-
-def write_run_info(workdir: str, info: dict[str, Any]) -> None:
-  """Writes the sidecar (overrides, wall time of the session that ran the run, ...)."""
-  rundir.write_json(rundir.path(workdir, RUN_INFO), info)
-
-
-def recorded_wall_time(workdir: str, results: dict[str, Any]) -> float | None:
-  """Wall time of the session that finished a run: the sidecar's, else the training loop's."""
-  return read_run_info(workdir).get('wall_time_s', results.get('train_wall_time_s'))
-
-
-def train_in_process(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """`train.train_and_evaluate` in this process, dropping the run's executables afterwards."""
-  import jax
-
-  from ganomaly_jax import train
-
-  try:
-    return train.train_and_evaluate(config, workdir)
-  finally:
-    jax.clear_caches()  # each run compiles its own functions: drop the previous run's executables
-
-
 def run_sweep(config_spec: str, sweep_path: str, root: str,
-              train_fn: Callable[[ml_collections.ConfigDict, str], dict[str, Any]] | None = None
-              ) -> list[Record]:
+              train_fn: run_queue.TrainFn | None = None) -> list[Record]:
   """Expands and validates all runs, then trains the unfinished ones one after another.
 
-  `train_fn(config, workdir)` defaults to `train.train_and_evaluate`. A run that fails (divergence,
-  bad data) is recorded and the sweep goes on; a preempted run stops the sweep (rerun to resume).
-  Returns one Record per run; the tables in `root` hold the same.
+  `train_fn(config, workdir)` defaults to `train.train_and_evaluate` in this process. Skipping,
+  failures and preemption follow `run_queue.run_all`. Returns one Record per run; the tables in
+  `root` hold the same.
   """
-  from ganomaly_jax import train  # imports TensorFlow (clu): not needed to expand or --dry_run
-
-  runs = expand(config_spec, sweep_path, root)
-  train_fn = train_fn or train_in_process
-
+  train_fn = train_fn or run_queue.train_in_process
   title = f'Sweep `{sweep_path}` over `{config_spec}`'
-  records = [Record(run, 'pending') for run in runs]
-  for record in records:  # finished runs first, so the first table already shows them
-    previous = finished_results(record.run.config, record.run.workdir)
-    if previous is not None:
-      record.status, record.results = 'skipped', previous
-      record.wall_time_s = recorded_wall_time(record.run.workdir, previous)
-  write_tables(root, records, title)
-
-  for i, record in enumerate(records, start=1):
-    run = record.run
-    if record.status == 'skipped':
-      logging.info('Run %d/%d %s: already finished, skipped.', i, len(records), run.name)
-      continue
-    logging.info('Run %d/%d %s: %s', i, len(records), run.name,
-                 format_overrides(run.overrides) or 'no overrides')
-    started = time.time()
-    try:
-      results = train_fn(run.config, run.workdir)
-    except (ValueError, train.TrainingError) as e:
-      record.status = f'failed: {e}'
-      logging.error('Run %s failed: %s', run.name, e)
-    else:
-      record.results = results
-      if results.get('preempted'):
-        record.status = 'preempted'
-        write_tables(root, records, title)
-        logging.warning('Preempted during run %s; rerun the same command to resume the sweep.',
-                        run.name)
-        return records
-      record.status = 'done'
-      record.wall_time_s = time.time() - started
-      write_run_info(run.workdir, {'overrides': run.overrides, 'wall_time_s': record.wall_time_s})
-    write_tables(root, records, title)
-  return records
+  records = [Record(run) for run in expand(config_spec, sweep_path, root)]
+  return run_queue.run_all(
+      records, name=lambda run: run.name, workdir=lambda run: run.workdir,
+      finished=lambda run: rundir.finished_results(run.workdir, run.config.train.num_steps),
+      execute=lambda run: train_fn(run.config, run.workdir),
+      run_info=lambda run: {'overrides': run.overrides},
+      write_tables=lambda: write_tables(root, records, title), what='sweep')
 
 
 def main(argv: list[str]) -> None:
@@ -354,16 +284,7 @@ def main(argv: list[str]) -> None:
       for run in expand(_CONFIG.value, _SWEEP.value, root):
         print(command(_CONFIG.value, run))
       return
-    from ganomaly_jax.cpu import xla_flags  # as in main.py: before JAX starts its backend
-
-    xla_flags.apply_cpu_defaults(
-        enabled=config_lib.load_config(_CONFIG.value).runtime.xla_cpu_defaults)
-    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-    import tensorflow as tf  # as in main.py: clu's summary writer needs TF, keep it off GPUs
-    tf.config.experimental.set_visible_devices([], 'GPU')
-    from ganomaly_jax import compile_cache  # as in main.py: runs that share a program load it
-
-    compile_cache.enable(config_lib.load_config(_CONFIG.value).runtime.compile_cache_dir)
+    startup.configure_for(config_lib.load_config(_CONFIG.value))  # before JAX starts its backend
     records = run_sweep(_CONFIG.value, _SWEEP.value, root)
   except ValueError as e:  # bad sweep file, unknown key, impossible value: one line
     print(f'error: {e}', file=sys.stderr)

@@ -1,0 +1,70 @@
+"""One process set-up for every entry point (train, infer, sweep, benchmark, rescore).
+
+Each command calls `configure_process` first, before anything starts JAX's backend, so that all of
+them run with the same XLA:CPU defaults, keep TensorFlow off the accelerators, share the persistent
+compilation cache and log the same way. Importing this module does nothing by itself.
+"""
+
+from __future__ import annotations
+
+import logging as std_logging
+import os
+
+from absl import logging
+
+from ganomaly_jax import compile_cache
+
+
+class QuietLibraries(std_logging.Filter):
+  """Drops orbax's per-save INFO chatter so a command's own progress stays readable."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or 'orbax' not in record.pathname
+
+
+def _quiet_libraries() -> None:
+  absl_logger = logging.get_absl_logger()
+  if not any(isinstance(f, QuietLibraries) for f in absl_logger.filters):
+    absl_logger.addFilter(QuietLibraries())
+
+
+def _hide_gpus_from_tensorflow() -> None:
+  # Only clu's summary writer needs TensorFlow; left alone it would reserve accelerator memory.
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TF's start-up banners are not our logs
+  import tensorflow as tf
+
+  tf.config.experimental.set_visible_devices([], 'GPU')
+
+
+def configure_process(*, xla_cpu_defaults: bool = True, compile_cache_dir: str | None = None,
+                      uses_tensorflow: bool = True) -> str:
+  """Prepares this process for JAX work; returns the compilation-cache directory in use ('' = off).
+
+  Args:
+    xla_cpu_defaults: `runtime.xla_cpu_defaults` of the config the command runs (the measured
+      XLA:CPU flags, `cpu/xla_flags.py`); GANOMALY_JAX_XLA_DEFAULTS=0 turns them off as well.
+    compile_cache_dir: `runtime.compile_cache_dir`; None means the default ($JAX_COMPILATION_CACHE_DIR
+      or ~/.cache/ganomaly_jax/xla), '' leaves the cache off.
+    uses_tensorflow: False for commands that never write TensorBoard summaries (infer, parameter
+      counts): they skip importing TensorFlow, which takes seconds.
+
+  Must run before the first JAX computation: XLA reads XLA_FLAGS when its backend starts.
+  """
+  from ganomaly_jax.cpu import xla_flags
+
+  _quiet_libraries()
+  xla_flags.apply_cpu_defaults(enabled=xla_cpu_defaults)
+  if uses_tensorflow:
+    _hide_gpus_from_tensorflow()
+  if compile_cache_dir is None:
+    compile_cache_dir = compile_cache.default_dir()
+  cache_dir = compile_cache.enable(compile_cache_dir)
+  if cache_dir:
+    logging.info('Compilation cache: %s', cache_dir)
+  return cache_dir
+
+
+def configure_for(config) -> str:
+  """`configure_process` with the settings of a method config's `runtime` section."""
+  return configure_process(xla_cpu_defaults=config.runtime.xla_cpu_defaults,
+                           compile_cache_dir=config.runtime.compile_cache_dir)
