@@ -1,17 +1,22 @@
 """Config validation before anything is compiled: one clear line naming the key.
 
 Allowed method names and the rules between them come from the registries that implement them
-(`models.GENERATORS` / `DISCRIMINATORS`, `losses.ADVERSARIAL` / `SCORES`, `masks.KINDS`), so a
-registered method is validated without an edit here. A key that the chosen method does not read is
+(`models.GENERATORS` / `DISCRIMINATORS`, `losses.ADVERSARIAL` / `SCORES`, `masks.KINDS`,
+`sources.DATASETS`), so a registered method or dataset is validated without an edit here. A key that the chosen method does not read is
 refused when it is set away from its `config_lib.base_config()` default, so no setting is silently
 ignored.
 """
 
 from __future__ import annotations
 
+import re
+
 import ml_collections
 
 from ganomaly_jax import config_lib, losses, masks, models
+from ganomaly_jax.data import sources
+
+_METHOD_NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9_-]*')
 
 
 class ConfigError(ValueError):
@@ -30,8 +35,13 @@ def _names(names) -> str:
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError for values that cannot work, naming the key and what is allowed."""
   m, t, l, e = config.model, config.train, config.loss, config.eval
-  _require(config.method in config_lib.METHODS,
-           f'method={config.method!r} is not one of {config_lib.METHODS}.')
+  _require(bool(_METHOD_NAME.fullmatch(config.method)),
+           f'method={config.method!r} must be a name of letters, digits, "_" and "-" (it names '
+           'run folders and table rows).')
+  try:
+    sources.get_dataset(config.dataset.name)
+  except sources.DataError as e:
+    _require(False, str(e))
   _require(config.mode in ('train', 'eval'), f"mode={config.mode!r}: use 'train' or 'eval'.")
   _require(m.isize >= 16 and m.isize % 16 == 0,
            f'model.isize={m.isize} must be a multiple of 16 (16, 32, 64, ..., 256).')

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from ganomaly_jax import config_checks, config_lib, losses, state as state_lib, step as step_lib
+from ganomaly_jax.data import sources
 from ganomaly_jax.experiments import sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -88,3 +89,59 @@ def test_toy_adversarial_and_score_train_two_steps_and_evaluate(toy_method):
   want = np.mean(np.abs(images - np.asarray(out['recon'])).reshape(len(images), -1), axis=1)
   np.testing.assert_allclose(out['score'], want, rtol=1e-6)
   np.testing.assert_allclose(out['score'], out['l1'], rtol=1e-6)
+
+
+# ---- A dataset and a method config from outside the package. ----
+
+OUTSIDE_CONFIG = '''
+from ganomaly_jax import config_lib
+
+
+def get_config(arg=None):
+  args = config_lib.parse_arg(arg)
+  config = config_lib.base_config()
+  config.method = 'stripes_gan'  # a name of its own: not one of the shipped configs
+  config.dataset.name = 'stripes'
+  config.dataset.abnormal = '1'  # the class index, as a --config.dataset.abnormal string
+  return config_lib.finalize(config, args)
+'''
+
+
+def _stripes(config, arg):
+  """Horizontal stripes are normal, vertical ones abnormal (class 1); 16x16, one channel."""
+  del arg
+  rng = np.random.default_rng(config.seed)
+  n, size = 96, config.model.isize
+  labels = np.arange(n) % 2
+  phase = rng.integers(0, 4, n)
+  rows = (np.arange(size)[None, :] + phase[:, None]) % 4 < 2  # [n, size]
+  stripes = np.where(rows[:, :, None], 220, 30).astype(np.uint8).repeat(size, axis=2)
+  images = np.where(labels[:, None, None] == 1, stripes.transpose(0, 2, 1), stripes)[..., None]
+  half = n // 2
+  return sources.one_class_splits('stripes', images[:half], labels[:half], images[half:],
+                                  labels[half:], abnormal=1, seed=config.seed, pool_normals=False,
+                                  val_fraction=0.2)
+
+
+@pytest.mark.slow
+def test_a_dataset_and_a_method_config_from_outside_the_package_train(tmp_path, monkeypatch):
+  from ganomaly_jax import train
+
+  monkeypatch.setitem(sources.DATASETS, 'stripes', sources.Dataset(
+      load=_stripes, channels=lambda arg: 1, small=True))
+  config_file = tmp_path / 'stripes_gan.py'
+  config_file.write_text(OUTSIDE_CONFIG)
+  config = config_lib.load_config(f'{config_file}:quick,model.ngf=4,model.ndf=4,batch=8')
+  config = sweep.apply_overrides(config, {'train.num_steps': 2, 'train.image_every': 0})
+  assert (config.method, config.model.channels, config.model.isize) == ('stripes_gan', 1, 16)
+  results = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert results['steps'] == 2 and results['method'] == 'stripes_gan'
+  assert results['dataset'] == 'stripes' and 0.0 <= results['image_auroc'] <= 1.0
+
+
+def test_an_unregistered_dataset_is_one_line_naming_the_registered_ones():
+  config = config_lib.load_config(os.path.join(REPO, 'configs/ganomaly.py:quick,channels=1'))
+  config = sweep.apply_overrides(config, {'dataset.name': 'stripes'})
+  with pytest.raises(config_checks.ConfigError, match="dataset.name='stripes' is not a dataset: "
+                     'use digits, mnist, fashion_mnist, cifar10, npz:PATH, folder:PATH'):
+    config_checks.validate_config(config)

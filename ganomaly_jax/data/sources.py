@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+from typing import Any, Callable
+import zipfile
 
 import numpy as np
 
@@ -202,30 +203,35 @@ def _tfds(name: str, data_dir: str) -> tuple[np.ndarray, ...]:
   return tuple(out)
 
 
-def load_splits(config) -> Splits:
-  """Builds train/val/test sources for `config.dataset` at `config.model.isize`/`channels`."""
+def _class_splits(config, name: str, arrays: tuple[np.ndarray, ...], num_classes: int,
+                  class_names: tuple[str, ...] = ()) -> Splits:
+  """One-class splits of class-labelled arrays (x_train, y_train, x_test, y_test) at the model's size."""
   d, m = config.dataset, config.model
-  name = d.name
-  if name.startswith('folder:'):
-    return _folder_splits(config, name[len('folder:'):])
-  if name == 'digits':
-    arrays, num_classes, names = _digits(config.seed), 10, ()
-  elif name.startswith('npz:'):
-    arrays = _npz(name[len('npz:'):])
-    num_classes = int(max(arrays[1].max(), arrays[3].max())) + 1
-    names = ()
-  elif name in TFDS_DATASETS:
-    arrays = _tfds(name, d.data_dir)
-    num_classes, names = 10, CIFAR10_NAMES if name == 'cifar10' else ()
-  else:
-    raise DataError(f'Unknown dataset.name {name!r}: use digits, mnist, fashion_mnist, cifar10, '
-                    'npz:PATH or folder:PATH.')
-  abnormal = resolve_abnormal(d.abnormal, num_classes, names)
+  abnormal = resolve_abnormal(d.abnormal, num_classes, class_names)
   x_tr, y_tr, x_te, y_te = arrays
   x_tr, x_te = _resize_array(x_tr, m.isize, m.channels), _resize_array(x_te, m.isize, m.channels)
-  return one_class_splits(name.split(':')[0], x_tr, np.asarray(y_tr), x_te, np.asarray(y_te),
+  return one_class_splits(name, x_tr, np.asarray(y_tr), x_te, np.asarray(y_te),
                           abnormal, seed=config.seed, pool_normals=d.pool_normals,
                           val_fraction=d.val_fraction, max_train=d.max_train, max_test=d.max_test)
+
+
+def _npz_splits(config, path: str) -> Splits:
+  arrays = _npz(path)
+  return _class_splits(config, 'npz', arrays, int(max(arrays[1].max(), arrays[3].max())) + 1)
+
+
+def _tfds_splits(name: str) -> Callable[[Any, str], Splits]:
+  def load(config, arg: str) -> Splits:
+    del arg
+    return _class_splits(config, name, _tfds(name, config.dataset.data_dir), 10,
+                         CIFAR10_NAMES if name == 'cifar10' else ())
+  return load
+
+
+def load_splits(config) -> Splits:
+  """Builds train/val/test sources for `config.dataset` at `config.model.isize`/`channels`."""
+  dataset, arg = get_dataset(config.dataset.name)
+  return dataset.load(config, arg)
 
 
 def _folder_splits(config, root: str) -> Splits:
@@ -252,3 +258,76 @@ def _folder_splits(config, root: str) -> Splits:
   return Splits(FileSource('folder/train', train, [0] * len(train), m.isize, m.channels),
                 FileSource('folder/val', val, [0] * len(val), m.isize, m.channels), test, info,
                 report=folder_lib.data_report(index))
+
+
+# ---------------------------------------------------------------------------------------------
+# The dataset registry: `dataset.name` is NAME or NAME:ARG (npz:PATH, folder:PATH).
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """What `dataset.name` selects.
+
+  Attributes:
+    load: (config, ARG) -> Splits at config.model.isize / channels, following the one-class protocol.
+    channels: ARG -> the channels the model reads by default (the data's own, so RGB stays RGB).
+    small: the AUTO keys take the embedded digits' smaller widths and run length
+      (config_lib.resolve) instead of the study's.
+    takes_arg: the name is NAME:ARG (a path); otherwise NAME alone.
+  """
+
+  load: Callable[[Any, str], Splits]
+  channels: Callable[[str], int]
+  small: bool = False
+  takes_arg: bool = False
+
+
+DATASETS: dict[str, Dataset] = {}
+
+
+def register_dataset(name: str, dataset: Dataset) -> None:
+  """Makes `dataset.name=NAME` (or NAME:ARG when dataset.takes_arg) select `dataset`."""
+  if ':' in name:
+    raise ValueError(f'dataset name {name!r} must not contain ":" (ARG follows it).')
+  DATASETS[name] = dataset
+
+
+def _usage() -> str:
+  return ', '.join(f'{n}:PATH' if d.takes_arg else n for n, d in DATASETS.items())
+
+
+def get_dataset(full_name: str) -> tuple[Dataset, str]:
+  """(Dataset, ARG) for `dataset.name`; DataError (one line) for a name no entry matches."""
+  name, sep, arg = full_name.partition(':')
+  dataset = DATASETS.get(name)
+  if dataset is None or dataset.takes_arg != bool(sep) or (sep and not arg):
+    raise DataError(f'dataset.name={full_name!r} is not a dataset: use {_usage()}.')
+  return dataset, arg
+
+
+def npz_channels(path: str) -> int:
+  """1 or 3: the channels of `x_train` in an npz file, read from its header (no array is loaded)."""
+  if not os.path.isfile(path):
+    raise DataError(f'npz dataset not found: {path} (set model.channels to resolve the config '
+                    'without it).')
+  try:
+    with zipfile.ZipFile(path) as z, z.open('x_train.npy') as f:
+      version = np.lib.format.read_magic(f)
+      shape = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+               else np.lib.format.read_array_header_2_0(f))[0]
+  except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+    raise DataError(f'npz dataset {path}: cannot read x_train to choose model.channels ({e}); '
+                    'set model.channels explicitly.') from None
+  return 3 if len(shape) == 4 and shape[-1] in (3, 4) else 1
+
+
+register_dataset('digits', Dataset(
+    load=lambda config, arg: _class_splits(config, 'digits', _digits(config.seed), 10),
+    channels=lambda arg: 1, small=True))
+for _name, _channels in (('mnist', 1), ('fashion_mnist', 1), ('cifar10', 3)):
+  register_dataset(_name, Dataset(load=_tfds_splits(_name), channels=lambda arg, c=_channels: c))
+register_dataset('npz', Dataset(load=_npz_splits, channels=npz_channels, takes_arg=True))
+# Folder data is read as RGB: photographs, and a grey folder costs only the first layer's width.
+register_dataset('folder', Dataset(load=lambda config, root: _folder_splits(config, root),
+                                   channels=lambda arg: 3, takes_arg=True))

@@ -23,7 +23,7 @@ fewer for larger images: 254 at 256×256×3), so one fit takes seconds and < 200
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 from sklearn import metrics as sk_metrics, neighbors
@@ -142,6 +142,23 @@ class KNNBaseline:
     return {'knn_k': self.k}
 
 
+class Baseline(Protocol):
+  """A fitted baseline: per-image scores and, where it has them, per-value residual maps."""
+
+  has_maps: bool
+
+  def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]: ...
+
+  def info(self) -> dict[str, Any]: ...
+
+
+# name -> fit(train [n, D] floats, validation normals [m, D]) -> Baseline. Suites list a row per entry.
+BASELINES: dict[str, Callable[[np.ndarray, np.ndarray], Baseline]] = {
+    'pca': PCABaseline,
+    'knn': lambda train, val: KNNBaseline(train),
+}
+
+
 def evaluate(kind: str, config, splits=None) -> dict[str, Any]:
   """Fits baseline `kind` ('pca' | 'knn') on the splits of `config` and scores its test split.
 
@@ -156,17 +173,13 @@ def evaluate(kind: str, config, splits=None) -> dict[str, Any]:
   splits = splits if splits is not None else sources.load_splits(config)
   train = train_sample(splits.train, config.seed)
   num_train = len(train)
-  if kind == 'pca':
-    val = np.zeros((0, train.shape[1]), np.float32)
-    if len(splits.val):
-      val = np.concatenate([_to_float(x) for x, _ in
-                            _chunks(splits.val, np.arange(len(splits.val)))])
-    model = PCABaseline(train, val)
-  elif kind == 'knn':
-    model = KNNBaseline(train)
-  else:
-    raise ValueError(f'Unknown baseline {kind!r}: use pca or knn.')
-  del train
+  if kind not in BASELINES:
+    raise ValueError(f'Unknown baseline {kind!r}: use {", ".join(BASELINES)}.')
+  val = np.zeros((0, train.shape[1]), np.float32)
+  if len(splits.val):
+    val = np.concatenate([_to_float(x) for x, _ in _chunks(splits.val, np.arange(len(splits.val)))])
+  model = BASELINES[kind](train, val)
+  del train, val
 
   test = splits.test
   keep_maps = model.has_maps and hasattr(test, 'ground_truth')

@@ -21,13 +21,12 @@ from typing import Any, Callable
 import ml_collections
 
 from ganomaly_jax import config_checks, config_lib
-from ganomaly_jax.experiments import sweep
+from ganomaly_jax.experiments import baselines, sweep
 
 # The repository's configs/ (suite files refer to the method configs beside them).
 CONFIGS_DIR = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 SUITES_DIR = os.path.join(CONFIGS_DIR, 'suites')
-BASELINES = ('pca', 'knn')
 # The study's methods, then the plain-autoencoder ablation of each generator (the same network and
 # losses with the adversarial term off): `ede` (GANomaly) and `unet` (SkipGANomaly).
 STUDY_METHODS = ('ganomaly', 'ganomaly_modified', 'ganomaly_sn', 'skip_ganomaly', 'masked',
@@ -114,7 +113,7 @@ def standard_methods(arg: str, configs_dir: str = CONFIGS_DIR,
           if base in methods]
   # Baselines read the splits of GANomaly's config: the splits depend only on the dataset keys,
   # the image size and the seed, which the argument string fixes for every method alike.
-  out += [Method(b, spec('ganomaly'), baseline=b) for b in BASELINES]
+  out += [Method(b, spec('ganomaly'), baseline=b) for b in baselines.BASELINES]
   return out
 
 
@@ -161,8 +160,8 @@ def _check(suite: Suite, where: str) -> None:
     problems.append(f'seeds repeat: {suite.seeds}')
   if not isinstance(suite.steps, int) or suite.steps < 1:
     problems.append(f'steps must be a positive integer, got {suite.steps!r}')
-  problems += [f'method {m.name}: unknown baseline {m.baseline!r} (use {", ".join(BASELINES)})'
-               for m in suite.methods if m.baseline and m.baseline not in BASELINES]
+  problems += [f'method {m.name}: unknown baseline {m.baseline!r} (use {", ".join(baselines.BASELINES)})'
+               for m in suite.methods if m.baseline and m.baseline not in baselines.BASELINES]
   if problems:
     raise SuiteError(f'{where}: {"; ".join(problems)}.')
 
