@@ -194,7 +194,7 @@ def map_names(rel_paths: list[str]) -> list[str]:
 
 # Decoding threads: PIL releases the GIL while it decodes and resizes, so threads overlap on every core
 # without the start-up cost (a fresh JAX-free interpreter per worker) and pickling of grain's worker
-# processes. Measured in bench/infer_memory.py (README, inference; docs/performance.md#other-figures).
+# processes. Measured in bench/infer_memory.py (docs/performance.md#streaming-inference).
 DEFAULT_DECODE_THREADS = 4
 # Records decoded ahead of the device: a few batches, so the device never waits on one slow file and
 # memory stays O(batch).

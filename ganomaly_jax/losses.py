@@ -22,7 +22,7 @@ docs/methods.md#grid_mask). The `map_*` scores reduce that map to one number per
 A method picks its adversarial objective (`loss.adversarial`) and its score (`eval.score`) by name
 from `ADVERSARIAL` and `SCORES`; the train and eval steps call the registered functions, and
 `validate.py` reads each entry's facts. A new one is one `register_adversarial` / `register_score`
-call (see README, "Adding a method").
+call (see docs/extending.md#adding-a-method).
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
-"""Speed and memory figures live in docs/performance.md, not in the package's docstrings or comments.
+"""Speed, memory and timing figures live in docs/, not in the package's or the configs' docstrings or
+comments.
 
 Comments say why a CPU form or setting exists and cite the doc's section; a measured figure in the
 code goes stale silently when the kernels, XLA or the machine change, while the doc records each
-figure with the command and commit it came from.
+figure with the command and commit it came from (docs/performance.md for speed and memory,
+docs/results.md for benchmark results and wall times).
 """
 
 import ast
@@ -13,11 +15,17 @@ import tokenize
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = sorted((REPO / 'ganomaly_jax').rglob('*.py'))
+# Left out for now: configs/grid_mask.py is being rewritten on another branch (its docstring still
+# quotes benchmark results); drop this exclusion once that rewrite is merged.
+CONFIGS_PENDING_ELSEWHERE = {REPO / 'configs' / 'grid_mask.py'}
+CONFIGS = [p for p in sorted((REPO / 'configs').rglob('*.py')) if p not in CONFIGS_PENDING_ELSEWHERE]
 DOC = REPO / 'docs' / 'performance.md'
 # A number followed by a throughput, time or memory unit ("1-5 GFLOP/s", "~470 MiB", "44 -> 17 ms",
-# "205 vs 187\nimages/s"), or a measured speed-up ("2-3x faster").
+# "205 vs 187\nimages/s", "191 s", "95 min"), or a measured speed-up ("2-3x faster"). A digit inside a
+# word ("k8s") is not a number.
 FIGURE = re.compile(
-    r'\d(?:[\d,.]*\d)?\s*(?:images/s|img/s|steps/s|[GT]FLOP/s|[KMG]iB|ms)(?![\w/])'
+    r'(?<![A-Za-z])\d(?:[\d,.]*\d)?\s*'
+    r'(?:images/s|img/s|steps/s|[GT]FLOP/s|[KMG]iB|ms|s|min)(?![\w/])'
     r'|\d\s*[x×]\s+(?:faster|slower)')
 CITATION = re.compile(re.escape(DOC.relative_to(REPO).as_posix()) + r'#([\w-]+)')
 
@@ -46,18 +54,22 @@ def anchors(markdown: pathlib.Path) -> set[str]:
 
 def test_figure_pattern():
   for text in ('1-5 GFLOP/s', '~470 MiB', '44 -> 17-25 ms forward', '205 vs 187\n  images/s',
-               '2-3x faster', '1,346 MiB', '3.0 img/s'):
+               '2-3x faster', '1,346 MiB', '3.0 img/s', 'took 191 s of runs', 'about 95 min',
+               '~15 s a run'):
     assert FIGURE.search(text), text
-  for text in ('slow on these shapes', 'msgs', '4x4x256 -> 8x8x128', 'O(batch)', '2 msec'):
+  for text in ('slow on these shapes', 'msgs', '4x4x256 -> 8x8x128', 'O(batch)', '2 msec',
+               'Open MPI, k8s', '300 steps', '3 seeds', '10 minutes of'):
     assert not FIGURE.search(text), text
 
 
-def test_no_measured_figures_in_package_docstrings_or_comments():
+def test_no_measured_figures_in_package_or_config_docstrings_or_comments():
+  assert CONFIGS
   offenders = [f'{path.relative_to(REPO)}:{line}: {match.group(0)!r}'
-               for path in PACKAGE for line, text in docstrings_and_comments(path)
+               for path in PACKAGE + CONFIGS for line, text in docstrings_and_comments(path)
                for match in FIGURE.finditer(text)]
-  assert not offenders, ('measured figures belong in docs/performance.md; in the code say why, and '
-                         'cite the section:\n' + '\n'.join(offenders))
+  assert not offenders, ('measured figures belong in docs/performance.md (speed, memory) or '
+                         'docs/results.md (results, wall times); in the code say why, and cite the '
+                         'section:\n' + '\n'.join(offenders))
 
 
 def test_cited_performance_sections_exist():

@@ -1,7 +1,7 @@
-"""The models learn: the README's default command and a short masked run beat chance on digits.
+"""The models learn: GANomaly's default command and a short masked run beat chance on digits.
 
 Both run `python -m ganomaly_jax.main` as a user would (offline, bundled scikit-learn digits, digit 0
-abnormal). Measured on this 2-core CPU (jax 0.10.2): the README command, 1000 steps, image AUROC
+abnormal). Measured on this 2-core CPU (jax 0.10.2): configs/ganomaly.py, 1000 steps, image AUROC
 0.9932 (~7 min of training); configs/masked.py at 200 steps, 0.854 / 0.867 / 0.878 for seeds 0 / 1 / 2
 (~30 s of training when the machine is idle). The thresholds sit well below those and far above 0.5.
 """

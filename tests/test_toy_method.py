@@ -1,6 +1,6 @@
 """A new method from this file alone: a toy adversarial objective and a toy score, registered here.
 
-This is the path README's "Adding a method" walks: register the entries, name them in the config,
+This is the path docs/extending.md#adding-a-method walks: register the entries, name them in the config,
 and validation, the train step and the eval step pick them up without an edit to the package.
 """
 

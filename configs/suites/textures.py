@@ -1,7 +1,7 @@
 """`textures`: scikit-image's bundled photographs cut into patches, synthetic defects, masks.
 
   python -m ganomaly_jax.experiments.benchmark --suite=textures --workdir=runs/bench_textures
-  python -m ganomaly_jax.experiments.benchmark --suite=textures:seeds=0,steps=300 --workdir=runs/tex  # README
+  python -m ganomaly_jax.experiments.benchmark --suite=textures:seeds=0,steps=300 --workdir=runs/tex
 
 The data (brick, grass, gravel, camera; scratches, stains, holes; recipe in
 ganomaly_jax/data/textures.py) is written once into WORKDIR/data/ in MVTec AD layout and read

@@ -3,7 +3,7 @@
   python -m ganomaly_jax.experiments.sweep --config=configs/ganomaly_modified.py \
       --sweep=configs/sweeps/ablation.py --workdir=runs/ablation
   python -m ganomaly_jax.experiments.sweep --config=configs/ganomaly_modified.py:quick \
-      --sweep=configs/sweeps/ablation.py --workdir=/tmp/ablation     # smoke test, ~15 s a run
+      --sweep=configs/sweeps/ablation.py --workdir=/tmp/ablation     # smoke test
 
 The baseline is method 2 with every switch on; each further run reverts one switch to GANomaly's
 (method 1's) value, as configs/ganomaly_modified.py lists them:

@@ -15,7 +15,7 @@ normals). The run's own settings reproduce its results. OUT/results.csv and OUT/
 results.json go to OUT/runs/<variant>/<class>/seed-<s>, and a finished one is not evaluated again.
 
 This is post hoc: the table shows how the scores compare on *test* labels, so a score picked from it
-is tuned on test labels and must be reported as such (README "Results").
+is tuned on test labels and must be reported as such (docs/results.md).
 """
 
 from __future__ import annotations
