@@ -34,12 +34,21 @@ def find_chromium() -> str:
               'or set GANOMALY_SKIP_BROWSER=1 to skip this test deliberately')
 
 
-def dump_dom(page: Path, profile: Path) -> str:
-  """The DOM of page after Chromium parsed it and ran its scripts."""
+def dump_dom(page: Path, profile: Path, *flags: str, timeout: float = 60) -> str:
+  """The DOM of page after Chromium parsed it and ran its scripts (`flags`: more Chromium flags).
+
+  Everything Chromium writes goes under `profile` (a temporary folder), never under $HOME.
+  """
   cmd = [find_chromium(), '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic',
          '--no-first-run', '--disable-background-networking', '--disable-component-update',
-         '--disable-sync', f'--user-data-dir={profile}', '--dump-dom', Path(page).resolve().as_uri()]
-  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+         '--disable-sync', f'--user-data-dir={profile}', *flags, '--dump-dom',
+         Path(page).resolve().as_uri()]
+  # --user-data-dir holds the profile, but Chromium's crash reporter still writes under
+  # $XDG_CONFIG_HOME (default ~/.config/chromium): point HOME and the XDG folders into the profile too.
+  profile = Path(profile)
+  env = {**os.environ, 'HOME': str(profile / 'home'), 'XDG_CONFIG_HOME': str(profile / 'config'),
+         'XDG_CACHE_HOME': str(profile / 'cache'), 'XDG_DATA_HOME': str(profile / 'data')}
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, env=env)
   assert proc.returncode == 0, f'chromium exited {proc.returncode}: {proc.stderr[-2000:]}'
   return proc.stdout
 
