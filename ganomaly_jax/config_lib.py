@@ -193,6 +193,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.smooth_sigma = 0.0  # Gaussian smoothing of pixel maps (and of the map_* scores' maps)
   c.eval.map = 'l1'  # pixel anomaly map: l1 | ssim | msgms | riad (ssim + msgms)
   c.eval.topk_fraction = 0.1  # eval.score=map_topk: mean of this fraction of the highest pixels
+  # Which (score, map) the test split is read out with: 'published' = eval.score and eval.map as
+  # set; 'auto' = the candidate with the best AUROC on validation normals plus synthetic anomalies
+  # made from them (evaluation/readout.py), chosen without any test label.
+  c.eval.readout = 'published'
   c.eval.mc_samples = 0
   c.eval.fid = False
   c.eval.fid_weights = ''
