@@ -222,7 +222,8 @@ def upgrade_legacy(saved: dict[str, Any]) -> dict[str, Any]:
   """A config dict saved before the `runtime` section existed, with its keys moved there.
 
   Run directories written by older versions keep `model.dtype`, `model.conv_transpose`,
-  `compile_cache_dir` and `distributed` at their old places; `infer` and resumed runs read them here.
+  `compile_cache_dir` and `distributed` at their old places, and lack `eval.readout` (they read out
+  as published); `infer` and resumed runs read them here.
   """
   saved = {k: (dict(v) if isinstance(v, dict) else v) for k, v in saved.items()}
   runtime = base_config().runtime.to_dict()
@@ -235,6 +236,8 @@ def upgrade_legacy(saved: dict[str, Any]) -> dict[str, Any]:
     if key in saved:
       runtime[key] = saved.pop(key)
   saved['runtime'] = runtime
+  if 'eval' in saved:  # runs from before eval.readout read out with their own score and map
+    saved['eval'] = {'readout': 'published', **saved['eval']}
   return saved
 
 
