@@ -5,7 +5,8 @@
 
 CPU-sized: 16×16 images, networks at a quarter of the study's width (ngf = ndf = 16), batch 32,
 STEPS training steps with validation every STEPS/2 (checkpoint selection). 10 classes × 3 seeds ×
-(8 trained methods + 2 baselines) = 300 runs.
+(8 trained methods + 2 baselines) = 300 runs, plus 60 re-evaluations that train nothing (rows
+masked+auto and grid_mask+auto: the same checkpoints read out with eval.readout=auto).
 
 Timing (2026-11-30, commit 2278609, the shared 2-core machine at load average 11-15):
 `digits:classes=5,seeds=0` (one class × one seed, all 10 methods, compile cache warm) took 191 s

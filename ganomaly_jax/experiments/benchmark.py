@@ -11,7 +11,10 @@ as `ganomaly_jax.experiments.sweep` does) in `WORKDIR/runs/<class>/<method>/seed
 are evaluated on the same splits (`baselines`). A run whose workdir holds final results is skipped
 (sweep's rule), an interrupted one resumes from its checkpoint, and a failed one is recorded and
 retried next time, so rerunning the same command continues a suite. After every run
-`WORKDIR/results.csv`, `results.md` and `results.png` are rewritten (`tables`).
+`WORKDIR/results.csv`, `results.md` and `results.png` are rewritten (`tables`). A row that
+re-evaluates another (`<method>+auto`: eval.readout=auto, `suites.Method.reevaluates`) trains
+nothing: once its base run has finished it evaluates that run's selected checkpoint again
+(`rescore.rescore_run`), so both rows describe the same checkpoints.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ class Record:
     return {'suite': suite, 'method': self.run.method.name, 'class': self.run.cls,
             'seed': self.run.seed, 'status': self.status,
             **{k: r.get(k) for k in tables.METRICS}, 'steps': r.get('steps'),
+            'readout': tables.readout_label(r),
             'wall_time_s': None if self.wall_time_s is None else round(self.wall_time_s, 1),
             'commit': self.commit, 'workdir': self.run.workdir}
 
@@ -69,8 +73,12 @@ def commit() -> str:
 
 
 def describe(run: suites.BenchRun) -> str:
-  """One line per run: the `ganomaly_jax.main` command that trains it alone, or the baseline."""
+  """One line per run: the `ganomaly_jax.main` command that trains it alone, the baseline, or the
+  run whose checkpoint it evaluates again."""
   settings = ' '.join(shlex.quote(f'--config.{k}={v}') for k, v in run.overrides.items())
+  if run.method.reevaluates:
+    variant = ','.join(f'{k}={v}' for k, v in run.variant.items())
+    return f'{run.name}: re-evaluates {run.base_workdir} with eval {variant} (nothing trained)'
   if run.method.baseline:
     return (f'{run.name}: baseline {run.method.baseline} on the splits of '
             f'--config={run.method.config} {settings}')
@@ -83,7 +91,33 @@ def _finished(run: suites.BenchRun) -> dict[str, Any] | None:
   if run.method.baseline:
     previous = rundir.read_results(run.workdir)
     return previous if previous and previous.get('baseline') == run.method.baseline else None
+  if run.method.reevaluates:
+    base = sweep.finished_results(run.config, run.base_workdir)
+    previous = rundir.read_results(run.workdir)
+    # Still the evaluation of the base run's selected checkpoint with this row's eval keys.
+    same = (base is not None and previous is not None
+            and previous.get('rescored_from') == run.base_workdir
+            and previous.get('variant') == run.variant
+            and all(previous.get(k) == base.get(k) for k in ('steps', 'selected_step')))
+    return previous if same else None
   return sweep.finished_results(run.config, run.workdir)
+
+
+def _run_reevaluation(run: suites.BenchRun) -> dict[str, Any]:
+  """Evaluates the base run's selected checkpoint again with the row's eval keys (rescore)."""
+  import jax
+
+  from ganomaly_jax.experiments import rescore
+
+  if sweep.finished_results(run.config, run.base_workdir) is None:
+    raise ValueError(f'{run.base_workdir} has not finished: no checkpoint to re-evaluate.')
+  try:
+    results = {**rescore.rescore_run(run.base_workdir, run.variant, run.workdir),
+               'variant': run.variant}
+  finally:
+    jax.clear_caches()  # as after a trained run: drop this evaluation's executables
+  rundir.write_json(rundir.path(run.workdir, rundir.RESULTS), results)
+  return results
 
 
 def _run_baseline(run: suites.BenchRun) -> dict[str, Any]:
@@ -136,7 +170,12 @@ def run_benchmark(suite: suites.Suite, root: str, train_fn: TrainFn | None = Non
     logging.info('Run %d/%d %s', i, len(records), run.name)
     started = time.time()
     try:
-      results = _run_baseline(run) if run.method.baseline else train_fn(run.config, run.workdir)
+      if run.method.baseline:
+        results = _run_baseline(run)
+      elif run.method.reevaluates:
+        results = _run_reevaluation(run)
+      else:
+        results = train_fn(run.config, run.workdir)
     except (ValueError, train.TrainingError) as e:
       record.status = f'failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}'
       logging.error('Run %s failed: %s', run.name, e)
@@ -166,10 +205,11 @@ def main(argv: list[str]) -> None:
       runs = suites.expand(suite, root)
       for run in runs:
         print(describe(run))
-      trained = sum(1 for r in runs if not r.method.baseline)
-      print(f'{len(runs)} runs: {trained} trained at {suite.steps} steps, {len(runs) - trained} '
-            f'baseline; {len(suite.methods)} methods × {len(suite.classes)} classes × '
-            f'{len(suite.seeds)} seeds.')
+      baseline = sum(1 for r in runs if r.method.baseline)
+      again = sum(1 for r in runs if r.method.reevaluates)
+      print(f'{len(runs)} runs: {len(runs) - baseline - again} trained at {suite.steps} steps, '
+            f'{baseline} baseline, {again} re-evaluated; {len(suite.methods)} methods × '
+            f'{len(suite.classes)} classes × {len(suite.seeds)} seeds.')
       return
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
     import tensorflow as tf  # as in main.py: clu's summary writer needs TF, keep it off GPUs

@@ -134,7 +134,8 @@ def rescore(root: str, method: str, variants: list[dict[str, str]], out: str
       rows.append({'suite': f'rescore:{os.path.basename(os.path.normpath(root))}',
                    'method': f'{method}[{name}]', 'class': cls, 'seed': seed, 'status': 'done',
                    **{k: results.get(k) for k in tables.METRICS},
-                   'steps': results.get('steps'), 'workdir': out_dir})
+                   'steps': results.get('steps'), 'readout': tables.readout_label(results),
+                   'workdir': out_dir})
   if not rows:
     raise ValueError(f'No finished run of {method!r} under {root}/runs/<class>/{method}/.')
   tables.write_csv(out, rows)
