@@ -279,6 +279,17 @@ def parse_arg(arg: str | None) -> tuple[list[str], dict[str, str]]:
   return positional, options
 
 
+def split_names(text: str, names: list[str]) -> list[str]:
+  """'masked+masked+auto+pca' -> ['masked', 'masked+auto', 'pca']: '+' separates the items, except
+  inside the longest run that is one of `names` (a row name such as `masked+auto`)."""
+  parts, out, i = [p for p in text.split('+') if p], [], 0
+  while i < len(parts):
+    j = next((j for j in range(len(parts), i + 1, -1) if '+'.join(parts[i:j]) in names), i + 1)
+    out.append('+'.join(parts[i:j]))
+    i = j
+  return out
+
+
 def restrict(suite: Suite, options: dict[str, str], known: tuple[str, ...] = ()) -> Suite:
   """Applies the common options (`classes`, `seeds`, `methods`: '+'-separated subsets; `steps`: a
   new budget) to a suite; any option not in COMMON_OPTIONS + `known` raises SuiteError."""
@@ -291,7 +302,7 @@ def restrict(suite: Suite, options: dict[str, str], known: tuple[str, ...] = ())
     if key not in options:
       return have
     try:
-      want = [convert(v) for v in options[key].split('+') if v]
+      want = [convert(v) for v in split_names(options[key], [str(h) for h in have])]
     except ValueError:
       raise SuiteError(f'suite {suite.name}: {key}={options[key]!r} is not a list of '
                        f'{convert.__name__}s.') from None
