@@ -44,9 +44,9 @@ def score_problem(config: ml_collections.ConfigDict, name: str) -> str | None:
   masked = masks.KINDS[config.mask.kind].eval_holes is not None  # 'none' has no holes
   missing = [o for o in score.needs_outputs if o not in generator.outputs]
   if missing:
+    fitting = (k for k, g in models.GENERATORS.items() if set(score.needs_outputs) <= set(g.outputs))
     return (f'eval.score={name} needs the generator outputs {missing}, which model.generator='
-            f'{config.model.generator} does not produce (use one of '
-            f'{_names(k for k, g in models.GENERATORS.items() if set(score.needs_outputs) <= set(g.outputs))}).')
+            f'{config.model.generator} does not produce (use one of {_names(fitting)}).')
   if score.mask == 'forbidden' and masked:
     return (f'eval.score={name} does not apply to masked training; use '
             f"{_names(k for k, s in losses.SCORES.items() if s.mask != 'forbidden')}.")

@@ -66,7 +66,8 @@ class StepConfig:
     unknown = sorted(set(changes) - set(items))
     if unknown:
       raise AttributeError(f'eval section has no key(s) {unknown}.')
-    return dataclasses.replace(self, eval=FrozenSection(tuple(sorted({**items, **changes}.items()))))
+    items.update(changes)
+    return dataclasses.replace(self, eval=FrozenSection(tuple(sorted(items.items()))))
 
 
 def _apply_g(components: Components, params, stats, x, train: bool, rng=None,

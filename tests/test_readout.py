@@ -1,6 +1,6 @@
-"""eval.readout: synthetic anomalies (deterministic, made from the given normals only, the mask marks
-the change), the candidates from the registries, the choice and its record, that the choice never
-sees a test label, and that the default read-out is the config's own."""
+"""eval.readout: synthetic anomalies (deterministic, made from the given normals only, the mask
+marks the change), the candidates from the registries, the choice and its record, that the choice
+never sees a test label, that the default read-out is the config's own, and the +auto rows."""
 
 import json
 

@@ -205,9 +205,8 @@ def reevaluation_problem(method: Method, earlier: list[Method]) -> str | None:
   changed = sorted(k for k in set(method.overrides) | set(base.overrides)
                    if method.overrides.get(k, None) != base.overrides.get(k, None))
   if method.config != base.config or any(not k.startswith('eval.') for k in changed):
-    return (f'method {method.name} may change only eval.* keys of {base.name} '
-            f'(its config or {", ".join(k for k in changed if not k.startswith("eval.")) or "file"} '
-            'differ)')
+    other = ', '.join(k for k in changed if not k.startswith('eval.')) or 'config file'
+    return f'method {method.name} may change only eval.* keys of {base.name} ({other} differ)'
   return None
 
 
