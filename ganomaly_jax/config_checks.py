@@ -32,6 +32,35 @@ def _names(names) -> str:
   return ', '.join(names)
 
 
+# eval.readout: 'published' reads the test split out with eval.score / eval.map as set; 'auto' picks
+# the candidate best on validation normals + synthetic anomalies (evaluation/readout.py).
+READOUTS = ('published', 'auto')
+
+
+def score_problem(config: ml_collections.ConfigDict, name: str) -> str | None:
+  """Why score `name` (a key of losses.SCORES) cannot read out this config's model, or None.
+
+  The facts come from the registries: the generator outputs the score needs, and whether it needs
+  (or refuses) masked training. Validation and the read-out candidates (evaluation/readout.py) both
+  ask here.
+  """
+  score = losses.SCORES[name]
+  generator = models.GENERATORS[config.model.generator]
+  masked = masks.KINDS[config.mask.kind].eval_holes is not None  # 'none' has no holes
+  missing = [o for o in score.needs_outputs if o not in generator.outputs]
+  if missing:
+    fitting = (k for k, g in models.GENERATORS.items() if set(score.needs_outputs) <= set(g.outputs))
+    return (f'eval.score={name} needs the generator outputs {missing}, which model.generator='
+            f'{config.model.generator} does not produce (use one of {_names(fitting)}).')
+  if score.mask == 'forbidden' and masked:
+    return (f'eval.score={name} does not apply to masked training; use '
+            f"{_names(k for k, s in losses.SCORES.items() if s.mask != 'forbidden')}.")
+  if score.mask == 'required' and not masked:
+    return (f'eval.score={name} needs a mask (mask.kind='
+            f"{'|'.join(k for k, v in masks.KINDS.items() if v.eval_holes is not None)}).")
+  return None
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError for values that cannot work, naming the key and what is allowed."""
   m, t, l, e = config.model, config.train, config.loss, config.eval
@@ -107,7 +136,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(config.mask.kind in masks.KINDS,
            f'mask.kind={config.mask.kind!r} is not one of {_names(masks.KINDS)}.')
   mask_kind = masks.KINDS[config.mask.kind]
-  masked = mask_kind.eval_holes is not None  # 'none' has no holes
   try:
     masks.validate_mask_config(config.mask.kind, m.isize, config.mask)
   except ValueError as err:
@@ -120,24 +148,19 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(-1.0 <= config.mask.fill <= 1.0, f'mask.fill={config.mask.fill} must be in [-1, 1].')
 
   _require(e.score in losses.SCORES, f'eval.score={e.score!r} is not one of {_names(losses.SCORES)}.')
+  problem = score_problem(config, e.score)
+  _require(problem is None, problem)
   score = losses.SCORES[e.score]
-  missing = [o for o in score.needs_outputs if o not in generator.outputs]
-  _require(not missing,
-           f'eval.score={e.score} needs the generator outputs {missing}, which model.generator='
-           f'{m.generator} does not produce (use one of '
-           f'{_names(k for k, g in models.GENERATORS.items() if set(score.needs_outputs) <= set(g.outputs))}).')
-  _require(not (score.mask == 'forbidden' and masked),
-           f'eval.score={e.score} does not apply to masked training; use '
-           f"{_names(k for k, s in losses.SCORES.items() if s.mask != 'forbidden')}.")
-  _require(not (score.mask == 'required' and not masked),
-           f'eval.score={e.score} needs a mask (mask.kind='
-           f"{'|'.join(k for k, v in masks.KINDS.items() if v.eval_holes is not None)}).")
   for dotted in sorted(set().union(*(s.reads for s in losses.SCORES.values()))):
     section, key = dotted.split('.')
     value, default = config[section][key], defaults[section][key]
     _require(dotted in score.reads or value == default,
              f'{dotted}={value} is not used by eval.score={e.score}; leave it at {default}.')
   _require(e.map in losses.MAPS, f'eval.map={e.map!r} is not one of {_names(losses.MAPS)}.')
+  _require(e.readout in READOUTS,
+           f'eval.readout={e.readout!r}: use {" or ".join(map(repr, READOUTS))}.')
+  _require(e.readout != 'auto' or config.dataset.val_fraction > 0,
+           'eval.readout=auto chooses on validation normals: it needs dataset.val_fraction > 0.')
   _require(0.0 < e.topk_fraction <= 1.0,
            f'eval.topk_fraction={e.topk_fraction} must be in (0, 1].')
   _require(e.smooth_sigma >= 0, f'eval.smooth_sigma={e.smooth_sigma} must be >= 0.')

@@ -191,6 +191,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.smooth_sigma = 0.0  # Gaussian smoothing of pixel maps (and of the map_* scores' maps)
   c.eval.map = 'l1'  # pixel anomaly map: l1 | ssim | msgms | riad (ssim + msgms)
   c.eval.topk_fraction = 0.1  # eval.score=map_topk: mean of this fraction of the highest pixels
+  # Which (score, map) the test split is read out with: 'published' = eval.score and eval.map as
+  # set; 'auto' = the candidate with the best AUROC on validation normals plus synthetic anomalies
+  # made from them (evaluation/readout.py), chosen without any test label.
+  c.eval.readout = 'published'
   c.eval.mc_samples = 0
   c.eval.fid = False
   c.eval.fid_weights = ''
@@ -216,7 +220,8 @@ def upgrade_legacy(saved: dict[str, Any]) -> dict[str, Any]:
   """A config dict saved before the `runtime` section existed, with its keys moved there.
 
   Run directories written by older versions keep `model.dtype`, `model.conv_transpose`,
-  `compile_cache_dir` and `distributed` at their old places; `infer` and resumed runs read them here.
+  `compile_cache_dir` and `distributed` at their old places, and lack `eval.readout` (they read out
+  as published); `infer` and resumed runs read them here.
   """
   saved = {k: (dict(v) if isinstance(v, dict) else v) for k, v in saved.items()}
   runtime = base_config().runtime.to_dict()
@@ -229,6 +234,8 @@ def upgrade_legacy(saved: dict[str, Any]) -> dict[str, Any]:
     if key in saved:
       runtime[key] = saved.pop(key)
   saved['runtime'] = runtime
+  if 'eval' in saved:  # runs from before eval.readout read out with their own score and map
+    saved['eval'] = {'readout': 'published', **saved['eval']}
   return saved
 
 

@@ -17,7 +17,8 @@ devices (a data-parallel mesh; the last batch padded so the step compiles once),
 batch's CSV rows and map PNGs are written at once. Only O(batch) images and maps are held, plus one
 (path, map name, score) record per image, so memory stays flat however large the folder.
 
-Scores use the run's score (`eval.score`) normalised with the raw score range of its test set
+Scores use the run's score and map (`eval.score`, `eval.map`, or with eval.readout=auto the pair its
+results.json records) normalised with the raw score range of its test set
 (`score_min`/`score_max` in RUN/results.json), so scores of different calls are comparable: 0 is the
 least and 1 the most anomalous test image, and new images may fall outside [0, 1]. Without that range
 the scores are min-max normalised over the scored images themselves (the small CSV is then rewritten
@@ -54,7 +55,7 @@ from PIL import Image
 
 from ganomaly_jax import checkpoint, config_lib, parallel, programs, rundir, startup
 from ganomaly_jax import state as state_lib
-from ganomaly_jax.evaluation import evaluator, pixel_metrics, plots, report
+from ganomaly_jax.evaluation import evaluator, pixel_metrics, plots, readout, report
 from ganomaly_jax.data import images as images_lib
 from ganomaly_jax.data import pipeline
 
@@ -410,6 +411,7 @@ def infer(workdir: str, images_dir: str, out_dir: str, batch_size: int = 0,
   if not os.path.isdir(images_dir):
     raise InferError(f'image folder not found: {images_dir}')
   config, results = load_run(workdir)
+  config = readout.recorded_config(config, results)  # eval.readout=auto: the read-out it chose
   candidates = find_files(images_dir, exclude=(out_dir, os.path.join(out_dir, 'maps')))
   if not candidates:
     raise InferError(f'no file to score under {images_dir}')

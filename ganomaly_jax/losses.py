@@ -272,6 +272,7 @@ class Score:
   mask: str = 'any'  # 'required' | 'forbidden' | 'any': whether training with mask.kind fits it
   reads: frozenset[str] = frozenset()  # eval keys only this score uses (validation refuses them
   # away from their defaults with any other score)
+  uses_map: bool = False  # reduces the `eval.map` pixel map, so (score, map) is one read-out
 
 
 SCORES: dict[str, Score] = {}
@@ -316,6 +317,9 @@ def _map_topk(s: ScoreInputs, hp: Any) -> jax.Array:
   return jnp.mean(jax.lax.top_k(flat, k)[0], axis=1)
 
 
-register_score('map_mean', Score(lambda s, hp: jnp.mean(_smoothed_map(s, hp), axis=1)))
-register_score('map_max', Score(lambda s, hp: jnp.max(_smoothed_map(s, hp), axis=1)))
-register_score('map_topk', Score(_map_topk, reads=frozenset({'eval.topk_fraction'})))
+register_score('map_mean', Score(lambda s, hp: jnp.mean(_smoothed_map(s, hp), axis=1),
+                                 uses_map=True))
+register_score('map_max', Score(lambda s, hp: jnp.max(_smoothed_map(s, hp), axis=1),
+                                uses_map=True))
+register_score('map_topk', Score(_map_topk, reads=frozenset({'eval.topk_fraction'}),
+                                 uses_map=True))

@@ -1,7 +1,8 @@
 """The compiled functions of a run, built in one place for a config and a device mesh.
 
 `build(config, mesh)` returns the jitted initialiser, training step and evaluation steps that
-`train`, `evaluate`, `infer`, `bench/*` and the tests use, with the shardings and donation of the
+`train`, `evaluate`, `infer`, `bench/*` and the tests use (and `readout_program` the evaluation of
+every read-out candidate at once, for eval.readout=auto), with the shardings and donation of the
 training loop and the runtime CPU switch (`runtime.cpu_kernels`, see `cpu/kernels.py`) applied to
 the traced steps. The initialiser runs flax's own layers: the switch never changes a parameter.
 """
@@ -45,3 +46,12 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
   eval_maps = jax.jit(fast(functools.partial(step_lib.eval_step, components=components, hp=hp,
                                              with_maps=True)))
   return Programs(components, hp, init, train_step, eval_step, eval_maps)
+
+
+def readout_program(config: ml_collections.ConfigDict, progs: Programs,
+                    readouts: tuple[tuple[str, str], ...]) -> Callable:
+  """(state, batch) -> `step.eval_readouts` of every (score, map) in `readouts`, jitted as one
+  program (eval.readout=auto: one compile however many candidates)."""
+  fast = functools.partial(kernels.with_cpu_kernels, mode=config.runtime.cpu_kernels)
+  return jax.jit(fast(functools.partial(step_lib.eval_readouts, components=progs.components,
+                                        hp=progs.hp, readouts=tuple(readouts))))

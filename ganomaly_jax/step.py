@@ -60,6 +60,15 @@ class StepConfig:
     sections = {name: FrozenSection.of(config[name]) for name in STEP_SECTIONS}
     return cls(**sections, debug_nan_at_step=config.debug_nan_at_step)
 
+  def with_eval(self, **changes: Any) -> 'StepConfig':
+    """This config with eval keys replaced: `hp.with_eval(score='map_max', map='l1')`."""
+    items = dict(self.eval.items)
+    unknown = sorted(set(changes) - set(items))
+    if unknown:
+      raise AttributeError(f'eval section has no key(s) {unknown}.')
+    items.update(changes)
+    return dataclasses.replace(self, eval=FrozenSection(tuple(sorted(items.items()))))
+
 
 def _apply_g(components: Components, params, stats, x, train: bool, rng=None,
              stochastic: bool | None = None):
@@ -318,6 +327,19 @@ def reconstruct_for_eval(components: Components, hp: StepConfig, state: GanState
   return {'recon': jnp.mean(recons, axis=0), 'recons': recons}
 
 
+def score_inputs(components: Components, hp: StepConfig, state: GanState,
+                 x: jax.Array) -> losses.ScoreInputs:
+  """What a registered score sees of a batch: x, the eval-mode reconstruction(s), D in eval mode."""
+  discriminator = lambda images: _apply_d(components, state.d_params, state.d_stats, images,
+                                          False)[0]
+  return losses.ScoreInputs(x=x, outputs=reconstruct_for_eval(components, hp, state, x),
+                            discriminator=discriminator)
+
+
+def _l1(x: jax.Array, recon: jax.Array) -> jax.Array:
+  return jnp.mean(jnp.abs(x - recon).reshape(x.shape[0], -1), axis=1)
+
+
 def eval_step(state: GanState, batch: dict[str, jax.Array], *, components: Components,
               hp: StepConfig, with_maps: bool = False) -> dict[str, jax.Array]:
   """Per-image raw anomaly scores (not yet normalised) and reconstruction L1, in eval mode.
@@ -326,14 +348,38 @@ def eval_step(state: GanState, batch: dict[str, jax.Array], *, components: Compo
   With maps, 'map' is the `eval.map` pixel map (`losses.anomaly_map`), not yet smoothed.
   """
   x = batch['image']
-  out = reconstruct_for_eval(components, hp, state, x)
-  recon = out['recon']
-  result: dict[str, Any] = {'l1': jnp.mean(jnp.abs(x - recon).reshape(x.shape[0], -1), axis=1)}
-  discriminator = lambda images: _apply_d(components, state.d_params, state.d_stats, images,
-                                          False)[0]
-  score = losses.SCORES[hp.eval.score]
-  result['score'] = score.fn(losses.ScoreInputs(x=x, outputs=out, discriminator=discriminator), hp)
+  inputs = score_inputs(components, hp, state, x)
+  recon = inputs.outputs['recon']
+  result: dict[str, Any] = {'l1': _l1(x, recon)}
+  result['score'] = losses.SCORES[hp.eval.score].fn(inputs, hp)
   if with_maps:
     result['recon'] = recon
-    result['map'] = losses.anomaly_map(x, out, hp.eval.map)
+    result['map'] = losses.anomaly_map(x, inputs.outputs, hp.eval.map)
+  return result
+
+
+def readout_key(score: str, map_name: str) -> str:
+  """`eval_readouts`' output key of the read-out (score, map): 'score/<score>/<map>' for a score
+  that reduces the map, 'score/<score>' for one that does not (the same for every map)."""
+  return f'score/{score}/{map_name}' if losses.SCORES[score].uses_map else f'score/{score}'
+
+
+def eval_readouts(state: GanState, batch: dict[str, jax.Array], *, components: Components,
+                  hp: StepConfig, readouts: tuple[tuple[str, str], ...]) -> dict[str, jax.Array]:
+  """Every read-out (eval.score, eval.map) of `readouts` from one eval-mode reconstruction.
+
+  For eval.readout=auto (evaluation/readout.py): one program instead of one per candidate. Returns
+  'l1' and 'recon' as `eval_step`, each read-out's raw score under `readout_key` (a score that does
+  not use the map is computed once) and each named map, unsmoothed, under 'map/<map>'. Every other
+  eval key (smooth_sigma, score_lambda, topk_fraction) is `hp`'s.
+  """
+  x = batch['image']
+  inputs = score_inputs(components, hp, state, x)
+  result: dict[str, Any] = {'l1': _l1(x, inputs.outputs['recon']), 'recon': inputs.outputs['recon']}
+  for score, map_name in readouts:
+    key = readout_key(score, map_name)
+    if key not in result:
+      result[key] = losses.SCORES[score].fn(inputs, hp.with_eval(score=score, map=map_name))
+    if f'map/{map_name}' not in result:
+      result[f'map/{map_name}'] = losses.anomaly_map(x, inputs.outputs, map_name)
   return result

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from ganomaly_jax import checkpoint, config_lib, parallel, programs
-from ganomaly_jax.evaluation import evaluator, plots
+from ganomaly_jax.evaluation import evaluator, plots, readout
 from ganomaly_jax import config_checks, preemption, rundir, state as state_lib
 from ganomaly_jax.cpu import host_memory
 from ganomaly_jax.data import pipeline, sources
@@ -343,12 +343,15 @@ def final_evaluation(config: ml_collections.ConfigDict, workdir: str, state: Any
     best = store.restore_best(state)
     if best is not None:
       state, selected_step = best
+  # The read-out (eval.score, eval.map): the config's, or with eval.readout=auto the one best on
+  # validation normals + synthetic anomalies, chosen before the test split is read.
+  chosen = readout.choose(config, state, progs, splits.val, mesh)
   run_info = {**run_info, 'selected_step': selected_step,
               'd_reinits': int(jax.device_get(state.d_reinits)),
-              'skipped_steps': int(jax.device_get(state.skipped_steps))}
+              'skipped_steps': int(jax.device_get(state.skipped_steps)), 'readout': chosen.record}
   results = evaluator.evaluate_and_report(
-      config, workdir, state, progs.components, progs.hp, splits, mesh, writer, run_info,
-      rundir.read_curves(workdir), eval_maps_fn=progs.eval_maps)
+      chosen.config, workdir, state, progs.components, chosen.hp, splits, mesh, writer, run_info,
+      rundir.read_curves(workdir), eval_maps_fn=chosen.eval_maps)
   writer.flush()
   if jax.process_index() == 0:
     rundir.write_json(rundir.path(workdir, rundir.RESULTS), results)

@@ -53,9 +53,10 @@ def test_digits_suite_is_methods_by_classes_by_seeds(tmp_path):
   suite = suites.load_suite('digits')
   names = [m.name for m in suite.methods]
   assert names == ['ganomaly', 'ganomaly_modified', 'ganomaly_sn', 'skip_ganomaly', 'masked',
-                   'grid_mask', 'ganomaly_ae', 'skip_ganomaly_ae', 'pca', 'knn']
+                   'masked+auto', 'grid_mask', 'grid_mask+auto', 'ganomaly_ae',
+                   'skip_ganomaly_ae', 'pca', 'knn']
   runs = suites.expand(suite, str(tmp_path))
-  assert len(runs) == 10 * 10 * 3 == len({r.workdir for r in runs})
+  assert len(runs) == 12 * 10 * 3 == len({r.workdir for r in runs})
   assert {(r.cls, r.method.name, r.seed) for r in runs} == {
       (str(c), m, s) for c in range(10) for m in names for s in (0, 1, 2)}
   by = {(r.cls, r.method.name, r.seed): r for r in runs}
@@ -65,6 +66,12 @@ def test_digits_suite_is_methods_by_classes_by_seeds(tmp_path):
   assert run.config.train.num_steps == suite.steps and run.config.model.isize == 16
   assert by[('7', 'skip_ganomaly', 2)].config.loss.w_adv == 1.0
   assert by[('0', 'pca', 0)].method.baseline == 'pca'
+  # The +auto rows read out the checkpoints of their method's run again: nothing else changes.
+  auto = by[('7', 'grid_mask+auto', 2)]
+  assert auto.method.reevaluates == 'grid_mask' and auto.variant == {'readout': 'auto'}
+  assert auto.base_workdir == by[('7', 'grid_mask', 2)].workdir
+  assert auto.config.eval.readout == 'auto' and by[('7', 'grid_mask', 2)].config.eval.readout == (
+      'published')
   assert run.workdir == os.path.join(str(tmp_path), 'runs', '7', 'skip_ganomaly_ae', 'seed-2')
   # Every method sees the same data: same dataset keys, image size and channels.
   for key in ('dataset', 'model.isize', 'model.channels'):
@@ -119,7 +126,7 @@ def test_folder_categories_and_textures_expand_to_category_folders(tmp_path):
   suite = suites.load_suite(f'folder_categories:{tmp_path / "mvtec"},seeds=0,steps=5')
   assert suite.classes == ['bottle', 'screw']
   runs = suites.expand(suite, str(tmp_path / 'root'))
-  assert len(runs) == 2 * 10
+  assert len(runs) == 2 * 12
   assert runs[0].config.dataset.name == f'folder:{tmp_path / "mvtec" / "bottle"}'
   textures = suites.load_suite('textures:seeds=0')
   assert textures.classes == ['brick', 'grass', 'gravel', 'camera'] and textures.prepare
@@ -145,11 +152,14 @@ def test_dry_run_lists_the_runs(tmp_path):
        f'--workdir={root}', '--dry_run'], cwd=REPO, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-2000:]
   lines = proc.stdout.splitlines()
-  assert len(lines) == 21 and lines[-1].startswith('20 runs: 16 trained at 300 steps, 4 baseline')
+  assert len(lines) == 25 and lines[-1].startswith(
+      '24 runs: 16 trained at 300 steps, 4 baseline, 4 re-evaluated')
   assert lines[0].startswith(f'2/ganomaly/seed-0: python -m ganomaly_jax.main --config=')
   assert f'--workdir={root}/runs/2/ganomaly/seed-0' in lines[0]
   assert '--config.dataset.abnormal=2' in lines[0] and '--config.seed=0' in lines[0]
-  assert lines[19].startswith('2/knn/seed-1: baseline knn on the splits of')
+  assert lines[23].startswith('2/knn/seed-1: baseline knn on the splits of')
+  assert lines[5] == (f'2/masked+auto/seed-0: re-evaluates {root}/runs/2/masked/seed-0 with eval '
+                      'readout=auto (nothing trained)')
   assert not root.exists()
 
   bad = subprocess.run([sys.executable, '-m', 'ganomaly_jax.experiments.benchmark', '--suite=nope',

@@ -76,11 +76,22 @@ def run_eval(eval_fn: Callable, state: Any, source, mesh, batch_size: int,
   Each process decodes its own slice of every global batch; the outputs are gathered on every host.
   """
   pieces: dict[str, list[np.ndarray]] = {k: [] for k in keys + ('label',)}
-  for inputs, local in _global_batches(source, mesh, batch_size, limit):
-    out = _fetch(eval_fn(state, inputs), keys, local)
+  for out in gathered_batches(eval_fn, state, source, mesh, batch_size, keys, limit=limit):
     for k in keys + ('label',):
       pieces[k].append(out[k])
   return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in pieces.items()}
+
+
+def gathered_batches(eval_fn: Callable, state: Any, source, mesh, batch_size: int,
+                     keys: tuple[str, ...], host_keys: tuple[str, ...] = ('label',),
+                     limit: int = 0) -> Iterator[dict[str, np.ndarray]]:
+  """`eval_fn(state, batch)` over `source` in order, one global batch at a time: its `keys` and the
+  records' `host_keys` ('label', 'index', ...), real examples only, the same on every host.
+
+  For passes that reduce each batch as it comes (e.g. into histograms) instead of keeping it.
+  """
+  for inputs, local in _global_batches(source, mesh, batch_size, limit):
+    yield _fetch(eval_fn(state, inputs), keys, local, host_keys)
 
 
 def normalise(scores: np.ndarray) -> np.ndarray:

@@ -11,7 +11,10 @@ as `ganomaly_jax.experiments.sweep` does) in `WORKDIR/runs/<class>/<method>/seed
 are evaluated on the same splits (`baselines`). A run whose workdir holds final results is skipped
 (sweep's rule), an interrupted one resumes from its checkpoint, and a failed one is recorded and
 retried next time, so rerunning the same command continues a suite. After every run
-`WORKDIR/results.csv`, `results.md` and `results.png` are rewritten (`tables`).
+`WORKDIR/results.csv`, `results.md` and `results.png` are rewritten (`tables`). A row that
+re-evaluates another (`<method>+auto`: eval.readout=auto, `suites.Method.reevaluates`) trains
+nothing: once its base run has finished it evaluates that run's selected checkpoint again
+(`rescore.rescore_run`), so both rows describe the same checkpoints.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ def table_row(record: Record, suite: str) -> dict[str, Any]:
   return {'suite': suite, 'method': record.run.method.name, 'class': record.run.cls,
           'seed': record.run.seed, 'status': record.status,
           **{k: r.get(k) for k in tables.METRICS}, 'steps': r.get('steps'),
+          'readout': tables.readout_label(r),
           'wall_time_s': None if record.wall_time_s is None else round(record.wall_time_s, 1),
           'commit': record.commit, 'workdir': record.run.workdir}
 
@@ -58,8 +62,12 @@ def commit() -> str:
 
 
 def describe(run: suites.BenchRun) -> str:
-  """One line per run: the `ganomaly_jax.main` command that trains it alone, or the baseline."""
+  """One line per run: the `ganomaly_jax.main` command that trains it alone, the baseline, or the
+  run whose checkpoint it evaluates again."""
   settings = ' '.join(shlex.quote(f'--config.{k}={v}') for k, v in run.overrides.items())
+  if run.method.reevaluates:
+    variant = ','.join(f'{k}={v}' for k, v in run.variant.items())
+    return f'{run.name}: re-evaluates {run.base_workdir} with eval {variant} (nothing trained)'
   if run.method.baseline:
     return (f'{run.name}: baseline {run.method.baseline} on the splits of '
             f'--config={run.method.config} {settings}')
@@ -72,7 +80,33 @@ def _finished(run: suites.BenchRun) -> dict[str, Any] | None:
   if run.method.baseline:
     previous = rundir.read_results(run.workdir)
     return previous if previous and previous.get('baseline') == run.method.baseline else None
+  if run.method.reevaluates:
+    base = rundir.finished_results(run.base_workdir, run.config.train.num_steps)
+    previous = rundir.read_results(run.workdir)
+    # Still the evaluation of the base run's selected checkpoint with this row's eval keys.
+    same = (base is not None and previous is not None
+            and previous.get('rescored_from') == run.base_workdir
+            and previous.get('variant') == run.variant
+            and all(previous.get(k) == base.get(k) for k in ('steps', 'selected_step')))
+    return previous if same else None
   return rundir.finished_results(run.workdir, run.config.train.num_steps)
+
+
+def _run_reevaluation(run: suites.BenchRun) -> dict[str, Any]:
+  """Evaluates the base run's selected checkpoint again with the row's eval keys (rescore)."""
+  import jax
+
+  from ganomaly_jax.experiments import rescore
+
+  if rundir.finished_results(run.base_workdir, run.config.train.num_steps) is None:
+    raise ValueError(f'{run.base_workdir} has not finished: no checkpoint to re-evaluate.')
+  try:
+    results = {**rescore.rescore_run(run.base_workdir, run.variant, run.workdir),
+               'variant': run.variant}
+  finally:
+    jax.clear_caches()  # as after a trained run: drop this evaluation's executables
+  rundir.write_json(rundir.path(run.workdir, rundir.RESULTS), results)
+  return results
 
 
 def _run_baseline(run: suites.BenchRun) -> dict[str, Any]:
@@ -107,11 +141,16 @@ def run_benchmark(suite: suites.Suite, root: str, train_fn: run_queue.TrainFn | 
     tables.write_markdown(root, rows, title, notes)
     tables.write_plot(root, rows, title)
 
+  def execute(run: suites.BenchRun) -> dict[str, Any]:
+    if run.method.baseline:
+      return _run_baseline(run)
+    if run.method.reevaluates:
+      return _run_reevaluation(run)
+    return train_fn(run.config, run.workdir)
+
   return run_queue.run_all(
       records, name=lambda run: run.name, workdir=lambda run: run.workdir, finished=_finished,
-      execute=lambda run: (_run_baseline(run) if run.method.baseline
-                           else train_fn(run.config, run.workdir)),
-      run_info=lambda run: {'overrides': run.overrides, 'suite': suite.name},
+      execute=execute, run_info=lambda run: {'overrides': run.overrides, 'suite': suite.name},
       write_tables=write_tables, commit=commit(), what='suite')
 
 
@@ -125,10 +164,11 @@ def main(argv: list[str]) -> None:
       runs = suites.expand(suite, root)
       for run in runs:
         print(describe(run))
-      trained = sum(1 for r in runs if not r.method.baseline)
-      print(f'{len(runs)} runs: {trained} trained at {suite.steps} steps, {len(runs) - trained} '
-            f'baseline; {len(suite.methods)} methods × {len(suite.classes)} classes × '
-            f'{len(suite.seeds)} seeds.')
+      baseline = sum(1 for r in runs if r.method.baseline)
+      again = sum(1 for r in runs if r.method.reevaluates)
+      print(f'{len(runs)} runs: {len(runs) - baseline - again} trained at {suite.steps} steps, '
+            f'{baseline} baseline, {again} re-evaluated; {len(suite.methods)} methods × '
+            f'{len(suite.classes)} classes × {len(suite.seeds)} seeds.')
       return
     startup.configure_for(suites.expand(suite, root)[0].config)  # before JAX starts its backend
     records = run_benchmark(suite, root)

@@ -4,15 +4,19 @@
       --scores=map_max,map_mean,map_topk,inpaint --out=runs/rescore_digits
   python -m ganomaly_jax.experiments.rescore --root=runs/bench_textures --method=grid_mask --out=runs/rescore_tex \
       --variant=score=map_max --variant=map=l1,score=map_max --variant=map=l1,smooth_sigma=2
+  python -m ganomaly_jax.experiments.rescore --root=runs/bench_textures --method=grid_mask --out=runs/rescore_tex \
+      --variant=readout=auto
 
 Nothing is retrained: each finished run of METHOD under ROOT/runs/<class>/METHOD/seed-<s> has its
 selected checkpoint (the one its results.json reports) evaluated again on the same test split with
 each variant of its `eval` section -- `--scores=a,b` is `--variant=score=a --variant=score=b`; a
-variant sets only eval.* keys (score, map, smooth_sigma, topk_fraction, ...) -- exactly as the run's
-final evaluation does (`evaluator.evaluate_and_report`; the threshold again from the validation
-normals). The run's own settings reproduce its results. OUT/results.csv and OUT/results.md (rows
-`METHOD[variant]`, the benchmark's table format) collect them; each evaluation's pictures and
-results.json go to OUT/runs/<variant>/<class>/seed-<s>, and a finished one is not evaluated again.
+variant sets only eval.* keys (score, map, smooth_sigma, topk_fraction, readout, ...) -- exactly as
+the run's final evaluation does (`readout.choose`, `evaluator.evaluate_and_report`; the threshold
+again from the validation normals). A variant naming a score or map reads out with it
+(eval.readout=published); `readout=auto` chooses without test labels (evaluation/readout.py). The
+run's own settings reproduce its results. OUT/results.csv and OUT/results.md (rows `METHOD[variant]`,
+the benchmark's table format) collect them; each evaluation's pictures and results.json go to
+OUT/runs/<variant>/<class>/seed-<s>, and a finished one is not evaluated again.
 
 This is post hoc: the table shows how the scores compare on *test* labels, so a score picked from it
 is tuned on test labels and must be reported as such (docs/results.md).
@@ -75,7 +79,7 @@ def rescore_run(workdir: str, variant: dict[str, str], out_dir: str) -> dict[str
   from clu import metric_writers
 
   from ganomaly_jax import config_checks, infer, parallel, programs, rundir
-  from ganomaly_jax.evaluation import evaluator
+  from ganomaly_jax.evaluation import evaluator, readout
   from ganomaly_jax.data import sources
 
   config, original = infer.load_run(workdir)
@@ -88,6 +92,8 @@ def rescore_run(workdir: str, variant: dict[str, str], out_dir: str) -> dict[str
     elif isinstance(current, (int, float)):
       value = type(current)(value)
     config.eval[key] = value
+  if {'score', 'map'} & set(variant) and 'readout' not in variant:
+    config.eval.readout = 'published'  # the variant names the read-out: evaluate that one
   config_checks.validate_config(config)
   # The checkpoint final_evaluation selected: the best by validation loss, else the last.
   which = 'best' if config.eval.select == 'val_loss' else 'latest'
@@ -102,10 +108,11 @@ def rescore_run(workdir: str, variant: dict[str, str], out_dir: str) -> dict[str
   run_info = {k: original[k] for k in ('method', 'dataset', 'abnormal', 'steps', 'selected_step')
               if k in original}
   writer = metric_writers.create_default_writer(out_dir, just_logging=True)
+  chosen = readout.choose(config, state, progs, splits.val, mesh)
   results = evaluator.evaluate_and_report(
-      config, out_dir, state, progs.components, progs.hp, splits, mesh, writer,
-      {**run_info, 'rescored_from': workdir}, rundir.read_curves(workdir),
-      eval_maps_fn=progs.eval_maps)
+      chosen.config, out_dir, state, progs.components, chosen.hp, splits, mesh, writer,
+      {**run_info, 'rescored_from': workdir, 'readout': chosen.record},
+      rundir.read_curves(workdir), eval_maps_fn=chosen.eval_maps)
   return results
 
 
@@ -128,7 +135,8 @@ def rescore(root: str, method: str, variants: list[dict[str, str]], out: str
       rows.append({'suite': f'rescore:{os.path.basename(os.path.normpath(root))}',
                    'method': f'{method}[{name}]', 'class': cls, 'seed': seed, 'status': 'done',
                    **{k: results.get(k) for k in tables.METRICS},
-                   'steps': results.get('steps'), 'workdir': out_dir})
+                   'steps': results.get('steps'), 'readout': tables.readout_label(results),
+                   'workdir': out_dir})
   if not rows:
     raise ValueError(f'No finished run of {method!r} under {root}/runs/<class>/{method}/.')
   tables.write_csv(out, rows)

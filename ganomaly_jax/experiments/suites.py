@@ -32,6 +32,11 @@ SUITES_DIR = os.path.join(CONFIGS_DIR, 'suites')
 STUDY_METHODS = ('ganomaly', 'ganomaly_modified', 'ganomaly_sn', 'skip_ganomaly', 'masked',
                  'grid_mask')
 AUTOENCODERS = (('ganomaly_ae', 'ganomaly'), ('skip_ganomaly_ae', 'skip_ganomaly'))
+# Methods whose checkpoints get a second row `<method>+auto`: the same runs read out with
+# eval.readout=auto (evaluation/readout.py) beside their published read-out. These are the
+# inpainting methods, whose several scores and maps differ most (docs/readout.md).
+AUTO_READOUT = ('masked', 'grid_mask', 'riad')
+AUTO_SUFFIX = '+auto'
 _UNSAFE = re.compile(r'[^A-Za-z0-9._+-]')
 
 
@@ -49,11 +54,15 @@ class Method:
     overrides: dotted config overrides applied on top (`{'loss.w_adv': 0.0}`).
     baseline: '' to train through `train.train_and_evaluate`; 'pca' or 'knn' to evaluate that
       baseline on the config's splits instead (nothing is trained).
+    reevaluates: the name of an earlier row whose finished runs (same class and seed) this row
+      evaluates again, changed only by its eval.* overrides (`experiments/rescore.py`; nothing is
+      trained, so both rows describe the same checkpoints); '' for a row of its own.
   """
   name: str
   config: str
   overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
   baseline: str = ''
+  reevaluates: str = ''
 
 
 @dataclasses.dataclass
@@ -94,21 +103,35 @@ class BenchRun:
   overrides: dict[str, Any]  # everything set on top of the method's config file
   config: ml_collections.ConfigDict
   workdir: str
+  base_workdir: str = ''  # a re-evaluation row: the run whose checkpoint it evaluates again
+  variant: dict[str, str] = dataclasses.field(default_factory=dict)  # ... with these eval keys
 
   @property
   def name(self) -> str:
     return f'{self.cls}/{self.method.name}/seed-{self.seed}'
 
 
+def auto_readout(method: Method) -> Method:
+  """The row `<method>+auto`: `method`'s checkpoints read out with eval.readout=auto."""
+  return Method(method.name + AUTO_SUFFIX, method.config,
+                {**method.overrides, 'eval.readout': 'auto'}, reevaluates=method.name)
+
+
 def standard_methods(arg: str, configs_dir: str = CONFIGS_DIR,
-                     methods: tuple[str, ...] = STUDY_METHODS) -> list[Method]:
-  """Every study method, the two plain-autoencoder ablations and both baselines, all with the same
-  config argument string (so all see the same data, sizes and splits)."""
+                     methods: tuple[str, ...] = STUDY_METHODS,
+                     auto: tuple[str, ...] = AUTO_READOUT) -> list[Method]:
+  """Every study method (those in `auto` followed by their `+auto` read-out row), the two
+  plain-autoencoder ablations and both baselines, all with the same config argument string (so
+  all see the same data, sizes and splits)."""
   def spec(name: str) -> str:
     path = os.path.join(configs_dir, f'{name}.py')
     return f'{path}:{arg}' if arg else path
 
-  out = [Method(m, spec(m)) for m in methods]
+  out = []
+  for m in methods:
+    out.append(Method(m, spec(m)))
+    if m in auto:
+      out.append(auto_readout(out[-1]))
   out += [Method(name, spec(base), {'loss.w_adv': 0.0}) for name, base in AUTOENCODERS
           if base in methods]
   # Baselines read the splits of GANomaly's config: the splits depend only on the dataset keys,
@@ -162,8 +185,35 @@ def _check(suite: Suite, where: str) -> None:
     problems.append(f'steps must be a positive integer, got {suite.steps!r}')
   problems += [f'method {m.name}: unknown baseline {m.baseline!r} (use {", ".join(baselines.BASELINES)})'
                for m in suite.methods if m.baseline and m.baseline not in baselines.BASELINES]
+  for i, method in enumerate(suite.methods):
+    problem = method.reevaluates and reevaluation_problem(method, suite.methods[:i])
+    if problem:
+      problems.append(problem)
   if problems:
     raise SuiteError(f'{where}: {"; ".join(problems)}.')
+
+
+def reevaluation_problem(method: Method, earlier: list[Method]) -> str | None:
+  """Why `method` cannot re-evaluate its `reevaluates` row among the `earlier` rows, or None."""
+  base = next((m for m in earlier if m.name == method.reevaluates), None)
+  if base is None:
+    return (f'method {method.name} re-evaluates {method.reevaluates!r}, which is not an earlier '
+            'row of the suite')
+  if base.baseline or base.reevaluates:
+    return f'method {method.name}: {base.name} is not a trained row, so it has no checkpoints'
+  changed = sorted(k for k in set(method.overrides) | set(base.overrides)
+                   if method.overrides.get(k, None) != base.overrides.get(k, None))
+  if method.config != base.config or any(not k.startswith('eval.') for k in changed):
+    other = ', '.join(k for k in changed if not k.startswith('eval.')) or 'config file'
+    return f'method {method.name} may change only eval.* keys of {base.name} ({other} differ)'
+  return None
+
+
+def reevaluated_variant(method: Method, base: Method) -> dict[str, str]:
+  """The eval keys (without 'eval.') that `method` sets differently from `base`, as
+  `experiments/rescore.py` variants take them (strings)."""
+  return {k.removeprefix('eval.'): str(v) for k, v in sorted(method.overrides.items())
+          if base.overrides.get(k, None) != v}
 
 
 def safe_name(text: str) -> str:
@@ -196,7 +246,13 @@ def expand(suite: Suite, root: str) -> list[BenchRun]:
           raise SuiteError(f'{context}: {e}') from None
         workdir = os.path.join(root, 'runs', safe_name(cls), safe_name(method.name),
                                f'seed-{seed}')
-        runs.append(BenchRun(method, str(cls), seed, overrides, config, workdir))
+        run = BenchRun(method, str(cls), seed, overrides, config, workdir)
+        if method.reevaluates:
+          base = next(m for m in suite.methods if m.name == method.reevaluates)
+          run.base_workdir = os.path.join(os.path.dirname(os.path.dirname(workdir)),
+                                          safe_name(base.name), f'seed-{seed}')
+          run.variant = reevaluated_variant(method, base)
+        runs.append(run)
   return runs
 
 
@@ -221,6 +277,17 @@ def parse_arg(arg: str | None) -> tuple[list[str], dict[str, str]]:
   return positional, options
 
 
+def split_names(text: str, names: list[str]) -> list[str]:
+  """'masked+masked+auto+pca' -> ['masked', 'masked+auto', 'pca']: '+' separates the items, except
+  inside the longest run that is one of `names` (a row name such as `masked+auto`)."""
+  parts, out, i = [p for p in text.split('+') if p], [], 0
+  while i < len(parts):
+    j = next((j for j in range(len(parts), i + 1, -1) if '+'.join(parts[i:j]) in names), i + 1)
+    out.append('+'.join(parts[i:j]))
+    i = j
+  return out
+
+
 def restrict(suite: Suite, options: dict[str, str], known: tuple[str, ...] = ()) -> Suite:
   """Applies the common options (`classes`, `seeds`, `methods`: '+'-separated subsets; `steps`: a
   new budget) to a suite; any option not in COMMON_OPTIONS + `known` raises SuiteError."""
@@ -233,7 +300,7 @@ def restrict(suite: Suite, options: dict[str, str], known: tuple[str, ...] = ())
     if key not in options:
       return have
     try:
-      want = [convert(v) for v in options[key].split('+') if v]
+      want = [convert(v) for v in split_names(options[key], [str(h) for h in have])]
     except ValueError:
       raise SuiteError(f'suite {suite.name}: {key}={options[key]!r} is not a list of '
                        f'{convert.__name__}s.') from None

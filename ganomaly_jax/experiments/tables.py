@@ -1,6 +1,6 @@
 """Benchmark tables: `results.csv` (one row per run), `results.md` (per class, mean ± std over
-seeds, the best mean of each column in bold) and `results.png` (per-class mean image AUROC per
-method).
+seeds, the best mean of each column in bold, and the read-out each method used) and `results.png`
+(per-class mean image AUROC per method).
 
 The metric columns follow the sweep table's (`sweep.METRICS`) plus the pixel metrics, so a metric
 renamed or added there appears here too; a column no run of the suite reports is left out of the
@@ -24,10 +24,42 @@ RESULTS_MD = sweep.RESULTS_MD
 RESULTS_PNG = 'results.png'
 METRICS = tuple(dict.fromkeys(sweep.METRICS + ('pixel_auroc', 'pixel_pro')))
 COLUMNS = (('suite', 'method', 'class', 'seed', 'status') + METRICS
-           + ('steps', 'wall_time_s', 'commit', 'workdir'))
+           + ('steps', 'readout', 'wall_time_s', 'commit', 'workdir'))
 PLOT_METRIC = 'image_auroc'
 # Columns where smaller is better (false alarms); every other metric is better when larger.
 LOWER_IS_BETTER = frozenset({'image_fpr'})
+
+
+def readout_label(results: dict[str, Any]) -> str | None:
+  """`score/map`: the read-out a run's test pass used (results.json `readout`, whether published or
+  chosen by eval.readout=auto); the score alone for runs from before it was recorded; None for
+  baselines."""
+  record = results.get('readout')
+  if isinstance(record, dict) and record.get('score'):
+    return f'{record["score"]}/{record["map"]}'
+  return results.get('score') or None
+
+
+def _readouts(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str], dict[str, int]]:
+  """(class, method) and ('', method) -> read-out label -> finished runs that used it."""
+  counts: dict[tuple[str, str], dict[str, int]] = {}
+  for row in rows:
+    label = row.get('readout')
+    if not label or str(row.get('status', 'done')) not in ('done', 'skipped'):
+      continue
+    for key in ((str(row['class']), str(row['method'])), ('', str(row['method']))):
+      per = counts.setdefault(key, {})
+      per[str(label)] = per.get(str(label), 0) + 1
+  return counts
+
+
+def _readout_text(counts: dict[str, int] | None) -> str:
+  """'map_max/riad' when every run used it, else 'a/l1 ×2, b/l1 ×1' (most used first)."""
+  if not counts:
+    return 'n/a'
+  if len(counts) == 1:
+    return next(iter(counts))
+  return ', '.join(f'{k} ×{n}' for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def write_csv(root: str, rows: Sequence[dict[str, Any]]) -> None:
@@ -120,14 +152,16 @@ def _by_class(summary, all_methods: Sequence[str], metric: str) -> list[str]:
 
 
 def _table(methods: dict[str, dict[str, tuple[float, float, int]]], all_methods: Sequence[str],
-           metrics: Sequence[str], count_label: str) -> list[str]:
-  """Markdown rows: one per method, `mean ± std` per metric, the best mean per metric in bold."""
+           metrics: Sequence[str], count_label: str,
+           readouts: dict[str, dict[str, int]] | None = None) -> list[str]:
+  """Markdown rows: one per method, `mean ± std` per metric, the best mean per metric in bold;
+  with `readouts` (method -> read-out -> runs) a last column says which read-out the runs used."""
   best = {}
   for metric in metrics:
     means = [cols[metric][0] for cols in methods.values() if metric in cols]
     pick = min if metric in LOWER_IS_BETTER else max
     best[metric] = pick(means) if means else None
-  head = ['method', count_label, *metrics, 'wall_time_s']
+  head = ['method', count_label, *metrics, 'wall_time_s'] + (['readout'] if readouts else [])
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '|'.join('---' for _ in head) + '|']
   for method in all_methods:
     cols = methods.get(method, {})
@@ -143,6 +177,8 @@ def _table(methods: dict[str, dict[str, tuple[float, float, int]]], all_methods:
       cells.append(f'**{text}**' if round(mean, 4) == round(best[metric], 4) else text)
     wall = cols.get('wall_time_s')
     cells.append(f'{wall[0]:.1f}' if wall else 'n/a')
+    if readouts:
+      cells.append(_readout_text(readouts.get(method)))
     lines.append('| ' + ' | '.join(cells) + ' |')
   return lines
 
@@ -153,21 +189,31 @@ def markdown(rows: Sequence[dict[str, Any]], title: str, notes: Sequence[str] = 
   methods = list(dict.fromkeys(str(r['method']) for r in rows))
   metrics = [m for m in METRICS
              if any(m in cols for ms in summary.values() for cols in ms.values())]
+  used = _readouts(rows)
+
+  def readouts(cls: str) -> dict[str, dict[str, int]] | None:
+    per = {m: used[(cls, m)] for m in methods if (cls, m) in used}
+    return per or None
   lines = [f'# {title}', '', *notes]
   if notes:
     lines.append('')
   lines += ['Mean ± std over seeds (sample std); the best mean of each column in **bold** (the '
             'smallest for image_fpr, the largest elsewhere); `n/a`: the method gives no such value (k-NN has no pixel map) or no seed has '
             'finished.', '']
+  if used:
+    lines += ['`readout`: the score/map each method\'s test pass used (×n: runs, where they '
+              'differ); `+auto` rows chose theirs on validation normals and synthetic anomalies, '
+              'without test labels (docs/readout.md).', '']
   if len(summary) > 1:
     lines += ['## All classes (mean over classes; ± std over seeds of that mean)', '']
-    lines += _table(_overall(rows, summary), methods, metrics, 'classes') + ['']
+    lines += _table(_overall(rows, summary), methods, metrics, 'classes', readouts('')) + ['']
     for metric in (PLOT_METRIC, 'pixel_auroc'):
       if metric in metrics:
         lines += [f'## {metric} per class (mean over seeds)', '']
         lines += _by_class(summary, methods, metric) + ['']
   for cls, per_method in summary.items():
-    lines += [f'## {cls}', ''] + _table(per_method, methods, metrics, 'seeds') + ['']
+    lines += [f'## {cls}', ''] + _table(per_method, methods, metrics, 'seeds',
+                                        readouts(cls)) + ['']
   status = [r for r in rows if str(r.get('status')) not in ('done', 'skipped')]
   if status:
     lines += [f'{len(status)} run(s) not finished: ' + ', '.join(
