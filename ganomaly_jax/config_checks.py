@@ -14,6 +14,12 @@ import ml_collections
 from ganomaly_jax import config_lib, losses, masks, models
 
 
+# Keys that only a discriminator reads: refused away from their defaults without one.
+_DISCRIMINATOR_KEYS = ('loss.w_adv', 'loss.latent_in_d', 'train.soft_labels',
+                       'train.label_flip_prob', 'train.d_input_noise_std',
+                       'train.d_reinit_threshold', 'optim.d_lr', 'model.spectral_norm')
+
+
 class ConfigError(ValueError):
   """An impossible or contradictory config value."""
 
@@ -83,6 +89,23 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(t.d_reinit_threshold <= 0 or adversarial.d_loss_bounded,
            f'train.d_reinit_threshold={t.d_reinit_threshold}: the loss.adversarial={l.adversarial} '
            f'discriminator loss is not bounded below by 0, so D would be re-initialised every step.')
+  _require(adversarial.needs_discriminator == discriminator.present,
+           f'loss.adversarial={l.adversarial} and model.discriminator={m.discriminator} do not fit: '
+           f"a plain autoencoder is loss.adversarial=none with model.discriminator=none, a GAN "
+           f'neither.')
+  if not discriminator.present:
+    for dotted in _DISCRIMINATOR_KEYS:
+      section, key = dotted.split('.')
+      value, default = config[section][key], defaults[section][key]
+      _require(value == default, f'{dotted}={value} is not used without a discriminator '
+                                 f'(model.discriminator={m.discriminator}); leave it at {default}.')
+    _require(not (generator.latent_from_discriminator and l.w_enc > 0),
+             f'loss.w_enc={l.w_enc}: the latent term of model.generator={m.generator} compares '
+             f'discriminator features, and model.discriminator={m.discriminator} has none; set '
+             f'loss.w_enc=0.')
+  _require(l.reconstruction in losses.RECONSTRUCTION,
+           f'loss.reconstruction={l.reconstruction!r} is not one of '
+           f'{_names(losses.RECONSTRUCTION)}.')
   for key in ('w_adv', 'w_con', 'w_enc', 'gp_weight', 'hole_weight', 'w_ssim', 'w_msgms'):
     _require(l[key] >= 0, f'loss.{key}={l[key]} must be >= 0.')
 
@@ -102,7 +125,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     masks.validate_mask_config(config.mask.kind, m.isize, config.mask)
   except ValueError as err:
     raise ConfigError(str(err)) from None
-  for dotted in ('mask.size', 'mask.cell_sizes', 'mask.sets', 'mask.fill', 'loss.hole_weight'):
+  for dotted in masks.MASK_KEYS:
     section, key = dotted.split('.')
     value, default = config[section][key], defaults[section][key]
     _require(dotted in mask_kind.reads or value == default,
@@ -116,6 +139,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
            f'eval.score={e.score} needs the generator outputs {missing}, which model.generator='
            f'{m.generator} does not produce (use one of '
            f'{_names(k for k, g in models.GENERATORS.items() if set(score.needs_outputs) <= set(g.outputs))}).')
+  _require(not (score.needs_discriminator and not discriminator.present),
+           f'eval.score={e.score} reads discriminator features, and model.discriminator='
+           f'{m.discriminator} has none; use '
+           f'{_names(k for k, s in losses.SCORES.items() if not s.needs_discriminator)}.')
   _require(not (score.mask == 'forbidden' and masked),
            f'eval.score={e.score} does not apply to masked training; use '
            f"{_names(k for k, s in losses.SCORES.items() if s.mask != 'forbidden')}.")

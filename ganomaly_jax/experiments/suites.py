@@ -28,10 +28,10 @@ CONFIGS_DIR = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 SUITES_DIR = os.path.join(CONFIGS_DIR, 'suites')
 BASELINES = ('pca', 'knn')
-# The study's methods, then the plain-autoencoder ablation of each generator (the same network and
-# losses with the adversarial term off): `ede` (GANomaly) and `unet` (SkipGANomaly).
-STUDY_METHODS = ('ganomaly', 'ganomaly_modified', 'ganomaly_sn', 'skip_ganomaly', 'masked',
-                 'grid_mask')
+# The study's methods and RIAD (the published form of the grid proposal): every method config,
+# config_lib.METHODS. Then the plain-autoencoder ablation of each GAN generator (the same network
+# and losses with the adversarial term off): `ede` (GANomaly) and `unet` (SkipGANomaly).
+STUDY_METHODS = config_lib.METHODS
 AUTOENCODERS = (('ganomaly_ae', 'ganomaly'), ('skip_ganomaly_ae', 'skip_ganomaly'))
 _UNSAFE = re.compile(r'[^A-Za-z0-9._+-]')
 
