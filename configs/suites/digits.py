@@ -8,11 +8,11 @@ STEPS training steps with validation every STEPS/2 (checkpoint selection). 10 cl
 (9 trained methods + 2 baselines) = 330 runs.
 
 Timing (2026-11-30, commit 2278609, the shared 2-core machine at load average 11-15):
-`digits:classes=5,seeds=0` (one class × one seed, the 10 methods of that time, compile cache warm) took 191 s
-of runs (211 s with start-up) and 104 s user + 5 s system CPU. The suite is 30 such rows: about
-95 min at that load, and 30-60 min on an idle 2-core machine (the CPU time over 1-2 busy cores),
-plus a few minutes of compiling for the first row when the cache is cold (class 3, seed 0:
-856 s cold vs 414 s warm at load ~20).
+`digits:classes=5,seeds=0` (one class × one seed, the 10 methods of that time, compile cache
+warm) took 191 s of runs (211 s with start-up) and 104 s user + 5 s system CPU. The suite is 30
+such rows: about 95 min at that load, and 30-60 min on an idle 2-core machine (the CPU time over
+1-2 busy cores), plus a few minutes of compiling for the first row when the cache is cold (class
+3, seed 0: 856 s cold vs 414 s warm at load ~20).
 Options (suites.restrict): classes=0+1, seeds=0, methods=ganomaly+pca, steps=N.
 """
 
