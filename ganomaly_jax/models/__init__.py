@@ -109,8 +109,6 @@ register_discriminator('latent', DiscriminatorKind(
     latent_features=True))
 
 
-
-
 class NoDiscriminator(nn.Module):
   """No discriminator (model.discriminator=none): no parameters; logits and features are zeros, so
   the step runs unchanged and every adversarial term is 0."""
