@@ -1,38 +1,31 @@
-"""Grid-mask SkipGANomaly: the study's grid-mask proposal, built as RIAD measured it.
+"""Grid-mask SkipGANomaly: the study's proposal as written (its Figure 5.1; docs/methods.md#grid_mask).
 
   python -m ganomaly_jax.main --config=configs/grid_mask.py --workdir=/tmp/grid
-  python -m ganomaly_jax.main --config=configs/grid_mask.py --workdir=/tmp/grid_riad --config.loss.w_adv=0
+  python -m ganomaly_jax.main --config=configs/grid_mask.py:quick --workdir=/tmp/grid_quick
+  python -m ganomaly_jax.main --config=configs/grid_mask.py:cars256 --workdir=/tmp/grid_cars \
+      --config.dataset.name=folder:/data/cars
 
-Reconstruction by inpainting (RIAD: Zavrtanik, Kristan, Skočaj, "Reconstruction by inpainting for
-visual anomaly detection", Pattern Recognition 2021); docs/methods.md#grid_mask.
-Masks: square cells of several sides (mask.cell_sizes; () = 2, 4, ... up to min(16, isize/4): (2, 4)
-on the 16x16 digits, (2, 4, 8) at 32, (2, 4, 8, 16) at 256 as RIAD). Each training step every image
-draws one cell size and a fresh random split of its cells into mask.sets=3 disjoint sets (RIAD's n;
-2 gives a random complementary pair). The generator inpaints the 3 masked copies (one G call on the
-stacked copies) and the reconstruction takes each pixel from the copy where it was hidden; every loss
-is computed on that assembly. Evaluation: every cell size, each with a fixed partition (fixed key),
-and the anomaly maps of the sizes averaged.
-Losses: SkipGANomaly's (eq. 3.1 with eq. 3.7, D per eq. 3.8) plus RIAD's structural terms,
-loss.w_ssim (1 - SSIM, Wang et al. 2004) and loss.w_msgms (1 - multi-scale gradient-magnitude
-similarity, Xue et al. 2014), each 50 = loss.w_con: RIAD weights its pixel, SSIM and GMS terms
-equally, and 50 keeps that balance against our L1 weight.
-Map: eval.map='riad' (1 - SSIM map + mean-filtered 1 - MSGMS map), Gaussian-smoothed with
-eval.smooth_sigma=1 (RIAD: 4 at 256x256; --config.eval.smooth_sigma=4 there).
-Score: eval.score='map_max', the maximum of the smoothed map, as RIAD scores (chosen a priori: a
-default picked from test numbers would be tuned on test labels). It suits small local defects (MVTec
-AD, car damage); a wrong digit is wrong everywhere, and --config.eval.score=map_mean (the map's mean)
-or map_topk may suit whole-object anomalies better. Measured (README "Results"): with these
-defaults the grid is the weakest study method on digits (image AUROC 0.665) and on the textures
-(0.572, pixel 0.554); the same checkpoints score better with map_mean / inpaint (digits 0.808 /
-0.812) and, on the textures, with the L1 map (pixel 0.821) -- post hoc, chosen on test labels, so
-the defaults stay as RIAD's until a data set's validation split can choose them.
+Networks and losses are SkipGANomaly's (the U-Net generator, the latent-feature discriminator; G:
+eq. 3.7 adversarial + 50 x eq. 3.3 contextual + the latent term; D: eq. 3.8), computed on one
+reconstruction assembled from two inpaintings. The grid: two complementary checkerboards of square
+cells (mask.partition='alternating', mask.sets=2); each masks one image copy (mask.fill), the
+generator inpaints both in one call, and the reconstruction takes every pixel from the copy in which
+it was hidden. Score: eq. 6.1 on that reconstruction (eval.score='lambda', λ = 0.9); pixel map |x - x̂|.
 
-Deviations from RIAD: RIAD is a plain U-Net autoencoder trained without a GAN on L2 + SSIM + GMS;
-ours keeps SkipGANomaly's U-Net, its adversarial and latent terms and L1 (eq. 3.3) in place of L2 --
---config.loss.w_adv=0 gives RIAD's non-adversarial setting (D then still trains but G ignores it).
-RIAD scores with the MSGMS map alone (--config.eval.map=msgms); 'riad' adds the SSIM map. The
-partition is drawn per image rather than per batch (see masks.grid_train_masks).
-RIAD-faithful scoring: --config.eval.map=msgms --config.eval.score=map_max.
+Cell size: mask.cells=(4,), a 4x4 board at every resolution (cell side isize / 4: 4 px at 16x16,
+8 px at 32x32, 64 px at 256x256). A cell must be able to hide what the method has to find: a digit
+stroke (the bundled digits are 8x8 images upsampled to 16x16, so a stroke is 2-4 px wide) or the
+interior of a small defect (the textures' holes and stains are 4-14 px at 32x32), and with two sets
+every hidden cell keeps its four edge neighbours as context. At 256 px a cell is half the side of
+the masked method's hole (mask.size=0.5).
+
+Switches (each a row of configs/suites/digits_grid.py and textures_grid.py):
+  --config.mask.partition=random      RIAD's random balanced split, drawn afresh every step
+  --config.mask.sets=3                three sets instead of two
+  --config.mask.cells=(8,) / (2,)     half / double the cell side; (4, 8) trains both sizes
+  --config.loss.w_ssim=50 --config.loss.w_msgms=50   RIAD's structural losses beside L1
+  --config.loss.w_adv=0               no adversarial term for G (D still trains)
+  --config.eval.score=map_max --config.eval.map=msgms   RIAD's read-out (also: inpaint, map_mean)
 """
 
 from ganomaly_jax import config_lib
@@ -45,14 +38,11 @@ def get_config(arg=None):
   args = config_lib.parse_arg(arg)
   config = config_lib.base_config()
   config.method = 'grid_mask'
-  skip(config)
+  skip(config)  # U-Net, latent D, eq. 3.7 / 3.8 losses, eq. 6.1 score
   config.mask.kind = 'grid'
-  config.mask.cell_sizes = ()  # by isize; see masks.grid_cell_sizes
-  config.mask.sets = 3
+  config.mask.cells = (4,)  # a 4x4 board: cell side isize / 4
+  config.mask.sets = 2  # two complementary ...
+  config.mask.partition = 'alternating'  # ... checkerboards
+  config.mask.draw = 'image'
   config.mask.fill = 0.0
-  config.loss.w_ssim = 50.0
-  config.loss.w_msgms = 50.0
-  config.eval.map = 'riad'
-  config.eval.score = 'map_max'  # as RIAD; see the docstring
-  config.eval.smooth_sigma = 1.0
   return config_lib.finalize(config, args)

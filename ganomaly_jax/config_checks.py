@@ -19,6 +19,12 @@ from ganomaly_jax.data import sources
 _METHOD_NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9_-]*')
 
 
+# Keys that only a discriminator reads: refused away from their defaults without one.
+_DISCRIMINATOR_KEYS = ('loss.w_adv', 'loss.latent_in_d', 'train.soft_labels',
+                       'train.label_flip_prob', 'train.d_input_noise_std',
+                       'train.d_reinit_threshold', 'optim.d_lr', 'model.spectral_norm')
+
+
 class ConfigError(ValueError):
   """An impossible or contradictory config value."""
 
@@ -40,8 +46,8 @@ READOUTS = ('published', 'auto')
 def score_problem(config: ml_collections.ConfigDict, name: str) -> str | None:
   """Why score `name` (a key of losses.SCORES) cannot read out this config's model, or None.
 
-  The facts come from the registries: the generator outputs the score needs, and whether it needs
-  (or refuses) masked training. Validation and the read-out candidates (evaluation/readout.py) both
+  The facts come from the registries: the generator outputs the score needs, whether it reads the
+  discriminator's features, and whether it needs (or refuses) masked training. Validation and the read-out candidates (evaluation/readout.py) both
   ask here.
   """
   score = losses.SCORES[name]
@@ -52,6 +58,11 @@ def score_problem(config: ml_collections.ConfigDict, name: str) -> str | None:
     fitting = (k for k, g in models.GENERATORS.items() if set(score.needs_outputs) <= set(g.outputs))
     return (f'eval.score={name} needs the generator outputs {missing}, which model.generator='
             f'{config.model.generator} does not produce (use one of {_names(fitting)}).')
+  discriminator = models.DISCRIMINATORS[config.model.discriminator]
+  if score.needs_discriminator and not discriminator.present:
+    return (f'eval.score={name} reads discriminator features, and model.discriminator='
+            f'{config.model.discriminator} has none; use '
+            f'{_names(k for k, s in losses.SCORES.items() if not s.needs_discriminator)}.')
   if score.mask == 'forbidden' and masked:
     return (f'eval.score={name} does not apply to masked training; use '
             f"{_names(k for k, s in losses.SCORES.items() if s.mask != 'forbidden')}.")
@@ -122,6 +133,23 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(t.d_reinit_threshold <= 0 or adversarial.d_loss_bounded,
            f'train.d_reinit_threshold={t.d_reinit_threshold}: the loss.adversarial={l.adversarial} '
            f'discriminator loss is not bounded below by 0, so D would be re-initialised every step.')
+  _require(adversarial.needs_discriminator == discriminator.present,
+           f'loss.adversarial={l.adversarial} and model.discriminator={m.discriminator} do not fit: '
+           f"a plain autoencoder is loss.adversarial=none with model.discriminator=none, a GAN "
+           f'neither.')
+  if not discriminator.present:
+    for dotted in _DISCRIMINATOR_KEYS:
+      section, key = dotted.split('.')
+      value, default = config[section][key], defaults[section][key]
+      _require(value == default, f'{dotted}={value} is not used without a discriminator '
+                                 f'(model.discriminator={m.discriminator}); leave it at {default}.')
+    _require(not (generator.latent_from_discriminator and l.w_enc > 0),
+             f'loss.w_enc={l.w_enc}: the latent term of model.generator={m.generator} compares '
+             f'discriminator features, and model.discriminator={m.discriminator} has none; set '
+             f'loss.w_enc=0.')
+  _require(l.reconstruction in losses.RECONSTRUCTION,
+           f'loss.reconstruction={l.reconstruction!r} is not one of '
+           f'{_names(losses.RECONSTRUCTION)}.')
   for key in ('w_adv', 'w_con', 'w_enc', 'gp_weight', 'hole_weight', 'w_ssim', 'w_msgms'):
     _require(l[key] >= 0, f'loss.{key}={l[key]} must be >= 0.')
 
@@ -140,7 +168,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     masks.validate_mask_config(config.mask.kind, m.isize, config.mask)
   except ValueError as err:
     raise ConfigError(str(err)) from None
-  for dotted in ('mask.size', 'mask.cell_sizes', 'mask.sets', 'mask.fill', 'loss.hole_weight'):
+  for dotted in masks.MASK_KEYS:
     section, key = dotted.split('.')
     value, default = config[section][key], defaults[section][key]
     _require(dotted in mask_kind.reads or value == default,

@@ -23,9 +23,11 @@ import ml_collections
 
 from ganomaly_jax import compile_cache
 
-# The methods shipped in configs/ (tests and suites iterate over them). A config file elsewhere may
-# name its own method: the name only labels runs and results.
-METHODS = ('ganomaly', 'ganomaly_modified', 'ganomaly_sn', 'skip_ganomaly', 'masked', 'grid_mask')
+# The methods shipped in configs/ (tests and suites iterate over them): the study's six, then RIAD
+# (the published form of the grid proposal, docs/methods.md#riad). A config file elsewhere may name
+# its own method: the name only labels runs and results.
+METHODS = ('ganomaly', 'ganomaly_modified', 'ganomaly_sn', 'skip_ganomaly', 'masked', 'grid_mask',
+           'riad')
 
 # Argument-string shortcuts: short name -> dotted config key.
 ARG_ALIASES = {
@@ -114,8 +116,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.latent_dim = 100
   c.model.kernel_size = 4  # kernel of the stride-2 convs (study method 2: 5)
   c.model.max_channels = 0  # cap on conv channels (0: no cap; study method 2: 512)
-  c.model.generator = 'ede'  # 'ede' (encoder-decoder-encoder) | 'unet' (SkipGANomaly)
-  c.model.discriminator = 'dcgan'  # 'dcgan' (features + logit) | 'latent' (SkipGANomaly)
+  c.model.generator = 'ede'  # 'ede' (E-D-E) | 'unet' (SkipGANomaly) | 'riad_unet' (RIAD)
+  c.model.discriminator = 'dcgan'  # 'dcgan' (features + logit) | 'latent' (SkipGANomaly) | 'none'
   c.model.classifier_kernel = 4  # latent discriminator's classifier conv (study 4, reference 3)
   c.model.spectral_norm = False
   c.model.residual_blocks = False
@@ -145,7 +147,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.w_adv = 1.0
   c.loss.w_con = 50.0
   c.loss.w_enc = 1.0  # latent term (GANomaly) / feature term (SkipGANomaly)
-  c.loss.adversarial = 'feature_matching'  # feature_matching | bce | wgan_gp
+  c.loss.adversarial = 'feature_matching'  # feature_matching | bce | wgan_gp | none (no GAN)
+  c.loss.reconstruction = 'l1'  # the contextual term weighted by w_con: l1 (eq. 3.3) | l2 (RIAD)
   c.loss.adv_extra = False  # eq. 3.6 extra term (non-saturating form)
   c.loss.latent_in_d = False  # SkipGANomaly reference code: latent term also in D's loss
   c.loss.gp_weight = 10.0
@@ -173,8 +176,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.mask = ml_collections.ConfigDict()
   c.mask.kind = 'none'  # none | square | grid | stain
   c.mask.size = 0.5  # square hole side as a fraction of the image side
-  c.mask.cell_sizes = ()  # grid cell sides in pixels; () = 2, 4, ... up to min(16, isize / 4)
-  c.mask.sets = 3  # grid: disjoint random cell sets per size (RIAD: 3; 2 = a random complementary pair)
+  # Grid: cells per image side, one entry per cell size (side isize / n, at least 2 px); 4 = a 4x4
+  # board at every resolution (the study's grid, docs/methods.md#grid_mask).
+  c.mask.cells = (4,)
+  c.mask.sets = 2  # grid: disjoint cell sets per size (2: complementary pair; RIAD: 3)
+  c.mask.partition = 'alternating'  # grid: alternating (cell (i, j) in set (i + j) mod sets) | random
+  c.mask.draw = 'image'  # grid training: cell size (and random partition) drawn per image | batch
   c.mask.fill = 0.0  # value written into holes (images are in [-1, 1])
 
   c.eval = ml_collections.ConfigDict()
@@ -189,7 +196,7 @@ def base_config() -> ml_collections.ConfigDict:
   # quantile; the 0.99 one would sit between the two largest), an MVTec AD category 6-39.
   c.eval.threshold_quantile = 0.95
   c.eval.smooth_sigma = 0.0  # Gaussian smoothing of pixel maps (and of the map_* scores' maps)
-  c.eval.map = 'l1'  # pixel anomaly map: l1 | ssim | msgms | riad (ssim + msgms)
+  c.eval.map = 'l1'  # pixel anomaly map: l1 | ssim | msgms | ssim_msgms (losses.MAPS)
   c.eval.topk_fraction = 0.1  # eval.score=map_topk: mean of this fraction of the highest pixels
   # Which (score, map) the test split is read out with: 'published' = eval.score and eval.map as
   # set; 'auto' = the candidate with the best AUROC on validation normals plus synthetic anomalies
@@ -217,11 +224,11 @@ def flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
 
 
 def upgrade_legacy(saved: dict[str, Any]) -> dict[str, Any]:
-  """A config dict saved before the `runtime` section existed, with its keys moved there.
+  """A config dict saved by an older version, with its keys moved to where they are now.
 
   Run directories written by older versions keep `model.dtype`, `model.conv_transpose`,
-  `compile_cache_dir` and `distributed` at their old places, and lack `eval.readout` (they read out
-  as published); `infer` and resumed runs read them here.
+  `compile_cache_dir` and `distributed` at their old places, the grid's old keys (`_upgrade_grid`),
+  and lack `eval.readout` (they read out as published); `infer` and resumed runs read them here.
   """
   saved = {k: (dict(v) if isinstance(v, dict) else v) for k, v in saved.items()}
   runtime = base_config().runtime.to_dict()
@@ -236,7 +243,32 @@ def upgrade_legacy(saved: dict[str, Any]) -> dict[str, Any]:
   saved['runtime'] = runtime
   if 'eval' in saved:  # runs from before eval.readout read out with their own score and map
     saved['eval'] = {'readout': 'published', **saved['eval']}
+  _upgrade_grid(saved)
   return saved
+
+
+def _upgrade_grid(saved: dict[str, Any]) -> None:
+  """Grid keys of runs saved before `mask.cells` / `mask.partition` / `mask.draw`, in place.
+
+  Those runs gave cell sides in pixels (`mask.cell_sizes`; () meant 2, 4, ... up to
+  min(16, isize / 4)), split the cells at random per image, and called the eval map 'ssim_msgms'
+  'riad'. Runs that did not use the grid get today's defaults of the grid keys.
+  """
+  mask, model = saved.get('mask', {}), saved.get('model', {})
+  if 'cell_sizes' in mask:
+    sides = list(mask.pop('cell_sizes'))
+    if mask.get('kind') == 'grid':
+      isize = int(model.get('isize') or 0)
+      sides = sides or [2 ** k for k in range(1, 5) if 2 ** k <= min(16, isize // 4)]
+      mask['cells'] = [isize // side for side in sides]
+      mask.setdefault('partition', 'random')
+      mask.setdefault('draw', 'image')
+    else:
+      defaults = base_config().mask
+      for key in ('cells', 'sets', 'partition', 'draw'):
+        mask[key] = defaults[key]
+  if saved.get('eval', {}).get('map') == 'riad':
+    saved['eval']['map'] = 'ssim_msgms'
 
 
 def _tuples(value: Any) -> Any:
@@ -250,10 +282,21 @@ def _tuples(value: Any) -> Any:
 def from_saved(saved: dict[str, Any]) -> ml_collections.ConfigDict:
   """The ConfigDict of a run's config.json: legacy keys upgraded, JSON lists back to tuples.
 
-  Config values are never lists (`base_config` holds tuples, e.g. `mask.cell_sizes`), but JSON
+  Config values are never lists (`base_config` holds tuples, e.g. `mask.cells`), but JSON
   writes tuples as lists; without this a reloaded config would fail validation (`[] != ()`).
+  Keys added since the run was saved take their `base_config` defaults: a new key's default is
+  the behaviour from before it existed (`loss.reconstruction='l1'`, ...).
   """
-  return ml_collections.ConfigDict(_tuples(upgrade_legacy(saved)))
+  return ml_collections.ConfigDict(_merged(base_config().to_dict(),
+                                           _tuples(upgrade_legacy(saved))))
+
+
+def _merged(defaults: dict[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
+  out = dict(defaults)
+  for key, value in saved.items():
+    out[key] = (_merged(defaults[key], value) if isinstance(value, dict)
+                and isinstance(defaults.get(key), dict) else value)
+  return out
 
 
 def apply_args(config: ml_collections.ConfigDict, args: dict[str, Any]) -> None:

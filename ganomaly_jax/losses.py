@@ -14,15 +14,17 @@ docs/methods.md#skip_ganomaly; GANomaly: Akçay et al. 2018; Skip-GANomaly: Akç
   eq. 3.8  SkipGANomaly L_D = BCE(D(x), 1) + BCE(D(x̂), 0) + the latent term mean((f(x) - f(x̂))²)
   eq. 6.1  A(x)  = λ mean((x - x̂)²) + (1 - λ) mean((f(x) - f(x̂))²)   SkipGANomaly score
 
-Beside L1, every reconstruction method may add SSIM and multi-scale gradient-magnitude similarity
-terms to G's loss (`loss.w_ssim`, `loss.w_msgms`; `structural_loss`) and choose its pixel anomaly map
-(`eval.map`, registry `MAPS`), as RIAD does (Zavrtanik, Kristan, Skočaj, Pattern Recognition 2021;
-docs/methods.md#grid_mask). The `map_*` scores reduce that map to one number per image.
+The contextual term is L1 (eq. 3.3) or, for RIAD, L2 (`loss.reconstruction`, registry
+`RECONSTRUCTION`). Beside it, every reconstruction method may add SSIM and multi-scale
+gradient-magnitude similarity terms to G's loss (`loss.w_ssim`, `loss.w_msgms`; `structural_loss`)
+and choose its pixel anomaly map (`eval.map`, registry `MAPS`), as RIAD does (Zavrtanik, Kristan,
+Skočaj, Pattern Recognition 2021; docs/methods.md#riad). The `map_*` scores reduce that map to one
+number per image.
 
-A method picks its adversarial objective (`loss.adversarial`) and its score (`eval.score`) by name
-from `ADVERSARIAL` and `SCORES`; the train and eval steps call the registered functions, and
-`validate.py` reads each entry's facts. A new one is one `register_adversarial` / `register_score`
-call (see docs/extending.md#adding-a-method).
+A method picks its adversarial objective (`loss.adversarial`; 'none' for a plain autoencoder) and
+its score (`eval.score`) by name from `ADVERSARIAL` and `SCORES`; the train and eval steps call the
+registered functions, and `config_checks.py` reads each entry's facts. A new one is one
+`register_adversarial` / `register_score` call (see docs/extending.md#adding-a-method).
 """
 
 from __future__ import annotations
@@ -56,6 +58,22 @@ def reconstruction_l1(x: jax.Array, recon: jax.Array, weight: jax.Array | None =
     return jnp.mean(err)
   weight = jnp.broadcast_to(weight, err.shape)
   return jnp.sum(err * weight) / jnp.maximum(jnp.sum(weight), 1e-8)
+
+
+def reconstruction_l2(x: jax.Array, recon: jax.Array, weight: jax.Array | None = None) -> jax.Array:
+  """RIAD's pixel term: mean (x - x̂)²; `weight` re-weights pixels as in `reconstruction_l1`."""
+  err = jnp.square(x - recon)
+  if weight is None:
+    return jnp.mean(err)
+  weight = jnp.broadcast_to(weight, err.shape)
+  return jnp.sum(err * weight) / jnp.maximum(jnp.sum(weight), 1e-8)
+
+
+# The contextual term of G's loss (`loss.reconstruction`), weighted by loss.w_con.
+RECONSTRUCTION: dict[str, Callable[..., jax.Array]] = {
+    'l1': reconstruction_l1,  # eq. 3.3
+    'l2': reconstruction_l2,  # RIAD
+}
 
 
 def latent_l2(z: jax.Array, z_hat: jax.Array) -> jax.Array:
@@ -161,13 +179,29 @@ def structural_loss(x: jax.Array, recon: jax.Array, w_ssim: float, w_msgms: floa
 
 # ---- Pixel anomaly maps (`eval.map`): (x, x̂) -> [B, H, W], higher = more anomalous. ----
 
-MAPS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
-    'l1': pixel_map,
-    'ssim': similarity.ssim_anomaly_map,  # 1 - SSIM
-    'msgms': similarity.msgms_anomaly_map,  # RIAD's map: 1 - MSGMS, mean-filtered
+
+@dataclasses.dataclass(frozen=True)
+class PixelMap:
+  """An anomaly map `fn(x, x̂) -> [B, H, W]` and the largest value it can take.
+
+  `max_value` bounds the map for images in [-1, 1] (smoothing keeps the bound): the pixel metrics'
+  histogram spans [0, max_value], so no value of the map in use is clipped.
+  """
+
+  fn: Callable[[jax.Array, jax.Array], jax.Array]
+  max_value: float
+
+  def __call__(self, x: jax.Array, recon: jax.Array) -> jax.Array:
+    return self.fn(x, recon)
+
+
+MAPS: dict[str, PixelMap] = {
+    'l1': PixelMap(pixel_map, 2.0),  # |x - x̂| of images in [-1, 1]
+    'ssim': PixelMap(similarity.ssim_anomaly_map, 2.0),  # 1 - SSIM, SSIM in [-1, 1]
+    'msgms': PixelMap(similarity.msgms_anomaly_map, 1.0),  # RIAD's map: 1 - MSGMS, mean-filtered
     # Both structural maps summed: SSIM reacts to local contrast, MSGMS to edges.
-    'riad': lambda x, recon: similarity.ssim_anomaly_map(x, recon)
-                             + similarity.msgms_anomaly_map(x, recon),
+    'ssim_msgms': PixelMap(lambda x, recon: similarity.ssim_anomaly_map(x, recon)
+                           + similarity.msgms_anomaly_map(x, recon), 3.0),
 }
 
 
@@ -218,6 +252,7 @@ class Adversarial:
   allows_extra: bool = False  # loss.adv_extra (eq. 3.6) adds something this objective lacks
   d_loss_bounded: bool = True  # D's loss is >= 0, so train.d_reinit_threshold means "D wins outright"
   multi_critic: bool = False  # loss.n_critic > 1: extra D-only updates per step
+  needs_discriminator: bool = True  # False only for 'none' (model.discriminator=none)
 
 
 ADVERSARIAL: dict[str, Adversarial] = {}
@@ -255,6 +290,14 @@ register_adversarial('wgan_gp', Adversarial(
     d_loss_bounded=False, multi_critic=True))
 
 
+# No adversary (RIAD, docs/methods.md#riad): with model.discriminator=none nothing is trained
+# against G and D's loss is 0 (D has no parameters).
+register_adversarial('none', Adversarial(
+    generator_loss=lambda d, hp: jnp.zeros(()),
+    discriminator_loss=lambda d, hp: jnp.zeros(()), d_norm='none', uses_labels=False,
+    needs_discriminator=False))
+
+
 class ScoreInputs(NamedTuple):
   """What a score sees at evaluation (eval mode throughout)."""
 
@@ -269,6 +312,7 @@ class Score:
 
   fn: Callable[[ScoreInputs, Any], jax.Array]
   needs_outputs: tuple[str, ...] = ()  # generator outputs beyond 'recon' (models.GENERATORS)
+  needs_discriminator: bool = False  # reads D's features (not with model.discriminator=none)
   mask: str = 'any'  # 'required' | 'forbidden' | 'any': whether training with mask.kind fits it
   reads: frozenset[str] = frozenset()  # eval keys only this score uses (validation refuses them
   # away from their defaults with any other score)
@@ -295,7 +339,7 @@ def _lambda(s: ScoreInputs, hp: Any) -> jax.Array:
 register_score('latent', Score(lambda s, hp: latent_score(s.outputs['z'], s.outputs['z_hat']),
                                needs_outputs=('z', 'z_hat'), mask='forbidden'))
 register_score('reconstruction', Score(lambda s, hp: reconstruction_score(s.x, s.outputs['recon'])))
-register_score('lambda', Score(_lambda))  # eq. 6.1, docs/methods.md#skip_ganomaly
+register_score('lambda', Score(_lambda, needs_discriminator=True))  # eq. 6.1
 # The masked methods' score: reconstruction error of the full-coverage inpainting.
 register_score('inpaint', Score(lambda s, hp: reconstruction_score(s.x, s.outputs['recon']),
                                 mask='required'))

@@ -1,5 +1,6 @@
-"""Inpainting masks for masked SkipGANomaly (study method 5, docs/methods.md#masked) and the
-grid-mask proposal (docs/methods.md#grid_mask); `KINDS` is the registry of `mask.kind`.
+"""Inpainting masks for masked SkipGANomaly (study method 5, docs/methods.md#masked), the grid-mask
+proposal (docs/methods.md#grid_mask) and RIAD (docs/methods.md#riad); `KINDS` is the registry of
+`mask.kind`.
 
 Convention: a mask is float32 with shape [..., H, W, 1]; it is 1 inside the HOLE (the region the
 generator must fill in from context) and 0 on visible pixels. Images are NHWC float32 in [-1, 1].
@@ -8,13 +9,14 @@ Three hole shapes (`mask.kind`):
   * 'square': one random square hole of side round(mask.size * isize) per training image; at
     evaluation a fixed set of such squares that tiles the image, so every pixel is reconstructed from
     context exactly once (this removes the "damage outside the hole is copied through" limitation).
-  * 'grid': reconstruction by inpainting (RIAD: Zavrtanik, Kristan, Skočaj, Pattern Recognition
-    2021), the study's grid-mask proposal done as RIAD measured it. Square cells of several sizes
-    (`mask.cell_sizes`); the cells of one size are split at random into `mask.sets` disjoint sets, one
-    mask per set, so the n holes tile the image; the generator fills all n masked copies and each
-    pixel is taken from the copy where it was hidden. Training draws a size and a fresh partition
-    per image every step (`grid_train_masks`); evaluation uses every size with a fixed partition
-    (`grid_eval_masks`).
+  * 'grid': square cells (`mask.cells`, cells per image side, one entry per cell size) split into
+    `mask.sets` disjoint sets, one mask per set, so the holes tile the image; the generator fills
+    every masked copy and each pixel is taken from the copy where it was hidden. The split
+    (`mask.partition`) is the study's alternating grid (cell (i, j) in set (i + j) mod n: two
+    complementary checkerboards for n = 2) or RIAD's random balanced one (Zavrtanik, Kristan,
+    Skočaj, Pattern Recognition 2021), drawn afresh each step. Training draws the cell size (and a
+    random partition) per image or per batch (`mask.draw`, `grid_train_masks`); evaluation uses every
+    size with a fixed partition (`grid_eval_masks`).
   * 'stain': random blurred irregular ellipses covering 1-12% of the image (Collin & De Vleeschouwer
     2020); evaluated with a fixed square tiling, see `eval_masks`.
 
@@ -81,36 +83,55 @@ def _check_tiling(isize: int, size: float) -> int:
   return side
 
 
-def grid_cell_sizes(isize: int, cell_sizes) -> tuple[int, ...]:
-  """The grid's cell sides in pixels: `mask.cell_sizes`, or for () powers of two from 2 to
-  min(16, isize / 4) -- (2, 4) at 16x16, (2, 4, 8) at 32x32, (2, 4, 8, 16) from 64x64 up.
+# Grid cells are at least this many pixels wide: RIAD's smallest cell. A 1 px hole is refilled by
+# interpolating its neighbours whatever the content, so it teaches and tests nothing.
+MIN_CELL = 2
+# How the cells of one size are split into `mask.sets` holes (`mask.partition`).
+PARTITIONS = ('alternating', 'random')
+# Whether training draws the cell size (and a random partition) per image or per batch (`mask.draw`).
+DRAWS = ('image', 'batch')
 
-  The upper end keeps at least 4x4 cells, so that with 3 sets every hole still has visible
-  neighbours; RIAD uses 2, 4, 8, 16 at 256x256.
+
+def grid_cell_sizes(isize: int, cells) -> tuple[int, ...]:
+  """The grid's cell sides in pixels: for every n of `mask.cells` (cells per image side), the side
+  isize // n, at least MIN_CELL; sizes that coincide after the floor are kept once, in order.
+
+  Counting cells per side scales the grid with the image: the same n hides the same fraction of the
+  object at every resolution. The floor keeps a cell a hole: RIAD's n = 128, 64, 32, 16 give its
+  2, 4, 8, 16 px at 256 px but (2,) at 32 px, where the finer sizes would be under a pixel.
   """
-  if cell_sizes:
-    return tuple(int(c) for c in cell_sizes)
-  top = min(16, isize // 4)
-  return tuple(2 ** k for k in range(1, 5) if 2 ** k <= top)
+  sizes: list[int] = []
+  for n in cells:
+    side = max(isize // int(n), MIN_CELL)
+    if side not in sizes:
+      sizes.append(side)
+  return tuple(sizes)
 
 
-def _check_grid(isize: int, cell_sizes, sets) -> None:
+def _check_grid(isize: int, cells, sets, partition: str, draw: str) -> None:
   if not isinstance(sets, int) or isinstance(sets, bool) or sets < 2:
     raise ValueError(f'mask.sets={sets!r} must be an integer >= 2 (disjoint cell sets per size).')
-  if not isinstance(cell_sizes, (tuple, list)) or not all(
-      isinstance(c, int) and not isinstance(c, bool) for c in cell_sizes):
-    raise ValueError(f'mask.cell_sizes={cell_sizes!r} must be a tuple of integers (cell sides in '
-                     f'pixels), or () for the default.')
-  sizes = grid_cell_sizes(isize, cell_sizes)
-  if not sizes or len(set(sizes)) != len(sizes):
-    raise ValueError(f'mask.cell_sizes={cell_sizes!r} gives {sizes} at isize={isize}: need at '
-                     f'least one size, with no repeats.')
-  for c in sizes:
-    if c < 1 or isize % c:
-      raise ValueError(f'mask.cell_sizes: a cell side of {c} must be >= 1 and divide isize={isize}.')
-    if (isize // c) ** 2 < sets:
-      raise ValueError(f'mask.cell_sizes: a cell side of {c} leaves {(isize // c) ** 2} cells at '
+  if partition not in PARTITIONS:
+    raise ValueError(f'mask.partition={partition!r}: use one of {", ".join(PARTITIONS)}.')
+  if draw not in DRAWS:
+    raise ValueError(f'mask.draw={draw!r}: use one of {", ".join(DRAWS)}.')
+  if not isinstance(cells, (tuple, list)) or not cells or not all(
+      isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in cells):
+    raise ValueError(f'mask.cells={cells!r} must be a non-empty tuple of positive integers (grid '
+                     f'cells per image side).')
+  if len(set(cells)) != len(cells):
+    raise ValueError(f'mask.cells={cells!r} repeats a size.')
+  for c in grid_cell_sizes(isize, cells):
+    if isize % c:
+      raise ValueError(f'mask.cells={cells!r}: a cell side of {c} px does not divide '
+                       f'isize={isize}.')
+    board = isize // c
+    if board ** 2 < sets:
+      raise ValueError(f'mask.cells={cells!r}: a cell side of {c} px leaves {board ** 2} cells at '
                        f'isize={isize}, fewer than mask.sets={sets}.')
+    if partition == 'alternating' and 2 * (board - 1) < sets - 1:
+      raise ValueError(f'mask.cells={cells!r}: an alternating {board}x{board} board cannot give '
+                       f'mask.sets={sets} non-empty sets.')
 
 
 def square_masks(rng: jax.Array, batch: int, isize: int, size: float) -> jax.Array:
@@ -227,18 +248,26 @@ def stain_masks(rng: jax.Array, batch: int, isize: int) -> jax.Array:
   return jnp.where(in_range, hole, clipped).astype(jnp.float32)[..., None]
 
 
-def _set_of_pixel(uniform: jax.Array, isize: int, cell: int, sets: int) -> jax.Array:
-  """Random balanced partition of the cells: [..., c * c] uniforms -> int32 [..., isize, isize].
+def _cell_sets(partition: str, uniform: jax.Array | None, board: int, sets: int) -> jax.Array:
+  """The set of every cell of a board x board grid: int32 [..., board, board].
 
-  A cell's rank in the random order (argsort of argsort) modulo `sets` is its set, so every set
-  gets floor or ceil of c² / sets cells -- RIAD shuffles the cells and splits them into n equal
-  parts -- and the sets are disjoint and cover every cell by construction.
+  'alternating' (the study's grid): cell (i, j) is in set (i + j) mod sets -- for 2 sets the two
+  complementary checkerboards, so every hidden cell has visible neighbours on all four sides.
+  'random' (RIAD): a cell's rank in a random order (argsort of argsort of `uniform`, [..., board²])
+  modulo `sets`, so every set gets floor or ceil of board² / sets cells -- RIAD shuffles the cells
+  and splits them into n equal parts.
   """
-  c = isize // cell
+  if partition == 'alternating':
+    i = jnp.arange(board, dtype=jnp.int32)
+    return (i[:, None] + i[None, :]) % sets
   rank = jnp.argsort(jnp.argsort(uniform, axis=-1), axis=-1)
-  sets_of_cells = (rank % sets).reshape(uniform.shape[:-1] + (c, c))
+  return (rank % sets).reshape(uniform.shape[:-1] + (board, board)).astype(jnp.int32)
+
+
+def _set_of_pixel(cell_sets: jax.Array, isize: int, cell: int) -> jax.Array:
+  """int [..., board, board] cell sets -> int [..., isize, isize] set of every pixel."""
   pixel_cell = _iota(isize) // cell
-  return sets_of_cells[..., pixel_cell[:, None], pixel_cell[None, :]]
+  return cell_sets[..., pixel_cell[:, None], pixel_cell[None, :]]
 
 
 def _one_hot_sets(set_of_pixel: jax.Array, sets: int) -> jax.Array:
@@ -247,50 +276,61 @@ def _one_hot_sets(set_of_pixel: jax.Array, sets: int) -> jax.Array:
   return (set_of_pixel[None] == ks).astype(jnp.float32)[..., None]
 
 
-# The fixed partitions of evaluation come from this key, so every evaluation (and every run) of the
-# same config sees the same masks.
+# The fixed random partitions of evaluation come from this key, so every evaluation (and every run)
+# of the same config sees the same masks.
 GRID_EVAL_SEED = 0
 
 
-def grid_eval_masks(isize: int, cell_sizes, sets: int) -> jax.Array:
+def grid_eval_masks(isize: int, cells, sets: int, partition: str = 'alternating') -> jax.Array:
   """The deterministic evaluation partitions: for every cell size, `sets` disjoint masks.
 
   Returns:
     [S, sets, isize, isize, 1] float32 (S = number of cell sizes); for each size s the masks sum to
-    1 everywhere. The partition of size c is drawn from fold_in(key(GRID_EVAL_SEED), c).
+    1 everywhere. 'alternating' is the training grid itself; a 'random' partition of size c is drawn
+    from fold_in(key(GRID_EVAL_SEED), c).
   """
-  _check_grid(isize, cell_sizes, sets)
+  _check_grid(isize, cells, sets, partition, 'image')
   out = []
-  for cell in grid_cell_sizes(isize, cell_sizes):
-    c = isize // cell
-    u = jax.random.uniform(jax.random.fold_in(jax.random.key(GRID_EVAL_SEED), cell), (c * c,))
-    out.append(_one_hot_sets(_set_of_pixel(u, isize, cell, sets), sets))
+  for cell in grid_cell_sizes(isize, cells):
+    board = isize // cell
+    u = None
+    if partition == 'random':
+      u = jax.random.uniform(jax.random.fold_in(jax.random.key(GRID_EVAL_SEED), cell),
+                             (board * board,))
+    out.append(_one_hot_sets(_set_of_pixel(_cell_sets(partition, u, board, sets), isize, cell),
+                             sets))
   return jnp.stack(out)
 
 
-def grid_train_masks(rng: jax.Array, batch: int, isize: int, cell_sizes, sets: int) -> jax.Array:
-  """Training partitions: per image, a random cell size and a fresh random partition of its cells.
+def grid_train_masks(rng: jax.Array, batch: int, isize: int, cells, sets: int,
+                     partition: str = 'alternating', draw: str = 'image') -> jax.Array:
+  """Training partitions: a cell size drawn from `cells` and, for 'random', a fresh partition.
 
-  The size is drawn per image, not per batch: every batch then mixes all sizes, as evaluation does,
-  so BatchNorm's batch statistics do not swing between scales from one step to the next. Shapes stay
+  draw='image' draws both per image: every batch then mixes all sizes, as evaluation does, so
+  BatchNorm's batch statistics do not swing between scales from one step to the next. draw='batch'
+  draws one size and one partition for the whole batch, as RIAD's training does. Shapes stay
   static: the partitions of every size are drawn (cheap: one uniform per cell) and the drawn size
   selects among them.
 
   Returns:
     [sets, batch, isize, isize, 1] float32; for each image the `sets` masks sum to 1 everywhere.
   """
-  _check_grid(isize, cell_sizes, sets)
-  sizes = grid_cell_sizes(isize, cell_sizes)
+  _check_grid(isize, cells, sets, partition, draw)
+  sizes = grid_cell_sizes(isize, cells)
+  draws = batch if draw == 'image' else 1
   size_rng, *part_rngs = jax.random.split(rng, len(sizes) + 1)
-  which = jax.random.randint(size_rng, (batch,), 0, len(sizes))
+  which = jax.random.randint(size_rng, (draws,), 0, len(sizes))
   per_size = []
   for cell, part_rng in zip(sizes, part_rngs):
-    c = isize // cell
-    # Flat draw, reshaped: XLA:CPU compiles multi-dimensional threefry slowly (see stain_masks).
-    u = jax.random.uniform(part_rng, (batch * c * c,)).reshape(batch, c * c)
-    per_size.append(_set_of_pixel(u, isize, cell, sets))
+    board = isize // cell
+    u = None
+    if partition == 'random':
+      # Flat draw, reshaped: XLA:CPU compiles multi-dimensional threefry slowly (see stain_masks).
+      u = jax.random.uniform(part_rng, (draws * board * board,)).reshape(draws, board * board)
+    pixels = _set_of_pixel(_cell_sets(partition, u, board, sets), isize, cell)
+    per_size.append(jnp.broadcast_to(pixels, (draws, isize, isize)))
   chosen = jnp.take_along_axis(jnp.stack(per_size, axis=1), which[:, None, None, None], axis=1)
-  return _one_hot_sets(chosen[:, 0], sets)
+  return _one_hot_sets(jnp.broadcast_to(chosen[:, 0], (batch, isize, isize)), sets)
 
 
 def tiling_masks(isize: int, size: float) -> jax.Array:
@@ -402,7 +442,7 @@ def combine_tilings(reconstruct: Callable[[jax.Array], jax.Array], x: jax.Array,
 
 
 def validate_mask_config(kind: str, isize: int, mask) -> None:
-  """Raises ValueError (one line naming mask.kind / mask.size / mask.cell_sizes / mask.sets) for
+  """Raises ValueError (one line naming mask.kind / mask.size / mask.cells / mask.sets / ...) for
   impossible values of the config's mask section `mask`.
 
   Checks exactly what `train_masks` and `eval_masks` will need, so a bad config fails before any
@@ -429,7 +469,7 @@ def _check_stain(isize: int, mask) -> None:
 class MaskKind:
   """How one mask kind trains and evaluates, and which config keys it reads.
 
-  Every function takes the config's mask section (`mask.size`, `mask.cell_sizes`, ...). Training
+  Every function takes the config's mask section (`mask.size`, `mask.cells`, ...). Training
   either hides one random hole per image (`train_holes` -> [B, H, W, 1]; the loss weights the hole
   by loss.hole_weight) or, with `train_on_combination`, K complementary masks per image
   (`train_holes` -> [K, B, H, W, 1]) whose inpaintings are combined into the reconstruction that
@@ -442,10 +482,14 @@ class MaskKind:
   train_holes: Callable[[jax.Array, int, int, object], jax.Array] | None = None
   eval_holes: Callable[[int, object], jax.Array] | None = None
   train_on_combination: bool = False
-  # of 'mask.size', 'mask.cell_sizes', 'mask.sets', 'mask.fill', 'loss.hole_weight'
+  # of the keys in `MASK_KEYS`
   reads: frozenset[str] = frozenset()
   check: Callable[[int, object], None] = lambda isize, mask: None
 
+
+# Every key some mask kind reads; validation refuses those a kind does not read away from defaults.
+MASK_KEYS = ('mask.size', 'mask.cells', 'mask.sets', 'mask.partition', 'mask.draw', 'mask.fill',
+             'loss.hole_weight')
 
 KINDS: dict[str, MaskKind] = {
     'none': MaskKind(),
@@ -455,14 +499,15 @@ KINDS: dict[str, MaskKind] = {
         eval_holes=lambda isize, m: tiling_masks(isize, m.size)[None],
         reads=frozenset({'mask.size', 'mask.fill', 'loss.hole_weight'}),
         check=lambda isize, m: _check_tiling(isize, m.size)),
-    # The grid-mask proposal as RIAD, docs/methods.md#grid_mask: no single hole, so no hole weight.
+    # The grid-mask proposal and RIAD, docs/methods.md#grid_mask and #riad: no single hole, so no
+    # hole weight.
     'grid': MaskKind(
-        train_holes=lambda rng, batch, isize, m: grid_train_masks(rng, batch, isize,
-                                                                  m.cell_sizes, m.sets),
-        eval_holes=lambda isize, m: grid_eval_masks(isize, m.cell_sizes, m.sets),
+        train_holes=lambda rng, batch, isize, m: grid_train_masks(
+            rng, batch, isize, m.cells, m.sets, m.partition, m.draw),
+        eval_holes=lambda isize, m: grid_eval_masks(isize, m.cells, m.sets, m.partition),
         train_on_combination=True,
-        reads=frozenset({'mask.cell_sizes', 'mask.sets', 'mask.fill'}),
-        check=lambda isize, m: _check_grid(isize, m.cell_sizes, m.sets)),
+        reads=frozenset({'mask.cells', 'mask.sets', 'mask.partition', 'mask.draw', 'mask.fill'}),
+        check=lambda isize, m: _check_grid(isize, m.cells, m.sets, m.partition, m.draw)),
     'stain': MaskKind(
         train_holes=lambda rng, batch, isize, m: stain_masks(rng, batch, isize),
         eval_holes=lambda isize, m: tiling_masks(isize, STAIN_EVAL_SIZE)[None],

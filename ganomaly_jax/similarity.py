@@ -1,38 +1,99 @@
 """Structural image-similarity maps (SSIM, gradient-magnitude similarity) as pure jax.numpy.
 
-Used as reconstruction losses beside L1 (`loss.w_ssim`, `loss.w_msgms`) and as anomaly maps
-(`eval.map`) by every reconstruction method; docs/methods.md#grid_mask. They follow RIAD (Zavrtanik,
+Used as reconstruction losses beside the pixel loss (`loss.w_ssim`, `loss.w_msgms`) and as anomaly
+maps (`eval.map`) by every reconstruction method; docs/methods.md#riad. They follow RIAD (Zavrtanik,
 Kristan, Skočaj, "Reconstruction by inpainting for visual anomaly detection", Pattern Recognition
 2021), which trains on L2 + SSIM + multi-scale GMS losses and scores with the MSGMS map.
 
   SSIM  Wang, Bovik, Sheikh, Simoncelli, "Image quality assessment: from error visibility to
-        structural similarity", IEEE TIP 2004: Gaussian window (sigma 1.5), K1 = 0.01, K2 = 0.03.
-        Borders are handled as scikit-image's `structural_similarity(..., gaussian_weights=True,
-        sigma=1.5, use_sample_covariance=False)` does (scipy 'reflect' = numpy 'symmetric' padding),
-        so the full map matches it (tests/test_similarity.py).
+        structural similarity", IEEE TIP 2004: Gaussian window, K1 = 0.01, K2 = 0.03. Borders as
+        scikit-image's `structural_similarity(..., gaussian_weights=True, use_sample_covariance=
+        False)` handles them (scipy 'reflect' = numpy 'symmetric' padding), so the full map matches
+        it (tests/test_similarity.py).
   GMS   Xue, Zhang, Mou, Bovik, "Gradient magnitude similarity deviation", IEEE TIP 2014:
-        Prewitt gradient magnitudes g, GMS = (2 g1 g2 + c) / (g1² + g2² + c).
-  MSGMS RIAD: GMS at scales 1, 1/2, 1/4, 1/8 (2x2 average pooling), each map upsampled back
-        (bilinear) and averaged.
+        Prewitt gradient magnitudes g, GMS = (2 g1 g2 + c) / (g1² + g2² + c), c = 0.0026.
+  MSGMS RIAD: GMS on an average-pooled pyramid, each map upsampled back (bilinear) and averaged.
 
-Images are NHWC float in [-1, 1] (data range 2); every map is [B, H, W] (channels averaged).
+Intensities. The images are NHWC in [-1, 1]; SSIM and GMS are computed on (x + 1) / 2 in [0, 1]
+with a data range of 1. SSIM's luminance term (2 μx μy + C1) / (μx² + μy² + C1) is a similarity only
+for non-negative intensities: on signed images it collapses (and goes negative) wherever the local
+means straddle 0, i.e. on mid-grey, and barely moves near ±1. GMS is unchanged by the shift, and its
+constant 0.0026 is Xue et al.'s for [0, 1] images.
+
+Sizes. Every filter is defined at 256 px, the resolution of RIAD and of the study's cars, and scaled
+with the image side (`scales_for`), with floors where a filter would stop meaning anything:
+  * SSIM window: Gaussian σ = 1.5 · side / 256, at least 1 px (`ssim_sigma`). Below 1 px the nearest
+    neighbours weigh less than 0.61 of the centre and the local variance and covariance come from
+    little more than one pixel. Support radius int(3.5 σ + 0.5), as scikit-image.
+  * MSGMS scales: 1, 1/2, 1/4, 1/8 as RIAD at 256 px, but only while the scale stays at least 8 px
+    (`msgms_scales`): at 4 px every pixel of a 3×3 Prewitt filter touches the border.
+  * The anomaly map's mean filter: RIAD's 21×21 at 256 px, the odd side nearest 21 · side / 256
+    (`msgms_smoothing`; 1, i.e. none, at 16 px).
+Every map is [B, H, W] (channels averaged).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
 import jax.numpy as jnp
 
-DATA_RANGE = 2.0  # images live in [-1, 1]
-SSIM_SIGMA = 1.5
-SSIM_TRUNCATE = 3.5  # scikit-image's window: radius int(3.5 * 1.5 + 0.5) = 5, an 11x11 window
+# The resolution at which RIAD (and Wang et al.'s window) define every size below.
+REFERENCE_SIDE = 256
+SSIM_SIGMA = 1.5  # at 256 px
+SSIM_MIN_SIGMA = 1.0
+SSIM_TRUNCATE = 3.5  # scikit-image's window: radius int(3.5 * sigma + 0.5), 11x11 at sigma 1.5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
-# Xue et al.'s constant is 0.0026 for images in [0, 1] (170 / 255²); gradients scale with the data
-# range, so the constant scales with its square.
-GMS_C = 0.0026 * DATA_RANGE ** 2
-MSGMS_SCALES = 4  # 1, 1/2, 1/4, 1/8, as RIAD
+DATA_RANGE = 1.0  # SSIM and GMS see (x + 1) / 2
+GMS_C = 0.0026  # Xue et al.'s constant for [0, 1] images (170 / 255²)
+MSGMS_SCALES = 4  # 1, 1/2, 1/4, 1/8 at 256 px, as RIAD
+MSGMS_MIN_SIDE = 8  # the coarsest scale keeps at least this many pixels per side
+MEAN_FILTER_SIDE = 21  # RIAD's mean filter of the MSGMS map, at 256 px
+
+
+def to_unit(x: jax.Array) -> jax.Array:
+  """Images in [-1, 1] -> intensities in [0, 1] (what SSIM and GMS assume)."""
+  return (x + 1.0) * 0.5
+
+
+def ssim_sigma(side: int) -> float:
+  """SSIM's Gaussian window σ for images of `side` px: 1.5 at 256 px, scaled, at least 1 px."""
+  return max(SSIM_SIGMA * side / REFERENCE_SIDE, SSIM_MIN_SIGMA)
+
+
+def msgms_scales(side: int) -> int:
+  """Pyramid levels of MSGMS: up to RIAD's 4, while the coarsest level keeps >= 8 px per side.
+
+  16 px: 2 (16, 8); 32 px: 3 (32, 16, 8); 64 px and up: 4.
+  """
+  if side < MSGMS_MIN_SIDE:
+    return 1
+  return min(MSGMS_SCALES, 1 + int(math.floor(math.log2(side / MSGMS_MIN_SIDE))))
+
+
+def msgms_smoothing(side: int) -> int:
+  """Side of the MSGMS anomaly map's mean filter: the odd number nearest 21 · side / 256.
+
+  16 px: 1 (no filter); 32: 3; 64: 5; 128: 11; 256: 21 (RIAD's).
+  """
+  return max(1, 2 * round((MEAN_FILTER_SIDE * side / REFERENCE_SIDE - 1) / 2) + 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Scales:
+  """The size-dependent settings of one image side (see the module docstring)."""
+
+  side: int
+  ssim_sigma: float
+  msgms_scales: int
+  mean_filter: int
+
+
+def scales_for(side: int) -> Scales:
+  """Every size-dependent setting for square images of `side` px (the rules of this module)."""
+  return Scales(side, ssim_sigma(side), msgms_scales(side), msgms_smoothing(side))
 
 
 def gaussian_kernel(sigma: float, truncate: float = 4.0) -> jax.Array:
@@ -57,12 +118,18 @@ def separable_filter(images: jax.Array, kernel: jax.Array, mode: str = 'symmetri
   return sum(kernel[i] * rows[:, :, i:i + w] for i in range(taps))
 
 
+def _side(x: jax.Array) -> int:
+  return min(x.shape[1], x.shape[2])
+
+
 def ssim_map(x: jax.Array, y: jax.Array) -> jax.Array:
-  """Per-pixel SSIM (Wang et al. 2004, eq. 13 with population statistics), channels averaged: [B, H, W].
+  """Per-pixel SSIM (Wang et al. 2004, eq. 13 with population statistics) of (x + 1) / 2 and
+  (y + 1) / 2, data range 1, window `ssim_sigma(side)`; channels averaged: [B, H, W] in [-1, 1].
 
   1 where the two images agree in local mean, contrast and structure; lower where they differ.
   """
-  kernel = gaussian_kernel(SSIM_SIGMA, SSIM_TRUNCATE)
+  x, y = to_unit(x), to_unit(y)
+  kernel = gaussian_kernel(ssim_sigma(_side(x)), SSIM_TRUNCATE)
   blur = lambda a: separable_filter(a, kernel, 'symmetric')
   c1 = (SSIM_K1 * DATA_RANGE) ** 2
   c2 = (SSIM_K2 * DATA_RANGE) ** 2
@@ -86,9 +153,10 @@ def gradient_magnitude(gray: jax.Array) -> jax.Array:
 
 
 def gms_map(x: jax.Array, y: jax.Array) -> jax.Array:
-  """Gradient-magnitude similarity (Xue et al. 2014) of the channel means: [B, H, W, 1] in (0, 1]."""
-  gx = gradient_magnitude(jnp.mean(x, axis=-1, keepdims=True))
-  gy = gradient_magnitude(jnp.mean(y, axis=-1, keepdims=True))
+  """Gradient-magnitude similarity (Xue et al. 2014) of the channel means of (x + 1) / 2 and
+  (y + 1) / 2: [B, H, W, 1] in (0, 1]."""
+  gx = gradient_magnitude(jnp.mean(to_unit(x), axis=-1, keepdims=True))
+  gy = gradient_magnitude(jnp.mean(to_unit(y), axis=-1, keepdims=True))
   return (2 * gx * gy + GMS_C) / (gx * gx + gy * gy + GMS_C)
 
 
@@ -98,11 +166,11 @@ def _avg_pool2(images: jax.Array) -> jax.Array:
 
 
 def _pyramid(x: jax.Array, y: jax.Array):
-  """The (x, y) pairs at scales 1, 1/2, ..., while both sides stay even and at least 2 pixels."""
+  """The (x, y) pairs at scales 1, 1/2, ...: `msgms_scales(side)` levels, while the sides stay even."""
   pairs = [(x, y)]
-  for _ in range(MSGMS_SCALES - 1):
+  for _ in range(msgms_scales(_side(x)) - 1):
     h, w = x.shape[1:3]
-    if h % 2 or w % 2 or min(h, w) < 4:
+    if h % 2 or w % 2:
       break
     x, y = _avg_pool2(x), _avg_pool2(y)
     pairs.append((x, y))
@@ -110,7 +178,7 @@ def _pyramid(x: jax.Array, y: jax.Array):
 
 
 def msgms_map(x: jax.Array, y: jax.Array) -> jax.Array:
-  """Multi-scale GMS (RIAD): GMS at scales 1 .. 1/8, each upsampled bilinearly, averaged: [B, H, W]."""
+  """Multi-scale GMS (RIAD): GMS on the `_pyramid`, each upsampled bilinearly, averaged: [B, H, W]."""
   b, h, w, _ = x.shape
   maps = [jax.image.resize(gms_map(xs, ys), (b, h, w, 1), 'linear') for xs, ys in _pyramid(x, y)]
   return jnp.mean(jnp.stack(maps), axis=0)[..., 0]
@@ -127,13 +195,10 @@ def msgms_loss(x: jax.Array, y: jax.Array) -> jax.Array:
   return sum(jnp.mean(1.0 - gms_map(xs, ys)) for xs, ys in pairs) / len(pairs)
 
 
-def msgms_smoothing(isize: int) -> int:
-  """Side of the mean filter applied to the MSGMS anomaly map: RIAD's 21 at 256, scaled, odd, >= 3."""
-  return 2 * max(1, round(10 * isize / 256)) + 1
-
-
 def mean_filter(maps: jax.Array, side: int) -> jax.Array:
-  """side x side box filter of [B, H, W] maps with edge-replicated borders."""
+  """side x side box filter of [B, H, W] maps with edge-replicated borders (side 1: unchanged)."""
+  if side <= 1:
+    return maps
   kernel = jnp.full((side,), 1.0 / side, jnp.float32)
   return separable_filter(maps[..., None], kernel, 'edge')[..., 0]
 
@@ -147,13 +212,13 @@ def gaussian_smooth(maps: jax.Array, sigma: float) -> jax.Array:
 
 
 def ssim_anomaly_map(x: jax.Array, y: jax.Array) -> jax.Array:
-  """1 - SSIM map: 0 where reconstruction and input agree, up to 2."""
+  """1 - SSIM map: 0 where reconstruction and input agree, at most 2."""
   return 1.0 - ssim_map(x, y)
 
 
 def msgms_anomaly_map(x: jax.Array, y: jax.Array) -> jax.Array:
-  """RIAD's anomaly map: 1 - MSGMS, mean-filtered (`msgms_smoothing`)."""
-  return mean_filter(1.0 - msgms_map(x, y), msgms_smoothing(x.shape[1]))
+  """RIAD's anomaly map: 1 - MSGMS, mean-filtered (`msgms_smoothing`); in [0, 1)."""
+  return mean_filter(1.0 - msgms_map(x, y), msgms_smoothing(_side(x)))
 
 
 def topk_count(num_pixels: int, fraction: float) -> int:

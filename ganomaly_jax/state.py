@@ -60,9 +60,10 @@ def init_generator(components: Components, rng: jax.Array, shape) -> tuple[Any, 
 
 
 def init_discriminator(components: Components, rng: jax.Array, shape) -> tuple[Any, Any]:
-  """Returns (params, batch_stats) of the discriminator (spectral-norm state lives in batch_stats)."""
+  """Returns (params, batch_stats) of the discriminator (spectral-norm state lives in batch_stats);
+  both empty for model.discriminator=none."""
   variables = components.discriminator.init(rng, jnp.zeros(shape, jnp.float32), train=False)
-  return variables['params'], variables.get('batch_stats', {})
+  return variables.get('params', {}), variables.get('batch_stats', {})
 
 
 def create_state(config: ml_collections.ConfigDict, components: Components,

@@ -103,9 +103,9 @@ def reconstruct_for_training(components: Components, hp: StepConfig, g_params, g
   mask_rng, drop_rng = jax.random.split(rng)
   kind, m = masks.KINDS[hp.mask.kind], hp.mask
   if kind.train_on_combination:
-    # Grid mask (RIAD): K complementary masks per image; all K masked copies go through one G call
-    # and each pixel is taken from the copy where it was hidden, so every loss term sees a
-    # reconstruction made entirely from context.
+    # Grid masks (the study's grid, RIAD): K complementary masks per image; all K masked copies go
+    # through one G call and each pixel is taken from the copy where it was hidden, so every loss
+    # term sees a reconstruction made entirely from context.
     holes = kind.train_holes(mask_rng, x.shape[0], hp.model.isize, m)
     new_stats = {}
 
@@ -244,8 +244,8 @@ def train_step(state: GanState, batch: dict[str, jax.Array], rng: jax.Array, *,
     g_adv = adversarial.generator_loss(inputs, hp)
     if w.adv_extra:  # eq. 3.6, non-saturating form
       g_adv = g_adv + losses.generator_bce(fake_logits)
-    g_con = losses.reconstruction_l1(x, recon, weight)
-    # RIAD's SSIM / MSGMS terms beside L1 (0 and not computed unless switched on).
+    g_con = losses.RECONSTRUCTION[w.reconstruction](x, recon, weight)  # eq. 3.3 (RIAD: L2)
+    # RIAD's SSIM / MSGMS terms beside the pixel term (0 and not computed unless switched on).
     g_struct, g_struct_terms = losses.structural_loss(x, recon, w.w_ssim, w.w_msgms)
     g_lat = generator.latent_term(out, real_feat, fake_feat)
     g_loss = w.w_adv * g_adv + w.w_con * g_con + g_struct + w.w_enc * g_lat
@@ -258,11 +258,11 @@ def train_step(state: GanState, batch: dict[str, jax.Array], rng: jax.Array, *,
       # Steps are counted from 1 (the step number after the update), as in the loop and logs.
       g_loss = g_loss + jnp.where(state.step + 1 == hp.debug_nan_at_step, jnp.nan, 0.0)
 
-    metrics = {
-        'g_loss': g_loss, 'g_adv': g_adv, 'g_con': g_con, 'g_lat': g_lat, 'd_loss': d_loss,
-        'd_real': jnp.mean(jax.nn.sigmoid(real_logits)),
-        'd_fake': jnp.mean(jax.nn.sigmoid(fake_logits)), **g_struct_terms,
-    }
+    metrics = {'g_loss': g_loss, 'g_con': g_con, 'g_lat': g_lat, **g_struct_terms}
+    if models.DISCRIMINATORS[hp.model.discriminator].present:  # else no D: nothing to report
+      metrics.update({'g_adv': g_adv, 'd_loss': d_loss,
+                      'd_real': jnp.mean(jax.nn.sigmoid(real_logits)),
+                      'd_fake': jnp.mean(jax.nn.sigmoid(fake_logits))})
     return (g_loss, d_loss), (g_stats, d_stats, metrics)
 
   (g_loss, d_loss), pullback, (g_stats, d_stats, metrics) = jax.vjp(
@@ -309,7 +309,7 @@ def reconstruct_for_eval(components: Components, hp: StepConfig, state: GanState
   Masked methods reconstruct every region from its context: the holes of each tiling of the mask
   kind's `eval_holes` tile the image, so damage anywhere is inpainted rather than copied through (the
   study's stated limitation, docs/methods.md#masked). With several tilings (the grid mask's cell
-  sizes, docs/methods.md#grid_mask) 'recon' is their mean and 'recons' [T, B, H, W, C] holds each,
+  sizes, docs/methods.md#riad) 'recon' is their mean and 'recons' [T, B, H, W, C] holds each,
   so `losses.anomaly_map` can average the per-size maps as RIAD does. `stochastic=True` keeps
   dropout active for MC-dropout.
   """

@@ -53,10 +53,10 @@ def test_digits_suite_is_methods_by_classes_by_seeds(tmp_path):
   suite = suites.load_suite('digits')
   names = [m.name for m in suite.methods]
   assert names == ['ganomaly', 'ganomaly_modified', 'ganomaly_sn', 'skip_ganomaly', 'masked',
-                   'masked+auto', 'grid_mask', 'grid_mask+auto', 'ganomaly_ae',
+                   'masked+auto', 'grid_mask', 'grid_mask+auto', 'riad', 'riad+auto', 'ganomaly_ae',
                    'skip_ganomaly_ae', 'pca', 'knn']
   runs = suites.expand(suite, str(tmp_path))
-  assert len(runs) == 12 * 10 * 3 == len({r.workdir for r in runs})
+  assert len(runs) == 14 * 10 * 3 == len({r.workdir for r in runs})
   assert {(r.cls, r.method.name, r.seed) for r in runs} == {
       (str(c), m, s) for c in range(10) for m in names for s in (0, 1, 2)}
   by = {(r.cls, r.method.name, r.seed): r for r in runs}
@@ -81,20 +81,37 @@ def test_digits_suite_is_methods_by_classes_by_seeds(tmp_path):
   assert not os.listdir(tmp_path)  # expanding creates nothing
 
 
-def test_grid_ablation_suite_changes_one_switch_per_row(tmp_path):
-  suite = suites.load_suite('digits_grid:seeds=0,steps=40')
-  runs = {r.method.name: r for r in suites.expand(suite, str(tmp_path)) if r.cls == '3'}
-  assert list(runs) == ['grid_mask', 'grid_mask_ae', 'grid_mask_l1', 'grid_mask_sets2',
-                        'grid_mask_cells4_8']
+@pytest.mark.parametrize('spec, cls', [('digits_grid:seeds=0,steps=40', '3'),
+                                       ('textures_grid:seeds=0,steps=40', 'brick')])
+def test_grid_ablation_suite_changes_exactly_its_switches_per_row(tmp_path, spec, cls):
+  suite = suites.load_suite(spec)
+  runs = {r.method.name: r for r in suites.expand(suite, str(tmp_path)) if r.cls == cls}
+  rows = {'grid_random': {'mask.partition': 'random'},
+          'grid_sets3': {'mask.sets': 3},
+          'grid_random_sets3': {'mask.partition': 'random', 'mask.sets': 3},
+          'grid_cell_half': {'mask.cells': (8,)},
+          'grid_cell_double': {'mask.cells': (2,)},
+          'grid_cells_4_8': {'mask.cells': (4, 8)},
+          'grid_structural': {'loss.w_ssim': 50.0, 'loss.w_msgms': 50.0},
+          'grid_no_gan': {'loss.w_adv': 0.0},
+          'grid_map_max': {'eval.score': 'map_max'},
+          'grid_msgms_max': {'eval.score': 'map_max', 'eval.map': 'msgms'},
+          'grid_inpaint': {'eval.score': 'inpaint'},
+          'grid_riad_like': {'mask.partition': 'random', 'mask.sets': 3, 'mask.cells': (4, 8),
+                             'loss.w_ssim': 50.0, 'loss.w_msgms': 50.0, 'loss.w_adv': 0.0,
+                             'eval.score': 'map_max', 'eval.map': 'msgms'}}
+  if spec.startswith('textures'):  # pixel metrics: the map alone is a row there
+    rows['grid_map_msgms'] = {'eval.map': 'msgms'}
+  assert list(runs) == ['grid_mask', *rows]
   default = config_lib.flatten(runs['grid_mask'].config.to_dict())
-  assert default['mask.kind'] == 'grid' and default['train.num_steps'] == 40
-  expected = {'grid_mask_ae': {'loss.w_adv': 0.0},
-              'grid_mask_l1': {'loss.w_ssim': 0.0, 'loss.w_msgms': 0.0, 'eval.map': 'l1'},
-              'grid_mask_sets2': {'mask.sets': 2},
-              'grid_mask_cells4_8': {'mask.cell_sizes': (4, 8)}}
-  for name, changes in expected.items():
+  assert (default['mask.kind'], default['mask.partition'], default['mask.cells'],
+          default['mask.sets'], default['eval.score'], default['train.num_steps']) == (
+              'grid', 'alternating', (4,), 2, 'lambda', 40)
+  for name, changes in rows.items():
     flat = config_lib.flatten(runs[name].config.to_dict())
     assert {k: v for k, v in flat.items() if default[k] != v} == changes, name
+  assert suite.prepare is (None if spec.startswith('digits') else suites.load_suite(
+      'textures').prepare)
 
 
 def test_options_restrict_the_suite():
@@ -126,7 +143,7 @@ def test_folder_categories_and_textures_expand_to_category_folders(tmp_path):
   suite = suites.load_suite(f'folder_categories:{tmp_path / "mvtec"},seeds=0,steps=5')
   assert suite.classes == ['bottle', 'screw']
   runs = suites.expand(suite, str(tmp_path / 'root'))
-  assert len(runs) == 2 * 12
+  assert len(runs) == 2 * 14  # 7 methods, 3 re-evaluated read-outs, 2 autoencoders, 2 baselines
   assert runs[0].config.dataset.name == f'folder:{tmp_path / "mvtec" / "bottle"}'
   textures = suites.load_suite('textures:seeds=0')
   assert textures.classes == ['brick', 'grass', 'gravel', 'camera'] and textures.prepare

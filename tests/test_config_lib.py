@@ -1,5 +1,6 @@
 """Dataset-dependent keys (config_lib.resolve): every way of naming the dataset gives the same config."""
 
+import json
 import os
 
 from absl import flags
@@ -123,10 +124,29 @@ def test_a_saved_config_reloads_equal_and_valid():
   # be the config that trained, or validation refuses mask.cell_sizes=[] against ().
   import json
   from ganomaly_jax import config_checks
-  for method, arg in (('ganomaly', ''), ('grid_mask', 'quick')):
+  for method, arg in (('ganomaly', ''), ('grid_mask', 'quick'), ('riad', 'quick')):
     config = config_lib.resolve(load(arg, method))
     saved = json.loads(json.dumps({'config': config.to_dict()}))['config']
     back = config_lib.from_saved(saved)
     assert back.to_dict() == config.to_dict()
     config_checks.validate_config(back)
-  assert config_lib.from_saved({'mask': {'cell_sizes': [2, 4]}}).mask.cell_sizes == (2, 4)
+  assert config_lib.from_saved({'mask': {'cells': [16, 8]}}).mask.cells == (16, 8)
+
+
+def test_a_grid_run_saved_before_cells_per_side_reloads_as_it_trained():
+  # Older runs: cell sides in pixels (() = 2, 4, ... up to min(16, isize / 4)), random partitions
+  # drawn per image, and the map 'ssim_msgms' called 'riad'; keys added since take their defaults.
+  from ganomaly_jax import config_checks
+  saved = config_lib.resolve(load('quick', 'grid_mask')).to_dict()
+  saved['mask'] = {'kind': 'grid', 'size': 0.5, 'cell_sizes': [], 'sets': 3, 'fill': 0.0}
+  saved['eval']['map'] = 'riad'
+  del saved['loss']['reconstruction']
+  back = config_lib.from_saved(json.loads(json.dumps(saved)))
+  assert (back.mask.cells, back.mask.sets, back.mask.partition, back.mask.draw) == (
+      (8, 4), 3, 'random', 'image')  # 2 and 4 px cells at 16 px
+  assert back.eval.map == 'ssim_msgms' and back.loss.reconstruction == 'l1'
+  config_checks.validate_config(back)
+  # A run that did not use the grid gets today's grid defaults (its old sets=3 would be refused).
+  saved = config_lib.resolve(load('quick')).to_dict()
+  saved['mask'] = {'kind': 'none', 'size': 0.5, 'cell_sizes': [], 'sets': 3, 'fill': 0.0}
+  config_checks.validate_config(config_lib.from_saved(saved))

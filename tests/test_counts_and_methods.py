@@ -40,6 +40,26 @@ def test_spectral_norm_adds_only_non_trainable_state():
   assert sn['discriminator']['non_trainable'] > plain['discriminator']['non_trainable']
 
 
+def test_riad_is_a_plain_unet_without_a_discriminator():
+  # docs/methods.md#riad: 3x3 double convs, 64 ... 512 channels at the study's width, the first
+  # block at full resolution, no discriminator (nothing to count).
+  config = config_lib.load_config(os.path.join(REPO, 'configs/riad.py:cars256'))
+  c = param_count.count_parameters(config)
+  assert c['discriminator'] == {'total': 0, 'trainable': 0, 'non_trainable': 0}
+  components = state_lib.build_components(config)
+  shape = state_lib.image_shape(config)
+  params, stats = jax.eval_shape(
+      lambda: state_lib.init_generator(components, jax.random.key(0), shape))
+  kernels = {n: s for n, s in _leaves(params).items() if n.endswith('kernel')}
+  assert kernels['down_0_conv0/kernel'] == (3, 3, 3, 64)
+  assert {s[-1] for n, s in kernels.items() if n.startswith('down_')} == {64, 128, 256, 512}
+  assert kernels['out/kernel'] == (1, 1, 64, 3)
+  out = jax.eval_shape(lambda p, s: components.generator.apply(
+      {'params': p, 'batch_stats': s}, np.zeros(shape, np.float32), train=False)['recon'],
+      params, stats)
+  assert out.shape == shape
+
+
 class TrainingSpy:
   """Records what the training step's masking did, from inside the compiled step.
 
@@ -124,6 +144,9 @@ def test_every_method_quick_run_writes_results(method, tmp_path, monkeypatch):
     assert is_unet  # and the checkpoint restored into its parameter tree
   else:
     assert not is_unet
+  if method == 'riad':  # a plain U-Net autoencoder, no discriminator
+    assert isinstance(state_lib.build_components(config).generator, unet.PlainUNet)
+    assert not jax.tree.leaves(state.d_params) and _kernel_sides(state.g_params) == {1, 2, 3}
   # Modified GANomaly (and SN, built on it): 5x5 stride-2 kernels; plain GANomaly: 4x4 only.
   if method in ('ganomaly_modified', 'ganomaly_sn'):
     assert 5 in _kernel_sides(state.g_params) and 5 in _kernel_sides(state.d_params)
@@ -131,11 +154,11 @@ def test_every_method_quick_run_writes_results(method, tmp_path, monkeypatch):
     assert _kernel_sides(state.g_params) == _kernel_sides(state.d_params) == {4}
 
   # Masking: each executed training step masked a quarter of every image (square hole of side
-  # isize/2), or combined two complementary grid inpaintings; the other methods never masked.
+  # isize/2), or combined complementary grid inpaintings; the other methods never masked.
   if method == 'masked':
     assert len(spy.hole_fractions) == 2 and not spy.grid_coverage
     np.testing.assert_allclose(np.concatenate(spy.hole_fractions), 0.25)
-  elif method == 'grid_mask':
+  elif method in ('grid_mask', 'riad'):
     assert len(spy.grid_coverage) == 2 and not spy.hole_fractions
     for coverage in spy.grid_coverage:
       np.testing.assert_array_equal(coverage, 1.0)  # the holes tile the image exactly once

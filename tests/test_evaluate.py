@@ -114,6 +114,49 @@ def test_pixel_results_leave_out_defects_without_mask(tmp_path):
   assert results['pixel_auroc'] == pytest.approx(1.0) and results['pixel_pro'] == pytest.approx(1.0)
 
 
+class _SquaresSource(sources.ArraySource):
+  """Grey images holding a bright square on abnormal ones; the square is the ground truth."""
+
+  def __init__(self, n: int = 6, size: int = 16):
+    images = np.full((n, size, size, 1), 64, np.uint8)
+    labels = np.arange(n) % 2
+    images[labels == 1, 4:9, 5:10] = 255
+    super().__init__('squares', images, labels)
+
+  def ground_truth(self, index: int) -> np.ndarray:
+    return (self.images[index, ..., 0] == 255).astype(np.float32)
+
+
+def _map_above_two(images: np.ndarray) -> np.ndarray:
+  """A map like 'ssim_msgms' can give (up to 3): 2.2 on normal pixels, 2.6 on the squares."""
+  return 2.2 + 0.4 * (np.asarray(images)[..., 0] > 0.5)
+
+
+def test_maps_above_the_old_range_are_not_clipped():
+  # The histogram used to span [0, 2] whatever the map: every pixel of these maps fell into the
+  # top bin, a tie, so pixel AUROC came out 0.5 instead of 1.
+  from ganomaly_jax import losses, parallel
+  from ganomaly_jax.data import pipeline
+
+  source = _SquaresSource()
+  images = np.stack([pipeline.to_float(source[i]['image']) for i in range(len(source))])
+  results = evaluator.pixel_results(_map_above_two(images), source)
+  assert results['pixel_auroc'] == pytest.approx(1.0) and results['pixel_pro'] == pytest.approx(1.0)
+
+  # The streaming pass of the final evaluation spans the range of the map in use.
+  def eval_maps(state, batch):
+    x = np.asarray(batch['image'])
+    return {'score': x.mean(axis=(1, 2, 3)), 'l1': x.mean(axis=(1, 2, 3)),
+            'map': jax.numpy.asarray(_map_above_two(x))}
+
+  outputs = evaluator.collect_test_outputs(
+      eval_maps, None, source, parallel.make_mesh(jax.devices()[:1]), 4,
+      map_max_value=losses.MAPS['ssim_msgms'].max_value)
+  assert outputs.pixel.max_value == 3.0 and outputs.pixel.clipped == 0
+  assert outputs.pixel.auroc() == pytest.approx(1.0)
+  assert outputs.map_max == pytest.approx(2.6)
+
+
 def test_fid_results_with_invalid_weights_record_the_error(tmp_path):
   weights = tmp_path / 'bogus.npz'
   weights.write_bytes(b'not a zip file')

@@ -17,6 +17,10 @@ def test_generator_terms_by_hand():
   # Hole weighting: weight 3 on the first element only -> (3*1 + 0 + 2 + 1) / (3 + 1 + 1 + 1).
   w = jnp.array([[3.0, 1.0], [1.0, 1.0]])
   assert np.isclose(losses.reconstruction_l1(x, y, w), 6 / 6)
+  # RIAD's pixel term (loss.reconstruction=l2): (1 + 0 + 4 + 1) / 4, weighted (3 + 0 + 4 + 1) / 6.
+  assert np.isclose(losses.reconstruction_l2(x, y), 1.5)
+  assert np.isclose(losses.reconstruction_l2(x, y, w), 8 / 6)
+  assert losses.RECONSTRUCTION == {'l1': losses.reconstruction_l1, 'l2': losses.reconstruction_l2}
 
 
 def test_bce_matches_the_formula():

@@ -26,8 +26,10 @@ def test_tiling_holes_cover_every_pixel_once(isize, size, count):
 class _Mask:
   """Stands in for the config's mask section (attribute access, like the ConfigDict and StepConfig)."""
 
-  def __init__(self, size=0.5, cell_sizes=(), sets=3, fill=0.0):
-    self.size, self.cell_sizes, self.sets, self.fill = size, cell_sizes, sets, fill
+  def __init__(self, size=0.5, cells=(4,), sets=2, partition='alternating', draw='image',
+               fill=0.0):
+    self.size, self.cells, self.sets, self.fill = size, cells, sets, fill
+    self.partition, self.draw = partition, draw
 
 
 def _assert_partition(m: np.ndarray, cell: int, sets: int) -> None:
@@ -43,61 +45,95 @@ def _assert_partition(m: np.ndarray, cell: int, sets: int) -> None:
   assert set(cells_per_set) <= {n // sets, -(-n // sets)}  # balanced, as RIAD's equal split
 
 
-@pytest.mark.parametrize('isize,cell_sizes,expected', [
-    (16, (), (2, 4)), (32, (), (2, 4, 8)), (64, (), (2, 4, 8, 16)), (256, (), (2, 4, 8, 16)),
-    (32, (4, 8), (4, 8))])
-def test_grid_cell_sizes(isize, cell_sizes, expected):
-  assert masks.grid_cell_sizes(isize, cell_sizes) == expected
+@pytest.mark.parametrize('isize,cells,expected', [
+    # The study's grid: a 4x4 board at every size.
+    (16, (4,), (4,)), (32, (4,), (8,)), (256, (4,), (64,)),
+    # RIAD's 2, 4, 8, 16 px at 256 px, as cells per side; never below 2 px.
+    (256, (128, 64, 32, 16), (2, 4, 8, 16)), (128, (128, 64, 32, 16), (2, 4, 8)),
+    (64, (128, 64, 32, 16), (2, 4)), (32, (128, 64, 32, 16), (2,)), (16, (128, 64, 32, 16), (2,)),
+    (32, (4, 8), (8, 4))])
+def test_grid_cell_sizes(isize, cells, expected):
+  assert masks.grid_cell_sizes(isize, cells) == expected
 
 
-@pytest.mark.parametrize('isize,cell_sizes,sets', [(16, (), 3), (32, (2, 4, 8), 3), (32, (), 2),
-                                                   (16, (1, 4, 8), 4)])
-def test_grid_eval_partitions_cover_every_pixel_once_and_are_fixed(isize, cell_sizes, sets):
-  m = np.asarray(masks.grid_eval_masks(isize, cell_sizes, sets))
-  sizes = masks.grid_cell_sizes(isize, cell_sizes)
+def test_alternating_grid_is_two_complementary_checkerboards():
+  m = np.asarray(masks.grid_eval_masks(16, (4,), 2, 'alternating'))
+  assert m.shape == (1, 2, 16, 16, 1)
+  board = m[0, 0, ::4, ::4, 0]
+  np.testing.assert_array_equal(board, (np.add.outer(np.arange(4), np.arange(4)) + 1) % 2)
+  np.testing.assert_array_equal(m[0, 1], 1.0 - m[0, 0])
+  _assert_partition(m[0], 4, 2)
+  # Every hidden cell has its four edge neighbours visible.
+  assert not np.any(board[:, 1:] == board[:, :-1]) and not np.any(board[1:] == board[:-1])
+  # Training uses the same grid whatever the key (only the cell size is drawn).
+  train = np.asarray(_grid_train(jax.random.PRNGKey(3), 5, 16, (4,), 2, 'alternating', 'image'))
+  np.testing.assert_array_equal(train, np.broadcast_to(m[0][:, None], train.shape))
+
+
+@pytest.mark.parametrize('isize,cells,sets', [(16, (128, 64, 32, 16), 3), (32, (16, 8, 4), 3),
+                                              (32, (4,), 2), (16, (16, 4, 2), 4)])
+def test_random_eval_partitions_cover_every_pixel_once_and_are_fixed(isize, cells, sets):
+  m = np.asarray(masks.grid_eval_masks(isize, cells, sets, 'random'))
+  sizes = masks.grid_cell_sizes(isize, cells)
   assert m.shape == (len(sizes), sets, isize, isize, 1)
   for t, cell in enumerate(sizes):
     _assert_partition(m[t], cell, sets)
   # Deterministic: the same masks on every call (a fixed key), and a real random split, not a
   # checkerboard: some horizontally adjacent cells share a set.
-  np.testing.assert_array_equal(m, np.asarray(masks.grid_eval_masks(isize, cell_sizes, sets)))
+  np.testing.assert_array_equal(m, np.asarray(masks.grid_eval_masks(isize, cells, sets, 'random')))
   finest = m[0, 0, ::sizes[0], ::sizes[0], 0]
   assert np.any(finest[:, 1:] == finest[:, :-1])
 
 
-_grid_train = jax.jit(masks.grid_train_masks, static_argnums=(1, 2, 3, 4))
+_grid_train = jax.jit(masks.grid_train_masks, static_argnums=(1, 2, 3, 4, 5, 6))
 
 
-@pytest.mark.parametrize('isize,cell_sizes,sets', [(16, (), 3), (32, (2, 4, 8), 3), (16, (2, 4), 2)])
-def test_grid_train_partitions_cover_every_pixel_once_at_every_size(isize, cell_sizes, sets):
+def _drawn_cell(image: np.ndarray, sizes) -> int:
+  """The drawn size is the largest cell side on which this image's partition is constant."""
+  return max(c for c in sizes
+             if np.array_equal(image[..., 0], np.kron(image[:, ::c, ::c, 0], np.ones((1, c, c)))))
+
+
+@pytest.mark.parametrize('isize,cells,sets', [(16, (8, 4), 3), (32, (16, 8, 4), 3), (16, (8, 4), 2)])
+def test_random_train_partitions_cover_every_pixel_once_at_every_size(isize, cells, sets):
   batch = 24
-  m = np.asarray(_grid_train(jax.random.PRNGKey(0), batch, isize, cell_sizes, sets))
+  m = np.asarray(_grid_train(jax.random.PRNGKey(0), batch, isize, cells, sets, 'random', 'image'))
   assert m.shape == (sets, batch, isize, isize, 1)
-  sizes = masks.grid_cell_sizes(isize, cell_sizes)
+  sizes = masks.grid_cell_sizes(isize, cells)
   seen = set()
   for b in range(batch):
-    # The drawn size is the largest cell side on which this image's partition is constant.
-    image = m[:, b]
-    cell = max(c for c in sizes
-               if np.array_equal(image[..., 0], np.kron(image[:, ::c, ::c, 0], np.ones((1, c, c)))))
-    _assert_partition(image, cell, sets)
+    cell = _drawn_cell(m[:, b], sizes)
+    _assert_partition(m[:, b], cell, sets)
     seen.add(cell)
   assert seen == set(sizes)  # every size is drawn (24 images, <= 3 sizes)
   # Per image: the partitions of a batch differ.
   assert len({m[:, b].tobytes() for b in range(batch)}) > batch // 2
 
 
+def test_batch_draw_gives_one_size_and_partition_per_batch():
+  # RIAD's training: one cell size and one random partition for the whole batch, new each step.
+  sizes = masks.grid_cell_sizes(16, (8, 4))
+  drawn = set()
+  for seed in range(8):
+    m = np.asarray(_grid_train(jax.random.PRNGKey(seed), 6, 16, (8, 4), 3, 'random', 'batch'))
+    np.testing.assert_array_equal(m, np.broadcast_to(m[:, :1], m.shape))
+    _assert_partition(m[:, 0], _drawn_cell(m[:, 0], sizes), 3)
+    drawn.add(_drawn_cell(m[:, 0], sizes))
+  assert drawn == set(sizes)
+
+
 def test_grid_train_masks_random_per_step():
-  a = _grid_train(jax.random.PRNGKey(1), 8, 16, (2, 4), 3)
-  b = _grid_train(jax.random.PRNGKey(2), 8, 16, (2, 4), 3)
+  a = _grid_train(jax.random.PRNGKey(1), 8, 16, (8, 4), 3, 'random', 'image')
+  b = _grid_train(jax.random.PRNGKey(2), 8, 16, (8, 4), 3, 'random', 'image')
   assert not np.array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_grid_shapes_are_static_under_jit():
-  out = jax.eval_shape(lambda r: masks.train_masks('grid', r, 5, 32, _Mask(cell_sizes=(2, 4, 8))),
+  out = jax.eval_shape(lambda r: masks.train_masks('grid', r, 5, 32, _Mask(cells=(16, 8, 4),
+                                                                            sets=3)),
                        jax.random.PRNGKey(0))
   assert (out.shape, out.dtype) == ((3, 5, 32, 32, 1), jnp.float32)
-  out = jax.eval_shape(lambda: masks.eval_masks('grid', 32, _Mask(sets=2)))
+  out = jax.eval_shape(lambda: masks.eval_masks('grid', 32, _Mask(cells=(16, 8, 4))))
   assert out.shape == (3, 2, 32, 32, 1)
 
 
@@ -158,7 +194,8 @@ def _images(shape=(3, 8, 8, 2), seed=0):
 def test_combine_inpaintings(mask_set):
   x = _images()
   target = _images(seed=1)
-  m = masks.tiling_masks(8, 0.5) if mask_set == 'tiling' else masks.grid_eval_masks(8, (2,), 3)[0]
+  m = (masks.tiling_masks(8, 0.5) if mask_set == 'tiling'
+       else masks.grid_eval_masks(8, (4,), 3, 'random')[0])
   num_masks = m.shape[0]
   calls = []
 
@@ -197,7 +234,7 @@ def test_combine_inpaintings_sees_masked_copies_in_mask_order():
 
 def test_combine_tilings_assembles_each_tiling_from_one_call():
   x = _images()
-  tilings = masks.grid_eval_masks(8, (2, 4), 3)  # [2, 3, 8, 8, 1]
+  tilings = masks.grid_eval_masks(8, (4, 2), 3, 'random')  # [2, 3, 8, 8, 1]
   calls = []
 
   def by_copy(images):  # copy j of the stack returns the constant j: shows which copy a pixel took
@@ -219,7 +256,7 @@ def test_eval_and_train_dispatch():
   np.testing.assert_array_equal(masks.eval_masks('square', 16, _Mask()),
                                 masks.tiling_masks(16, 0.5)[None])
   np.testing.assert_array_equal(masks.eval_masks('grid', 16, _Mask()),
-                                masks.grid_eval_masks(16, (), 3))
+                                masks.grid_eval_masks(16, (4,), 2, 'alternating'))
   assert masks.eval_masks('stain', 16, _Mask()).shape == (1, 16, 16, 16, 1)
   rng = jax.random.PRNGKey(0)
 
@@ -229,7 +266,7 @@ def test_eval_and_train_dispatch():
 
   assert shape('square') == ((5, 16, 16, 1), jnp.float32)
   assert shape('stain') == ((5, 16, 16, 1), jnp.float32)
-  assert shape('grid') == ((3, 5, 16, 16, 1), jnp.float32)
+  assert shape('grid') == ((2, 5, 16, 16, 1), jnp.float32)
   with pytest.raises(ValueError, match='mask.kind'):
     masks.eval_masks('circle', 16, _Mask())
   with pytest.raises(ValueError, match='mask.kind'):
@@ -237,10 +274,16 @@ def test_eval_and_train_dispatch():
 
 
 @pytest.mark.parametrize('fn,args,key', [
-    (masks.grid_eval_masks, (16, (3,), 3), 'mask.cell_sizes'),
-    (masks.grid_eval_masks, (16, (8,), 5), 'mask.cell_sizes'),
-    (masks.grid_eval_masks, (16, (2, 2), 3), 'mask.cell_sizes'),
+    (masks.grid_eval_masks, (16, (5,), 3), 'mask.cells'),  # 3 px cells do not divide 16
+    (masks.grid_eval_masks, (16, (2,), 5), 'mask.cells'),  # 4 cells, 5 sets
+    (masks.grid_eval_masks, (16, (2,), 4, 'alternating'), 'mask.cells'),  # 2x2 board: 3 sets
+    (masks.grid_eval_masks, (16, (4, 4), 3), 'mask.cells'),
+    (masks.grid_eval_masks, (16, (), 3), 'mask.cells'),
+    (masks.grid_eval_masks, (16, (0,), 3), 'mask.cells'),
     (masks.grid_eval_masks, (16, (2,), 1), 'mask.sets'),
+    (masks.grid_eval_masks, (16, (2,), 2, 'checkers'), 'mask.partition'),
+    (masks.grid_train_masks, (jax.random.PRNGKey(0), 2, 16, (2,), 2, 'random', 'step'),
+     'mask.draw'),
     (masks.tiling_masks, (16, 0.3), 'mask.size'),
     (masks.tiling_masks, (16, 1.0), 'mask.size'),
     (masks.tiling_masks, (16, 0.0), 'mask.size'),
@@ -261,8 +304,8 @@ def test_size_at_least_one_says_larger_than_image():
     ('square', 16, _Mask(size=0.3), 'mask.size'),
     ('square', 16, _Mask(size=1.0), 'mask.size'),
     ('square', 16, _Mask(size=-0.5), 'mask.size'),
-    ('grid', 16, _Mask(cell_sizes=(5,)), 'mask.cell_sizes'),
-    ('grid', 16, _Mask(cell_sizes=(16,)), 'mask.cell_sizes'),  # one cell, fewer than 3 sets
+    ('grid', 16, _Mask(cells=(5,)), 'mask.cells'),
+    ('grid', 16, _Mask(cells=(1,)), 'mask.cells'),  # one cell, fewer than 2 sets
     ('grid', 16, _Mask(sets=1), 'mask.sets'),
     ('stain', 30, _Mask(), 'mask.kind'),
 ])
@@ -273,10 +316,10 @@ def test_validate_mask_config_rejects(kind, isize, mask, key):
 
 
 @pytest.mark.parametrize('kind,isize,mask', [
-    ('none', 16, _Mask(size=7.0, sets=0)),  # nothing to check when masking is off
+    ('none', 16, _Mask(size=7.0, sets=0, partition='x')),  # nothing to check when masking is off
     ('square', 256, _Mask()),
     ('grid', 32, _Mask(size=0.3)),  # grid ignores mask.size
-    ('grid', 256, _Mask(cell_sizes=(2, 4, 8, 16), sets=2)),
+    ('grid', 256, _Mask(cells=(128, 64, 32, 16), sets=3, partition='random', draw='batch')),
     ('stain', 32, _Mask(size=2.0, sets=0)),  # stain ignores mask.size and the grid keys
 ])
 def test_validate_mask_config_accepts(kind, isize, mask):

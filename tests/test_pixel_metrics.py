@@ -225,3 +225,17 @@ def test_histogram_undefined_and_clipped_cases():
   assert hist.clipped == 16 and hist.auroc() == 1.0
   hist.add(np.full((4, 4), np.nan), np.ones((4, 4)))
   assert hist.auroc() is None and hist.pro() is None
+
+
+def test_histogram_range_is_the_map_range():
+  # A map bounded by 3 (losses.MAPS['ssim_msgms']) on a [0, 3] histogram: nothing is clipped and
+  # values 2.2 / 2.6, which the old fixed [0, 2] range tied in its top bin, stay apart.
+  masks = np.zeros((2, 8, 8))
+  masks[1, 2:5, 2:5] = 1
+  maps = 2.2 + 0.4 * masks
+  fixed, ranged = pixel_metrics.PixelHistogram(), pixel_metrics.PixelHistogram(max_value=3.0)
+  for hist in (fixed, ranged):
+    for amap, mask in zip(maps, masks):
+      hist.add(amap, mask)
+  assert fixed.clipped == 128 and fixed.auroc() == 0.5
+  assert ranged.clipped == 0 and ranged.auroc() == 1.0

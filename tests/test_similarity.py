@@ -9,6 +9,7 @@ import types
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.ndimage
 from skimage.metrics import structural_similarity
 
 from ganomaly_jax import losses, similarity
@@ -22,15 +23,74 @@ def _pair(shape, seed=0, noise=0.3):
   return x, y
 
 
-@pytest.mark.parametrize('shape', [(16, 16, 1), (32, 24, 3)])
-def test_ssim_map_matches_scikit_image(shape):
+@pytest.mark.parametrize('shape', [(16, 16, 1), (32, 24, 3), (256, 256, 1)])
+def test_ssim_map_matches_scikit_image_on_unit_intensities(shape):
+  # SSIM of [-1, 1] images is scikit-image's SSIM of (x + 1) / 2 with data_range=1, with the
+  # window sigma of the image size (1 px up to 170 px, 1.5 at 256 px).
   x, y = _pair(shape)
-  mean, full = structural_similarity(x, y, full=True, gaussian_weights=True, sigma=1.5,
-                                     use_sample_covariance=False, data_range=2.0, channel_axis=-1)
+  sigma = similarity.ssim_sigma(min(shape[:2]))
+  assert sigma == (1.5 if shape[0] == 256 else 1.0)
+  mean, full = structural_similarity((x + 1) / 2, (y + 1) / 2, full=True, gaussian_weights=True,
+                                     sigma=sigma, use_sample_covariance=False, data_range=1.0,
+                                     channel_axis=-1)
   ours = np.asarray(similarity.ssim_map(jnp.asarray(x[None]), jnp.asarray(y[None])))[0]
   np.testing.assert_allclose(ours, full.mean(axis=-1), atol=1e-5)
-  # scikit-image's mean crops the window radius (5) off each border before averaging.
-  np.testing.assert_allclose(ours[5:-5, 5:-5].mean(), mean, atol=1e-5)
+  # scikit-image's mean crops the window radius int(3.5 sigma + 0.5) off each border first.
+  r = int(3.5 * sigma + 0.5)
+  np.testing.assert_allclose(ours[r:-r, r:-r].mean(), mean, atol=1e-5)
+
+
+def _step(level: float, size: int = 16, amp: float = 0.1):
+  """A flat patch at `level` and the same patch with a 4x4 square brightened by `amp`."""
+  x = np.full((1, size, size, 1), level, np.float32)
+  y = x.copy()
+  y[0, 6:10, 6:10, 0] += amp
+  return jnp.asarray(x), jnp.asarray(y)
+
+
+def test_ssim_map_is_of_the_same_order_on_dark_and_mid_grey():
+  # The same local change on a dark (-0.9) and on a mid-grey (-0.05) patch. On signed intensities
+  # the mid-grey local means straddle 0, SSIM's luminance term goes negative and the map there was
+  # ~3 times the dark one's; on [0, 1] intensities both are of the same order.
+  dark = float(similarity.ssim_anomaly_map(*_step(-0.9)).max())
+  grey = float(similarity.ssim_anomaly_map(*_step(-0.05)).max())
+  assert dark > 0.1 and grey > 0.1
+  assert 2 / 3 < grey / dark < 3 / 2, (dark, grey)
+
+
+def _texture_with_a_black_disc(size: int, radius: float, seed: int = 0):
+  """(input with a black disc, a near-perfect reconstruction of the texture, disc mask)."""
+  rng = np.random.default_rng(seed)
+  yy, xx = np.mgrid[:size, :size]
+  f = 32 / size
+  texture = (0.35 * np.sin(xx * 1.3 * f) + 0.35 * np.cos((yy * 0.9 + xx * 0.4) * f)
+             + 0.15 * rng.normal(size=(size, size)))
+  texture = np.clip(texture, -1, 1).astype(np.float32)
+  cy, cx = rng.uniform(radius + 1, size - radius - 1, 2)
+  disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2
+  x = texture.copy()
+  x[disc] = -1.0
+  recon = np.clip(texture + 0.03 * rng.normal(size=texture.shape), -1, 1).astype(np.float32)
+  return jnp.asarray(x[None, ..., None]), jnp.asarray(recon[None, ..., None]), disc
+
+
+@pytest.mark.parametrize('size, radius', [(16, 2.5), (32, 3.0)])
+def test_black_disc_gives_the_highest_structural_map_values_inside_it(size, radius):
+  # A black disc pasted into a texture, reconstructed as the texture (as a good inpainting would).
+  ratios = []
+  for seed in range(6):
+    x, recon, disc = _texture_with_a_black_disc(size, radius, seed)
+    near = scipy.ndimage.binary_dilation(disc, iterations=2)  # the disc and its rim
+    far = ~scipy.ndimage.binary_dilation(disc, iterations=3)
+    ssim = np.asarray(similarity.ssim_anomaly_map(x, recon))[0]
+    # On signed intensities SSIM fired on the mid-grey texture more than inside the black disc.
+    assert ssim[disc].max() > ssim[~near].max(), seed
+    msgms = np.asarray(similarity.msgms_anomaly_map(x, recon))[0]
+    assert msgms[disc].max() > msgms[~near].max(), seed
+    ratios.append(msgms[disc].mean() / msgms[far].mean())
+  # MSGMS filters of 256 px (scales down to 2 px) spread the disc over the image: inside it, the
+  # map was about 3 (16 px) and 9 (32 px) times its mean away from the disc.
+  assert np.median(ratios) > 12, ratios
 
 
 def test_ssim_identical_images_and_loss():
@@ -61,7 +121,7 @@ def test_msgms_map_peaks_at_a_missing_step_edge():
   amap = np.asarray(similarity.msgms_anomaly_map(jnp.asarray(x), jnp.asarray(recon)))[0]
   column = amap.mean(axis=0)
   assert column.argmax() in (7, 8)
-  # The coarse scales (down to 2x2) spread the edge, but the map falls off away from it.
+  # The coarse scale (8 px at 16 px) spreads the edge, but the map falls off away from it.
   assert column[7:9].min() > 3 * max(column[0], column[-1])
   assert np.all(np.diff(column[:8]) >= -1e-6) and np.all(np.diff(column[8:]) <= 1e-6)
   np.testing.assert_allclose(amap, np.broadcast_to(amap[:1], amap.shape), atol=1e-6)  # every row
@@ -71,7 +131,7 @@ def test_msgms_loss_is_the_mean_over_scales():
   x, y = (jnp.asarray(a) for a in _pair((2, 16, 16, 1)))
   expected = np.mean([float(jnp.mean(1.0 - similarity.gms_map(xs, ys)))
                       for xs, ys in similarity._pyramid(x, y)])
-  assert len(similarity._pyramid(x, y)) == 4  # 16, 8, 4, 2
+  assert [p[0].shape[1] for p in similarity._pyramid(x, y)] == [16, 8]  # coarsest >= 8 px
   np.testing.assert_allclose(float(similarity.msgms_loss(x, y)), expected, rtol=1e-6)
 
 
@@ -82,8 +142,20 @@ def test_gaussian_smooth_matches_pixel_metrics():
                                pixel_metrics.smooth_maps(maps, sigma), atol=1e-5)
 
 
-def test_msgms_smoothing_scales_with_isize():
-  assert [similarity.msgms_smoothing(s) for s in (16, 32, 64, 256)] == [3, 3, 5, 21]
+def test_filters_scale_with_the_image():
+  # RIAD's settings at 256 px, scaled with the side, with floors (similarity's module docstring).
+  sides = (16, 32, 64, 128, 256)
+  assert [similarity.ssim_sigma(s) for s in sides] == [1.0, 1.0, 1.0, 1.0, 1.5]
+  assert [similarity.msgms_scales(s) for s in sides] == [2, 3, 4, 4, 4]
+  assert [similarity.msgms_smoothing(s) for s in sides] == [1, 3, 5, 11, 21]
+
+
+def test_gms_is_unchanged_by_the_shift_to_unit_intensities():
+  # GMS of (x + 1) / 2 with c = 0.0026 equals GMS of x with c scaled by the squared range (2²).
+  x, y = (jnp.asarray(a) for a in _pair((2, 16, 16, 1)))
+  gx, gy = similarity.gradient_magnitude(x), similarity.gradient_magnitude(y)
+  signed = (2 * gx * gy + 4 * similarity.GMS_C) / (gx * gx + gy * gy + 4 * similarity.GMS_C)
+  np.testing.assert_allclose(similarity.gms_map(x, y), signed, rtol=1e-5)
 
 
 # ---- Maps and map scores (losses.MAPS, losses.anomaly_map, eval.score=map_*). ----
@@ -128,8 +200,18 @@ def test_anomaly_map_averages_the_maps_of_several_tilings():
     both = losses.anomaly_map(x, {'recon': (x + y) / 2, 'recons': recons}, name)
     np.testing.assert_allclose(both, single / 2, atol=1e-5)
   np.testing.assert_allclose(
-      losses.MAPS['riad'](x, y),
+      losses.MAPS['ssim_msgms'](x, y),
       similarity.ssim_anomaly_map(x, y) + similarity.msgms_anomaly_map(x, y), atol=1e-6)
+
+
+def test_every_map_stays_within_its_declared_range():
+  # The pixel histogram spans [0, max_value] of the map in use: worst cases must stay inside.
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.choice([-1.0, 1.0], (2, 16, 16, 1)).astype(np.float32))
+  for y in (-x, jnp.zeros_like(x), jnp.asarray(rng.uniform(-1, 1, x.shape).astype(np.float32))):
+    for name, entry in losses.MAPS.items():
+      amap = np.asarray(entry(x, y))
+      assert amap.min() >= -1e-6 and amap.max() <= entry.max_value + 1e-6, name
 
 
 def test_structural_loss_computes_only_the_switched_on_terms():

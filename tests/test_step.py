@@ -47,7 +47,10 @@ def check_step(method: str, **overrides) -> dict:
   assert metrics['nonfinite'] == 0.0
   assert all(np.isfinite(v) for v in metrics.values()), metrics
   assert max_change(before.g_params, after.g_params) > 0
-  assert max_change(before.d_params, after.d_params) > 0
+  if models.DISCRIMINATORS[config.model.discriminator].present:
+    assert max_change(before.d_params, after.d_params) > 0
+  else:  # a plain autoencoder: no discriminator, nothing adversarial reported
+    assert not jax.tree.leaves(after.d_params) and 'd_loss' not in metrics
   assert int(after.step) == 1
   n = config.train.batch_size
   assert scores['score'].shape == (n,) and np.all(np.isfinite(scores['score']))
@@ -58,21 +61,32 @@ def check_step(method: str, **overrides) -> dict:
 # SkipGANomaly's U-Net keeps its own method; GANomaly's E-D-E generator is tried with every objective.
 @pytest.mark.parametrize('adversarial', list(losses.ADVERSARIAL))
 def test_step_per_adversarial_objective(adversarial):
-  metrics = check_step('ganomaly', **{'loss.adversarial': adversarial})
+  overrides = {'loss.adversarial': adversarial}
+  if not losses.ADVERSARIAL[adversarial].needs_discriminator:  # 'none': a plain autoencoder
+    overrides['model.discriminator'] = 'none'
+  metrics = check_step('ganomaly', **overrides)
   if adversarial == 'feature_matching':  # eq. 3.2: a mean of squares
     assert metrics['g_adv'] > 0
 
 
 @pytest.mark.parametrize('generator', list(models.GENERATORS))
 def test_step_per_generator(generator):
-  method = {'ede': 'ganomaly', 'unet': 'skip_ganomaly'}.get(generator, 'ganomaly')
+  method = {'ede': 'ganomaly', 'unet': 'skip_ganomaly', 'riad_unet': 'riad'}[generator]
   metrics = check_step(method, **{'model.generator': generator})
-  assert metrics['g_lat'] > 0  # the generator's latent term (eq. 3.4, or D's latent features)
+  if generator == 'riad_unet':  # no latent code
+    assert metrics['g_lat'] == 0
+  else:  # the generator's latent term (eq. 3.4, or D's latent features)
+    assert metrics['g_lat'] > 0
 
 
-@pytest.mark.parametrize('method', ['masked', 'grid_mask'])
-def test_step_per_mask_kind(method):
-  check_step(method)
+# Every mask kind, and the grid's partitions and draws (the grid mask's alternating grid, RIAD's
+# random sets drawn per batch, and the other two combinations).
+@pytest.mark.parametrize('method, overrides', [
+    ('masked', {}), ('grid_mask', {}), ('riad', {}),
+    ('grid_mask', {'mask.partition': 'random', 'mask.cells': (4, 8)}),
+    ('riad', {'mask.partition': 'alternating', 'mask.draw': 'image', 'mask.cells': (4, 8)})])
+def test_step_per_mask_kind(method, overrides):
+  check_step(method, **overrides)
 
 
 # ---- SkipGANomaly's D loss, eq. 3.8 (issue 15 item 5). ----
@@ -94,7 +108,7 @@ def test_skip_ganomaly_d_loss_includes_the_latent_term():
                              rtol=1e-4, atol=1e-7)
 
 
-# ---- RIAD's structural terms and maps (docs/methods.md#grid_mask): switches of every method. ----
+# ---- RIAD's structural terms and maps (docs/methods.md#riad): switches of every method. ----
 
 
 def test_structural_terms_add_to_the_generator_loss():
@@ -106,8 +120,19 @@ def test_structural_terms_add_to_the_generator_loss():
                              2.0 * riad['g_ssim'] + 3.0 * riad['g_msgms'], rtol=1e-4)
 
 
-def test_grid_eval_is_deterministic_and_scores_its_map():
-  config = tiny_config('grid_mask')
+def test_riad_loss_is_l2_ssim_msgms_at_one_to_one_to_one():
+  # configs/riad.py: 0.25 x mean (x - x̂)² on [-1, 1] images is RIAD's L2 on [0, 1] intensities,
+  # plus 1 x (1 - SSIM) and 1 x the MSGMS loss; no adversarial and no latent term.
+  _, _, metrics, _ = run_method('riad')
+  assert set(metrics) >= {'g_con', 'g_ssim', 'g_msgms'} and 'g_adv' not in metrics
+  np.testing.assert_allclose(metrics['g_loss'],
+                             0.25 * metrics['g_con'] + metrics['g_ssim'] + metrics['g_msgms'],
+                             rtol=1e-5)
+
+
+@pytest.mark.parametrize('method', ['grid_mask', 'riad'])
+def test_grid_eval_is_deterministic_and_scores_its_map(method):
+  config = tiny_config(method)
   components = state_lib.build_components(config)
   hp = step_lib.StepConfig.from_config(config)
   state = state_lib.create_state(config, components, jax.random.key(0))
@@ -118,6 +143,12 @@ def test_grid_eval_is_deterministic_and_scores_its_map():
   first, second = jax.device_get(evaluate(state, batch)), jax.device_get(evaluate(state, batch))
   np.testing.assert_array_equal(first['map'], second['map'])  # fixed partitions at evaluation
   assert first['map'].shape == shape[:3]
-  # configs/grid_mask.py: eval.score=map_max of the 'riad' map smoothed with eval.smooth_sigma.
-  smoothed = pixel_metrics.smooth_maps(first['map'], config.eval.smooth_sigma)
-  np.testing.assert_allclose(first['score'], smoothed.reshape(shape[0], -1).max(axis=1), rtol=1e-4)
+  if method == 'riad':
+    # configs/riad.py: eval.score=map_max of the msgms map (smoothed with eval.smooth_sigma: 0).
+    smoothed = pixel_metrics.smooth_maps(first['map'], config.eval.smooth_sigma)
+    np.testing.assert_allclose(first['score'], smoothed.reshape(shape[0], -1).max(axis=1),
+                               rtol=1e-4)
+  else:
+    # configs/grid_mask.py: eq. 6.1 on the assembled reconstruction, |x - x̂| map.
+    np.testing.assert_allclose(first['map'], np.abs(batch['image'] - first['recon']).mean(-1),
+                               atol=1e-6)

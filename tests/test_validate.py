@@ -72,7 +72,7 @@ def test_classifier_kernel_with_the_dcgan_discriminator_is_refused():
 
 
 @pytest.mark.parametrize('key, value', [('mask.size', 0.25), ('loss.hole_weight', 5.0)])
-def test_grid_mask_refuses_square_hole_keys(key, value):
+def test_grid_methods_refuse_square_hole_keys(key, value):
   _refused('grid_mask', {key: value}, rf'{key}={value} is not used by mask.kind=grid')
   config_checks.validate_config(_config('masked', **{key: value}))  # the square mask reads both
 
@@ -82,15 +82,60 @@ def test_mask_fill_without_a_mask_is_refused():
   config_checks.validate_config(_config('masked', **{'mask.fill': -1.0}))
 
 
-@pytest.mark.parametrize('key, value', [('mask.cell_sizes', (2, 4)), ('mask.sets', 2)])
+@pytest.mark.parametrize('key, value', [('mask.cells', (8,)), ('mask.sets', 3),
+                                        ('mask.partition', 'random'), ('mask.draw', 'batch')])
 def test_grid_keys_with_the_square_mask_are_refused(key, value):
   _refused('masked', {key: value}, rf'{key}=.* is not used by mask.kind=square')
-  config_checks.validate_config(_config('grid_mask', **{key: value}))  # the grid reads both
+  config_checks.validate_config(_config('grid_mask', **{key: value}))  # the grid reads them
 
 
-def test_bad_grid_cell_sizes_are_refused():
-  _refused('grid_mask', {'mask.cell_sizes': (3,)}, r'mask.cell_sizes: a cell side of 3')
+def test_bad_grid_settings_are_refused():
+  _refused('grid_mask', {'mask.cells': (5,)}, r'mask.cells=\(5,\): a cell side of 3 px')
   _refused('grid_mask', {'mask.sets': 1}, r'mask.sets=1')
+  _refused('grid_mask', {'mask.partition': 'checkers'}, r"mask.partition='checkers'")
+  _refused('grid_mask', {'mask.cells': (2,), 'mask.sets': 4}, r'alternating 2x2 board')
+
+
+# ---- RIAD: no discriminator (a plain autoencoder). ----
+
+
+def test_riad_has_no_discriminator():
+  config = _config('riad')
+  assert (config.model.discriminator, config.loss.adversarial) == ('none', 'none')
+
+
+@pytest.mark.parametrize('key, value', [('loss.w_adv', 0.0), ('train.d_input_noise_std', 0.1),
+                                        ('train.d_reinit_threshold', 1e-5),
+                                        ('optim.d_lr', 8e-4), ('model.spectral_norm', True)])
+def test_discriminator_keys_without_a_discriminator_are_refused(key, value):
+  _refused('riad', {key: value}, rf'{key}=.* is not used without a discriminator')
+
+
+def test_gan_objective_and_discriminator_must_agree():
+  _refused('riad', {'loss.adversarial': 'bce'}, r'loss.adversarial=bce and model.discriminator=none')
+  _refused('skip_ganomaly', {'loss.adversarial': 'none'},
+           r'loss.adversarial=none and model.discriminator=latent')
+
+
+def test_no_discriminator_refuses_what_reads_its_features():
+  _refused('riad', {'eval.score': 'lambda'},
+           r'eval.score=lambda reads discriminator features.*model.discriminator=none')
+  _refused('skip_ganomaly', {'model.discriminator': 'none', 'loss.adversarial': 'none',
+                             'loss.latent_in_d': False},
+           r'loss.w_enc=1.0: the latent term of model.generator=unet compares discriminator')
+  config_checks.validate_config(_config('skip_ganomaly', **{
+      'model.discriminator': 'none', 'loss.adversarial': 'none', 'loss.latent_in_d': False,
+      'loss.w_enc': 0.0, 'eval.score': 'reconstruction'}))
+
+
+def test_riad_unet_refuses_what_it_does_not_have():
+  _refused('riad', {'model.dropout': 0.1}, r'model.dropout=0.1 is not used by model.generator=riad_unet')
+
+
+def test_reconstruction_term_comes_from_the_registry():
+  _refused('riad', {'loss.reconstruction': 'l3'},
+           'loss.reconstruction=.* is not one of ' + ', '.join(losses.RECONSTRUCTION))
+  config_checks.validate_config(_config('skip_ganomaly', **{'loss.reconstruction': 'l2'}))
 
 
 # ---- Structural losses and maps are switches of every reconstruction method. ----
@@ -108,11 +153,11 @@ def test_map_options_come_from_the_registries():
 
 
 def test_topk_fraction_only_with_the_topk_score():
-  _refused('grid_mask', {'eval.topk_fraction': 0.2},
+  _refused('riad', {'eval.topk_fraction': 0.2},
            r'eval.topk_fraction=0.2 is not used by eval.score=map_max')
-  config_checks.validate_config(_config('grid_mask', **{'eval.score': 'map_topk',
-                                                   'eval.topk_fraction': 0.2}))
-  _refused('grid_mask', {'eval.score': 'map_topk', 'eval.topk_fraction': 0.0},
+  config_checks.validate_config(_config('riad', **{'eval.score': 'map_topk',
+                                              'eval.topk_fraction': 0.2}))
+  _refused('riad', {'eval.score': 'map_topk', 'eval.topk_fraction': 0.0},
            r'eval.topk_fraction=0.0 must be in \(0, 1\]')
 
 

@@ -5,8 +5,8 @@
 
 CPU-sized: 16×16 images, networks at a quarter of the study's width (ngf = ndf = 16), batch 32,
 STEPS training steps with validation every STEPS/2 (checkpoint selection). 10 classes × 3 seeds ×
-(8 trained methods + 2 baselines) = 300 runs, plus 60 re-evaluations that train nothing (rows
-masked+auto and grid_mask+auto: the same checkpoints read out with eval.readout=auto).
+(9 trained methods + 2 baselines) = 330 runs, plus 90 re-evaluations that train nothing (rows
+masked+auto, grid_mask+auto and riad+auto: the same checkpoints read out with eval.readout=auto).
 Wall times: docs/results.md#wall-times.
 Options (suites.restrict): classes=0+1, seeds=0, methods=ganomaly+pca, steps=N.
 """

@@ -7,8 +7,8 @@ The data (brick, grass, gravel, camera; scratches, stains, holes; recipe in
 ganomaly_jax/data/textures.py) is written once into WORKDIR/data/ in MVTec AD layout and read
 through the normal folder path, so image and pixel AUROC / PRO are reported. CPU-sized: 64 px
 patches at 32×32 grayscale, ngf = ndf = 16, batch 32, 300 steps (24 passes over the 400 training
-patches), 3 seeds; 4 textures × 10 methods × 3 seeds = 120 runs, plus 24 re-evaluations
-(masked+auto, grid_mask+auto: the same checkpoints read out with eval.readout=auto).
+patches), 3 seeds; 4 textures × 11 methods × 3 seeds = 132 runs, plus 36 re-evaluations
+(masked+auto, grid_mask+auto, riad+auto: the same checkpoints read out with eval.readout=auto).
 Options (suites.restrict): classes=brick+grass, seeds=0, methods=..., steps=N, isize=N,
 width=N, batch=N.
 """

@@ -19,7 +19,7 @@ import numpy as np
 from sklearn import metrics as sk_metrics
 
 from ganomaly_jax.evaluation import fid as fid_lib
-from ganomaly_jax import parallel, programs, rundir
+from ganomaly_jax import losses, parallel, programs, rundir
 from ganomaly_jax.evaluation import pixel_metrics, plots, uncertainty
 from ganomaly_jax.data import pipeline
 
@@ -231,7 +231,8 @@ def _merge_hosts(hist: pixel_metrics.PixelHistogram) -> pixel_metrics.PixelHisto
 
 def collect_test_outputs(eval_maps_fn: Callable, state: Any, source, mesh, batch_size: int, *,
                          mc_fn: Callable | None = None, mc_rng: jax.Array | None = None,
-                         fid_samples: int = 0, smooth_sigma: float = 0.0) -> TestOutputs:
+                         fid_samples: int = 0, smooth_sigma: float = 0.0,
+                         map_max_value: float = pixel_metrics.MAP_MAX_VALUE) -> TestOutputs:
   """One ordered pass over `source`: scores, pixel-metric histogram, optional MC-dropout and FID.
 
   Args:
@@ -245,6 +246,8 @@ def collect_test_outputs(eval_maps_fn: Callable, state: Any, source, mesh, batch
       many batches came before on other runs.
     fid_samples: keep inputs and reconstructions of the first this-many images of each class.
     smooth_sigma: Gaussian smoothing of the maps before the pixel metrics (as `eval.smooth_sigma`).
+    map_max_value: the largest value the map can take (`losses.MAPS[eval.map].max_value`): the
+      pixel histogram spans [0, map_max_value], so no map value is clipped.
 
   Returns:
     TestOutputs. Each process decodes only its slice of each batch and adds its own devices' maps to
@@ -253,7 +256,8 @@ def collect_test_outputs(eval_maps_fn: Callable, state: Any, source, mesh, batch
   """
   keys = ('score', 'l1', 'recon') if fid_samples else ('score', 'l1')
   pieces: dict[str, list[np.ndarray]] = {k: [] for k in ('score', 'l1', 'label', 'mc')}
-  hist = pixel_metrics.PixelHistogram() if hasattr(source, 'ground_truth') else None
+  hist = (pixel_metrics.PixelHistogram(map_max_value) if hasattr(source, 'ground_truth')
+          else None)
   map_max = 0.0
   fid_pieces: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {0: ([], []), 1: ([], [])}
   for b, (inputs, local) in enumerate(_global_batches(source, mesh, batch_size)):
@@ -331,14 +335,21 @@ def histogram_results(hist: pixel_metrics.PixelHistogram | None) -> dict[str, An
   return results
 
 
-def pixel_results(maps: np.ndarray, source) -> dict[str, Any]:
+def pixel_results(maps: np.ndarray, source, max_value: float | None = None) -> dict[str, Any]:
   """pixel_auroc / pixel_pro of given maps [N, H, W] over the test images with a known mask.
 
-  The same histogram computation as the streaming pass of `collect_test_outputs`, for maps at hand.
+  The same histogram computation as the streaming pass of `collect_test_outputs`, for maps at hand;
+  the histogram spans [0, max_value], by default [0, the maps' largest finite value] (maps at hand
+  need no a-priori bound, so none is clipped).
   """
   if not hasattr(source, 'ground_truth'):
     return histogram_results(None)
-  hist = pixel_metrics.PixelHistogram()
+  if max_value is None:
+    finite = np.asarray(maps, np.float64)
+    finite = finite[np.isfinite(finite)]
+    max_value = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+    max_value *= 1.0 + 1e-6  # the largest value falls inside the top bin, float32 rounding too
+  hist = pixel_metrics.PixelHistogram(max_value)
   for i, amap in enumerate(maps):
     gt = source.ground_truth(i)
     if gt is None:
@@ -474,7 +485,8 @@ def evaluate_and_report(config, workdir: str, state: Any, components, hp, splits
   outputs = collect_test_outputs(
       eval_maps_fn, state, splits.test, mesh, e.batch_size, mc_fn=mc_fn,
       mc_rng=jax.random.fold_in(jax.random.key(config.seed), 0x6d63),
-      fid_samples=FID_SAMPLES if e.fid else 0, smooth_sigma=e.smooth_sigma)
+      fid_samples=FID_SAMPLES if e.fid else 0, smooth_sigma=e.smooth_sigma,
+      map_max_value=losses.MAPS[e.map].max_value)
   # The operating point is fixed on validation normals (the selected state's raw scores), before
   # any test label is looked at. eval_maps_fn is already compiled: no second program.
   val = run_eval(eval_maps_fn, state, splits.val, mesh, e.batch_size, keys=('score',))

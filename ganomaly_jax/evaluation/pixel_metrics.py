@@ -15,7 +15,8 @@ every normal pixel above every defect pixel scores 0.
 `PixelHistogram` computes both in one streaming pass with O(bins) memory, whatever the number of
 images: it is exact for maps quantised to its bin grid (`max_value / bins` wide; 2**16 bins over the
 [0, 2] range of |x - x̂| maps of [-1, 1] images: 3.1e-5), and differs from the exact figures only
-through pixels whose scores fall in the same bin, which it ranks as ties.
+through pixels whose scores fall in the same bin, which it ranks as ties. Its range is the bound of
+the map in use (`losses.MAPS[eval.map].max_value`, passed by the evaluator), so no value is clipped.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ DEFAULT_MAX_FPR = 0.3
 # MVTec AD's reference code labels regions with a full 3x3 structuring element (8-connectivity):
 # pixels that touch diagonally belong to the same defect.
 _STRUCTURE = np.ones((3, 3), dtype=int)
-# |x - x̂| averaged over channels, for images in [-1, 1], lies in [0, 2]; smoothing keeps it there.
+# The default range: |x - x̂| averaged over channels, for images in [-1, 1], lies in [0, 2] (smoothing
+# keeps it there). Other maps have other bounds: the evaluator passes the map's own.
 MAP_MAX_VALUE = 2.0
 DEFAULT_BINS = 2 ** 16
 

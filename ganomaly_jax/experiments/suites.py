@@ -27,10 +27,10 @@ from ganomaly_jax.experiments import baselines, sweep
 CONFIGS_DIR = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 SUITES_DIR = os.path.join(CONFIGS_DIR, 'suites')
-# The study's methods, then the plain-autoencoder ablation of each generator (the same network and
-# losses with the adversarial term off): `ede` (GANomaly) and `unet` (SkipGANomaly).
-STUDY_METHODS = ('ganomaly', 'ganomaly_modified', 'ganomaly_sn', 'skip_ganomaly', 'masked',
-                 'grid_mask')
+# The study's methods and RIAD (the published form of the grid proposal): every method config,
+# config_lib.METHODS. Then the plain-autoencoder ablation of each GAN generator (the same network
+# and losses with the adversarial term off): `ede` (GANomaly) and `unet` (SkipGANomaly).
+STUDY_METHODS = config_lib.METHODS
 AUTOENCODERS = (('ganomaly_ae', 'ganomaly'), ('skip_ganomaly_ae', 'skip_ganomaly'))
 # Methods whose checkpoints get a second row `<method>+auto`: the same runs read out with
 # eval.readout=auto (evaluation/readout.py) beside their published read-out. These are the

@@ -17,7 +17,7 @@ import ml_collections
 
 from ganomaly_jax import losses
 from ganomaly_jax.models.dcgan import Discriminator, EDEGenerator, LatentDiscriminator
-from ganomaly_jax.models.unet import UNetGenerator
+from ganomaly_jax.models.unet import PlainUNet, UNetGenerator
 
 # The discriminator's residual blocks (layers.ResidualBlock) normalise with BatchNorm.
 RESIDUAL_BLOCK_NORM = 'batch'
@@ -27,15 +27,17 @@ RESIDUAL_BLOCK_NORM = 'batch'
 class GeneratorKind:
   """A generator: `build(model_config, dtype)` and the facts the step and validation use.
 
-  `latent_term(outputs, f(x), f(x̂))` is L_enc of eq. 3.1 for this generator. `outputs` are what
-  it returns besides 'recon' (a score that needs 'z' checks this). `ignores` maps model keys it does
-  not read to why: validation refuses them when set away from their defaults.
+  `latent_term(outputs, f(x), f(x̂))` is L_enc of eq. 3.1 for this generator;
+  `latent_from_discriminator` says it compares D's features (so it needs a discriminator). `outputs`
+  are what it returns besides 'recon' (a score that needs 'z' checks this). `ignores` maps model keys
+  it does not read to why: validation refuses them when set away from their defaults.
   """
 
   build: Callable[[ml_collections.ConfigDict, Any], nn.Module]
   latent_term: Callable[[dict, jax.Array, jax.Array], jax.Array]
   outputs: tuple[str, ...] = ()
   ignores: dict[str, str] = dataclasses.field(default_factory=dict)
+  latent_from_discriminator: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,11 +45,13 @@ class DiscriminatorKind:
   """A discriminator: `build(model_config, norm, dtype)` (norm from the adversarial objective).
 
   `latent_features`: its features are a latent code (loss.latent_in_d adds their distance to D's
-  loss, eq. 3.8). `ignores`: model keys it does not read, as for generators.
+  loss, eq. 3.8). `present=False`: no discriminator at all (a plain autoencoder such as RIAD), so
+  nothing adversarial applies. `ignores`: model keys it does not read, as for generators.
   """
 
   build: Callable[[ml_collections.ConfigDict, str, Any], nn.Module]
   latent_features: bool = False
+  present: bool = True
   ignores: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
@@ -82,7 +86,15 @@ register_generator('unet', GeneratorKind(
     latent_term=lambda out, real_features, fake_features: losses.feature_matching(
         real_features, fake_features),
     ignores={'kernel_size': "the U-Net's convs are 4x4 as in the study; only the discriminator "
-                            'would change'}))
+                            'would change'},
+    latent_from_discriminator=True))
+# RIAD's plain U-Net autoencoder (docs/methods.md#riad): no latent code and no latent term.
+register_generator('riad_unet', GeneratorKind(
+    build=lambda m, dtype: PlainUNet(m.isize, m.channels, m.ngf, m.max_channels, dtype),
+    latent_term=lambda out, real_features, fake_features: jnp.zeros(()),
+    ignores={'kernel_size': "RIAD's U-Net uses 3x3 convs",
+             'residual_blocks': "RIAD's U-Net has none", 'self_attention': "RIAD's U-Net has none",
+             'dropout': "RIAD's U-Net has none"}))
 
 register_discriminator('dcgan', DiscriminatorKind(
     build=lambda m, norm, dtype: Discriminator(m.isize, m.channels, m.ndf, m.kernel_size,
@@ -95,6 +107,21 @@ register_discriminator('latent', DiscriminatorKind(
                                                      m.classifier_kernel, norm, m.spectral_norm,
                                                      m.residual_blocks, dtype),
     latent_features=True))
+
+
+class NoDiscriminator(nn.Module):
+  """No discriminator (model.discriminator=none): no parameters; logits and features are zeros, so
+  the step runs unchanged and every adversarial term is 0."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool, update_stats: bool = True):
+    del train, update_stats
+    return jnp.zeros((x.shape[0],), jnp.float32), jnp.zeros((x.shape[0], 1), jnp.float32)
+
+
+# A plain autoencoder (RIAD): nothing adversarial; validation pairs it with loss.adversarial=none.
+register_discriminator('none', DiscriminatorKind(build=lambda m, norm, dtype: NoDiscriminator(),
+                                                 present=False))
 
 
 def discriminator_norm(config: ml_collections.ConfigDict) -> str:

@@ -73,3 +73,49 @@ class UNetGenerator(nn.Module):
       if self.self_attention == h.shape[1]:
         h = layers.SelfAttention(self.dtype, name='attention')(h)
     return {'recon': jnp.tanh(h).astype(jnp.float32)}
+
+
+class PlainUNet(nn.Module):
+  """RIAD's generator (docs/methods.md#riad): a U-Net autoencoder (Ronneberger et al. 2015) with 3x3
+  double convs; returns {'recon': x̂}.
+
+  Five levels; level i is (3x3 conv -> BatchNorm -> ReLU) twice at isize / 2^i with
+  min(2^i base, 8 base) channels (64 ... 512 at base 64; capped by max_channels), the first at full
+  resolution; 2x2 max-pooling between levels. Up: 2x2 stride-2 transposed conv to the level's
+  channels, concat with the level's skip, double conv; a 1x1 conv (with bias) to the image's
+  channels, then tanh because the images are in [-1, 1]. Convs have no bias before BatchNorm.
+  """
+
+  isize: int
+  channels: int
+  base: int = 64
+  max_channels: int = 0
+  dtype: Any = jnp.float32
+
+  LEVELS = 5
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool, stochastic: bool | None = None) -> dict:
+    if self.isize >> (self.LEVELS - 1) < 1:
+      raise ValueError(f'model.isize={self.isize} is too small for {self.LEVELS} U-Net levels.')
+    cap = self.max_channels or 8 * self.base
+    chans = [min(self.base * 2**i, 8 * self.base, cap) for i in range(self.LEVELS)]
+
+    def double_conv(h, features, name):
+      for j in range(2):
+        h = layers.conv(features, 3, 1, 'SAME', self.dtype, name=f'{name}_conv{j}')(h)
+        h = nn.relu(layers.batch_norm(train, self.dtype, name=f'{name}_bn{j}')(h))
+      return h
+
+    h = x.astype(self.dtype)
+    skips = []
+    for i, c in enumerate(chans):
+      if i > 0:
+        h = nn.max_pool(h, (2, 2), strides=(2, 2))
+      h = double_conv(h, c, f'down_{i}')
+      skips.append(h)
+    for i in reversed(range(self.LEVELS - 1)):
+      h = layers.conv_transpose(chans[i], 2, 2, 'VALID', self.dtype, name=f'up_{i}')(h)
+      h = double_conv(jnp.concatenate([skips[i], h], axis=-1), chans[i], f'up_{i}')
+    h = layers.conv(self.channels, 1, 1, 'SAME', self.dtype, use_bias=True, name='out')(h)
+    return {'recon': jnp.tanh(h).astype(jnp.float32)}
