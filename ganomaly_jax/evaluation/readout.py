@@ -39,12 +39,6 @@ from ganomaly_jax import config_checks, config_lib, losses, programs, step as st
 from ganomaly_jax.data import synthetic_anomalies
 from ganomaly_jax.evaluation import evaluator, pixel_metrics
 
-# Upper end of the synthetic pixel histograms: above every registered map's range for images in
-# [-1, 1] (l1 and 1 - SSIM reach 2, 'riad' = 1 - SSIM + 1 - MSGMS reaches 3); larger values would
-# only be clipped into the top bin.
-MAP_RANGE = 4.0
-
-
 class Readout(NamedTuple):
   """One read-out: an `eval.score` and an `eval.map`."""
 
@@ -127,7 +121,7 @@ def synthetic_aurocs(program: Callable, state: Any, source, mesh, batch_size: in
   map_names = tuple(dict.fromkeys(r.map for r in readouts))
   scores: dict[str, list[np.ndarray]] = {k: [] for k in keys}
   labels: list[np.ndarray] = []
-  hists = {m: pixel_metrics.PixelHistogram(MAP_RANGE) for m in map_names}
+  hists = {m: pixel_metrics.PixelHistogram(losses.MAPS[m].max_value) for m in map_names}
   for out in evaluator.gathered_batches(program, state, source, mesh, batch_size,
                                         keys + tuple(f'map/{m}' for m in map_names),
                                         host_keys=('label', 'index')):
