@@ -18,7 +18,7 @@ Three hole shapes (`mask.kind`):
     random partition) per image or per batch (`mask.draw`, `grid_train_masks`); evaluation uses every
     size with a fixed partition (`grid_eval_masks`).
   * 'stain': random blurred irregular ellipses covering 1-12% of the image (Collin & De Vleeschouwer
-    2020); evaluated with a fixed square tiling, see `eval_masks`.
+    2020); evaluated with a fixed square tiling, see `tiling_masks`.
 
 Everything is pure jax.numpy with static shapes: sizes and counts are Python ints, only the random
 positions/shapes/partitions are traced, so the training-mask samplers can live inside a jitted train step.
@@ -351,38 +351,6 @@ def tiling_masks(isize: int, size: float) -> jax.Array:
   return (tile_id[None] == jnp.arange(n * n)[:, None, None]).astype(jnp.float32)[..., None]
 
 
-def eval_masks(kind: str, isize: int, mask) -> jax.Array:
-  """The fixed tilings used at evaluation time; `mask` is the config's mask section.
-
-  'square' -> one tiling, `tiling_masks(isize, mask.size)`; 'grid' -> one tiling per cell size,
-  `grid_eval_masks`. 'stain' -> `tiling_masks(isize, 0.25)`: stains are random, so a stain tiling
-  would be neither reproducible nor exact; a fixed tiling of small (1/16 of the image) square holes
-  is a deterministic stand-in of comparable scale that still reconstructs every pixel from context.
-
-  Returns:
-    [T, K, isize, isize, 1] float32: T tilings of K masks each, summing to 1 over K.
-  """
-  entry = KINDS.get(kind)
-  if entry is None or entry.eval_holes is None:
-    raise ValueError(f'mask.kind={kind!r} has no evaluation masks; expected one of '
-                     f'{", ".join(k for k, e in KINDS.items() if e.eval_holes)}.')
-  return entry.eval_holes(isize, mask)
-
-
-def train_masks(kind: str, rng: jax.Array, batch: int, isize: int, mask) -> jax.Array:
-  """Training masks for one batch; `mask` is the config's mask section.
-
-  Returns:
-    'square' / 'stain' -> [batch, isize, isize, 1], one hole per image; 'grid' -> [K, batch, isize,
-    isize, 1], K = mask.sets complementary masks per image, for `combine_inpaintings`.
-  """
-  entry = KINDS.get(kind)
-  if entry is None or entry.train_holes is None:
-    raise ValueError(f'mask.kind={kind!r} has no training masks; expected one of '
-                     f'{", ".join(k for k, e in KINDS.items() if e.train_holes)}.')
-  return entry.train_holes(rng, batch, isize, mask)
-
-
 def _inpaint(reconstruct: Callable[[jax.Array], jax.Array], x: jax.Array, masks: jax.Array,
              fill: float) -> jax.Array:
   """[K, 1 or B, H, W, 1] masks -> the K inpaintings [K, B, H, W, C], from ONE `reconstruct` call."""
@@ -429,7 +397,7 @@ def combine_tilings(reconstruct: Callable[[jax.Array], jax.Array], x: jax.Array,
   Args:
     reconstruct: images [N, H, W, C] -> reconstructed images [N, H, W, C].
     x: images [B, H, W, C].
-    tilings: [T, K, H, W, 1], each tiling's K masks summing to 1 (`eval_masks`).
+    tilings: [T, K, H, W, 1], each tiling's K masks summing to 1 (a kind's `eval_holes`).
     fill: value written into the holes.
 
   Returns:
@@ -445,7 +413,7 @@ def validate_mask_config(kind: str, isize: int, mask) -> None:
   """Raises ValueError (one line naming mask.kind / mask.size / mask.cells / mask.sets / ...) for
   impossible values of the config's mask section `mask`.
 
-  Checks exactly what `train_masks` and `eval_masks` will need, so a bad config fails before any
+  Checks exactly what the kind's `train_holes` and `eval_holes` will need, so a bad config fails before any
   compilation instead of inside a jitted step. kind 'none' (no masking) needs nothing.
   """
   if kind not in KINDS:

@@ -129,11 +129,11 @@ def test_grid_train_masks_random_per_step():
 
 
 def test_grid_shapes_are_static_under_jit():
-  out = jax.eval_shape(lambda r: masks.train_masks('grid', r, 5, 32, _Mask(cells=(16, 8, 4),
+  out = jax.eval_shape(lambda r: masks.KINDS['grid'].train_holes(r, 5, 32, _Mask(cells=(16, 8, 4),
                                                                             sets=3)),
                        jax.random.PRNGKey(0))
   assert (out.shape, out.dtype) == ((3, 5, 32, 32, 1), jnp.float32)
-  out = jax.eval_shape(lambda: masks.eval_masks('grid', 32, _Mask(cells=(16, 8, 4))))
+  out = jax.eval_shape(lambda: masks.KINDS['grid'].eval_holes(32, _Mask(cells=(16, 8, 4))))
   assert out.shape == (3, 2, 32, 32, 1)
 
 
@@ -252,25 +252,22 @@ def test_combine_tilings_assembles_each_tiling_from_one_call():
     np.testing.assert_allclose(out[size], np.broadcast_to(expected[None, :, :, None], x.shape))
 
 
-def test_eval_and_train_dispatch():
-  np.testing.assert_array_equal(masks.eval_masks('square', 16, _Mask()),
+def test_each_kind_gives_its_training_and_evaluation_holes():
+  np.testing.assert_array_equal(masks.KINDS['square'].eval_holes(16, _Mask()),
                                 masks.tiling_masks(16, 0.5)[None])
-  np.testing.assert_array_equal(masks.eval_masks('grid', 16, _Mask()),
+  np.testing.assert_array_equal(masks.KINDS['grid'].eval_holes(16, _Mask()),
                                 masks.grid_eval_masks(16, (4,), 2, 'alternating'))
-  assert masks.eval_masks('stain', 16, _Mask()).shape == (1, 16, 16, 16, 1)
+  assert masks.KINDS['stain'].eval_holes(16, _Mask()).shape == (1, 16, 16, 16, 1)
   rng = jax.random.PRNGKey(0)
 
   def shape(kind):  # eval_shape traces without compiling: fast
-    out = jax.eval_shape(lambda r: masks.train_masks(kind, r, 5, 16, _Mask()), rng)
+    out = jax.eval_shape(lambda r: masks.KINDS[kind].train_holes(r, 5, 16, _Mask()), rng)
     return out.shape, out.dtype
 
   assert shape('square') == ((5, 16, 16, 1), jnp.float32)
   assert shape('stain') == ((5, 16, 16, 1), jnp.float32)
   assert shape('grid') == ((2, 5, 16, 16, 1), jnp.float32)
-  with pytest.raises(ValueError, match='mask.kind'):
-    masks.eval_masks('circle', 16, _Mask())
-  with pytest.raises(ValueError, match='mask.kind'):
-    masks.train_masks('none', rng, 5, 16, _Mask())
+  assert masks.KINDS['none'].train_holes is None and masks.KINDS['none'].eval_holes is None
 
 
 @pytest.mark.parametrize('fn,args,key', [
