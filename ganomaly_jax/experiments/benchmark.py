@@ -112,7 +112,8 @@ def run_benchmark(suite: suites.Suite, root: str, train_fn: run_queue.TrainFn | 
       execute=lambda run: (_run_baseline(run) if run.method.baseline
                            else train_fn(run.config, run.workdir)),
       run_info=lambda run: {'overrides': run.overrides, 'suite': suite.name},
-      write_tables=write_tables, commit=commit(), what='suite')
+      write_tables=write_tables, commit=commit(), what='suite',
+      timing_file=os.path.join(root, run_queue.TIMING_JSON))
 
 
 def main(argv: list[str]) -> None:

@@ -272,7 +272,8 @@ def run_sweep(config_spec: str, sweep_path: str, root: str,
       finished=lambda run: rundir.finished_results(run.workdir, run.config.train.num_steps),
       execute=lambda run: train_fn(run.config, run.workdir),
       run_info=lambda run: {'overrides': run.overrides},
-      write_tables=lambda: write_tables(root, records, title), what='sweep')
+      write_tables=lambda: write_tables(root, records, title), what='sweep',
+      timing_file=os.path.join(root, run_queue.TIMING_JSON))
 
 
 def main(argv: list[str]) -> None:
