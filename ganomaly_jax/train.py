@@ -12,7 +12,7 @@ import json
 import os
 import signal
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from absl import logging
 from clu import metric_writers, periodic_actions
@@ -31,8 +31,12 @@ from ganomaly_jax.data import pipeline, sources
 TrainingError = rundir.TrainingError
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       devices: Sequence[jax.Device] | None = None) -> dict[str, Any]:
   """Trains (or resumes) the configured method in `workdir`, then evaluates on the test split.
+
+  The run's data-parallel mesh spans `devices` (default: every device of every process); a queue
+  that runs several runs at once gives each its own devices.
 
   Returns the results dict that is also written to `workdir/results.json`, with the wall and CPU
   seconds of the run's phases under `phase_seconds` (`timing`).
@@ -47,7 +51,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return previous
   with timing.record() as phases:
     with timing.phase('setup'):  # what no other phase claims: mesh, state, restore, writer
-      results = _train_and_evaluate(config, workdir, previous)
+      results = _train_and_evaluate(config, workdir, previous, devices)
   if not results.get('preempted'):
     results['phase_seconds'] = phases.as_dict()
     if jax.process_index() == 0:
@@ -56,16 +60,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                        previous: dict[str, Any] | None) -> dict[str, Any]:
+                        previous: dict[str, Any] | None,
+                        devices: Sequence[jax.Device] | None) -> dict[str, Any]:
   """The run after the workdir check: the results to write, or {'preempted': True, ...}."""
   started = time.time()
   t = config.train
   is_chief = jax.process_index() == 0
 
   # ---------------- Set up mesh ----------------
-  mesh = parallel.make_mesh()
-  parallel.check_batch_size(t.batch_size)
-  parallel.check_batch_size(config.eval.batch_size, 'eval.batch_size')
+  mesh = parallel.make_mesh(devices)
+  parallel.check_batch_size(t.batch_size, mesh=mesh)
+  parallel.check_batch_size(config.eval.batch_size, 'eval.batch_size', mesh=mesh)
 
   # ---------------- Input pipeline ----------------
   with timing.phase('data'):
@@ -86,7 +91,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   _check_workdir(config, store, state_shapes, workdir)  # before anything compiles
   train_step = progs.train_step
   if config.mode == 'train':
-    train_step = _compile_train_step(config, train_step, state_shapes, train_rng)
+    train_step = _compile_train_step(config, progs, state_shapes, train_rng)
   state = progs.init(init_rng)
   host_memory.release_free_memory()
 
@@ -134,7 +139,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if step % t.eval_every == 0 or step == num_steps:
         with _loop_phase('validation', state):
           _validate(config, progs.eval_step, state, splits.val, mesh, store, writer, step)
-      if step % t.image_every == 0 or step == num_steps:
+      if t.image_every > 0 and (step % t.image_every == 0 or step == num_steps):
         with _loop_phase('pictures', state):
           grid = image_grid(progs.eval_maps, state, splits.test, mesh, config.eval.batch_size,
                             config.eval.num_images)
@@ -220,17 +225,17 @@ def _check_process_count(store: checkpoint.CheckpointStore, workdir: str) -> Non
         'processes (mode=eval runs with any count), or use --config.restart=True to start over.')
 
 
-def _compile_train_step(config: ml_collections.ConfigDict, train_step, state_shapes: Any,
-                        train_rng: jax.Array):
-  """The train step compiled from shapes alone, before any state exists.
+def _compile_train_step(config: ml_collections.ConfigDict, progs: programs.Programs,
+                        state_shapes: Any, train_rng: jax.Array):
+  """The train step compiled from shapes alone, before any state exists (once per kept programs).
 
   The compiler's scratch memory is given back at once: on CPU the compilation is the run's memory
   peak, and on top of the state the peak would be higher still
   (docs/performance.md#host-memory-hand-back).
   """
   image = jax.ShapeDtypeStruct(state_lib.image_shape(config, config.train.batch_size), jnp.float32)
-  compiled = train_step.lower(state_shapes, {'image': image},
-                              jax.eval_shape(jax.random.fold_in, train_rng, 0)).compile()
+  compiled = progs.compiled('train_step', state_shapes, {'image': image},
+                            jax.eval_shape(jax.random.fold_in, train_rng, 0))
   host_memory.release_free_memory()
   return compiled
 

@@ -443,7 +443,8 @@ def evaluate_and_report(config, workdir: str, state: Any, components, hp, splits
   test images whose ground truth is known (None without any); MC-dropout (`eval.mc_samples`) adds
   `mc_auroc`; `eval.fid` adds `fid_normal`/`fid_abnormal` (None without weights). The raw test score
   range (`score_min`/`score_max`) and the largest map value (`pixel_map_max`) are recorded so that
-  `ganomaly_jax.infer` can put new images on the same scale.
+  `ganomaly_jax.infer` can put new images on the same scale. `eval.pictures=False` leaves out the
+  pictures (the metrics do not depend on them).
 
   `eval_maps_fn` is the caller's jitted `eval_step(..., with_maps=True)`, if it has one: reusing it
   saves compiling the same program twice.
@@ -493,9 +494,10 @@ def evaluate_and_report(config, workdir: str, state: Any, components, hp, splits
              if k.startswith(('image_', 'pixel_auroc', 'pixel_pro', 'mc_auroc', 'fid_', 'threshold'))
              and isinstance(v, float)}
   writer.write_scalars(results['steps'], scalars)
-  with timing.phase('pictures'):
-    _report_pictures(config, workdir, state, splits, mesh, writer, results['steps'], outputs,
-                     curves, eval_maps_fn, mc_fn)
+  if e.get('pictures', True):  # configs saved before the switch existed drew them
+    with timing.phase('pictures'):
+      _report_pictures(config, workdir, state, splits, mesh, writer, results['steps'], outputs,
+                       curves, eval_maps_fn, mc_fn)
   return results
 
 
