@@ -12,8 +12,9 @@ Suites are files in configs/suites/ (`--suite=NAME[:ARG]`, or a path to a suite 
 as `ganomaly_jax.experiments.sweep` does) in `WORKDIR/runs/<class>/<method>/seed-<seed>`; baselines (PCA, k-NN)
 are evaluated on the same splits (`baselines`). A run whose workdir holds final results is skipped
 (sweep's rule), an interrupted one resumes from its checkpoint, and a failed one is recorded and
-retried next time, so rerunning the same command continues a suite. After every run
-`WORKDIR/results.csv`, `results.md` and `results.png` are rewritten (`tables`).
+retried next time, so rerunning the same command continues a suite. `WORKDIR/results.csv`,
+`results.md` and `results.png` are rewritten as runs finish (at most every
+`run_queue.TABLES_EVERY_S` seconds) and at the end (`tables`).
 
 `--parallel=N` keeps N runs in flight, each on its own 1/N of this host's devices (a single CPU
 device is shared). `--share=I/N` runs host I's share of a suite that N hosts run at once, each as a

@@ -10,8 +10,8 @@ the columns of their tables; what they do with the runs is the same and lives he
   and the queue goes on; a preempted run stops the queue (rerun to resume);
 - several hosts may each run their share of one queue (`Share`, the `--share` flag) with nothing
   between them but the run directories;
-- the tables are rewritten before the first run and after every run, so they always show the state
-  (with several hosts: once, when every run is settled);
+- the tables are rewritten before the first run, after a run at most every `TABLES_EVERY_S`
+  seconds, and at the end (with several hosts: once, when every run is settled);
 - where the time went is logged per run (the phases a run records in its results.json,
   `ganomaly_jax.timing`) and totalled for the session at the end (`PhaseTotals`).
 """
@@ -34,6 +34,8 @@ from ganomaly_jax import rundir
 RunT = TypeVar('RunT')
 # A queue root's record of where its last session's time went (`PhaseTotals.as_dict`).
 TIMING_JSON = 'timing.json'
+# Rewriting the tables (csv, markdown, plot) takes a good part of a second: at most this often.
+TABLES_EVERY_S = 30.0
 # (config, workdir) -> results; called with devices=[...] too when the queue runs several at once.
 TrainFn = Callable[..., dict[str, Any]]
 
@@ -262,7 +264,8 @@ def run_all(records: list[Record[RunT]], *,
             timing_file: str | None = None,
             group: Callable[[RunT], Any] | None = None,
             device_groups: Sequence[Sequence[Any]] | None = None,
-            share: Share = Share()) -> list[Record[RunT]]:
+            share: Share = Share(),
+            tables_every_s: float = TABLES_EVERY_S) -> list[Record[RunT]]:
   """Runs every unfinished record of this host's share; returns the records.
 
   Args:
@@ -282,6 +285,8 @@ def run_all(records: list[Record[RunT]], *,
       thread, on the default devices.
     share: this host's part of the runs (`Share`); with several hosts the tables are written only
       when every run of every host is settled, by the host that settles the last one.
+    tables_every_s: one host: the tables are rewritten after a run when this long has passed since
+      they were last written (and always before the first run and at the end).
   """
   totals = PhaseTotals()
   start = process_age()
@@ -292,8 +297,14 @@ def run_all(records: list[Record[RunT]], *,
     if previous is not None:
       _mark_skipped(record, previous, workdir(record.run))
   alone = share.count == 1
-  if alone:
+  last_tables = [time.perf_counter()]
+
+  def tables_now() -> None:
     _timed(totals, 'tables', write_tables)
+    last_tables[0] = time.perf_counter()
+
+  if alone:
+    tables_now()
 
   keys = [group(r.run) if group is not None else i for i, r in enumerate(records)]
   order = execution_order(keys, share)
@@ -334,16 +345,16 @@ def run_all(records: list[Record[RunT]], *,
       else:
         totals.add('baselines' if results.get('baseline') else 'untimed runs', outcome.wall_s,
                    outcome.cpu_s)
-    if alone:
-      _timed(totals, 'tables', write_tables)
+    if alone and time.perf_counter() - last_tables[0] >= tables_every_s:
+      tables_now()
     return False
 
   if device_groups is None or len(device_groups) < 2:
     preempted = _run_in_turn(mine, name, execute, settle)
   else:
     preempted = _run_at_once(mine, name, execute, settle, device_groups)
-  if preempted and alone:
-    _timed(totals, 'tables', write_tables)
+  if alone:
+    tables_now()
   if not alone and not preempted:
     _timed(totals, 'tables', lambda: _tables_when_settled(records, finished, workdir, write_tables,
                                                           share))

@@ -11,9 +11,11 @@ validated before the first run starts, so a typo in the last run fails in second
 
 Each run trains in `ROOT/<run name>` (the name is built from its overrides: stable and
 filesystem-safe, e.g. `train.soft_labels-False`; no overrides is `baseline`), sequentially, in this
-process (`--parallel=N`: N at once, each on its own devices; `--share=I/N`: host I's part). A run whose workdir already holds final results is skipped, and an interrupted run resumes
-from its checkpoint, so rerunning the same command continues a sweep. `ROOT/results.csv` and
-`ROOT/results.md` (one row per run) are rewritten after every run.
+process (`--parallel=N`: N at once, each on its own devices; `--share=I/N`: host I's part). A run
+whose workdir already holds final results is skipped, and an interrupted run resumes from its
+checkpoint, so rerunning the same command continues a sweep. `ROOT/results.csv` and
+`ROOT/results.md` (one row per run) are rewritten as runs finish (at most every
+`run_queue.TABLES_EVERY_S` seconds) and at the end.
 """
 
 from __future__ import annotations
