@@ -156,3 +156,28 @@ def test_a_stop_signal_reaches_runs_in_other_threads():
     worker.join(10)
     assert main.requested
   assert seen == {'stop': True, 'signal': 'SIGTERM'}
+
+
+def test_a_stop_signal_stops_the_runs_in_flight_and_starts_no_more():
+  from ganomaly_jax.experiments import run_queue as rq
+
+  records = [rq.Record(f'run{i}') for i in range(5)]
+  started = []
+
+  def execute(run, devices):
+    started.append((run, devices))
+    with preemption.StopRequest() as stop:  # as the training loop does, in the run's thread
+      while not stop.should_stop(1):
+        threading.Event().wait(0.01)
+    return {'preempted': True, 'steps': 1}
+
+  timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))
+  timer.start()
+  try:
+    rq.run_all(records, name=str, workdir=lambda run: run, finished=lambda run: None,
+               execute=execute, run_info=lambda run: {}, write_tables=lambda: None,
+               device_groups=parallel.device_groups(2))  # the one CPU device, shared
+  finally:
+    timer.cancel()
+  assert len(started) == 2  # two in flight, no third started
+  assert [r.status for r in records] == ['preempted', 'preempted', 'pending', 'pending', 'pending']
