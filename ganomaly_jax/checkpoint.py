@@ -7,11 +7,19 @@ Two orbax managers under the workdir:
                 looks at the test set).
 Saves are asynchronous and atomic (orbax writes to a temporary directory and renames it), so a crash
 during a save leaves the previous checkpoint usable.
+
+Several runs may checkpoint in one process at once (a queue's `--parallel`, one thread per run).
+orbax numbers its operations with one process-wide counter and reads it back while an operation
+starts, to name the signals its background threads wait for; two threads starting saves together
+mix up their numbers and wait for each other's signals until they time out. So every store starts
+its orbax operations under one process-wide lock (`_ORBAX`); the writing itself still runs in
+orbax's background threads, in parallel.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 from typing import Any
 
 from etils import epath
@@ -20,6 +28,8 @@ import jax
 import orbax.checkpoint as ocp
 
 from ganomaly_jax import rundir
+
+_ORBAX = threading.RLock()  # see the module docstring
 
 
 def _abstract(tree: Any) -> Any:
@@ -45,6 +55,10 @@ class CheckpointStore:
   def __init__(self, workdir: str | epath.Path, keep: int = 2):
     self.latest_dir = rundir.path(workdir, rundir.CHECKPOINTS)  # local (absolute) or gs://
     self.best_dir = rundir.path(workdir, rundir.BEST)
+    with _ORBAX:
+      self._open(keep)
+
+  def _open(self, keep: int) -> None:
     self.latest = ocp.CheckpointManager(
         self.latest_dir,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
@@ -63,10 +77,11 @@ class CheckpointStore:
 
   def save(self, step: int, state: Any, data_iter: Any, force: bool = False) -> bool:
     """Saves state and iterator position together (asynchronously)."""
-    return self.latest.save(
-        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                      data=grain.checkpoint.CheckpointSave(data_iter)),
-        force=force)
+    with _ORBAX:
+      return self.latest.save(
+          step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                        data=grain.checkpoint.CheckpointSave(data_iter)),
+          force=force)
 
   def restore_latest(self, state_like: Any, data_iter: Any | None) -> tuple[Any, int] | None:
     """Restores the newest state (and the iterator in place); None if there is no checkpoint.
@@ -79,7 +94,8 @@ class CheckpointStore:
     items = {'state': ocp.args.StandardRestore(_abstract(state_like))}
     if data_iter is not None:
       items['data'] = grain.checkpoint.CheckpointRestore(data_iter)
-    restored = self.latest.restore(step, args=ocp.args.Composite(**items))
+    with _ORBAX:
+      restored = self.latest.restore(step, args=ocp.args.Composite(**items))
     return restored['state'], step
 
   def saved_process_count(self) -> int | None:
@@ -106,24 +122,28 @@ class CheckpointStore:
     if step is None:
       return None
     # A reader that knows the 'state' item's handler (the store's managers learn it only on use).
-    reader = ocp.CheckpointManager(directory, item_handlers={'state': ocp.StandardCheckpointHandler()})
-    try:
-      metadata = reader.item_metadata(step)['state']
-    finally:
-      reader.close()
+    with _ORBAX:
+      reader = ocp.CheckpointManager(directory,
+                                     item_handlers={'state': ocp.StandardCheckpointHandler()})
+      try:
+        metadata = reader.item_metadata(step)['state']
+      finally:
+        reader.close()
     return tree_shapes(getattr(metadata, 'tree', metadata))
 
   def save_best(self, step: int, state: Any, val_loss: float) -> None:
     """Offers a state to the best-checkpoint manager; orbax keeps it only if val_loss is lower."""
-    self.best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
-                   metrics={'val_loss': float(val_loss)})
+    with _ORBAX:
+      self.best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
+                     metrics={'val_loss': float(val_loss)})
 
   def restore_best(self, state_like: Any) -> tuple[Any, int] | None:
     step = self.best.best_step()
     if step is None:
       return None
-    restored = self.best.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(state_like))))
+    with _ORBAX:
+      restored = self.best.restore(
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(state_like))))
     return restored['state'], step
 
   def wait(self) -> None:
@@ -133,5 +153,6 @@ class CheckpointStore:
 
   def close(self) -> None:
     self.wait()
-    self.latest.close()
-    self.best.close()
+    with _ORBAX:
+      self.latest.close()
+      self.best.close()

@@ -154,8 +154,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _require(l[key] >= 0, f'loss.{key}={l[key]} must be >= 0.')
 
   for key in ('batch_size', 'num_steps', 'log_every', 'eval_every', 'checkpoint_every',
-              'image_every', 'keep_checkpoints'):
+              'keep_checkpoints'):
     _require(t[key] > 0, f'train.{key}={t[key]} must be positive.')
+  _require(t.image_every > 0 or t.image_every == -1,
+           f'train.image_every={t.image_every} must be positive, or -1 for no image grids.')
   _require(0.0 <= t.label_flip_prob < 0.5, f'train.label_flip_prob={t.label_flip_prob} must be in [0, 0.5).')
   _require(t.d_input_noise_std >= 0, f'train.d_input_noise_std={t.d_input_noise_std} must be >= 0.')
   _require(t.on_nonfinite in ('stop', 'rollback'),

@@ -163,7 +163,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.log_every = 50
   c.train.eval_every = AUTO  # digits: 250; otherwise 500
   c.train.checkpoint_every = AUTO  # digits: 250; otherwise 500
-  c.train.image_every = AUTO  # digits: 500; otherwise 1000
+  c.train.image_every = AUTO  # TensorBoard image grids: digits 500, otherwise 1000 (-1: never)
   c.train.keep_checkpoints = 2
   c.train.soft_labels = False
   c.train.label_flip_prob = 0.0
@@ -206,6 +206,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.fid = False
   c.eval.fid_weights = ''
   c.eval.num_images = 16  # images per TensorBoard grid
+  c.eval.pictures = True  # the final pictures: PNGs (curves, ROC/PR, histogram, extremes), last grid
   return c
 
 

@@ -74,6 +74,27 @@ def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
                        devices=devices)
 
 
+def device_groups(n: int, devices: Sequence[jax.Device] | None = None) -> list[list[jax.Device]]:
+  """`devices` (default: this process's) cut into `n` equal groups, for `n` runs at once.
+
+  A single device (the CPU) is not cut: the `n` runs share it. Devices beyond `n` equal groups
+  stay idle (logged).
+  """
+  devices = jax.local_devices() if devices is None else list(devices)
+  if n < 1:
+    raise ValueError(f'--parallel={n} must be at least 1.')
+  if len(devices) == 1:
+    return [devices] * n
+  if n > len(devices):
+    raise ValueError(f'--parallel={n}: this process has only {len(devices)} devices; use at most '
+                     f'{len(devices)} (or 1 device per run).')
+  size = len(devices) // n
+  if len(devices) % n:
+    logging.warning('--parallel=%d: %d of %d devices stay idle (groups of %d).', n,
+                    len(devices) % n, len(devices), size)
+  return [devices[i * size:(i + 1) * size] for i in range(n)]
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Leading (batch) axis split over the mesh."""
   return NamedSharding(mesh, P(DATA_AXIS))
@@ -84,9 +105,10 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def check_batch_size(batch_size: int, key: str = 'train.batch_size') -> None:
-  """The global batch must split evenly over all devices (and over the processes feeding them)."""
-  n = jax.device_count()
+def check_batch_size(batch_size: int, key: str = 'train.batch_size',
+                     mesh: Mesh | None = None) -> None:
+  """The global batch must split evenly over the mesh's devices (default: all devices)."""
+  n = jax.device_count() if mesh is None else mesh.size
   if batch_size % n:
     raise ValueError(f'{key}={batch_size} is not divisible by the {n} devices; use a multiple of {n}.')
 

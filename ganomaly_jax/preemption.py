@@ -19,6 +19,10 @@ class StopRequest:
   the others waiting in a collective): there we install nothing and ask JAX's preemption sync point,
   whose own SIGTERM notifier (set up by jax.distributed.initialize) makes every process stop at the
   same step.
+
+  Python delivers signals to the main thread only. A StopRequest entered in another thread (a run of
+  a queue that runs several at once) installs nothing and follows the main thread's innermost one,
+  so one signal stops every run in flight.
   """
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -26,6 +30,8 @@ class StopRequest:
   def __init__(self):
     self._event = threading.Event()
     self._previous: dict[int, Any] = {}
+    self._leader: StopRequest | None = None  # the main thread's, followed from other threads
+    self._outer: StopRequest | None = None
     self.signal_name = ''
 
   def _handle(self, signum, frame):
@@ -39,14 +45,29 @@ class StopRequest:
     self._event.set()
 
   def __enter__(self) -> 'StopRequest':
-    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+    global _main_request
+    if threading.current_thread() is not threading.main_thread():
+      self._leader = _main_request
+    elif jax.process_count() == 1:
       for sig in self.SIGNALS:
         self._previous[sig] = signal.signal(sig, self._handle)
+      self._outer, _main_request = _main_request, self
     return self
 
   def __exit__(self, *exc) -> None:
+    global _main_request
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
+    if _main_request is self:
+      _main_request = self._outer
+
+  @property
+  def requested(self) -> bool:
+    """Whether a stop signal reached this process (single-process runs)."""
+    if self._leader is not None and self._leader.requested:
+      self.signal_name = self.signal_name or self._leader.signal_name
+      return True
+    return self._event.is_set()
 
   def should_stop(self, step: int) -> bool:
     """True when this (or, multi-host, the preemption service on any) process was asked to stop."""
@@ -55,4 +76,7 @@ class StopRequest:
         return bool(multihost_utils.reached_preemption_sync_point(step))
       except RuntimeError:  # preemption service not enabled in this runtime
         return False
-    return self._event.is_set()
+    return self.requested
+
+
+_main_request: StopRequest | None = None  # the main thread's innermost StopRequest

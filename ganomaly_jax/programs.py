@@ -5,17 +5,27 @@
 every read-out candidate at once, for eval.readout=auto), with the shardings and donation of the
 training loop and the runtime CPU switch (`runtime.cpu_kernels`, see `cpu/kernels.py`) applied to
 the traced steps. The initialiser runs flax's own layers: the switch never changes a parameter.
+
+The programs of the last few (config, mesh) pairs are kept (`CACHE_SIZE`), keyed on everything
+they are traced from (`program_key`): a run of the same method on another class, seed or step
+budget gets the same jitted functions and so reuses their compiled executables instead of
+compiling again (a benchmark suite runs each method on many classes and seeds in one process).
+Seeds and data are arguments of the programs, never constants in them, so a reused program
+computes exactly what a fresh one would.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
-from typing import Callable, NamedTuple
+import json
+import threading
+from typing import Any, Callable, NamedTuple
 
 import jax
 import ml_collections
 
-from ganomaly_jax import parallel, state as state_lib, step as step_lib
+from ganomaly_jax import config_lib, parallel, state as state_lib, step as step_lib
 from ganomaly_jax.cpu import kernels
 
 
@@ -28,13 +38,81 @@ class Programs(NamedTuple):
   train_step: Callable  # (state, batch, rng) -> (state, metrics); donates the state
   eval_step: Callable  # (state, batch) -> scores and losses
   eval_maps: Callable  # (state, batch) -> the same plus reconstructions and anomaly maps
+  # Executables compiled ahead of time from these functions (`compiled`), by what they were
+  # compiled for; kept with the programs so a cached entry keeps them too.
+  aot: dict[Any, Any]
+
+  def compiled(self, name: str, *shapes: Any) -> Any:
+    """`getattr(self, name).lower(*shapes).compile()`, once per (name, shapes) for these programs."""
+    leaves, treedef = jax.tree.flatten(shapes)
+    key = (name, treedef, tuple((tuple(x.shape), str(x.dtype)) for x in leaves))
+    if key not in self.aot:
+      self.aot[key] = getattr(self, name).lower(*shapes).compile()
+    return self.aot[key]
+
+
+# Config keys no program reads: the data (an argument), the seed (PRNG keys are arguments), the
+# loop's schedule and the run's bookkeeping. Runs that differ only here share their programs;
+# tests/test_program_cache.py checks that changing all of them leaves the lowered programs equal.
+PROGRAM_FREE_KEYS = ('method', 'mode', 'seed', 'restart', 'debug_kill_at_step', 'dataset',
+                     'train.num_steps', 'train.log_every', 'train.eval_every',
+                     'train.checkpoint_every', 'train.image_every', 'train.keep_checkpoints',
+                     'train.on_nonfinite', 'train.max_rollbacks', 'runtime.compile_cache_dir',
+                     'runtime.distributed')
+# Kept programs (each holds a method's compiled executables for one mesh): the oldest go first.
+CACHE_SIZE = 4
+_cache: collections.OrderedDict[Any, Programs] = collections.OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def program_key(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> tuple[str, Any]:
+  """What the programs of `config` on `mesh` are traced from: the config less PROGRAM_FREE_KEYS."""
+  flat = {k: v for k, v in config_lib.flatten(config.to_dict()).items()
+          if not any(k == f or k.startswith(f + '.') for f in PROGRAM_FREE_KEYS)}
+  return json.dumps(flat, sort_keys=True, default=repr), mesh
+
+
+def set_cache_size(size: int) -> None:
+  """Keeps at most `size` programs (at least 1); drops the oldest beyond it now."""
+  global CACHE_SIZE
+  with _cache_lock:
+    CACHE_SIZE = max(1, int(size))
+    while len(_cache) > CACHE_SIZE:
+      _cache.popitem(last=False)
+
+
+def clear_cache() -> None:
+  """Forgets every kept program (their executables go when nothing else holds them)."""
+  with _cache_lock:
+    _cache.clear()
 
 
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None,
           components: state_lib.Components | None = None) -> Programs:
-  """The run's jitted functions; `mesh` defaults to all devices, `components` to the config's."""
+  """The run's jitted functions; `mesh` defaults to all devices, `components` to the config's.
+
+  Without `components`, the programs of an equal `program_key` built before are returned when
+  still kept (see the module docstring); given components are the caller's own, never cached.
+  """
   mesh = parallel.make_mesh() if mesh is None else mesh
-  components = state_lib.build_components(config) if components is None else components
+  if components is not None:
+    return _build(config, mesh, components)
+  key = program_key(config, mesh)
+  with _cache_lock:
+    if key in _cache:
+      _cache.move_to_end(key)
+      return _cache[key]
+  progs = _build(config, mesh, state_lib.build_components(config))
+  with _cache_lock:
+    progs = _cache.setdefault(key, progs)  # another thread may have built the same meanwhile
+    _cache.move_to_end(key)
+    while len(_cache) > CACHE_SIZE:
+      _cache.popitem(last=False)
+  return progs
+
+
+def _build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+           components: state_lib.Components) -> Programs:
   hp = step_lib.StepConfig.from_config(config)
   repl, batch_sh = parallel.replicated(mesh), parallel.batch_sharding(mesh)
   fast = functools.partial(kernels.with_cpu_kernels, mode=config.runtime.cpu_kernels)
@@ -45,13 +123,20 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
   eval_step = jax.jit(fast(functools.partial(step_lib.eval_step, components=components, hp=hp)))
   eval_maps = jax.jit(fast(functools.partial(step_lib.eval_step, components=components, hp=hp,
                                              with_maps=True)))
-  return Programs(components, hp, init, train_step, eval_step, eval_maps)
+  return Programs(components, hp, init, train_step, eval_step, eval_maps, {})
 
 
 def readout_program(config: ml_collections.ConfigDict, progs: Programs,
                     readouts: tuple[tuple[str, str], ...]) -> Callable:
   """(state, batch) -> `step.eval_readouts` of every (score, map) in `readouts`, jitted as one
-  program (eval.readout=auto: one compile however many candidates)."""
-  fast = functools.partial(kernels.with_cpu_kernels, mode=config.runtime.cpu_kernels)
-  return jax.jit(fast(functools.partial(step_lib.eval_readouts, components=progs.components,
-                                        hp=progs.hp, readouts=tuple(readouts))))
+  program (eval.readout=auto: one compile however many candidates).
+
+  Kept with `progs` (its `aot` dict), so the runs that share cached programs share this one too.
+  """
+  key = ('readouts', tuple(readouts), config.runtime.cpu_kernels)
+  if key not in progs.aot:
+    fast = functools.partial(kernels.with_cpu_kernels, mode=config.runtime.cpu_kernels)
+    progs.aot[key] = jax.jit(fast(functools.partial(
+        step_lib.eval_readouts, components=progs.components, hp=progs.hp,
+        readouts=tuple(readouts))))
+  return progs.aot[key]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from typing import Any, Mapping
 
 from etils import epath
@@ -61,11 +62,13 @@ def _is_remote(p: epath.Path) -> bool:
 def write_text(target: PathLike, text: str) -> None:
   """Writes text atomically (temporary file + rename) so a crash never leaves half a file.
 
-  On GCS the object appears whole on close anyway; the rename keeps one code path for both.
+  On GCS the object appears whole on close anyway; the rename keeps one code path for both. The
+  temporary name is the writer's own, so two writers of one file (hosts sharing a queue's tables)
+  never rename each other's half-written file: the last rename wins whole.
   """
   target = epath.Path(target)
   target.parent.mkdir(parents=True, exist_ok=True)
-  tmp = target.parent / f'{target.name}.tmp'
+  tmp = target.parent / f'{target.name}.{uuid.uuid4().hex[:12]}.tmp'
   tmp.write_text(text, encoding='utf-8')
   tmp.replace(target)
 

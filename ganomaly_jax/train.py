@@ -12,7 +12,7 @@ import json
 import os
 import signal
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from absl import logging
 from clu import metric_writers, periodic_actions
@@ -23,7 +23,7 @@ import numpy as np
 
 from ganomaly_jax import checkpoint, config_lib, parallel, programs
 from ganomaly_jax.evaluation import evaluator, plots, readout
-from ganomaly_jax import config_checks, preemption, rundir, state as state_lib
+from ganomaly_jax import config_checks, preemption, rundir, state as state_lib, timing
 from ganomaly_jax.cpu import host_memory
 from ganomaly_jax.data import pipeline, sources
 
@@ -31,10 +31,15 @@ from ganomaly_jax.data import pipeline, sources
 TrainingError = rundir.TrainingError
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       devices: Sequence[jax.Device] | None = None) -> dict[str, Any]:
   """Trains (or resumes) the configured method in `workdir`, then evaluates on the test split.
 
-  Returns the results dict that is also written to `workdir/results.json`.
+  The run's data-parallel mesh spans `devices` (default: every device of every process); a queue
+  that runs several runs at once gives each its own devices.
+
+  Returns the results dict that is also written to `workdir/results.json`, with the wall and CPU
+  seconds of the run's phases under `phase_seconds` (`timing`).
   """
   # Dataset-dependent keys are filled only now, after every --config override (config_lib.resolve).
   config = config_lib.resolve(config)
@@ -44,22 +49,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.info('%s is finished (%d steps); results: %s', workdir, previous['steps'],
                  json.dumps(previous, sort_keys=True))
     return previous
+  with timing.record() as phases:
+    with timing.phase('setup'):  # what no other phase claims: mesh, state, restore, writer
+      results = _train_and_evaluate(config, workdir, previous, devices)
+  if not results.get('preempted'):
+    results['phase_seconds'] = phases.as_dict()
+    if jax.process_index() == 0:
+      rundir.write_json(rundir.path(workdir, rundir.RESULTS), results)
+  return results
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        previous: dict[str, Any] | None,
+                        devices: Sequence[jax.Device] | None) -> dict[str, Any]:
+  """The run after the workdir check: the results to write, or {'preempted': True, ...}."""
   started = time.time()
   t = config.train
   is_chief = jax.process_index() == 0
 
   # ---------------- Set up mesh ----------------
-  mesh = parallel.make_mesh()
-  parallel.check_batch_size(t.batch_size)
-  parallel.check_batch_size(config.eval.batch_size, 'eval.batch_size')
+  mesh = parallel.make_mesh(devices)
+  parallel.check_batch_size(t.batch_size, mesh=mesh)
+  parallel.check_batch_size(config.eval.batch_size, 'eval.batch_size', mesh=mesh)
 
   # ---------------- Input pipeline ----------------
-  splits = _load_splits(config, workdir, is_chief)
-  make_train_iter = functools.partial(
-      pipeline.train_iterator, splits.train, batch_size=parallel.local_batch_size(t.batch_size),
-      seed=config.seed, flip=config.dataset.flip, zoom=config.dataset.zoom,
-      workers=config.dataset.workers)
-  train_iter = make_train_iter()
+  with timing.phase('data'):
+    splits = _load_splits(config, workdir, is_chief)
+    make_train_iter = functools.partial(
+        pipeline.train_iterator, splits.train, batch_size=parallel.local_batch_size(t.batch_size),
+        seed=config.seed, flip=config.dataset.flip, zoom=config.dataset.zoom,
+        workers=config.dataset.workers)
+    train_iter = make_train_iter()
 
   # ---------------- Create model & optimizer ----------------
   progs = programs.build(config, mesh)
@@ -71,7 +91,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   _check_workdir(config, store, state_shapes, workdir)  # before anything compiles
   train_step = progs.train_step
   if config.mode == 'train':
-    train_step = _compile_train_step(config, train_step, state_shapes, train_rng)
+    train_step = _compile_train_step(config, progs, state_shapes, train_rng)
   state = progs.init(init_rng)
   host_memory.release_free_memory()
 
@@ -91,7 +111,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   rollback = Rollback(t, store, restart=lambda: (progs.init(init_rng), make_train_iter()))
   history: list[tuple[int, dict[str, Any]]] = []
   preempted = False
-  with metric_writers.ensure_flushes(writer), preemption.StopRequest() as stop:
+  with metric_writers.ensure_flushes(writer), preemption.StopRequest() as stop, \
+       timing.phase('train_steps'):
     step = int(state.step)
     while step < num_steps:
       step += 1
@@ -116,15 +137,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         _log_train_metrics(fetched, step, writer, workdir, t.d_reinit_threshold, is_chief)
 
       if step % t.eval_every == 0 or step == num_steps:
-        _validate(config, progs.eval_step, state, splits.val, mesh, store, writer, step)
-      if step % t.image_every == 0 or step == num_steps:
-        grid = image_grid(progs.eval_maps, state, splits.test, mesh, config.eval.batch_size,
-                          config.eval.num_images)
-        writer.write_images(step, {'test/input_recon_map': grid[None]})
+        with _loop_phase('validation', state):
+          _validate(config, progs.eval_step, state, splits.val, mesh, store, writer, step)
+      if t.image_every > 0 and (step % t.image_every == 0 or step == num_steps):
+        with _loop_phase('pictures', state):
+          grid = image_grid(progs.eval_maps, state, splits.test, mesh, config.eval.batch_size,
+                            config.eval.num_images)
+          writer.write_images(step, {'test/input_recon_map': grid[None]})
 
       saved_now = False
       if step % t.checkpoint_every == 0 or step == num_steps:
-        saved_now = store.save(step, state, train_iter, force=(step == num_steps))
+        with _loop_phase('checkpoints', state):
+          saved_now = store.save(step, state, train_iter, force=(step == num_steps))
       if step == config.debug_kill_at_step:  # test hook: die with no chance to save anything
         os.kill(os.getpid(), signal.SIGKILL)
       if step < num_steps and stop.should_stop(step):
@@ -132,7 +156,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           store.save(step, state, train_iter, force=True)
         preempted = True
         break
-  store.wait()
+  with timing.phase('checkpoints'):
+    store.wait()
   if preempted:
     writer.flush()
     store.close()
@@ -146,7 +171,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       'steps': max(num_steps, (previous or {}).get('steps', 0)), 'rollbacks': rollback.count,
       'train_wall_time_s': round(time.time() - started, 1)}
   results = final_evaluation(config, workdir, state, store, progs, splits, mesh, writer, run_info)
-  store.close()
+  with timing.phase('checkpoints'):
+    store.close()
   logging.info('Results (%s): %s', workdir, json.dumps(results, sort_keys=True))
   return results
 
@@ -199,17 +225,17 @@ def _check_process_count(store: checkpoint.CheckpointStore, workdir: str) -> Non
         'processes (mode=eval runs with any count), or use --config.restart=True to start over.')
 
 
-def _compile_train_step(config: ml_collections.ConfigDict, train_step, state_shapes: Any,
-                        train_rng: jax.Array):
-  """The train step compiled from shapes alone, before any state exists.
+def _compile_train_step(config: ml_collections.ConfigDict, progs: programs.Programs,
+                        state_shapes: Any, train_rng: jax.Array):
+  """The train step compiled from shapes alone, before any state exists (once per kept programs).
 
   The compiler's scratch memory is given back at once: on CPU the compilation is the run's memory
   peak, and on top of the state the peak would be higher still
   (docs/performance.md#host-memory-hand-back).
   """
   image = jax.ShapeDtypeStruct(state_lib.image_shape(config, config.train.batch_size), jnp.float32)
-  compiled = train_step.lower(state_shapes, {'image': image},
-                              jax.eval_shape(jax.random.fold_in, train_rng, 0)).compile()
+  compiled = progs.compiled('train_step', state_shapes, {'image': image},
+                            jax.eval_shape(jax.random.fold_in, train_rng, 0))
   host_memory.release_free_memory()
   return compiled
 
@@ -308,6 +334,12 @@ def _log_train_metrics(fetched: list[tuple[int, dict[str, Any]]], step: int, wri
     rundir.append_curves(workdir, step, summary)
 
 
+def _loop_phase(name: str, state: Any):
+  """A phase inside the loop; it first waits for the dispatched steps, which count as steps."""
+  jax.block_until_ready(state)
+  return timing.phase(name)
+
+
 def _validate(config: ml_collections.ConfigDict, eval_fn, state: Any, source, mesh,
               store: checkpoint.CheckpointStore, writer, step: int) -> None:
   """Validation L1 and score on held-out normals; offers the state as the best by val loss."""
@@ -336,11 +368,12 @@ def final_evaluation(config: ml_collections.ConfigDict, workdir: str, state: Any
                      writer, run_info: dict[str, Any]) -> dict[str, Any]:
   """Evaluates the selected state (the best by val loss, or the last) on the test split.
 
-  Writes TensorBoard scalars and images, the pictures and results.json; returns the results.
+  Writes TensorBoard scalars and images and the pictures; returns the results (for results.json).
   """
   selected_step = int(state.step)
   if config.eval.select == 'val_loss':
-    best = store.restore_best(state)
+    with timing.phase('checkpoints'):
+      best = store.restore_best(state)
     if best is not None:
       state, selected_step = best
   # The read-out (eval.score, eval.map): the config's, or with eval.readout=auto the one best on
@@ -349,10 +382,9 @@ def final_evaluation(config: ml_collections.ConfigDict, workdir: str, state: Any
   run_info = {**run_info, 'selected_step': selected_step,
               'd_reinits': int(jax.device_get(state.d_reinits)),
               'skipped_steps': int(jax.device_get(state.skipped_steps)), 'readout': chosen.record}
-  results = evaluator.evaluate_and_report(
-      chosen.config, workdir, state, progs.components, chosen.hp, splits, mesh, writer, run_info,
-      rundir.read_curves(workdir), eval_maps_fn=chosen.eval_maps)
-  writer.flush()
-  if jax.process_index() == 0:
-    rundir.write_json(rundir.path(workdir, rundir.RESULTS), results)
+  with timing.phase('test'):
+    results = evaluator.evaluate_and_report(
+        chosen.config, workdir, state, progs.components, chosen.hp, splits, mesh, writer, run_info,
+        rundir.read_curves(workdir), eval_maps_fn=chosen.eval_maps)
+    writer.flush()
   return results

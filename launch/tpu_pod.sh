@@ -8,10 +8,17 @@
 # TensorBoard events (tf.io.gfile) go straight to the bucket with the VM's service account, no
 # gcsfuse. Checkpoints outlive the VM, and running the same command again resumes a preempted run.
 #
+# With --benchmark first, every worker instead runs its own share of a benchmark suite
+# (`ganomaly_jax.experiments.benchmark --share=I/N`, I = the worker's index, N = the workers): no
+# jax.distributed and no collective between workers, each worker's libtpu set up as a slice of its
+# own (TPU_* variables below), all writing into one gs:// workdir; the worker that finishes the
+# suite's last run writes the tables, and running the command again resumes the suite.
+#
 # Usage:
 #   launch/tpu_pod.sh gs://BUCKET/PATH [ganomaly_jax.main flags...]
 #   TPU_NAME=ganomaly ZONE=us-central2-b ACCELERATOR_TYPE=v4-32 launch/tpu_pod.sh \
 #     gs://my-bucket/runs/masked --config=configs/masked.py:cars256 --config.dataset.name=folder:/data/cars
+#   launch/tpu_pod.sh --benchmark gs://BUCKET/PATH --suite=digits [--parallel=4] [benchmark flags...]
 #
 # Environment:
 #   TPU_NAME          TPU VM name (default: ganomaly)
@@ -22,6 +29,11 @@
 #   SPOT=1            create a spot (preemptible) VM
 #   PIP_EXTRA         extra pip requirements on the workers (default: 'jax[tpu]')
 #   DRY_RUN=1         print the gcloud commands instead of running them
+#   HOST_CHIPS        --benchmark: the chips of one worker as x,y,z (default 2,2,1: 4 chips, v4 and
+#                     v5p hosts); each worker's libtpu is told it is a one-host slice of that shape.
+#                     Not yet tried on a pod: no TPU was available when this mode was written.
+#   WORKER_ID, WORKER_COUNT  --benchmark: the worker's index and the worker count (default: read
+#                     from the TPU VM's metadata, as jax.distributed would)
 #
 # On each worker the script runs itself as `launch/tpu_pod.sh --on-worker gs://... [flags...]`:
 # launch/run_on_host.sh (virtualenv + install, once) execs the command.
@@ -55,20 +67,51 @@ split_url() {  # gs://bucket/some/path -> sets bucket and path
   path="${path#/}"
 }
 
+metadata() {  # an attribute of this TPU VM (where jax.distributed's own detection reads it)
+  curl -sf -H 'Metadata-Flavor: Google' \
+    "http://metadata.google.internal/computeMetadata/v1/instance/attributes/$1"
+}
+
 on_worker() {
   local workdir="$1"
   split_url "$workdir"
   shift
   # The code writes gs:// itself (etils.epath, orbax, tf.io.gfile): no mount, no gcsfuse.
-  run env GANOMALY_DISTRIBUTED=1 PIP_EXTRA="${PIP_EXTRA:-jax[tpu]}" \
-    "$repo/launch/run_on_host.sh" python -m ganomaly_jax.main --workdir="$workdir" "$@"
+  if [[ "$benchmark" == 1 ]]; then
+    local worker="${WORKER_ID:-}" count="${WORKER_COUNT:-}"
+    if [[ -z "$worker" ]]; then
+      worker="$(metadata agent-worker-number)"
+    fi
+    if [[ -z "$count" ]]; then
+      count="$(metadata worker-network-endpoints | tr ',' '\n' | grep -c .)"
+    fi
+    # This worker's chips as a slice of their own: libtpu skips the pod's metadata and forms no
+    # slice with the other workers, so every run stays on this host.
+    run env PIP_EXTRA="${PIP_EXTRA:-jax[tpu]}" TPU_SKIP_MDS_QUERY=1 TPU_HOST_BOUNDS=1,1,1 \
+      TPU_CHIPS_PER_HOST_BOUNDS="${HOST_CHIPS:-2,2,1}" TPU_WORKER_ID=0 \
+      TPU_WORKER_HOSTNAMES=localhost \
+      "$repo/launch/run_on_host.sh" python -m ganomaly_jax.experiments.benchmark \
+      --workdir="$workdir" --share="$worker/$count" "$@"
+  else
+    run env GANOMALY_DISTRIBUTED=1 PIP_EXTRA="${PIP_EXTRA:-jax[tpu]}" \
+      "$repo/launch/run_on_host.sh" python -m ganomaly_jax.main --workdir="$workdir" "$@"
+  fi
 }
 
+benchmark=0
 if [[ $# -ge 1 && "$1" == --on-worker ]]; then
   shift
+  if [[ $# -ge 1 && "$1" == --benchmark ]]; then
+    benchmark=1
+    shift
+  fi
   [[ $# -ge 1 ]] || usage
   on_worker "$@"
   exit
+fi
+if [[ $# -ge 1 && "$1" == --benchmark ]]; then
+  benchmark=1
+  shift
 fi
 [[ $# -ge 1 && "$1" != -* ]] || usage
 workdir_url="$1"
@@ -119,7 +162,12 @@ else
 fi
 run gcloud compute tpus tpu-vm scp "$archive" "$name:ganomaly_jax.tgz" --worker=all "${where[@]}"
 
-# 3. The same command on every worker, at the same time (the processes wait for each other).
+# 3. The same command on every worker, at the same time (training: the processes wait for each
+# other; --benchmark: each takes its share of the suite).
 # (ssh starts in the home directory, where scp put the archive.)
-remote="mkdir -p ganomaly_jax && tar -xzf ganomaly_jax.tgz -C ganomaly_jax && bash ganomaly_jax/launch/tpu_pod.sh --on-worker $(printf '%q ' "$workdir_url" "$@")"
+mode=()
+if [[ "$benchmark" == 1 ]]; then
+  mode=(--benchmark)
+fi
+remote="mkdir -p ganomaly_jax && tar -xzf ganomaly_jax.tgz -C ganomaly_jax && bash ganomaly_jax/launch/tpu_pod.sh --on-worker $(printf '%q ' "${mode[@]}" "$workdir_url" "$@")"
 run gcloud compute tpus tpu-vm ssh "$name" --worker=all "${where[@]}" --command="$remote"

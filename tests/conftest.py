@@ -38,6 +38,21 @@ def pytest_sessionfinish(session, exitstatus):
   shutil.rmtree(SESSION_DIR, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def fresh_process_caches():
+  """Each test starts without the programs and datasets an earlier test left in this process.
+
+  A run reuses kept programs and decoded data (`programs.build`, `sources.decoded`); a test that
+  spies on tracing or rewrites a data folder must not get another test's.
+  """
+  from ganomaly_jax import programs
+  from ganomaly_jax.data import sources
+
+  programs.clear_cache()
+  sources.clear_decoded()
+  yield
+
+
 @pytest.fixture(scope='session')
 def masked_run(tmp_path_factory) -> synthetic.TrainedRun:
   """One quick masked run over a generated folder with ground-truth masks (see tests/synthetic.py).

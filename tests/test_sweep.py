@@ -216,6 +216,22 @@ def test_tpu_pod_dry_run_commands():
   assert bad.returncode == 2 and 'must be a gs:// path' in bad.stderr
 
 
+def test_tpu_pod_benchmark_gives_each_worker_its_share():
+  script = LAUNCH[0]
+  env = dict(os.environ, DRY_RUN='1', TPU_NAME='pod', ZONE='z1')
+  out = subprocess.run([script, '--benchmark', 'gs://bkt/b', '--suite=digits', '--parallel=4'],
+                       env=env, capture_output=True, text=True, check=True).stdout.splitlines()
+  assert 'tpu_pod.sh\\ --on-worker\\ --benchmark\\ gs://bkt/b\\ --suite=digits' in out[-1]
+  env.update(WORKER_ID='3', WORKER_COUNT='8')
+  worker = subprocess.run([script, '--on-worker', '--benchmark', 'gs://bkt/b', '--suite=digits'],
+                          env=env, capture_output=True, text=True, check=True).stdout.splitlines()
+  command = worker[-1]
+  assert 'GANOMALY_DISTRIBUTED' not in command  # no jax.distributed: each worker on its own
+  assert 'TPU_SKIP_MDS_QUERY=1' in command and 'TPU_HOST_BOUNDS=1\\,1\\,1' in command
+  assert command.endswith('python -m ganomaly_jax.experiments.benchmark --workdir=gs://bkt/b '
+                          '--share=3/8 --suite=digits ')
+
+
 def test_local_devices_checks_its_arguments():
   script = LAUNCH[3]
   bad = subprocess.run([script, 'eight'], capture_output=True, text=True)

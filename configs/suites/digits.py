@@ -8,7 +8,7 @@ STEPS training steps with validation every STEPS/2 (checkpoint selection). 10 cl
 (9 trained methods + 2 baselines) = 330 runs, plus 90 re-evaluations that train nothing (rows
 masked+auto, grid_mask+auto and riad+auto: the same checkpoints read out with eval.readout=auto).
 Wall times: docs/results.md#wall-times.
-Options (suites.restrict): classes=0+1, seeds=0, methods=ganomaly+pca, steps=N.
+Options (suites.restrict): classes=0+1, seeds=0, methods=ganomaly+pca, steps=N, pictures=1.
 """
 
 import os
@@ -29,7 +29,7 @@ def get_suite(arg=None):
       methods=suites.standard_methods('model.ngf=16,model.ndf=16,batch=32', CONFIGS),
       classes=[str(d) for d in range(10)], seeds=[0, 1, 2], steps=steps,
       overrides={'train.eval_every': max(1, steps // 2), 'train.checkpoint_every': steps,
-                 'train.image_every': steps, 'train.log_every': min(50, steps)},
+                 'train.log_every': min(50, steps)},
       doc=f'scikit-learn digits at 16×16, one digit abnormal (GANomaly protocol), ngf = ndf = 16, '
           f'batch 32, {steps} steps.')
   return suites.restrict(suite, options)

@@ -8,12 +8,20 @@ Class-labelled data (digits, mnist, fashion_mnist, cifar10, npz) follows the GAN
 protocol (docs/methods.md#data-protocol): one class is abnormal; the test set holds the test-split normals and the
 abnormal images of both splits. With `pool_normals`, the normals of both splits are pooled and split
 80/20 with the seed, as the reference code does when given a seed.
+
+What is slow to read is read once per process while it is among the last few datasets used
+(`DECODED_CACHE_SIZE`): class-labelled arrays decoded and resized to the model's size, and an image
+folder's index of usable files (file names only: folder images are decoded when a run reads them).
+The runs of a benchmark suite, which differ in class, seed and method, then share one decoding;
+the one-class split of each run is made afresh from it.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
+import threading
 from typing import Any, Callable
 import zipfile
 
@@ -158,16 +166,55 @@ def one_class_splits(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test
                 ArraySource(f'{name}/test', test_x, test_y), info)
 
 
-def _digits(seed: int) -> tuple[np.ndarray, ...]:
-  """scikit-learn's bundled 8x8 handwritten digits (no download), split 80/20 with a fixed seed."""
-  from sklearn import datasets as sk_datasets  # imported lazily: only this source needs it
+# Decoded datasets kept by this process (see the module docstring), newest last.
+DECODED_CACHE_SIZE = 2
+_decoded: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
+_decoded_lock = threading.Lock()
 
-  digits = sk_datasets.load_digits()
-  images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
-  order = np.random.default_rng(seed).permutation(len(images))
+
+def decoded(key: tuple, make: Callable[[], Any]) -> Any:
+  """`make()`, or what it returned for an equal `key` while still kept (read-only arrays).
+
+  Callers must not modify what they get: it is shared with the next run that asks.
+  """
+  with _decoded_lock:
+    if key in _decoded:
+      _decoded.move_to_end(key)
+      return _decoded[key]
+  value = make()
+  for leaf in value if isinstance(value, tuple) else ():
+    if isinstance(leaf, np.ndarray):
+      leaf.flags.writeable = False
+  with _decoded_lock:
+    _decoded[key] = value
+    while len(_decoded) > DECODED_CACHE_SIZE:
+      _decoded.popitem(last=False)
+  return value
+
+
+def clear_decoded() -> None:
+  """Forgets every kept dataset."""
+  with _decoded_lock:
+    _decoded.clear()
+
+
+def _digits_splits(config, arg: str) -> Splits:
+  """scikit-learn's bundled 8x8 handwritten digits (no download), split 80/20 with the run's seed."""
+  del arg
+  m = config.model
+
+  def load() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn import datasets as sk_datasets  # imported lazily: only this source needs it
+
+    digits = sk_datasets.load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    return _resize_array(images, m.isize, m.channels), np.asarray(digits.target)
+
+  images, target = decoded(('digits', m.isize, m.channels), load)
+  order = np.random.default_rng(config.seed).permutation(len(images))
   cut = int(0.8 * len(images))
   tr, te = order[:cut], order[cut:]
-  return images[tr], digits.target[tr], images[te], digits.target[te]
+  return _class_splits(config, 'digits', (images[tr], target[tr], images[te], target[te]), 10)
 
 
 def _npz(path: str) -> tuple[np.ndarray, ...]:
@@ -215,16 +262,30 @@ def _class_splits(config, name: str, arrays: tuple[np.ndarray, ...], num_classes
                           val_fraction=d.val_fraction, max_train=d.max_train, max_test=d.max_test)
 
 
+def _resized(config, key: tuple, read: Callable[[], tuple[np.ndarray, ...]]
+             ) -> tuple[np.ndarray, ...]:
+  """(x_train, y_train, x_test, y_test) of `read()` at the model's size, decoded once (`decoded`)."""
+  m = config.model
+
+  def load() -> tuple[np.ndarray, ...]:
+    x_tr, y_tr, x_te, y_te = read()
+    return (_resize_array(x_tr, m.isize, m.channels), np.asarray(y_tr),
+            _resize_array(x_te, m.isize, m.channels), np.asarray(y_te))
+
+  return decoded(key + (m.isize, m.channels), load)
+
+
 def _npz_splits(config, path: str) -> Splits:
-  arrays = _npz(path)
+  arrays = _resized(config, ('npz', os.path.abspath(path)), lambda: _npz(path))
   return _class_splits(config, 'npz', arrays, int(max(arrays[1].max(), arrays[3].max())) + 1)
 
 
 def _tfds_splits(name: str) -> Callable[[Any, str], Splits]:
   def load(config, arg: str) -> Splits:
     del arg
-    return _class_splits(config, name, _tfds(name, config.dataset.data_dir), 10,
-                         CIFAR10_NAMES if name == 'cifar10' else ())
+    data_dir = config.dataset.data_dir
+    arrays = _resized(config, ('tfds', name, data_dir), lambda: _tfds(name, data_dir))
+    return _class_splits(config, name, arrays, 10, CIFAR10_NAMES if name == 'cifar10' else ())
   return load
 
 
@@ -237,7 +298,8 @@ def load_splits(config) -> Splits:
 def _folder_splits(config, root: str) -> Splits:
   d, m = config.dataset, config.model
   try:
-    index = folder_lib.scan_image_folder(root, m.channels)
+    index = decoded(('folder', os.path.abspath(root), m.channels),
+                    lambda: folder_lib.scan_image_folder(root, m.channels))
   except folder_lib.FolderDataError as e:
     raise DataError(str(e)) from None
   rng = np.random.default_rng(config.seed)
@@ -322,9 +384,7 @@ def npz_channels(path: str) -> int:
   return 3 if len(shape) == 4 and shape[-1] in (3, 4) else 1
 
 
-register_dataset('digits', Dataset(
-    load=lambda config, arg: _class_splits(config, 'digits', _digits(config.seed), 10),
-    channels=lambda arg: 1, small=True))
+register_dataset('digits', Dataset(load=_digits_splits, channels=lambda arg: 1, small=True))
 for _name, _channels in (('mnist', 1), ('fashion_mnist', 1), ('cifar10', 3)):
   register_dataset(_name, Dataset(load=_tfds_splits(_name), channels=lambda arg, c=_channels: c))
 register_dataset('npz', Dataset(load=_npz_splits, channels=npz_channels, takes_arg=True))

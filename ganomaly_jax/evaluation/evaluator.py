@@ -19,7 +19,7 @@ import numpy as np
 from sklearn import metrics as sk_metrics
 
 from ganomaly_jax.evaluation import fid as fid_lib
-from ganomaly_jax import losses, parallel, programs, rundir
+from ganomaly_jax import losses, parallel, programs, rundir, timing
 from ganomaly_jax.evaluation import pixel_metrics, plots, uncertainty
 from ganomaly_jax.data import pipeline
 
@@ -465,7 +465,8 @@ def evaluate_and_report(config, workdir: str, state: Any, components, hp, splits
   test images whose ground truth is known (None without any); MC-dropout (`eval.mc_samples`) adds
   `mc_auroc`; `eval.fid` adds `fid_normal`/`fid_abnormal` (None without weights). The raw test score
   range (`score_min`/`score_max`) and the largest map value (`pixel_map_max`) are recorded so that
-  `ganomaly_jax.infer` can put new images on the same scale.
+  `ganomaly_jax.infer` can put new images on the same scale. `eval.pictures=False` leaves out the
+  pictures (the metrics do not depend on them).
 
   `eval_maps_fn` is the caller's jitted `eval_step(..., with_maps=True)`, if it has one: reusing it
   saves compiling the same program twice.
@@ -516,13 +517,24 @@ def evaluate_and_report(config, workdir: str, state: Any, components, hp, splits
              if k.startswith(('image_', 'pixel_auroc', 'pixel_pro', 'mc_auroc', 'fid_', 'threshold'))
              and isinstance(v, float)}
   writer.write_scalars(results['steps'], scalars)
+  if e.get('pictures', True):  # configs saved before the switch existed drew them
+    with timing.phase('pictures'):
+      _report_pictures(config, workdir, state, splits, mesh, writer, results['steps'], outputs,
+                       curves, eval_maps_fn, mc_fn)
+  return results
+
+
+def _report_pictures(config, workdir: str, state: Any, splits, mesh, writer, step: int,
+                     outputs: TestOutputs, curves: dict[str, list[tuple[int, float]]],
+                     eval_maps_fn: Callable, mc_fn: Callable | None) -> None:
+  """The final TensorBoard image grid and the PNG pictures (`_write_pictures`)."""
+  e = config.eval
   scores = normalise(outputs.score)
   pictures = functools.partial(_pictures_of, eval_maps_fn, state, splits.test, mesh, e.batch_size,
                                smooth_sigma=e.smooth_sigma)
   pic_rng = jax.random.fold_in(jax.random.key(config.seed), 0x706963)
   grid_rows = pictures(_top_then_bottom(scores, max(e.num_images // 2, 1)), mc_fn=mc_fn, mc_rng=pic_rng)
-  writer.write_images(results['steps'], {'test/final_input_recon_map':
-                                         final_image_grid(grid_rows)[None]})
+  writer.write_images(step, {'test/final_input_recon_map': final_image_grid(grid_rows)[None]})
   chosen = _top_then_bottom(scores, EXTREMES_K)
   extremes = pictures(chosen)
   chosen_mc, mc_extremes = [], None
@@ -531,4 +543,3 @@ def evaluate_and_report(config, workdir: str, state: Any, components, hp, splits
     mc_extremes = pictures(chosen_mc, mc_fn=mc_fn, mc_rng=pic_rng)
   if jax.process_index() == 0:
     _write_pictures(workdir, outputs, scores, curves, extremes, chosen, mc_extremes, chosen_mc)
-  return results

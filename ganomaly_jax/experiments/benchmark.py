@@ -4,17 +4,26 @@
   python -m ganomaly_jax.experiments.benchmark --suite=digits --workdir=runs/bench_digits --dry_run
   python -m ganomaly_jax.experiments.benchmark --suite=folder_categories:/data/mvtec --workdir=runs/mvtec
   python -m ganomaly_jax.experiments.benchmark --suite=textures --workdir=runs/textures
+  python -m ganomaly_jax.experiments.benchmark --suite=digits --workdir=runs/d --parallel=4
+  python -m ganomaly_jax.experiments.benchmark --suite=digits --workdir=gs://b/d --share=1/8
 
 Suites are files in configs/suites/ (`--suite=NAME[:ARG]`, or a path to a suite file; see
 `suites`). Every run trains through the normal path (`train.train_and_evaluate`, in this process,
 as `ganomaly_jax.experiments.sweep` does) in `WORKDIR/runs/<class>/<method>/seed-<seed>`; baselines (PCA, k-NN)
 are evaluated on the same splits (`baselines`). A run whose workdir holds final results is skipped
 (sweep's rule), an interrupted one resumes from its checkpoint, and a failed one is recorded and
-retried next time, so rerunning the same command continues a suite. After every run
-`WORKDIR/results.csv`, `results.md` and `results.png` are rewritten (`tables`). A row that
-re-evaluates another (`<method>+auto`: eval.readout=auto, `suites.Method.reevaluates`) trains
-nothing: once its base run has finished it evaluates that run's selected checkpoint again
-(`rescore.rescore_run`), so both rows describe the same checkpoints.
+retried next time, so rerunning the same command continues a suite. `WORKDIR/results.csv`,
+`results.md` and `results.png` are rewritten as runs finish (at most every
+`run_queue.TABLES_EVERY_S` seconds) and at the end (`tables`). A row that re-evaluates another
+(`<method>+auto`: eval.readout=auto, `suites.Method.reevaluates`) trains nothing: once its base run
+has finished it evaluates that run's selected checkpoint again (`rescore.rescore_run`), so both rows
+describe the same checkpoints.
+
+`--parallel=N` keeps N runs in flight, each on its own 1/N of this host's devices (a single CPU
+device is shared). `--share=I/N` runs host I's share of a suite that N hosts run at once, each as a
+JAX process of its own with nothing between them but WORKDIR; the tables are then written once,
+when every run is settled (`run_queue`). Where the time went is logged at the end and written to
+`WORKDIR/timing.json`.
 """
 
 from __future__ import annotations
@@ -33,6 +42,11 @@ from ganomaly_jax.experiments import run_queue, suites, tables
 _SUITE = flags.DEFINE_string('suite', None, 'Suite: NAME[:ARG] of configs/suites/, or a file path.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Benchmark root: runs/, data/ and the tables.')
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'List the runs (one line each) and run nothing.')
+_PARALLEL = flags.DEFINE_integer(
+    'parallel', 1, 'Runs in flight at once, each on its own group of this host\'s devices.')
+_SHARE = flags.DEFINE_string(
+    'share', 'auto', 'I/N: run every N-th run of the suite, starting at I (host I of N, each a JAX '
+    'process of its own); auto: JAX_PROCESS_ID/JAX_NUM_PROCESSES, else 0/1.')
 
 Record = run_queue.Record  # run_queue.Record[suites.BenchRun]
 
@@ -94,17 +108,12 @@ def _finished(run: suites.BenchRun) -> dict[str, Any] | None:
 
 def _run_reevaluation(run: suites.BenchRun) -> dict[str, Any]:
   """Evaluates the base run's selected checkpoint again with the row's eval keys (rescore)."""
-  import jax
-
   from ganomaly_jax.experiments import rescore
 
   if rundir.finished_results(run.base_workdir, run.config.train.num_steps) is None:
     raise ValueError(f'{run.base_workdir} has not finished: no checkpoint to re-evaluate.')
-  try:
-    results = {**rescore.rescore_run(run.base_workdir, run.variant, run.workdir),
-               'variant': run.variant}
-  finally:
-    jax.clear_caches()  # as after a trained run: drop this evaluation's executables
+  results = {**rescore.rescore_run(run.base_workdir, run.variant, run.workdir),
+             'variant': run.variant}
   rundir.write_json(rundir.path(run.workdir, rundir.RESULTS), results)
   return results
 
@@ -118,12 +127,14 @@ def _run_baseline(run: suites.BenchRun) -> dict[str, Any]:
   return results
 
 
-def run_benchmark(suite: suites.Suite, root: str, train_fn: run_queue.TrainFn | None = None
-                  ) -> list[Record]:
+def run_benchmark(suite: suites.Suite, root: str, train_fn: run_queue.TrainFn | None = None,
+                  workers: int = 1, share: run_queue.Share = run_queue.Share()) -> list[Record]:
   """Expands and validates every run, prepares generated data, then runs the unfinished runs.
 
   `train_fn(config, workdir)` defaults to `train.train_and_evaluate` in this process; baselines are
-  evaluated on the same splits. Skipping, failures and preemption follow `run_queue.run_all`.
+  evaluated on the same splits. A method's runs go one after another (they share its compiled
+  programs); `workers` runs are in flight at once, each on its own devices; `share` is this host's
+  part of the suite. Skipping, failures and preemption follow `run_queue.run_all`.
   Returns one Record per run; the tables in `root` hold the same.
   """
   runs = suites.expand(suite, root)
@@ -141,17 +152,19 @@ def run_benchmark(suite: suites.Suite, root: str, train_fn: run_queue.TrainFn | 
     tables.write_markdown(root, rows, title, notes)
     tables.write_plot(root, rows, title)
 
-  def execute(run: suites.BenchRun) -> dict[str, Any]:
+  def execute(run: suites.BenchRun, devices) -> dict[str, Any]:
     if run.method.baseline:
       return _run_baseline(run)
-    if run.method.reevaluates:
+    if run.method.reevaluates:  # after its method's runs: the queue runs a method's rows together
       return _run_reevaluation(run)
-    return train_fn(run.config, run.workdir)
+    return run_queue.call_train(train_fn, run.config, run.workdir, devices)
 
   return run_queue.run_all(
       records, name=lambda run: run.name, workdir=lambda run: run.workdir, finished=_finished,
       execute=execute, run_info=lambda run: {'overrides': run.overrides, 'suite': suite.name},
-      write_tables=write_tables, commit=commit(), what='suite')
+      write_tables=write_tables, commit=commit(), what='suite',
+      timing_file=os.path.join(root, run_queue.TIMING_JSON), group=lambda run: run.method.name,
+      device_groups=run_queue.device_groups(workers), share=share)
 
 
 def main(argv: list[str]) -> None:
@@ -170,12 +183,15 @@ def main(argv: list[str]) -> None:
             f'{baseline} baseline, {again} re-evaluated; {len(suite.methods)} methods × '
             f'{len(suite.classes)} classes × {len(suite.seeds)} seeds.')
       return
+    share = run_queue.Share.parse(_SHARE.value)
     startup.configure_for(suites.expand(suite, root)[0].config)  # before JAX starts its backend
-    records = run_benchmark(suite, root)
+    run_queue.check_standalone(share)
+    records = run_benchmark(suite, root, workers=_PARALLEL.value, share=share)
   except ValueError as e:  # unknown suite, bad argument, unknown key, impossible value: one line
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
-  print(rundir.path(root, tables.RESULTS_MD).read_text(), end='')
+  if rundir.path(root, tables.RESULTS_MD).exists():  # with --share, once every host is done
+    print(rundir.path(root, tables.RESULTS_MD).read_text(), end='')
   failed = [r.run.name for r in records if r.status.startswith('failed')]
   if failed:
     print(f'error: {len(failed)} run(s) failed: {", ".join(failed)} '

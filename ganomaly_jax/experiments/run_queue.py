@@ -4,16 +4,27 @@ A sweep (`sweep.py`) and a suite (`benchmark.py`) differ in how they name and ex
 the columns of their tables; what they do with the runs is the same and lives here:
 - a run whose workdir already holds final results is skipped (rundir's finished rule), so rerunning
   the same command continues a sweep or a suite;
-- the others run one after another; a failed run (divergence, bad data) is recorded with its first
-  error line and the queue goes on; a preempted run stops the queue (rerun to resume);
-- the tables are rewritten before the first run and after every run, so they always show the state.
+- the others run one after another, runs of one method together so that they share its compiled
+  programs (`execution_order`), or several at once, each on its own devices (`device_groups`, the
+  `--parallel` flag); a failed run (divergence, bad data) is recorded with its first error line
+  and the queue goes on; a preempted run stops the queue (rerun to resume);
+- several hosts may each run their share of one queue (`Share`, the `--share` flag) with nothing
+  between them but the run directories;
+- the tables are rewritten before the first run, after a run at most every `TABLES_EVERY_S`
+  seconds, and at the end (with several hosts: once, when every run is settled);
+- where the time went is logged per run (the phases a run records in its results.json,
+  `ganomaly_jax.timing`) and totalled for the session at the end (`PhaseTotals`).
 """
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
+import os
+import queue
 import time
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, Sequence, TypeVar
 
 from absl import logging
 import ml_collections
@@ -21,7 +32,12 @@ import ml_collections
 from ganomaly_jax import rundir
 
 RunT = TypeVar('RunT')
-TrainFn = Callable[[ml_collections.ConfigDict, str], dict[str, Any]]
+# A queue root's record of where its last session's time went (`PhaseTotals.as_dict`).
+TIMING_JSON = 'timing.json'
+# Rewriting the tables (csv, markdown, plot) takes a good part of a second: at most this often.
+TABLES_EVERY_S = 30.0
+# (config, workdir) -> results; called with devices=[...] too when the queue runs several at once.
+TrainFn = Callable[..., dict[str, Any]]
 
 
 @dataclasses.dataclass
@@ -50,16 +66,143 @@ def recorded_wall_time(workdir: str, results: dict[str, Any]) -> float | None:
   return read_run_info(workdir).get('wall_time_s', results.get('train_wall_time_s'))
 
 
-def train_in_process(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """`train.train_and_evaluate` in this process, dropping the run's executables afterwards."""
-  import jax
+def train_in_process(config: ml_collections.ConfigDict, workdir: str,
+                     devices: Sequence[Any] | None = None) -> dict[str, Any]:
+  """`train.train_and_evaluate` in this process, on `devices` (default: all of them).
 
+  The run's compiled programs stay in `programs`' bounded cache, so the next run of the same
+  method (another class or seed) reuses them instead of compiling again.
+  """
   from ganomaly_jax import train
 
+  return train.train_and_evaluate(config, workdir, devices=devices)
+
+
+def call_train(train_fn: TrainFn, config: ml_collections.ConfigDict, workdir: str,
+               devices: Sequence[Any] | None) -> dict[str, Any]:
+  """`train_fn(config, workdir)`, with `devices=` only when the queue chose devices for the run."""
+  if devices is None:
+    return train_fn(config, workdir)
+  return train_fn(config, workdir, devices=devices)
+
+
+@dataclasses.dataclass(frozen=True)
+class Share:
+  """This host's part of a queue run by several hosts at once: runs index, index + count, ...
+
+  Each host runs its share on its own devices, with no collective between the hosts: they meet only
+  in the run directories (the finished rule), and the tables are written once every run is settled.
+  """
+
+  index: int = 0
+  count: int = 1
+
+  @classmethod
+  def parse(cls, text: str) -> 'Share':
+    """'I/N' (host I of N); '' or 'auto' reads JAX_PROCESS_ID / JAX_NUM_PROCESSES (default 0/1)."""
+    text = (text or '').strip()
+    if text in ('', 'auto'):
+      from ganomaly_jax import parallel  # imports JAX: only when a queue runs
+
+      settings = parallel.DistributedSettings.from_env()
+      count = settings.num_processes or 1
+      index = settings.process_id or 0
+    else:
+      index_text, sep, count_text = text.partition('/')
+      try:
+        index, count = int(index_text), int(count_text)
+      except ValueError:
+        index, count = -1, 0
+      if not sep or count < 1 or not 0 <= index < count:
+        raise ValueError(f'--share={text!r} must be I/N with 0 <= I < N (e.g. 0/4).')
+    if not 0 <= index < count:
+      raise ValueError(f'host {index} of {count}: the index must be below the count.')
+    return cls(index, count)
+
+
+def device_groups(workers: int) -> list[list[Any]] | None:
+  """Devices for `workers` runs at once (`parallel.device_groups`); None for one at a time.
+
+  Each group compiles its own programs (an executable belongs to its devices), so the programs
+  cache keeps two entries per group: the method in flight and the next one.
+  """
+  if workers <= 1:
+    return None
+  from ganomaly_jax import parallel, programs  # import JAX: only when runs start
+
+  programs.set_cache_size(max(programs.CACHE_SIZE, 2 * workers))
+  return parallel.device_groups(workers)
+
+
+def check_standalone(share: Share) -> None:
+  """Several hosts must each run JAX on their own: a run's collectives must not span the hosts."""
+  import jax
+
+  if share.count > 1 and jax.process_count() > 1:
+    raise ValueError(
+        f'--share={share.index}/{share.count}: this process is one of {jax.process_count()} JAX '
+        'processes of one multi-host runtime, so its runs would gather over every host. Start each '
+        'host\'s queue as a JAX process of its own (no jax.distributed; on a TPU pod see '
+        'launch/tpu_pod.sh --benchmark).')
+
+
+def process_age() -> tuple[float, float]:
+  """(wall, CPU) seconds since this process started: interpreter, imports, process set-up."""
   try:
-    return train.train_and_evaluate(config, workdir)
-  finally:
-    jax.clear_caches()  # each run compiles its own functions: drop the previous run's executables
+    import psutil
+
+    me = psutil.Process()
+    cpu = me.cpu_times()
+    return time.time() - me.create_time(), cpu.user + cpu.system
+  except ImportError:  # psutil comes with TensorBoard; without it the start-up is not measured
+    return 0.0, time.process_time()
+
+
+@dataclasses.dataclass
+class PhaseTotals:
+  """Wall and CPU seconds of one session of a queue, by phase, summed over the runs it ran.
+
+  The trained runs' phases come from their results.json (`phase_seconds`); `start` is the process
+  up to the first run (interpreter, imports, set-up, expanding the runs, generated data),
+  `baselines` the baseline runs, `tables` rewriting the tables. CPU is the process's (all threads).
+  """
+
+  wall: dict[str, float] = dataclasses.field(default_factory=lambda: collections.defaultdict(float))
+  cpu: dict[str, float] = dataclasses.field(default_factory=lambda: collections.defaultdict(float))
+  trained: int = 0
+
+  def add(self, name: str, wall: float, cpu: float) -> None:
+    self.wall[name] += wall
+    self.cpu[name] += cpu
+
+  def add_run(self, phases: dict[str, dict[str, float]]) -> None:
+    self.trained += 1
+    for name, wall in phases.get('wall', {}).items():
+      self.add(name, wall, phases.get('cpu', {}).get(name, 0.0))
+
+  def lines(self, elapsed: tuple[float, float]) -> list[str]:
+    """A small table: each phase's wall and CPU seconds and share of the session's wall time."""
+    total_wall = max(elapsed[0], 1e-9)
+    out = [f'{"phase":<14} {"wall s":>9} {"CPU s":>9} {"% wall":>7}']
+    for name in sorted(self.wall, key=self.wall.get, reverse=True):
+      out.append(f'{name:<14} {self.wall[name]:9.1f} {self.cpu[name]:9.1f} '
+                 f'{100 * self.wall[name] / total_wall:6.1f}%')
+    accounted = sum(self.wall.values()), sum(self.cpu.values())
+    out.append(f'{"(other)":<14} {elapsed[0] - accounted[0]:9.1f} {elapsed[1] - accounted[1]:9.1f}')
+    out.append(f'{"total":<14} {elapsed[0]:9.1f} {elapsed[1]:9.1f}   ({self.trained} trained runs)')
+    return out
+
+  def as_dict(self, elapsed: tuple[float, float]) -> dict[str, Any]:
+    return {'wall': {k: round(v, 3) for k, v in self.wall.items()},
+            'cpu': {k: round(v, 3) for k, v in self.cpu.items()},
+            'total': {'wall': round(elapsed[0], 3), 'cpu': round(elapsed[1], 3)},
+            'trained_runs': self.trained, 'cpu_count': os.cpu_count()}
+
+
+def _phase_line(phases: dict[str, dict[str, float]]) -> str:
+  wall, cpu = phases.get('wall', {}), phases.get('cpu', {})
+  return ', '.join(f'{k} {wall[k]:.2f}/{cpu.get(k, 0.0):.2f}'
+                   for k in sorted(wall, key=wall.get, reverse=True))
 
 
 def _first_line(error: Exception) -> str:
@@ -67,62 +210,254 @@ def _first_line(error: Exception) -> str:
   return text.splitlines()[0] if text else type(error).__name__
 
 
+@dataclasses.dataclass
+class _Outcome:
+  """What one attempt at a run gave (computed in the thread that ran it)."""
+
+  results: dict[str, Any] | None
+  error: Exception | None
+  wall_s: float
+  cpu_s: float
+
+
+def _attempt(execute: Callable[[RunT, Any], dict[str, Any]], run: RunT, devices: Any) -> _Outcome:
+  from ganomaly_jax import train  # imports TensorFlow (clu): not needed to expand or --dry_run
+
+  wall, cpu = time.perf_counter(), time.process_time()
+  try:
+    if devices is None:
+      results, error = execute(run, None), None
+    else:
+      import jax
+
+      with jax.default_device(devices[0]):  # the run's small host-side ops stay on its devices
+        results, error = execute(run, devices), None
+  except (ValueError, train.TrainingError) as e:
+    results, error = None, e
+  return _Outcome(results, error, time.perf_counter() - wall, time.process_time() - cpu)
+
+
+def execution_order(keys: Sequence[Any], share: Share = Share()) -> list[int]:
+  """Indices of the runs this host runs, in the order it runs them.
+
+  Runs with the same key (same programs: a method's classes and seeds) run one after another, in
+  the order of the key's first run, so that each method compiles once and its programs stay
+  cached; the host's share is every `share.count`-th run of that order, so every host gets a
+  like mix of cheap and costly methods.
+  """
+  first: dict[Any, int] = {}
+  for i, key in enumerate(keys):
+    first.setdefault(key, i)
+  order = sorted(range(len(keys)), key=lambda i: (first[keys[i]], i))
+  return order[share.index::share.count]
+
+
 def run_all(records: list[Record[RunT]], *,
             name: Callable[[RunT], str],
             workdir: Callable[[RunT], str],
             finished: Callable[[RunT], dict[str, Any] | None],
-            execute: Callable[[RunT], dict[str, Any]],
+            execute: Callable[[RunT, Any], dict[str, Any]],
             run_info: Callable[[RunT], dict[str, Any]],
             write_tables: Callable[[], None],
             commit: str | None = None,
-            what: str = 'queue') -> list[Record[RunT]]:
-  """Runs every unfinished record in order; returns the records, whose tables `write_tables` writes.
+            what: str = 'queue',
+            timing_file: str | None = None,
+            group: Callable[[RunT], Any] | None = None,
+            device_groups: Sequence[Sequence[Any]] | None = None,
+            share: Share = Share(),
+            tables_every_s: float = TABLES_EVERY_S) -> list[Record[RunT]]:
+  """Runs every unfinished record of this host's share; returns the records.
 
   Args:
     records: one per run, all 'pending'.
     name, workdir: a run's name (for the log) and its run directory.
     finished: a run's final results if it needs nothing more, else None.
-    execute: trains (or evaluates) one run and returns its results.
+    execute: `execute(run, devices)` trains (or evaluates) one run on `devices` (None: the
+      default, every device) and returns its results.
     run_info: what the sidecar of a run that finishes now records beside its wall time and commit.
     write_tables: rewrites the tables from `records`.
     commit: the code's commit, recorded per finished run.
     what: 'sweep' or 'suite', for the log lines.
+    timing_file: where to write the session's `PhaseTotals` as JSON (None: only logged).
+    group: a run's program key (`execution_order`); None runs the records in their order.
+    device_groups: with two or more groups, that many runs are in flight at once, each on its own
+      group of devices (threads of this process); None or one group: one run at a time, in this
+      thread, on the default devices.
+    share: this host's part of the runs (`Share`); with several hosts the tables are written only
+      when every run of every host is settled, by the host that settles the last one.
+    tables_every_s: one host: the tables are rewritten after a run when this long has passed since
+      they were last written (and always before the first run and at the end).
   """
-  from ganomaly_jax import train  # imports TensorFlow (clu): not needed to expand or --dry_run
-
+  totals = PhaseTotals()
+  start = process_age()
+  totals.add('start', *start)
+  clock = (time.perf_counter() - start[0], time.process_time() - start[1])
   for record in records:  # finished runs first, so the first table already shows them
     previous = finished(record.run)
     if previous is not None:
-      where = workdir(record.run)
-      record.status, record.results = 'skipped', previous
-      record.commit = read_run_info(where).get('commit')
-      record.wall_time_s = recorded_wall_time(where, previous)
-  write_tables()
+      _mark_skipped(record, previous, workdir(record.run))
+  alone = share.count == 1
+  last_tables = [time.perf_counter()]
 
-  for i, record in enumerate(records, start=1):
-    if record.status == 'skipped':
-      logging.info('Run %d/%d %s: already finished, skipped.', i, len(records), name(record.run))
-      continue
-    logging.info('Run %d/%d %s', i, len(records), name(record.run))
-    started = time.time()
-    try:
-      results = execute(record.run)
-    except (ValueError, train.TrainingError) as e:
-      record.status = f'failed: {_first_line(e)}'
-      logging.error('Run %s failed: %s', name(record.run), e)
+  def tables_now() -> None:
+    _timed(totals, 'tables', write_tables)
+    last_tables[0] = time.perf_counter()
+
+  if alone:
+    tables_now()
+
+  keys = [group(r.run) if group is not None else i for i, r in enumerate(records)]
+  order = execution_order(keys, share)
+  mine = [records[i] for i in order if records[i].status != 'skipped']
+  logging.info('%s: %d runs, %d finished before; this %s runs %d of them%s.', what.capitalize(),
+               len(records), sum(r.status == 'skipped' for r in records),
+               f'host ({share.index} of {share.count})' if not alone else 'session', len(mine),
+               f', {len(device_groups)} at a time' if device_groups and len(device_groups) > 1
+               else '')
+
+  def settle(i: int, record: Record[RunT], outcome: _Outcome) -> bool:
+    """Records an outcome; True when the run was preempted (the queue stops)."""
+    run = record.run
+    if outcome.error is not None:
+      record.status = f'failed: {_first_line(outcome.error)}'
+      logging.error('Run %s failed: %s', name(run), outcome.error)
+      totals.add('failed runs', outcome.wall_s, outcome.cpu_s)
+      if not alone:  # the other hosts learn of it from the sidecar
+        write_run_info(workdir(run), {**run_info(run), 'status': record.status})
     else:
+      results = outcome.results
       record.results = results
       if results.get('preempted'):
         record.status = 'preempted'
-        write_tables()
         logging.warning('Preempted during run %s; rerun the same command to resume the %s.',
-                        name(record.run), what)
-        return records
+                        name(run), what)
+        return True
       record.status, record.commit = 'done', commit
-      record.wall_time_s = time.time() - started
-      info = {**run_info(record.run), 'wall_time_s': record.wall_time_s}
+      record.wall_time_s = outcome.wall_s
+      info = {**run_info(run), 'wall_time_s': record.wall_time_s}
       if commit is not None:
         info['commit'] = commit
-      write_run_info(workdir(record.run), info)
-    write_tables()
+      write_run_info(workdir(run), info)
+      if 'phase_seconds' in results:
+        totals.add_run(results['phase_seconds'])
+        logging.info('Run %d/%d %s took %.1f s; phases, wall/CPU s: %s', i, len(mine), name(run),
+                     record.wall_time_s, _phase_line(results['phase_seconds']))
+      else:
+        totals.add('baselines' if results.get('baseline') else 'untimed runs', outcome.wall_s,
+                   outcome.cpu_s)
+    if alone and time.perf_counter() - last_tables[0] >= tables_every_s:
+      tables_now()
+    return False
+
+  if device_groups is None or len(device_groups) < 2:
+    preempted = _run_in_turn(mine, name, execute, settle)
+  else:
+    preempted = _run_at_once(mine, name, execute, settle, device_groups)
+  if alone:
+    tables_now()
+  if not alone and not preempted:
+    _timed(totals, 'tables', lambda: _tables_when_settled(records, finished, workdir, write_tables,
+                                                          share))
+  elapsed = (time.perf_counter() - clock[0], time.process_time() - clock[1])
+  logging.info('Where the time of this %s session went (wall / CPU seconds; CPU = this process, '
+               'all threads, %s cores):\n%s', what, os.cpu_count(), '\n'.join(totals.lines(elapsed)))
+  if timing_file is not None:
+    rundir.write_json(rundir.path(timing_file), totals.as_dict(elapsed))
   return records
+
+
+def _mark_skipped(record: Record[RunT], results: dict[str, Any], where: str) -> None:
+  record.status, record.results = 'skipped', results
+  record.commit = read_run_info(where).get('commit')
+  record.wall_time_s = recorded_wall_time(where, results)
+
+
+def _run_in_turn(mine: list[Record[RunT]], name, execute, settle) -> bool:
+  """One run after another in this thread; True when one was preempted."""
+  for i, record in enumerate(mine, start=1):
+    logging.info('Run %d/%d %s', i, len(mine), name(record.run))
+    if settle(i, record, _attempt(execute, record.run, None)):
+      return True
+  return False
+
+
+def _run_at_once(mine: list[Record[RunT]], name, execute, settle,
+                 device_groups: Sequence[Sequence[Any]]) -> bool:
+  """`len(device_groups)` runs in flight on threads, each on a free group of devices.
+
+  This thread hands out the runs and settles their outcomes (the tables are written here only).
+  A stop signal (SIGTERM, SIGINT) reaches every run in flight (`preemption.StopRequest`): each
+  checkpoints and returns, and no further run starts. True when a run was preempted.
+  """
+  from ganomaly_jax import preemption
+
+  free: queue.Queue = queue.Queue()
+  for devices in device_groups:
+    free.put(list(devices))
+
+  def work(record: Record[RunT]) -> _Outcome:
+    devices = free.get()
+    try:
+      logging.info('Run %s on devices %s', name(record.run), [d.id for d in devices])
+      return _attempt(execute, record.run, devices)
+    finally:
+      free.put(devices)
+
+  todo = collections.deque(enumerate(mine, start=1))
+  in_flight: dict[concurrent.futures.Future, tuple[int, Record[RunT]]] = {}
+  preempted = False
+  with concurrent.futures.ThreadPoolExecutor(len(device_groups), 'run') as pool, \
+       preemption.StopRequest() as stop:
+    while todo or in_flight:
+      while todo and len(in_flight) < len(device_groups) and not preempted and not stop.requested:
+        i, record = todo.popleft()
+        in_flight[pool.submit(work, record)] = (i, record)
+      if not in_flight:
+        break
+      done, _ = concurrent.futures.wait(in_flight, timeout=1.0,
+                                        return_when=concurrent.futures.FIRST_COMPLETED)
+      for future in done:
+        i, record = in_flight.pop(future)
+        preempted = settle(i, record, future.result()) or preempted
+  return preempted or stop.requested
+
+
+def _tables_when_settled(records: list[Record[RunT]], finished, workdir, write_tables,
+                         share: Share) -> None:
+  """Several hosts: writes the tables when every run is settled (finished, or failed on some host).
+
+  The host that settles the last run sees every other run settled and writes; the others leave the
+  tables to it. Two hosts that finish together may both write: each reads the run directories
+  again after writing and writes once more if they changed meanwhile, so the last write holds all.
+  """
+  seen = None
+  while True:
+    state = []
+    for record in records:
+      if record.status in ('done', 'skipped') or record.status.startswith('failed'):
+        state.append(record.status)
+        continue
+      previous = finished(record.run)
+      if previous is not None:
+        _mark_skipped(record, previous, workdir(record.run))
+      else:
+        status = read_run_info(workdir(record.run)).get('status', 'pending')
+        if status.startswith('failed'):
+          record.status = status
+      state.append(record.status)
+    unsettled = sum(s == 'pending' for s in state)
+    if unsettled:
+      logging.info('Host %d of %d is done; %d runs of other hosts are not yet settled: the host '
+                   'that settles the last one writes the tables.', share.index, share.count,
+                   unsettled)
+      return
+    if state == seen:
+      return
+    write_tables()
+    seen = state
+
+
+def _timed(totals: PhaseTotals, name: str, fn: Callable[[], None]) -> None:
+  wall, cpu = time.perf_counter(), time.process_time()
+  fn()
+  totals.add(name, time.perf_counter() - wall, time.process_time() - cpu)

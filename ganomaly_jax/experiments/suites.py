@@ -37,6 +37,9 @@ AUTOENCODERS = (('ganomaly_ae', 'ganomaly'), ('skip_ganomaly_ae', 'skip_ganomaly
 # inpainting methods, whose several scores and maps differ most (docs/readout.md).
 AUTO_READOUT = ('masked', 'grid_mask', 'riad')
 AUTO_SUFFIX = '+auto'
+# What a suite's runs leave out unless it asks for pictures (`Suite.pictures`): TensorBoard image
+# grids while training, the final PNGs and grid. The tables come from the metrics alone.
+LEAN = {'train.image_every': -1, 'eval.pictures': False}
 _UNSAFE = re.compile(r'[^A-Za-z0-9._+-]')
 
 
@@ -81,6 +84,7 @@ class Suite:
     overrides: dotted overrides for every method, applied before the method's own.
     prepare: called once with the data folder before any run (generated suites); never by a dry run.
     doc: one line describing the suite (the table's subtitle).
+    pictures: whether the runs draw pictures (else `LEAN`; the `pictures=1` option turns them on).
   """
   name: str
   methods: list[Method]
@@ -92,6 +96,7 @@ class Suite:
   overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
   prepare: Callable[[str], None] | None = None
   doc: str = ''
+  pictures: bool = False
 
 
 @dataclasses.dataclass
@@ -236,7 +241,7 @@ def expand(suite: Suite, root: str) -> list[BenchRun]:
             bases[method.config] = config_lib.load_config(method.config)
           except (ValueError, KeyError) as e:
             raise SuiteError(f'{context}: config {method.config}: {e}') from None
-        overrides = {**suite.overrides, **method.overrides,
+        overrides = {**({} if suite.pictures else LEAN), **suite.overrides, **method.overrides,
                      suite.class_key: suite.class_value.format(cls=cls, data=data),
                      'seed': seed, 'train.num_steps': suite.steps}
         config = sweep.apply_overrides(bases[method.config], overrides, context)
@@ -258,7 +263,7 @@ def expand(suite: Suite, root: str) -> list[BenchRun]:
 
 
 # Options every suite file accepts in its argument string: `digits:classes=3+7,seeds=0,steps=50`.
-COMMON_OPTIONS = ('classes', 'seeds', 'steps', 'methods')
+COMMON_OPTIONS = ('classes', 'seeds', 'steps', 'methods', 'pictures')
 
 
 def parse_arg(arg: str | None) -> tuple[list[str], dict[str, str]]:
@@ -290,7 +295,8 @@ def split_names(text: str, names: list[str]) -> list[str]:
 
 def restrict(suite: Suite, options: dict[str, str], known: tuple[str, ...] = ()) -> Suite:
   """Applies the common options (`classes`, `seeds`, `methods`: '+'-separated subsets; `steps`: a
-  new budget) to a suite; any option not in COMMON_OPTIONS + `known` raises SuiteError."""
+  new budget; `pictures=1`: draw pictures) to a suite; any option not in COMMON_OPTIONS + `known`
+  raises SuiteError."""
   unknown = sorted(set(options) - set(COMMON_OPTIONS) - set(known))
   if unknown:
     raise SuiteError(f'suite {suite.name}: unknown option(s) {", ".join(unknown)} '
@@ -316,6 +322,10 @@ def restrict(suite: Suite, options: dict[str, str], known: tuple[str, ...] = ())
       suite, classes=subset('classes', [str(c) for c in suite.classes]),
       seeds=subset('seeds', list(suite.seeds), int),
       methods=[m for m in suite.methods if m.name in kept])
+  if 'pictures' in options:
+    if options['pictures'] not in ('0', '1'):
+      raise SuiteError(f'suite {suite.name}: pictures={options["pictures"]!r} must be 0 or 1.')
+    suite.pictures = options['pictures'] == '1'
   if 'steps' in options:
     try:
       suite.steps = int(options['steps'])

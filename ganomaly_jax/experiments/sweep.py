@@ -11,9 +11,11 @@ validated before the first run starts, so a typo in the last run fails in second
 
 Each run trains in `ROOT/<run name>` (the name is built from its overrides: stable and
 filesystem-safe, e.g. `train.soft_labels-False`; no overrides is `baseline`), sequentially, in this
-process. A run whose workdir already holds final results is skipped, and an interrupted run resumes
-from its checkpoint, so rerunning the same command continues a sweep. `ROOT/results.csv` and
-`ROOT/results.md` (one row per run) are rewritten after every run.
+process (`--parallel=N`: N at once, each on its own devices; `--share=I/N`: host I's part). A run
+whose workdir already holds final results is skipped, and an interrupted run resumes from its
+checkpoint, so rerunning the same command continues a sweep. `ROOT/results.csv` and
+`ROOT/results.md` (one row per run) are rewritten as runs finish (at most every
+`run_queue.TABLES_EVERY_S` seconds) and at the end.
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ if __name__ == '__main__':  # flags only for the program: ganomaly_jax.experimen
   _SWEEP = flags.DEFINE_string('sweep', None, 'Sweep file defining get_sweep().')
   _WORKDIR = flags.DEFINE_string('workdir', None, 'Sweep root: one sub-directory per run.')
   _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print one command per run and run nothing.')
+  _PARALLEL = flags.DEFINE_integer(
+      'parallel', 1, 'Runs in flight at once, each on its own group of this host\'s devices.')
+  _SHARE = flags.DEFINE_string(
+      'share', 'auto', 'I/N: run every N-th run, starting at I (host I of N, each a JAX process of '
+      'its own); auto: JAX_PROCESS_ID/JAX_NUM_PROCESSES, else 0/1.')
 
 RESULTS_CSV = 'results.csv'
 RESULTS_MD = 'results.md'
@@ -257,12 +264,13 @@ def read_table(root: str) -> list[dict[str, str]]:
 
 
 def run_sweep(config_spec: str, sweep_path: str, root: str,
-              train_fn: run_queue.TrainFn | None = None) -> list[Record]:
-  """Expands and validates all runs, then trains the unfinished ones one after another.
+              train_fn: run_queue.TrainFn | None = None, workers: int = 1,
+              share: run_queue.Share = run_queue.Share()) -> list[Record]:
+  """Expands and validates all runs, then trains the unfinished ones, `workers` at a time.
 
-  `train_fn(config, workdir)` defaults to `train.train_and_evaluate` in this process. Skipping,
-  failures and preemption follow `run_queue.run_all`. Returns one Record per run; the tables in
-  `root` hold the same.
+  `train_fn(config, workdir)` defaults to `train.train_and_evaluate` in this process; `share` is
+  this host's part of the sweep. Skipping, failures and preemption follow `run_queue.run_all`.
+  Returns one Record per run; the tables in `root` hold the same.
   """
   train_fn = train_fn or run_queue.train_in_process
   title = f'Sweep `{sweep_path}` over `{config_spec}`'
@@ -270,9 +278,11 @@ def run_sweep(config_spec: str, sweep_path: str, root: str,
   return run_queue.run_all(
       records, name=lambda run: run.name, workdir=lambda run: run.workdir,
       finished=lambda run: rundir.finished_results(run.workdir, run.config.train.num_steps),
-      execute=lambda run: train_fn(run.config, run.workdir),
+      execute=lambda run, devices: run_queue.call_train(train_fn, run.config, run.workdir, devices),
       run_info=lambda run: {'overrides': run.overrides},
-      write_tables=lambda: write_tables(root, records, title), what='sweep')
+      write_tables=lambda: write_tables(root, records, title), what='sweep',
+      timing_file=os.path.join(root, run_queue.TIMING_JSON),
+      device_groups=run_queue.device_groups(workers), share=share)
 
 
 def main(argv: list[str]) -> None:
@@ -284,12 +294,15 @@ def main(argv: list[str]) -> None:
       for run in expand(_CONFIG.value, _SWEEP.value, root):
         print(command(_CONFIG.value, run))
       return
+    share = run_queue.Share.parse(_SHARE.value)
     startup.configure_for(config_lib.load_config(_CONFIG.value))  # before JAX starts its backend
-    records = run_sweep(_CONFIG.value, _SWEEP.value, root)
+    run_queue.check_standalone(share)
+    records = run_sweep(_CONFIG.value, _SWEEP.value, root, workers=_PARALLEL.value, share=share)
   except ValueError as e:  # bad sweep file, unknown key, impossible value: one line
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
-  print(rundir.path(root, RESULTS_MD).read_text(), end='')
+  if rundir.path(root, RESULTS_MD).exists():  # with --share, once every host is done
+    print(rundir.path(root, RESULTS_MD).read_text(), end='')
   failed = [r.run.name for r in records if r.status.startswith('failed')]
   if failed:
     print(f'error: {len(failed)} run(s) failed: {", ".join(failed)} (see {RESULTS_CSV})',
