@@ -6,14 +6,18 @@ Two orbax managers under the workdir:
   best/         the state with the lowest validation loss on held-out normals (model selection never
                 looks at the test set).
 Saves are asynchronous and atomic (orbax writes to a temporary directory and renames it), so a crash
-during a save leaves the previous checkpoint usable.
+during a save leaves the previous checkpoint usable. A checkpoint damaged afterwards (a truncated or
+deleted file, a bad disk block) fails to restore: it is named in one warning line, moved to
+`damaged/` beside the run's files (kept, not deleted), and the next older one is used.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
+from absl import logging
 from etils import epath
 import grain
 import jax
@@ -43,6 +47,7 @@ class CheckpointStore:
   """Latest and best checkpoints of one run."""
 
   def __init__(self, workdir: str | epath.Path, keep: int = 2):
+    self.workdir = workdir
     self.latest_dir = rundir.path(workdir, rundir.CHECKPOINTS)  # local (absolute) or gs://
     self.best_dir = rundir.path(workdir, rundir.BEST)
     self.latest = ocp.CheckpointManager(
@@ -68,19 +73,47 @@ class CheckpointStore:
                                       data=grain.checkpoint.CheckpointSave(data_iter)),
         force=force)
 
-  def restore_latest(self, state_like: Any, data_iter: Any | None) -> tuple[Any, int] | None:
-    """Restores the newest state (and the iterator in place); None if there is no checkpoint.
+  def restore_latest(self, state_like: Any, data_iter: Any | None,
+                     set_aside: bool = True) -> tuple[Any, int] | None:
+    """Restores the newest state that restores (and the iterator in place); None if none does.
 
     `state_like` gives the structure, dtypes and shardings (e.g. the freshly initialised state).
+    A checkpoint that fails to restore is named in one warning line and, with `set_aside` (the
+    training chief; never a reader such as `infer`), moved to `damaged/`; the next older one is tried.
     """
-    step = self.latest.latest_step()
-    if step is None:
-      return None
     items = {'state': ocp.args.StandardRestore(_abstract(state_like))}
     if data_iter is not None:
       items['data'] = grain.checkpoint.CheckpointRestore(data_iter)
-    restored = self.latest.restore(step, args=ocp.args.Composite(**items))
-    return restored['state'], step
+    for step in sorted(self.latest.all_steps(), reverse=True):
+      try:
+        restored = self.latest.restore(step, args=ocp.args.Composite(**items))
+      except Exception as e:  # pylint: disable=broad-except  # orbax/tensorstore raise many types
+        self._damaged(self.latest, self.latest_dir, step, e, set_aside)
+        continue
+      return restored['state'], step
+    return None
+
+  def _damaged(self, manager: ocp.CheckpointManager, directory: epath.Path, step: int,
+               error: Exception, set_aside: bool, then: str = 'using the next older one') -> None:
+    """Names a checkpoint that failed to restore in one line and (set_aside) moves it away."""
+    lines = [l.strip() for l in str(error).strip().splitlines() if l.strip()]
+    first = lines[0].split(' See full TensorStore details')[0][:200] if lines else ''
+    why = f'{type(error).__name__}: {first}'
+    source = directory / str(step)
+    if not set_aside:
+      logging.warning('Checkpoint %s cannot be restored (%s); %s.', source, why, then)
+      return
+    target = rundir.path(self.workdir, rundir.DAMAGED,
+                         f'{directory.name}_{step}_{time.strftime("%Y%m%d_%H%M%S")}')
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+      source.rename(target)
+      where = f'moved to {target}'
+    except OSError as e:  # an object store without directory renames: the copy is lost anyway
+      where = f'could not be moved ({e}); removed'
+      source.rmtree(missing_ok=True)
+    manager.reload()  # forget the step
+    logging.warning('Checkpoint %s cannot be restored (%s); %s; %s.', source, why, where, then)
 
   def saved_process_count(self) -> int | None:
     """How many processes wrote the newest checkpoint's input-pipeline position (None: unknown).
@@ -100,30 +133,39 @@ class CheckpointStore:
   def saved_shapes(self) -> dict[str, tuple[int, ...]] | None:
     """{'g_params/encoder1/conv_0/kernel': shape, ...} of the newest checkpoint's state, read from
     its metadata without restoring anything; None if there is no checkpoint."""
-    directory, step = self.latest_dir, self.latest.latest_step()
-    if step is None:
-      directory, step = self.best_dir, self.best.best_step()
-    if step is None:
-      return None
-    # A reader that knows the 'state' item's handler (the store's managers learn it only on use).
-    reader = ocp.CheckpointManager(directory, item_handlers={'state': ocp.StandardCheckpointHandler()})
-    try:
-      metadata = reader.item_metadata(step)['state']
-    finally:
-      reader.close()
-    return tree_shapes(getattr(metadata, 'tree', metadata))
+    for directory, manager in ((self.latest_dir, self.latest), (self.best_dir, self.best)):
+      # A reader that knows the 'state' item's handler (the store's managers learn it only on use).
+      reader = ocp.CheckpointManager(directory,
+                                     item_handlers={'state': ocp.StandardCheckpointHandler()})
+      try:
+        for step in sorted(manager.all_steps(), reverse=True):
+          try:
+            metadata = reader.item_metadata(step)['state']
+          except Exception:  # pylint: disable=broad-except  # damaged: restore_latest names it
+            continue
+          if metadata is not None:
+            return tree_shapes(getattr(metadata, 'tree', metadata))
+      finally:
+        reader.close()
+    return None
 
   def save_best(self, step: int, state: Any, val_loss: float) -> None:
     """Offers a state to the best-checkpoint manager; orbax keeps it only if val_loss is lower."""
     self.best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
                    metrics={'val_loss': float(val_loss)})
 
-  def restore_best(self, state_like: Any) -> tuple[Any, int] | None:
+  def restore_best(self, state_like: Any, set_aside: bool = True) -> tuple[Any, int] | None:
+    """The best-by-validation state; None if there is none or it fails to restore (named in one
+    warning line and, with `set_aside`, moved to `damaged/`: the caller then uses its own state)."""
     step = self.best.best_step()
     if step is None:
       return None
-    restored = self.best.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(state_like))))
+    try:
+      restored = self.best.restore(
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(state_like))))
+    except Exception as e:  # pylint: disable=broad-except
+      self._damaged(self.best, self.best_dir, step, e, set_aside, 'using the last state instead')
+      return None
     return restored['state'], step
 
   def wait(self) -> None:

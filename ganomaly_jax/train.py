@@ -6,6 +6,7 @@ belongs to `rundir`; this module trains. A workdir may be local or `gs://bucket/
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -35,15 +36,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Trains (or resumes) the configured method in `workdir`, then evaluates on the test split.
 
   Returns the results dict that is also written to `workdir/results.json`.
+
+  Raises:
+    TrainingError: one line: another run holds the workdir, the disk is full, divergence, ...
   """
   # Dataset-dependent keys are filled only now, after every --config override (config_lib.resolve).
   config = config_lib.resolve(config)
   config_checks.validate_config(config)
+  # One run per workdir, claimed before anything there is read or written (rundir.WorkdirLock).
+  lock = rundir.WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+  with lock:
+    try:
+      return _train_and_evaluate(config, workdir)
+    except Exception as e:
+      full = rundir.disk_full(e)
+      if full is None:
+        raise
+      raise TrainingError(
+          f'no space left on the device of {getattr(full, "filename", None) or workdir} '
+          f'({rundir.megabytes(rundir.free_bytes(workdir) or 0)} free; a run here needs about '
+          f'{rundir.megabytes(_space_needed(config, workdir))}): free space and run the same '
+          'command to resume from the last good checkpoint.') from e
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """`train_and_evaluate` once the config is valid and the workdir is ours."""
   previous = _prepare_workdir(config, workdir)
   if config.mode == 'train' and rundir.is_finished(previous, config.train.num_steps):
     logging.info('%s is finished (%d steps); results: %s', workdir, previous['steps'],
                  json.dumps(previous, sort_keys=True))
     return previous
+  if config.mode == 'train':
+    _check_free_space(config, workdir)
   started = time.time()
   t = config.train
   is_chief = jax.process_index() == 0
@@ -112,6 +136,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           state, train_iter = rollback(fetched, state, train_iter)
           writer.write_scalars(step, {'train/rollbacks': rollback.count})
           step = int(state.step)
+          if is_chief:  # the rolled-back steps are logged again
+            rundir.trim_curves(workdir, step)
           continue
         _log_train_metrics(fetched, step, writer, workdir, t.d_reinit_threshold, is_chief)
 
@@ -162,6 +188,39 @@ def _prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[st
   if config.restart and jax.process_index() == 0:
     rundir.move_aside(workdir)
   return rundir.read_results(workdir)
+
+
+# Besides checkpoints, a run writes pictures, TensorBoard events and small JSON files.
+_OTHER_OUTPUT_BYTES = 2**20
+# Orbax's per-checkpoint metadata (tree structure, sharding) beside the arrays.
+_CHECKPOINT_OVERHEAD_BYTES = 128 * 2**10
+
+
+def _space_needed(config: ml_collections.ConfigDict, workdir: str) -> int:
+  """Bytes a run still needs on its workdir's disk: the latest checkpoints it keeps, one more being
+  written, the best one, and its other outputs, less the checkpoints already there."""
+  shapes = state_lib.abstract_state(config, state_lib.build_components(config))
+  one = sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(shapes)
+            if hasattr(x, 'shape')) + _CHECKPOINT_OVERHEAD_BYTES
+  total = (config.train.keep_checkpoints + 2) * one + _OTHER_OUTPUT_BYTES
+  have = (rundir.used_bytes(rundir.path(workdir, rundir.CHECKPOINTS))
+          + rundir.used_bytes(rundir.path(workdir, rundir.BEST)))
+  return max(total - have, 2 * one)
+
+
+def _check_free_space(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Stops with one line, before anything is written, when the workdir's disk cannot hold the run
+  (local disks; a full disk later in the run is turned into one line by `train_and_evaluate`)."""
+  free = rundir.free_bytes(workdir)
+  if free is None:
+    return
+  needed = _space_needed(config, workdir)
+  if free < needed:
+    raise TrainingError(
+        f'not enough space for {rundir.path(workdir)}: {rundir.megabytes(free)} free on its file '
+        f'system, the run needs about {rundir.megabytes(needed)} (train.keep_checkpoints='
+        f'{config.train.keep_checkpoints} checkpoints, one being written, the best one, pictures); '
+        'free space or use another --workdir.')
 
 
 def _load_splits(config: ml_collections.ConfigDict, workdir: str, is_chief: bool):
@@ -218,13 +277,19 @@ def _restore(config: ml_collections.ConfigDict, store: checkpoint.CheckpointStor
              train_iter: Any, workdir: str) -> Any:
   """The newest checkpoint's state (and the iterator's position, in place, when training)."""
   # Evaluation needs no data position (and may run with another process count than training).
-  restored = store.restore_latest(state, train_iter if config.mode == 'train' else None)
-  if restored is not None:
-    logging.info('Resumed from step %d.', int(restored[0].step))
-    return restored[0]
-  if config.mode == 'eval':
+  is_chief = jax.process_index() == 0
+  restored = store.restore_latest(state, train_iter if config.mode == 'train' else None,
+                                  set_aside=is_chief)
+  if config.mode == 'eval' and restored is None:
     raise TrainingError(f'mode=eval: {workdir} has no checkpoint to evaluate.')
-  return state
+  step = 0 if restored is None else int(restored[0].step)
+  if config.mode == 'train' and is_chief:
+    # Rows past the restored step (a kill after logging them) are trained and logged again.
+    rundir.trim_curves(workdir, step)
+  if restored is None:
+    return state
+  logging.info('Resumed from step %d.', step)
+  return restored[0]
 
 
 def hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -282,7 +347,7 @@ class Rollback:
       raise TrainingError(
           f'Divergence at step {bad_step} ({what}); {reason}. The last checkpoint '
           f'(step {self.store.latest_step()}) is intact; its update was not applied.')
-    restored = self.store.restore_latest(state, train_iter)
+    restored = self.store.restore_latest(state, train_iter, set_aside=jax.process_index() == 0)
     self.count += 1
     self.skip_batches.update(s for s, _ in bad)
     if restored is None:  # no checkpoint yet: restart from the initial state
@@ -340,7 +405,7 @@ def final_evaluation(config: ml_collections.ConfigDict, workdir: str, state: Any
   """
   selected_step = int(state.step)
   if config.eval.select == 'val_loss':
-    best = store.restore_best(state)
+    best = store.restore_best(state, set_aside=jax.process_index() == 0)
     if best is not None:
       state, selected_step = best
   run_info = {**run_info, 'selected_step': selected_step,

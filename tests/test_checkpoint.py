@@ -75,3 +75,52 @@ def test_saved_shapes_and_process_count_from_metadata(store):
   params = lambda tree: {k: v for k, v in tree.items() if k != 'rng'}  # noqa: E731
   assert params(shapes) == params(live)
   assert store.saved_process_count() == 1
+
+
+def _truncate_largest_file(directory) -> str:
+  import pathlib
+
+  files = [p for p in pathlib.Path(directory).rglob('*') if p.is_file()]
+  largest = max(files, key=lambda p: p.stat().st_size)
+  with open(largest, 'r+b') as f:
+    f.truncate(largest.stat().st_size // 3)
+  return str(largest)
+
+
+def test_a_damaged_latest_checkpoint_is_set_aside_and_the_older_one_used(store, caplog):
+  """Issue 22: one truncated file in the newest checkpoint costs that checkpoint, not the run."""
+  data = _data_iter()
+  for step in (1, 2):
+    next(data)
+    store.save(step, _state(float(step)), data)
+  store.wait()
+  _truncate_largest_file(store.latest_dir / '2' / 'state')
+
+  # A reader (infer) only skips it ...
+  state, step = store.restore_latest(_state(0.0), None, set_aside=False)
+  assert step == 1 and int(state['step']) == 1
+  assert (store.latest_dir / '2').is_dir()
+
+  # ... training moves it aside, names it in one line, and restores the data position of step 1.
+  fresh = _data_iter()
+  caplog.clear()
+  with caplog.at_level('WARNING'):
+    state, step = store.restore_latest(_state(0.0), fresh)
+  assert step == 1 and int(state['step']) == 1 and next(fresh) == 1
+  lines = [r.getMessage() for r in caplog.records if 'cannot be restored' in r.getMessage()]
+  assert len(lines) == 1 and str(store.latest_dir / '2') in lines[0] and '\n' not in lines[0]
+  assert not (store.latest_dir / '2').exists()
+  damaged = list((store.latest_dir.parent / 'damaged').iterdir())
+  assert len(damaged) == 1 and damaged[0].name.startswith('checkpoints_2_')
+  assert store.latest_step() == 1
+  store.save(2, _state(2.0), fresh)  # the run goes on and saves step 2 again
+  store.wait()
+  assert store.restore_latest(_state(0.0), None)[1] == 2
+
+
+def test_a_damaged_best_checkpoint_gives_none(store):
+  store.save_best(1, _state(1.0), 1.0)
+  store.wait()
+  _truncate_largest_file(store.best_dir / '1' / 'state')
+  assert store.restore_best(_state(0.0)) is None
+  assert store.best_step() is None
