@@ -161,7 +161,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 
 # Input sizes offered when model.isize cannot be built (each one checked the same way).
-_CANDIDATE_SIZES = (16, 32, 64, 128, 256, 512)
+_CANDIDATE_SIZES = (16, 32, 64, 128, 256)
 
 
 def check_architecture(config: ml_collections.ConfigDict) -> None:

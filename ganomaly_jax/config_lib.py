@@ -432,7 +432,7 @@ def command_line_error(error: BaseException, argv: list[str]) -> str:
     if nxt is None or nxt in chain:
       break
     chain.append(nxt)
-  spec = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
+  spec = next((a.split('=', 1)[1] for a in reversed(argv) if a.startswith('--config=')), None)
   if spec is not None:
     path = spec.partition(':')[0]
     if not os.path.isfile(path):

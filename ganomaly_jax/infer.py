@@ -497,8 +497,9 @@ def _alive(pid: int) -> bool:
   return True
 
 
-class _Interrupted(Exception):
-  """SIGTERM / SIGHUP during a call: unwinds like an error so the staging folder is removed."""
+class _Interrupted(BaseException):
+  """SIGTERM / SIGHUP during a call: unwinds like Ctrl-C (past any `except Exception` of a
+  library) so the staging folder is removed."""
 
 
 def _on_signal(signum, frame):
