@@ -344,9 +344,11 @@ class Rollback:
     if self.t.on_nonfinite == 'stop' or self.count >= self.t.max_rollbacks:
       reason = ('stopping' if self.t.on_nonfinite == 'stop'
                 else f'stopping after {self.count} rollbacks')
-      raise TrainingError(
-          f'Divergence at step {bad_step} ({what}); {reason}. The last checkpoint '
-          f'(step {self.store.latest_step()}) is intact; its update was not applied.')
+      last = self.store.latest_step()
+      kept = (f'The last checkpoint (step {last}) is intact' if last is not None
+              else 'No checkpoint was written yet')
+      raise TrainingError(f'Divergence at step {bad_step} ({what}); {reason}. {kept}; the '
+                          'diverged update was not applied.')
     restored = self.store.restore_latest(state, train_iter, set_aside=jax.process_index() == 0)
     self.count += 1
     self.skip_batches.update(s for s, _ in bad)

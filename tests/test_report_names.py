@@ -44,6 +44,10 @@ _NAME = st.builds(lambda parts, ext: '/'.join(parts) + ext,
                   st.lists(_PART, min_size=1, max_size=3),
                   st.sampled_from(['.png', '.jpg', '.PNG', '.tif', '']))
 _NAMES = st.lists(_NAME, min_size=1, max_size=25, unique=True)
+# No example database: tests write nothing outside temporary folders. The fixture used inside
+# @given is a factory (tmp_path_factory), so reusing it across examples is safe.
+_SETTINGS = dict(deadline=None, database=None,
+                 suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def _index(page: str) -> dict:
@@ -86,13 +90,13 @@ def test_table_names_get_unique_short_map_names():
   assert maps['dup.png'] != maps['dup.jpg'] and maps['A.png'].casefold() != maps['a.png'].casefold()
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, **_SETTINGS)
 @given(_NAMES)
 def test_generated_names_get_unique_short_map_names(names):
   _check_map_names(names)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, **_SETTINGS)
 @given(names=_NAMES)
 def test_the_embedded_index_gives_back_every_real_name_and_encoded_url(names, tmp_path_factory):
   folder = tmp_path_factory.mktemp('report')
@@ -110,7 +114,7 @@ def test_the_embedded_index_gives_back_every_real_name_and_encoded_url(names, tm
 
 @pytest.mark.slow
 @pytest.mark.browser
-@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=4, **_SETTINGS)
 @given(generated=_NAMES)
 def test_hostile_names_render_every_card_with_its_name_and_picture_in_chromium(generated,
                                                                                tmp_path_factory):
