@@ -575,19 +575,20 @@ def infer(workdir: str, images_dir: str, out_dir: str, batch_size: int = 0,
   created_out = not os.path.exists(out_dir)
   os.makedirs(out_dir, exist_ok=True)
   _remove_dead_staging(out_dir)
-  staging = tempfile.mkdtemp(prefix=f'{_STAGING_PREFIX}{os.getpid()}-', dir=out_dir)
+  # Map names are fixed up front over every file with an image extension, so x.png and x.jpg get
+  # distinct names even when they fall into different batches.
+  named = [p for p in candidates if images_lib.has_image_extension(p)]
+  map_name = dict(zip(named, map_names([os.path.relpath(p, images_dir) for p in named])))
+  skipped: dict[str, list[str]] = {}
+  staging, outputs = None, None
   # SIGTERM (a scheduler's stop, `kill`) unwinds through the `finally` below like an error does.
   previous_handlers = {}
   if threading.current_thread() is threading.main_thread():
     for signum in (signal.SIGTERM, signal.SIGHUP):
       previous_handlers[signum] = signal.signal(signum, _on_signal)
-  # Map names are fixed up front over every file with an image extension, so x.png and x.jpg get
-  # distinct names even when they fall into different batches.
-  named = [p for p in candidates if images_lib.has_image_extension(p)]
-  map_name = dict(zip(named, map_names([os.path.relpath(p, images_dir) for p in named])))
-  outputs = _Outputs(staging, map_name, score_range, vmax, sigma, threshold)
-  skipped: dict[str, list[str]] = {}
   try:
+    staging = tempfile.mkdtemp(prefix=f'{_STAGING_PREFIX}{os.getpid()}-', dir=out_dir)
+    outputs = _Outputs(staging, map_name, score_range, vmax, sigma, threshold)
     pending = None
     records = decode_stream(candidates, isize, channels, batch_size, decode_threads)
     for paths, images in _batches(records, batch_size, skipped):
@@ -642,12 +643,15 @@ def infer(workdir: str, images_dir: str, out_dir: str, batch_size: int = 0,
     logging.info('Finished: %d image(s) scored, %d file(s) skipped, outputs in %s.',
                  len(outputs.paths), num_skipped, out_dir)
   except _Interrupted as e:
-    raise InferError(f'{e}; nothing was written to {out_dir}.') from None
+    raise InferError(f'{e} before its outputs were complete; its staging folder in {out_dir} '
+                     'was removed.') from None
   finally:
+    if outputs is not None:
+      outputs.close()
+    if staging is not None:
+      shutil.rmtree(staging, ignore_errors=True)
     for signum, handler in previous_handlers.items():
       signal.signal(signum, handler)
-    outputs.close()
-    shutil.rmtree(staging, ignore_errors=True)
     if created_out and not os.listdir(out_dir):
       os.rmdir(out_dir)  # a call that failed leaves no trace
   return {'scored': len(outputs.paths), 'skipped': skipped, 'checkpoint': kind,
