@@ -141,6 +141,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
           continue
         _log_train_metrics(fetched, step, writer, workdir, t.d_reinit_threshold, is_chief)
 
+      if step % t.eval_every == 0 or step % t.checkpoint_every == 0 or step == num_steps:
+        _check_space_to_save(workdir, state_shapes, store, step)  # before orbax meets a full disk
       if step % t.eval_every == 0 or step == num_steps:
         _validate(config, progs.eval_step, state, splits.val, mesh, store, writer, step)
       if step % t.image_every == 0 or step == num_steps:
@@ -196,12 +198,16 @@ _OTHER_OUTPUT_BYTES = 2**20
 _CHECKPOINT_OVERHEAD_BYTES = 128 * 2**10
 
 
+def _checkpoint_bytes(state_shapes: Any) -> int:
+  """About what one checkpoint of a state of these shapes takes on disk."""
+  return sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(state_shapes)
+             if hasattr(x, 'shape')) + _CHECKPOINT_OVERHEAD_BYTES
+
+
 def _space_needed(config: ml_collections.ConfigDict, workdir: str) -> int:
   """Bytes a run still needs on its workdir's disk: the latest checkpoints it keeps, one more being
   written, the best one, and its other outputs, less the checkpoints already there."""
-  shapes = state_lib.abstract_state(config, state_lib.build_components(config))
-  one = sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(shapes)
-            if hasattr(x, 'shape')) + _CHECKPOINT_OVERHEAD_BYTES
+  one = _checkpoint_bytes(state_lib.abstract_state(config, state_lib.build_components(config)))
   total = (config.train.keep_checkpoints + 2) * one + _OTHER_OUTPUT_BYTES
   have = (rundir.used_bytes(rundir.path(workdir, rundir.CHECKPOINTS))
           + rundir.used_bytes(rundir.path(workdir, rundir.BEST)))
@@ -221,6 +227,23 @@ def _check_free_space(config: ml_collections.ConfigDict, workdir: str) -> None:
         f'system, the run needs about {rundir.megabytes(needed)} (train.keep_checkpoints='
         f'{config.train.keep_checkpoints} checkpoints, one being written, the best one, pictures); '
         'free space or use another --workdir.')
+
+
+def _check_space_to_save(workdir: str, state_shapes: Any, store: checkpoint.CheckpointStore,
+                         step: int) -> None:
+  """Stops with one line when the disk filled up during the run, before a save would fail inside
+  orbax's background threads (each logging its own traceback). Single-process runs on local disks:
+  processes of a multi-host run could see different free space and stop at different steps."""
+  if jax.process_count() > 1:
+    return
+  free = rundir.free_bytes(workdir)
+  needed = 2 * _checkpoint_bytes(state_shapes) + _OTHER_OUTPUT_BYTES  # latest and best, pictures
+  if free is not None and free < needed:
+    store.wait()
+    raise TrainingError(
+        f'the disk of {rundir.path(workdir)} is full ({rundir.megabytes(free)} free, the checkpoint '
+        f'of step {step} needs about {rundir.megabytes(needed)}); the last good checkpoint (step '
+        f'{store.latest_step()}) is kept: free space and run the same command to resume.')
 
 
 def _load_splits(config: ml_collections.ConfigDict, workdir: str, is_chief: bool):

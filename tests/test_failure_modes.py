@@ -110,16 +110,7 @@ def test_train_row_stops_with_one_error_line_and_leaves_nothing(row, tmp_path):
 @pytest.fixture
 def one_megabyte_disk(tmp_path):
   """A 1 MB tmpfs (needs root and mount; skipped otherwise: the in-process test covers the check)."""
-  mount = tmp_path / 'small'
-  mount.mkdir()
-  if os.geteuid() != 0 or not shutil.which('mount'):
-    pytest.skip('mounting a 1 MB tmpfs needs root')
-  done = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', str(mount)],
-                        capture_output=True, text=True, check=False)
-  if done.returncode:
-    pytest.skip(f'cannot mount a tmpfs here: {done.stderr.strip()}')
-  yield mount
-  subprocess.run(['umount', str(mount)], check=False)
+  yield from _tmpfs(tmp_path / 'small', '1m')
 
 
 @pytest.mark.slow  # starts the command
@@ -131,6 +122,61 @@ def test_workdir_on_a_one_megabyte_disk_is_one_error_line(one_megabyte_disk):
   assert f'not enough space for {workdir}' in errors[0] and 'MB free' in errors[0], errors[0]
   assert 'Traceback' not in proc.stderr
   assert os.listdir(one_megabyte_disk) == []
+
+
+@pytest.fixture
+def eight_megabyte_disk(tmp_path):
+  """An 8 MB tmpfs (root only), for a disk that fills up while a run writes to it."""
+  yield from _tmpfs(tmp_path / 'disk', '8m')
+
+
+def _tmpfs(mount: pathlib.Path, size: str):
+  mount.mkdir()
+  if os.geteuid() != 0 or not shutil.which('mount'):
+    pytest.skip('mounting a tmpfs needs root')
+  done = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs', str(mount)],
+                        capture_output=True, text=True, check=False)
+  if done.returncode:
+    pytest.skip(f'cannot mount a tmpfs here: {done.stderr.strip()}')
+  try:
+    yield mount
+  finally:
+    subprocess.run(['umount', str(mount)], check=False)
+
+
+@pytest.mark.slow  # starts the command twice
+def test_a_disk_filled_by_someone_else_stops_the_run_with_one_line(eight_megabyte_disk):
+  """The disk fills between two checkpoints: the run stops at the next one with one line, without
+  orbax's tracebacks, and resumes from the last good checkpoint once space is freed."""
+  workdir = eight_megabyte_disk / 'run'
+  every = ['--config.train.log_every=1'] + [f'--config.train.{k}=200' for k in
+                                            ('checkpoint_every', 'eval_every', 'image_every')]
+  proc = run_main(str(workdir), '--config.train.num_steps=100000', *every, wait=False)
+  try:
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+      if ((workdir / 'checkpoints' / '200').is_dir() and (workdir / rundir.CURVES).exists()
+          and max(_curve_steps(workdir)) >= 210):
+        break
+      time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    blob = eight_megabyte_disk / 'blob'
+    blob.write_bytes(b'\0' * (shutil.disk_usage(eight_megabyte_disk).free - 300 * 1024))
+    _, err = proc.communicate(timeout=180)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.communicate()
+  errors = [line for line in err.splitlines() if line.startswith('error:')]
+  assert proc.returncode == 1 and len(errors) == 1, err[-3000:]
+  assert f'the disk of {workdir} is full' in errors[0] and 'step 400' in errors[0], errors[0]
+  assert 'last good checkpoint (step 200) is kept' in errors[0], errors[0]
+  assert 'Traceback' not in err, err[-3000:]
+  blob.unlink()  # space freed: the same command resumes from step 200
+  again = run_main(str(workdir), '--config.train.num_steps=201', *every)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert 'Resumed from step 200.' in again.stderr
+  assert _curve_steps(workdir) == list(range(1, 202))
 
 
 def test_free_space_is_checked_before_anything_is_written(tmp_path, monkeypatch):
