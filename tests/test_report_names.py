@@ -14,7 +14,7 @@ import os
 import re
 import urllib.parse
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 import numpy as np
 from PIL import Image
 import pytest
@@ -114,7 +114,8 @@ def test_the_embedded_index_gives_back_every_real_name_and_encoded_url(names, tm
 
 @pytest.mark.slow
 @pytest.mark.browser
-@settings(max_examples=4, **_SETTINGS)
+# No shrinking: each example starts Chromium, and the failing names are printed whole anyway.
+@settings(max_examples=4, phases=(Phase.explicit, Phase.generate), **_SETTINGS)
 @given(generated=_NAMES)
 def test_hostile_names_render_every_card_with_its_name_and_picture_in_chromium(generated,
                                                                                tmp_path_factory):
@@ -134,7 +135,7 @@ def test_hostile_names_render_every_card_with_its_name_and_picture_in_chromium(g
     assert card['src'].startswith('maps/')
     assert (folder / urllib.parse.unquote(card['src'])).is_file(), card
   decoded = re.search(r'<pre id="decoded">(\d+)/(\d+)</pre>', dom)
-  assert decoded is not None, 'the picture check did not finish inside the virtual time budget'
+  assert decoded is not None, 'the picture check did not run'
   failed = re.search(r'<ul id="failed">(.*?)</ul>', dom, re.S).group(1)
   assert decoded.group(1) == decoded.group(2), failed[:2000]
   assert int(decoded.group(2)) >= len(names)

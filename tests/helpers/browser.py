@@ -55,36 +55,43 @@ def embedded_images(html: str) -> list[np.ndarray]:
   return images
 
 
-# A check injected into a page under test: decodes every picture the page shows (the lazy <img>s
-# included) and writes '<ok>/<total>' into #decoded, plus one <li> per failing src into #failed, which
-# --dump-dom then reads. Chromium's --virtual-time-budget lets the promises settle before the dump.
+# A check injected into a page under test, after the page's own scripts: one eager (not lazy) copy
+# of every picture the page shows, which the window's load event waits for; when it fires, '<ok>/<total>'
+# goes into #decoded (ok: the picture loaded and has a size) and each failing src into #failed.
+# --dump-dom serialises the page after the load event, so the result is there without any timing.
 DECODE_CHECK = """<script>
-window.addEventListener('load', function () {
+(function () {
   var imgs = Array.prototype.slice.call(document.querySelectorAll('img'));
-  var failed = [];
-  Promise.all(imgs.map(function (img) {
-    var probe = new Image();
+  var box = document.createElement('div');
+  box.id = 'probes';
+  box.style.display = 'none';
+  var probes = imgs.map(function (img) {
+    var probe = document.createElement('img');
     probe.src = img.src;
-    return probe.decode().then(function () { return probe.naturalWidth > 0 ? 1 : 0; },
-                               function () { failed.push(img.src); return 0; });
-  })).then(function (ok) {
+    box.appendChild(probe);
+    return probe;
+  });
+  document.body.appendChild(box);
+  window.addEventListener('load', function () {
+    var failed = probes.filter(function (p) { return !(p.complete && p.naturalWidth > 0); });
     var out = document.createElement('pre');
     out.id = 'decoded';
-    out.textContent = ok.reduce(function (a, b) { return a + b; }, 0) + '/' + imgs.length;
+    out.textContent = (probes.length - failed.length) + '/' + probes.length;
     document.body.appendChild(out);
     var list = document.createElement('ul');
     list.id = 'failed';
-    failed.forEach(function (src) {
-      var li = document.createElement('li'); li.textContent = src; list.appendChild(li);
+    failed.forEach(function (p) {
+      var li = document.createElement('li'); li.textContent = p.src; list.appendChild(li);
     });
     document.body.appendChild(list);
+    box.remove();
   });
-});
+})();
 </script>
 </body>"""
 
 
-def render_checked(page: Path, profile: Path, budget_ms: int = 30000) -> str:
+def render_checked(page: Path, profile: Path) -> str:
   """The DOM of `page` after its scripts ran, with DECODE_CHECK's #decoded result in it.
 
   The page is copied beside itself with the check injected (so relative picture paths still
@@ -97,8 +104,8 @@ def render_checked(page: Path, profile: Path, budget_ms: int = 30000) -> str:
                      encoding='utf-8')
   cmd = [find_chromium(), '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic',
          '--no-first-run', '--disable-background-networking', '--disable-component-update',
-         '--disable-sync', f'--user-data-dir={profile}', f'--virtual-time-budget={budget_ms}',
-         '--window-size=1200,900', '--dump-dom', checked.resolve().as_uri()]
+         '--disable-sync', f'--user-data-dir={profile}', '--window-size=1200,900', '--dump-dom',
+         checked.resolve().as_uri()]
   try:
     proc = subprocess.run(cmd, capture_output=True, timeout=180, check=False)
   finally:
