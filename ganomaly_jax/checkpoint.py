@@ -13,9 +13,14 @@ deleted file, a bad disk block) fails to restore: it is named in one warning lin
 
 from __future__ import annotations
 
+import contextlib
+import logging as std_logging
+import os
 import re
+import sys
+import tempfile
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from absl import logging
 from etils import epath
@@ -28,6 +33,77 @@ from ganomaly_jax import rundir
 
 def _abstract(tree: Any) -> Any:
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+@contextlib.contextmanager
+def _native_stderr_held() -> Iterator[None]:
+  """Holds what is written to file descriptor 2 while a restore runs; gives it back if the restore
+  succeeds, and keeps it to the debug log if it fails.
+
+  When one array of a damaged checkpoint fails to read, orbax closes its event loop while
+  tensorstore's other reads are still in flight; each of them then prints an 'Event loop is closed'
+  traceback from native code, dozens in all, which no Python hook sees. The one-line warning of
+  `_damaged` says what happened instead.
+  """
+  sys.stderr.flush()
+  saved = os.dup(2)
+  held = tempfile.TemporaryFile()
+  os.dup2(held.fileno(), 2)
+  failed = False
+  try:
+    yield
+  except Exception:
+    failed = True
+    # The stray reads finish within moments: wait until nothing more is written (at most 3 s).
+    size, still, deadline = -1, 0, time.time() + 3.0
+    while still < 3 and time.time() < deadline:
+      now = os.fstat(held.fileno()).st_size
+      still = still + 1 if now == size else 0
+      size = now
+      time.sleep(0.1)
+    raise
+  finally:
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)
+    held.seek(0)
+    text = held.read()
+    held.close()
+    if failed:
+      logging.debug('Output of the failed restore:\n%s', text.decode('utf-8', 'replace'))
+    elif text:
+      os.write(2, text)
+
+
+def _is_restore_leftover(unraisable: Any) -> bool:
+  """An error a failed restore leaves behind: its abandoned reads ('Event loop is closed', or an
+  orbax read coroutine collected with its error unretrieved)."""
+  exc, obj = unraisable.exc_value, unraisable.object
+  return ((isinstance(exc, RuntimeError) and 'Event loop is closed' in str(exc))
+          or '_read_array_index_and_device_put' in repr(obj)
+          or str(exc).startswith('Encountered error while reading array index'))
+
+
+def _quiet_restore_leftovers() -> None:
+  """From the first failed restore on, its leftovers go to the debug log instead of a traceback
+  each, printed whenever Python collects them (often at exit); other unraisable errors are
+  reported as before."""
+  previous = sys.unraisablehook
+  if getattr(previous, 'drops_restore_leftovers', False):
+    return
+
+  def hook(unraisable):
+    if _is_restore_leftover(unraisable):
+      logging.debug('Leftover of a failed checkpoint restore: %r', unraisable.exc_value)
+      return
+    previous(unraisable)
+
+  hook.drops_restore_leftovers = True
+  sys.unraisablehook = hook
+  # asyncio reports the same abandoned reads as 'Task exception was never retrieved' when it
+  # collects their tasks; orbax is this program's only user of asyncio.
+  std_logging.getLogger('asyncio').addFilter(
+      lambda record: 'exception was never retrieved' not in record.getMessage())
 
 
 def tree_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
@@ -86,7 +162,8 @@ class CheckpointStore:
       items['data'] = grain.checkpoint.CheckpointRestore(data_iter)
     for step in sorted(self.latest.all_steps(), reverse=True):
       try:
-        restored = self.latest.restore(step, args=ocp.args.Composite(**items))
+        with _native_stderr_held():
+          restored = self.latest.restore(step, args=ocp.args.Composite(**items))
       except Exception as e:  # pylint: disable=broad-except  # orbax/tensorstore raise many types
         self._damaged(self.latest, self.latest_dir, step, e, set_aside)
         continue
@@ -96,6 +173,7 @@ class CheckpointStore:
   def _damaged(self, manager: ocp.CheckpointManager, directory: epath.Path, step: int,
                error: Exception, set_aside: bool, then: str = 'using the next older one') -> None:
     """Names a checkpoint that failed to restore in one line and (set_aside) moves it away."""
+    _quiet_restore_leftovers()
     lines = [l.strip() for l in str(error).strip().splitlines() if l.strip()]
     first = lines[0].split(' See full TensorStore details')[0][:200] if lines else ''
     why = f'{type(error).__name__}: {first}'
@@ -140,8 +218,10 @@ class CheckpointStore:
       try:
         for step in sorted(manager.all_steps(), reverse=True):
           try:
-            metadata = reader.item_metadata(step)['state']
+            with _native_stderr_held():
+              metadata = reader.item_metadata(step)['state']
           except Exception:  # pylint: disable=broad-except  # damaged: restore_latest names it
+            _quiet_restore_leftovers()
             continue
           if metadata is not None:
             return tree_shapes(getattr(metadata, 'tree', metadata))
@@ -161,8 +241,9 @@ class CheckpointStore:
     if step is None:
       return None
     try:
-      restored = self.best.restore(
-          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(state_like))))
+      with _native_stderr_held():
+        restored = self.best.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(state_like))))
     except Exception as e:  # pylint: disable=broad-except
       self._damaged(self.best, self.best_dir, step, e, set_aside, 'using the last state instead')
       return None

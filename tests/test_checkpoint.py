@@ -118,6 +118,60 @@ def test_a_damaged_latest_checkpoint_is_set_aside_and_the_older_one_used(store, 
   assert store.restore_latest(_state(0.0), None)[1] == 2
 
 
+# Restores each damaged copy named on the command line in a fresh process, as training would.
+_RESTORE_EACH = """
+import sys
+import grain, jax, jax.numpy as jnp
+from ganomaly_jax import checkpoint
+like = {'step': jnp.asarray(0, jnp.int32),
+        'g_params': {'conv': {'kernel': jnp.zeros((3, 3, 1, 4), jnp.float32)}},
+        'rng': jax.random.key(0)}
+for workdir in sys.argv[1:]:
+  store = checkpoint.CheckpointStore(workdir)
+  store.saved_shapes()
+  data = iter(grain.MapDataset.source(list(range(100))).to_iter_dataset())
+  print(workdir, store.restore_latest(like, data)[1], flush=True)
+  store.close()
+"""
+
+
+@pytest.mark.slow  # starts a process
+def test_damaged_checkpoints_cost_one_line_each_and_no_traceback(tmp_path):
+  """Whichever file is cut short, a failed restore prints no traceback of its abandoned reads
+  (orbax and tensorstore print dozens, some only when Python collects them): one warning each."""
+  import pathlib
+  import shutil
+  import subprocess
+  import sys
+
+  base = tmp_path / 'base'
+  store = checkpoint.CheckpointStore(str(base))
+  data = _data_iter()
+  for step in (1, 2):
+    store.save(step, _state(float(step)), data)
+  store.close()
+  copies = []
+  files = sorted(p.relative_to(base) for p in base.rglob('*')
+                 if p.is_file() and p.parts[-4:-2] != ('checkpoints', '1')
+                 and '2/state' in p.relative_to(base).as_posix())
+  for i, rel in enumerate(files):
+    copy = tmp_path / f'copy_{i}'
+    shutil.copytree(base, copy)
+    with open(copy / rel, 'r+b') as f:
+      f.truncate((copy / rel).stat().st_size // 2)
+    copies.append(copy)
+  repo = pathlib.Path(__file__).resolve().parent.parent
+  proc = subprocess.run([sys.executable, '-c', _RESTORE_EACH, *map(str, copies)], cwd=repo,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  restored = dict(line.split() for line in proc.stdout.splitlines())
+  assert set(restored.values()) <= {'1', '2'} and '1' in restored.values()
+  failed = sum(v == '1' for v in restored.values())
+  for noise in ('Traceback', 'Event loop is closed', 'never retrieved'):
+    assert noise not in proc.stderr, proc.stderr[-3000:]
+  assert proc.stderr.count('cannot be restored') == failed, proc.stderr[-3000:]
+
+
 def test_a_damaged_best_checkpoint_gives_none(store):
   store.save_best(1, _state(1.0), 1.0)
   store.wait()
