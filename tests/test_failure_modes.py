@@ -149,14 +149,14 @@ def test_a_disk_filled_by_someone_else_stops_the_run_with_one_line(eight_megabyt
   """The disk fills between two checkpoints: the run stops at the next one with one line, without
   orbax's tracebacks, and resumes from the last good checkpoint once space is freed."""
   workdir = eight_megabyte_disk / 'run'
-  every = ['--config.train.log_every=1'] + [f'--config.train.{k}=200' for k in
+  every = ['--config.train.log_every=1'] + [f'--config.train.{k}=100' for k in
                                             ('checkpoint_every', 'eval_every', 'image_every')]
   proc = run_main(str(workdir), '--config.train.num_steps=100000', *every, wait=False)
   try:
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-      if ((workdir / 'checkpoints' / '200').is_dir() and (workdir / rundir.CURVES).exists()
-          and max(_curve_steps(workdir)) >= 210):
+      if ((workdir / 'checkpoints' / '100').is_dir() and (workdir / rundir.CURVES).exists()
+          and max(_curve_steps(workdir)) >= 110):
         break
       time.sleep(0.2)
     assert proc.poll() is None, proc.communicate()[1][-3000:]
@@ -169,14 +169,14 @@ def test_a_disk_filled_by_someone_else_stops_the_run_with_one_line(eight_megabyt
       proc.communicate()
   errors = [line for line in err.splitlines() if line.startswith('error:')]
   assert proc.returncode == 1 and len(errors) == 1, err[-3000:]
-  assert f'the disk of {workdir} is full' in errors[0] and 'step 400' in errors[0], errors[0]
-  assert 'last good checkpoint (step 200) is kept' in errors[0], errors[0]
+  assert f'the disk of {workdir} is full' in errors[0] and 'step 200' in errors[0], errors[0]
+  assert 'last good checkpoint (step 100) is kept' in errors[0], errors[0]
   assert 'Traceback' not in err, err[-3000:]
-  blob.unlink()  # space freed: the same command resumes from step 200
-  again = run_main(str(workdir), '--config.train.num_steps=201', *every)
+  blob.unlink()  # space freed: the same command resumes from step 100
+  again = run_main(str(workdir), '--config.train.num_steps=101', *every)
   assert again.returncode == 0, again.stderr[-3000:]
-  assert 'Resumed from step 200.' in again.stderr
-  assert _curve_steps(workdir) == list(range(1, 202))
+  assert 'Resumed from step 100.' in again.stderr
+  assert _curve_steps(workdir) == list(range(1, 102))
 
 
 def test_free_space_is_checked_before_anything_is_written(tmp_path, monkeypatch):
