@@ -6,6 +6,10 @@ Two orbax managers under the workdir:
   best/         the state with the lowest validation loss on held-out normals (model selection never
                 looks at the test set).
 Saves are asynchronous and atomic (orbax writes to a temporary directory and renames it), so a crash
+during a save leaves the previous checkpoint usable. A checkpoint damaged afterwards (a truncated or
+deleted file, a bad disk block) fails to restore: it is named in one warning line, moved to
+`damaged/` beside the run's files (kept, not deleted), and the next older one is used.
+
 during a save leaves the previous checkpoint usable.
 
 Several runs may checkpoint in one process at once (a queue's `--parallel`, one thread per run).
@@ -18,10 +22,18 @@ orbax's background threads, in parallel.
 
 from __future__ import annotations
 
+import contextlib
+import logging as std_logging
+import os
 import re
+import sys
+import tempfile
 import threading
-from typing import Any
+import time
+from typing import Any, Iterator
 
+
+from absl import logging
 from etils import epath
 import grain
 import jax
@@ -34,6 +46,77 @@ _ORBAX = threading.RLock()  # see the module docstring
 
 def _abstract(tree: Any) -> Any:
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+@contextlib.contextmanager
+def _native_stderr_held() -> Iterator[None]:
+  """Holds what is written to file descriptor 2 while a restore runs; gives it back if the restore
+  succeeds, and keeps it to the debug log if it fails.
+
+  When one array of a damaged checkpoint fails to read, orbax closes its event loop while
+  tensorstore's other reads are still in flight; each of them then prints an 'Event loop is closed'
+  traceback from native code, dozens in all, which no Python hook sees. The one-line warning of
+  `_damaged` says what happened instead.
+  """
+  sys.stderr.flush()
+  saved = os.dup(2)
+  held = tempfile.TemporaryFile()
+  os.dup2(held.fileno(), 2)
+  failed = False
+  try:
+    yield
+  except Exception:
+    failed = True
+    # The stray reads finish within moments: wait until nothing more is written (at most 3 s).
+    size, still, deadline = -1, 0, time.time() + 3.0
+    while still < 3 and time.time() < deadline:
+      now = os.fstat(held.fileno()).st_size
+      still = still + 1 if now == size else 0
+      size = now
+      time.sleep(0.1)
+    raise
+  finally:
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)
+    held.seek(0)
+    text = held.read()
+    held.close()
+    if failed:
+      logging.debug('Output of the failed restore:\n%s', text.decode('utf-8', 'replace'))
+    elif text:
+      os.write(2, text)
+
+
+def _is_restore_leftover(unraisable: Any) -> bool:
+  """An error a failed restore leaves behind: its abandoned reads ('Event loop is closed', or an
+  orbax read coroutine collected with its error unretrieved)."""
+  exc, obj = unraisable.exc_value, unraisable.object
+  return ((isinstance(exc, RuntimeError) and 'Event loop is closed' in str(exc))
+          or '_read_array_index_and_device_put' in repr(obj)
+          or str(exc).startswith('Encountered error while reading array index'))
+
+
+def _quiet_restore_leftovers() -> None:
+  """From the first failed restore on, its leftovers go to the debug log instead of a traceback
+  each, printed whenever Python collects them (often at exit); other unraisable errors are
+  reported as before."""
+  previous = sys.unraisablehook
+  if getattr(previous, 'drops_restore_leftovers', False):
+    return
+
+  def hook(unraisable):
+    if _is_restore_leftover(unraisable):
+      logging.debug('Leftover of a failed checkpoint restore: %r', unraisable.exc_value)
+      return
+    previous(unraisable)
+
+  hook.drops_restore_leftovers = True
+  sys.unraisablehook = hook
+  # asyncio reports the same abandoned reads as 'Task exception was never retrieved' when it
+  # collects their tasks; orbax is this program's only user of asyncio.
+  std_logging.getLogger('asyncio').addFilter(
+      lambda record: 'exception was never retrieved' not in record.getMessage())
 
 
 def tree_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
@@ -53,6 +136,7 @@ class CheckpointStore:
   """Latest and best checkpoints of one run."""
 
   def __init__(self, workdir: str | epath.Path, keep: int = 2):
+    self.workdir = workdir
     self.latest_dir = rundir.path(workdir, rundir.CHECKPOINTS)  # local (absolute) or gs://
     self.best_dir = rundir.path(workdir, rundir.BEST)
     with _ORBAX:
@@ -83,20 +167,49 @@ class CheckpointStore:
                                         data=grain.checkpoint.CheckpointSave(data_iter)),
           force=force)
 
-  def restore_latest(self, state_like: Any, data_iter: Any | None) -> tuple[Any, int] | None:
-    """Restores the newest state (and the iterator in place); None if there is no checkpoint.
+  def restore_latest(self, state_like: Any, data_iter: Any | None,
+                     set_aside: bool = True) -> tuple[Any, int] | None:
+    """Restores the newest state that restores (and the iterator in place); None if none does.
 
     `state_like` gives the structure, dtypes and shardings (e.g. the freshly initialised state).
+    A checkpoint that fails to restore is named in one warning line and, with `set_aside` (the
+    training chief; never a reader such as `infer`), moved to `damaged/`; the next older one is tried.
     """
-    step = self.latest.latest_step()
-    if step is None:
-      return None
     items = {'state': ocp.args.StandardRestore(_abstract(state_like))}
     if data_iter is not None:
       items['data'] = grain.checkpoint.CheckpointRestore(data_iter)
-    with _ORBAX:
-      restored = self.latest.restore(step, args=ocp.args.Composite(**items))
-    return restored['state'], step
+    for step in sorted(self.latest.all_steps(), reverse=True):
+      try:
+        with _ORBAX, _native_stderr_held():
+          restored = self.latest.restore(step, args=ocp.args.Composite(**items))
+      except Exception as e:  # pylint: disable=broad-except  # orbax/tensorstore raise many types
+        self._damaged(self.latest, self.latest_dir, step, e, set_aside)
+        continue
+      return restored['state'], step
+    return None
+
+  def _damaged(self, manager: ocp.CheckpointManager, directory: epath.Path, step: int,
+               error: Exception, set_aside: bool, then: str = 'using the next older one') -> None:
+    """Names a checkpoint that failed to restore in one line and (set_aside) moves it away."""
+    _quiet_restore_leftovers()
+    lines = [l.strip() for l in str(error).strip().splitlines() if l.strip()]
+    first = lines[0].split(' See full TensorStore details')[0][:200] if lines else ''
+    why = f'{type(error).__name__}: {first}'
+    source = directory / str(step)
+    if not set_aside:
+      logging.warning('Checkpoint %s cannot be restored (%s); %s.', source, why, then)
+      return
+    target = rundir.path(self.workdir, rundir.DAMAGED,
+                         f'{directory.name}_{step}_{time.strftime("%Y%m%d_%H%M%S")}')
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+      source.rename(target)
+      where = f'moved to {target}'
+    except OSError as e:  # an object store without directory renames: the copy is lost anyway
+      where = f'could not be moved ({e}); removed'
+      source.rmtree(missing_ok=True)
+    manager.reload()  # forget the step
+    logging.warning('Checkpoint %s cannot be restored (%s); %s; %s.', source, why, where, then)
 
   def saved_process_count(self) -> int | None:
     """How many processes wrote the newest checkpoint's input-pipeline position (None: unknown).
@@ -116,20 +229,24 @@ class CheckpointStore:
   def saved_shapes(self) -> dict[str, tuple[int, ...]] | None:
     """{'g_params/encoder1/conv_0/kernel': shape, ...} of the newest checkpoint's state, read from
     its metadata without restoring anything; None if there is no checkpoint."""
-    directory, step = self.latest_dir, self.latest.latest_step()
-    if step is None:
-      directory, step = self.best_dir, self.best.best_step()
-    if step is None:
-      return None
-    # A reader that knows the 'state' item's handler (the store's managers learn it only on use).
-    with _ORBAX:
-      reader = ocp.CheckpointManager(directory,
-                                     item_handlers={'state': ocp.StandardCheckpointHandler()})
+    for directory, manager in ((self.latest_dir, self.latest), (self.best_dir, self.best)):
+      # A reader that knows the 'state' item's handler (the store's managers learn it only on use).
+      with _ORBAX:
+        reader = ocp.CheckpointManager(directory,
+                                       item_handlers={'state': ocp.StandardCheckpointHandler()})
       try:
-        metadata = reader.item_metadata(step)['state']
+        for step in sorted(manager.all_steps(), reverse=True):
+          try:
+            with _ORBAX, _native_stderr_held():
+              metadata = reader.item_metadata(step)['state']
+          except Exception:  # pylint: disable=broad-except  # damaged: restore_latest names it
+            _quiet_restore_leftovers()
+            continue
+          if metadata is not None:
+            return tree_shapes(getattr(metadata, 'tree', metadata))
       finally:
         reader.close()
-    return tree_shapes(getattr(metadata, 'tree', metadata))
+    return None
 
   def save_best(self, step: int, state: Any, val_loss: float) -> None:
     """Offers a state to the best-checkpoint manager; orbax keeps it only if val_loss is lower."""
@@ -137,13 +254,19 @@ class CheckpointStore:
       self.best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
                      metrics={'val_loss': float(val_loss)})
 
-  def restore_best(self, state_like: Any) -> tuple[Any, int] | None:
+  def restore_best(self, state_like: Any, set_aside: bool = True) -> tuple[Any, int] | None:
+    """The best-by-validation state; None if there is none or it fails to restore (named in one
+    warning line and, with `set_aside`, moved to `damaged/`: the caller then uses its own state)."""
     step = self.best.best_step()
     if step is None:
       return None
-    with _ORBAX:
-      restored = self.best.restore(
-          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(state_like))))
+    try:
+      with _ORBAX, _native_stderr_held():
+        restored = self.best.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(state_like))))
+    except Exception as e:  # pylint: disable=broad-except
+      self._damaged(self.best, self.best_dir, step, e, set_aside, 'using the last state instead')
+      return None
     return restored['state'], step
 
   def wait(self) -> None:

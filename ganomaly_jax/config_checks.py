@@ -9,8 +9,13 @@ ignored.
 
 from __future__ import annotations
 
+import functools
+import json
+import math
 import re
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 
 from ganomaly_jax import config_lib, losses, masks, models
@@ -75,6 +80,10 @@ def score_problem(config: ml_collections.ConfigDict, name: str) -> str | None:
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError for values that cannot work, naming the key and what is allowed."""
   m, t, l, e = config.model, config.train, config.loss, config.eval
+  # A NaN or inf anywhere compiles and trains, then surfaces steps later as a "divergence".
+  for key, value in config_lib.flatten(config.to_dict()).items():
+    for v in (value if isinstance(value, (tuple, list)) else (value,)):
+      _require(not isinstance(v, float) or math.isfinite(v), f'{key}={value} is not a finite number.')
   _require(bool(_METHOD_NAME.fullmatch(config.method)),
            f'method={config.method!r} must be a name of letters, digits, "_" and "-" (it names '
            'run folders and table rows).')
@@ -83,8 +92,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   except sources.DataError as e:
     _require(False, str(e))
   _require(config.mode in ('train', 'eval'), f"mode={config.mode!r}: use 'train' or 'eval'.")
-  _require(m.isize >= 16 and m.isize % 16 == 0,
-           f'model.isize={m.isize} must be a multiple of 16 (16, 32, 64, ..., 256).')
+  _require(m.isize >= 16, f'model.isize={m.isize} must be >= 16.')  # the rest: check_architecture
   _require(m.channels in (1, 3), f'model.channels={m.channels} must be 1 or 3.')
   for key in ('ngf', 'ndf', 'latent_dim'):
     _require(m[key] > 0, f'model.{key}={m[key]} must be positive.')
@@ -150,6 +158,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(l.reconstruction in losses.RECONSTRUCTION,
            f'loss.reconstruction={l.reconstruction!r} is not one of '
            f'{_names(losses.RECONSTRUCTION)}.')
+
+  o = config.optim
+  for key in ('g_lr', 'd_lr'):
+    _require(o[key] > 0, f'optim.{key}={o[key]} must be positive.')
+  for key in ('b1', 'b2'):
+    _require(0.0 <= o[key] < 1.0, f'optim.{key}={o[key]} must be in [0, 1).')
   for key in ('w_adv', 'w_con', 'w_enc', 'gp_weight', 'hole_weight', 'w_ssim', 'w_msgms'):
     _require(l[key] >= 0, f'loss.{key}={l[key]} must be >= 0.')
 
@@ -206,3 +220,67 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(0.0 <= config.dataset.val_fraction < 1.0,
            f'dataset.val_fraction={config.dataset.val_fraction} must be in [0, 1).')
   _require(0.0 <= config.dataset.zoom < 1.0, f'dataset.zoom={config.dataset.zoom} must be in [0, 1).')
+  check_architecture(config)
+
+
+# Input sizes offered when model.isize cannot be built (each one checked the same way).
+_CANDIDATE_SIZES = (16, 32, 64, 128, 256)
+
+
+def check_architecture(config: ml_collections.ConfigDict) -> None:
+  """Refuses a model the config cannot build, found by tracing it (`jax.eval_shape`, no compute).
+
+  The generator must give back an image of the input's shape (and, with a latent code, a code of
+  `model.latent_dim` values: the encoder reduced the image to 1x1), and the discriminator one logit
+  per image. An image size the stride-2 encoder cannot halve down to 1x1 (48, 80, ...) fails here
+  with one line instead of deep inside the first compiled step.
+  """
+  m = config.model
+  problem = _architecture_problem(_model_key(config))
+  if problem is None:
+    return
+  works = [s for s in _CANDIDATE_SIZES if s != m.isize
+           and _architecture_problem(_model_key(config, isize=s)) is None]
+  raise ConfigError(f'model.isize={m.isize}: model.generator={m.generator} / model.discriminator='
+                    f'{m.discriminator} cannot be built for {m.isize}x{m.isize} images ({problem}); '
+                    f'sizes it builds: {", ".join(map(str, works)) or "none of " + str(_CANDIDATE_SIZES)}.')
+
+
+def _model_key(config: ml_collections.ConfigDict, **model) -> str:
+  """What the architecture depends on, as a hashable string (the trace is cached on it)."""
+  return json.dumps({'model': {**config.model.to_dict(), **model},
+                     'adversarial': config.loss.adversarial, 'dtype': config.runtime.dtype},
+                    sort_keys=True, default=list)
+
+
+@functools.lru_cache(maxsize=64)
+def _architecture_problem(key: str) -> str | None:
+  """None when the model of `key` (`_model_key`) builds with the right shapes, else what is wrong."""
+  spec = json.loads(key)
+  config = ml_collections.ConfigDict({'model': spec['model'], 'runtime': {'dtype': spec['dtype']},
+                                      'loss': {'adversarial': spec['adversarial']}})
+  m = config.model
+  generator, discriminator = models.build_models(config)
+  batch = 2  # > 1, so a flattened spatial remainder cannot pass for the batch axis
+  image = jax.ShapeDtypeStruct((batch, m.isize, m.isize, m.channels), jnp.float32)
+
+  def forward(x):
+    rng = jax.random.key(0)
+    g_out = generator.apply(generator.init({'params': rng, 'dropout': rng}, x, train=False), x,
+                            train=False)
+    d_out = discriminator.apply(discriminator.init(rng, x, train=False), x, train=False)
+    return g_out, d_out
+
+  try:
+    g_out, (logit, _) = jax.eval_shape(forward, image)
+  except Exception as e:  # a shape error anywhere in either network # pylint: disable=broad-except
+    text = str(e).strip().splitlines()
+    return f'{type(e).__name__}: {text[0] if text else ""}'[:200]
+  if 'z' in g_out and g_out['z'].shape != (batch, m.latent_dim):
+    return (f'the encoder does not reduce the image to 1x1: its code has {g_out["z"].shape[1]} '
+            f'values, not model.latent_dim={m.latent_dim}')
+  if g_out['recon'].shape != image.shape:
+    return f'the reconstruction is {g_out["recon"].shape[1:3]}, not the input\'s {image.shape[1:3]}'
+  if logit.shape != (batch,):
+    return f'the discriminator gives {logit.shape[1:]} logits per image, not one'
+  return None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import os
 from typing import Any, Mapping
 
 import ml_collections
@@ -448,3 +449,51 @@ def load_config(spec: str, resolved: bool = True) -> ml_collections.ConfigDict:
     raise ValueError(f'Config file not found: {path}')
   config = import_file(path, '_ganomaly_config').get_config(arg or None)
   return resolve(config) if resolved else config
+
+
+def command_line_error(error: BaseException, argv: list[str]) -> str:
+  """One line for a --config / --config.x.y flag that failed to load or parse (entry points).
+
+  ml_collections reports a missing config file or an unknown key with chained tracebacks
+  (OSError, KeyError, AttributeError); this names the file or the key instead, with the nearest
+  existing keys when the name looks misspelt.
+  """
+  import difflib
+
+  chain = [error]
+  while True:  # the causes, as Python prints them (`raise ... from None` hides the context)
+    e = chain[-1]
+    nxt = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+    if nxt is None or nxt in chain:
+      break
+    chain.append(nxt)
+  spec = next((a.split('=', 1)[1] for a in reversed(argv) if a.startswith('--config=')), None)
+  if spec is not None:
+    path = spec.partition(':')[0]
+    if not os.path.isfile(path):
+      return f'config file not found: {path} (configs/ holds one file per method: {", ".join(METHODS)}).'
+  keys = set(flatten(base_config().to_dict()))
+  for arg in argv:
+    if arg.startswith('--config.'):
+      dotted = arg[len('--config.'):].split('=', 1)[0]
+      if dotted not in keys and not any(k.startswith(dotted + '.') for k in keys):
+        near = difflib.get_close_matches(dotted, sorted(keys), n=3)
+        hint = f' (did you mean {" or ".join(near)}?)' if near else ''
+        return f'{arg}: the config has no key {dotted!r}{hint}.'
+  if isinstance(error, flags_error_types()) and 'Traceback (most recent call last):' not in str(error):
+    return str(error).strip().splitlines()[0]  # absl's own message is one readable line
+  root = chain[-1]
+  lines = [l.strip() for l in str(root).strip().splitlines() if l.strip()]
+  if len(chain) == 1 and lines and 'Traceback (most recent call last):' in str(root):
+    # absl wraps an error raised inside get_config() with its traceback as text: keep its last line.
+    message = lines[-1]
+  else:
+    message = f'{type(root).__name__}: {lines[0] if lines else ""}'
+  return f'--config={spec}: {message}' if spec else message
+
+
+def flags_error_types() -> tuple[type[BaseException], ...]:
+  """absl's flag errors (already one readable line)."""
+  from absl import flags
+
+  return (flags.Error,)

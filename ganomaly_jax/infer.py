@@ -28,21 +28,35 @@ empty for a run without one. Maps share one colour scale, 0..`pixel_map_max` of 
 largest map value of the scored images: the batches' uint8 images and float16 maps are then spooled
 to the staging folder and drawn at the end, still O(batch) in memory).
 
-Files that cannot be decoded are skipped, counted and listed in the report. Nothing already in OUT is
-lost: the outputs are staged in a temporary folder inside OUT and moved into place only when complete.
-Problems that make inference impossible (no checkpoint, missing or empty image folder, no decodable
-image — found only once the stream has ended; the staging folder and an OUT the call created are then
-removed) end the command with one `error:` line and exit code 1.
+Only regular files are read, up to `data.images.MAX_FILE_BYTES`: FIFOs, devices, sockets, links to
+them, looping links and undecodable files are skipped, counted and listed in the report. Each image
+keeps its real name (relative to DIR) in the CSV and the report; its map's file name is the same
+without the extension where that is unique and short, else with a hash suffix (`map_names`). A run
+without a validation threshold (no results.json: it never finished) gives one warning line, an empty
+`anomalous` column and a report that says why.
+
+OUT holding an earlier result (scores.csv, index.html or maps/) is refused unless --overwrite, which
+replaces all three (no earlier map stays beside the new ones); anything else in OUT is kept. The
+outputs are staged in a temporary folder inside OUT and moved into place only when complete; the
+staging folder is removed however the call ends (an error, Ctrl-C, SIGTERM; one left by a SIGKILLed
+call is removed by the next call into the same OUT). Problems that make inference impossible (no
+checkpoint, missing or empty image folder, no decodable image — found only once the stream has
+ended; an OUT the call created is then removed too) end the command with one `error:` line and exit
+code 1.
 """
 
 from __future__ import annotations
 
+import collections
 import csv
 import functools
+import hashlib
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 from typing import Any, Iterator
 
 from absl import app, flags, logging
@@ -83,6 +97,8 @@ def _define_flags() -> dict[str, Any]:
       'decode_threads': flags.DEFINE_integer(
           'decode_threads', DEFAULT_DECODE_THREADS,
           'grain threads decoding and resizing images ahead of the devices (0: in the main thread).'),
+      'overwrite': flags.DEFINE_bool(
+          'overwrite', False, 'Replace an earlier result in --out (scores.csv, index.html, maps/).'),
   }
 
 
@@ -145,9 +161,9 @@ def restore_state(config: ml_collections.ConfigDict, workdir: str, which: str = 
     restored, kind = None, which
     state_like = abstract_state_like(config, components)
     if which in ('auto', 'best') and rundir.has_steps(store.best_dir):
-      restored, kind = store.restore_best(state_like), 'best'
+      restored, kind = store.restore_best(state_like, set_aside=False), 'best'
     if restored is None and which in ('auto', 'latest') and rundir.has_steps(store.latest_dir):
-      restored, kind = store.restore_latest(state_like, None), 'latest'
+      restored, kind = store.restore_latest(state_like, None, set_aside=False), 'latest'
   except Exception as e:  # orbax raises many types for a damaged or foreign checkpoint
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise InferError(f'cannot restore the checkpoint in {workdir}: {first}') from e
@@ -179,18 +195,67 @@ def find_files(images_dir: str, exclude: tuple[str, ...] = ()) -> list[str]:
   return sorted(found)
 
 
-def map_names(rel_paths: list[str]) -> list[str]:
-  """Names for maps/<name>.png: the relative path without extension ('/'-separated subfolders).
+# Longest map file name (UTF-8 bytes, '.png' included): file systems allow 255, and a report copied
+# elsewhere (an archive, another OS) should still unpack.
+_MAX_MAP_NAME_BYTES = 200
+_HASH_CHARS = 10
 
-  Two files differing only by extension (x.png, x.jpg) keep their extension ('x_png', 'x_jpg') so no
-  map overwrites another.
+
+def _digest(text: str, salt: int = 0) -> str:
+  data = text.encode('utf-8', 'surrogateescape') + (b'#%d' % salt if salt else b'')
+  return hashlib.sha1(data).hexdigest()[:_HASH_CHARS]
+
+
+def _clean(part: str) -> str:
+  """A path component that encodes as UTF-8 and holds no control character ('_' instead)."""
+  return ''.join('_' if ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF else c
+                 for c in part)
+
+
+def _fit(text: str, max_bytes: int) -> str:
+  """`text` cut to at most max_bytes of UTF-8, never inside a character."""
+  return text.encode('utf-8')[:max_bytes].decode('utf-8', 'ignore')
+
+
+def map_names(rel_paths: list[str]) -> list[str]:
+  """Unique, short names for maps/<name>.png: the relative path without its extension
+  ('/'-separated subfolders) where that is unambiguous, else with a hash suffix.
+
+  A hash of the full relative path is added when the plain name would collide with another
+  (x.png and x.jpg; also A.png and a.png, which collide on case-insensitive disks), when it would
+  be too long for a file name, or when it holds characters a URL or another disk cannot carry
+  (control characters, bytes that are not UTF-8). The report shows each image's real name; the
+  map name is only where its picture is.
   """
-  stems = [os.path.splitext(p)[0].replace(os.sep, '/') for p in rel_paths]
-  counts: dict[str, int] = {}
-  for s in stems:
-    counts[s] = counts.get(s, 0) + 1
-  return [s if counts[s] == 1 else p.replace(os.sep, '/').replace('.', '_')
-          for s, p in zip(stems, rel_paths)]
+  posix = [p.replace(os.sep, '/') for p in rel_paths]
+  stems = [os.path.splitext(p)[0] for p in posix]
+  counts = collections.Counter(s.casefold() for s in stems)
+  names = []
+  for path, stem in zip(posix, stems):
+    *folders, last = stem.split('/')
+    plain = (counts[stem.casefold()] == 1 and _clean(stem) == stem
+             and len(f'{last}.png'.encode('utf-8')) <= _MAX_MAP_NAME_BYTES)
+    if plain:
+      names.append(stem)
+      continue
+    ext = os.path.splitext(path)[1].lstrip('.')
+    base = _clean(f'{last}_{ext}' if ext else last)
+    room = _MAX_MAP_NAME_BYTES - len('.png') - 1 - _HASH_CHARS
+    names.append('/'.join([_clean(f) for f in folders] + [f'{_fit(base, room)}-{_digest(path)}']))
+  # A plain name equal to another's hashed one would need a 10-hex-digit coincidence; still, the
+  # names must be unique whatever the input, so any repeat is re-hashed with a salt.
+  seen: set[str] = set()
+  for i, (path, name) in enumerate(zip(posix, names)):
+    salt = 0
+    while name.casefold() in seen:
+      salt += 1
+      head = name.rsplit('/', 1)[0] + '/' if '/' in name else ''
+      base = _clean(os.path.splitext(path.rsplit('/', 1)[-1])[0])
+      room = _MAX_MAP_NAME_BYTES - len('.png') - 1 - _HASH_CHARS
+      name = f'{head}{_fit(base, room)}-{_digest(path, salt)}'
+    seen.add(name.casefold())
+    names[i] = name
+  return names
 
 
 # Decoding threads: PIL releases the GIL while it decodes and resizes, so threads overlap on every core
@@ -271,13 +336,17 @@ def _write_png(array: np.ndarray, path: str) -> None:
   Image.fromarray(array).save(path, format='PNG')
 
 
-def _move_into(staging: str, out_dir: str) -> None:
+def _move_into(staging: str, out_dir: str, skip_prefix: str | None = None) -> None:
   """Moves every file of `staging` to the same relative place in `out_dir` (os.replace: atomic each).
 
-  scores.csv and index.html go last, so they never point at maps that are not there yet.
+  scores.csv and index.html go last, so they never point at maps that are not there yet. Top-level
+  entries starting with `skip_prefix` stay (what --overwrite moved out of the way).
   """
   files = []
-  for dirpath, _, filenames in os.walk(staging):
+  for dirpath, dirnames, filenames in os.walk(staging):
+    if skip_prefix and dirpath == staging:
+      dirnames[:] = [d for d in dirnames if not d.startswith(skip_prefix)]
+      filenames = [f for f in filenames if not f.startswith(skip_prefix)]
     files.extend(os.path.relpath(os.path.join(dirpath, f), staging) for f in filenames)
   last = ('scores.csv', 'index.html')
   for rel in sorted(files, key=lambda r: (r in last, r)):
@@ -393,9 +462,62 @@ class _Outputs:
     self._csv.close()
 
 
+# What one call writes into OUT: an earlier call's result is these.
+RESULT_NAMES = ('scores.csv', 'index.html', 'maps')
+_STAGING_PREFIX = '.infer-'
+
+
+def _earlier_result(out_dir: str) -> list[str]:
+  return [n for n in RESULT_NAMES if os.path.lexists(os.path.join(out_dir, n))]
+
+
+def _remove_dead_staging(out_dir: str) -> None:
+  """Removes staging folders of calls on this host that died without cleaning up (SIGKILL)."""
+  if not os.path.isdir(out_dir):
+    return
+  for name in os.listdir(out_dir):
+    if not name.startswith(_STAGING_PREFIX):
+      continue
+    pid = name[len(_STAGING_PREFIX):].split('-', 1)[0]
+    if pid.isdigit() and not _alive(int(pid)):
+      shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
+      logging.info('Removed %s, left by an earlier call that was killed.', name)
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+class _Interrupted(BaseException):
+  """SIGTERM / SIGHUP during a call: unwinds like Ctrl-C (past any `except Exception` of a
+  library) so the staging folder is removed."""
+
+
+def _on_signal(signum, frame):
+  del frame
+  raise _Interrupted(f'interrupted by {signal.Signals(signum).name}')
+
+
+def _no_threshold_reason(results: dict[str, Any]) -> str | None:
+  """Why scores.csv's `anomalous` column is empty for this run (None: it has a threshold)."""
+  if not results:
+    return ('the run has no results.json (it never finished), so there is no validation '
+            'threshold; the anomalous column is empty')
+  if 'threshold_quantile' not in results or results.get('threshold') is None:
+    return ('the run\'s results.json holds no validation threshold (written by an older version); '
+            'the anomalous column is empty')
+  return None
+
+
 def infer(workdir: str, images_dir: str, out_dir: str, batch_size: int = 0,
           which_checkpoint: str = 'auto',
-          decode_threads: int = DEFAULT_DECODE_THREADS) -> dict[str, Any]:
+          decode_threads: int = DEFAULT_DECODE_THREADS, overwrite: bool = False) -> dict[str, Any]:
   """Scores every image under `images_dir` with the run in `workdir`; writes OUT (see module doc).
 
   Streams: grain threads decode ahead, each batch is scored on all local devices while the previous
@@ -406,10 +528,15 @@ def infer(workdir: str, images_dir: str, out_dir: str, batch_size: int = 0,
     'normalisation', 'scores_csv', 'report'}.
 
   Raises:
-    InferError: no checkpoint, missing image folder, or no decodable image.
+    InferError: no checkpoint, missing image folder, no decodable image, or an earlier result in
+      `out_dir` without `overwrite`.
   """
   if not os.path.isdir(images_dir):
     raise InferError(f'image folder not found: {images_dir}')
+  earlier = _earlier_result(out_dir)
+  if earlier and not overwrite:
+    raise InferError(f'{out_dir} holds an earlier result ({", ".join(earlier)}); pass --overwrite '
+                     'to replace it, or choose another --out.')
   config, results = load_run(workdir)
   config = readout.recorded_config(config, results)  # eval.readout=auto: the read-out it chose
   candidates = find_files(images_dir, exclude=(out_dir, os.path.join(out_dir, 'maps')))
@@ -436,21 +563,30 @@ def infer(workdir: str, images_dir: str, out_dir: str, batch_size: int = 0,
   vmax = float(vmax) if vmax and np.isfinite(vmax) else None
   # Runs older than `threshold_quantile` stored a test-label (oracle) threshold under this name:
   # never used here.
-  threshold = results.get('threshold') if 'threshold_quantile' in results else None
-  threshold = float(threshold) if threshold is not None else None
+  no_threshold = _no_threshold_reason(results)
+  threshold = None if no_threshold else float(results['threshold'])
+  if no_threshold:
+    logging.warning('%s: %s.', workdir, no_threshold)
   logging.info('Scoring %d file(s) under %s with the %s checkpoint (step %d) of %s on %d device(s).',
                len(candidates), images_dir, kind, step, workdir, len(devices))
 
   created_out = not os.path.exists(out_dir)
   os.makedirs(out_dir, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix='.infer-', dir=out_dir)
+  _remove_dead_staging(out_dir)
   # Map names are fixed up front over every file with an image extension, so x.png and x.jpg get
   # distinct names even when they fall into different batches.
   named = [p for p in candidates if images_lib.has_image_extension(p)]
   map_name = dict(zip(named, map_names([os.path.relpath(p, images_dir) for p in named])))
-  outputs = _Outputs(staging, map_name, score_range, vmax, sigma, threshold)
   skipped: dict[str, list[str]] = {}
+  staging, outputs = None, None
+  # SIGTERM (a scheduler's stop, `kill`) unwinds through the `finally` below like an error does.
+  previous_handlers = {}
+  if threading.current_thread() is threading.main_thread():
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+      previous_handlers[signum] = signal.signal(signum, _on_signal)
   try:
+    staging = tempfile.mkdtemp(prefix=f'{_STAGING_PREFIX}{os.getpid()}-', dir=out_dir)
+    outputs = _Outputs(staging, map_name, score_range, vmax, sigma, threshold)
     pending = None
     records = decode_stream(candidates, isize, channels, batch_size, decode_threads)
     for paths, images in _batches(records, batch_size, skipped):
@@ -484,19 +620,36 @@ def infer(workdir: str, images_dir: str, out_dir: str, batch_size: int = 0,
         'normalisation': normalisation, 'files_found': len(candidates),
         'images_scored': len(outputs.paths),
         'images_anomalous': None if threshold is None else int(sum(outputs.flags)),
+        **({'anomalous_column': no_threshold} if no_threshold else {}),
         'files_skipped': num_skipped, 'skipped': skipped, 'map_colour_max': vmax,
     }
     for key, value in results.items():
       metrics.setdefault(key, value)
-    entries = [{'name': n, 'score': float(s), 'map_png': f'maps/{n}.png', 'anomalous': a}
-               for n, s, a in zip(outputs.names, scores, outputs.flags)]
-    report.write_paged_report(staging, entries, metrics, f'{config.method} inference: {images_dir}')
-    _move_into(staging, out_dir)
+    # The card shows the image's real name (relative to --images); the map name is only a file name.
+    entries = [{'name': os.path.relpath(p, images_dir).replace(os.sep, '/'), 'score': float(s),
+                'map_png': f'maps/{n}.png', 'anomalous': a}
+               for p, n, s, a in zip(outputs.paths, outputs.names, scores, outputs.flags)]
+    report.write_paged_report(staging, entries, metrics, f'{config.method} inference: {images_dir}',
+                              notes=[f'No anomalous / normal verdicts: {no_threshold}.']
+                              if no_threshold else ())
+    earlier = _earlier_result(out_dir)
+    if earlier:  # --overwrite: the earlier maps go, so none of them stays beside the new ones
+      for name in earlier:
+        os.replace(os.path.join(out_dir, name), os.path.join(staging, f'.earlier-{name}'))
+      logging.warning('--overwrite: replaced the earlier result in %s.', out_dir)
+    _move_into(staging, out_dir, skip_prefix='.earlier-')
     logging.info('Finished: %d image(s) scored, %d file(s) skipped, outputs in %s.',
                  len(outputs.paths), num_skipped, out_dir)
+  except _Interrupted as e:
+    raise InferError(f'{e} before its outputs were complete; its staging folder in {out_dir} '
+                     'was removed.') from None
   finally:
-    outputs.close()
-    shutil.rmtree(staging, ignore_errors=True)
+    if outputs is not None:
+      outputs.close()
+    if staging is not None:
+      shutil.rmtree(staging, ignore_errors=True)
+    for signum, handler in previous_handlers.items():
+      signal.signal(signum, handler)
     if created_out and not os.listdir(out_dir):
       os.rmdir(out_dir)  # a call that failed leaves no trace
   return {'scored': len(outputs.paths), 'skipped': skipped, 'checkpoint': kind,
@@ -521,7 +674,7 @@ def main(argv):
   try:
     summary = infer(_FLAGS['workdir'].value, _FLAGS['images'].value, _FLAGS['out'].value,
                     _FLAGS['batch_size'].value, _FLAGS['checkpoint'].value,
-                    _FLAGS['decode_threads'].value)
+                    _FLAGS['decode_threads'].value, _FLAGS['overwrite'].value)
   except InferError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)

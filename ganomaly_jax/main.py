@@ -17,10 +17,31 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (default: runs/<m
 
 
 
+def _fail(message: str) -> None:
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(1)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with every failure (an unknown --config.* key too) as one `error:` line."""
+  from ganomaly_jax import config_lib
+
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # pylint: disable=broad-except  # ml_collections raises several types
+    _fail(config_lib.command_line_error(e, argv))
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  config = _CONFIG.value
+  try:
+    config = _CONFIG.value
+    config.method  # pylint: disable=pointless-statement  # a file that failed to load raises here
+  except Exception as e:  # pylint: disable=broad-except
+    from ganomaly_jax import config_lib
+
+    _fail(config_lib.command_line_error(e, sys.argv))
   from ganomaly_jax import startup
 
   startup.configure_for(config)  # XLA:CPU defaults, TF off the GPUs, compile cache: before JAX starts
@@ -44,10 +65,9 @@ def main(argv):
     train.train_and_evaluate(config, workdir)
   except (ValueError, train.TrainingError) as e:  # config, data and workdir errors: one clear line
     logging.error('%s', e)
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+    _fail(str(e))
 
 
 if __name__ == '__main__':
   flags.mark_flag_as_required('config')
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

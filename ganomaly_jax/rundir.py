@@ -12,14 +12,24 @@ Layout of a run directory:
   data_report.json     what the input pipeline found (skipped files, class counts), if anything
   checkpoints/ best/   orbax checkpoints: latest states for resuming, the best-by-val-loss state
   sweep_run.json       a sweep's or benchmark's sidecar (overrides, wall time of the session)
+  run.lock             who runs here: a kernel lock (local disk) or a renewed lease (gs://)
   old_<time>/          what --config.restart moved aside
+  damaged/             checkpoints that failed to restore, moved aside (`checkpoint.py`)
   *.png, events.*      pictures (evaluate) and TensorBoard events (clu's writer, via tf.io.gfile)
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import errno
 import json
 import logging
+import os
+import shutil
+import socket
+import sys
+import threading
 import time
 import uuid
 from typing import Any, Mapping
@@ -33,6 +43,8 @@ DATA_REPORT = 'data_report.json'
 CHECKPOINTS = 'checkpoints'
 BEST = 'best'
 RUN_INFO = 'sweep_run.json'
+LOCK = 'run.lock'
+DAMAGED = 'damaged'
 OLD_PREFIX = 'old_'
 # What --config.restart moves aside: everything the old run wrote that a new run would write too
 # (the curves as well, or the new run's loss plot would carry the old run's steps).
@@ -128,6 +140,33 @@ def read_curves(workdir: PathLike) -> dict[str, list[tuple[int, float]]]:
   return curves
 
 
+def trim_curves(workdir: PathLike, step: int) -> int:
+  """Drops the train_metrics.jsonl rows past `step` (and lines cut short by a kill).
+
+  Called when a run resumes from (or rolls back to) the checkpoint of `step`: the rows logged after
+  it belong to steps that are trained again, and would otherwise stand beside the new ones in the
+  curves. Returns the number of rows dropped. Call it on one process.
+  """
+  source = path(workdir, CURVES)
+  if not source.exists():
+    return 0
+  kept, dropped = [], 0
+  for line in source.read_text().splitlines():
+    try:
+      row_step = int(json.loads(line)['step'])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+      dropped += 1
+      continue
+    if row_step <= step:
+      kept.append(line)
+    else:
+      dropped += 1
+  if dropped:
+    write_text(source, ''.join(f'{line}\n' for line in kept))
+    logging.info('%s: dropped %d row(s) past step %d.', source, dropped, step)
+  return dropped
+
+
 def move_aside(workdir: PathLike, stamp: str | None = None) -> epath.Path | None:
   """--config.restart: moves the old run's files under old_<time>/ instead of deleting them.
 
@@ -181,3 +220,233 @@ def has_steps(directory: PathLike) -> bool:
   """True when an orbax checkpoint folder holds a finished step (orbax names them by the step)."""
   directory = epath.Path(directory)
   return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+
+
+# ---------------------------------------------------------------------------------------------
+# One run per workdir.
+# ---------------------------------------------------------------------------------------------
+
+
+def _holder() -> dict[str, Any]:
+  return {'host': socket.gethostname(), 'pid': os.getpid(),
+          'started': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
+          'command': ' '.join(sys.argv)[:300]}
+
+
+def _describe(holder: Mapping[str, Any] | None) -> str:
+  if not holder:
+    return 'another process (no holder recorded)'
+  return (f'pid {holder.get("pid")} on {holder.get("host")}, started {holder.get("started")}'
+          + (f': {holder["command"]}' if holder.get('command') else ''))
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # someone else's process: alive
+    return True
+  return True
+
+
+class WorkdirLock:
+  """An exclusive claim on a workdir for one run, taken before anything there is read or written.
+
+  Local disks: `fcntl.flock` on `run.lock`. The kernel drops the lock when the process ends however
+  it ends (SIGKILL, OOM, power loss of a network client aside), so a stale lock never blocks; the
+  file only records the holder (host, pid, start time, command) for the refusal message.
+
+  gs:// (and file systems without flock): a lease object `run.lock` holding the holder and an
+  expiry `ttl_s` ahead, renewed every `ttl_s / 4` by a daemon thread. A lease that is past its expiry,
+  or held by a dead pid on this host, is taken over; a live one refuses the launch. Object stores
+  have no compare-and-swap through epath, so two launches within `settle_s` of each other are told
+  apart by writing, waiting `settle_s` and reading back: the last writer keeps the lease and the
+  other stops.
+
+  Raises TrainingError (one line naming the holder) from `acquire` when another run holds it.
+  """
+
+  def __init__(self, workdir: PathLike, ttl_s: float = 120.0, settle_s: float = 2.0):
+    self.workdir = workdir
+    self.root = path(workdir)
+    self.file = self.root / LOCK
+    self.ttl_s, self.settle_s = ttl_s, settle_s
+    self._fd: int | None = None
+    self._lease: dict[str, Any] | None = None
+    self._stop = threading.Event()
+    self._thread: threading.Thread | None = None
+    self._created = False
+
+  def __enter__(self) -> WorkdirLock:
+    self.acquire()
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.release()
+
+  def _refuse(self, holder: Mapping[str, Any] | None) -> TrainingError:
+    return TrainingError(f'{self.workdir} is in use by another run ({_describe(holder)}); wait '
+                         f'for it to end or use another --workdir (lock: {self.file}).')
+
+  def acquire(self) -> None:
+    self._created = not self.root.exists()
+    self.root.mkdir(parents=True, exist_ok=True)
+    if not _is_remote(self.root):
+      try:
+        self._acquire_flock()
+        return
+      except OSError as e:  # NFS without lockd, some FUSE mounts: fall back to the lease
+        if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+          raise
+        logging.warning('%s: flock not supported (%s); using a lease file instead.', self.file, e)
+    self._acquire_lease()
+
+  def _acquire_flock(self) -> None:
+    import fcntl
+
+    while True:
+      fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        try:
+          holder = json.loads(os.pread(fd, 65536, 0) or b'null')
+        except ValueError:
+          holder = None
+        os.close(fd)
+        raise self._refuse(holder) from None
+      except BaseException:
+        os.close(fd)
+        raise
+      # A run that was releasing may have removed the file between our open and flock: the lock
+      # must be on the file that is at the path now.
+      try:
+        same = os.stat(self.file).st_ino == os.fstat(fd).st_ino
+      except FileNotFoundError:
+        same = False
+      if same:
+        break
+      os.close(fd)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(_holder()).encode(), 0)
+    self._fd = fd
+
+  def _read_lease(self) -> dict[str, Any] | None:
+    try:
+      return json.loads(self.file.read_text())
+    except (FileNotFoundError, ValueError):
+      return None
+
+  def _acquire_lease(self) -> None:
+    current = self._read_lease()
+    if current and not self._stale(current):
+      raise self._refuse(current)
+    lease = {**_holder(), 'token': uuid.uuid4().hex, 'ttl_s': self.ttl_s}
+    self._write_lease(lease)
+    time.sleep(self.settle_s)
+    current = self._read_lease()
+    if not current or current.get('token') != lease['token']:
+      raise self._refuse(current)
+    self._lease = lease
+    self._stop.clear()
+    self._thread = threading.Thread(target=self._renew, name='workdir-lease', daemon=True)
+    self._thread.start()
+
+  def _stale(self, lease: Mapping[str, Any]) -> bool:
+    if float(lease.get('expires', 0)) < time.time():
+      return True
+    return lease.get('host') == socket.gethostname() and not _pid_alive(int(lease.get('pid', 0)))
+
+  def _write_lease(self, lease: dict[str, Any]) -> None:
+    now = time.time()
+    lease.update(heartbeat=now, expires=now + self.ttl_s)
+    write_json(self.file, lease)
+
+  def _renew(self) -> None:
+    while not self._stop.wait(self.ttl_s / 4):
+      current = self._read_lease()
+      if not current or current.get('token') != self._lease['token']:
+        logging.error('%s: the lease was taken over by %s; this run no longer holds the workdir.',
+                      self.file, _describe(current))
+        return
+      try:
+        self._write_lease(self._lease)
+      except OSError as e:  # a missed renewal is retried; the lease lasts ttl_s
+        logging.warning('%s: could not renew the lease: %s', self.file, e)
+
+  def release(self) -> None:
+    """Gives the workdir back; a workdir this lock created and nothing else wrote is removed."""
+    if self._fd is not None:
+      import fcntl
+
+      empty = self._created and [p.name for p in self.root.iterdir()] == [LOCK]
+      if empty:  # a launch that failed before writing anything leaves no trace
+        self.file.unlink()
+      else:
+        os.ftruncate(self._fd, 0)
+      fcntl.flock(self._fd, fcntl.LOCK_UN)
+      os.close(self._fd)
+      self._fd = None
+      if empty:
+        with contextlib.suppress(OSError):
+          self.root.rmdir()
+    if self._lease is not None:
+      self._stop.set()
+      if self._thread is not None:
+        self._thread.join(timeout=5)
+      current = self._read_lease()
+      if current and current.get('token') == self._lease['token']:
+        self.file.unlink()
+      self._lease = None
+      if self._created:
+        with contextlib.suppress(OSError):
+          if not list(self.root.iterdir()):
+            self.root.rmdir()
+
+
+# ---------------------------------------------------------------------------------------------
+# Disk space.
+# ---------------------------------------------------------------------------------------------
+
+
+def free_bytes(workdir: PathLike) -> int | None:
+  """Free bytes on the file system of a local workdir (its nearest existing parent); None for gs://."""
+  p = path(workdir)
+  if _is_remote(p):
+    return None
+  p = os.fspath(p)
+  while not os.path.exists(p):
+    p = os.path.dirname(p)
+  return shutil.disk_usage(p).free
+
+
+def used_bytes(directory: PathLike) -> int:
+  """Bytes of the files under a local folder (0 if absent or remote)."""
+  p = path(directory)
+  if _is_remote(p) or not p.exists():
+    return 0
+  total = 0
+  for dirpath, _, filenames in os.walk(os.fspath(p)):
+    for f in filenames:
+      with contextlib.suppress(OSError):
+        total += os.lstat(os.path.join(dirpath, f)).st_size
+  return total
+
+
+def megabytes(n: float) -> str:
+  return f'{n / 2**20:.1f} MB'
+
+
+def disk_full(error: BaseException) -> OSError | None:
+  """The ENOSPC / EDQUOT error in `error`'s chain of causes (orbax and TF wrap them), if any."""
+  seen = set()
+  e: BaseException | None = error
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+      return e
+    if 'No space left on device' in str(e) or 'Disk quota exceeded' in str(e):
+      return e if isinstance(e, OSError) else OSError(errno.ENOSPC, str(e).splitlines()[0][:200])
+    e = e.__cause__ or e.__context__
+  return None

@@ -6,6 +6,7 @@ belongs to `rundir`; this module trains. A workdir may be local or `gs://bucket/
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -40,18 +41,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   Returns the results dict that is also written to `workdir/results.json`, with the wall and CPU
   seconds of the run's phases under `phase_seconds` (`timing`).
+
+  Raises:
+    TrainingError: one line: another run holds the workdir, the disk is full, divergence, ...
   """
   # Dataset-dependent keys are filled only now, after every --config override (config_lib.resolve).
   config = config_lib.resolve(config)
   config_checks.validate_config(config)
+  # One run per workdir, claimed before anything there is read or written (rundir.WorkdirLock).
+  lock = rundir.WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+  with lock:
+    try:
+      return _train_and_evaluate(config, workdir, devices)
+    except Exception as e:
+      full = rundir.disk_full(e)
+      if full is None:
+        raise
+      raise TrainingError(
+          f'no space left on the device of {getattr(full, "filename", None) or workdir} '
+          f'({rundir.megabytes(rundir.free_bytes(workdir) or 0)} free; a run here needs about '
+          f'{rundir.megabytes(_space_needed(config, workdir))}): free space and run the same '
+          'command to resume from the last good checkpoint.') from e
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        devices: Sequence[jax.Device] | None) -> dict[str, Any]:
+  """`train_and_evaluate` once the config is valid and the workdir is ours."""
   previous = _prepare_workdir(config, workdir)
   if config.mode == 'train' and rundir.is_finished(previous, config.train.num_steps):
     logging.info('%s is finished (%d steps); results: %s', workdir, previous['steps'],
                  json.dumps(previous, sort_keys=True))
     return previous
+  if config.mode == 'train':
+    _check_free_space(config, workdir)
   with timing.record() as phases:
     with timing.phase('setup'):  # what no other phase claims: mesh, state, restore, writer
-      results = _train_and_evaluate(config, workdir, previous, devices)
+      results = _run(config, workdir, previous, devices)
   if not results.get('preempted'):
     results['phase_seconds'] = phases.as_dict()
     if jax.process_index() == 0:
@@ -59,10 +84,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   return results
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                        previous: dict[str, Any] | None,
-                        devices: Sequence[jax.Device] | None) -> dict[str, Any]:
-  """The run after the workdir check: the results to write, or {'preempted': True, ...}."""
+def _run(config: ml_collections.ConfigDict, workdir: str, previous: dict[str, Any] | None,
+         devices: Sequence[jax.Device] | None) -> dict[str, Any]:
+  """The run once the workdir is checked: the results to write, or {'preempted': True, ...}."""
   started = time.time()
   t = config.train
   is_chief = jax.process_index() == 0
@@ -133,9 +157,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           state, train_iter = rollback(fetched, state, train_iter)
           writer.write_scalars(step, {'train/rollbacks': rollback.count})
           step = int(state.step)
+          if is_chief:  # the rolled-back steps are logged again
+            rundir.trim_curves(workdir, step)
           continue
         _log_train_metrics(fetched, step, writer, workdir, t.d_reinit_threshold, is_chief)
 
+      if step % t.eval_every == 0 or step % t.checkpoint_every == 0 or step == num_steps:
+        _check_space_to_save(workdir, state_shapes, store, step)  # before orbax meets a full disk
       if step % t.eval_every == 0 or step == num_steps:
         with _loop_phase('validation', state):
           _validate(config, progs.eval_step, state, splits.val, mesh, store, writer, step)
@@ -188,6 +216,60 @@ def _prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[st
   if config.restart and jax.process_index() == 0:
     rundir.move_aside(workdir)
   return rundir.read_results(workdir)
+
+
+# Besides checkpoints, a run writes pictures, TensorBoard events and small JSON files.
+_OTHER_OUTPUT_BYTES = 2**20
+# Orbax's per-checkpoint metadata (tree structure, sharding) beside the arrays.
+_CHECKPOINT_OVERHEAD_BYTES = 128 * 2**10
+
+
+def _checkpoint_bytes(state_shapes: Any) -> int:
+  """About what one checkpoint of a state of these shapes takes on disk."""
+  return sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(state_shapes)
+             if hasattr(x, 'shape')) + _CHECKPOINT_OVERHEAD_BYTES
+
+
+def _space_needed(config: ml_collections.ConfigDict, workdir: str) -> int:
+  """Bytes a run still needs on its workdir's disk: the latest checkpoints it keeps, one more being
+  written, the best one, and its other outputs, less the checkpoints already there."""
+  one = _checkpoint_bytes(state_lib.abstract_state(config, state_lib.build_components(config)))
+  total = (config.train.keep_checkpoints + 2) * one + _OTHER_OUTPUT_BYTES
+  have = (rundir.used_bytes(rundir.path(workdir, rundir.CHECKPOINTS))
+          + rundir.used_bytes(rundir.path(workdir, rundir.BEST)))
+  return max(total - have, 2 * one)
+
+
+def _check_free_space(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Stops with one line, before anything is written, when the workdir's disk cannot hold the run
+  (local disks; a full disk later in the run is turned into one line by `train_and_evaluate`)."""
+  free = rundir.free_bytes(workdir)
+  if free is None:
+    return
+  needed = _space_needed(config, workdir)
+  if free < needed:
+    raise TrainingError(
+        f'not enough space for {rundir.path(workdir)}: {rundir.megabytes(free)} free on its file '
+        f'system, the run needs about {rundir.megabytes(needed)} (train.keep_checkpoints='
+        f'{config.train.keep_checkpoints} checkpoints, one being written, the best one, pictures); '
+        'free space or use another --workdir.')
+
+
+def _check_space_to_save(workdir: str, state_shapes: Any, store: checkpoint.CheckpointStore,
+                         step: int) -> None:
+  """Stops with one line when the disk filled up during the run, before a save would fail inside
+  orbax's background threads (each logging its own traceback). Single-process runs on local disks:
+  processes of a multi-host run could see different free space and stop at different steps."""
+  if jax.process_count() > 1:
+    return
+  free = rundir.free_bytes(workdir)
+  needed = 2 * _checkpoint_bytes(state_shapes) + _OTHER_OUTPUT_BYTES  # latest and best, pictures
+  if free is not None and free < needed:
+    store.wait()
+    raise TrainingError(
+        f'the disk of {rundir.path(workdir)} is full ({rundir.megabytes(free)} free, the checkpoint '
+        f'of step {step} needs about {rundir.megabytes(needed)}); the last good checkpoint (step '
+        f'{store.latest_step()}) is kept: free space and run the same command to resume.')
 
 
 def _load_splits(config: ml_collections.ConfigDict, workdir: str, is_chief: bool):
@@ -244,13 +326,19 @@ def _restore(config: ml_collections.ConfigDict, store: checkpoint.CheckpointStor
              train_iter: Any, workdir: str) -> Any:
   """The newest checkpoint's state (and the iterator's position, in place, when training)."""
   # Evaluation needs no data position (and may run with another process count than training).
-  restored = store.restore_latest(state, train_iter if config.mode == 'train' else None)
-  if restored is not None:
-    logging.info('Resumed from step %d.', int(restored[0].step))
-    return restored[0]
-  if config.mode == 'eval':
+  is_chief = jax.process_index() == 0
+  restored = store.restore_latest(state, train_iter if config.mode == 'train' else None,
+                                  set_aside=is_chief)
+  if config.mode == 'eval' and restored is None:
     raise TrainingError(f'mode=eval: {workdir} has no checkpoint to evaluate.')
-  return state
+  step = 0 if restored is None else int(restored[0].step)
+  if config.mode == 'train' and is_chief:
+    # Rows past the restored step (a kill after logging them) are trained and logged again.
+    rundir.trim_curves(workdir, step)
+  if restored is None:
+    return state
+  logging.info('Resumed from step %d.', step)
+  return restored[0]
 
 
 def hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -305,10 +393,12 @@ class Rollback:
     if self.t.on_nonfinite == 'stop' or self.count >= self.t.max_rollbacks:
       reason = ('stopping' if self.t.on_nonfinite == 'stop'
                 else f'stopping after {self.count} rollbacks')
-      raise TrainingError(
-          f'Divergence at step {bad_step} ({what}); {reason}. The last checkpoint '
-          f'(step {self.store.latest_step()}) is intact; its update was not applied.')
-    restored = self.store.restore_latest(state, train_iter)
+      last = self.store.latest_step()
+      kept = (f'The last checkpoint (step {last}) is intact' if last is not None
+              else 'No checkpoint was written yet')
+      raise TrainingError(f'Divergence at step {bad_step} ({what}); {reason}. {kept}; the '
+                          'diverged update was not applied.')
+    restored = self.store.restore_latest(state, train_iter, set_aside=jax.process_index() == 0)
     self.count += 1
     self.skip_batches.update(s for s, _ in bad)
     if restored is None:  # no checkpoint yet: restart from the initial state
@@ -373,7 +463,7 @@ def final_evaluation(config: ml_collections.ConfigDict, workdir: str, state: Any
   selected_step = int(state.step)
   if config.eval.select == 'val_loss':
     with timing.phase('checkpoints'):
-      best = store.restore_best(state)
+      best = store.restore_best(state, set_aside=jax.process_index() == 0)
     if best is not None:
       state, selected_step = best
   # The read-out (eval.score, eval.map): the config's, or with eval.readout=auto the one best on

@@ -16,11 +16,13 @@ import jax  # noqa: E402,F401  (before the cache variable below: see there)
 # to one directory for the session instead; `main` / `sweep` / `infer` processes started by tests
 # inherit it: JAX's compilation cache (the package's default honours JAX_COMPILATION_CACHE_DIR; this
 # process imported JAX above, so its own cache stays off unless a test enables it), matplotlib's font
-# cache, Keras's ~/.keras (created when TensorFlow is imported) and any XDG cache.
+# cache, Keras's ~/.keras (created when TensorFlow is imported), any XDG cache and hypothesis's
+# .hypothesis/ (its unicode tables; the example database is off in the tests that use it).
 # tests/test_compile_cache.py checks that a `main` run started this way leaves $HOME untouched.
 SESSION_DIR = tempfile.mkdtemp(prefix='ganomaly_jax_tests_')
 for _var, _sub in (('JAX_COMPILATION_CACHE_DIR', 'xla'), ('MPLCONFIGDIR', 'matplotlib'),
-                   ('XDG_CACHE_HOME', 'cache'), ('KERAS_HOME', 'keras')):
+                   ('XDG_CACHE_HOME', 'cache'), ('KERAS_HOME', 'keras'),
+                   ('HYPOTHESIS_STORAGE_DIRECTORY', 'hypothesis')):
   os.environ[_var] = os.path.join(SESSION_DIR, _sub)
 
 from absl import flags  # noqa: E402

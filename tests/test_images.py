@@ -23,7 +23,8 @@ BROKEN_TRAIN = {
     'empty_file': ['empty.png'],
     'corrupt': ['random.jpg', 'truncated.jpg'],
     'not_an_image': ['notes.txt'],
-    'unreadable': ['dangling.png'],
+    'unreadable': ['dangling.png', 'loop.png'],
+    'not_a_file': ['device.png', 'fifo.png'],
 }
 
 
@@ -66,6 +67,10 @@ def _write_train(d) -> None:
   (d / 'notes.txt').write_text('not an image\n')
   (d / '.DS_Store').write_bytes(b'\x00\x00\x00\x01Bud1' + b'\x00' * 64)
   os.symlink(d / 'does_not_exist.png', d / 'dangling.png')
+  # What a real folder may hold and a scan must neither hang on nor crash over (issue 22).
+  os.symlink(d / 'loop.png', d / 'loop.png')  # refers to itself
+  os.mkfifo(d / 'fifo.png')  # a blocking read would wait for a writer forever
+  os.symlink('/dev/zero', d / 'device.png')  # endless bytes
 
 
 @pytest.fixture(scope='module')
@@ -104,7 +109,7 @@ def test_scan_counts_per_reason(index, dataset):
   assert index.train_paths == sorted(index.train_paths)
   every_path = index.train_paths + index.test_paths + sum(index.skipped.values(), [])
   assert not any(os.path.basename(p) == '.DS_Store' for p in every_path)
-  assert index.num_scanned == len(GOOD_TRAIN) + 6 + 4  # 6 broken train, 4 test
+  assert index.num_scanned == len(GOOD_TRAIN) + 9 + 4  # 9 broken train, 4 test
   assert index.test_defects == ['crack', 'good', 'scratch', 'scratch']
   assert index.test_labels == [1, 0, 1, 1]
   assert index.test_mask_paths == [
@@ -244,8 +249,9 @@ def test_report_round_trips(index, tmp_path):
   assert json.loads(json.dumps(report)) == report
   assert report['scanned'] == index.num_scanned
   assert report['usable'] == {'train': len(GOOD_TRAIN), 'test': 4}
-  assert {r: v['count'] for r, v in report['skipped'].items()} == {
+  assert {r: v['count'] for r, v in report['skipped'].items() if v['count']} == {
       r: len(n) for r, n in BROKEN_TRAIN.items()}
+  assert set(report['skipped']) == set(images.REASONS)
   assert report['converted']['L->RGB'] >= 1 and report['converted']['exif_transpose'] == 1
   assert report['masks'] == {'found': 1, 'missing': 1, 'bad': index.bad_masks}
   path = tmp_path / 'out' / 'data_report.json'
@@ -261,6 +267,28 @@ def test_load_mask(index, dataset):
   with pytest.raises(images.BadImage) as e:
     folder.load_mask(str(dataset / 'ground_truth' / 'crack' / '000_mask.png'), 8)
   assert e.value.reason == 'corrupt'
+
+
+def test_files_above_the_size_cap_are_not_read(tmp_path, monkeypatch):
+  path = tmp_path / 'big.png'
+  _noise_rgb(16, 16).save(path)
+  monkeypatch.setattr(images, 'MAX_FILE_BYTES', path.stat().st_size - 1)
+  with pytest.raises(images.BadImage) as e:
+    images.decode_image(str(path), 3)
+  assert e.value.reason == 'too_large'
+
+
+def test_a_mask_of_another_size_than_its_image_is_refused_by_name(dataset, tmp_path):
+  """A 7x40 mask for a 16x16 image would be resized and scored against: refused instead."""
+  import shutil
+
+  root = tmp_path / 'carpet'
+  shutil.copytree(dataset, root, symlinks=True, ignore=lambda d, names: [
+      n for n in names if n in ('fifo.png',)])
+  mask = root / 'ground_truth' / 'scratch' / '000_mask.png'
+  Image.fromarray(np.zeros((40, 7), np.uint8)).save(mask)
+  message = _error(root)
+  assert str(mask) in message and '7x40' in message and '16x16' in message, message
 
 
 def _error(root) -> str:

@@ -87,9 +87,9 @@ def test_anomalous_column_uses_the_runs_raw_threshold(masked_run, inferred):
   # The paged report renders its cards from the embedded index: each entry carries the same verdict.
   index = re.search(r'<script type="application/json" id="index">(.*?)</script>', page, re.S)
   verdicts = {name: flag for name, _, _, flag in json.loads(index.group(1))['entries']}
-  by_map_name = {Path(r['path']).relative_to(inferred.folder.root).with_suffix('').as_posix():
-                 int(r['anomalous']) for r in rows}
-  assert verdicts == by_map_name
+  by_name = {Path(r['path']).relative_to(inferred.folder.root).as_posix(): int(r['anomalous'])
+             for r in rows}
+  assert verdicts == by_name  # cards carry the image's real name, extension included
   assert 'images_anomalous' in page and 'threshold_quantile' in page
 
 
@@ -169,8 +169,9 @@ def test_folder_errors(masked_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_fallback_normalisation_and_rerun_into_same_out(masked_run, inferred, tmp_path):
-  """Without the run's score range the scores are min-max over the images; OUT can be reused."""
+def test_fallback_normalisation_and_overwrite_into_same_out(masked_run, inferred, tmp_path):
+  """Without the run's score range the scores are min-max over the images; --overwrite replaces an
+  earlier result in OUT, its maps included, and keeps everything else there."""
   workdir = tmp_path / 'run'
   shutil.copytree(masked_run.workdir, workdir)
   (workdir / 'results.json').unlink()
@@ -180,41 +181,29 @@ def test_fallback_normalisation_and_rerun_into_same_out(masked_run, inferred, tm
   shutil.copy(masked_run.data.test_defect[0], images / 'defect.png')
   out = tmp_path / 'out'
   shutil.copytree(inferred.out, out)  # a previous call's outputs
-  summary = infer.infer(str(workdir), str(images), str(out))
+  with pytest.raises(infer.InferError, match='holds an earlier result .*--overwrite'):
+    infer.infer(str(workdir), str(images), str(out))
+  summary = infer.infer(str(workdir), str(images), str(out), overwrite=True)
   assert summary['scored'] == 2 and 'min/max of the scored images' in summary['normalisation']
   assert sorted(float(r['score']) for r in _rows(out / 'scores.csv')) == [0.0, 1.0]
   assert [r['anomalous'] for r in _rows(out / 'scores.csv')] == ['', '']  # no run threshold
-  assert (out / 'maps' / 'good.png').is_file() and (out / 'maps' / 'defect.png').is_file()
-  assert (out / 'maps' / 'grey.png').is_file()  # earlier maps are not deleted
+  assert sorted(p.name for p in (out / 'maps').iterdir()) == ['defect.png', 'good.png']
   assert (out / 'keep.txt').is_file()
+  assert 'No anomalous / normal verdicts: the run has no results.json' in (
+      out / 'index.html').read_text(encoding='utf-8')
+  assert sorted(os.listdir(out)) == ['index.html', 'keep.txt', 'maps', 'scores.csv']
 
 
 def test_map_names_are_unique():
-  names = infer.map_names(['a/x.png', 'a/x.jpg', 'b/x.png', 'y.tif'])
-  assert names == ['a/x_png', 'a/x_jpg', 'b/x', 'y']
+  names = infer.map_names(['a/x.png', 'a/x.jpg', 'b/x.png', 'y.tif', 'dup.png', 'dup.jpg',
+                           'dup_png.png'])
+  assert names[2:4] == ['b/x', 'y'] and names[6] == 'dup_png'  # plain where unambiguous
+  assert re.fullmatch(r'a/x_png-[0-9a-f]{10}', names[0]), names
+  assert re.fullmatch(r'dup_jpg-[0-9a-f]{10}', names[5]), names
   assert len(set(names)) == len(names)
 
 
-# A check injected into the page under test: decodes every picture the page shows (the lazy <img>s
-# of both strips and of the first page) and writes '<ok>/<total>' into #decoded, which --dump-dom
-# then reads. Chromium's --virtual-time-budget lets the promises settle before the dump.
-_DECODE_CHECK = """<script>
-window.addEventListener('load', function () {
-  var imgs = Array.prototype.slice.call(document.querySelectorAll('img'));
-  Promise.all(imgs.map(function (img) {
-    var probe = new Image();
-    probe.src = img.src;
-    return probe.decode().then(function () { return probe.naturalWidth > 0 ? 1 : 0; },
-                               function () { return 0; });
-  })).then(function (ok) {
-    var out = document.createElement('pre');
-    out.id = 'decoded';
-    out.textContent = ok.reduce(function (a, b) { return a + b; }, 0) + '/' + imgs.length;
-    document.body.appendChild(out);
-  });
-});
-</script>
-</body>"""
+_DECODE_CHECK = browser.DECODE_CHECK  # decodes every picture in the browser (helpers/browser.py)
 
 
 @pytest.mark.browser

@@ -71,6 +71,8 @@ def test_sigkill_then_resume_equals_straight_run(tmp_path):
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   assert metrics_at(straight, 6) == metrics_at(killed, 6)
+  with open(os.path.join(killed, 'train_metrics.jsonl')) as f:  # rows past the restored step went
+    assert [json.loads(line)['step'] for line in f] == [2, 4, 6]
 
 
 @pytest.mark.slow

@@ -150,3 +150,83 @@ def test_rundir_and_infer_import_without_tensorflow_or_clu():
   out = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True,
                        env={**os.environ, 'PYTHONPATH': REPO}, timeout=120, check=True)
   assert out.stdout.strip() == '[]', out.stderr[-2000:]
+
+
+def test_trim_curves_drops_rows_past_the_restored_step(root):
+  rundir.path(root).mkdir(parents=True, exist_ok=True)
+  for step in (2, 4, 6):
+    rundir.append_curves(root, step, {'g_loss': float(step)})
+  with rundir.path(root, rundir.CURVES).open('a') as f:
+    f.write('{"step": 8, "g_lo')  # killed mid-line
+  assert rundir.trim_curves(root, 4) == 2
+  assert rundir.read_curves(root) == {'g_loss': [(2, 2.0), (4, 4.0)]}
+  assert rundir.trim_curves(root, 4) == 0  # nothing more to drop: the file is not rewritten
+  assert rundir.trim_curves(root, 0) == 2
+  assert rundir.read_curves(root) == {}
+
+
+# --- One run per workdir (issue 22) ----------------------------------------------------------
+
+# Holds the lock of argv[1] until killed; prints 'locked' once it does.
+_HOLDER = ('import sys, time; from ganomaly_jax import rundir; '
+           'lock = rundir.WorkdirLock(sys.argv[1]); lock.acquire(); print("locked", flush=True); '
+           'time.sleep(600)')
+
+
+def test_a_second_run_is_refused_naming_the_holder_and_a_killed_holder_does_not_block(tmp_path):
+  workdir = str(tmp_path / 'run')
+  holder = subprocess.Popen([sys.executable, '-c', _HOLDER, workdir], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, env={**os.environ, 'PYTHONPATH': REPO})
+  try:
+    assert holder.stdout.readline().strip() == 'locked'
+    with pytest.raises(rundir.TrainingError) as info:
+      rundir.WorkdirLock(workdir).acquire()
+    message = str(info.value)
+    assert '\n' not in message and f'pid {holder.pid}' in message and 'in use' in message
+  finally:
+    holder.kill()  # SIGKILL: no chance to release anything
+    holder.wait()
+  with rundir.WorkdirLock(workdir):  # the kernel dropped the dead process's lock
+    with pytest.raises(rundir.TrainingError):  # and the lock holds within one process too
+      rundir.WorkdirLock(workdir).acquire()
+
+
+def test_a_lock_on_a_new_workdir_leaves_nothing_if_nothing_was_written(tmp_path):
+  with rundir.WorkdirLock(tmp_path / 'new'):
+    assert (tmp_path / 'new' / rundir.LOCK).is_file()
+  assert not (tmp_path / 'new').exists()
+  with rundir.WorkdirLock(tmp_path / 'new'):
+    (tmp_path / 'new' / 'results.json').write_text('{}')
+  assert sorted(os.listdir(tmp_path / 'new')) == sorted([rundir.LOCK, 'results.json'])
+
+
+def test_gs_lease_refuses_a_live_holder_and_takes_over_a_stale_one(gs_root):
+  import json
+  import time
+
+  first = rundir.WorkdirLock(gs_root, ttl_s=60, settle_s=0)
+  first.acquire()
+  lease = json.loads(rundir.path(gs_root, rundir.LOCK).read_text())
+  assert {'host', 'pid', 'started', 'heartbeat', 'expires'} <= set(lease)
+  with pytest.raises(rundir.TrainingError, match=f'pid {os.getpid()} on '):
+    rundir.WorkdirLock(gs_root, settle_s=0).acquire()
+  first.release()
+  assert not rundir.path(gs_root, rundir.LOCK).exists()
+
+  # A holder that died without releasing: an expired lease, and a dead pid on this host.
+  for stale in ({**lease, 'pid': 1, 'host': 'elsewhere', 'expires': time.time() - 1},
+                {**lease, 'pid': 2**22 + 12345, 'expires': time.time() + 600}):
+    rundir.write_json(rundir.path(gs_root, rundir.LOCK), stale)
+    with rundir.WorkdirLock(gs_root, settle_s=0):
+      assert json.loads(rundir.path(gs_root, rundir.LOCK).read_text())['pid'] == os.getpid()
+
+
+def test_gs_lease_is_renewed_while_held(gs_root):
+  import json
+  import time
+
+  with rundir.WorkdirLock(gs_root, ttl_s=0.4, settle_s=0):
+    before = json.loads(rundir.path(gs_root, rundir.LOCK).read_text())['expires']
+    time.sleep(0.5)
+    after = json.loads(rundir.path(gs_root, rundir.LOCK).read_text())['expires']
+    assert after > before > time.time() - 0.5

@@ -100,6 +100,8 @@ def scan_image_folder(root: str | os.PathLike, channels: int,
   skipped: dict[str, list[str]] = collections.defaultdict(list)
   converted: collections.Counter[str] = collections.Counter()
 
+  sizes: dict[str, tuple[int, int]] = {}  # (height, width) of every usable image
+
   def usable(paths: list[str]) -> list[str]:
     kept = []
     for path in paths:
@@ -109,10 +111,11 @@ def scan_image_folder(root: str | os.PathLike, channels: int,
         skipped['not_an_image'].append(path)
         continue
       try:
-        _, conversions = images.decode_with_conversion(path, channels, min_side)
+        array, conversions = images.decode_with_conversion(path, channels, min_side)
       except images.BadImage as e:
         skipped[e.reason].append(path)
         continue
+      sizes[path] = array.shape[:2]
       converted.update(conversions)
       kept.append(path)
     return kept
@@ -140,7 +143,8 @@ def scan_image_folder(root: str | os.PathLike, channels: int,
       index.test_paths.append(path)
       index.test_labels.append(label)
       index.test_defects.append(name)
-      index.test_mask_paths.append(None if label == 0 else _find_mask(root, name, path, index))
+      index.test_mask_paths.append(
+          None if label == 0 else _find_mask(root, name, path, sizes[path], index))
   if stray:
     logging.warning('Ignored %d file(s) directly inside %s: test images belong in test/good or '
                     'test/<defect>.', stray, test_dir)
@@ -233,33 +237,51 @@ def _is_ignored(name: str) -> bool:
 
 
 def _list_files(directory: str) -> list[str]:
-  """Sorted candidate files directly inside `directory` (dangling links included: 'unreadable')."""
+  """Sorted candidate files directly inside `directory`: everything but folders.
+
+  Dangling or looping links, FIFOs and devices are candidates too, so the decoder reports them
+  ('unreadable', 'not_a_file') instead of the scan failing or silently passing them over.
+  """
   files = []
   nested = 0
   with os.scandir(directory) as entries:
     for entry in entries:
       if _is_ignored(entry.name):
         continue
-      if entry.is_dir():
+      try:
+        is_dir = entry.is_dir()
+      except OSError:  # a link to itself (ELOOP), a permission problem: not a folder
+        is_dir = False
+      if is_dir:
         nested += 1
-      elif entry.is_file() or entry.is_symlink():
+      else:
         files.append(entry.path)
   if nested:
     logging.warning('Ignored %d nested folder(s) inside %s.', nested, directory)
   return sorted(files)
 
 
-def _find_mask(root: str, defect: str, image_path: str, index: FolderIndex) -> str | None:
-  """The decodable ground-truth mask of a defect image, or None (bad ones go to index.bad_masks)."""
+def _find_mask(root: str, defect: str, image_path: str, image_size: tuple[int, int],
+               index: FolderIndex) -> str | None:
+  """The decodable ground-truth mask of a defect image, or None (bad ones go to index.bad_masks).
+
+  Raises:
+    FolderDataError: the mask's size differs from its image's. Resizing it would score pixels
+      against a mask drawn for another picture, so pixel AUROC / PRO would be silently wrong.
+  """
   stem = os.path.splitext(os.path.basename(image_path))[0]
   mask_path = os.path.join(root, 'ground_truth', defect, f'{stem}_mask.png')
   if not os.path.lexists(mask_path):
     return None
   try:
-    images.decode_image(mask_path, channels=1, min_side=1)
+    mask = images.decode_image(mask_path, channels=1, min_side=1)
   except images.BadImage as e:
     index.bad_masks[mask_path] = e.reason
     return None
+  if mask.shape[:2] != tuple(image_size):
+    (mh, mw), (ih, iw) = mask.shape[:2], image_size
+    raise FolderDataError(f'ground-truth mask {mask_path} is {mw}x{mh} px but its image '
+                          f'{image_path} is {iw}x{ih}: a mask must have its image\'s size.')
   return mask_path
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
 from typing import Union
 
@@ -37,7 +38,13 @@ IMAGE_EXTENSIONS = frozenset(
 _PIL_FORMATS = ('PNG', 'JPEG', 'BMP', 'TIFF', 'WEBP', 'GIF', 'PPM')
 
 # The fixed vocabulary of `BadImage.reason`.
-REASONS = ('unreadable', 'empty_file', 'corrupt', 'not_an_image', 'too_small')
+REASONS = ('unreadable', 'empty_file', 'corrupt', 'not_an_image', 'too_small', 'not_a_file',
+           'too_large')
+
+# Files above this size are not read at all ('too_large'): a folder scan must not swallow a disk
+# image or a video that happens to be named .png. Far above any photograph (a 16-bit 8K TIFF is
+# ~200 MB); PIL's decompression-bomb limit separately caps what a small file may expand to.
+MAX_FILE_BYTES = 512 * 2**20
 
 DEFAULT_MIN_SIDE = 8
 
@@ -50,7 +57,9 @@ class BadImage(Exception):
   Attributes:
     reason: 'unreadable' (I/O error, permission, dangling link), 'empty_file' (zero bytes),
       'corrupt' (PIL cannot decode it, or it is truncated), 'not_an_image' (not an image file, or a
-      pixel mode that cannot be turned into grey/RGB), 'too_small' (a side below `min_side`).
+      pixel mode that cannot be turned into grey/RGB), 'too_small' (a side below `min_side`),
+      'not_a_file' (a FIFO, device or socket, or a link to one: never opened for a blocking read),
+      'too_large' (more than `MAX_FILE_BYTES`).
     path: the file, or None when decoding bytes.
     detail: a short human-readable explanation.
   """
@@ -188,14 +197,33 @@ def _read(data_or_path: ImageSource) -> tuple[str | None, bytes]:
     path = os.fspath(data_or_path)
     try:
       # Reading the bytes ourselves separates I/O errors from decode errors and leaves no handle
-      # open inside a lazily-loading PIL image.
-      with open(path, 'rb') as f:
-        data = f.read()
+      # open inside a lazily-loading PIL image. O_NONBLOCK: opening a FIFO must not wait for a
+      # writer; what was opened is then checked to be a regular file before anything is read.
+      fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0))
+      with os.fdopen(fd, 'rb') as f:
+        mode, size = os.fstat(f.fileno())[stat.ST_MODE], os.fstat(f.fileno()).st_size
+        if not stat.S_ISREG(mode):
+          raise BadImage('not_a_file', path, _file_kind(mode))
+        limit = MAX_FILE_BYTES
+        if size > limit:
+          raise BadImage('too_large', path, f'{size} bytes, the limit is {limit}')
+        data = f.read(limit + 1)  # a file still growing stops at the limit too
+        if len(data) > limit:
+          raise BadImage('too_large', path, f'more than {limit} bytes')
     except OSError as e:
       raise BadImage('unreadable', path, e.strerror or type(e).__name__) from e
   if not data:
     raise BadImage('empty_file', path, '0 bytes')
   return path, data
+
+
+def _file_kind(mode: int) -> str:
+  for test, kind in ((stat.S_ISFIFO, 'a FIFO'), (stat.S_ISCHR, 'a character device'),
+                     (stat.S_ISBLK, 'a block device'), (stat.S_ISSOCK, 'a socket'),
+                     (stat.S_ISDIR, 'a directory')):
+    if test(mode):
+      return f'{kind}, not a regular file'
+  return 'not a regular file'
 
 
 def _open_and_load(data: bytes, path: str | None) -> Image.Image:

@@ -23,6 +23,7 @@ import io
 import json
 import math
 import os
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -376,12 +377,33 @@ def _json_score(entry: Mapping[str, Any]) -> float | None:
   return score if math.isfinite(score) else None
 
 
+def script_json(value: Any) -> str:
+  """JSON that is safe inside an HTML <script> element whatever strings it holds.
+
+  Every <, > and & is written as a \\u escape (the same JSON string), so no file name can end the
+  element (`</script>`), open an HTML comment (`<!--`) or start a character reference; U+2028/U+2029
+  are escaped too, for tools that read the JSON as JavaScript source.
+  """
+  text = json.dumps(value, separators=(',', ':'))
+  for char, escape in (('<', '\\u003c'), ('>', '\\u003e'), ('&', '\\u0026'),
+                       ('\u2028', '\\u2028'), ('\u2029', '\\u2029')):
+    text = text.replace(char, escape)
+  return text
+
+
+def file_url(relative: PathLike) -> str:
+  """A relative path as a URL path: every character a URL gives a meaning to (#, ?, %, spaces,
+  quotes, non-ASCII) percent-encoded; bytes that are not UTF-8 are encoded as they are on disk."""
+  return urllib.parse.quote(Path(relative).as_posix(), safe='/', errors='surrogateescape')
+
+
 def write_paged_report(out_dir: PathLike,
                        entries: Sequence[Mapping[str, Any]],
                        metrics: Mapping[str, Any],
                        title: str,
                        page_size: int = PAGE_SIZE,
-                       extremes: int = EXTREMES) -> Path:
+                       extremes: int = EXTREMES,
+                       notes: Sequence[str] = ()) -> Path:
   """Writes `out_dir/index.html` for any number of entries: JSON index, lazy thumbnails, pages.
 
   Args:
@@ -395,6 +417,7 @@ def write_paged_report(out_dir: PathLike,
     title: page title and heading.
     page_size: entries per page of the full list.
     extremes: entries in each of the 'most anomalous' and 'least anomalous' strips.
+    notes: sentences shown under the heading (e.g. why there are no verdicts).
 
   Returns:
     Path of the written index.html. After its script runs, `#most` and `#least` hold
@@ -406,14 +429,15 @@ def write_paged_report(out_dir: PathLike,
   ordered = sorted(entries, key=_score_key)
   index = {'page_size': int(max(page_size, 1)), 'extremes': int(max(extremes, 0)),
            'entries': [[str(e.get('name', '')), _json_score(e),
-                        None if e.get('map_png') is None else Path(e['map_png']).as_posix(),
+                        None if e.get('map_png') is None else file_url(e['map_png']),
                         None if e.get('anomalous') is None else int(e['anomalous'])]
                        for e in ordered]}
-  # '</' inside the JSON would end the <script> element early; '<\\/' is the same JSON string.
-  index_json = json.dumps(index, separators=(',', ':')).replace('</', '<\\/')
+  index_json = script_json(index)  # names are arbitrary text: see script_json
   title_html = html.escape(title)
+  notes_html = ''.join(f'<p class="note">{html.escape(n)}</p>\n' for n in notes)
   page = _page_head(title_html, _PAGED_CSP, _PAGED_CSS) + f"""
 <p><span id="count"></span> images; each picture is its anomaly map over the resized image.</p>
+{notes_html}
 <h2>Most anomalous</h2>
 <div class="strip" id="most"></div>
 <h2>Least anomalous</h2>
