@@ -33,6 +33,7 @@ flags.FLAGS.mark_as_parsed()
 import pytest  # noqa: E402
 
 import synthetic  # noqa: E402
+from helpers import REPO, tiny  # noqa: E402
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -63,3 +64,22 @@ def masked_run(tmp_path_factory) -> synthetic.TrainedRun:
   must not modify its workdir (copy it first).
   """
   return synthetic.train_quick_masked_run(tmp_path_factory.mktemp('masked_run'))
+
+
+@pytest.fixture(scope='session')
+def repo_root():
+  """The repository root, a pathlib.Path (helpers.REPO)."""
+  return REPO
+
+
+@pytest.fixture(scope='session')
+def tiny_config():
+  """`tiny_config(method='ganomaly', **dotted_overrides)`: the tiny config (helpers/tiny.py)."""
+  return tiny.tiny_config
+
+
+@pytest.fixture(scope='session')
+def build_programs():
+  """`build_programs(config)`: `programs.build` on one device (helpers/tiny.py); its train step
+  donates the state."""
+  return tiny.build_programs

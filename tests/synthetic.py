@@ -21,6 +21,8 @@ import numpy as np
 import scipy.ndimage
 from PIL import Image
 
+from helpers import REPO
+
 DEFECT = 'bright_square'
 
 
@@ -155,7 +157,6 @@ def make_infer_folder(root: str | os.PathLike, source: FolderInfo, *,
 
 # --- A trained quick run over a generated folder (shared by the evaluation and inference tests). ----
 
-REPO = Path(__file__).resolve().parent.parent
 # configs/masked.py:quick at 2 steps, RGB, with dropout so MC-dropout runs, FID asked for without
 # weights (must give null, not a crash) and smoothed maps.
 QUICK_MASKED = ('configs/masked.py:quick,steps=2,channels=3,model.dropout=0.2,eval.mc_samples=2,'

@@ -13,8 +13,8 @@ import pytest
 from ganomaly_jax import config_lib
 from ganomaly_jax.experiments import baselines
 from ganomaly_jax.data import sources, textures
+from helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GANOMALY = os.path.join(REPO, 'configs', 'ganomaly.py')
 
 

@@ -9,11 +9,10 @@ import pytest
 
 from ganomaly_jax import config_lib, rundir, train
 from ganomaly_jax.experiments import benchmark, suites, tables
+from helpers import REPO, tiny
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The tiny GANomaly of tests/test_sweep.py, 2 steps.
-TINY_ARG = ('quick,model.ngf=4,model.ndf=4,batch=8,dataset.max_train=64,dataset.max_test=32,'
-            'eval.batch_size=16')
+# The tiny GANomaly on a small share of the data (the suite sets 2 steps).
+TINY_ARG = tiny.arg(**tiny.SMALL_DATA)
 MICRO = f'''
 import os
 from ganomaly_jax.experiments import suites

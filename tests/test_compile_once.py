@@ -1,15 +1,12 @@
 """Each jitted step compiles exactly once per run, through evaluation, checkpoints and logging."""
 
 import logging
-import os
 import re
 
 import jax
 import pytest
 
-from ganomaly_jax import config_lib, train
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from ganomaly_jax import train
 
 
 class _CompileLog(logging.Handler):
@@ -26,17 +23,14 @@ class _CompileLog(logging.Handler):
 
 
 @pytest.mark.slow
-def test_steps_compile_once_across_eval_and_checkpoints(tmp_path):
+def test_steps_compile_once_across_eval_and_checkpoints(tmp_path, tiny_config):
   # Six steps with evaluation, images and a checkpoint every two: a recompile (a changed static
   # argument, a weak-typed or differently sharded state coming back from eval or the checkpointer)
   # would show up as a second 'Compiling train_step'.
-  config = config_lib.load_config(os.path.join(
-      REPO, 'configs/ganomaly.py:quick,steps=6,model.ngf=4,model.ndf=4,batch=8,'
-      'dataset.max_train=32,dataset.max_test=16,eval.batch_size=16'))
-  config.unlock()
-  config.train.eval_every = config.train.checkpoint_every = config.train.image_every = 2
-  config.train.log_every = 1
-  config.lock()
+  config = tiny_config(**{
+      'train.num_steps': 6, 'dataset.max_train': 32, 'dataset.max_test': 16, 'eval.batch_size': 16,
+      'train.eval_every': 2, 'train.checkpoint_every': 2, 'train.image_every': 2,
+      'train.log_every': 1})
 
   handler = _CompileLog()
   logger = logging.getLogger('jax')

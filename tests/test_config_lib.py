@@ -10,8 +10,8 @@ import pytest
 
 from ganomaly_jax import config_lib, param_count
 from ganomaly_jax.experiments import sweep
+from helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GANOMALY = os.path.join(REPO, 'configs', 'ganomaly.py')
 
 

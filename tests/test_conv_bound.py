@@ -11,7 +11,9 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'bench'))
+from helpers import REPO
+
+sys.path.insert(0, os.path.join(REPO, 'bench'))
 import conv_bound  # noqa: E402
 
 

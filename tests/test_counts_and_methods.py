@@ -11,8 +11,7 @@ import pytest
 
 from ganomaly_jax import config_lib, masks, param_count, state as state_lib, step as step_lib, train
 from ganomaly_jax.models import unet
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO
 
 
 def counts(spec):
@@ -116,12 +115,11 @@ def _kernel_sides(tree) -> set[int]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize('method', config_lib.METHODS)
-def test_every_method_quick_run_writes_results(method, tmp_path, monkeypatch):
+def test_every_method_quick_run_writes_results(method, tmp_path, monkeypatch, tiny_config):
   from test_reliability import latest_state
 
-  config = config_lib.load_config(os.path.join(
-      REPO, f'configs/{method}.py:quick,steps=2,model.ngf=4,model.ndf=4,batch=8,'
-      'dataset.max_train=32,dataset.max_test=32,eval.batch_size=16'))
+  config = tiny_config(method, **{'train.num_steps': 2, 'dataset.max_train': 32,
+                                  'dataset.max_test': 32, 'eval.batch_size': 16})
   spy = TrainingSpy(monkeypatch)
   results = train.train_and_evaluate(config, str(tmp_path))
   jax.effects_barrier()  # the debug callbacks of the last step have run

@@ -8,14 +8,18 @@ import tensorflow_datasets as tfds
 
 from ganomaly_jax import config_lib, train
 from ganomaly_jax.data import sources
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ('quick,steps=2,model.ngf=4,model.ndf=4,batch=8,dataset.max_train=32,dataset.max_test=32,'
-        'eval.batch_size=16')
+from helpers import REPO, tiny
 
 
 def load(arg):
   return config_lib.load_config(os.path.join(REPO, f'configs/ganomaly.py:{arg}'))
+
+
+def load_tiny(**args):
+  """The tiny GANomaly, 2 steps on at most 32 training and 32 test images, with `args` (a dataset
+  set here resolves its own channels)."""
+  return config_lib.load_config(tiny.spec(
+      steps=2, **{'dataset.max_train': 32, 'dataset.max_test': 32, 'eval.batch_size': 16}, **args))
 
 
 @pytest.mark.slow
@@ -30,7 +34,8 @@ def test_npz_source_end_to_end_and_protocol(tmp_path):
   assert splits.info['test_abnormal'] == 30 and splits.info['test'] == 50
   assert not splits.train.labels.any() and not splits.val.labels.any()
   assert splits.train.images.shape[1:] == (16, 16, 1)
-  results = train.train_and_evaluate(load(f'{TINY},dataset=npz:{path},abnormal=1'), str(tmp_path / 'run'))
+  results = train.train_and_evaluate(load_tiny(dataset=f'npz:{path}', abnormal=1),
+                                     str(tmp_path / 'run'))
   assert 0.0 <= results['image_auroc'] <= 1.0 and results['abnormal'] == 1
 
 
@@ -38,8 +43,7 @@ def test_npz_source_end_to_end_and_protocol(tmp_path):
 @pytest.mark.parametrize('name,channels', [('mnist', 1), ('cifar10', 3)])
 def test_tfds_source_end_to_end(name, channels, tmp_path):
   with tfds.testing.mock_data(num_examples=40):
-    config = load(f'{TINY},dataset={name},abnormal={"cat" if name == "cifar10" else 3},'
-                  f'channels={channels}')
+    config = load_tiny(dataset=name, abnormal='cat' if name == 'cifar10' else 3, channels=channels)
     results = train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert 0.0 <= results['image_auroc'] <= 1.0
   assert results['abnormal'] == 3  # 'cat' is CIFAR-10 class 3

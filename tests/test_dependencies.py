@@ -11,7 +11,8 @@ import re
 import sys
 import tomllib
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO
+
 PACKAGE = 'ganomaly_jax'
 
 

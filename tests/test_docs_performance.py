@@ -13,12 +13,10 @@ import pathlib
 import re
 import tokenize
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+from helpers import REPO
+
 PACKAGE = sorted((REPO / 'ganomaly_jax').rglob('*.py'))
-# Left out for now: configs/grid_mask.py is being rewritten on another branch (its docstring still
-# quotes benchmark results); drop this exclusion once that rewrite is merged.
-CONFIGS_PENDING_ELSEWHERE = {REPO / 'configs' / 'grid_mask.py'}
-CONFIGS = [p for p in sorted((REPO / 'configs').rglob('*.py')) if p not in CONFIGS_PENDING_ELSEWHERE]
+CONFIGS = sorted((REPO / 'configs').rglob('*.py'))
 DOC = REPO / 'docs' / 'performance.md'
 # A number followed by a throughput, time or memory unit ("1-5 GFLOP/s", "~470 MiB", "44 -> 17 ms",
 # "205 vs 187\nimages/s", "191 s", "95 min"), or a measured speed-up ("2-3x faster"). A digit inside a

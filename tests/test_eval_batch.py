@@ -5,27 +5,23 @@ code's pitfall), or a masking step that mixed images across the batch, would mak
 image change with the other images evaluated beside it.
 """
 
-import functools
-import os
-
 import jax
 import numpy as np
 import pytest
 
-from ganomaly_jax import config_lib, parallel, state as state_lib, step as step_lib
+from ganomaly_jax import parallel, state as state_lib
 from ganomaly_jax.evaluation import evaluator
 from ganomaly_jax.data import pipeline, sources
+from helpers import tiny
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = 4
 
 
 def _setup(method: str):
   """Eval step and a state whose BatchNorm running statistics are far from the identity."""
-  config = config_lib.load_config(os.path.join(
-      REPO, f'configs/{method}.py:quick,model.ngf=4,model.ndf=4'))
-  components = state_lib.build_components(config)
-  state = state_lib.create_state(config, components, jax.random.key(0))
+  config = tiny.tiny_config(method)
+  progs = tiny.build_programs(config)
+  state = state_lib.create_state(config, progs.components, jax.random.key(0))
   rng = np.random.default_rng(1)
 
   def perturb(path, leaf):
@@ -35,9 +31,7 @@ def _setup(method: str):
 
   state = state.replace(g_stats=jax.tree_util.tree_map_with_path(perturb, state.g_stats),
                         d_stats=jax.tree_util.tree_map_with_path(perturb, state.d_stats))
-  hp = step_lib.StepConfig.from_config(config)
-  eval_fn = jax.jit(functools.partial(step_lib.eval_step, components=components, hp=hp))
-  return config, state, eval_fn
+  return config, state, progs.eval_step
 
 
 def _images(config, n: int, seed: int) -> np.ndarray:

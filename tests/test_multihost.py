@@ -30,9 +30,8 @@ import numpy as np
 import pytest
 
 from ganomaly_jax import checkpoint, parallel, rundir, train
-from helpers import train_steps
+from helpers import REPO, tiny, train_steps
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOCAL_DEVICES = 4
 RTOL = 1e-5
 
@@ -113,8 +112,8 @@ def test_preempt_resume_and_match_one_process(tmp_path):
   port = free_port()
   # No periodic checkpoints: a stop requested at a step that was just checkpointed trips a known
   # train.py bug ('Checkpoint for step N already exists'), which is not what this test is about.
-  tiny = f'{train_steps.TINY},checkpoint_every=1000'
-  procs = [start(f'{tiny},steps=100000', workdir, i, port, cache=cache) for i in range(2)]
+  args = {**tiny.SMALL_DATA, 'checkpoint_every': 1000}
+  procs = [start(tiny.spec(**args, steps=100000), workdir, i, port, cache=cache) for i in range(2)]
   # Preempt one host once training is under way (the chief has logged step 2): JAX's preemption
   # sync point must stop *both* processes at the same step, with a checkpoint.
   metrics = os.path.join(workdir, 'train_metrics.jsonl')
@@ -136,7 +135,7 @@ def test_preempt_resume_and_match_one_process(tmp_path):
 
   # Resume: the same command (with a reachable step count) continues from the checkpoint.
   num_steps = preempted_at + 1
-  spec = f'{tiny},steps={num_steps}'
+  spec = tiny.spec(**args, steps=num_steps)
   second = run_two(spec, workdir, cache)
   assert all(f'Resumed from step {preempted_at}' in err for _, err in second)
   results = rundir.read_results(workdir)
@@ -190,7 +189,7 @@ def test_startup_failures_give_one_clear_line(tmp_path):
   # Disagreeing configs: process 1 was started with another seed. Meanwhile a third process waits
   # for a coordinator that nobody runs.
   port, dead_port = free_port(), free_port()
-  spec = f'{train_steps.TINY},steps=1'
+  spec = tiny.spec(**tiny.SMALL_DATA, steps=1)
   procs = [start(spec, str(tmp_path / 'w'), 0, port),
            start(spec, str(tmp_path / 'w'), 1, port, '--config.seed=1'),
            start(spec, str(tmp_path / 'x'), 1, dead_port, timeout_s=2, aliases=True)]

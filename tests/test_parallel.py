@@ -14,7 +14,8 @@ import sys
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO
+
 HELPER = os.path.join(REPO, 'tests', 'helpers', 'train_steps.py')
 DEVICES = 8
 # Reductions split over 8 devices add in another order than on one: float32 round-off only.

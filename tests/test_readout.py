@@ -11,7 +11,7 @@ from clu import metric_writers
 from ganomaly_jax import config_checks, losses, parallel, programs, rundir, train
 from ganomaly_jax.data import sources, synthetic_anomalies
 from ganomaly_jax.evaluation import readout
-from helpers.tiny import tiny_config
+from helpers import tiny
 
 
 def textures(n: int, size: int = 16, channels: int = 1, seed: int = 0) -> sources.ArraySource:
@@ -93,7 +93,7 @@ def test_patches_come_from_another_given_image_and_nothing_else_is_read():
 # ------------------------------------------------------------------ candidates and the choice
 
 
-def test_candidates_come_from_the_registries_facts():
+def test_candidates_come_from_the_registries_facts(tiny_config):
   plain, masked = tiny_config('ganomaly'), tiny_config('masked')
   for config in (plain, masked):
     got = readout.candidates(config)
@@ -121,7 +121,7 @@ def test_select_best_image_auroc_then_pixel_auroc_then_published():
   assert readout.select([row('lambda', 'l1', None, None)], published) == published
 
 
-def test_with_readout_validates_and_resets_keys_only_other_scores_read():
+def test_with_readout_validates_and_resets_keys_only_other_scores_read(tiny_config):
   config = tiny_config('grid_mask', **{'eval.score': 'map_topk', 'eval.topk_fraction': 0.3})
   chosen = readout.with_readout(config, readout.Readout('inpaint', 'l1'))
   assert (chosen.eval.score, chosen.eval.map, chosen.eval.topk_fraction) == ('inpaint', 'l1', 0.1)
@@ -133,7 +133,7 @@ def test_with_readout_validates_and_resets_keys_only_other_scores_read():
   assert readout.recorded_config(config, published_run) is config
 
 
-def test_bad_readout_values_fail_with_one_line():
+def test_bad_readout_values_fail_with_one_line(tiny_config):
   with pytest.raises(config_checks.ConfigError, match=r"^eval.readout='best': use 'published' or "
                                                        r"'auto'\.$"):
     config_checks.validate_config(tiny_config('masked', **{'eval.readout': 'best'}))
@@ -143,10 +143,10 @@ def test_bad_readout_values_fail_with_one_line():
 
 
 @pytest.mark.parametrize('method', ['ganomaly', 'skip_ganomaly', 'masked', 'grid_mask'])
-def test_default_readout_is_the_published_one(method):
+def test_default_readout_is_the_published_one(method, tiny_config, build_programs):
   config = tiny_config(method)
   assert config.eval.readout == 'published'
-  progs = programs.build(config)  # nothing compiles until called
+  progs = build_programs(config)  # nothing compiles until called
   chosen = readout.choose(config, None, progs, None, None)  # reads neither state nor data
   assert chosen.config is config and chosen.hp is progs.hp and chosen.eval_maps is progs.eval_maps
   assert chosen.record == {'mode': 'published', 'score': config.eval.score,
@@ -171,7 +171,7 @@ class ShuffledLabels:
     return {**self.source[index], 'label': np.int32(self.labels[index])}
 
 
-def test_auto_choice_is_recorded_and_blind_to_test_labels(tmp_path):
+def test_auto_choice_is_recorded_and_blind_to_test_labels(tmp_path, tiny_config):
   config = tiny_config('masked', **{'eval.readout': 'auto', 'eval.select': 'last',
                                     'dataset.max_test': 48, 'eval.batch_size': 16})
   config_checks.validate_config(config)
@@ -219,14 +219,13 @@ def test_auto_choice_is_recorded_and_blind_to_test_labels(tmp_path):
 
 @pytest.mark.slow
 def test_auto_row_reevaluates_its_methods_checkpoint_and_the_table_shows_readouts(
-    tmp_path, monkeypatch):
+    tmp_path, monkeypatch, repo_root):
   import os
 
   from ganomaly_jax.experiments import benchmark, suites, tables
-  from helpers.tiny import REPO, TINY_ARG
 
-  arg = f'{TINY_ARG},dataset.max_train=64,dataset.max_test=32,eval.batch_size=16'
-  methods = [m for m in suites.standard_methods(arg, os.path.join(REPO, 'configs'))
+  arg = tiny.arg(**tiny.SMALL_DATA)
+  methods = [m for m in suites.standard_methods(arg, os.path.join(repo_root, 'configs'))
              if m.name in ('masked', 'masked+auto')]
   suite = suites.Suite(name='micro', methods=methods, classes=['1'], seeds=[0], steps=2)
   root = str(tmp_path / 'bench')

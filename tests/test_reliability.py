@@ -13,17 +13,15 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from ganomaly_jax import checkpoint, config_lib, state as state_lib, train
-from ganomaly_jax.experiments import sweep
+from ganomaly_jax import checkpoint, state as state_lib, train
+from helpers import REPO, tiny
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Small enough for 2 CPU cores; the same string is used in- and out-of-process.
-TINY = ('configs/ganomaly.py:quick,model.ngf=4,model.ndf=4,batch=8,dataset.max_train=64,'
-        'dataset.max_test=32,eval.batch_size=16')
+# Small enough for 2 CPU cores; the same config is used in- and out-of-process.
+TINY = tiny.spec(**tiny.SMALL_DATA)
 
 
 def tiny_config(**overrides):
-  return sweep.apply_overrides(config_lib.load_config(os.path.join(REPO, TINY)), overrides)
+  return tiny.tiny_config(**{**tiny.SMALL_DATA, **overrides})
 
 
 def run_main(workdir, *flags, timeout=240, wait=True):

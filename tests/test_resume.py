@@ -1,21 +1,17 @@
 """Resuming a workdir compares parameter trees: runtime settings may change, the architecture not."""
 
 import logging
-import os
 
 import pytest
 
-from ganomaly_jax import config_lib, programs, train
-from ganomaly_jax.experiments import sweep
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ('configs/ganomaly.py:quick,model.ngf=4,model.ndf=4,batch=8,dataset.max_train=64,'
-        'dataset.max_test=32,eval.batch_size=16,eval_every=2,checkpoint_every=2')
+from ganomaly_jax import programs, train
+from helpers import tiny
 
 
 def _config(steps: int, **overrides):
-  config = config_lib.load_config(os.path.join(REPO, f'{TINY},steps={steps}'))
-  return sweep.apply_overrides(config, {'runtime.compile_cache_dir': '', **overrides})
+  return tiny.tiny_config(**{
+      **tiny.SMALL_DATA, 'train.eval_every': 2, 'train.checkpoint_every': 2,
+      'train.num_steps': steps, 'runtime.compile_cache_dir': '', **overrides})
 
 
 @pytest.fixture(scope='module')

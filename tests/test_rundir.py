@@ -16,8 +16,7 @@ import pytest
 from fake_gcs import gs_root  # noqa: F401  (a fixture)
 from ganomaly_jax import rundir
 from ganomaly_jax.evaluation import plots, report
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO
 
 
 @pytest.fixture(params=['local', 'gs'])

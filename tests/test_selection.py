@@ -9,14 +9,14 @@ import tensorflow_datasets as tfds
 import synthetic
 from ganomaly_jax import checkpoint, config_lib, train
 from ganomaly_jax.data import sources
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ('configs/ganomaly.py:quick,steps=6,model.ngf=4,model.ndf=4,batch=8,dataset.max_train=32,'
-        'dataset.max_test=32,eval.batch_size=16')
+from helpers import tiny
 
 
-def _config(arg: str = ''):
-  return config_lib.load_config(os.path.join(REPO, TINY + (f',{arg}' if arg else '')))
+def _config(**args):
+  """The tiny GANomaly, 6 steps on at most 32 training and 32 test images, with `args` (argument
+  string keys: a dataset set here resolves its own channels)."""
+  return config_lib.load_config(tiny.spec(
+      steps=6, **{'dataset.max_train': 32, 'dataset.max_test': 32, 'eval.batch_size': 16}, **args))
 
 
 class OfferedBest:
@@ -57,7 +57,7 @@ def test_selected_step_follows_the_real_validation_losses(tmp_path, monkeypatch)
 @pytest.mark.slow
 def test_select_last_picks_the_last_step(tmp_path, monkeypatch):
   spy = OfferedBest(monkeypatch, {})
-  results = train.train_and_evaluate(_config('eval.select=last'), str(tmp_path))
+  results = train.train_and_evaluate(_config(**{'eval.select': 'last'}), str(tmp_path))
   assert spy.real == {}  # no best-checkpoint candidates at all
   assert results['steps'] == 6 and results['selected_step'] == 6
 
@@ -91,8 +91,8 @@ def _distinct_within(source) -> bool:
 
 
 @pytest.mark.parametrize('pool', [False, True])
-def test_digit_splits_are_disjoint(pool):
-  config = config_lib.load_config(os.path.join(REPO, 'configs/ganomaly.py'))
+def test_digit_splits_are_disjoint(pool, repo_root):
+  config = config_lib.load_config(os.path.join(repo_root, 'configs/ganomaly.py'))
   with config.unlocked():
     config.dataset.pool_normals = pool
   splits = sources.load_splits(config)
@@ -100,12 +100,12 @@ def test_digit_splits_are_disjoint(pool):
 
 
 @pytest.mark.parametrize('pool', [False, True])
-def test_npz_splits_are_disjoint(tmp_path, pool):
+def test_npz_splits_are_disjoint(tmp_path, pool, repo_root):
   path = tmp_path / 'data.npz'
   np.savez(path, x_train=_unique_images(60, 0), y_train=np.arange(60) % 3,
            x_test=_unique_images(30, 60), y_test=np.arange(30) % 3)
   arg = f'dataset=npz:{path},abnormal=1,isize=20'
-  config = config_lib.load_config(os.path.join(REPO, f'configs/ganomaly.py:{arg}'))
+  config = config_lib.load_config(os.path.join(repo_root, f'configs/ganomaly.py:{arg}'))
   with config.unlocked():
     config.dataset.pool_normals = pool
   splits = sources.load_splits(config)
@@ -116,14 +116,14 @@ def test_npz_splits_are_disjoint(tmp_path, pool):
 
 def test_folder_splits_are_disjoint(tmp_path):
   data = synthetic.make_mvtec_folder(tmp_path / 'data', num_train=20)
-  splits = sources.load_splits(_config(f'dataset={data.dataset_name},channels=3'))
+  splits = sources.load_splits(_config(dataset=data.dataset_name, channels=3))
   paths = [set(s.paths) for s in (splits.train, splits.val, splits.test)]
   assert all(paths) and not (paths[0] & paths[1] or paths[0] & paths[2] or paths[1] & paths[2])
   _assert_disjoint(splits)
 
 
 @pytest.mark.parametrize('name,shape', [('mnist', (28, 28, 1)), ('cifar10', (32, 32, 3))])
-def test_tfds_splits_are_disjoint(name, shape):
+def test_tfds_splits_are_disjoint(name, shape, repo_root):
   # tfds's default mock repeats the same random examples in every split, so each split here gets its
   # own distinct images (tfds.testing.mock_data's as_data_source_fn replaces `tfds.data_source`).
   def data_source(builder, split, **kwargs):
@@ -134,7 +134,8 @@ def test_tfds_splits_are_disjoint(name, shape):
     return [{'image': im, 'label': i % 10} for i, im in enumerate(images)]
 
   with tfds.testing.mock_data(as_data_source_fn=data_source):
-    config = config_lib.load_config(os.path.join(REPO, f'configs/ganomaly.py:dataset={name},abnormal=3'))
+    config = config_lib.load_config(
+        os.path.join(repo_root, f'configs/ganomaly.py:dataset={name},abnormal=3'))
     splits = sources.load_splits(config)
   assert _distinct_within(splits.train) and _distinct_within(splits.test)
   _assert_disjoint(splits)

@@ -2,13 +2,14 @@
 
 import ast
 import os
-import pathlib
 import subprocess
 import sys
 
 import pytest
 
-PACKAGE = pathlib.Path(__file__).resolve().parent.parent / 'ganomaly_jax'
+from helpers import REPO
+
+PACKAGE = REPO / 'ganomaly_jax'
 ENTRY_POINTS = ('main.py', 'infer.py', 'param_count.py', 'experiments/sweep.py',
                 'experiments/benchmark.py', 'experiments/rescore.py')
 # The pieces of the set-up: written once, in startup.py.

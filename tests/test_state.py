@@ -1,14 +1,11 @@
 """The train state: its creation, the two optimizers (TTUR rates) and what one step advances."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ganomaly_jax import state as state_lib, step as step_lib
-from helpers.tiny import tiny_config
+from ganomaly_jax import state as state_lib
 
 
 def _adam_count(opt_state) -> int:
@@ -18,7 +15,7 @@ def _adam_count(opt_state) -> int:
   return int(counts[0])
 
 
-def test_ttur_rates_reach_each_optimizer():
+def test_ttur_rates_reach_each_optimizer(tiny_config):
   # Adam's first update is lr * sign(gradient) (the bias-corrected moments cancel): its size is
   # the rate.
   components = state_lib.build_components(tiny_config(**{'optim.g_lr': 1e-3, 'optim.d_lr': 4e-3}))
@@ -29,7 +26,7 @@ def test_ttur_rates_reach_each_optimizer():
     np.testing.assert_allclose(np.abs(updates['w']), lr, rtol=1e-3)
 
 
-def test_new_state_starts_at_zero_and_matches_its_abstract_shape():
+def test_new_state_starts_at_zero_and_matches_its_abstract_shape(tiny_config):
   config = tiny_config()
   components = state_lib.build_components(config)
   state = state_lib.create_state(config, components, jax.random.key(0))
@@ -44,14 +41,12 @@ def test_new_state_starts_at_zero_and_matches_its_abstract_shape():
   assert optax.tree_utils.tree_norm(state.d_params) > 0
 
 
-def test_one_step_advances_the_step_and_both_optimizer_counts():
+def test_one_step_advances_the_step_and_both_optimizer_counts(tiny_config, build_programs):
   config = tiny_config()
-  components = state_lib.build_components(config)
-  hp = step_lib.StepConfig.from_config(config)
-  state = state_lib.create_state(config, components, jax.random.key(0))
+  progs = build_programs(config)
+  state = state_lib.create_state(config, progs.components, jax.random.key(0))
   shape = state_lib.image_shape(config, config.train.batch_size)
   batch = {'image': np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)}
-  train = jax.jit(functools.partial(step_lib.train_step, components=components, hp=hp))
-  new, _ = train(state, batch, jax.random.key(1))
+  new, _ = progs.train_step(state, batch, jax.random.key(1))
   assert int(new.step) == 1
   assert _adam_count(new.g_opt) == 1 and _adam_count(new.d_opt) == 1

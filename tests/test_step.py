@@ -7,25 +7,26 @@ the metrics are finite, that both networks moved, and that the eval step scores 
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ganomaly_jax import losses, models, state as state_lib, step as step_lib
+from ganomaly_jax import losses, models, state as state_lib
 from ganomaly_jax.evaluation import pixel_metrics
-from helpers.tiny import tiny_config
+from helpers import tiny
 
 
 def run_step(config, seed: int = 0):
-  """(state before, state after one jitted train step, metrics, eval-step result on the batch)."""
-  components = state_lib.build_components(config)
-  hp = step_lib.StepConfig.from_config(config)
-  state = state_lib.create_state(config, components, jax.random.key(0))
+  """(state before, state after one train step, metrics, eval-step result on the batch), with the
+  run's programs."""
+  progs = tiny.build_programs(config)
+  state = state_lib.create_state(config, progs.components, jax.random.key(0))
+  before = jax.tree.map(jnp.copy, state)  # the train step donates `state`
   shape = state_lib.image_shape(config, config.train.batch_size)
   batch = {'image': np.random.default_rng(seed).uniform(-1, 1, shape).astype(np.float32)}
-  train = jax.jit(functools.partial(step_lib.train_step, components=components, hp=hp))
-  new_state, metrics = train(state, batch, jax.random.key(1))
-  evaluate = jax.jit(functools.partial(step_lib.eval_step, components=components, hp=hp))
-  return state, new_state, jax.device_get(metrics), jax.device_get(evaluate(new_state, batch))
+  new_state, metrics = progs.train_step(state, batch, jax.random.key(1))
+  scores = progs.eval_step(new_state, batch)
+  return before, new_state, jax.device_get(metrics), jax.device_get(scores)
 
 
 def max_change(a, b) -> float:
@@ -35,12 +36,12 @@ def max_change(a, b) -> float:
 @functools.lru_cache(maxsize=None)
 def run_method(method: str, *overrides: tuple[str, object]):
   """`run_step` of a method config with overrides, cached: several tests share one compile."""
-  return run_step(tiny_config(method, **dict(overrides)))
+  return run_step(tiny.tiny_config(method, **dict(overrides)))
 
 
 def check_step(method: str, **overrides) -> dict:
-  config = tiny_config(method, **overrides)
-  plain = tiny_config(method)
+  config = tiny.tiny_config(method, **overrides)
+  plain = tiny.tiny_config(method)
   # Overrides the method already has are dropped, so equal configs share one cached step.
   changed = {k: v for k, v in overrides.items() if plain[k.split('.')[0]][k.split('.')[1]] != v}
   before, after, metrics, scores = run_method(method, *sorted(changed.items()))
@@ -89,11 +90,11 @@ def test_step_per_mask_kind(method, overrides):
   check_step(method, **overrides)
 
 
-# ---- SkipGANomaly's D loss, eq. 3.8 (issue 15 item 5). ----
+# ---- SkipGANomaly's D loss, eq. 3.8. ----
 
 
 @pytest.mark.parametrize('method', ['skip_ganomaly', 'masked', 'grid_mask'])
-def test_skip_ganomaly_family_defaults_to_the_latent_term_in_d(method):
+def test_skip_ganomaly_family_defaults_to_the_latent_term_in_d(method, tiny_config):
   assert tiny_config(method).loss.latent_in_d is True
 
 
@@ -131,15 +132,13 @@ def test_riad_loss_is_l2_ssim_msgms_at_one_to_one_to_one():
 
 
 @pytest.mark.parametrize('method', ['grid_mask', 'riad'])
-def test_grid_eval_is_deterministic_and_scores_its_map(method):
+def test_grid_eval_is_deterministic_and_scores_its_map(method, tiny_config, build_programs):
   config = tiny_config(method)
-  components = state_lib.build_components(config)
-  hp = step_lib.StepConfig.from_config(config)
-  state = state_lib.create_state(config, components, jax.random.key(0))
+  progs = build_programs(config)
+  state = state_lib.create_state(config, progs.components, jax.random.key(0))
   shape = state_lib.image_shape(config, config.train.batch_size)
   batch = {'image': np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)}
-  evaluate = jax.jit(functools.partial(step_lib.eval_step, components=components, hp=hp,
-                                       with_maps=True))
+  evaluate = progs.eval_maps
   first, second = jax.device_get(evaluate(state, batch)), jax.device_get(evaluate(state, batch))
   np.testing.assert_array_equal(first['map'], second['map'])  # fixed partitions at evaluation
   assert first['map'].shape == shape[:3]

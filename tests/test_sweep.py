@@ -11,13 +11,12 @@ import pytest
 from ganomaly_jax import rundir, train
 from ganomaly_jax.experiments import sweep, tables
 from fake_gcs import gs_root  # noqa: F401  (a fixture)
+from helpers import REPO, tiny
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ABLATION = os.path.join(REPO, 'configs', 'sweeps', 'ablation.py')
 MODIFIED = os.path.join(REPO, 'configs', 'ganomaly_modified.py')
-# The tiny GANomaly of tests/helpers/train_steps.py, 2 steps.
-TINY = os.path.join(REPO, 'configs/ganomaly.py:quick,model.ngf=4,model.ndf=4,batch=8,'
-                    'dataset.max_train=64,dataset.max_test=32,eval.batch_size=16,steps=2')
+# The tiny GANomaly on a small share of the data, 2 steps.
+TINY = tiny.spec(**tiny.SMALL_DATA, steps=2)
 LAUNCH = [os.path.join(REPO, 'launch', name) for name in
           ('tpu_pod.sh', 'run_on_host.sh', 'slurm.sbatch', 'local_devices.sh')]
 

@@ -4,7 +4,6 @@ This is the path docs/extending.md#adding-a-method walks: register the entries, 
 and validation, the train step and the eval step pick them up without an edit to the package.
 """
 
-import functools
 import os
 
 import jax
@@ -12,11 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ganomaly_jax import config_checks, config_lib, losses, state as state_lib, step as step_lib
+from ganomaly_jax import config_checks, config_lib, losses, state as state_lib
 from ganomaly_jax.data import sources
 from ganomaly_jax.experiments import sweep
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import tiny
 
 
 TRACED = []  # names of the toy functions the jitted steps traced (Python runs once per trace)
@@ -49,17 +47,16 @@ def toy_method(monkeypatch):
   monkeypatch.setitem(losses.SCORES, 'toy_l1', TOY_SCORE)
 
 
-def test_unregistered_names_are_refused():
-  config = config_lib.load_config(os.path.join(REPO, 'configs/ganomaly.py:quick'))
+def test_unregistered_names_are_refused(repo_root):
+  config = config_lib.load_config(os.path.join(repo_root, 'configs/ganomaly.py:quick'))
   config = sweep.apply_overrides(config, {'loss.adversarial': 'toy_hinge'})
   with pytest.raises(config_checks.ConfigError, match="loss.adversarial='toy_hinge' is not one of"):
     config_checks.validate_config(config)
 
 
-def test_toy_adversarial_and_score_train_two_steps_and_evaluate(toy_method):
-  config = config_lib.load_config(os.path.join(REPO, 'configs/ganomaly.py:quick,model.ngf=4,'
-                                                     'model.ndf=4,batch=8'))
-  config = sweep.apply_overrides(config, {'loss.adversarial': 'toy_hinge', 'eval.score': 'toy_l1'})
+def test_toy_adversarial_and_score_train_two_steps_and_evaluate(toy_method, tiny_config,
+                                                                build_programs):
+  config = tiny_config(**{'loss.adversarial': 'toy_hinge', 'eval.score': 'toy_l1'})
   config_checks.validate_config(config)
   TRACED.clear()
   # The entry's facts reach validation: it declared no labels, so soft labels are refused.
@@ -67,23 +64,21 @@ def test_toy_adversarial_and_score_train_two_steps_and_evaluate(toy_method):
     config_checks.validate_config(sweep.apply_overrides(config.copy_and_resolve_references(),
                                                    {'train.soft_labels': True}))
 
-  components = state_lib.build_components(config)
-  hp = step_lib.StepConfig.from_config(config)
-  state = state_lib.create_state(config, components, jax.random.key(0))
+  progs = build_programs(config)
+  # The state as train.py makes it: its step outputs then trace like it, and the step traces once.
+  state = progs.init(jax.random.key(0))
   shape = state_lib.image_shape(config, config.train.batch_size)
   images = np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
-  train = jax.jit(functools.partial(step_lib.train_step, components=components, hp=hp))
   metrics = []
   for i in range(2):
-    state, m = train(state, {'image': images}, jax.random.key(i))
+    state, m = progs.train_step(state, {'image': images}, jax.random.key(i))
     metrics.append(jax.device_get(m))
   assert int(state.step) == 2 and int(state.skipped_steps) == 0
   assert TRACED == ['hinge_discriminator']  # the step called the registered D loss
   for m in metrics:
     assert all(np.isfinite(v) for v in m.values())
     assert m['d_loss'] >= 0  # a hinge loss
-  out = jax.jit(functools.partial(step_lib.eval_step, components=components, hp=hp,
-                                  with_maps=True))(state, {'image': images})
+  out = progs.eval_maps(state, {'image': images})
   assert TRACED == ['hinge_discriminator', 'mean_abs_score']
   # The toy score is exactly the per-image mean |x - x̂| of the eval reconstruction.
   want = np.mean(np.abs(images - np.asarray(out['recon'])).reshape(len(images), -1), axis=1)
@@ -131,7 +126,7 @@ def test_a_dataset_and_a_method_config_from_outside_the_package_train(tmp_path, 
       load=_stripes, channels=lambda arg: 1, small=True))
   config_file = tmp_path / 'stripes_gan.py'
   config_file.write_text(OUTSIDE_CONFIG)
-  config = config_lib.load_config(f'{config_file}:quick,model.ngf=4,model.ndf=4,batch=8')
+  config = config_lib.load_config(f'{config_file}:{tiny.TINY_ARG}')
   config = sweep.apply_overrides(config, {'train.num_steps': 2, 'train.image_every': 0})
   assert (config.method, config.model.channels, config.model.isize) == ('stripes_gan', 1, 16)
   results = train.train_and_evaluate(config, str(tmp_path / 'run'))
@@ -139,8 +134,8 @@ def test_a_dataset_and_a_method_config_from_outside_the_package_train(tmp_path, 
   assert results['dataset'] == 'stripes' and 0.0 <= results['image_auroc'] <= 1.0
 
 
-def test_an_unregistered_dataset_is_one_line_naming_the_registered_ones():
-  config = config_lib.load_config(os.path.join(REPO, 'configs/ganomaly.py:quick,channels=1'))
+def test_an_unregistered_dataset_is_one_line_naming_the_registered_ones(repo_root):
+  config = config_lib.load_config(os.path.join(repo_root, 'configs/ganomaly.py:quick,channels=1'))
   config = sweep.apply_overrides(config, {'dataset.name': 'stripes'})
   with pytest.raises(config_checks.ConfigError, match="dataset.name='stripes' is not a dataset: "
                      'use digits, mnist, fashion_mnist, cifar10, npz:PATH, folder:PATH'):

@@ -13,8 +13,7 @@ import pytest
 
 from ganomaly_jax import config_checks, config_lib, losses, masks, models
 from ganomaly_jax.experiments import sweep
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO
 
 
 def _config(method: str = 'ganomaly', **overrides):
@@ -33,7 +32,7 @@ def test_every_method_config_is_valid(method):
   config_checks.validate_config(_config(method))
 
 
-# ---- Impossible combinations (issue 15 item 3). ----
+# ---- Impossible combinations. ----
 
 
 def test_residual_blocks_with_wgan_gp_are_refused():
@@ -56,7 +55,7 @@ def test_adv_extra_outside_feature_matching_is_refused(method, adversarial):
            rf'loss.adv_extra=True .*loss.adversarial={adversarial}; use it with feature_matching')
 
 
-# ---- Keys the chosen method does not read (issue 15 item 3). ----
+# ---- Keys the chosen method does not read. ----
 
 
 def test_kernel_size_with_the_unet_is_refused():

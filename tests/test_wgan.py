@@ -1,33 +1,27 @@
 """WGAN-GP training steps: the critic loss with gradient penalty, and `loss.n_critic` extra updates."""
 
-import functools
-import os
-
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ganomaly_jax import config_checks, config_lib, state as state_lib, step as step_lib
-from ganomaly_jax.experiments import sweep
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = 'configs/ganomaly.py:quick,model.ngf=4,model.ndf=4,batch=8,loss.adversarial=wgan_gp'
+from ganomaly_jax import config_checks, state as state_lib
+from helpers import tiny
 
 
 def _config(**overrides):
-  return sweep.apply_overrides(config_lib.load_config(os.path.join(REPO, TINY)), overrides)
+  return tiny.tiny_config(**{'loss.adversarial': 'wgan_gp', **overrides})
 
 
 def _one_step(config):
-  """(state before, state after one jitted training step, metrics)."""
-  components = state_lib.build_components(config)
-  hp = step_lib.StepConfig.from_config(config)
-  state = state_lib.create_state(config, components, jax.random.key(0))
+  """(state before, state after one training step of the run's program, metrics)."""
+  progs = tiny.build_programs(config)
+  state = state_lib.create_state(config, progs.components, jax.random.key(0))
+  before = jax.tree.map(jnp.copy, state)  # the train step donates `state`
   shape = state_lib.image_shape(config, config.train.batch_size)
   images = np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
-  step = jax.jit(functools.partial(step_lib.train_step, components=components, hp=hp))
-  new_state, metrics = step(state, {'image': images}, jax.random.key(1))
-  return state, new_state, jax.device_get(metrics)
+  new_state, metrics = progs.train_step(state, {'image': images}, jax.random.key(1))
+  return before, new_state, jax.device_get(metrics)
 
 
 def _adam_count(opt_state) -> int:

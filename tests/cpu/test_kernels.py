@@ -12,19 +12,17 @@ import ml_collections
 import numpy as np
 import pytest
 
-from ganomaly_jax import config_lib, parallel, programs
+from ganomaly_jax import config_lib
 from ganomaly_jax.cpu import batch_norm, kernels
 from ganomaly_jax.models import layers
+from helpers import tiny
 
-TINY = 'quick,model.ngf=4,model.ndf=4,batch=4,isize=16'
 FAST_METHODS = ('ganomaly', 'skip_ganomaly')
 
 
-def _config(method: str, **runtime) -> ml_collections.ConfigDict:
-  config = config_lib.load_config(f'configs/{method}.py:{TINY}')
-  config.unlock()
-  config.runtime.update(runtime)
-  return config
+def _config(method: str, cpu_kernels: str = 'auto') -> ml_collections.ConfigDict:
+  """The tiny config of `method` at batch 4, with the CPU switch set."""
+  return tiny.tiny_config(method, **{'train.batch_size': 4, 'runtime.cpu_kernels': cpu_kernels})
 
 
 def _methods():
@@ -42,13 +40,12 @@ def _abstract_args(config, progs):
 
 @pytest.mark.slow  # trains every method twice
 @pytest.mark.parametrize('method', _methods())
-def test_off_and_auto_train_alike(method):
+def test_off_and_auto_train_alike(method, build_programs):
   # Two train steps from the same initial state: parameters and losses agree to float tolerance.
   images = jax.random.uniform(jax.random.key(3), (2, 4, 16, 16, 1), minval=-1.0, maxval=1.0)
   outcomes = {}
   for mode in ('off', 'auto'):
-    config = _config(method, cpu_kernels=mode)
-    progs = programs.build(config, parallel.make_mesh(jax.devices()[:1]))
+    progs = build_programs(_config(method, cpu_kernels=mode))
     state = progs.init(jax.random.key(0))
     losses = []
     for i in range(2):
@@ -71,9 +68,9 @@ def _exported(fn, args, platforms) -> str:
 
 
 @pytest.mark.parametrize('method', config_lib.METHODS)
-def test_steps_lower_for_tpu_and_cuda_without_cpu_forms(method):
+def test_steps_lower_for_tpu_and_cuda_without_cpu_forms(method, build_programs):
   config = _config(method)  # cpu_kernels='auto', the default
-  progs = programs.build(config, parallel.make_mesh(jax.devices()[:1]))
+  progs = build_programs(config)
   state, batch, rng = _abstract_args(config, progs)
   for name, fn, args in (('train_step', progs.train_step, (state, batch, rng)),
                          ('eval_step', progs.eval_step, (state, batch)),
@@ -83,17 +80,17 @@ def test_steps_lower_for_tpu_and_cuda_without_cpu_forms(method):
     assert 'stablehlo.convolution' in text  # flax's own convolutions are there instead
 
 
-def test_the_export_check_would_see_a_cpu_form():
+def test_the_export_check_would_see_a_cpu_form(build_programs):
   # The same detector on a CPU export finds the CPU forms: a leak off CPU would fail the test above.
   config = _config('ganomaly')
-  progs = programs.build(config, parallel.make_mesh(jax.devices()[:1]))
+  progs = build_programs(config)
   state, batch, rng = _abstract_args(config, progs)
   assert kernels.CPU_SCOPE in _exported(progs.train_step, (state, batch, rng), ('cpu',))
-  off = programs.build(_config('ganomaly', cpu_kernels='off'))
+  off = build_programs(_config('ganomaly', cpu_kernels='off'))
   assert kernels.CPU_SCOPE not in _exported(off.train_step, (state, batch, rng), ('cpu',))
 
 
-# ---- BatchNorm statistics at a large mean (issue 17.1 b) ----
+# ---- BatchNorm statistics at a large mean ----
 
 def _activations():
   rng = np.random.default_rng(0)

@@ -1,1 +1,9 @@
-"""Helpers for tests that need a fresh process (fake device counts) or share a step driver."""
+"""Helpers shared by test modules, and scripts that tests start in a fresh process.
+
+`REPO`, the repository root, is defined here once: test modules import it for their module-level
+paths, and test functions can take it as the `repo_root` fixture (tests/conftest.py).
+"""
+
+import pathlib
+
+REPO = pathlib.Path(__file__).resolve().parent.parent.parent

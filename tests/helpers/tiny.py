@@ -1,15 +1,46 @@
-"""The smallest config of a method that still trains: `quick`, widths 4, batch 8 (2 CPU cores)."""
+"""The smallest config of a method that still trains (`quick`, widths 4, batch 8: 2 CPU cores), and
+the compiled programs that tests run it with.
 
-import os
+Test functions take these as the `tiny_config` and `build_programs` fixtures (tests/conftest.py);
+module-level helpers and the scripts that tests start import them from here.
+"""
 
-from ganomaly_jax import config_lib
+import jax
+import ml_collections
+
+from ganomaly_jax import config_lib, parallel, programs
 from ganomaly_jax.experiments import sweep
+from helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY_ARG = 'quick,model.ngf=4,model.ndf=4,batch=8'
+# The data caps and evaluation batch of the tests that train and evaluate end to end.
+SMALL_DATA = {'dataset.max_train': 64, 'dataset.max_test': 32, 'eval.batch_size': 16}
 
 
-def tiny_config(method: str = 'ganomaly', **overrides):
+def arg(**args) -> str:
+  """TINY_ARG followed by `args` as `key=value` items: an argument string (`steps=2`, or a dotted
+  key through `**{'dataset.max_train': 64}`)."""
+  return ','.join([TINY_ARG, *(f'{key}={value}' for key, value in args.items())])
+
+
+def spec(method: str = 'ganomaly', **args) -> str:
+  """`<repository>/configs/<method>.py:<arg(**args)>`, as `--config=` and `load_config` take it.
+
+  Argument-string values are set before the dataset-dependent keys are resolved, so a `dataset=`
+  given here also sets the dataset's channels, which a `tiny_config` override would not.
+  """
+  return f'{REPO / "configs" / method}.py:{arg(**args)}'
+
+
+def tiny_config(method: str = 'ganomaly', **overrides) -> ml_collections.ConfigDict:
   """configs/<method>.py:TINY_ARG with dotted `overrides` set (checked as a sweep's are)."""
-  config = config_lib.load_config(os.path.join(REPO, 'configs', f'{method}.py:{TINY_ARG}'))
-  return sweep.apply_overrides(config, overrides)
+  return sweep.apply_overrides(config_lib.load_config(spec(method)), overrides)
+
+
+def build_programs(config: ml_collections.ConfigDict) -> programs.Programs:
+  """`programs.build(config)` on a one-device mesh: the jitted steps that a run uses.
+
+  Its train step donates the state (argument 0): copy a state that the test reads afterwards
+  (`jax.tree.map(jnp.copy, state)`).
+  """
+  return programs.build(config, parallel.make_mesh(jax.devices()[:1]))

@@ -19,17 +19,19 @@ import sys
 from typing import Any
 from unittest import mock
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# A GANomaly small enough for 2 CPU cores (the same string as tests/test_reliability.py).
-TINY = ('configs/ganomaly.py:quick,model.ngf=4,model.ndf=4,batch=8,dataset.max_train=64,'
-        'dataset.max_test=32,eval.batch_size=16')
+if __name__ == '__main__':  # run as a script, sys.path[0] is tests/helpers: import `helpers` too
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from helpers import tiny  # noqa: E402
+
+# The tiny GANomaly on a small share of the data, as the end-to-end tests train it.
+TINY = tiny.spec(**tiny.SMALL_DATA)
 
 
 def load(spec: str = TINY):
-  """The config of a spec relative to the repository root (as `--config=` would load it)."""
+  """The config of a spec (as `--config=` would load it)."""
   from ganomaly_jax import config_lib
 
-  return config_lib.load_config(os.path.join(REPO, spec))
+  return config_lib.load_config(spec)
 
 
 def global_batches(config, num_steps: int, num_processes: int = 1) -> list:
@@ -122,7 +124,7 @@ def main(argv: list[str]) -> None:
     _save(os.path.join(args.out, f'{name}.npz'), state, history)
 
   # A global batch the devices cannot split must fail before any work, naming the key.
-  bad = load(f'{TINY},batch={args.devices + args.devices // 2}')
+  bad = load(tiny.spec(**tiny.SMALL_DATA, batch=args.devices + args.devices // 2))
   try:
     train.train_and_evaluate(bad, os.path.join(args.out, 'bad_batch'))
     error = None
