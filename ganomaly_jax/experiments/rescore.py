@@ -11,8 +11,9 @@ each variant of its `eval` section -- `--scores=a,b` is `--variant=score=a --var
 variant sets only eval.* keys (score, map, smooth_sigma, topk_fraction, ...) -- exactly as the run's
 final evaluation does (`evaluator.evaluate_and_report`; the threshold again from the validation
 normals). The run's own settings reproduce its results. OUT/results.csv and OUT/results.md (rows
-`METHOD[variant]`, the benchmark's table format) collect them; each evaluation's pictures and
-results.json go to OUT/runs/<variant>/<class>/seed-<s>, and a finished one is not evaluated again.
+`METHOD[variant]`, the benchmark's table format) collect them; each evaluation's results.json (and
+its pictures, where the run drew them: suites do not unless asked, `eval.pictures`) go to
+OUT/runs/<variant>/<class>/seed-<s>, and a finished one is not evaluated again.
 
 This is post hoc: the table shows how the scores compare on *test* labels, so a score picked from it
 is tuned on test labels and must be reported as such (docs/results.md).
