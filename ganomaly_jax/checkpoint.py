@@ -41,6 +41,9 @@ import orbax.checkpoint as ocp
 
 from ganomaly_jax import rundir
 
+# How long a failed restore's leftover native-stderr output may take to drain.
+_STDERR_SETTLE_S = 3.0
+
 _ORBAX = threading.RLock()  # see the module docstring
 
 
@@ -67,8 +70,9 @@ def _native_stderr_held() -> Iterator[None]:
     yield
   except Exception:
     failed = True
-    # The stray reads finish within moments: wait until nothing more is written (at most 3 s).
-    size, still, deadline = -1, 0, time.time() + 3.0
+    # The stray reads finish within moments: wait until nothing more is written (at most
+    # _STDERR_SETTLE_S seconds).
+    size, still, deadline = -1, 0, time.time() + _STDERR_SETTLE_S
     while still < 3 and time.time() < deadline:
       now = os.fstat(held.fileno()).st_size
       still = still + 1 if now == size else 0

@@ -79,6 +79,10 @@ on_worker() {
   # The code writes gs:// itself (etils.epath, orbax, tf.io.gfile): no mount, no gcsfuse.
   if [[ "$benchmark" == 1 ]]; then
     local worker="${WORKER_ID:-}" count="${WORKER_COUNT:-}"
+    if [[ "${DRY_RUN:-0}" == 1 ]]; then  # no metadata server to ask: show where they go
+      worker="${worker:-WORKER}"
+      count="${count:-WORKERS}"
+    fi
     if [[ -z "$worker" ]]; then
       worker="$(metadata agent-worker-number)"
     fi

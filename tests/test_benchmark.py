@@ -168,8 +168,8 @@ def test_dry_run_lists_the_runs(tmp_path):
        f'--workdir={root}', '--dry_run'], cwd=REPO, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-2000:]
   lines = proc.stdout.splitlines()
-  assert len(lines) == 25 and lines[-1].startswith(
-      '24 runs: 16 trained at 300 steps, 4 baseline, 4 re-evaluated')
+  assert len(lines) == 29 and lines[-1].startswith(
+      '28 runs: 18 trained at 300 steps, 4 baseline, 6 re-evaluated')
   assert lines[0].startswith(f'2/ganomaly/seed-0: python -m ganomaly_jax.main --config=')
   assert f'--workdir={root}/runs/2/ganomaly/seed-0' in lines[0]
   assert '--config.dataset.abnormal=2' in lines[0] and '--config.seed=0' in lines[0]

@@ -30,7 +30,7 @@ def test_nested_phases_are_subtracted_and_compiling_moves_to_compile():
   wall = recorder.as_dict()['wall']
   assert set(wall) == {'outer', 'inner', 'compile'}
   assert wall['compile'] > 0.0
-  assert 0.04 <= wall['outer'] < 0.2 and 0.04 <= wall['inner'] < 0.2, wall
+  assert 0.04 <= wall['outer'] < 1.0 and 0.04 <= wall['inner'] < 1.0, wall  # loaded machines
   cpu = recorder.as_dict()['cpu']
   # Busy-waiting is CPU time, sleeping is not (how much CPU the busy loop got depends on the load).
   assert cpu['outer'] < cpu['inner'], cpu

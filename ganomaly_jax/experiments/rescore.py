@@ -15,7 +15,8 @@ the run's final evaluation does (`readout.choose`, `evaluator.evaluate_and_repor
 again from the validation normals). A variant naming a score or map reads out with it
 (eval.readout=published); `readout=auto` chooses without test labels (evaluation/readout.py). The
 run's own settings reproduce its results. OUT/results.csv and OUT/results.md (rows `METHOD[variant]`,
-the benchmark's table format) collect them; each evaluation's pictures and results.json go to
+the benchmark's table format) collect them; each evaluation's results.json (and its pictures, where
+the run drew them: suites do not unless asked, `eval.pictures`) go to
 OUT/runs/<variant>/<class>/seed-<s>, and a finished one is not evaluated again.
 
 This is post hoc: the table shows how the scores compare on *test* labels, so a score picked from it

@@ -165,11 +165,14 @@ class PhaseTotals:
   The trained runs' phases come from their results.json (`phase_seconds`); `start` is the process
   up to the first run (interpreter, imports, set-up, expanding the runs, generated data),
   `baselines` the baseline runs, `tables` rewriting the tables. CPU is the process's (all threads).
+  With several runs in flight (`in_flight` > 1) their phases overlap: the sums are run-seconds,
+  more than the session's wall time, and a run's CPU seconds include the others' meanwhile.
   """
 
   wall: dict[str, float] = dataclasses.field(default_factory=lambda: collections.defaultdict(float))
   cpu: dict[str, float] = dataclasses.field(default_factory=lambda: collections.defaultdict(float))
   trained: int = 0
+  in_flight: int = 1
 
   def add(self, name: str, wall: float, cpu: float) -> None:
     self.wall[name] += wall
@@ -181,14 +184,21 @@ class PhaseTotals:
       self.add(name, wall, phases.get('cpu', {}).get(name, 0.0))
 
   def lines(self, elapsed: tuple[float, float]) -> list[str]:
-    """A small table: each phase's wall and CPU seconds and share of the session's wall time."""
-    total_wall = max(elapsed[0], 1e-9)
-    out = [f'{"phase":<14} {"wall s":>9} {"CPU s":>9} {"% wall":>7}']
+    """A small table: each phase's wall and CPU seconds and share of the session's wall time (of
+    the phases' sum when runs overlapped)."""
+    accounted = sum(self.wall.values()), sum(self.cpu.values())
+    overlap = self.in_flight > 1
+    share = max(accounted[0] if overlap else elapsed[0], 1e-9)
+    out = [f'{"phase":<14} {"wall s":>9} {"CPU s":>9} {"% sum" if overlap else "% wall":>7}']
     for name in sorted(self.wall, key=self.wall.get, reverse=True):
       out.append(f'{name:<14} {self.wall[name]:9.1f} {self.cpu[name]:9.1f} '
-                 f'{100 * self.wall[name] / total_wall:6.1f}%')
-    accounted = sum(self.wall.values()), sum(self.cpu.values())
-    out.append(f'{"(other)":<14} {elapsed[0] - accounted[0]:9.1f} {elapsed[1] - accounted[1]:9.1f}')
+                 f'{100 * self.wall[name] / share:6.1f}%')
+    if overlap:
+      out.append(f'(summed over the runs, {self.in_flight} in flight at a time: run-seconds; '
+                 'a run\'s CPU includes the others\')')
+    else:
+      out.append(f'{"(other)":<14} {elapsed[0] - accounted[0]:9.1f} '
+                 f'{elapsed[1] - accounted[1]:9.1f}')
     out.append(f'{"total":<14} {elapsed[0]:9.1f} {elapsed[1]:9.1f}   ({self.trained} trained runs)')
     return out
 
@@ -196,7 +206,8 @@ class PhaseTotals:
     return {'wall': {k: round(v, 3) for k, v in self.wall.items()},
             'cpu': {k: round(v, 3) for k, v in self.cpu.items()},
             'total': {'wall': round(elapsed[0], 3), 'cpu': round(elapsed[1], 3)},
-            'trained_runs': self.trained, 'cpu_count': os.cpu_count()}
+            'trained_runs': self.trained, 'in_flight': self.in_flight,
+            'cpu_count': os.cpu_count()}
 
 
 def _phase_line(phases: dict[str, dict[str, float]]) -> str:
@@ -288,7 +299,7 @@ def run_all(records: list[Record[RunT]], *,
     tables_every_s: one host: the tables are rewritten after a run when this long has passed since
       they were last written (and always before the first run and at the end).
   """
-  totals = PhaseTotals()
+  totals = PhaseTotals(in_flight=len(device_groups) if device_groups else 1)
   start = process_age()
   totals.add('start', *start)
   clock = (time.perf_counter() - start[0], time.process_time() - start[1])
