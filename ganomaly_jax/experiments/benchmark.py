@@ -42,11 +42,7 @@ from ganomaly_jax.experiments import run_queue, suites, tables
 _SUITE = flags.DEFINE_string('suite', None, 'Suite: NAME[:ARG] of configs/suites/, or a file path.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Benchmark root: runs/, data/ and the tables.')
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'List the runs (one line each) and run nothing.')
-_PARALLEL = flags.DEFINE_integer(
-    'parallel', 1, 'Runs in flight at once, each on its own group of this host\'s devices.')
-_SHARE = flags.DEFINE_string(
-    'share', 'auto', 'I/N: run every N-th run of the suite, starting at I (host I of N, each a JAX '
-    'process of its own); auto: JAX_PROCESS_ID/JAX_NUM_PROCESSES, else 0/1.')
+_PARALLEL, _SHARE = run_queue.define_flags('suite')
 
 Record = run_queue.Record  # run_queue.Record[suites.BenchRun]
 

@@ -78,6 +78,21 @@ def train_in_process(config: ml_collections.ConfigDict, workdir: str,
   return train.train_and_evaluate(config, workdir, devices=devices)
 
 
+def define_flags(what: str):
+  """Defines --parallel and --share for a command that runs a queue of `what` ('suite' or 'sweep').
+
+  Called when the command runs as a program only, so importing its module defines no global flags.
+  """
+  from absl import flags
+
+  parallel = flags.DEFINE_integer(
+      'parallel', 1, 'Runs in flight at once, each on its own group of this host\'s devices.')
+  share = flags.DEFINE_string(
+      'share', 'auto', f'I/N: run every N-th run of the {what}, starting at I (host I of N, each a '
+      'JAX process of its own); auto: JAX_PROCESS_ID/JAX_NUM_PROCESSES, else 0/1.')
+  return parallel, share
+
+
 def call_train(train_fn: TrainFn, config: ml_collections.ConfigDict, workdir: str,
                devices: Sequence[Any] | None) -> dict[str, Any]:
   """`train_fn(config, workdir)`, with `devices=` only when the queue chose devices for the run."""

@@ -45,11 +45,7 @@ if __name__ == '__main__':  # flags only for the program: ganomaly_jax.experimen
   _SWEEP = flags.DEFINE_string('sweep', None, 'Sweep file defining get_sweep().')
   _WORKDIR = flags.DEFINE_string('workdir', None, 'Sweep root: one sub-directory per run.')
   _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print one command per run and run nothing.')
-  _PARALLEL = flags.DEFINE_integer(
-      'parallel', 1, 'Runs in flight at once, each on its own group of this host\'s devices.')
-  _SHARE = flags.DEFINE_string(
-      'share', 'auto', 'I/N: run every N-th run, starting at I (host I of N, each a JAX process of '
-      'its own); auto: JAX_PROCESS_ID/JAX_NUM_PROCESSES, else 0/1.')
+  _PARALLEL, _SHARE = run_queue.define_flags('sweep')
 
 RESULTS_CSV = 'results.csv'
 RESULTS_MD = 'results.md'
