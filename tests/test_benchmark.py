@@ -173,7 +173,7 @@ def test_dry_run_lists_the_runs(tmp_path):
   assert lines[0].startswith(f'2/ganomaly/seed-0: python -m ganomaly_jax.main --config=')
   assert f'--workdir={root}/runs/2/ganomaly/seed-0' in lines[0]
   assert '--config.dataset.abnormal=2' in lines[0] and '--config.seed=0' in lines[0]
-  assert lines[23].startswith('2/knn/seed-1: baseline knn on the splits of')
+  assert lines[27].startswith('2/knn/seed-1: baseline knn on the splits of')
   assert lines[5] == (f'2/masked+auto/seed-0: re-evaluates {root}/runs/2/masked/seed-0 with eval '
                       'readout=auto (nothing trained)')
   assert not root.exists()
