@@ -85,7 +85,11 @@ def _png_data_uri(png: bytes) -> str:
 
 def _array_to_png(image: np.ndarray, max_size: int) -> bytes:
   """Encodes an image array as PNG, shrunk so its longer side is at most max_size (a thumbnail)."""
-  pil = Image.fromarray(plots.to_rgb_uint8(image))
+  return _thumbnail_png(Image.fromarray(plots.to_rgb_uint8(image)), max_size)
+
+
+def _thumbnail_png(pil: Image.Image, max_size: int) -> bytes:
+  """PNG bytes of a PIL image, shrunk so its longer side is at most max_size."""
   if max(pil.size) > max_size:
     pil.thumbnail((max_size, max_size))
   buf = io.BytesIO()
@@ -99,12 +103,7 @@ def _file_to_png(path: Path, max_size: int) -> bytes:
   if data.startswith(_PNG_SIGNATURE) and len(data) <= 256 * 1024:
     return data
   with Image.open(io.BytesIO(data)) as pil:
-    pil = pil.convert('RGB')
-    if max(pil.size) > max_size:
-      pil.thumbnail((max_size, max_size))
-    buf = io.BytesIO()
-    pil.save(buf, format='PNG')
-  return buf.getvalue()
+    return _thumbnail_png(pil.convert('RGB'), max_size)
 
 
 def _resolve(path: PathLike, out_dir: Path) -> Path:
