@@ -1,15 +1,11 @@
-"""Static HTML reports of anomaly-detection results that open from disk (file://), with no server.
+"""A static HTML report of scored images that opens from disk (file://), with no server.
 
-Two writers:
-
-- `write_html_report` (a few hundred entries at most): one `index.html` with every picture embedded as
-  a base64 `data:` URI, so the single file can be mailed or copied on its own.
-- `write_paged_report` (inference over whole folders, tens of thousands of images): the page holds a
-  small JSON index (name, score, relative map path per image) and a few lines of JS that show the most
-  and the least anomalous images first and the rest one page at a time; thumbnails are the map PNGs
-  already written under the report's folder, referenced by relative path with `loading="lazy"`. The
-  page stays a few MB and the browser decodes only the pictures in view. It is self-contained in the
-  sense that the report folder (index.html + maps/) opens anywhere from disk.
+`write_paged_report` serves inference over whole folders (tens of thousands of images): the page
+holds a small JSON index (name, score, relative map path, verdict per image) and a few lines of JS
+that show the most and the least anomalous images first and the rest one page at a time; thumbnails
+are the map PNGs already written under the report's folder, referenced by relative path with
+`loading="lazy"`. The page stays a few MB and the browser decodes only the pictures in view; the
+report folder (index.html + maps/) opens anywhere from disk.
 
 The CSS and JS are inline, and a Content-Security-Policy forbids loading anything but inline code and
 local pictures, so the page cannot silently depend on the network.
@@ -17,9 +13,7 @@ local pictures, so the page cannot silently depend on the network.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import math
 import os
@@ -30,18 +24,10 @@ from typing import Any
 # epath: the report may be written to a gs:// folder as well as a local one.
 from etils.epath import Path
 import numpy as np
-from PIL import Image
 
 from ganomaly_jax import rundir
-from ganomaly_jax.evaluation import plots
 
 PathLike = str | os.PathLike
-
-_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
-
-# Only inline styles/scripts and data: images; anything else (a stray http:// reference) is blocked by
-# the browser, so the page cannot silently depend on the network.
-_CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'")
 
 # The paged report's pictures are files beside the page: 'self' and file: allow exactly those (Chromium
 # treats file: pages as opaque origins, so 'self' alone would block them); still nothing from a network.
@@ -68,70 +54,6 @@ table.metrics td.num { text-align: right; font-family: monospace; }
 .entry .verdict.normal { color: #1e7e34; }
 .skipped li { font-family: monospace; font-size: 0.85em; word-break: break-all; }
 """
-
-# Runs at the end of <body>, after every entry is in the DOM. Filling #count proves to a headless
-# browser test that the page parsed and its script ran without errors.
-_JS = """
-(function () {
-  var n = document.querySelectorAll('#entries .entry').length;
-  document.getElementById('count').textContent = String(n);
-})();
-"""
-
-
-def _png_data_uri(png: bytes) -> str:
-  return 'data:image/png;base64,' + base64.b64encode(png).decode('ascii')
-
-
-def _array_to_png(image: np.ndarray, max_size: int) -> bytes:
-  """Encodes an image array as PNG, shrunk so its longer side is at most max_size (a thumbnail)."""
-  return _thumbnail_png(Image.fromarray(plots.to_rgb_uint8(image)), max_size)
-
-
-def _thumbnail_png(pil: Image.Image, max_size: int) -> bytes:
-  """PNG bytes of a PIL image, shrunk so its longer side is at most max_size."""
-  if max(pil.size) > max_size:
-    pil.thumbnail((max_size, max_size))
-  buf = io.BytesIO()
-  pil.save(buf, format='PNG')
-  return buf.getvalue()
-
-
-def _file_to_png(path: Path, max_size: int) -> bytes:
-  """Reads an image file as PNG bytes; small PNGs are embedded verbatim, others re-encoded."""
-  data = path.read_bytes()
-  if data.startswith(_PNG_SIGNATURE) and len(data) <= 256 * 1024:
-    return data
-  with Image.open(io.BytesIO(data)) as pil:
-    return _thumbnail_png(pil.convert('RGB'), max_size)
-
-
-def _resolve(path: PathLike, out_dir: Path) -> Path:
-  """Relative paths are looked up under out_dir (where map PNGs are written), then as given."""
-  path = Path(path)
-  if path.is_absolute() or not (out_dir / path).exists():
-    return path
-  return out_dir / path
-
-
-def _picture(source: Any, out_dir: Path, alt: str, max_size: int) -> str:
-  """An <img> with an embedded picture, or a placeholder if the source is missing or unreadable.
-
-  A report is written at the end of a long evaluation, so a missing map should cost a grey box, not the
-  whole report.
-  """
-  try:
-    if source is None:
-      raise FileNotFoundError('no picture given')
-    if isinstance(source, (str, os.PathLike)):
-      png = _file_to_png(_resolve(source, out_dir), max_size)
-    else:
-      png = _array_to_png(np.asarray(source), max_size)
-  except (OSError, ValueError) as e:
-    return (f'<div class="missing" title="{html.escape(str(e), quote=True)}">'
-            f'{html.escape(alt)} unavailable</div>')
-  return f'<img src="{_png_data_uri(png)}" alt="{html.escape(alt, quote=True)}">'
-
 
 def _score_key(entry: Mapping[str, Any]) -> float:
   """Sort key for descending score; missing or non-finite scores go last."""
@@ -188,35 +110,6 @@ def _skipped_section(skipped: Any) -> str:
   return '\n'.join(parts)
 
 
-def _entry_html(entry: Mapping[str, Any], out_dir: Path, max_size: int) -> str:
-  name = str(entry.get('name', ''))
-  try:
-    score = float(entry.get('score'))
-  except (TypeError, ValueError):
-    score = math.nan
-  score_text = f'{score:.6g}'
-  label = entry.get('label')
-  label_html = ''
-  if label is not None:
-    if isinstance(label, (int, np.integer, bool, np.bool_)):
-      label = 'abnormal' if int(label) else 'normal'
-    label_html = f' <span class="label">{html.escape(str(label))}</span>'
-  flag = entry.get('anomalous')
-  verdict_html, verdict_attr = '', ''
-  if flag is not None:
-    verdict = 'anomalous' if int(flag) else 'normal'
-    verdict_attr = f' data-anomalous="{int(flag)}"'
-    verdict_html = f' <span class="verdict {verdict}">{verdict}</span>'
-  image_html = _picture(entry.get('image'), out_dir, 'image', max_size)
-  map_html = _picture(entry.get('map_png'), out_dir, 'anomaly map', max_size)
-  return (f'<div class="entry" data-score="{html.escape(score_text, quote=True)}"{verdict_attr}>'
-          f'<div class="pics">{image_html}{map_html}</div>'
-          f'<div class="name" title="{html.escape(name, quote=True)}">{html.escape(name)}</div>'
-          f'<div>score <span class="score">{html.escape(score_text)}</span>{label_html}'
-          f'{verdict_html}</div>'
-          '</div>')
-
-
 def _page_head(title_html: str, csp: str, css: str) -> str:
   """The start of a report page, up to its <h1>: charset, CSP, viewport, title and style."""
   return f"""<!DOCTYPE html>
@@ -231,57 +124,6 @@ def _page_head(title_html: str, csp: str, css: str) -> str:
 <body>
 <h1>{title_html}</h1>"""
 
-
-def write_html_report(out_dir: PathLike,
-                      entries: Sequence[Mapping[str, Any]],
-                      metrics: Mapping[str, Any],
-                      title: str,
-                      thumb_size: int = 256) -> Path:
-  """Writes a self-contained `out_dir/index.html` showing scored images and metrics.
-
-  Args:
-    out_dir: directory of the report; created if needed.
-    entries: one dict per image with keys `name` (str), `score` (float, higher = more anomalous),
-      `image` (uint8 or [-1, 1] float HWC array, or a path to an image file), `map_png` (path of the
-      anomaly-map PNG, relative to out_dir, e.g. 'maps/x.png'), and optionally `label` (0/1) and
-      `anomalous` (0/1: above the run's validation threshold; None or absent: no threshold).
-      Pictures are embedded as base64 data URIs; a missing one shows as a placeholder.
-    metrics: name -> value for the metrics table. A 'skipped' key (reason -> list of paths) is listed
-      in its own section instead.
-    title: page title and heading.
-    thumb_size: longer side, in pixels, of embedded array images and of re-encoded large files.
-
-  Returns:
-    Path of the written index.html. Entries appear sorted by score, highest first, each in a
-    `<div class="entry" data-score=...>`; `#count` is filled in by inline JS with the entry count.
-  """
-  out_dir = Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  ordered = sorted(entries, key=_score_key)
-  entries_html = '\n'.join(_entry_html(e, out_dir, thumb_size) for e in ordered)
-  if not ordered:
-    entries_html = '<p>No entries.</p>'
-  title_html = html.escape(title)
-  page = _page_head(title_html, _CSP, _CSS) + f"""
-<p><span id="count"></span> entries, sorted by anomaly score, highest first.</p>
-<h2>Metrics</h2>
-{_metrics_table(metrics)}
-{_skipped_section(metrics.get('skipped'))}
-<h2>Entries ({len(ordered)})</h2>
-<div id="entries">
-{entries_html}
-</div>
-<script>{_JS}</script>
-</body>
-</html>
-"""
-  path = out_dir / 'index.html'
-  # Written then renamed, so a crash mid-write never leaves a truncated report that looks complete.
-  rundir.write_text(path, page)
-  return path
-
-
-# --- Paged report (inference over large folders) -------------------------------------------------
 
 # Entries per page of the full list, and per strip of the most / least anomalous images.
 PAGE_SIZE = 100
