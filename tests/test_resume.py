@@ -32,6 +32,7 @@ def test_resume_with_other_kernels_and_dtype_logs_the_change(trained, caplog):
   assert any("runtime.dtype='bfloat16'" in m for m in lines), lines
 
 
+@pytest.mark.slow  # trains first (the fixture)
 def test_another_architecture_is_refused_before_compiling(trained, monkeypatch):
   build = programs.build
 

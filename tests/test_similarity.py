@@ -23,7 +23,8 @@ def _pair(shape, seed=0, noise=0.3):
   return x, y
 
 
-@pytest.mark.parametrize('shape', [(16, 16, 1), (32, 24, 3), (256, 256, 1)])
+@pytest.mark.parametrize('shape', [(16, 16, 1), (32, 24, 3),
+                                   pytest.param((256, 256, 1), marks=pytest.mark.slow)])
 def test_ssim_map_matches_scikit_image_on_unit_intensities(shape):
   # SSIM of [-1, 1] images is scikit-image's SSIM of (x + 1) / 2 with data_range=1, with the
   # window sigma of the image size (1 px up to 170 px, 1.5 at 256 px).

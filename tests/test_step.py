@@ -81,11 +81,14 @@ def test_step_per_generator(generator):
 
 
 # Every mask kind, and the grid's partitions and draws (the grid mask's alternating grid, RIAD's
-# random sets drawn per batch, and the other two combinations).
+# random sets drawn per batch, and the other two combinations: each compiles a step of its own, so
+# they run in the full suite only).
 @pytest.mark.parametrize('method, overrides', [
     ('masked', {}), ('grid_mask', {}), ('riad', {}),
-    ('grid_mask', {'mask.partition': 'random', 'mask.cells': (4, 8)}),
-    ('riad', {'mask.partition': 'alternating', 'mask.draw': 'image', 'mask.cells': (4, 8)})])
+    pytest.param('grid_mask', {'mask.partition': 'random', 'mask.cells': (4, 8)},
+                 marks=pytest.mark.slow),
+    pytest.param('riad', {'mask.partition': 'alternating', 'mask.draw': 'image', 'mask.cells': (4, 8)},
+                 marks=pytest.mark.slow)])
 def test_step_per_mask_kind(method, overrides):
   check_step(method, **overrides)
 

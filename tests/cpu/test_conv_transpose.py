@@ -48,7 +48,7 @@ def _assert_equals_flax(impl, k, s, padding, size, features=5):
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize('k,s,padding,size', _slow_after(CASES, 4))
+@pytest.mark.parametrize('k,s,padding,size', _slow_after(CASES, 2))
 def test_subpixel_equals_flax_conv_transpose(k, s, padding, size):
   _assert_equals_flax('subpixel', k, s, padding, size)
 
@@ -91,7 +91,7 @@ AUTO_CASES = CASES + [(4, 2, (2, 2), 1), (4, 2, (2, 2), 16), (4, 1, (3, 3), 3), 
 
 # Fast loop: a few regular shapes and every small-input form (matmul, scatter-add); all in the full suite.
 @pytest.mark.parametrize('features', [5, pytest.param(64, marks=pytest.mark.slow)])
-@pytest.mark.parametrize('k,s,padding,size', _slow_after(CASES, 3) + AUTO_CASES[len(CASES):])
+@pytest.mark.parametrize('k,s,padding,size', _slow_after(CASES, 1) + AUTO_CASES[len(CASES):])
 def test_auto_equals_flax_values_and_gradients(k, s, padding, size, features):
   # 'auto' mixes forward kernels (matmul for 1x1 inputs, XLA's or the sub-pixel one) with the
   # adjoint-convolution backward pass; all of it must be nn.ConvTranspose, gradients included.

@@ -67,7 +67,7 @@ def _exported(fn, args, platforms) -> str:
   return jax.export.export(fn, platforms=platforms)(*args).mlir_module()
 
 
-@pytest.mark.parametrize('method', config_lib.METHODS)
+@pytest.mark.parametrize('method', _methods())
 def test_steps_lower_for_tpu_and_cuda_without_cpu_forms(method, build_programs):
   config = _config(method)  # cpu_kernels='auto', the default
   progs = build_programs(config)
