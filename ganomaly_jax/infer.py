@@ -479,19 +479,9 @@ def _remove_dead_staging(out_dir: str) -> None:
     if not name.startswith(_STAGING_PREFIX):
       continue
     pid = name[len(_STAGING_PREFIX):].split('-', 1)[0]
-    if pid.isdigit() and not _alive(int(pid)):
+    if pid.isdigit() and not rundir.pid_alive(int(pid)):
       shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
       logging.info('Removed %s, left by an earlier call that was killed.', name)
-
-
-def _alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
 
 
 class _Interrupted(BaseException):

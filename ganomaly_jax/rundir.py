@@ -240,7 +240,8 @@ def _describe(holder: Mapping[str, Any] | None) -> str:
           + (f': {holder["command"]}' if holder.get('command') else ''))
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+  """Whether a process with this pid runs on this host (someone else's counts as running)."""
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
@@ -356,7 +357,7 @@ class WorkdirLock:
   def _stale(self, lease: Mapping[str, Any]) -> bool:
     if float(lease.get('expires', 0)) < time.time():
       return True
-    return lease.get('host') == socket.gethostname() and not _pid_alive(int(lease.get('pid', 0)))
+    return lease.get('host') == socket.gethostname() and not pid_alive(int(lease.get('pid', 0)))
 
   def _write_lease(self, lease: dict[str, Any]) -> None:
     now = time.time()
