@@ -278,6 +278,22 @@ class CheckpointStore:
     self.latest.wait_until_finished()
     self.best.wait_until_finished()
 
+  @contextlib.contextmanager
+  def saves_finished_on_error(self) -> Iterator[None]:
+    """Lets the saves under way reach the disk when the block raises.
+
+    The process usually exits right after a failed run, which would kill orbax's background commit
+    of the last good checkpoint with it; a run that stops on an error keeps that checkpoint.
+    """
+    try:
+      yield
+    except BaseException:
+      try:
+        self.wait()
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning('A checkpoint save under way failed as well: %s', e)
+      raise
+
   def close(self) -> None:
     self.wait()
     with _ORBAX:

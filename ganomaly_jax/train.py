@@ -135,8 +135,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str, previous: dict[str, An
   rollback = Rollback(t, store, restart=lambda: (progs.init(init_rng), make_train_iter()))
   history: list[tuple[int, dict[str, Any]]] = []
   preempted = False
-  with metric_writers.ensure_flushes(writer), preemption.StopRequest() as stop, \
-       timing.phase('train_steps'):
+  with store.saves_finished_on_error(), metric_writers.ensure_flushes(writer), \
+       preemption.StopRequest() as stop, timing.phase('train_steps'):
     step = int(state.step)
     while step < num_steps:
       step += 1

@@ -41,6 +41,23 @@ def test_round_trip_restores_state_and_data_position(store):
   assert next(fresh) == 3  # the batch after the checkpoint, not the first one
 
 
+def test_an_error_lets_the_saves_under_way_finish_and_keeps_its_own_message(store, monkeypatch):
+  store.save(1, _state(1.0), _data_iter())
+  waited = []
+  wait = store.wait
+  monkeypatch.setattr(store, 'wait', lambda: (waited.append(1), wait()))
+  with pytest.raises(RuntimeError, match='the disk is full'):
+    with store.saves_finished_on_error():
+      raise RuntimeError('the disk is full')
+  assert waited == [1] and store.latest_step() == 1
+  monkeypatch.setattr(store, 'wait', lambda: 1 / 0)  # a save that fails too hides nothing
+  with pytest.raises(RuntimeError, match='the disk is full'):
+    with store.saves_finished_on_error():
+      raise RuntimeError('the disk is full')
+  with store.saves_finished_on_error():  # no error: nothing is waited for
+    pass
+
+
 def test_nothing_to_restore_is_none(store):
   assert store.restore_latest(_state(0.0), None) is None
   assert store.restore_best(_state(0.0)) is None
