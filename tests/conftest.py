@@ -15,7 +15,7 @@ import jax  # noqa: E402,F401  (before the cache variable below: see there)
 # Tests never write outside temporary directories. Every cache that a run would put under $HOME goes
 # to one directory for the session instead; `main` / `sweep` / `infer` processes started by tests
 # inherit it: JAX's compilation cache (the package's default honours JAX_COMPILATION_CACHE_DIR; this
-# process imported JAX above, so its own cache stays off unless a test enables it), matplotlib's font
+# process uses it too, below), matplotlib's font
 # cache, Keras's ~/.keras (created when TensorFlow is imported), any XDG cache and hypothesis's
 # .hypothesis/ (its unicode tables; the example database is off in the tests that use it).
 # tests/test_compile_cache.py checks that a `main` run started this way leaves $HOME untouched.
@@ -32,8 +32,22 @@ flags.FLAGS.mark_as_parsed()
 
 import pytest  # noqa: E402
 
+from ganomaly_jax import compile_cache  # noqa: E402
 import synthetic  # noqa: E402
 from helpers import REPO, tiny  # noqa: E402
+
+# Many tests compile the same tiny programs (each method's step, the evaluation passes); the persistent
+# cache in the session directory lets every test after the first load them instead, as a user's
+# second run does. Only programs that take a while to compile are stored.
+SESSION_CACHE_MIN_COMPILE_S = 0.3
+
+
+def enable_session_compile_cache() -> None:
+  compile_cache.enable(os.environ['JAX_COMPILATION_CACHE_DIR'],
+                       min_compile_s=SESSION_CACHE_MIN_COMPILE_S)
+
+
+enable_session_compile_cache()
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -54,6 +68,8 @@ def fresh_process_caches():
   programs.clear_cache()
   sources.clear_decoded()
   yield
+  if jax.config.jax_compilation_cache_dir != os.environ['JAX_COMPILATION_CACHE_DIR']:
+    enable_session_compile_cache()  # a test of the cache itself switched it off or elsewhere
 
 
 @pytest.fixture(scope='session')

@@ -15,7 +15,10 @@ MISS = '/jax/compilation_cache/cache_misses'
 
 
 @pytest.fixture
-def cache_off_afterwards():
+def cache_off():
+  """The test starts with the cache off (the suite's session cache, tests/conftest.py, is restored
+  after it) and leaves it off."""
+  compile_cache.disable()
   yield
   compile_cache.disable()
 
@@ -39,7 +42,7 @@ def _entries(path):
   return sorted(f for f in os.listdir(path) if not f.startswith('.'))
 
 
-def test_compiled_program_is_stored_and_reused(tmp_path, cache_off_afterwards, cache_events):
+def test_compiled_program_is_stored_and_reused(tmp_path, cache_off, cache_events):
   cache = tmp_path / 'nested' / 'xla'  # created on demand
   assert compile_cache.enable(str(cache), min_compile_s=0.0) == str(cache)
   assert cache.is_dir()
@@ -59,7 +62,7 @@ def test_compiled_program_is_stored_and_reused(tmp_path, cache_off_afterwards, c
   assert cache_events.count(HIT) == 1 and MISS not in cache_events, cache_events
 
 
-def test_empty_dir_leaves_cache_off(cache_off_afterwards, cache_events):
+def test_empty_dir_leaves_cache_off(cache_off, cache_events):
   assert compile_cache.enable('') == ''
   assert jax.config.jax_compilation_cache_dir is None
   jax.clear_caches()
@@ -67,7 +70,7 @@ def test_empty_dir_leaves_cache_off(cache_off_afterwards, cache_events):
   assert HIT not in cache_events and MISS not in cache_events, cache_events
 
 
-def test_unusable_dir_warns_and_runs_on(tmp_path, cache_off_afterwards):
+def test_unusable_dir_warns_and_runs_on(tmp_path, cache_off):
   blocker = tmp_path / 'a_file'
   blocker.write_text('not a directory')
   assert compile_cache.enable(str(blocker / 'xla')) == ''
