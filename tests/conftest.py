@@ -42,9 +42,11 @@ from helpers import REPO, tiny  # noqa: E402
 SESSION_CACHE_MIN_COMPILE_S = 0.3
 
 
+SESSION_CACHE_DIR = os.environ['JAX_COMPILATION_CACHE_DIR']
+
+
 def enable_session_compile_cache() -> None:
-  compile_cache.enable(os.environ['JAX_COMPILATION_CACHE_DIR'],
-                       min_compile_s=SESSION_CACHE_MIN_COMPILE_S)
+  compile_cache.enable(SESSION_CACHE_DIR, min_compile_s=SESSION_CACHE_MIN_COMPILE_S)
 
 
 enable_session_compile_cache()
@@ -68,7 +70,7 @@ def fresh_process_caches():
   programs.clear_cache()
   sources.clear_decoded()
   yield
-  if jax.config.jax_compilation_cache_dir != os.environ['JAX_COMPILATION_CACHE_DIR']:
+  if jax.config.jax_compilation_cache_dir != SESSION_CACHE_DIR:
     enable_session_compile_cache()  # a test of the cache itself switched it off or elsewhere
 
 
