@@ -40,8 +40,6 @@ from helpers import REPO, tiny  # noqa: E402
 # cache in the session directory lets every test after the first load them instead, as a user's
 # second run does. Only programs that take a while to compile are stored.
 SESSION_CACHE_MIN_COMPILE_S = 0.3
-
-
 SESSION_CACHE_DIR = os.environ['JAX_COMPILATION_CACHE_DIR']
 
 

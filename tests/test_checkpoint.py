@@ -54,7 +54,7 @@ def test_an_error_lets_the_saves_under_way_finish_and_keeps_its_own_message(stor
   with pytest.raises(RuntimeError, match='the disk is full'):
     with store.saves_finished_on_error():
       raise RuntimeError('the disk is full')
-  with store.saves_finished_on_error():  # no error: nothing is waited for
+  with store.saves_finished_on_error():  # no error: nothing is waited for (wait would raise)
     pass
 
 

@@ -16,8 +16,8 @@ MISS = '/jax/compilation_cache/cache_misses'
 
 @pytest.fixture
 def cache_off():
-  """The test starts with the cache off (the suite's session cache, tests/conftest.py, is restored
-  after it) and leaves it off."""
+  """The test runs with the cache off; tests/conftest.py turns the suite's session cache back on
+  after it."""
   compile_cache.disable()
   yield
   compile_cache.disable()
