@@ -36,11 +36,14 @@ from ganomaly_jax import compile_cache  # noqa: E402
 import synthetic  # noqa: E402
 from helpers import REPO, tiny  # noqa: E402
 
-# Many tests compile the same tiny programs (each method's step, the evaluation passes); the persistent
-# cache in the session directory lets every test after the first load them instead, as a user's
-# second run does. Only programs that take a while to compile are stored.
+# Many tests compile the same tiny programs (each method's step, the evaluation passes); a persistent
+# cache for this process lets every test after the first load them instead, as a user's second run
+# does. Only programs that take a while to compile are stored. It has a directory of its own: JAX's
+# size-capped cache keeps an access-time file beside each entry and fails to write (with a warning)
+# when it meets an entry without one, which subprocesses that start JAX without a cap leave in the
+# shared directory above.
 SESSION_CACHE_MIN_COMPILE_S = 0.3
-SESSION_CACHE_DIR = os.environ['JAX_COMPILATION_CACHE_DIR']
+SESSION_CACHE_DIR = os.path.join(SESSION_DIR, 'xla_in_process')
 
 
 def enable_session_compile_cache() -> None:
