@@ -9,7 +9,7 @@ data or step counts, every host of a pod after the first) loads the executable i
 JAX keys each entry on the program, the compile options, XLA_FLAGS and the jax/jaxlib versions, so a
 stale entry is never used. Only programs that took at least `min_compile_s` to compile are stored,
 which keeps small helpers out of it, and the directory is capped at `max_bytes` (least recently used
-entries go first). The cache is an optimisation: a directory that cannot be created turns it off with
+entries go first) unless it is the one $JAX_COMPILATION_CACHE_DIR names (see `enable`). The cache is an optimisation: a directory that cannot be created turns it off with
 a warning, never stops the run.
 """
 
@@ -39,6 +39,11 @@ def enable(cache_dir: str, min_compile_s: float = 1.0, max_bytes: int = DEFAULT_
   An empty cache_dir leaves the cache off and returns ''. Local paths are expanded and created;
   other URLs (gs://...) are handed to JAX as they are. Must run before the programs it should cover
   are compiled; calling it again with another directory switches to that directory.
+
+  The directory that $JAX_COMPILATION_CACHE_DIR names is shared with the user's other JAX programs,
+  which write it without a size cap (JAX's default). JAX's cap keeps an access-time file beside
+  each entry and fails to store anything (a warning per program) in a directory holding entries
+  without one, so that directory is left uncapped, as those programs leave it.
   """
   if not cache_dir:
     return ''
@@ -51,6 +56,8 @@ def enable(cache_dir: str, min_compile_s: float = 1.0, max_bytes: int = DEFAULT_
     except OSError as e:
       logging.warning('Compilation cache off: cannot use %s (%s).', cache_dir, e)
       return ''
+  if _is_jax_variable_dir(cache_dir):
+    max_bytes = -1
   import jax  # here, not at the top: config_lib reads DEFAULT_DIR without starting JAX
   from jax.experimental.compilation_cache import compilation_cache
 
@@ -59,6 +66,16 @@ def enable(cache_dir: str, min_compile_s: float = 1.0, max_bytes: int = DEFAULT_
   jax.config.update('jax_compilation_cache_max_size', int(max_bytes))
   compilation_cache.reset_cache()  # JAX fixes the directory at first use; make the new one count
   return cache_dir
+
+
+def _is_jax_variable_dir(cache_dir: str) -> bool:
+  """Whether cache_dir is the directory $JAX_COMPILATION_CACHE_DIR names."""
+  shared = os.environ.get(ENV_DIR)
+  if not shared:
+    return False
+  if '://' not in shared:
+    shared = os.path.abspath(os.path.expanduser(shared))
+  return cache_dir == shared
 
 
 def disable() -> None:

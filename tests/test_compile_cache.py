@@ -62,6 +62,28 @@ def test_compiled_program_is_stored_and_reused(tmp_path, cache_off, cache_events
   assert cache_events.count(HIT) == 1 and MISS not in cache_events, cache_events
 
 
+def test_a_dir_shared_with_uncapped_jax_programs_is_written_uncapped(tmp_path, monkeypatch, cache_off,
+                                                                     recwarn):
+  # Another JAX program wrote an entry through JAX's own variable, without the access-time file that a
+  # size-capped cache keeps beside each entry; a capped writer fails there (a warning, nothing stored).
+  shared, ours = tmp_path / 'shared', tmp_path / 'ours'
+  shared.mkdir()
+  (shared / 'other_program-0123-cache').write_bytes(b'an executable')
+  monkeypatch.setenv(compile_cache.ENV_DIR, str(shared))
+  assert compile_cache.enable(str(ours), min_compile_s=0.0) == str(ours)
+  assert jax.config.jax_compilation_cache_max_size == compile_cache.DEFAULT_MAX_BYTES  # ours alone
+  assert compile_cache.enable(str(shared), min_compile_s=0.0) == str(shared)
+  assert jax.config.jax_compilation_cache_max_size == -1
+  def program(v):
+    return jnp.sin(v) * 5 - 2
+
+  jax.jit(program)(np.arange(7.0, dtype=np.float32))
+  stored = [f for f in _entries(shared) if f.startswith('jit_program-')]
+  assert stored, _entries(shared)  # stored beside the other program's entry
+  assert not [w for w in recwarn if 'compilation cache' in str(w.message)], [str(w.message)
+                                                                              for w in recwarn]
+
+
 def test_empty_dir_leaves_cache_off(cache_off, cache_events):
   assert compile_cache.enable('') == ''
   assert jax.config.jax_compilation_cache_dir is None
