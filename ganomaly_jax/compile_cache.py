@@ -9,8 +9,9 @@ data or step counts, every host of a pod after the first) loads the executable i
 JAX keys each entry on the program, the compile options, XLA_FLAGS and the jax/jaxlib versions, so a
 stale entry is never used. Only programs that took at least `min_compile_s` to compile are stored,
 which keeps small helpers out of it, and the directory is capped at `max_bytes` (least recently used
-entries go first) unless it is the one $JAX_COMPILATION_CACHE_DIR names (see `enable`). The cache is an optimisation: a directory that cannot be created turns it off with
-a warning, never stops the run.
+entries go first) unless it is the one $JAX_COMPILATION_CACHE_DIR names (see `enable`). The cache
+is an optimisation: a directory that cannot be created turns it off with a warning, never stops the
+run.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ def enable(cache_dir: str, min_compile_s: float = 1.0, max_bytes: int = DEFAULT_
   """
   if not cache_dir:
     return ''
+  cache_dir = _absolute(cache_dir)
   if '://' not in cache_dir:
-    cache_dir = os.path.abspath(os.path.expanduser(cache_dir))
     try:
       os.makedirs(cache_dir, exist_ok=True)
       if not os.access(cache_dir, os.W_OK):
@@ -71,11 +72,12 @@ def enable(cache_dir: str, min_compile_s: float = 1.0, max_bytes: int = DEFAULT_
 def _is_jax_variable_dir(cache_dir: str) -> bool:
   """Whether cache_dir is the directory $JAX_COMPILATION_CACHE_DIR names."""
   shared = os.environ.get(ENV_DIR)
-  if not shared:
-    return False
-  if '://' not in shared:
-    shared = os.path.abspath(os.path.expanduser(shared))
-  return cache_dir == shared
+  return bool(shared) and cache_dir == _absolute(shared)
+
+
+def _absolute(cache_dir: str) -> str:
+  """A local path expanded and made absolute; a URL (gs://...) as it is."""
+  return cache_dir if '://' in cache_dir else os.path.abspath(os.path.expanduser(cache_dir))
 
 
 def disable() -> None:

@@ -15,7 +15,7 @@ import jax  # noqa: E402,F401  (before the cache variable below: see there)
 # Tests never write outside temporary directories. Every cache that a run would put under $HOME goes
 # to one directory for the session instead; `main` / `sweep` / `infer` processes started by tests
 # inherit it: JAX's compilation cache (the package's default honours JAX_COMPILATION_CACHE_DIR; this
-# process uses it too, below), matplotlib's font
+# process keeps one of its own, below), matplotlib's font
 # cache, Keras's ~/.keras (created when TensorFlow is imported), any XDG cache and hypothesis's
 # .hypothesis/ (its unicode tables; the example database is off in the tests that use it).
 # tests/test_compile_cache.py checks that a `main` run started this way leaves $HOME untouched.
@@ -36,12 +36,12 @@ from ganomaly_jax import compile_cache  # noqa: E402
 import synthetic  # noqa: E402
 from helpers import REPO, tiny  # noqa: E402
 
-# Many tests compile the same tiny programs (each method's step, the evaluation passes); a persistent
-# cache for this process lets every test after the first load them instead, as a user's second run
-# does. Only programs that take a while to compile are stored. It has a directory of its own: JAX's
-# size-capped cache keeps an access-time file beside each entry and fails to write (with a warning)
-# when it meets an entry without one, which subprocesses that start JAX without a cap leave in the
-# shared directory above.
+# Many tests compile the same tiny programs (each method's step, the evaluation passes); a
+# persistent cache for this process lets every test after the first load them instead, as a user's
+# second run does. Only programs that take a while to compile are stored. It has a directory of its
+# own: JAX's size-capped cache keeps an access-time file beside each entry and fails to write (with
+# a warning) when it meets an entry without one, which subprocesses that start JAX without a cap
+# leave in the shared directory above.
 SESSION_CACHE_MIN_COMPILE_S = 0.3
 SESSION_CACHE_DIR = os.path.join(SESSION_DIR, 'xla_in_process')
 

@@ -62,10 +62,11 @@ def test_compiled_program_is_stored_and_reused(tmp_path, cache_off, cache_events
   assert cache_events.count(HIT) == 1 and MISS not in cache_events, cache_events
 
 
-def test_a_dir_shared_with_uncapped_jax_programs_is_written_uncapped(tmp_path, monkeypatch, cache_off,
-                                                                     recwarn):
-  # Another JAX program wrote an entry through JAX's own variable, without the access-time file that a
-  # size-capped cache keeps beside each entry; a capped writer fails there (a warning, nothing stored).
+def test_a_dir_shared_with_uncapped_jax_programs_is_written_uncapped(tmp_path, monkeypatch,
+                                                                     cache_off, recwarn):
+  # Another JAX program wrote an entry through JAX's own variable, without the access-time file
+  # that a size-capped cache keeps beside each entry; a capped writer fails there (a warning,
+  # nothing stored).
   shared, ours = tmp_path / 'shared', tmp_path / 'ours'
   shared.mkdir()
   (shared / 'other_program-0123-cache').write_bytes(b'an executable')
@@ -74,6 +75,7 @@ def test_a_dir_shared_with_uncapped_jax_programs_is_written_uncapped(tmp_path, m
   assert jax.config.jax_compilation_cache_max_size == compile_cache.DEFAULT_MAX_BYTES  # ours alone
   assert compile_cache.enable(str(shared), min_compile_s=0.0) == str(shared)
   assert jax.config.jax_compilation_cache_max_size == -1
+
   def program(v):
     return jnp.sin(v) * 5 - 2
 
