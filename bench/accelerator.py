@@ -85,9 +85,9 @@ def peak_tflops(device_kind: str, dtype: str) -> float | None:
 
 def case_config(method: str, dtype: str, isize: int, batch: int):
   """The method's cars256 config at `isize`, with `batch` for both steps and `dtype` compute."""
-  from ganomaly_jax import config_lib
+  from ganomaly_jax.config import arguments
 
-  config = config_lib.load_config(
+  config = arguments.load_config(
       os.path.join(REPO, 'configs', f'{method}.py') + f':cars256,isize={isize},dtype={dtype}')
   config.unlock()
   config.train.batch_size = config.eval.batch_size = batch
@@ -100,7 +100,8 @@ def run_pair(method: str, dtype: str, args: argparse.Namespace) -> list[dict]:
   import jax
   import numpy as np
 
-  from ganomaly_jax import parallel, programs
+  from ganomaly_jax import programs
+  from ganomaly_jax.runtime import parallel
   import throughput
 
   device = jax.devices()[0]

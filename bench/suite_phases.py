@@ -8,7 +8,7 @@ Reads every run's results.json under ROOT (`phase_seconds`, written by train.tra
 runs finished before the timers existed have none and are left out) and the queue's last session
 (ROOT/timing.json). For each group it prints the runs, the mean wall and CPU seconds per run of each
 phase, and the ratio the suite targets: the part of a run that is not training steps over its
-training steps. CPU seconds are the whole process's (see ganomaly_jax/timing.py).
+training steps. CPU seconds are the whole process's (see ganomaly_jax/runtime/timing.py).
 """
 
 from __future__ import annotations

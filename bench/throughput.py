@@ -33,9 +33,9 @@ MODES = ('train', 'infer', 'data')
 
 
 def bench_config(method: str, isize: int, channels: int, batch: int, extra: list[str]):
-  from ganomaly_jax import config_lib
+  from ganomaly_jax.config import arguments
 
-  config = config_lib.load_config(os.path.join(REPO, 'configs', f'{method}.py'))
+  config = arguments.load_config(os.path.join(REPO, 'configs', f'{method}.py'))
   config.unlock()
   config.model.isize, config.model.channels = isize, channels
   config.model.ngf = config.model.ndf = 64
@@ -69,7 +69,8 @@ def compiled_step(name: str, mode: str, extra: list[str] = ()):
   import jax
   import numpy as np
 
-  from ganomaly_jax import parallel, programs
+  from ganomaly_jax import programs
+  from ganomaly_jax.runtime import parallel
 
   method, isize, channels, batch = CASES[name]
   config = bench_config(method, isize, channels, batch, list(extra))
@@ -97,7 +98,8 @@ def run_case(name: str, mode: str, steps: int, reps: int, extra: list[str],
   import jax
   import numpy as np
 
-  from ganomaly_jax import compile_cache, parallel, programs
+  from ganomaly_jax import programs
+  from ganomaly_jax.runtime import compile_cache, parallel
   from ganomaly_jax.cpu import host_memory
 
   if cache_dir:

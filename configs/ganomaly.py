@@ -9,12 +9,12 @@ Arguments: quick | cars256 | dataset=NAME | abnormal=K | steps=N | batch=N | isi
 (and any dotted key, e.g. `train.soft_labels=True`).
 """
 
-from ganomaly_jax import config_lib
+from ganomaly_jax.config import arguments, schema
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg)
-  config = config_lib.base_config()
+  args = arguments.parse_arg(arg)
+  config = schema.base_config()
   config.method = 'ganomaly'
   config.eval.score = 'latent'
-  return config_lib.finalize(config, args)
+  return arguments.finalize(config, args)

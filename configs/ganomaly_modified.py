@@ -17,7 +17,7 @@ Switches turned on here (GANomaly's values in brackets):
                                  -E[log D(x̂)] (same fixed point as E[log(1 - D(x̂))])
 """
 
-from ganomaly_jax import config_lib
+from ganomaly_jax.config import arguments, schema
 
 
 def modified(config):
@@ -35,8 +35,8 @@ def modified(config):
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg)
-  config = config_lib.base_config()
+  args = arguments.parse_arg(arg)
+  config = schema.base_config()
   config.method = 'ganomaly_modified'
   modified(config)
-  return config_lib.finalize(config, args)
+  return arguments.finalize(config, args)

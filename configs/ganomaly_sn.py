@@ -7,16 +7,16 @@ iteration state (u, sigma) lives in `batch_stats`, so it adds only non-trainable
 frozen in evaluation and inside the generator's loss.
 """
 
-from ganomaly_jax import config_lib
-from ganomaly_jax.config_lib import load_sibling
+from ganomaly_jax.config import arguments, schema
+from ganomaly_jax.config.arguments import load_sibling
 
 modified = load_sibling(__file__, 'ganomaly_modified').modified
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg)
-  config = config_lib.base_config()
+  args = arguments.parse_arg(arg)
+  config = schema.base_config()
   config.method = 'ganomaly_sn'
   modified(config)
   config.model.spectral_norm = True
-  return config_lib.finalize(config, args)
+  return arguments.finalize(config, args)

@@ -28,15 +28,15 @@ Switches (each a row of configs/suites/digits_grid.py and textures_grid.py):
   --config.eval.score=map_max --config.eval.map=msgms   RIAD's read-out (also: inpaint, map_mean)
 """
 
-from ganomaly_jax import config_lib
-from ganomaly_jax.config_lib import load_sibling
+from ganomaly_jax.config import arguments, schema
+from ganomaly_jax.config.arguments import load_sibling
 
 skip = load_sibling(__file__, 'skip_ganomaly').skip
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg)
-  config = config_lib.base_config()
+  args = arguments.parse_arg(arg)
+  config = schema.base_config()
   config.method = 'grid_mask'
   skip(config)  # U-Net, latent D, eq. 3.7 / 3.8 losses, eq. 6.1 score
   config.mask.kind = 'grid'
@@ -45,4 +45,4 @@ def get_config(arg=None):
   config.mask.partition = 'alternating'  # ... checkerboards
   config.mask.draw = 'image'
   config.mask.fill = 0.0
-  return config_lib.finalize(config, args)
+  return arguments.finalize(config, args)

@@ -13,18 +13,18 @@ D's loss follows SkipGANomaly's eq. 3.8 including the latent term (loss.latent_i
 `skip`); --config.loss.latent_in_d=False is the ablation.
 """
 
-from ganomaly_jax import config_lib
-from ganomaly_jax.config_lib import load_sibling
+from ganomaly_jax.config import arguments, schema
+from ganomaly_jax.config.arguments import load_sibling
 
 skip = load_sibling(__file__, 'skip_ganomaly').skip
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg)
-  config = config_lib.base_config()
+  args = arguments.parse_arg(arg)
+  config = schema.base_config()
   config.method = 'masked'
   skip(config)
   config.mask.kind = 'square'
   config.mask.size = 0.5
   config.mask.fill = 0.0
-  return config_lib.finalize(config, args)
+  return arguments.finalize(config, args)

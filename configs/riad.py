@@ -18,12 +18,12 @@ Anomaly map: 1 - MSGMS with RIAD's mean filter (eval.map='msgms'), averaged over
 Adam, lr 1e-4, β = (0.9, 0.999).
 """
 
-from ganomaly_jax import config_lib
+from ganomaly_jax.config import arguments, schema
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg)
-  config = config_lib.base_config()
+  args = arguments.parse_arg(arg)
+  config = schema.base_config()
   config.method = 'riad'
   config.model.generator = 'riad_unet'
   config.model.discriminator = 'none'
@@ -43,4 +43,4 @@ def get_config(arg=None):
   config.optim.b1 = 0.9
   config.eval.score = 'map_max'
   config.eval.map = 'msgms'
-  return config_lib.finalize(config, args)
+  return arguments.finalize(config, args)

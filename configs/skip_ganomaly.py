@@ -12,7 +12,7 @@ loss for the ablation). The masked and grid-mask methods load this function, so 
 too. See docs/methods.md#skip_ganomaly.
 """
 
-from ganomaly_jax import config_lib
+from ganomaly_jax.config import arguments, schema
 
 
 def skip(config):
@@ -27,8 +27,8 @@ def skip(config):
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg)
-  config = config_lib.base_config()
+  args = arguments.parse_arg(arg)
+  config = schema.base_config()
   config.method = 'skip_ganomaly'
   skip(config)
-  return config_lib.finalize(config, args)
+  return arguments.finalize(config, args)

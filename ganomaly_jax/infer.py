@@ -67,7 +67,9 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from ganomaly_jax import checkpoint, config_lib, parallel, programs, rundir, startup
+from ganomaly_jax import programs
+from ganomaly_jax.config import schema
+from ganomaly_jax.runtime import checkpoint, parallel, rundir, startup
 from ganomaly_jax import state as state_lib
 from ganomaly_jax.evaluation import evaluator, pixel_metrics, plots, readout, report
 from ganomaly_jax.data import images as images_lib
@@ -125,7 +127,7 @@ def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
     raise InferError(f'{workdir} has no checkpoint (neither best/ nor checkpoints/ holds a step); '
                      'train it first.')
   try:
-    config = config_lib.from_saved(rundir.read_json(path)['config'])
+    config = schema.from_saved(rundir.read_json(path)['config'])
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise InferError(f'{path} cannot be read as a run config: {e!r}') from None
   results: dict[str, Any] = {}

@@ -23,7 +23,7 @@ number per image.
 
 A method picks its adversarial objective (`loss.adversarial`; 'none' for a plain autoencoder) and
 its score (`eval.score`) by name from `ADVERSARIAL` and `SCORES`; the train and eval steps call the
-registered functions, and `config_checks.py` reads each entry's facts. A new one is one
+registered functions, and `checks.py` reads each entry's facts. A new one is one
 `register_adversarial` / `register_score` call (see docs/extending.md#adding-a-method).
 """
 

@@ -24,12 +24,12 @@ def _fail(message: str) -> None:
 
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with every failure (an unknown --config.* key too) as one `error:` line."""
-  from ganomaly_jax import config_lib
+  from ganomaly_jax.config import arguments
 
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # pylint: disable=broad-except  # ml_collections raises several types
-    _fail(config_lib.command_line_error(e, argv))
+    _fail(arguments.command_line_error(e, argv))
 
 
 def main(argv):
@@ -39,15 +39,16 @@ def main(argv):
     config = _CONFIG.value
     config.method  # pylint: disable=pointless-statement  # a file that failed to load raises here
   except Exception as e:  # pylint: disable=broad-except
-    from ganomaly_jax import config_lib
+    from ganomaly_jax.config import arguments
 
-    _fail(config_lib.command_line_error(e, sys.argv))
-  from ganomaly_jax import startup
+    _fail(arguments.command_line_error(e, sys.argv))
+  from ganomaly_jax.runtime import startup
 
   startup.configure_for(config)  # XLA:CPU defaults, TF off the GPUs, compile cache: before JAX starts
   import jax
 
-  from ganomaly_jax import parallel, train
+  from ganomaly_jax import train
+  from ganomaly_jax.runtime import parallel
 
   workdir = _WORKDIR.value or os.path.join('runs', config.method)
   try:

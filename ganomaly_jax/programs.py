@@ -25,7 +25,9 @@ from typing import Any, Callable, NamedTuple
 import jax
 import ml_collections
 
-from ganomaly_jax import config_lib, parallel, state as state_lib, step as step_lib
+from ganomaly_jax import state as state_lib, step as step_lib
+from ganomaly_jax.config import schema
+from ganomaly_jax.runtime import parallel
 from ganomaly_jax.cpu import kernels
 
 
@@ -67,7 +69,7 @@ _cache_lock = threading.Lock()
 
 def program_key(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> tuple[str, Any]:
   """What the programs of `config` on `mesh` are traced from: the config less PROGRAM_FREE_KEYS."""
-  flat = {k: v for k, v in config_lib.flatten(config.to_dict()).items()
+  flat = {k: v for k, v in schema.flatten(config.to_dict()).items()
           if not any(k == f or k.startswith(f + '.') for f in PROGRAM_FREE_KEYS)}
   return json.dumps(flat, sort_keys=True, default=repr), mesh
 

@@ -22,9 +22,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ganomaly_jax import checkpoint, config_lib, parallel, programs
+from ganomaly_jax import programs
+from ganomaly_jax.config import schema
+from ganomaly_jax.runtime import checkpoint, parallel
 from ganomaly_jax.evaluation import evaluator, plots, readout
-from ganomaly_jax import config_checks, preemption, rundir, state as state_lib, timing
+from ganomaly_jax import state as state_lib
+from ganomaly_jax.config import checks
+from ganomaly_jax.runtime import preemption, rundir, timing
 from ganomaly_jax.cpu import host_memory
 from ganomaly_jax.data import pipeline, sources
 
@@ -45,9 +49,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Raises:
     TrainingError: one line: another run holds the workdir, the disk is full, divergence, ...
   """
-  # Dataset-dependent keys are filled only now, after every --config override (config_lib.resolve).
-  config = config_lib.resolve(config)
-  config_checks.validate_config(config)
+  # Dataset-dependent keys are filled only now, after every --config override (schema.resolve).
+  config = schema.resolve(config)
+  checks.validate_config(config)
   # One run per workdir, claimed before anything there is read or written (rundir.WorkdirLock).
   lock = rundir.WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
   with lock:
@@ -343,7 +347,7 @@ def _restore(config: ml_collections.ConfigDict, store: checkpoint.CheckpointStor
 
 def hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The config's scalar leaves as dotted keys (TensorBoard's hparams take no lists or None)."""
-  return {k: v for k, v in config_lib.flatten(config.to_dict()).items()
+  return {k: v for k, v in schema.flatten(config.to_dict()).items()
           if isinstance(v, (int, float, str, bool))}
 
 

@@ -32,7 +32,7 @@ flags.FLAGS.mark_as_parsed()
 
 import pytest  # noqa: E402
 
-from ganomaly_jax import compile_cache  # noqa: E402
+from ganomaly_jax.runtime import compile_cache  # noqa: E402
 import synthetic  # noqa: E402
 from helpers import REPO, tiny  # noqa: E402
 

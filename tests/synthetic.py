@@ -174,10 +174,10 @@ class TrainedRun:
 
 def quick_masked_config(dataset_name: str, spec: str = QUICK_MASKED, **overrides):
   """The quick masked config on `dataset_name`, with dotted-key overrides ('eval.fid'=...)."""
-  from ganomaly_jax import config_lib  # lazy: keeps `import synthetic` light for data-only users
+  from ganomaly_jax.config import arguments  # lazy: keeps `import synthetic` light for data-only users
   from ganomaly_jax.experiments import sweep
 
-  return sweep.apply_overrides(config_lib.load_config(f'{REPO / spec},dataset={dataset_name}'),
+  return sweep.apply_overrides(arguments.load_config(f'{REPO / spec},dataset={dataset_name}'),
                                overrides)
 
 

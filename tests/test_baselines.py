@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from ganomaly_jax import config_lib
+from ganomaly_jax.config import arguments
 from ganomaly_jax.experiments import baselines
 from ganomaly_jax.data import sources, textures
 from helpers import REPO
@@ -19,7 +19,7 @@ GANOMALY = os.path.join(REPO, 'configs', 'ganomaly.py')
 
 
 def digits_config(abnormal: int, seed: int = 0):
-  return config_lib.load_config(f'{GANOMALY}:abnormal={abnormal},seed={seed}')
+  return arguments.load_config(f'{GANOMALY}:abnormal={abnormal},seed={seed}')
 
 
 @pytest.mark.slow  # ten one-class splits, PCA and k-NN on each
@@ -116,7 +116,7 @@ def _ring(mask: np.ndarray) -> np.ndarray:
 
 def test_pca_gives_pixel_metrics_on_folder_masks_knn_does_not(small_textures):
   _, (folder,) = small_textures
-  config = config_lib.load_config(f'{GANOMALY}:dataset=folder:{folder},isize=32,channels=1')
+  config = arguments.load_config(f'{GANOMALY}:dataset=folder:{folder},isize=32,channels=1')
   pca = baselines.evaluate('pca', config)
   knn = baselines.evaluate('knn', config)
   assert 0 <= pca['pixel_auroc'] <= 1 and pca['pixel_pro'] is not None

@@ -7,7 +7,9 @@ import sys
 
 import pytest
 
-from ganomaly_jax import config_lib, rundir, train
+from ganomaly_jax import train
+from ganomaly_jax.config import schema
+from ganomaly_jax.runtime import rundir
 from ganomaly_jax.experiments import benchmark, suites, tables
 from helpers import REPO, tiny
 
@@ -102,12 +104,12 @@ def test_grid_ablation_suite_changes_exactly_its_switches_per_row(tmp_path, spec
   if spec.startswith('textures'):  # pixel metrics: the map alone is a row there
     rows['grid_map_msgms'] = {'eval.map': 'msgms'}
   assert list(runs) == ['grid_mask', *rows]
-  default = config_lib.flatten(runs['grid_mask'].config.to_dict())
+  default = schema.flatten(runs['grid_mask'].config.to_dict())
   assert (default['mask.kind'], default['mask.partition'], default['mask.cells'],
           default['mask.sets'], default['eval.score'], default['train.num_steps']) == (
               'grid', 'alternating', (4,), 2, 'lambda', 40)
   for name, changes in rows.items():
-    flat = config_lib.flatten(runs[name].config.to_dict())
+    flat = schema.flatten(runs[name].config.to_dict())
     assert {k: v for k, v in flat.items() if default[k] != v} == changes, name
   assert suite.prepare is (None if spec.startswith('digits') else suites.load_suite(
       'textures').prepare)

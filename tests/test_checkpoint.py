@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ganomaly_jax import checkpoint
+from ganomaly_jax.runtime import checkpoint
 
 
 def _state(value: float) -> dict:
@@ -139,7 +139,7 @@ def test_a_damaged_latest_checkpoint_is_set_aside_and_the_older_one_used(store, 
 _RESTORE_EACH = """
 import sys
 import grain, jax, jax.numpy as jnp
-from ganomaly_jax import checkpoint
+from ganomaly_jax.runtime import checkpoint
 like = {'step': jnp.asarray(0, jnp.int32),
         'g_params': {'conv': {'kernel': jnp.zeros((3, 3, 1, 4), jnp.float32)}},
         'rng': jax.random.key(0)}

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ganomaly_jax import compile_cache, config_lib
+from ganomaly_jax.config import schema
+from ganomaly_jax.runtime import compile_cache
 
 HIT = '/jax/compilation_cache/cache_hits'  # the event jax 0.10's compiler records on a cache hit
 MISS = '/jax/compilation_cache/cache_misses'
@@ -104,12 +105,12 @@ def test_unusable_dir_warns_and_runs_on(tmp_path, cache_off):
 
 def test_default_dir_honours_jax_variable(tmp_path, monkeypatch):
   monkeypatch.setenv(compile_cache.ENV_DIR, str(tmp_path / 'jax_cache'))
-  assert config_lib.base_config().runtime.compile_cache_dir == str(tmp_path / 'jax_cache')
+  assert schema.base_config().runtime.compile_cache_dir == str(tmp_path / 'jax_cache')
   monkeypatch.delenv(compile_cache.ENV_DIR)
   home = tmp_path / 'home'
   monkeypatch.setenv('HOME', str(home))
   # Without the variable: the per-user cache, which enable() expands under $HOME.
-  assert compile_cache.enable(config_lib.base_config().runtime.compile_cache_dir) == str(
+  assert compile_cache.enable(schema.base_config().runtime.compile_cache_dir) == str(
       home / '.cache' / 'ganomaly_jax' / 'xla')
   compile_cache.disable()
 

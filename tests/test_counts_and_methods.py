@@ -9,13 +9,14 @@ import jax
 import numpy as np
 import pytest
 
-from ganomaly_jax import config_lib, masks, param_count, state as state_lib, step as step_lib, train
+from ganomaly_jax import masks, state as state_lib, step as step_lib, train
+from ganomaly_jax.config import arguments, param_count, schema
 from ganomaly_jax.models import unet
 from helpers import REPO
 
 
 def counts(spec):
-  return param_count.count_parameters(config_lib.load_config(os.path.join(REPO, spec)))
+  return param_count.count_parameters(arguments.load_config(os.path.join(REPO, spec)))
 
 
 @pytest.mark.parametrize('spec,g,d', [
@@ -42,7 +43,7 @@ def test_spectral_norm_adds_only_non_trainable_state():
 def test_riad_is_a_plain_unet_without_a_discriminator():
   # docs/methods.md#riad: 3x3 double convs, 64 ... 512 channels at the study's width, the first
   # block at full resolution, no discriminator (nothing to count).
-  config = config_lib.load_config(os.path.join(REPO, 'configs/riad.py:cars256'))
+  config = arguments.load_config(os.path.join(REPO, 'configs/riad.py:cars256'))
   c = param_count.count_parameters(config)
   assert c['discriminator'] == {'total': 0, 'trainable': 0, 'non_trainable': 0}
   components = state_lib.build_components(config)
@@ -114,7 +115,7 @@ def _kernel_sides(tree) -> set[int]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('method', config_lib.METHODS)
+@pytest.mark.parametrize('method', schema.METHODS)
 def test_every_method_quick_run_writes_results(method, tmp_path, monkeypatch, tiny_config):
   from test_reliability import latest_state
 

@@ -6,19 +6,20 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from ganomaly_jax import config_lib, train
+from ganomaly_jax import train
+from ganomaly_jax.config import arguments
 from ganomaly_jax.data import sources
 from helpers import REPO, tiny
 
 
 def load(arg):
-  return config_lib.load_config(os.path.join(REPO, f'configs/ganomaly.py:{arg}'))
+  return arguments.load_config(os.path.join(REPO, f'configs/ganomaly.py:{arg}'))
 
 
 def load_tiny(**args):
   """The tiny GANomaly, 2 steps on at most 32 training and 32 test images, with `args` (a dataset
   set here resolves its own channels)."""
-  return config_lib.load_config(tiny.spec(
+  return arguments.load_config(tiny.spec(
       steps=2, **{'dataset.max_train': 32, 'dataset.max_test': 32, 'eval.batch_size': 16}, **args))
 
 

@@ -9,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from ganomaly_jax import parallel, state as state_lib
+from ganomaly_jax import state as state_lib
+from ganomaly_jax.runtime import parallel
 from ganomaly_jax.evaluation import evaluator
 from ganomaly_jax.data import pipeline, sources
 from helpers import tiny

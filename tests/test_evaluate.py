@@ -135,7 +135,8 @@ def _map_above_two(images: np.ndarray) -> np.ndarray:
 def test_maps_above_the_old_range_are_not_clipped():
   # The histogram used to span [0, 2] whatever the map: every pixel of these maps fell into the
   # top bin, a tie, so pixel AUROC came out 0.5 instead of 1.
-  from ganomaly_jax import losses, parallel
+  from ganomaly_jax import losses
+  from ganomaly_jax.runtime import parallel
   from ganomaly_jax.data import pipeline
 
   source = _SquaresSource()

@@ -26,7 +26,8 @@ from PIL import Image
 import pytest
 
 import synthetic
-from ganomaly_jax import checkpoint, rundir, train
+from ganomaly_jax import train
+from ganomaly_jax.runtime import checkpoint, rundir
 from helpers import browser
 from test_reliability import REPO, TINY, run_main, tiny_config
 

@@ -67,12 +67,13 @@ def test_scores_per_image():
 
 
 def test_registered_objectives_carry_what_validation_and_models_need():
-  from ganomaly_jax import config_lib, models
+  from ganomaly_jax import models
+  from ganomaly_jax.config import schema
 
   wgan = losses.ADVERSARIAL['wgan_gp']
   assert wgan.d_norm == 'layer' and not wgan.uses_labels and not wgan.d_loss_bounded
   assert [k for k, a in losses.ADVERSARIAL.items() if a.allows_extra] == ['feature_matching']
-  config = config_lib.base_config()
+  config = schema.base_config()
   assert models.discriminator_norm(config) == 'batch'
   config.loss.adversarial = 'wgan_gp'
   assert models.discriminator_norm(config) == 'layer'  # read from the registry entry

@@ -29,7 +29,8 @@ import jax
 import numpy as np
 import pytest
 
-from ganomaly_jax import checkpoint, parallel, rundir, train
+from ganomaly_jax import train
+from ganomaly_jax.runtime import checkpoint, parallel, rundir
 from helpers import REPO, tiny, train_steps
 
 LOCAL_DEVICES = 4

@@ -16,7 +16,7 @@ import threading
 
 import pytest
 
-from ganomaly_jax import parallel, preemption, rundir
+from ganomaly_jax.runtime import parallel, preemption, rundir
 from ganomaly_jax.experiments import benchmark, run_queue, suites, tables
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

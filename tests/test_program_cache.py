@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ganomaly_jax import parallel, programs, rundir, state as state_lib, train
+from ganomaly_jax import programs, state as state_lib, train
+from ganomaly_jax.runtime import parallel, rundir
 from ganomaly_jax.data import sources
 from ganomaly_jax.experiments import benchmark, suites, sweep
 from helpers.tiny import tiny_config

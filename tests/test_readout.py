@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from clu import metric_writers
 
-from ganomaly_jax import config_checks, losses, parallel, programs, rundir, train
+from ganomaly_jax import losses, programs, train
+from ganomaly_jax.config import checks
+from ganomaly_jax.runtime import parallel, rundir
 from ganomaly_jax.data import sources, synthetic_anomalies
 from ganomaly_jax.evaluation import readout
 from helpers import tiny
@@ -98,7 +100,7 @@ def test_candidates_come_from_the_registries_facts(tiny_config):
   for config in (plain, masked):
     got = readout.candidates(config)
     scores = {r.score for r in got}
-    assert scores == {s for s in losses.SCORES if config_checks.score_problem(config, s) is None}
+    assert scores == {s for s in losses.SCORES if checks.score_problem(config, s) is None}
     assert len(got) == len(scores) * len(losses.MAPS)  # every fitting score with every map
     assert readout.published(config) in got
   assert 'latent' in {r.score for r in readout.candidates(plain)}  # needs z, ẑ: E-D-E only
@@ -125,7 +127,7 @@ def test_with_readout_validates_and_resets_keys_only_other_scores_read(tiny_conf
   config = tiny_config('grid_mask', **{'eval.score': 'map_topk', 'eval.topk_fraction': 0.3})
   chosen = readout.with_readout(config, readout.Readout('inpaint', 'l1'))
   assert (chosen.eval.score, chosen.eval.map, chosen.eval.topk_fraction) == ('inpaint', 'l1', 0.1)
-  config_checks.validate_config(chosen)
+  checks.validate_config(chosen)
   assert config.eval.score == 'map_topk'  # the original is untouched
   recorded = {'readout': {'mode': 'auto', 'score': 'map_mean', 'map': 'ssim'}}
   assert readout.published(readout.recorded_config(config, recorded)) == ('map_mean', 'ssim')
@@ -134,11 +136,11 @@ def test_with_readout_validates_and_resets_keys_only_other_scores_read(tiny_conf
 
 
 def test_bad_readout_values_fail_with_one_line(tiny_config):
-  with pytest.raises(config_checks.ConfigError, match=r"^eval.readout='best': use 'published' or "
+  with pytest.raises(checks.ConfigError, match=r"^eval.readout='best': use 'published' or "
                                                        r"'auto'\.$"):
-    config_checks.validate_config(tiny_config('masked', **{'eval.readout': 'best'}))
-  with pytest.raises(config_checks.ConfigError, match='needs dataset.val_fraction > 0'):
-    config_checks.validate_config(tiny_config('masked', **{'eval.readout': 'auto',
+    checks.validate_config(tiny_config('masked', **{'eval.readout': 'best'}))
+  with pytest.raises(checks.ConfigError, match='needs dataset.val_fraction > 0'):
+    checks.validate_config(tiny_config('masked', **{'eval.readout': 'auto',
                                                             'dataset.val_fraction': 0.0}))
 
 
@@ -174,7 +176,7 @@ class ShuffledLabels:
 def test_auto_choice_is_recorded_and_blind_to_test_labels(tmp_path, tiny_config):
   config = tiny_config('masked', **{'eval.readout': 'auto', 'eval.select': 'last',
                                     'dataset.max_test': 48, 'eval.batch_size': 16})
-  config_checks.validate_config(config)
+  checks.validate_config(config)
   mesh = parallel.make_mesh()
   progs = programs.build(config, mesh)
   state = progs.init(jax.random.key(config.seed))  # untrained: the choice needs no training

@@ -13,7 +13,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from ganomaly_jax import checkpoint, state as state_lib, train
+from ganomaly_jax import state as state_lib, train
+from ganomaly_jax.runtime import checkpoint
 from helpers import REPO, tiny
 
 # Small enough for 2 CPU cores; the same config is used in- and out-of-process.

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from fake_gcs import gs_root  # noqa: F401  (a fixture)
-from ganomaly_jax import rundir
+from ganomaly_jax.runtime import rundir
 from ganomaly_jax.evaluation import plots, report
 from helpers import REPO
 
@@ -143,7 +143,7 @@ def test_gs_workdir_has_no_local_shadow(gs_root, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_rundir_and_infer_import_without_tensorflow_or_clu():
-  code = ('import sys; import ganomaly_jax.rundir, ganomaly_jax.infer; '
+  code = ('import sys; import ganomaly_jax.runtime.rundir, ganomaly_jax.infer; '
           "print(sorted(m for m in ('tensorflow', 'clu') if m in sys.modules))")
   out = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True,
                        env={**os.environ, 'PYTHONPATH': REPO}, timeout=120, check=True)

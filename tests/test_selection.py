@@ -7,7 +7,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 import synthetic
-from ganomaly_jax import checkpoint, config_lib, train
+from ganomaly_jax import train
+from ganomaly_jax.config import arguments
+from ganomaly_jax.runtime import checkpoint
 from ganomaly_jax.data import sources
 from helpers import tiny
 
@@ -15,7 +17,7 @@ from helpers import tiny
 def _config(**args):
   """The tiny GANomaly, 6 steps on at most 32 training and 32 test images, with `args` (argument
   string keys: a dataset set here resolves its own channels)."""
-  return config_lib.load_config(tiny.spec(
+  return arguments.load_config(tiny.spec(
       steps=6, **{'dataset.max_train': 32, 'dataset.max_test': 32, 'eval.batch_size': 16}, **args))
 
 
@@ -92,7 +94,7 @@ def _distinct_within(source) -> bool:
 
 @pytest.mark.parametrize('pool', [False, True])
 def test_digit_splits_are_disjoint(pool, repo_root):
-  config = config_lib.load_config(os.path.join(repo_root, 'configs/ganomaly.py'))
+  config = arguments.load_config(os.path.join(repo_root, 'configs/ganomaly.py'))
   with config.unlocked():
     config.dataset.pool_normals = pool
   splits = sources.load_splits(config)
@@ -105,7 +107,7 @@ def test_npz_splits_are_disjoint(tmp_path, pool, repo_root):
   np.savez(path, x_train=_unique_images(60, 0), y_train=np.arange(60) % 3,
            x_test=_unique_images(30, 60), y_test=np.arange(30) % 3)
   arg = f'dataset=npz:{path},abnormal=1,isize=20'
-  config = config_lib.load_config(os.path.join(repo_root, f'configs/ganomaly.py:{arg}'))
+  config = arguments.load_config(os.path.join(repo_root, f'configs/ganomaly.py:{arg}'))
   with config.unlocked():
     config.dataset.pool_normals = pool
   splits = sources.load_splits(config)
@@ -134,7 +136,7 @@ def test_tfds_splits_are_disjoint(name, shape, repo_root):
     return [{'image': im, 'label': i % 10} for i, im in enumerate(images)]
 
   with tfds.testing.mock_data(as_data_source_fn=data_source):
-    config = config_lib.load_config(
+    config = arguments.load_config(
         os.path.join(repo_root, f'configs/ganomaly.py:dataset={name},abnormal=3'))
     splits = sources.load_splits(config)
   assert _distinct_within(splits.train) and _distinct_within(splits.test)

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from ganomaly_jax import rundir, train
+from ganomaly_jax import train
+from ganomaly_jax.runtime import rundir
 from ganomaly_jax.experiments import sweep, tables
 from fake_gcs import gs_root  # noqa: F401  (a fixture)
 from helpers import REPO, tiny

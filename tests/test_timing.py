@@ -7,7 +7,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from ganomaly_jax import timing
+from ganomaly_jax.runtime import timing
 from ganomaly_jax.experiments import run_queue
 
 

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ganomaly_jax import config_checks, config_lib, losses, state as state_lib
+from ganomaly_jax import losses, state as state_lib
+from ganomaly_jax.config import arguments, checks, schema
 from ganomaly_jax.data import sources
 from ganomaly_jax.experiments import sweep
 from helpers import tiny
@@ -48,20 +49,20 @@ def toy_method(monkeypatch):
 
 
 def test_unregistered_names_are_refused(repo_root):
-  config = config_lib.load_config(os.path.join(repo_root, 'configs/ganomaly.py:quick'))
+  config = arguments.load_config(os.path.join(repo_root, 'configs/ganomaly.py:quick'))
   config = sweep.apply_overrides(config, {'loss.adversarial': 'toy_hinge'})
-  with pytest.raises(config_checks.ConfigError, match="loss.adversarial='toy_hinge' is not one of"):
-    config_checks.validate_config(config)
+  with pytest.raises(checks.ConfigError, match="loss.adversarial='toy_hinge' is not one of"):
+    checks.validate_config(config)
 
 
 def test_toy_adversarial_and_score_train_two_steps_and_evaluate(toy_method, tiny_config,
                                                                 build_programs):
   config = tiny_config(**{'loss.adversarial': 'toy_hinge', 'eval.score': 'toy_l1'})
-  config_checks.validate_config(config)
+  checks.validate_config(config)
   TRACED.clear()
   # The entry's facts reach validation: it declared no labels, so soft labels are refused.
-  with pytest.raises(config_checks.ConfigError, match='do not apply to loss.adversarial=toy_hinge'):
-    config_checks.validate_config(sweep.apply_overrides(config.copy_and_resolve_references(),
+  with pytest.raises(checks.ConfigError, match='do not apply to loss.adversarial=toy_hinge'):
+    checks.validate_config(sweep.apply_overrides(config.copy_and_resolve_references(),
                                                    {'train.soft_labels': True}))
 
   progs = build_programs(config)
@@ -89,16 +90,16 @@ def test_toy_adversarial_and_score_train_two_steps_and_evaluate(toy_method, tiny
 # ---- A dataset and a method config from outside the package. ----
 
 OUTSIDE_CONFIG = '''
-from ganomaly_jax import config_lib
+from ganomaly_jax.config import arguments, schema
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg)
-  config = config_lib.base_config()
+  args = arguments.parse_arg(arg)
+  config = schema.base_config()
   config.method = 'stripes_gan'  # a name of its own: not one of the shipped configs
   config.dataset.name = 'stripes'
   config.dataset.abnormal = '1'  # the class index, as a --config.dataset.abnormal string
-  return config_lib.finalize(config, args)
+  return arguments.finalize(config, args)
 '''
 
 
@@ -126,7 +127,7 @@ def test_a_dataset_and_a_method_config_from_outside_the_package_train(tmp_path, 
       load=_stripes, channels=lambda arg: 1, small=True))
   config_file = tmp_path / 'stripes_gan.py'
   config_file.write_text(OUTSIDE_CONFIG)
-  config = config_lib.load_config(f'{config_file}:{tiny.TINY_ARG}')
+  config = arguments.load_config(f'{config_file}:{tiny.TINY_ARG}')
   config = sweep.apply_overrides(config, {'train.num_steps': 2, 'train.image_every': 0})
   assert (config.method, config.model.channels, config.model.isize) == ('stripes_gan', 1, 16)
   results = train.train_and_evaluate(config, str(tmp_path / 'run'))
@@ -135,8 +136,8 @@ def test_a_dataset_and_a_method_config_from_outside_the_package_train(tmp_path, 
 
 
 def test_an_unregistered_dataset_is_one_line_naming_the_registered_ones(repo_root):
-  config = config_lib.load_config(os.path.join(repo_root, 'configs/ganomaly.py:quick,channels=1'))
+  config = arguments.load_config(os.path.join(repo_root, 'configs/ganomaly.py:quick,channels=1'))
   config = sweep.apply_overrides(config, {'dataset.name': 'stripes'})
-  with pytest.raises(config_checks.ConfigError, match="dataset.name='stripes' is not a dataset: "
+  with pytest.raises(checks.ConfigError, match="dataset.name='stripes' is not a dataset: "
                      'use digits, mnist, fashion_mnist, cifar10, npz:PATH, folder:PATH'):
-    config_checks.validate_config(config)
+    checks.validate_config(config)

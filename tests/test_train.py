@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from fake_gcs import gs_root  # noqa: F401  (a fixture)
-from ganomaly_jax import rundir, train
+from ganomaly_jax import train
+from ganomaly_jax.runtime import rundir
 from ganomaly_jax.data import sources
 from helpers.tiny import tiny_config
 
@@ -105,7 +106,7 @@ def test_quick_run_on_gs_writes_the_run_directory_through_epath(gs_root, tmp_pat
   # restart) goes to gs://.
   from clu import metric_writers
 
-  from ganomaly_jax import checkpoint
+  from ganomaly_jax.runtime import checkpoint
 
   local = str(tmp_path / 'local')
   store, writer = checkpoint.CheckpointStore, metric_writers.create_default_writer

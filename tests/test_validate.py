@@ -1,6 +1,6 @@
 """Config validation: impossible combinations and keys a method ignores stop with one line.
 
-Every config goes through the real path (`config_lib.load_config` of a method file, then overrides as
+Every config goes through the real path (`arguments.load_config` of a method file, then overrides as
 `--config.x=v` applies them); the names and rules come from the registries, so they are checked here
 against the registries too.
 """
@@ -11,25 +11,26 @@ import sys
 
 import pytest
 
-from ganomaly_jax import config_checks, config_lib, losses, masks, models
+from ganomaly_jax import losses, masks, models
+from ganomaly_jax.config import arguments, checks, schema
 from ganomaly_jax.experiments import sweep
 from helpers import REPO
 
 
 def _config(method: str = 'ganomaly', **overrides):
-  config = config_lib.load_config(os.path.join(REPO, f'configs/{method}.py:quick'))
+  config = arguments.load_config(os.path.join(REPO, f'configs/{method}.py:quick'))
   return sweep.apply_overrides(config, overrides)
 
 
 def _refused(method: str, overrides: dict, message: str) -> None:
-  with pytest.raises(config_checks.ConfigError, match=message) as info:
-    config_checks.validate_config(_config(method, **overrides))
+  with pytest.raises(checks.ConfigError, match=message) as info:
+    checks.validate_config(_config(method, **overrides))
   assert '\n' not in str(info.value)  # one line
 
 
-@pytest.mark.parametrize('method', config_lib.METHODS)
+@pytest.mark.parametrize('method', schema.METHODS)
 def test_every_method_config_is_valid(method):
-  config_checks.validate_config(_config(method))
+  checks.validate_config(_config(method))
 
 
 # ---- Impossible combinations. ----
@@ -40,13 +41,13 @@ def test_residual_blocks_with_wgan_gp_are_refused():
   # batch, which breaks the gradient penalty.
   _refused('ganomaly', {'model.residual_blocks': True, 'loss.adversarial': 'wgan_gp'},
            r"model.residual_blocks: .*BatchNorm.*loss.adversarial=wgan_gp needs layer")
-  config_checks.validate_config(_config('ganomaly', **{'model.residual_blocks': True}))
+  checks.validate_config(_config('ganomaly', **{'model.residual_blocks': True}))
 
 
 def test_d_reinit_threshold_with_wgan_gp_is_refused():
   _refused('ganomaly', {'train.d_reinit_threshold': 1e-5, 'loss.adversarial': 'wgan_gp'},
            r'train.d_reinit_threshold=1e-05: .*wgan_gp.*re-initialised every step')
-  config_checks.validate_config(_config('ganomaly', **{'train.d_reinit_threshold': 1e-5}))
+  checks.validate_config(_config('ganomaly', **{'train.d_reinit_threshold': 1e-5}))
 
 
 @pytest.mark.parametrize('method, adversarial', [('ganomaly', 'wgan_gp'), ('skip_ganomaly', 'bce')])
@@ -61,31 +62,31 @@ def test_adv_extra_outside_feature_matching_is_refused(method, adversarial):
 def test_kernel_size_with_the_unet_is_refused():
   _refused('skip_ganomaly', {'model.kernel_size': 5},
            r'model.kernel_size=5 is not used by model.generator=unet')
-  config_checks.validate_config(_config('ganomaly', **{'model.kernel_size': 5}))
+  checks.validate_config(_config('ganomaly', **{'model.kernel_size': 5}))
 
 
 def test_classifier_kernel_with_the_dcgan_discriminator_is_refused():
   _refused('ganomaly', {'model.classifier_kernel': 3},
            r'model.classifier_kernel=3 is not used by model.discriminator=dcgan')
-  config_checks.validate_config(_config('skip_ganomaly', **{'model.classifier_kernel': 3}))
+  checks.validate_config(_config('skip_ganomaly', **{'model.classifier_kernel': 3}))
 
 
 @pytest.mark.parametrize('key, value', [('mask.size', 0.25), ('loss.hole_weight', 5.0)])
 def test_grid_methods_refuse_square_hole_keys(key, value):
   _refused('grid_mask', {key: value}, rf'{key}={value} is not used by mask.kind=grid')
-  config_checks.validate_config(_config('masked', **{key: value}))  # the square mask reads both
+  checks.validate_config(_config('masked', **{key: value}))  # the square mask reads both
 
 
 def test_mask_fill_without_a_mask_is_refused():
   _refused('skip_ganomaly', {'mask.fill': -1.0}, r'mask.fill=-1.0 is not used by mask.kind=none')
-  config_checks.validate_config(_config('masked', **{'mask.fill': -1.0}))
+  checks.validate_config(_config('masked', **{'mask.fill': -1.0}))
 
 
 @pytest.mark.parametrize('key, value', [('mask.cells', (8,)), ('mask.sets', 3),
                                         ('mask.partition', 'random'), ('mask.draw', 'batch')])
 def test_grid_keys_with_the_square_mask_are_refused(key, value):
   _refused('masked', {key: value}, rf'{key}=.* is not used by mask.kind=square')
-  config_checks.validate_config(_config('grid_mask', **{key: value}))  # the grid reads them
+  checks.validate_config(_config('grid_mask', **{key: value}))  # the grid reads them
 
 
 def test_bad_grid_settings_are_refused():
@@ -122,7 +123,7 @@ def test_no_discriminator_refuses_what_reads_its_features():
   _refused('skip_ganomaly', {'model.discriminator': 'none', 'loss.adversarial': 'none',
                              'loss.latent_in_d': False},
            r'loss.w_enc=1.0: the latent term of model.generator=unet compares discriminator')
-  config_checks.validate_config(_config('skip_ganomaly', **{
+  checks.validate_config(_config('skip_ganomaly', **{
       'model.discriminator': 'none', 'loss.adversarial': 'none', 'loss.latent_in_d': False,
       'loss.w_enc': 0.0, 'eval.score': 'reconstruction'}))
 
@@ -134,15 +135,15 @@ def test_riad_unet_refuses_what_it_does_not_have():
 def test_reconstruction_term_comes_from_the_registry():
   _refused('riad', {'loss.reconstruction': 'l3'},
            'loss.reconstruction=.* is not one of ' + ', '.join(losses.RECONSTRUCTION))
-  config_checks.validate_config(_config('skip_ganomaly', **{'loss.reconstruction': 'l2'}))
+  checks.validate_config(_config('skip_ganomaly', **{'loss.reconstruction': 'l2'}))
 
 
 # ---- Structural losses and maps are switches of every reconstruction method. ----
 
 
-@pytest.mark.parametrize('method', config_lib.METHODS)
+@pytest.mark.parametrize('method', schema.METHODS)
 def test_structural_losses_and_maps_fit_every_method(method):
-  config_checks.validate_config(_config(method, **{'loss.w_ssim': 1.0, 'loss.w_msgms': 1.0,
+  checks.validate_config(_config(method, **{'loss.w_ssim': 1.0, 'loss.w_msgms': 1.0,
                                               'eval.map': 'msgms', 'eval.score': 'map_max'}))
 
 
@@ -154,7 +155,7 @@ def test_map_options_come_from_the_registries():
 def test_topk_fraction_only_with_the_topk_score():
   _refused('riad', {'eval.topk_fraction': 0.2},
            r'eval.topk_fraction=0.2 is not used by eval.score=map_max')
-  config_checks.validate_config(_config('riad', **{'eval.score': 'map_topk',
+  checks.validate_config(_config('riad', **{'eval.score': 'map_topk',
                                               'eval.topk_fraction': 0.2}))
   _refused('riad', {'eval.score': 'map_topk', 'eval.topk_fraction': 0.0},
            r'eval.topk_fraction=0.0 must be in \(0, 1\]')

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ganomaly_jax import config_checks, state as state_lib
+from ganomaly_jax import state as state_lib
+from ganomaly_jax.config import checks
 from helpers import tiny
 
 
@@ -76,4 +77,4 @@ def test_a_non_finite_step_also_discards_the_extra_critic_updates():
 ])
 def test_impossible_n_critic_is_refused(overrides, message):
   with pytest.raises(ValueError, match=message):
-    config_checks.validate_config(_config(**overrides))
+    checks.validate_config(_config(**overrides))

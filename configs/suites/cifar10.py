@@ -6,7 +6,7 @@ Data through tfds (prepared once with network) or `cifar10:npz:PATH`; 32×32×3;
 Options (suites.restrict): classes=cat+dog, seeds=0, methods=ganomaly+pca, steps=N.
 """
 
-from ganomaly_jax.config_lib import load_sibling
+from ganomaly_jax.config.arguments import load_sibling
 from ganomaly_jax.data import sources
 
 tfds_suite = load_sibling(__file__, '_tfds')

@@ -27,7 +27,7 @@ finished checkpoints instead. 13 rows x 10 digits x 3 seeds; `seeds=0` is a thir
 import dataclasses
 
 from ganomaly_jax.experiments import suites
-from ganomaly_jax.config_lib import load_sibling
+from ganomaly_jax.config.arguments import load_sibling
 
 digits = load_sibling(__file__, 'digits')
 

@@ -7,7 +7,7 @@ Data through tfds (prepared once with network) or an npz file; 32×32, study wid
 not CPU-sized. Options (suites.restrict): classes=0+1, seeds=0, methods=ganomaly+pca, steps=N.
 """
 
-from ganomaly_jax.config_lib import load_sibling
+from ganomaly_jax.config.arguments import load_sibling
 
 tfds_suite = load_sibling(__file__, '_tfds')
 

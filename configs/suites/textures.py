@@ -14,7 +14,7 @@ width=N, batch=N.
 """
 
 from ganomaly_jax.experiments import suites
-from ganomaly_jax.config_lib import load_sibling
+from ganomaly_jax.config.arguments import load_sibling
 from ganomaly_jax.data import textures
 
 folders = load_sibling(__file__, 'folder_categories')

@@ -12,7 +12,7 @@ defect masks:
 """
 
 from ganomaly_jax.experiments import suites
-from ganomaly_jax.config_lib import load_sibling
+from ganomaly_jax.config.arguments import load_sibling
 
 textures = load_sibling(__file__, 'textures')
 digits_grid = load_sibling(__file__, 'digits_grid')

@@ -335,7 +335,7 @@ class Dataset:
     load: (config, ARG) -> Splits at config.model.isize / channels, following the one-class protocol.
     channels: ARG -> the channels the model reads by default (the data's own, so RGB stays RGB).
     small: the AUTO keys take the embedded digits' smaller widths and run length
-      (config_lib.resolve) instead of the study's.
+      (schema.resolve) instead of the study's.
     takes_arg: the name is NAME:ARG (a path); otherwise NAME alone.
   """
 

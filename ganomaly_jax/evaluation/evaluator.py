@@ -19,7 +19,8 @@ import numpy as np
 from sklearn import metrics as sk_metrics
 
 from ganomaly_jax.evaluation import fid as fid_lib
-from ganomaly_jax import losses, parallel, programs, rundir, timing
+from ganomaly_jax import losses, programs
+from ganomaly_jax.runtime import parallel, rundir, timing
 from ganomaly_jax.evaluation import pixel_metrics, plots, uncertainty
 from ganomaly_jax.data import pipeline
 

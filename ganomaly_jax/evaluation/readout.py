@@ -7,7 +7,7 @@ split is read out with the config's own pair, the method's published one. With `
 checkpoint is selected:
 
 1. Candidates: every registered score (`losses.SCORES`) that fits the model, as validation decides
-   it (`config_checks.score_problem`: generator outputs, masked or not), times every registered map
+   it (`checks.score_problem`: generator outputs, masked or not), times every registered map
    (`losses.MAPS`). Nothing is listed by hand: a new score or map is a candidate at once.
 2. A synthetic validation set: the validation normals (label 0) and CutPaste anomalies made from
    them alone (`data/synthetic_anomalies.py`, seeded by `config.seed`; label 1, the pasted region
@@ -35,7 +35,8 @@ import ml_collections
 import numpy as np
 from sklearn import metrics as sk_metrics
 
-from ganomaly_jax import config_checks, config_lib, losses, programs, step as step_lib
+from ganomaly_jax import losses, programs, step as step_lib
+from ganomaly_jax.config import checks, schema
 from ganomaly_jax.data import synthetic_anomalies
 from ganomaly_jax.evaluation import evaluator, pixel_metrics
 
@@ -75,7 +76,7 @@ def published(config: ml_collections.ConfigDict) -> Readout:
 def candidates(config: ml_collections.ConfigDict) -> list[Readout]:
   """Every (score, map) of the registries that fits this config's model, in registry order."""
   return [Readout(score, map_name) for score in losses.SCORES
-          if config_checks.score_problem(config, score) is None for map_name in losses.MAPS]
+          if checks.score_problem(config, score) is None for map_name in losses.MAPS]
 
 
 def with_readout(config: ml_collections.ConfigDict, readout: Readout) -> ml_collections.ConfigDict:
@@ -83,7 +84,7 @@ def with_readout(config: ml_collections.ConfigDict, readout: Readout) -> ml_coll
   eval.topk_fraction) go back to their defaults, so the copy validates."""
   config = copy.deepcopy(config)
   config.eval.score, config.eval.map = readout.score, readout.map
-  defaults = config_lib.base_config()
+  defaults = schema.base_config()
   for dotted in set().union(*(s.reads for s in losses.SCORES.values())):
     if dotted not in losses.SCORES[readout.score].reads:
       section, key = dotted.split('.')

@@ -25,7 +25,7 @@ from typing import Any
 from etils.epath import Path
 import numpy as np
 
-from ganomaly_jax import rundir
+from ganomaly_jax.runtime import rundir
 
 PathLike = str | os.PathLike
 

@@ -36,7 +36,7 @@ from typing import Any
 
 from absl import app, flags
 
-from ganomaly_jax import rundir, startup
+from ganomaly_jax.runtime import rundir, startup
 from ganomaly_jax.experiments import run_queue, suites, tables
 
 _SUITE = flags.DEFINE_string('suite', None, 'Suite: NAME[:ARG] of configs/suites/, or a file path.')

@@ -40,7 +40,7 @@ _OUT = flags.DEFINE_string('out', None, 'Output folder for the re-scored results
 
 def finished_runs(root: str, method: str) -> Iterator[tuple[str, int, str]]:
   """(class, seed, workdir) of every run of `method` under root/runs that has results.json."""
-  from ganomaly_jax import rundir
+  from ganomaly_jax.runtime import rundir
   runs = rundir.path(root, 'runs')
   if not runs.is_dir():
     return
@@ -79,7 +79,9 @@ def rescore_run(workdir: str, variant: dict[str, str], out_dir: str) -> dict[str
   import jax
   from clu import metric_writers
 
-  from ganomaly_jax import config_checks, infer, parallel, programs, rundir
+  from ganomaly_jax import infer, programs
+  from ganomaly_jax.config import checks
+  from ganomaly_jax.runtime import parallel, rundir
   from ganomaly_jax.evaluation import evaluator, readout
   from ganomaly_jax.data import sources
 
@@ -95,7 +97,7 @@ def rescore_run(workdir: str, variant: dict[str, str], out_dir: str) -> dict[str
     config.eval[key] = value
   if {'score', 'map'} & set(variant) and 'readout' not in variant:
     config.eval.readout = 'published'  # the variant names the read-out: evaluate that one
-  config_checks.validate_config(config)
+  checks.validate_config(config)
   # The checkpoint final_evaluation selected: the best by validation loss, else the last.
   which = 'best' if config.eval.select == 'val_loss' else 'latest'
   components, state, step, _ = infer.restore_state(config, workdir, which)
@@ -120,7 +122,7 @@ def rescore_run(workdir: str, variant: dict[str, str], out_dir: str) -> dict[str
 def rescore(root: str, method: str, variants: list[dict[str, str]], out: str
             ) -> list[dict[str, Any]]:
   """Every finished run of `method` × every variant: the rows of OUT/results.csv (written too)."""
-  from ganomaly_jax import rundir
+  from ganomaly_jax.runtime import rundir
   from ganomaly_jax.experiments import tables
 
   rows = []
@@ -152,7 +154,7 @@ def rescore(root: str, method: str, variants: list[dict[str, str]], out: str
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  from ganomaly_jax import startup
+  from ganomaly_jax.runtime import startup
   startup.configure_process()  # before JAX starts its backend
   try:
     variants = [{'score': s} for s in _SCORES.value] + [parse_variant(v) for v in _VARIANTS.value]

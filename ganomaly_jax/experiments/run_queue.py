@@ -13,7 +13,7 @@ the columns of their tables; what they do with the runs is the same and lives he
 - the tables are rewritten before the first run, after a run at most every `TABLES_EVERY_S`
   seconds, and at the end (with several hosts: once, when every run is settled);
 - where the time went is logged per run (the phases a run records in its results.json,
-  `ganomaly_jax.timing`) and totalled for the session at the end (`PhaseTotals`).
+  `ganomaly_jax.runtime.timing`) and totalled for the session at the end (`PhaseTotals`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any, Callable, Generic, Sequence, TypeVar
 from absl import logging
 import ml_collections
 
-from ganomaly_jax import rundir
+from ganomaly_jax.runtime import rundir
 
 RunT = TypeVar('RunT')
 # A queue root's record of where its last session's time went (`PhaseTotals.as_dict`).
@@ -117,7 +117,7 @@ class Share:
     """'I/N' (host I of N); '' or 'auto' reads JAX_PROCESS_ID / JAX_NUM_PROCESSES (default 0/1)."""
     text = (text or '').strip()
     if text in ('', 'auto'):
-      from ganomaly_jax import parallel  # imports JAX: only when a queue runs
+      from ganomaly_jax.runtime import parallel  # imports JAX: only when a queue runs
 
       settings = parallel.DistributedSettings.from_env()
       count = settings.num_processes or 1
@@ -143,7 +143,8 @@ def device_groups(workers: int) -> list[list[Any]] | None:
   """
   if workers <= 1:
     return None
-  from ganomaly_jax import parallel, programs  # import JAX: only when runs start
+  from ganomaly_jax import programs  # import JAX: only when runs start
+  from ganomaly_jax.runtime import parallel
 
   programs.set_cache_size(max(programs.CACHE_SIZE, 2 * workers))
   return parallel.device_groups(workers)
@@ -415,7 +416,7 @@ def _run_at_once(mine: list[Record[RunT]], name, execute, settle,
   A stop signal (SIGTERM, SIGINT) reaches every run in flight (`preemption.StopRequest`): each
   checkpoints and returns, and no further run starts. True when a run was preempted.
   """
-  from ganomaly_jax import preemption
+  from ganomaly_jax.runtime import preemption
 
   free: queue.Queue = queue.Queue()
   for devices in device_groups:

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import ml_collections
 
-from ganomaly_jax import config_checks, config_lib
+from ganomaly_jax.config import arguments, checks, schema
 from ganomaly_jax.experiments import baselines, sweep
 
 # The repository's configs/ (suite files refer to the method configs beside them).
@@ -28,9 +28,9 @@ CONFIGS_DIR = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 SUITES_DIR = os.path.join(CONFIGS_DIR, 'suites')
 # The study's methods and RIAD (the published form of the grid proposal): every method config,
-# config_lib.METHODS. Then the plain-autoencoder ablation of each GAN generator (the same network
+# schema.METHODS. Then the plain-autoencoder ablation of each GAN generator (the same network
 # and losses with the adversarial term off): `ede` (GANomaly) and `unet` (SkipGANomaly).
-STUDY_METHODS = config_lib.METHODS
+STUDY_METHODS = schema.METHODS
 AUTOENCODERS = (('ganomaly_ae', 'ganomaly'), ('skip_ganomaly_ae', 'skip_ganomaly'))
 # Methods whose checkpoints get a second row `<method>+auto`: the same runs read out with
 # eval.readout=auto (evaluation/readout.py) beside their published read-out. These are the
@@ -164,7 +164,7 @@ def load_suite(spec: str) -> Suite:
                        'or a path to a suite file.')
   if not os.path.isfile(path):
     raise SuiteError(f'Suite file not found: {path}')
-  get_suite = getattr(config_lib.import_file(path, '_ganomaly_suite'), 'get_suite', None)
+  get_suite = getattr(arguments.import_file(path, '_ganomaly_suite'), 'get_suite', None)
   if not callable(get_suite):
     raise SuiteError(f'{path} must define get_suite(arg) returning a suites.Suite.')
   suite = get_suite(arg or None)
@@ -238,7 +238,7 @@ def expand(suite: Suite, root: str) -> list[BenchRun]:
         context = f'suite {suite.name}, {cls}/{method.name}/seed-{seed}'
         if method.config not in bases:
           try:
-            bases[method.config] = config_lib.load_config(method.config)
+            bases[method.config] = arguments.load_config(method.config)
           except (ValueError, KeyError) as e:
             raise SuiteError(f'{context}: config {method.config}: {e}') from None
         overrides = {**({} if suite.pictures else LEAN), **suite.overrides, **method.overrides,
@@ -246,8 +246,8 @@ def expand(suite: Suite, root: str) -> list[BenchRun]:
                      'seed': seed, 'train.num_steps': suite.steps}
         config = sweep.apply_overrides(bases[method.config], overrides, context)
         try:
-          config_checks.validate_config(config)
-        except config_checks.ConfigError as e:
+          checks.validate_config(config)
+        except checks.ConfigError as e:
           raise SuiteError(f'{context}: {e}') from None
         workdir = os.path.join(root, 'runs', safe_name(cls), safe_name(method.name),
                                f'seed-{seed}')

@@ -36,7 +36,8 @@ from typing import Any
 from absl import app, flags
 import ml_collections
 
-from ganomaly_jax import config_checks, config_lib, rundir, startup
+from ganomaly_jax.config import arguments, checks, schema
+from ganomaly_jax.runtime import rundir, startup
 from ganomaly_jax.experiments import run_queue
 
 if __name__ == '__main__':  # flags only for the program: ganomaly_jax.experiments.benchmark imports this module
@@ -134,7 +135,7 @@ def _get(config: ml_collections.ConfigDict, key: str) -> Any:
 
 
 def _leaf_keys(config: ml_collections.ConfigDict) -> list[str]:
-  return list(config_lib.flatten(config.to_dict()))
+  return list(schema.flatten(config.to_dict()))
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any],
@@ -168,7 +169,7 @@ def load_sweep(path: str, config: ml_collections.ConfigDict) -> list[dict[str, A
   """Imports a sweep file and returns its list of override dicts (checked for shape)."""
   if not os.path.isfile(path):
     raise SweepError(f'Sweep file not found: {path}')
-  get_sweep = getattr(config_lib.import_file(path, '_ganomaly_sweep'), 'get_sweep', None)
+  get_sweep = getattr(arguments.import_file(path, '_ganomaly_sweep'), 'get_sweep', None)
   if not callable(get_sweep):
     raise SweepError(f'{path} must define get_sweep() returning a list of override dicts.')
   takes_config = bool(inspect.signature(get_sweep).parameters)
@@ -183,13 +184,13 @@ def load_sweep(path: str, config: ml_collections.ConfigDict) -> list[dict[str, A
 def expand(config_spec: str, sweep_path: str, root: str) -> list[Run]:
   """Loads the base config and the sweep, and builds and validates every run before any starts."""
   # Unresolved: a run's dataset override must still choose its dataset-dependent keys (AUTO).
-  base = config_lib.load_config(config_spec, resolved=False)
+  base = arguments.load_config(config_spec, resolved=False)
   runs: list[Run] = []
   seen: dict[str, int] = {}
   for i, overrides in enumerate(load_sweep(sweep_path, base)):
     context = f'{sweep_path}, run {i} ({run_name(overrides)})'
     try:
-      config = config_lib.resolve(apply_overrides(base, overrides, context))
+      config = schema.resolve(apply_overrides(base, overrides, context))
     except SweepError:
       raise
     except ValueError as e:
@@ -199,8 +200,8 @@ def expand(config_spec: str, sweep_path: str, root: str) -> list[Run]:
     overrides = {k: _get(config, k) for k in overrides}
     name = run_name(overrides)
     try:
-      config_checks.validate_config(config)
-    except config_checks.ConfigError as e:
+      checks.validate_config(config)
+    except checks.ConfigError as e:
       raise SweepError(f'{context}: {e}') from None
     if name in seen:
       raise SweepError(f'{context}: the same overrides as run {seen[name]}.')
@@ -291,7 +292,7 @@ def main(argv: list[str]) -> None:
         print(command(_CONFIG.value, run))
       return
     share = run_queue.Share.parse(_SHARE.value)
-    startup.configure_for(config_lib.load_config(_CONFIG.value))  # before JAX starts its backend
+    startup.configure_for(arguments.load_config(_CONFIG.value))  # before JAX starts its backend
     run_queue.check_standalone(share)
     records = run_sweep(_CONFIG.value, _SWEEP.value, root, workers=_PARALLEL.value, share=share)
   except ValueError as e:  # bad sweep file, unknown key, impossible value: one line

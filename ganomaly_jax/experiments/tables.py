@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ganomaly_jax import rundir
+from ganomaly_jax.runtime import rundir
 from ganomaly_jax.evaluation import plots
 from ganomaly_jax.experiments import sweep
 

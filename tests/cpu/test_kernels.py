@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from ganomaly_jax import config_lib
+from ganomaly_jax.config import schema
 from ganomaly_jax.cpu import batch_norm, kernels
 from ganomaly_jax.models import layers
 from helpers import tiny
@@ -27,7 +27,7 @@ def _config(method: str, cpu_kernels: str = 'auto') -> ml_collections.ConfigDict
 
 def _methods():
   return [m if m in FAST_METHODS else pytest.param(m, marks=pytest.mark.slow)
-          for m in config_lib.METHODS]
+          for m in schema.METHODS]
 
 
 def _abstract_args(config, progs):

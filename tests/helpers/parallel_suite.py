@@ -49,7 +49,8 @@ def main(argv: list[str]) -> None:
   # Before anything touches the backend: the fake devices must exist when it starts.
   jax.config.update('jax_num_cpu_devices', args.devices)
   jax.config.update('jax_platforms', 'cpu')
-  from ganomaly_jax import compile_cache, programs, train
+  from ganomaly_jax import programs, train
+  from ganomaly_jax.runtime import compile_cache
   from ganomaly_jax.data import sources
   from ganomaly_jax.experiments import benchmark, run_queue, suites, tables
 

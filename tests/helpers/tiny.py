@@ -8,7 +8,9 @@ module-level helpers and the scripts that tests start import them from here.
 import jax
 import ml_collections
 
-from ganomaly_jax import config_lib, parallel, programs
+from ganomaly_jax import programs
+from ganomaly_jax.config import arguments
+from ganomaly_jax.runtime import parallel
 from ganomaly_jax.experiments import sweep
 from helpers import REPO
 
@@ -34,7 +36,7 @@ def spec(method: str = 'ganomaly', **args) -> str:
 
 def tiny_config(method: str = 'ganomaly', **overrides) -> ml_collections.ConfigDict:
   """configs/<method>.py:TINY_ARG with dotted `overrides` set (checked as a sweep's are)."""
-  return sweep.apply_overrides(config_lib.load_config(spec(method)), overrides)
+  return sweep.apply_overrides(arguments.load_config(spec(method)), overrides)
 
 
 def build_programs(config: ml_collections.ConfigDict) -> programs.Programs:

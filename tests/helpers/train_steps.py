@@ -29,9 +29,9 @@ TINY = tiny.spec(**tiny.SMALL_DATA)
 
 def load(spec: str = TINY):
   """The config of a spec (as `--config=` would load it)."""
-  from ganomaly_jax import config_lib
+  from ganomaly_jax.config import arguments
 
-  return config_lib.load_config(spec)
+  return arguments.load_config(spec)
 
 
 def global_batches(config, num_steps: int, num_processes: int = 1) -> list:
@@ -65,7 +65,8 @@ def run_steps(config, batches: list, mesh) -> tuple[Any, list[dict[str, float]]]
   """
   import jax
 
-  from ganomaly_jax import parallel, programs
+  from ganomaly_jax import programs
+  from ganomaly_jax.runtime import parallel
 
   progs = programs.build(config, mesh)
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
@@ -114,7 +115,8 @@ def main(argv: list[str]) -> None:
   # Before anything touches the backend: the fake devices must exist when it starts.
   jax.config.update('jax_num_cpu_devices', args.devices)
   jax.config.update('jax_platforms', 'cpu')
-  from ganomaly_jax import parallel, train
+  from ganomaly_jax import train
+  from ganomaly_jax.runtime import parallel
 
   os.makedirs(args.out, exist_ok=True)
   config = load()

@@ -1,4 +1,4 @@
-"""Dataset-dependent keys (config_lib.resolve): every way of naming the dataset gives the same config."""
+"""Dataset-dependent keys (schema.resolve): every way of naming the dataset gives the same config."""
 
 import json
 import os
@@ -8,7 +8,7 @@ from ml_collections import config_flags
 import numpy as np
 import pytest
 
-from ganomaly_jax import config_lib, param_count
+from ganomaly_jax.config import arguments, param_count, schema
 from ganomaly_jax.experiments import sweep
 from helpers import REPO
 
@@ -17,7 +17,7 @@ GANOMALY = os.path.join(REPO, 'configs', 'ganomaly.py')
 
 def load(arg: str = '', method: str = 'ganomaly'):
   path = os.path.join(REPO, 'configs', f'{method}.py')
-  return config_lib.load_config(f'{path}:{arg}' if arg else path)
+  return arguments.load_config(f'{path}:{arg}' if arg else path)
 
 
 def from_flags(*argv: str):
@@ -28,7 +28,7 @@ def from_flags(*argv: str):
   flag = config_flags.DEFINE_config_file('config', None, 'config', flag_values=values,
                                          lock_config=True, sys_argv=argv)
   values(argv)
-  return config_lib.resolve(flag.value)
+  return schema.resolve(flag.value)
 
 
 def test_flag_override_of_the_dataset_gives_the_argument_string_config():
@@ -64,8 +64,8 @@ def test_sweep_override_of_the_dataset_gets_that_datasets_presets(tmp_path):
   assert runs['dataset.name-mnist'].to_dict() == load('dataset=mnist').to_dict()
   assert runs['dataset.name-cifar10'].model.channels == 3
   # Applying the override by hand and resolving gives the same as the argument string.
-  by_override = config_lib.resolve(sweep.apply_overrides(
-      config_lib.load_config(GANOMALY, resolved=False), {'dataset.name': 'mnist'}))
+  by_override = schema.resolve(sweep.apply_overrides(
+      arguments.load_config(GANOMALY, resolved=False), {'dataset.name': 'mnist'}))
   assert by_override.to_dict() == load('dataset=mnist').to_dict()
 
 
@@ -103,19 +103,19 @@ def test_cifar10_trains_rgb_unless_channels_are_set():
 
 
 def test_resolve_is_pure_idempotent_and_keeps_explicit_values():
-  raw = config_lib.load_config(f'{GANOMALY}:dataset=mnist,steps=500,isize=64', resolved=False)
+  raw = arguments.load_config(f'{GANOMALY}:dataset=mnist,steps=500,isize=64', resolved=False)
   before = raw.to_dict()
-  once = config_lib.resolve(raw)
-  assert raw.to_dict() == before and raw.model.ngf == config_lib.AUTO  # argument untouched
-  assert config_lib.resolve(once).to_dict() == once.to_dict()
+  once = schema.resolve(raw)
+  assert raw.to_dict() == before and raw.model.ngf == schema.AUTO  # argument untouched
+  assert schema.resolve(once).to_dict() == once.to_dict()
   assert (once.train.num_steps, once.model.isize, once.train.eval_every) == (500, 64, 500)
   assert once.is_locked  # unknown keys still fail after resolving
   with pytest.raises(ValueError, match='dataset.name'):
-    config_lib.resolve(config_lib.load_config(f'{GANOMALY}:dataset=imagenet', resolved=False))
+    schema.resolve(arguments.load_config(f'{GANOMALY}:dataset=imagenet', resolved=False))
 
 
 def test_flatten_is_dotted_leaves():
-  assert config_lib.flatten({'a': {'b': 1, 'c': {'d': None}}, 'e': [1, 2], 'f': {}}) == {
+  assert schema.flatten({'a': {'b': 1, 'c': {'d': None}}, 'e': [1, 2], 'f': {}}) == {
       'a.b': 1, 'a.c.d': None, 'e': [1, 2]}
 
 
@@ -123,30 +123,30 @@ def test_a_saved_config_reloads_equal_and_valid():
   # config.json holds JSON, where tuples become lists; a reloaded run config (infer, rescore) must
   # be the config that trained, or validation refuses mask.cell_sizes=[] against ().
   import json
-  from ganomaly_jax import config_checks
+  from ganomaly_jax.config import checks
   for method, arg in (('ganomaly', ''), ('grid_mask', 'quick'), ('riad', 'quick')):
-    config = config_lib.resolve(load(arg, method))
+    config = schema.resolve(load(arg, method))
     saved = json.loads(json.dumps({'config': config.to_dict()}))['config']
-    back = config_lib.from_saved(saved)
+    back = schema.from_saved(saved)
     assert back.to_dict() == config.to_dict()
-    config_checks.validate_config(back)
-  assert config_lib.from_saved({'mask': {'cells': [16, 8]}}).mask.cells == (16, 8)
+    checks.validate_config(back)
+  assert schema.from_saved({'mask': {'cells': [16, 8]}}).mask.cells == (16, 8)
 
 
 def test_a_grid_run_saved_before_cells_per_side_reloads_as_it_trained():
   # Older runs: cell sides in pixels (() = 2, 4, ... up to min(16, isize / 4)), random partitions
   # drawn per image, and the map 'ssim_msgms' called 'riad'; keys added since take their defaults.
-  from ganomaly_jax import config_checks
-  saved = config_lib.resolve(load('quick', 'grid_mask')).to_dict()
+  from ganomaly_jax.config import checks
+  saved = schema.resolve(load('quick', 'grid_mask')).to_dict()
   saved['mask'] = {'kind': 'grid', 'size': 0.5, 'cell_sizes': [], 'sets': 3, 'fill': 0.0}
   saved['eval']['map'] = 'riad'
   del saved['loss']['reconstruction']
-  back = config_lib.from_saved(json.loads(json.dumps(saved)))
+  back = schema.from_saved(json.loads(json.dumps(saved)))
   assert (back.mask.cells, back.mask.sets, back.mask.partition, back.mask.draw) == (
       (8, 4), 3, 'random', 'image')  # 2 and 4 px cells at 16 px
   assert back.eval.map == 'ssim_msgms' and back.loss.reconstruction == 'l1'
-  config_checks.validate_config(back)
+  checks.validate_config(back)
   # A run that did not use the grid gets today's grid defaults (its old sets=3 would be refused).
-  saved = config_lib.resolve(load('quick')).to_dict()
+  saved = schema.resolve(load('quick')).to_dict()
   saved['mask'] = {'kind': 'none', 'size': 0.5, 'cell_sizes': [], 'sets': 3, 'fill': 0.0}
-  config_checks.validate_config(config_lib.from_saved(saved))
+  checks.validate_config(schema.from_saved(saved))

@@ -12,7 +12,7 @@ import os
 
 from absl import logging
 
-from ganomaly_jax import compile_cache
+from ganomaly_jax.runtime import compile_cache
 
 
 class QuietLibraries(std_logging.Filter):

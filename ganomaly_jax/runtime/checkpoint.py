@@ -39,7 +39,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
-from ganomaly_jax import rundir
+from ganomaly_jax.runtime import rundir
 
 # How long a failed restore's leftover native-stderr output may take to drain.
 _STDERR_SETTLE_S = 3.0

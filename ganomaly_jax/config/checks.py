@@ -3,7 +3,7 @@
 Allowed method names and the rules between them come from the registries that implement them
 (`models.GENERATORS` / `DISCRIMINATORS`, `losses.ADVERSARIAL` / `SCORES`, `masks.KINDS`,
 `sources.DATASETS`), so a registered method or dataset is validated without an edit here. A key that the chosen method does not read is
-refused when it is set away from its `config_lib.base_config()` default, so no setting is silently
+refused when it is set away from its `schema.base_config()` default, so no setting is silently
 ignored.
 """
 
@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ganomaly_jax import config_lib, losses, masks, models
+from ganomaly_jax import losses, masks, models
+from ganomaly_jax.config import schema
 from ganomaly_jax.data import sources
 
 _METHOD_NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9_-]*')
@@ -81,7 +82,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError for values that cannot work, naming the key and what is allowed."""
   m, t, l, e = config.model, config.train, config.loss, config.eval
   # A NaN or inf anywhere compiles and trains, then surfaces steps later as a "divergence".
-  for key, value in config_lib.flatten(config.to_dict()).items():
+  for key, value in schema.flatten(config.to_dict()).items():
     for v in (value if isinstance(value, (tuple, list)) else (value,)):
       _require(not isinstance(v, float) or math.isfinite(v), f'{key}={value} is not a finite number.')
   _require(bool(_METHOD_NAME.fullmatch(config.method)),
@@ -116,7 +117,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   generator = models.GENERATORS[m.generator]
   discriminator = models.DISCRIMINATORS[m.discriminator]
   adversarial = losses.ADVERSARIAL[l.adversarial]
-  defaults = config_lib.base_config()
+  defaults = schema.base_config()
   for entry, kind in ((generator, f'model.generator={m.generator}'),
                       (discriminator, f'model.discriminator={m.discriminator}')):
     for key, why in entry.ignores.items():

@@ -38,7 +38,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 
-from ganomaly_jax import config_lib
+from ganomaly_jax.config import schema
 
 DATA_AXIS = 'data'
 
@@ -291,14 +291,14 @@ def check_same_config(config: ml_collections.ConfigDict, workdir: str | None = N
   if not differing:
     logging.info('All %d processes run the same config.', jax.process_count())
     return
-  reference = config_lib.flatten(json.loads(_broadcast_text(text)))
+  reference = schema.flatten(json.loads(_broadcast_text(text)))
   me = jax.process_index()
   hint = 'start every process with the same command and config file'
   if me not in differing:
     raise ConfigMismatchError(
         f'processes disagree on the config: process(es) {", ".join(map(str, differing))} differ '
         f'from process 0 (their logs name the keys); {hint}.')
-  mine = config_lib.flatten(json.loads(text))
+  mine = schema.flatten(json.loads(text))
   keys = sorted(k for k in set(mine) | set(reference) if mine.get(k) != reference.get(k))
   shown = ', '.join(f'{k.removeprefix("config.")}={mine.get(k)!r} (process 0: {reference.get(k)!r})'
                     for k in keys[:5])

@@ -1,4 +1,4 @@
-"""Parameter summary without compiling: `python -m ganomaly_jax.param_count --config=configs/<m>.py[:args]`.
+"""Parameter summary without compiling: `python -m ganomaly_jax.config.param_count --config=configs/<m>.py[:args]`.
 
 Counts follow the study's Keras tables: BatchNorm moving mean/variance (and spectral-norm state) are
 non-trainable parameters, i.e. total = Flax `params` + `batch_stats`.
@@ -12,7 +12,7 @@ from absl import app, flags
 import jax
 from ml_collections import config_flags
 
-from ganomaly_jax import config_lib
+from ganomaly_jax.config import schema
 from ganomaly_jax import state as state_lib
 
 _FLAGS = {}
@@ -32,7 +32,7 @@ def _size(tree: Any) -> int:
 
 def count_parameters(config) -> dict[str, dict[str, int]]:
   """{'generator': {'total', 'trainable', 'non_trainable'}, 'discriminator': {...}} via eval_shape."""
-  config = config_lib.resolve(config)
+  config = schema.resolve(config)
   components = state_lib.build_components(config)
   shape = state_lib.image_shape(config)
   g_params, g_stats = jax.eval_shape(
@@ -56,10 +56,10 @@ def format_table(counts: dict[str, dict[str, int]]) -> str:
 
 def main(argv):
   del argv
-  from ganomaly_jax import startup
+  from ganomaly_jax.runtime import startup
   startup.configure_process(compile_cache_dir='', uses_tensorflow=False)  # nothing is compiled
   try:
-    config = config_lib.resolve(_FLAGS['config'].value)
+    config = schema.resolve(_FLAGS['config'].value)
     counts = count_parameters(config)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)

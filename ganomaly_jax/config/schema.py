@@ -1,28 +1,25 @@
-"""Shared config schema and big_vision-style argument strings.
+"""The config schema: every key any method understands, and the keys that follow the dataset.
 
 Every method config (`configs/<method>.py`) starts from `base_config()`, which holds *every* key any
 method understands, then turns on the switches of its method. An ablation is therefore always a config
 override (`--config.train.soft_labels=False`), never a code fork, and an unknown key fails loudly because
 the returned ConfigDict is locked.
 
-Argument strings follow big_vision: `configs/ganomaly.py:quick,dataset=mnist,abnormal=3,steps=500`.
-
 Keys whose right value depends on the dataset (image size, channels, network widths, run length) hold
-`AUTO` (0) until `resolve(config)` fills them from `config.dataset.name`, right before the config is
-validated and used. So a dataset set in the argument string, by `--config.dataset.name=...` or by a
-sweep override gives the same config, and a value the user or a preset set explicitly always wins.
+`AUTO` (0) until `resolve(config)` fills them from `config.dataset.name`. The entry points resolve and
+check a config once (`checks.finished`), after every override, so a dataset set in the argument string,
+by `--config.dataset.name=...` or by a sweep override gives the same config, and a value the user or a
+preset set explicitly always wins.
 """
 
 from __future__ import annotations
 
-import ast
 import copy
-import os
 from typing import Any, Mapping
 
 import ml_collections
 
-from ganomaly_jax import compile_cache
+from ganomaly_jax.runtime import compile_cache
 
 # The methods shipped in configs/ (tests and suites iterate over them): the study's six, then RIAD
 # (the published form of the grid proposal, docs/methods.md#riad). A config file elsewhere may name
@@ -30,60 +27,8 @@ from ganomaly_jax import compile_cache
 METHODS = ('ganomaly', 'ganomaly_modified', 'ganomaly_sn', 'skip_ganomaly', 'masked', 'grid_mask',
            'riad')
 
-# Argument-string shortcuts: short name -> dotted config key.
-ARG_ALIASES = {
-    'dataset': 'dataset.name',
-    'abnormal': 'dataset.abnormal',
-    'steps': 'train.num_steps',
-    'batch': 'train.batch_size',
-    'batch_size': 'train.batch_size',
-    'isize': 'model.isize',
-    'channels': 'model.channels',
-    'seed': 'seed',
-    'eval_every': 'train.eval_every',
-    'checkpoint_every': 'train.checkpoint_every',
-    'mode': 'mode',
-    'dtype': 'runtime.dtype',
-    'cpu_kernels': 'runtime.cpu_kernels',
-}
-
-# Flags that select a preset rather than set a key.
-PRESETS = ('quick', 'cars256')
-
 # Sentinel of the dataset-dependent keys (see `resolve`); 0 is never a valid value for any of them.
 AUTO = 0
-
-
-def parse_arg(arg: str | None) -> dict[str, Any]:
-  """Parses `quick,dataset=mnist,abnormal=3` into {'quick': True, 'dataset': 'mnist', ...}.
-
-  Values are split on the first '=' only, so `dataset=npz:/data/x.npz` and `folder:/a=b` stay whole.
-  Literals (ints, floats, booleans) are converted; anything else stays a string.
-  """
-  parsed: dict[str, Any] = {}
-  if not arg:
-    return parsed
-  for item in arg.split(','):
-    item = item.strip()
-    if not item:
-      continue
-    if '=' not in item:
-      parsed[item] = True
-      continue
-    key, value = item.split('=', 1)
-    parsed[key.strip()] = _literal(value.strip())
-  return parsed
-
-
-def _literal(value: str) -> Any:
-  if value in ('True', 'true'):
-    return True
-  if value in ('False', 'false'):
-    return False
-  try:
-    return ast.literal_eval(value)
-  except (ValueError, SyntaxError):
-    return value
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -130,7 +75,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.runtime = ml_collections.ConfigDict()
   c.runtime.cpu_kernels = 'auto'  # 'auto': exact CPU forms of conv/BN on the CPU platform | 'off'
   c.runtime.dtype = 'float32'  # compute dtype: float32 | bfloat16 (params stay float32)
-  # JAX's persistent compilation cache: reruns and resumes load the compiled steps ('' = off).
   # JAX's persistent compilation cache: reruns and resumes load the compiled steps ('' = off;
   # default $JAX_COMPILATION_CACHE_DIR, else ~/.cache/ganomaly_jax/xla).
   c.runtime.compile_cache_dir = compile_cache.default_dir()
@@ -225,54 +169,6 @@ def flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
   return flat
 
 
-def upgrade_legacy(saved: dict[str, Any]) -> dict[str, Any]:
-  """A config dict saved by an older version, with its keys moved to where they are now.
-
-  Run directories written by older versions keep `model.dtype`, `model.conv_transpose`,
-  `compile_cache_dir` and `distributed` at their old places, the grid's old keys (`_upgrade_grid`),
-  and lack `eval.readout` (they read out as published); `infer` and resumed runs read them here.
-  """
-  saved = {k: (dict(v) if isinstance(v, dict) else v) for k, v in saved.items()}
-  runtime = base_config().runtime.to_dict()
-  runtime.update(saved.get('runtime', {}))
-  model = saved.get('model', {})
-  if 'dtype' in model:
-    runtime['dtype'] = model.pop('dtype')
-  model.pop('conv_transpose', None)  # folded into runtime.cpu_kernels
-  for key in ('compile_cache_dir', 'distributed'):
-    if key in saved:
-      runtime[key] = saved.pop(key)
-  saved['runtime'] = runtime
-  if 'eval' in saved:  # runs from before eval.readout read out with their own score and map
-    saved['eval'] = {'readout': 'published', **saved['eval']}
-  _upgrade_grid(saved)
-  return saved
-
-
-def _upgrade_grid(saved: dict[str, Any]) -> None:
-  """Grid keys of runs saved before `mask.cells` / `mask.partition` / `mask.draw`, in place.
-
-  Those runs gave cell sides in pixels (`mask.cell_sizes`; () meant 2, 4, ... up to
-  min(16, isize / 4)), split the cells at random per image, and called the eval map 'ssim_msgms'
-  'riad'. Runs that did not use the grid get today's defaults of the grid keys.
-  """
-  mask, model = saved.get('mask', {}), saved.get('model', {})
-  if 'cell_sizes' in mask:
-    sides = list(mask.pop('cell_sizes'))
-    if mask.get('kind') == 'grid':
-      isize = int(model.get('isize') or 0)
-      sides = sides or [2 ** k for k in range(1, 5) if 2 ** k <= min(16, isize // 4)]
-      mask['cells'] = [isize // side for side in sides]
-      mask.setdefault('partition', 'random')
-      mask.setdefault('draw', 'image')
-    else:
-      defaults = base_config().mask
-      for key in ('cells', 'sets', 'partition', 'draw'):
-        mask[key] = defaults[key]
-  if saved.get('eval', {}).get('map') == 'riad':
-    saved['eval']['map'] = 'ssim_msgms'
-
-
 def _tuples(value: Any) -> Any:
   if isinstance(value, dict):
     return {k: _tuples(v) for k, v in value.items()}
@@ -282,7 +178,7 @@ def _tuples(value: Any) -> Any:
 
 
 def from_saved(saved: dict[str, Any]) -> ml_collections.ConfigDict:
-  """The ConfigDict of a run's config.json: legacy keys upgraded, JSON lists back to tuples.
+  """The ConfigDict of a run's config.json: JSON lists back to tuples, new keys at their defaults.
 
   Config values are never lists (`base_config` holds tuples, e.g. `mask.cells`), but JSON
   writes tuples as lists; without this a reloaded config would fail validation (`[] != ()`).
@@ -290,7 +186,7 @@ def from_saved(saved: dict[str, Any]) -> ml_collections.ConfigDict:
   the behaviour from before it existed (`loss.reconstruction='l1'`, ...).
   """
   return ml_collections.ConfigDict(_merged(base_config().to_dict(),
-                                           _tuples(upgrade_legacy(saved))))
+                                           _tuples(saved)))
 
 
 def _merged(defaults: dict[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
@@ -299,60 +195,6 @@ def _merged(defaults: dict[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
     out[key] = (_merged(defaults[key], value) if isinstance(value, dict)
                 and isinstance(defaults.get(key), dict) else value)
   return out
-
-
-def apply_args(config: ml_collections.ConfigDict, args: dict[str, Any]) -> None:
-  """Sets config keys from parsed argument-string values (aliases or dotted keys)."""
-  for key, value in args.items():
-    if key in PRESETS:
-      continue
-    dotted = ARG_ALIASES.get(key, key)
-    node = config
-    *parents, leaf = dotted.split('.')
-    try:
-      for p in parents:
-        node = node[p]
-      if leaf not in node:
-        raise KeyError(leaf)
-    except KeyError:
-      raise ValueError(f'Unknown config argument {key!r} (no key {dotted!r}).') from None
-    current = node[leaf]
-    if isinstance(current, str) and not isinstance(value, str):
-      value = str(value)
-    elif isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-      value = float(value)
-    node[leaf] = value
-
-
-def quick(config: ml_collections.ConfigDict) -> None:
-  """Shrinks a config so one end-to-end run takes seconds on 2 CPU cores."""
-  config.model.isize = 16
-  config.model.ngf = 8
-  config.model.ndf = 8
-  config.model.latent_dim = min(config.model.latent_dim, 16)
-  if config.model.max_channels:
-    config.model.max_channels = 32
-  config.train.batch_size = 16
-  config.train.num_steps = 4
-  config.train.log_every = 2
-  config.train.eval_every = 2
-  config.train.checkpoint_every = 2
-  config.train.image_every = 4
-  config.dataset.max_train = 256
-  config.dataset.max_test = 128
-  config.eval.batch_size = 32
-  config.eval.num_images = 4
-
-
-def cars256(config: ml_collections.ConfigDict) -> None:
-  """The study's scale: 256x256 RGB image-folder data, batch 16."""
-  config.dataset.name = 'folder:data/cars'
-  config.model.isize = 256
-  config.model.channels = 3
-  config.train.batch_size = 16
-  config.eval.batch_size = 16
-  config.train.num_steps = 50_000
-  config.dataset.flip = True
 
 
 # Values of the AUTO keys: the study's widths and run length, and the embedded digits' smaller ones.
@@ -377,7 +219,7 @@ def _small_dataset(name: str) -> bool:
   try:
     return sources.get_dataset(name)[0].small
   except sources.DataError:
-    return False  # an unknown name: the checks name it (config_checks), with the valid ones
+    return False  # an unknown name: the checks name it (checks.py), with the valid ones
 
 
 def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -401,99 +243,3 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.model.channels = dataset_channels(name)
   return config
 
-
-def finalize(config: ml_collections.ConfigDict, args: dict[str, Any]) -> ml_collections.ConfigDict:
-  """Applies presets then explicit arguments, and locks the config so unknown keys fail.
-
-  Dataset-dependent keys stay AUTO here (unless a preset or argument sets them): `resolve` fills
-  them once the dataset is final, i.e. after --config.* flags and sweep overrides.
-  """
-  if args.get('cars256'):
-    cars256(config)
-  if args.get('quick'):
-    quick(config)
-  apply_args(config, args)
-  config.lock()
-  return config
-
-
-def import_file(path: str, module_name: str):
-  """Runs the Python file at `path` as a fresh module: configs, sweeps and suites are files that
-  define `get_config` / `get_sweep` / `get_suite`, not a package. The caller checks that it exists."""
-  import importlib.util
-
-  spec = importlib.util.spec_from_file_location(module_name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def load_sibling(config_file: str, name: str):
-  """Imports another config file from the same directory (configs are files, not a package)."""
-  import os
-
-  return import_file(os.path.join(os.path.dirname(os.path.abspath(config_file)), f'{name}.py'),
-                     f'_ganomaly_config_{name}')
-
-
-def load_config(spec: str, resolved: bool = True) -> ml_collections.ConfigDict:
-  """Loads `path/to/config.py[:args]` the way --config does (for tools and tests).
-
-  The config comes back `resolve`d unless `resolved=False`: pass that when overrides (a sweep's,
-  a --config flag's) still follow, so AUTO keys are filled from the final dataset.
-  """
-  import os
-
-  path, _, arg = spec.partition(':')
-  if not os.path.isfile(path):
-    raise ValueError(f'Config file not found: {path}')
-  config = import_file(path, '_ganomaly_config').get_config(arg or None)
-  return resolve(config) if resolved else config
-
-
-def command_line_error(error: BaseException, argv: list[str]) -> str:
-  """One line for a --config / --config.x.y flag that failed to load or parse (entry points).
-
-  ml_collections reports a missing config file or an unknown key with chained tracebacks
-  (OSError, KeyError, AttributeError); this names the file or the key instead, with the nearest
-  existing keys when the name looks misspelt.
-  """
-  import difflib
-
-  chain = [error]
-  while True:  # the causes, as Python prints them (`raise ... from None` hides the context)
-    e = chain[-1]
-    nxt = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
-    if nxt is None or nxt in chain:
-      break
-    chain.append(nxt)
-  spec = next((a.split('=', 1)[1] for a in reversed(argv) if a.startswith('--config=')), None)
-  if spec is not None:
-    path = spec.partition(':')[0]
-    if not os.path.isfile(path):
-      return f'config file not found: {path} (configs/ holds one file per method: {", ".join(METHODS)}).'
-  keys = set(flatten(base_config().to_dict()))
-  for arg in argv:
-    if arg.startswith('--config.'):
-      dotted = arg[len('--config.'):].split('=', 1)[0]
-      if dotted not in keys and not any(k.startswith(dotted + '.') for k in keys):
-        near = difflib.get_close_matches(dotted, sorted(keys), n=3)
-        hint = f' (did you mean {" or ".join(near)}?)' if near else ''
-        return f'{arg}: the config has no key {dotted!r}{hint}.'
-  if isinstance(error, flags_error_types()) and 'Traceback (most recent call last):' not in str(error):
-    return str(error).strip().splitlines()[0]  # absl's own message is one readable line
-  root = chain[-1]
-  lines = [l.strip() for l in str(root).strip().splitlines() if l.strip()]
-  if len(chain) == 1 and lines and 'Traceback (most recent call last):' in str(root):
-    # absl wraps an error raised inside get_config() with its traceback as text: keep its last line.
-    message = lines[-1]
-  else:
-    message = f'{type(root).__name__}: {lines[0] if lines else ""}'
-  return f'--config={spec}: {message}' if spec else message
-
-
-def flags_error_types() -> tuple[type[BaseException], ...]:
-  """absl's flag errors (already one readable line)."""
-  from absl import flags
-
-  return (flags.Error,)

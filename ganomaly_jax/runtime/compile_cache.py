@@ -59,7 +59,7 @@ def enable(cache_dir: str, min_compile_s: float = 1.0, max_bytes: int = DEFAULT_
       return ''
   if _is_jax_variable_dir(cache_dir):
     max_bytes = -1
-  import jax  # here, not at the top: config_lib reads DEFAULT_DIR without starting JAX
+  import jax  # here, not at the top: config.schema reads DEFAULT_DIR without starting JAX
   from jax.experimental.compilation_cache import compilation_cache
 
   jax.config.update('jax_compilation_cache_dir', cache_dir)

@@ -207,12 +207,10 @@ def check_parameters(saved: Mapping[str, tuple[int, ...]] | None,
 
 def runtime_changes(runtime: Mapping[str, Any], workdir: PathLike) -> list[tuple[str, Any, Any]]:
   """(key, now, before) for each runtime setting that differs from the one in config.json."""
-  from ganomaly_jax import config_lib  # ml_collections only; no TensorFlow
-
   saved = read_json(path(workdir, CONFIG))
   if saved is None:
     return []
-  old = config_lib.upgrade_legacy(saved.get('config', {})).get('runtime', {})
+  old = saved.get('config', {}).get('runtime', {})
   return [(k, v, old[k]) for k, v in sorted(runtime.items()) if k in old and old[k] != v]
 
 
