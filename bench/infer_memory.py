@@ -110,7 +110,7 @@ def _streaming_seconds(log: str) -> float | None:
 
   stamps = {}
   for line in log.splitlines():
-    m = re.match(r'I\d{4} (\d\d):(\d\d):(\d\d\.\d+) .*infer\.py:\d+\] (Scoring|Finished)', line)
+    m = re.match(r'I\d{4} (\d\d):(\d\d):(\d\d\.\d+) .*scoring\.py:\d+\] (Scoring|Finished)', line)
     if m:
       h, mnt, sec, what = m.groups()
       stamps[what] = int(h) * 3600 + int(mnt) * 60 + float(sec)

@@ -15,8 +15,9 @@ from PIL import Image
 import pytest
 
 import synthetic
-from ganomaly_jax import infer, step as step_lib
+from ganomaly_jax import step as step_lib
 from ganomaly_jax.evaluation import evaluator, uncertainty
+from ganomaly_jax.inference import finished_run
 from ganomaly_jax.data import sources
 
 PICTURES = ('loss_curves.png', 'roc_pr.png', 'score_histogram.png', 'extremes.png',
@@ -173,8 +174,8 @@ def test_fid_results_with_invalid_weights_record_the_error(tmp_path):
 @pytest.mark.slow
 def test_mc_dropout_variance_matches_sample_loop(masked_run):
   """uncertainty.mc_dropout's running variance equals the variance of N separate reconstructions."""
-  config, _ = infer.load_run(str(masked_run.workdir))
-  components, state, _, _ = infer.restore_state(config, str(masked_run.workdir))
+  config, _ = finished_run.load_run(str(masked_run.workdir))
+  components, state, _, _ = finished_run.restore_state(config, str(masked_run.workdir))
   hp = step_lib.StepConfig.from_config(config)
   x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3), minval=-1, maxval=1)
   rng = jax.random.key(2)

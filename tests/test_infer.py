@@ -21,7 +21,7 @@ from PIL import Image
 import pytest
 
 import synthetic
-from ganomaly_jax import infer
+from ganomaly_jax.inference import finished_run, image_files, outputs, scoring
 from helpers import browser
 
 ENTRY_RE = re.compile(r'<div class="entry"')
@@ -153,18 +153,18 @@ def test_workdir_without_checkpoint_is_one_error_line(masked_run, tmp_path):
 @pytest.mark.slow
 def test_folder_errors(masked_run, tmp_path):
   workdir = str(masked_run.workdir)
-  with pytest.raises(infer.InferError, match='image folder not found'):
-    infer.infer(workdir, str(tmp_path / 'missing'), str(tmp_path / 'out'))
+  with pytest.raises(finished_run.InferError, match='image folder not found'):
+    scoring.infer(workdir, str(tmp_path / 'missing'), str(tmp_path / 'out'))
   empty = tmp_path / 'empty'
   (empty / 'sub').mkdir(parents=True)
   (empty / '.DS_Store').write_bytes(b'x')
-  with pytest.raises(infer.InferError, match='no file to score'):
-    infer.infer(workdir, str(empty), str(tmp_path / 'out'))
+  with pytest.raises(finished_run.InferError, match='no file to score'):
+    scoring.infer(workdir, str(empty), str(tmp_path / 'out'))
   (empty / 'sub' / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\nnope')
   (empty / 'readme.md').write_text('hi')
-  with pytest.raises(infer.InferError,
+  with pytest.raises(finished_run.InferError,
                      match=r'no decodable image .*all skipped: corrupt: 1, not_an_image: 1'):
-    infer.infer(workdir, str(empty), str(tmp_path / 'out'))
+    scoring.infer(workdir, str(empty), str(tmp_path / 'out'))
   assert not (tmp_path / 'out').exists()
 
 
@@ -181,9 +181,9 @@ def test_fallback_normalisation_and_overwrite_into_same_out(masked_run, inferred
   shutil.copy(masked_run.data.test_defect[0], images / 'defect.png')
   out = tmp_path / 'out'
   shutil.copytree(inferred.out, out)  # a previous call's outputs
-  with pytest.raises(infer.InferError, match='holds an earlier result .*--overwrite'):
-    infer.infer(str(workdir), str(images), str(out))
-  summary = infer.infer(str(workdir), str(images), str(out), overwrite=True)
+  with pytest.raises(finished_run.InferError, match='holds an earlier result .*--overwrite'):
+    scoring.infer(str(workdir), str(images), str(out))
+  summary = scoring.infer(str(workdir), str(images), str(out), overwrite=True)
   assert summary['scored'] == 2 and 'min/max of the scored images' in summary['normalisation']
   assert sorted(float(r['score']) for r in _rows(out / 'scores.csv')) == [0.0, 1.0]
   assert [r['anomalous'] for r in _rows(out / 'scores.csv')] == ['', '']  # no run threshold
@@ -195,7 +195,7 @@ def test_fallback_normalisation_and_overwrite_into_same_out(masked_run, inferred
 
 
 def test_map_names_are_unique():
-  names = infer.map_names(['a/x.png', 'a/x.jpg', 'b/x.png', 'y.tif', 'dup.png', 'dup.jpg',
+  names = image_files.map_names(['a/x.png', 'a/x.jpg', 'b/x.png', 'y.tif', 'dup.png', 'dup.jpg',
                            'dup_png.png'])
   assert names[2:4] == ['b/x', 'y'] and names[6] == 'dup_png'  # plain where unambiguous
   assert re.fullmatch(r'a/x_png-[0-9a-f]{10}', names[0]), names
@@ -269,11 +269,11 @@ def test_overlay_batch_matches_plots_overlay():
   images = rng.integers(0, 256, (5, 12, 12, 3), dtype=np.uint8)
   maps = rng.uniform(0, 1.5, (5, 12, 12)).astype(np.float32)
   maps[0, 0, 0] = np.nan  # a diverged pixel takes the bottom colour in both
-  batch = infer.overlay_batch(images, maps, vmax=1.2)
+  batch = outputs.overlay_batch(images, maps, vmax=1.2)
   ref = np.stack([plots.overlay(i, m, vmin=0.0, vmax=1.2) for i, m in zip(images, maps)])
   assert batch.dtype == np.uint8 and batch.shape == ref.shape
   assert np.abs(batch.astype(int) - ref).max() <= 3
-  grey = infer.overlay_batch(images[:2, ..., :1], maps[:2], vmax=1.2)
+  grey = outputs.overlay_batch(images[:2, ..., :1], maps[:2], vmax=1.2)
   assert grey.shape == (2, 12, 12, 3)
 
 
@@ -281,7 +281,7 @@ def test_overlay_batch_matches_plots_overlay():
 def test_small_batches_and_serial_decoding_give_the_same_outputs(masked_run, inferred, tmp_path):
   """Batches of 4 (several, the last padded) decoded in the main thread: the same rows and maps."""
   out = tmp_path / 'out'
-  summary = infer.infer(str(masked_run.workdir), str(inferred.folder.root), str(out), batch_size=4,
+  summary = scoring.infer(str(masked_run.workdir), str(inferred.folder.root), str(out), batch_size=4,
                         decode_threads=0)
   assert summary['scored'] == len(inferred.folder.decodable)
   ours, theirs = _rows(out / 'scores.csv'), _rows(inferred.out / 'scores.csv')
@@ -307,7 +307,7 @@ def test_raw_scores_equal_the_runs_own_evaluation(masked_run, tmp_path):
   images.mkdir()
   for i, path in enumerate(masked_run.data.test_good + masked_run.data.test_defect):
     shutil.copy(path, images / f'{i:03d}.png')
-  summary = infer.infer(str(masked_run.workdir), str(images), str(tmp_path / 'out'), batch_size=5)
+  summary = scoring.infer(str(masked_run.workdir), str(images), str(tmp_path / 'out'), batch_size=5)
   assert summary['scored'] == len(masked_run.data.test_good) + len(masked_run.data.test_defect)
   lo, hi = masked_run.results['score_min'], masked_run.results['score_max']
   # infer writes (raw - lo) / (hi - lo) with the run's range: the run's extremes map to exactly 0 and 1.

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from ganomaly_jax import infer
+from ganomaly_jax.inference import image_files
 from ganomaly_jax.evaluation import report
 from helpers import browser
 
@@ -59,7 +59,7 @@ def _index(page: str) -> dict:
 def _write_report(folder, names: list[str], page_size: int = 1000):
   """A paged report of `names` as infer writes it: map_names, one PNG per map, real names shown."""
   rng = np.random.default_rng(0)
-  maps = infer.map_names(names)
+  maps = image_files.map_names(names)
   entries = []
   for i, (name, map_name) in enumerate(zip(names, maps)):
     target = folder / 'maps' / f'{map_name}.png'
@@ -72,8 +72,8 @@ def _write_report(folder, names: list[str], page_size: int = 1000):
 
 
 def _check_map_names(names: list[str]) -> None:
-  maps = infer.map_names(names)
-  assert maps == infer.map_names(list(names))  # deterministic
+  maps = image_files.map_names(names)
+  assert maps == image_files.map_names(list(names))  # deterministic
   assert len({m.casefold() for m in maps}) == len(maps)  # unique, even on case-insensitive disks
   for name, m in zip(names, maps):
     last = m.split('/')[-1] + '.png'
@@ -85,7 +85,7 @@ def _check_map_names(names: list[str]) -> None:
 
 def test_table_names_get_unique_short_map_names():
   _check_map_names(list(HOSTILE))
-  maps = dict(zip(HOSTILE, infer.map_names(list(HOSTILE))))
+  maps = dict(zip(HOSTILE, image_files.map_names(list(HOSTILE))))
   assert maps['dup_png.png'] == 'dup_png' and maps['hash#1.png'] == 'hash#1'
   assert maps['dup.png'] != maps['dup.jpg'] and maps['A.png'].casefold() != maps['a.png'].casefold()
 

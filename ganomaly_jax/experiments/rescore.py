@@ -79,13 +79,14 @@ def rescore_run(workdir: str, variant: dict[str, str], out_dir: str) -> dict[str
   import jax
   from clu import metric_writers
 
-  from ganomaly_jax import infer, programs
+  from ganomaly_jax import programs
   from ganomaly_jax.config import checks
+  from ganomaly_jax.inference import finished_run
   from ganomaly_jax.runtime import parallel, rundir
   from ganomaly_jax.evaluation import evaluator, readout
   from ganomaly_jax.data import sources
 
-  config, original = infer.load_run(workdir)
+  config, original = finished_run.load_run(workdir)
   for key, value in variant.items():
     if key not in config.eval:
       raise ValueError(f'eval.{key} is not a key of the eval section.')
@@ -100,7 +101,7 @@ def rescore_run(workdir: str, variant: dict[str, str], out_dir: str) -> dict[str
   checks.validate_config(config)
   # The checkpoint final_evaluation selected: the best by validation loss, else the last.
   which = 'best' if config.eval.select == 'val_loss' else 'latest'
-  components, state, step, _ = infer.restore_state(config, workdir, which)
+  components, state, step, _ = finished_run.restore_state(config, workdir, which)
   if step != original.get('selected_step', step):
     raise ValueError(f'{workdir}: restored step {step}, but its results were computed at step '
                      f'{original["selected_step"]}.')
