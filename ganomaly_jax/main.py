@@ -18,8 +18,9 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (default: runs/<m
 
 
 def _fail(message: str) -> None:
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(1)
+  from ganomaly_jax.runtime import cli
+
+  cli.exit_with_error(message)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

@@ -5,7 +5,6 @@ non-trainable parameters, i.e. total = Flax `params` + `batch_stats`.
 """
 
 import json
-import sys
 from typing import Any
 
 from absl import app, flags
@@ -56,14 +55,13 @@ def format_table(counts: dict[str, dict[str, int]]) -> str:
 
 def main(argv):
   del argv
-  from ganomaly_jax.runtime import startup
+  from ganomaly_jax.runtime import cli, startup
   startup.configure_process(compile_cache_dir='', uses_tensorflow=False)  # nothing is compiled
   try:
     config = schema.resolve(_FLAGS['config'].value)
     counts = count_parameters(config)
   except ValueError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+    cli.exit_with_error(str(e))
   if _FLAGS['json'].value:
     print(json.dumps(counts))
   else:

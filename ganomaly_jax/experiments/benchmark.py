@@ -31,12 +31,11 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
-import sys
 from typing import Any
 
 from absl import app, flags
 
-from ganomaly_jax.runtime import rundir, startup
+from ganomaly_jax.runtime import cli, rundir, startup
 from ganomaly_jax.experiments import run_queue, suites, tables
 
 _SUITE = flags.DEFINE_string('suite', None, 'Suite: NAME[:ARG] of configs/suites/, or a file path.')
@@ -184,15 +183,8 @@ def main(argv: list[str]) -> None:
     run_queue.check_standalone(share)
     records = run_benchmark(suite, root, workers=_PARALLEL.value, share=share)
   except ValueError as e:  # unknown suite, bad argument, unknown key, impossible value: one line
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
-  if rundir.path(root, tables.RESULTS_MD).exists():  # with --share, once every host is done
-    print(rundir.path(root, tables.RESULTS_MD).read_text(), end='')
-  failed = [r.run.name for r in records if r.status.startswith('failed')]
-  if failed:
-    print(f'error: {len(failed)} run(s) failed: {", ".join(failed)} '
-          f'(see {tables.RESULTS_CSV})', file=sys.stderr)
-    sys.exit(1)
+    cli.exit_with_error(str(e))
+  run_queue.report_session(root, records)
 
 
 if __name__ == '__main__':

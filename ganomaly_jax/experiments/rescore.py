@@ -155,15 +155,15 @@ def rescore(root: str, method: str, variants: list[dict[str, str]], out: str
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  from ganomaly_jax.runtime import startup
+  from ganomaly_jax.runtime import cli, startup
   startup.configure_process()  # before JAX starts its backend
   try:
     variants = [{'score': s} for s in _SCORES.value] + [parse_variant(v) for v in _VARIANTS.value]
     if not variants:
       raise ValueError('Give --scores and/or --variant.')
     rows = rescore(_ROOT.value, _METHOD.value, variants, _OUT.value)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
+  except ValueError as e:  # no finished run, a bad variant, a run that cannot be restored: one line
+    cli.exit_with_error(str(e))
   print(f'{len(rows)} evaluations; tables in {_OUT.value}/results.md')
 
 

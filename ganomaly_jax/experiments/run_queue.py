@@ -32,6 +32,9 @@ import ml_collections
 from ganomaly_jax.runtime import rundir
 
 RunT = TypeVar('RunT')
+# The tables of a queue root (sweep and suite alike): one row per run.
+RESULTS_CSV = 'results.csv'
+RESULTS_MD = 'results.md'
 # A queue root's record of where its last session's time went (`PhaseTotals.as_dict`).
 TIMING_JSON = 'timing.json'
 # Rewriting the tables (csv, markdown, plot) takes a good part of a second: at most this often.
@@ -160,6 +163,22 @@ def check_standalone(share: Share) -> None:
         'processes of one multi-host runtime, so its runs would gather over every host. Start each '
         'host\'s queue as a JAX process of its own (no jax.distributed; on a TPU pod see '
         'launch/tpu_pod.sh --benchmark).')
+
+
+def report_session(root: str, records: Sequence[Record[Any]]) -> None:
+  """The end of a sweep's or a suite's command: prints ROOT/results.md, then ends with one
+  `error:` line (exit 1) if any run failed, so a script sees the failure and the table names them.
+
+  With --share the table exists only once every host is done, so a host that finished first prints
+  nothing.
+  """
+  from ganomaly_jax.runtime import cli
+
+  if rundir.path(root, RESULTS_MD).exists():
+    print(rundir.path(root, RESULTS_MD).read_text(), end='')
+  failed = [r.run.name for r in records if r.status.startswith('failed')]
+  if failed:
+    cli.exit_with_error(f'{len(failed)} run(s) failed: {", ".join(failed)} (see {RESULTS_CSV})')
 
 
 def process_age() -> tuple[float, float]:

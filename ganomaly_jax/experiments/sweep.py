@@ -30,14 +30,13 @@ import io
 import os
 import re
 import shlex
-import sys
 from typing import Any
 
 from absl import app, flags
 import ml_collections
 
 from ganomaly_jax.config import arguments, checks, schema
-from ganomaly_jax.runtime import rundir, startup
+from ganomaly_jax.runtime import cli, rundir, startup
 from ganomaly_jax.experiments import run_queue
 
 if __name__ == '__main__':  # flags only for the program: ganomaly_jax.experiments.benchmark imports this module
@@ -48,8 +47,8 @@ if __name__ == '__main__':  # flags only for the program: ganomaly_jax.experimen
   _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print one command per run and run nothing.')
   _PARALLEL, _SHARE = run_queue.define_flags('sweep')
 
-RESULTS_CSV = 'results.csv'
-RESULTS_MD = 'results.md'
+RESULTS_CSV = run_queue.RESULTS_CSV
+RESULTS_MD = run_queue.RESULTS_MD
 # image_f1 .. image_fpr: at the threshold fixed on validation normals; image_f1_oracle: the best F1
 # over thresholds chosen with the test labels (an upper bound, never an operating point).
 METRICS = ('image_auroc', 'image_ap', 'image_f1', 'image_precision', 'image_recall', 'image_fpr',
@@ -296,15 +295,8 @@ def main(argv: list[str]) -> None:
     run_queue.check_standalone(share)
     records = run_sweep(_CONFIG.value, _SWEEP.value, root, workers=_PARALLEL.value, share=share)
   except ValueError as e:  # bad sweep file, unknown key, impossible value: one line
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
-  if rundir.path(root, RESULTS_MD).exists():  # with --share, once every host is done
-    print(rundir.path(root, RESULTS_MD).read_text(), end='')
-  failed = [r.run.name for r in records if r.status.startswith('failed')]
-  if failed:
-    print(f'error: {len(failed)} run(s) failed: {", ".join(failed)} (see {RESULTS_CSV})',
-          file=sys.stderr)
-    sys.exit(1)
+    cli.exit_with_error(str(e))
+  run_queue.report_session(root, records)
 
 
 if __name__ == '__main__':
