@@ -38,24 +38,25 @@ ARG_ALIASES = {
 # Flags that select a preset rather than set a key.
 PRESETS = ('quick', 'cars256')
 
-def parse_arg(arg: str | None) -> dict[str, Any]:
+def parse_arg(arg: str | None, literals: bool = True) -> dict[str, Any]:
   """Parses `quick,dataset=mnist,abnormal=3` into {'quick': True, 'dataset': 'mnist', ...}.
 
-  Values are split on the first '=' only, so `dataset=npz:/data/x.npz` and `folder:/a=b` stay whole.
-  Literals (ints, floats, booleans) are converted; anything else stays a string.
+  Items are comma-separated; a bare item maps to True. Values are split on the first '=' only, so
+  `dataset=npz:/data/x.npz` and `folder:/a=b` stay whole. With `literals`, values that are Python
+  literals (ints, floats, booleans) are converted and anything else stays a string; without it every
+  value stays a string (suite files: `classes=3+7` is two classes, not 10).
   """
   parsed: dict[str, Any] = {}
-  if not arg:
-    return parsed
-  for item in arg.split(','):
+  for item in (arg or '').split(','):
     item = item.strip()
     if not item:
       continue
-    if '=' not in item:
+    key, sep, value = item.partition('=')
+    if not sep:
       parsed[item] = True
       continue
-    key, value = item.split('=', 1)
-    parsed[key.strip()] = _literal(value.strip())
+    value = value.strip()
+    parsed[key.strip()] = _literal(value) if literals else value
   return parsed
 
 

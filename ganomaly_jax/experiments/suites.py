@@ -267,18 +267,12 @@ COMMON_OPTIONS = ('classes', 'seeds', 'steps', 'methods', 'pictures')
 
 
 def parse_arg(arg: str | None) -> tuple[list[str], dict[str, str]]:
-  """`A,B,key=value,...` -> (['A', 'B'], {'key': 'value'}); values stay strings (`3+7` is a list
-  of two classes, not 10)."""
-  positional, options = [], {}
-  for item in (arg or '').split(','):
-    item = item.strip()
-    if not item:
-      continue
-    key, sep, value = item.partition('=')
-    if sep:
-      options[key.strip()] = value.strip()
-    else:
-      positional.append(item)
+  """`A,B,key=value,...` -> (['A', 'B'], {'key': 'value'}): `arguments.parse_arg` with values kept
+  as strings (`3+7` is a list of two classes, not 10), its bare items as the positional arguments."""
+  parsed = arguments.parse_arg(arg, literals=False)
+  # Without literals every value is a string, so True marks exactly the bare items.
+  positional = [key for key, value in parsed.items() if value is True]
+  options = {key: value for key, value in parsed.items() if value is not True}
   return positional, options
 
 
