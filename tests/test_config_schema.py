@@ -121,7 +121,7 @@ def test_flatten_is_dotted_leaves():
 
 def test_a_saved_config_reloads_equal_and_valid():
   # config.json holds JSON, where tuples become lists; a reloaded run config (infer, rescore) must
-  # be the config that trained, or validation refuses mask.cell_sizes=[] against ().
+  # be the config that trained, or validation refuses mask.cells=[4] against (4,).
   import json
   from ganomaly_jax.config import checks
   for method, arg in (('ganomaly', ''), ('grid_mask', 'quick'), ('riad', 'quick')):
@@ -131,22 +131,3 @@ def test_a_saved_config_reloads_equal_and_valid():
     assert back.to_dict() == config.to_dict()
     checks.validate_config(back)
   assert schema.from_saved({'mask': {'cells': [16, 8]}}).mask.cells == (16, 8)
-
-
-def test_a_grid_run_saved_before_cells_per_side_reloads_as_it_trained():
-  # Older runs: cell sides in pixels (() = 2, 4, ... up to min(16, isize / 4)), random partitions
-  # drawn per image, and the map 'ssim_msgms' called 'riad'; keys added since take their defaults.
-  from ganomaly_jax.config import checks
-  saved = schema.resolve(load('quick', 'grid_mask')).to_dict()
-  saved['mask'] = {'kind': 'grid', 'size': 0.5, 'cell_sizes': [], 'sets': 3, 'fill': 0.0}
-  saved['eval']['map'] = 'riad'
-  del saved['loss']['reconstruction']
-  back = schema.from_saved(json.loads(json.dumps(saved)))
-  assert (back.mask.cells, back.mask.sets, back.mask.partition, back.mask.draw) == (
-      (8, 4), 3, 'random', 'image')  # 2 and 4 px cells at 16 px
-  assert back.eval.map == 'ssim_msgms' and back.loss.reconstruction == 'l1'
-  checks.validate_config(back)
-  # A run that did not use the grid gets today's grid defaults (its old sets=3 would be refused).
-  saved = schema.resolve(load('quick')).to_dict()
-  saved['mask'] = {'kind': 'none', 'size': 0.5, 'cell_sizes': [], 'sets': 3, 'fill': 0.0}
-  checks.validate_config(schema.from_saved(saved))
