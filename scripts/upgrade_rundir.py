@@ -1,4 +1,4 @@
-"""Rewrites the config.json of run directories saved before 2026-12-06 in today's key layout.
+"""Rewrites config.json and results.json of run directories saved before 2026-12-06 in today's layout.
 
   python scripts/upgrade_rundir.py runs/grid_mask                # one run directory
   python scripts/upgrade_rundir.py runs/bench_digits runs/sweep  # every run directory below these
@@ -16,16 +16,22 @@ This one-off migration moves them (the package keeps no code for old layouts):
 Keys added since a run was saved need nothing here: `from_saved` gives them their defaults, which
 are the behaviour from before they existed.
 
-A WORKDIR holding config.json is upgraded; any other WORKDIR is searched for run directories (a
-benchmark or sweep root). Each file is replaced atomically, its previous content kept beside it as
-config.json.bak. A config already in today's layout is left untouched (no .bak), so running the
-script again changes nothing.
+Their results.json (`upgrade_results`) held the test-label (oracle) operating point under today's
+names of the validation one: `image_f1` becomes `image_f1_oracle` and `threshold` becomes
+`threshold_oracle`, so neither is shown (tables) or used (infer's `anomalous` column) as if it had
+been fixed without test labels.
+
+A WORKDIR holding config.json or results.json is upgraded; any other WORKDIR is searched for run
+directories (a benchmark or sweep root). Each file is replaced atomically, its previous content
+kept beside it as <name>.bak. A file already in today's layout is left untouched (no .bak), so
+running the script again changes nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import sys
 from typing import Any
@@ -77,29 +83,59 @@ def _upgrade_grid(saved: dict[str, Any]) -> None:
     saved['eval']['map'] = 'ssim_msgms'
 
 
-def upgrade_rundir(workdir: str) -> bool:
-  """Upgrades WORKDIR/config.json in place (previous content kept as config.json.bak).
+def upgrade_results(results: dict[str, Any]) -> dict[str, Any]:
+  """A results.json of an older version in today's layout; a copy (equal if already current).
+
+  Today's results always record `image_f1_oracle` beside `image_f1`, and `threshold_quantile`
+  beside `threshold`: without them, those values are the older versions' test-label ones.
+  """
+  results = dict(results)
+  if 'image_f1' in results and 'image_f1_oracle' not in results:
+    results['image_f1_oracle'] = results.pop('image_f1')
+  if 'threshold' in results and 'threshold_quantile' not in results:
+    oracle = results.pop('threshold')
+    results.setdefault('threshold_oracle', oracle)
+  return results
+
+
+def _rewrite(workdir: str, name: str, upgrade) -> bool:
+  """Replaces WORKDIR/name by `upgrade` of its JSON (previous content kept as name.bak).
 
   Returns:
-    True if the file was rewritten, False if it was already in today's layout.
+    True if the file was rewritten, False if absent or already in today's layout.
   """
-  path = rundir.path(workdir, rundir.CONFIG)
+  path = rundir.path(workdir, name)
+  if not path.is_file():
+    return False
   text = path.read_text()
-  saved = rundir.read_json(path)
-  upgraded = {**saved, 'config': upgrade_config(saved['config'])}
+  saved = json.loads(text)
+  upgraded = upgrade(saved)
   if upgraded == saved:
     return False
   # The backup first: if the rename below never happens, the original is still in place.
-  rundir.write_text(rundir.path(workdir, rundir.CONFIG + BACKUP_SUFFIX), text)
+  rundir.write_text(rundir.path(workdir, name + BACKUP_SUFFIX), text)
   rundir.write_json(path, upgraded)
   return True
 
 
+def upgrade_rundir(workdir: str) -> list[str]:
+  """Upgrades WORKDIR's config.json and results.json in place; returns the names rewritten."""
+  rewritten = []
+  if _rewrite(workdir, rundir.CONFIG,
+              lambda saved: {**saved, 'config': upgrade_config(saved['config'])}):
+    rewritten.append(rundir.CONFIG)
+  if _rewrite(workdir, rundir.RESULTS, upgrade_results):
+    rewritten.append(rundir.RESULTS)
+  return rewritten
+
+
 def run_directories(root: str) -> list[str]:
-  """`root` if it holds config.json, else every directory below it that does, sorted."""
-  if os.path.isfile(os.path.join(root, rundir.CONFIG)):
+  """`root` if it is a run directory (config.json or results.json), else every one below it."""
+  names = (rundir.CONFIG, rundir.RESULTS)
+  if any(os.path.isfile(os.path.join(root, n)) for n in names):
     return [root]
-  return sorted(dirpath for dirpath, _, filenames in os.walk(root) if rundir.CONFIG in filenames)
+  return sorted(dirpath for dirpath, _, filenames in os.walk(root)
+                if any(n in filenames for n in names))
 
 
 def main(argv: list[str]) -> None:
@@ -113,13 +149,15 @@ def main(argv: list[str]) -> None:
       cli.exit_with_error(f'not a directory: {root}')
     found = run_directories(root)
     if not found:
-      cli.exit_with_error(f'no {rundir.CONFIG} in or below {root}: not a run directory.')
+      cli.exit_with_error(f'no {rundir.CONFIG} or {rundir.RESULTS} in or below {root}: '
+                          'not a run directory.')
     for workdir in found:
       try:
-        changed = upgrade_rundir(workdir)
+        rewritten = upgrade_rundir(workdir)
       except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        cli.exit_with_error(f'{os.path.join(workdir, rundir.CONFIG)} cannot be upgraded: {e!r}')
-      print(f'{"upgraded" if changed else "already current"}: {workdir}')
+        cli.exit_with_error(f'{workdir} cannot be upgraded: {e!r}')
+      print(f'upgraded {", ".join(rewritten)}: {workdir}' if rewritten
+            else f'already current: {workdir}')
 
 
 if __name__ == '__main__':

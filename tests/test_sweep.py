@@ -245,10 +245,12 @@ def test_tables_never_show_the_oracle_f1_under_the_plain_name(tmp_path):
   run = sweep.Run('baseline', {}, None, str(tmp_path))
   new = sweep.table_row(sweep.Record(run, 'done', {'image_f1': 0.3, 'image_f1_oracle': 0.35, 'image_fpr': 0.05}))
   assert (new['image_f1'], new['image_f1_oracle'], new['image_fpr']) == (0.3, 0.35, 0.05)
-  # A run finished before the validation threshold existed stored the oracle F1 as image_f1.
-  old = sweep.table_row(sweep.Record(run, 'skipped', {'image_auroc': 0.6, 'image_f1': 0.4}))
-  assert old['image_f1'] is None and old['image_f1_oracle'] == 0.4 and old['image_auroc'] == 0.6
-  sweep.write_tables(str(tmp_path), [sweep.Record(run, 'skipped', {'image_f1': 0.4})], 't')
+  # Without validation normals there is no operating point: image_f1 is null, the oracle stays apart.
+  none = sweep.table_row(sweep.Record(run, 'skipped', {'image_auroc': 0.6, 'image_f1': None,
+                                                       'image_f1_oracle': 0.4}))
+  assert none['image_f1'] is None and none['image_f1_oracle'] == 0.4 and none['image_auroc'] == 0.6
+  sweep.write_tables(str(tmp_path), [sweep.Record(run, 'skipped', {'image_f1': None,
+                                                                   'image_f1_oracle': 0.4})], 't')
   header = open(tmp_path / sweep.RESULTS_MD).read().splitlines()[2]
   assert 'image_f1_oracle' in header and 'image_fpr' in header
   assert sweep.read_table(str(tmp_path))[0]['image_f1'] == ''

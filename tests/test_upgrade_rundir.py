@@ -62,7 +62,7 @@ def test_an_old_grid_run_reloads_as_it_trained_and_a_rerun_changes_nothing(tmp_p
   _write_run(run, saved)
   original = (run / 'config.json').read_text()
   upgrade_rundir.main([str(run)])
-  assert capsys.readouterr().out.strip() == f'upgraded: {run}'
+  assert capsys.readouterr().out.strip() == f'upgraded config.json: {run}'
   assert (run / 'config.json.bak').read_text() == original
   back = schema.from_saved(json.loads((run / 'config.json').read_text())['config'])
   assert back.to_dict() == schema.from_saved(expected).to_dict()
@@ -80,7 +80,7 @@ def test_a_run_without_the_grid_gets_todays_grid_defaults(tmp_path):
   # Its unused grid keys were the old defaults; sets=3 would be refused today.
   saved['mask'] = {'kind': 'none', 'size': 0.5, 'cell_sizes': [], 'sets': 3, 'fill': 0.0}
   _write_run(tmp_path / 'run', {'config': saved})
-  assert upgrade_rundir.upgrade_rundir(str(tmp_path / 'run'))
+  assert upgrade_rundir.upgrade_rundir(str(tmp_path / 'run')) == ['config.json']
   back = schema.from_saved(json.loads((tmp_path / 'run' / 'config.json').read_text())['config'])
   assert back.mask.to_dict() == schema.base_config().mask.to_dict()
   checks.validate_config(back)
@@ -93,7 +93,7 @@ def test_todays_runs_below_a_root_are_left_untouched(tmp_path, capsys):
   before = (tmp_path / 'runs/a/seed-0/config.json').read_text()
   upgrade_rundir.main([str(tmp_path)])
   assert capsys.readouterr().out.splitlines() == [f'already current: {tmp_path}/runs/a/seed-0',
-                                                 f'upgraded: {tmp_path}/runs/b/seed-0']
+                                                 f'upgraded config.json: {tmp_path}/runs/b/seed-0']
   assert (tmp_path / 'runs/a/seed-0/config.json').read_text() == before
   assert not (tmp_path / 'runs/a/seed-0/config.json.bak').exists()
 
@@ -102,4 +102,27 @@ def test_a_folder_without_runs_is_one_error_line(tmp_path, capsys):
   with pytest.raises(SystemExit) as exit_info:
     upgrade_rundir.main([str(tmp_path)])
   assert exit_info.value.code == 1
-  assert capsys.readouterr().err.strip() == f'error: no config.json in or below {tmp_path}: not a run directory.'
+  assert capsys.readouterr().err.strip() == (
+      f'error: no config.json or results.json in or below {tmp_path}: not a run directory.')
+
+
+def test_old_results_keep_their_test_label_operating_point_apart(tmp_path, capsys):
+  # Runs finished before the validation threshold existed stored the oracle (test-label) F1 and
+  # threshold under today's names of the validation ones: tables would show them, infer use them.
+  old = {'image_auroc': 0.6, 'image_f1': 0.4, 'threshold': 1.5, 'score': 'latent'}
+  run = tmp_path / 'run'
+  run.mkdir()
+  (run / 'results.json').write_text(json.dumps(old))
+  upgrade_rundir.main([str(run)])
+  assert capsys.readouterr().out.strip() == f'upgraded results.json: {run}'
+  upgraded = json.loads((run / 'results.json').read_text())
+  assert upgraded == {'image_auroc': 0.6, 'image_f1_oracle': 0.4, 'threshold_oracle': 1.5,
+                      'score': 'latent'}
+  assert json.loads((run / 'results.json.bak').read_text()) == old
+  # Today's results (validation operating point beside the oracle one, or none at all) stay as they
+  # are.
+  today = {'image_f1': 0.3, 'image_f1_oracle': 0.35, 'threshold': 0.7, 'threshold_oracle': 0.9,
+           'threshold_quantile': 0.95}
+  none = {'image_f1': None, 'image_f1_oracle': 0.35, 'threshold': None, 'threshold_quantile': 0.95}
+  for results in (today, none, upgraded):
+    assert upgrade_rundir.upgrade_results(results) == results

@@ -77,19 +77,10 @@ Record = run_queue.Record  # run_queue.Record[Run]: one row of the results table
 
 def table_row(record: Record) -> dict[str, Any]:
   """A sweep table's row of one run."""
-  r = table_metrics(record.results or {})
+  r = record.results or {}
   return {'run': record.run.name, 'overrides': format_overrides(record.run.overrides),
           'status': record.status, **{k: r.get(k) for k in METRICS}, 'steps': r.get('steps'),
           'wall_time_s': None if record.wall_time_s is None else round(record.wall_time_s, 1)}
-
-
-def table_metrics(results: dict[str, Any]) -> dict[str, Any]:
-  """The results as the table shows them: a run finished before the validation threshold existed
-  stored the oracle F1 under `image_f1`, so there it moves to `image_f1_oracle`, never shown plain."""
-  results = dict(results)
-  if 'image_f1' in results and 'image_f1_oracle' not in results:
-    results['image_f1_oracle'] = results.pop('image_f1')
-  return results
 
 
 # ---------------------------------------------------------------------------------------------

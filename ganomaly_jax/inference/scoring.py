@@ -43,9 +43,10 @@ def _no_threshold_reason(results: dict[str, Any]) -> str | None:
   if not results:
     return ('the run has no results.json (it never finished), so there is no validation '
             'threshold; the anomalous column is empty')
+  # A threshold counts only beside the quantile of validation normals that fixed it.
   if 'threshold_quantile' not in results or results.get('threshold') is None:
-    return ('the run\'s results.json holds no validation threshold (written by an older version); '
-            'the anomalous column is empty')
+    return ('the run\'s results.json holds no validation threshold (none was fixed on validation '
+            'normals); the anomalous column is empty')
   return None
 
 
@@ -97,8 +98,6 @@ def infer(workdir: str, images_dir: str, out_dir: str, batch_size: int = 0,
   score_range = (float(lo), float(hi)) if lo is not None and hi is not None and hi > lo else None
   vmax = results.get('pixel_map_max')
   vmax = float(vmax) if vmax and np.isfinite(vmax) else None
-  # Runs older than `threshold_quantile` stored a test-label (oracle) threshold under this name:
-  # never used here.
   no_threshold = _no_threshold_reason(results)
   threshold = None if no_threshold else float(results['threshold'])
   if no_threshold:
