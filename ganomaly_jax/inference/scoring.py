@@ -24,7 +24,6 @@ from ganomaly_jax.data import images as images_lib
 from ganomaly_jax.data import pipeline
 from ganomaly_jax.evaluation import readout, report
 from ganomaly_jax.inference import finished_run, image_files, outputs as outputs_lib
-from ganomaly_jax.inference.finished_run import InferError
 from ganomaly_jax.runtime import parallel
 
 
@@ -65,20 +64,20 @@ def infer(workdir: str, images_dir: str, out_dir: str, batch_size: int = 0,
     'normalisation', 'scores_csv', 'report'}.
 
   Raises:
-    InferError: no checkpoint, missing image folder, no decodable image, or an earlier result in
-      `out_dir` without `overwrite`.
+    finished_run.InferError: no checkpoint, missing image folder, no decodable image, or an
+      earlier result in `out_dir` without `overwrite`.
   """
   if not os.path.isdir(images_dir):
-    raise InferError(f'image folder not found: {images_dir}')
+    raise finished_run.InferError(f'image folder not found: {images_dir}')
   earlier = outputs_lib.earlier_result(out_dir)
   if earlier and not overwrite:
-    raise InferError(f'{out_dir} holds an earlier result ({", ".join(earlier)}); pass --overwrite '
-                     'to replace it, or choose another --out.')
+    raise finished_run.InferError(f'{out_dir} holds an earlier result ({", ".join(earlier)}); '
+                                  'pass --overwrite to replace it, or choose another --out.')
   config, results = finished_run.load_run(workdir)
   config = readout.recorded_config(config, results)  # eval.readout=auto: the read-out it chose
   candidates = image_files.find_files(images_dir, exclude=(out_dir, os.path.join(out_dir, 'maps')))
   if not candidates:
-    raise InferError(f'no file to score under {images_dir}')
+    raise finished_run.InferError(f'no file to score under {images_dir}')
   isize, channels = config.model.isize, config.model.channels
   sigma = float(config.eval.get('smooth_sigma', 0.0))
 
@@ -141,8 +140,9 @@ def infer(workdir: str, images_dir: str, out_dir: str, batch_size: int = 0,
     for reason, items in skipped.items():
       logging.warning('Skipped %d file(s) as %s, e.g. %s', len(items), reason, items[0])
     if not outputs.paths:
-      raise InferError(f'no decodable image under {images_dir} ({len(candidates)} file(s), all '
-                       f'skipped: {", ".join(f"{r}: {len(v)}" for r, v in skipped.items())})')
+      raise finished_run.InferError(
+          f'no decodable image under {images_dir} ({len(candidates)} file(s), all skipped: '
+          f'{", ".join(f"{r}: {len(v)}" for r, v in skipped.items())})')
 
     scores, vmax = outputs.finish()
     if score_range is not None:
@@ -177,8 +177,8 @@ def infer(workdir: str, images_dir: str, out_dir: str, batch_size: int = 0,
     logging.info('Finished: %d image(s) scored, %d file(s) skipped, outputs in %s.',
                  len(outputs.paths), num_skipped, out_dir)
   except _Interrupted as e:
-    raise InferError(f'{e} before its outputs were complete; its staging folder in {out_dir} '
-                     'was removed.') from None
+    raise finished_run.InferError(f'{e} before its outputs were complete; its staging folder in '
+                                  f'{out_dir} was removed.') from None
   finally:
     if outputs is not None:
       outputs.close()
