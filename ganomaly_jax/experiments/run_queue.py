@@ -29,12 +29,10 @@ from typing import Any, Callable, Generic, Sequence, TypeVar
 from absl import logging
 import ml_collections
 
-from ganomaly_jax.runtime import rundir
+from ganomaly_jax.runtime import cli, rundir
 
 RunT = TypeVar('RunT')
-# The tables of a queue root (sweep and suite alike): one row per run.
-RESULTS_CSV = 'results.csv'
-RESULTS_MD = 'results.md'
+RESULTS_CSV, RESULTS_MD = 'results.csv', 'results.md'  # a queue root's tables, one row per run
 # A queue root's record of where its last session's time went (`PhaseTotals.as_dict`).
 TIMING_JSON = 'timing.json'
 # Rewriting the tables (csv, markdown, plot) takes a good part of a second: at most this often.
@@ -166,18 +164,11 @@ def check_standalone(share: Share) -> None:
 
 
 def report_session(root: str, records: Sequence[Record[Any]]) -> None:
-  """The end of a sweep's or a suite's command: prints ROOT/results.md, then ends with one
-  `error:` line (exit 1) if any run failed, so a script sees the failure and the table names them.
-
-  With --share the table exists only once every host is done, so a host that finished first prints
-  nothing.
-  """
-  from ganomaly_jax.runtime import cli
-
+  """A sweep's or suite's last words: ROOT/results.md (with --share: once every host is done),
+  then one `error:` line and exit 1 if any run failed, so a calling script sees the failure."""
   if rundir.path(root, RESULTS_MD).exists():
     print(rundir.path(root, RESULTS_MD).read_text(), end='')
-  failed = [r.run.name for r in records if r.status.startswith('failed')]
-  if failed:
+  if failed := [r.run.name for r in records if r.status.startswith('failed')]:
     cli.exit_with_error(f'{len(failed)} run(s) failed: {", ".join(failed)} (see {RESULTS_CSV})')
 
 
