@@ -10,7 +10,7 @@ import pytest
 from helpers import REPO
 
 PACKAGE = REPO / 'ganomaly_jax'
-ENTRY_POINTS = ('main.py', 'infer.py', 'param_count.py', 'experiments/sweep.py',
+ENTRY_POINTS = ('main.py', 'infer.py', 'config/param_count.py', 'experiments/sweep.py',
                 'experiments/benchmark.py', 'experiments/rescore.py')
 # The pieces of the set-up: written once, in startup.py.
 PIECES = ('apply_cpu_defaults', 'enable', 'set_visible_devices', 'addFilter')
@@ -46,7 +46,7 @@ def test_configure_process_sets_flags_cache_and_quiet_logs(tmp_path):
   code = (
       'import os, logging\n'
       'from absl import logging as absl_logging\n'
-      'from ganomaly_jax import startup\n'
+      'from ganomaly_jax.runtime import startup\n'
       f'used = startup.configure_process(compile_cache_dir={str(tmp_path / "xla")!r}, '
       'uses_tensorflow=False)\n'
       'startup.configure_process(compile_cache_dir="", uses_tensorflow=False)  # again: one filter\n'
