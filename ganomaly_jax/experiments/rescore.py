@@ -54,13 +54,16 @@ def finished_runs(root: str, method: str) -> Iterator[tuple[str, int, str]]:
 
 
 def parse_variant(text: str) -> dict[str, str]:
-  """`map=l1,score=map_mean` -> {'map': 'l1', 'score': 'map_mean'} (keys of the eval section)."""
-  variant = {}
-  for part in filter(None, text.split(',')):
-    key, sep, value = part.partition('=')
-    if not sep or not key.strip():
-      raise ValueError(f'--variant={text!r}: expected KEY=VALUE pairs of the eval section.')
-    variant[key.strip().removeprefix('eval.')] = value.strip()
+  """`map=l1,score=map_mean` -> {'map': 'l1', 'score': 'map_mean'} (keys of the eval section).
+
+  `arguments.parse_arg` with values kept as strings: `rescore_run` converts each to its key's type.
+  """
+  from ganomaly_jax.config import arguments
+
+  parsed = arguments.parse_arg(text, literals=False)
+  if any(value is True or not key for key, value in parsed.items()):  # a bare item, or `=value`
+    raise ValueError(f'--variant={text!r}: expected KEY=VALUE pairs of the eval section.')
+  variant = {key.removeprefix('eval.'): value for key, value in parsed.items()}
   if not variant:
     raise ValueError('--variant needs at least one KEY=VALUE.')
   return variant
