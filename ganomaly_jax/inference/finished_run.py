@@ -1,4 +1,4 @@
-"""A finished training run, loaded for scoring: its config, results and selected checkpoint.
+"""A trained run (finished or not), loaded for scoring: its config, results and selected checkpoint.
 
 Shared by the inference CLI (`ganomaly_jax.infer`) and post-hoc re-scoring
 (`ganomaly_jax.experiments.rescore`), which both evaluate a run's checkpoint without training it.
