@@ -166,7 +166,7 @@ def test_trim_curves_drops_rows_past_the_restored_step(root):
 # --- One run per workdir (issue 22) ----------------------------------------------------------
 
 # Holds the lock of argv[1] until killed; prints 'locked' once it does.
-_HOLDER = ('import sys, time; from ganomaly_jax import rundir; '
+_HOLDER = ('import sys, time; from ganomaly_jax.runtime import rundir; '
            'lock = rundir.WorkdirLock(sys.argv[1]); lock.acquire(); print("locked", flush=True); '
            'time.sleep(600)')
 
