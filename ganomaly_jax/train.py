@@ -478,7 +478,7 @@ def final_evaluation(config: ml_collections.ConfigDict, workdir: str, state: Any
               'skipped_steps': int(jax.device_get(state.skipped_steps)), 'readout': chosen.record}
   with timing.phase('test'):
     results = evaluator.evaluate_and_report(
-        chosen.config, workdir, state, progs.components, chosen.hp, splits, mesh, writer, run_info,
+        chosen.config, workdir, state, progs.components, chosen.step_config, splits, mesh, writer, run_info,
         rundir.read_curves(workdir), eval_maps_fn=chosen.eval_maps)
     writer.flush()
   return results

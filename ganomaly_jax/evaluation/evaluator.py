@@ -452,7 +452,7 @@ def final_image_grid(pictures: dict[str, np.ndarray]) -> np.ndarray:
   return plots.image_grid(rows)
 
 
-def evaluate_and_report(config, workdir: str, state: Any, components, hp, splits, mesh, writer,
+def evaluate_and_report(config, workdir: str, state: Any, components, step_config, splits, mesh, writer,
                         run_info: dict[str, Any],
                         curves: dict[str, list[tuple[int, float]]],
                         eval_maps_fn: Callable | None = None) -> dict[str, Any]:
@@ -480,7 +480,7 @@ def evaluate_and_report(config, workdir: str, state: Any, components, hp, splits
   mc_fn = None
   if e.mc_samples > 0:
     if config.model.dropout > 0:
-      mc_fn = uncertainty.make_mc_fn(components, hp, max(int(e.mc_samples), 2))
+      mc_fn = uncertainty.make_mc_fn(components, step_config, max(int(e.mc_samples), 2))
     else:
       logging.warning('eval.mc_samples=%d ignored: the model has no dropout (model.dropout=0).',
                       e.mc_samples)

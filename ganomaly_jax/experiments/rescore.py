@@ -113,7 +113,7 @@ def rescore_run(workdir: str, variant: dict[str, str], out_dir: str) -> dict[str
   writer = metric_writers.create_default_writer(out_dir, just_logging=True)
   chosen = readout.choose(config, state, progs, splits.val, mesh)
   results = evaluator.evaluate_and_report(
-      chosen.config, out_dir, state, progs.components, chosen.hp, splits, mesh, writer,
+      chosen.config, out_dir, state, progs.components, chosen.step_config, splits, mesh, writer,
       {**run_info, 'rescored_from': workdir, 'readout': chosen.record},
       rundir.read_curves(workdir), eval_maps_fn=chosen.eval_maps)
   return results
