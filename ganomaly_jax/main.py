@@ -2,7 +2,7 @@
 
 Kept short on purpose (as in the flax examples): parse flags, set up the process (`startup.py`), optionally
 initialise multi-host JAX (and check that every process runs the same config), log the topology, and
-hand over to `train.train_and_evaluate`. Multi-host settings (GANOMALY_DISTRIBUTED=1, then JAX's
+hand the finished config (`checks.finished`) over to `train.train_and_evaluate`. Multi-host settings (GANOMALY_DISTRIBUTED=1, then JAX's
 own detection or JAX_COORDINATOR_ADDRESS, ...) are described in `parallel.py`.
 """
 
@@ -48,10 +48,13 @@ def main(argv):
   import jax
 
   from ganomaly_jax import train
-  from ganomaly_jax.runtime import parallel
+  from ganomaly_jax.config import checks
+  from ganomaly_jax.runtime import parallel, rundir
 
   workdir = _WORKDIR.value or os.path.join('runs', config.method)
   try:
+    # Resolved and validated once, after every --config override; everything below receives it.
+    config = checks.finished(config)
     settings = parallel.DistributedSettings.from_env()
     if parallel.wants_distributed(config):
       # Exits with one line if the processes do not all meet within settings.timeout_s.
@@ -64,7 +67,7 @@ def main(argv):
                  jax.local_devices())
     parallel.check_same_config(config, workdir)
     train.train_and_evaluate(config, workdir)
-  except (ValueError, train.TrainingError) as e:  # config, data and workdir errors: one clear line
+  except (ValueError, rundir.TrainingError) as e:  # config, data and workdir errors: one clear line
     logging.error('%s', e)
     _fail(str(e))
 

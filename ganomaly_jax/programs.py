@@ -56,7 +56,7 @@ class Programs(NamedTuple):
 # Config keys no program reads: the data (an argument), the seed (PRNG keys are arguments), the
 # loop's schedule and the run's bookkeeping. Runs that differ only here share their programs;
 # tests/test_program_cache.py checks that changing all of them leaves the lowered programs equal.
-PROGRAM_FREE_KEYS = ('method', 'mode', 'seed', 'restart', 'debug_kill_at_step', 'dataset',
+PROGRAM_FREE_KEYS = ('method', 'mode', 'seed', 'restart', 'dataset',
                      'train.num_steps', 'train.log_every', 'train.eval_every',
                      'train.checkpoint_every', 'train.image_every', 'train.keep_checkpoints',
                      'train.on_nonfinite', 'train.max_rollbacks', 'runtime.compile_cache_dir',
@@ -104,7 +104,8 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
     if key in _cache:
       _cache.move_to_end(key)
       return _cache[key]
-  progs = _build(config, mesh, state_lib.build_components(config))
+  # The components the architecture check traced (`state.trace`): the networks are built once.
+  progs = _build(config, mesh, state_lib.trace(config).components)
   with _cache_lock:
     progs = _cache.setdefault(key, progs)  # another thread may have built the same meanwhile
     _cache.move_to_end(key)

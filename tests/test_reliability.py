@@ -25,9 +25,12 @@ def tiny_config(**overrides):
   return tiny.tiny_config(**{**tiny.SMALL_DATA, **overrides})
 
 
-def run_main(workdir, *flags, timeout=240, wait=True):
-  cmd = [sys.executable, '-m', 'ganomaly_jax.main', f'--config={TINY}', f'--workdir={workdir}',
-         *flags]
+def run_main(workdir, *flags, timeout=240, wait=True, kill_after_step=None):
+  """The train command on TINY; with `kill_after_step`, SIGKILLed right after that step's save
+  (tests/helpers/kill_after_step.py)."""
+  entry = (['-m', 'ganomaly_jax.main'] if kill_after_step is None else
+           [os.path.join(REPO, 'tests', 'helpers', 'kill_after_step.py'), str(kill_after_step)])
+  cmd = [sys.executable, *entry, f'--config={TINY}', f'--workdir={workdir}', *flags]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
   if not wait:
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -53,11 +56,12 @@ def metrics_at(workdir, step):
 
 @pytest.mark.slow
 def test_sigkill_then_resume_equals_straight_run(tmp_path):
-  """6 steps straight == 5 steps + SIGKILL (checkpoints every 2) + resume to 6: identical."""
+  """6 steps straight == 4 steps + SIGKILL right after step 4's save (checkpoints every 2) +
+  resume to 6: identical."""
   straight, killed = str(tmp_path / 'straight'), str(tmp_path / 'killed')
   train.train_and_evaluate(tiny_config(**{'train.num_steps': 6}), straight)
 
-  died = run_main(killed, '--config.train.num_steps=6', '--config.debug_kill_at_step=5')
+  died = run_main(killed, '--config.train.num_steps=6', kill_after_step=4)
   assert died.returncode == -signal.SIGKILL, died.stderr[-2000:]
   assert not os.path.exists(os.path.join(killed, 'results.json'))
   resumed_from = checkpoint.CheckpointStore(killed).latest_step()

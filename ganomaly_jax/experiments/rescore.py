@@ -97,7 +97,7 @@ def rescore_run(workdir: str, variant: dict[str, str], out_dir: str) -> dict[str
     config.eval[key] = value
   if {'score', 'map'} & set(variant) and 'readout' not in variant:
     config.eval.readout = 'published'  # the variant names the read-out: evaluate that one
-  checks.validate_config(config)
+  config = checks.finished(config)
   # The checkpoint final_evaluation selected: the best by validation loss, else the last.
   which = 'best' if config.eval.select == 'val_loss' else 'latest'
   components, state, step, _ = infer.restore_state(config, workdir, which)
@@ -113,9 +113,9 @@ def rescore_run(workdir: str, variant: dict[str, str], out_dir: str) -> dict[str
   writer = metric_writers.create_default_writer(out_dir, just_logging=True)
   chosen = readout.choose(config, state, progs, splits.val, mesh)
   results = evaluator.evaluate_and_report(
-      chosen.config, out_dir, state, progs.components, chosen.step_config, splits, mesh, writer,
-      {**run_info, 'rescored_from': workdir, 'readout': chosen.record},
-      rundir.read_curves(workdir), eval_maps_fn=chosen.eval_maps)
+      chosen, progs.components, state, splits, mesh,
+      evaluator.Report(out_dir, writer, curves_of=workdir),
+      {**run_info, 'rescored_from': workdir, 'readout': chosen.record})
   return results
 
 
