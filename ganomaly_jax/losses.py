@@ -368,9 +368,9 @@ def _map_topk(s: ScoreInputs, step_config: Any) -> jax.Array:
   return jnp.mean(jax.lax.top_k(flat, k)[0], axis=1)
 
 
-register_score('map_mean', Score(lambda s, _: jnp.mean(_smoothed_map(s, step_config), axis=1),
-                                 uses_map=True))
-register_score('map_max', Score(lambda s, _: jnp.max(_smoothed_map(s, step_config), axis=1),
-                                uses_map=True))
+register_score('map_mean', Score(
+    lambda s, step_config: jnp.mean(_smoothed_map(s, step_config), axis=1), uses_map=True))
+register_score('map_max', Score(
+    lambda s, step_config: jnp.max(_smoothed_map(s, step_config), axis=1), uses_map=True))
 register_score('map_topk', Score(_map_topk, reads=frozenset({'eval.topk_fraction'}),
                                  uses_map=True))

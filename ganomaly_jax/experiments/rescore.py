@@ -81,7 +81,7 @@ def rescore_run(workdir: str, variant: dict[str, str], out_dir: str) -> dict[str
 
   from ganomaly_jax import infer, programs
   from ganomaly_jax.config import checks
-  from ganomaly_jax.runtime import parallel, rundir
+  from ganomaly_jax.runtime import parallel
   from ganomaly_jax.evaluation import evaluator, readout
   from ganomaly_jax.data import sources
 
