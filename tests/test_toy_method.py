@@ -128,7 +128,9 @@ def test_a_dataset_and_a_method_config_from_outside_the_package_train(tmp_path, 
   config_file = tmp_path / 'stripes_gan.py'
   config_file.write_text(OUTSIDE_CONFIG)
   config = arguments.load_config(f'{config_file}:{tiny.TINY_ARG}')
-  config = sweep.apply_overrides(config, {'train.num_steps': 2, 'train.image_every': 0})
+  # image_every=0 is AUTO again: finishing the config (as an entry point does) fills it in.
+  config = checks.finished(
+      sweep.apply_overrides(config, {'train.num_steps': 2, 'train.image_every': 0}))
   assert (config.method, config.model.channels, config.model.isize) == ('stripes_gan', 1, 16)
   results = train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert results['steps'] == 2 and results['method'] == 'stripes_gan'
