@@ -122,6 +122,8 @@ def trace(config: ml_collections.ConfigDict) -> Traced:
 
 @functools.lru_cache(maxsize=64)
 def _trace(key: str) -> Traced:
+  # Built from the key itself, so an equal key always gets an equal trace (the sections hold
+  # scalars only: JSON gives them back unchanged).
   spec = json.loads(key)
   config = ml_collections.ConfigDict({'model': spec['model'], 'optim': spec['optim'],
                                       'loss': {'adversarial': spec['adversarial']},
