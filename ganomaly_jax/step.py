@@ -212,9 +212,10 @@ def train_step(state: GanState, batch: dict[str, jax.Array], rng: jax.Array, *,
 
   G's loss is eq. 3.1, w_adv L_adv + w_con L_con + w_enc L_enc: L_adv from the adversarial
   objective `losses.ADVERSARIAL[step_config.loss.adversarial]` (eq. 3.2 feature matching, eq. 3.7
-  BCE, or WGAN-GP; loss.adv_extra adds eq. 3.6's term), L_con eq. 3.3, L_enc the generator's latent term
-  (`models.GENERATORS[...]`: eq. 3.4 for GANomaly, D's latent features for SkipGANomaly). D's loss
-  is the objective's (eq. 3.5 / 3.8) plus, with loss.latent_in_d, the latent term of eq. 3.8.
+  BCE, or WGAN-GP; loss.adv_extra adds eq. 3.6's term), L_con eq. 3.3, L_enc the generator's
+  latent term (`models.GENERATORS[...]`: eq. 3.4 for GANomaly, D's latent features for
+  SkipGANomaly). D's loss is the objective's (eq. 3.5 / 3.8) plus, with loss.latent_in_d, the
+  latent term of eq. 3.8.
   See docs/methods.md#ganomaly and docs/methods.md#skip_ganomaly.
 
   With `loss.n_critic` > 1 the critic first takes n_critic - 1 updates of its own.
@@ -310,7 +311,8 @@ def train_step(state: GanState, batch: dict[str, jax.Array], rng: jax.Array, *,
 
 
 def reconstruct_for_eval(components: Components, step_config: StepConfig, state: GanState,
-                         x: jax.Array, rng: jax.Array | None = None, stochastic: bool = False) -> dict:
+                         x: jax.Array, rng: jax.Array | None = None,
+                         stochastic: bool = False) -> dict:
   """Generator forward in eval mode (BatchNorm running statistics).
 
   Masked methods reconstruct every region from its context: the holes of each tiling of the mask

@@ -35,8 +35,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        devices: Sequence[jax.Device] | None = None) -> dict[str, Any]:
   """Trains (or resumes) the configured method in `workdir`, then evaluates on the test split.
 
-  `config` is finished (`checks.finished`: resolved and validated), and is used as it is. The run's data-parallel mesh spans `devices` (default: every device of every process); a queue
-  that runs several runs at once gives each its own devices.
+  `config` is finished (`checks.finished`: resolved and validated) and is used as it is. The
+  run's data-parallel mesh spans `devices` (default: every device of every process); a queue that
+  runs several runs at once gives each its own devices.
 
   Returns the results dict that is also written to `workdir/results.json`, with the wall and CPU
   seconds of the run's phases under `phase_seconds` (`timing`).

@@ -27,7 +27,8 @@ _CHECKPOINT_OVERHEAD_BYTES = 128 * 2**10
 
 
 def free_bytes(workdir: rundir.PathLike) -> int | None:
-  """Free bytes on the file system of a local workdir (its nearest existing parent); None for gs://."""
+  """Free bytes on the file system of a local workdir (its nearest existing parent); None for
+  gs://."""
   p = rundir.path(workdir)
   if rundir.is_remote(p):
     return None
