@@ -245,9 +245,10 @@ class AdversarialInputs(NamedTuple):
 class Adversarial:
   """An adversarial objective and the facts validation and model building need about it.
 
-  `generator_loss(inputs, hp)` is G's adversarial term (L_adv of eq. 3.1) and
-  `discriminator_loss(inputs, hp)` is D's loss; `hp` is the step's frozen config view
-  (`step.StepConfig`: `hp.loss.gp_weight`, ...).
+  `generator_loss(inputs, step_config)` is G's adversarial term (L_adv of eq. 3.1) and
+  `discriminator_loss(inputs, step_config)` is D's loss; `step_config` is the step's frozen config
+  view
+  (`step.StepConfig`: `step_config.loss.gp_weight`, ...).
   """
 
   generator_loss: Callable[[AdversarialInputs, Any], jax.Array]
@@ -269,28 +270,28 @@ def register_adversarial(name: str, entry: Adversarial) -> Adversarial:
   return entry
 
 
-def _bce_discriminator(d: AdversarialInputs, hp: Any) -> jax.Array:
+def _bce_discriminator(d: AdversarialInputs, step_config: Any) -> jax.Array:
   return discriminator_bce(d.real_logits, d.fake_logits, d.real_targets, d.fake_targets)
 
 
-def _wgan_gp_critic(d: AdversarialInputs, hp: Any) -> jax.Array:
+def _wgan_gp_critic(d: AdversarialInputs, step_config: Any) -> jax.Array:
   """E[D(x̂)] - E[D(x)] + gp_weight * gradient penalty."""
   return (wgan_critic(d.real_logits, d.fake_logits)
-          + hp.loss.gp_weight * gradient_penalty(d.critic, d.real, d.fake, d.rng))
+          + step_config.loss.gp_weight * gradient_penalty(d.critic, d.real, d.fake, d.rng))
 
 
 # GANomaly (eq. 3.2 for G, eq. 3.5 for D); eq. 3.6 may add the non-saturating BCE term to G.
 register_adversarial('feature_matching', Adversarial(
-    generator_loss=lambda d, hp: feature_matching(d.real_features, d.fake_features),
+    generator_loss=lambda d, _: feature_matching(d.real_features, d.fake_features),
     discriminator_loss=_bce_discriminator, allows_extra=True))
 # SkipGANomaly (eq. 3.7 for G, eq. 3.8 for D; loss.latent_in_d adds the latent term).
 register_adversarial('bce', Adversarial(
-    generator_loss=lambda d, hp: generator_bce(d.fake_logits),
+    generator_loss=lambda d, _: generator_bce(d.fake_logits),
     discriminator_loss=_bce_discriminator))
 # WGAN-GP critic: the penalty needs per-sample gradients, so D normalises per sample (LayerNorm);
 # labels do not exist, and the critic's loss is unbounded below (no re-initialisation threshold).
 register_adversarial('wgan_gp', Adversarial(
-    generator_loss=lambda d, hp: wgan_generator(d.fake_logits),
+    generator_loss=lambda d, _: wgan_generator(d.fake_logits),
     discriminator_loss=_wgan_gp_critic, d_norm='layer', uses_labels=False,
     d_loss_bounded=False, multi_critic=True))
 
@@ -298,8 +299,8 @@ register_adversarial('wgan_gp', Adversarial(
 # No adversary (RIAD, docs/methods.md#riad): with model.discriminator=none nothing is trained
 # against G and D's loss is 0 (D has no parameters).
 register_adversarial('none', Adversarial(
-    generator_loss=lambda d, hp: jnp.zeros(()),
-    discriminator_loss=lambda d, hp: jnp.zeros(()), d_norm='none', uses_labels=False,
+    generator_loss=lambda d, _: jnp.zeros(()),
+    discriminator_loss=lambda d, _: jnp.zeros(()), d_norm='none', uses_labels=False,
     needs_discriminator=False))
 
 
@@ -313,7 +314,7 @@ class ScoreInputs(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class Score:
-  """A per-image anomaly score `fn(inputs, hp) -> [B]` and what it needs."""
+  """A per-image anomaly score `fn(inputs, step_config) -> [B]` and what it needs."""
 
   fn: Callable[[ScoreInputs, Any], jax.Array]
   needs_outputs: tuple[str, ...] = ()  # generator outputs beyond 'recon' (models.GENERATORS)
@@ -333,20 +334,21 @@ def register_score(name: str, entry: Score) -> Score:
   return entry
 
 
-def _lambda(s: ScoreInputs, hp: Any) -> jax.Array:
+def _lambda(s: ScoreInputs, step_config: Any) -> jax.Array:
   _, real_features = s.discriminator(s.x)
   _, fake_features = s.discriminator(s.outputs['recon'])
-  return lambda_score(s.x, s.outputs['recon'], real_features, fake_features, hp.eval.score_lambda)
+  return lambda_score(s.x, s.outputs['recon'], real_features, fake_features,
+                      step_config.eval.score_lambda)
 
 
 # GANomaly's latent score needs the second encoder; with masked training z of a masked input is
 # not comparable, so it is refused there.
-register_score('latent', Score(lambda s, hp: latent_score(s.outputs['z'], s.outputs['z_hat']),
+register_score('latent', Score(lambda s, _: latent_score(s.outputs['z'], s.outputs['z_hat']),
                                needs_outputs=('z', 'z_hat'), mask='forbidden'))
-register_score('reconstruction', Score(lambda s, hp: reconstruction_score(s.x, s.outputs['recon'])))
+register_score('reconstruction', Score(lambda s, _: reconstruction_score(s.x, s.outputs['recon'])))
 register_score('lambda', Score(_lambda, needs_discriminator=True))  # eq. 6.1
 # The masked methods' score: reconstruction error of the full-coverage inpainting.
-register_score('inpaint', Score(lambda s, hp: reconstruction_score(s.x, s.outputs['recon']),
+register_score('inpaint', Score(lambda s, _: reconstruction_score(s.x, s.outputs['recon']),
                                 mask='required'))
 
 
@@ -355,20 +357,20 @@ register_score('inpaint', Score(lambda s, hp: reconstruction_score(s.x, s.output
 # the maximum of its smoothed map.
 
 
-def _smoothed_map(s: ScoreInputs, hp: Any) -> jax.Array:
-  amap = anomaly_map(s.x, s.outputs, hp.eval.map)
-  return similarity.gaussian_smooth(amap, hp.eval.smooth_sigma).reshape(amap.shape[0], -1)
+def _smoothed_map(s: ScoreInputs, step_config: Any) -> jax.Array:
+  amap = anomaly_map(s.x, s.outputs, step_config.eval.map)
+  return similarity.gaussian_smooth(amap, step_config.eval.smooth_sigma).reshape(amap.shape[0], -1)
 
 
-def _map_topk(s: ScoreInputs, hp: Any) -> jax.Array:
-  flat = _smoothed_map(s, hp)
-  k = similarity.topk_count(flat.shape[1], hp.eval.topk_fraction)
+def _map_topk(s: ScoreInputs, step_config: Any) -> jax.Array:
+  flat = _smoothed_map(s, step_config)
+  k = similarity.topk_count(flat.shape[1], step_config.eval.topk_fraction)
   return jnp.mean(jax.lax.top_k(flat, k)[0], axis=1)
 
 
-register_score('map_mean', Score(lambda s, hp: jnp.mean(_smoothed_map(s, hp), axis=1),
-                                 uses_map=True))
-register_score('map_max', Score(lambda s, hp: jnp.max(_smoothed_map(s, hp), axis=1),
-                                uses_map=True))
+register_score('map_mean', Score(
+    lambda s, step_config: jnp.mean(_smoothed_map(s, step_config), axis=1), uses_map=True))
+register_score('map_max', Score(
+    lambda s, step_config: jnp.max(_smoothed_map(s, step_config), axis=1), uses_map=True))
 register_score('map_topk', Score(_map_topk, reads=frozenset({'eval.topk_fraction'}),
                                  uses_map=True))

@@ -2,8 +2,9 @@
 
 Kept short on purpose (as in the flax examples): parse flags, set up the process (`startup.py`), optionally
 initialise multi-host JAX (and check that every process runs the same config), log the topology, and
-hand over to `train.train_and_evaluate`. Multi-host settings (GANOMALY_DISTRIBUTED=1, then JAX's
-own detection or JAX_COORDINATOR_ADDRESS, ...) are described in `parallel.py`.
+hand the finished config (`checks.finished`) over to `train.train_and_evaluate`. Multi-host
+settings (GANOMALY_DISTRIBUTED=1, then JAX's own detection or JAX_COORDINATOR_ADDRESS, ...) are
+described in `parallel.py`.
 """
 
 import os
@@ -49,7 +50,8 @@ def main(argv):
   import jax
 
   from ganomaly_jax import train
-  from ganomaly_jax.runtime import parallel
+  from ganomaly_jax.config import checks
+  from ganomaly_jax.runtime import parallel, rundir
 
   workdir = _WORKDIR.value or os.path.join('runs', config.method)
   try:
@@ -63,9 +65,12 @@ def main(argv):
                       parallel.ENV_NUM_PROCESSES, parallel.ENV_PROCESS_ID, parallel.ENV_DISTRIBUTED)
     logging.info('JAX process %d / %d, local devices %s', jax.process_index(), jax.process_count(),
                  jax.local_devices())
+    # Resolved and validated once, after every --config override and after the distributed set-up
+    # (its architecture trace may start JAX's backend); everything below receives it as is.
+    config = checks.finished(config)
     parallel.check_same_config(config, workdir)
     train.train_and_evaluate(config, workdir)
-  except (ValueError, train.TrainingError) as e:  # config, data and workdir errors: one clear line
+  except (ValueError, rundir.TrainingError) as e:  # config, data and workdir errors: one clear line
     logging.error('%s', e)
     _fail(str(e))
 

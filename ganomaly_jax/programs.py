@@ -35,7 +35,7 @@ class Programs(NamedTuple):
   """Jitted functions of one config on one mesh (compiled on first call, or via `.lower`)."""
 
   components: state_lib.Components
-  hp: step_lib.StepConfig
+  step_config: step_lib.StepConfig
   init: Callable  # rng -> GanState, replicated over the mesh
   train_step: Callable  # (state, batch, rng) -> (state, metrics); donates the state
   eval_step: Callable  # (state, batch) -> scores and losses
@@ -56,7 +56,7 @@ class Programs(NamedTuple):
 # Config keys no program reads: the data (an argument), the seed (PRNG keys are arguments), the
 # loop's schedule and the run's bookkeeping. Runs that differ only here share their programs;
 # tests/test_program_cache.py checks that changing all of them leaves the lowered programs equal.
-PROGRAM_FREE_KEYS = ('method', 'mode', 'seed', 'restart', 'debug_kill_at_step', 'dataset',
+PROGRAM_FREE_KEYS = ('method', 'mode', 'seed', 'restart', 'dataset',
                      'train.num_steps', 'train.log_every', 'train.eval_every',
                      'train.checkpoint_every', 'train.image_every', 'train.keep_checkpoints',
                      'train.on_nonfinite', 'train.max_rollbacks', 'runtime.compile_cache_dir',
@@ -104,7 +104,8 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
     if key in _cache:
       _cache.move_to_end(key)
       return _cache[key]
-  progs = _build(config, mesh, state_lib.build_components(config))
+  # The components the architecture check traced (`state.trace`): the networks are built once.
+  progs = _build(config, mesh, state_lib.trace(config).components)
   with _cache_lock:
     progs = _cache.setdefault(key, progs)  # another thread may have built the same meanwhile
     _cache.move_to_end(key)
@@ -115,17 +116,18 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
 
 def _build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
            components: state_lib.Components) -> Programs:
-  hp = step_lib.StepConfig.from_config(config)
+  step_config = step_lib.StepConfig.from_config(config)
   repl, batch_sh = parallel.replicated(mesh), parallel.batch_sharding(mesh)
   fast = functools.partial(kernels.with_cpu_kernels, mode=config.runtime.cpu_kernels)
   init = jax.jit(functools.partial(state_lib.create_state, config, components), out_shardings=repl)
-  train_step = jax.jit(fast(functools.partial(step_lib.train_step, components=components, hp=hp)),
+  bound = dict(components=components, step_config=step_config)
+  train_step = jax.jit(fast(functools.partial(step_lib.train_step, **bound)),
                        in_shardings=(repl, batch_sh, repl), out_shardings=(repl, repl),
                        donate_argnums=0)
-  eval_step = jax.jit(fast(functools.partial(step_lib.eval_step, components=components, hp=hp)))
-  eval_maps = jax.jit(fast(functools.partial(step_lib.eval_step, components=components, hp=hp,
+  eval_step = jax.jit(fast(functools.partial(step_lib.eval_step, **bound)))
+  eval_maps = jax.jit(fast(functools.partial(step_lib.eval_step, **bound,
                                              with_maps=True)))
-  return Programs(components, hp, init, train_step, eval_step, eval_maps, {})
+  return Programs(components, step_config, init, train_step, eval_step, eval_maps, {})
 
 
 def readout_program(config: ml_collections.ConfigDict, progs: Programs,
@@ -139,6 +141,6 @@ def readout_program(config: ml_collections.ConfigDict, progs: Programs,
   if key not in progs.aot:
     fast = functools.partial(kernels.with_cpu_kernels, mode=config.runtime.cpu_kernels)
     progs.aot[key] = jax.jit(fast(functools.partial(
-        step_lib.eval_readouts, components=progs.components, hp=progs.hp,
+        step_lib.eval_readouts, components=progs.components, step_config=progs.step_config,
         readouts=tuple(readouts))))
   return progs.aot[key]

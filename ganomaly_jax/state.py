@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 from typing import Any, NamedTuple
 
 import flax
@@ -83,3 +85,63 @@ def create_state(config: ml_collections.ConfigDict, components: Components,
 def abstract_state(config: ml_collections.ConfigDict, components: Components) -> GanState:
   """Shapes and dtypes of the state without allocating or computing anything."""
   return jax.eval_shape(lambda: create_state(config, components, jax.random.key(0)))
+
+
+# Images per traced forward pass of `trace`: > 1, so that a flattened spatial remainder cannot pass
+# for the batch axis in the shape checks (config/checks.py).
+FORWARD_BATCH = 2
+
+
+class Traced(NamedTuple):
+  """A config's networks, built once and traced under `jax.eval_shape` (no compute, no compile).
+
+  The architecture check (`checks.check_architecture`), the programs (`programs.build`) and the
+  loop's shape-only work (the workdir and disk checks, the ahead-of-time compile) all read this one
+  trace, so the networks are built and traced once per architecture, not once per reader.
+
+  Attributes:
+    components: the modules and optimizers, as `build_components` gives them.
+    state: shapes and dtypes of `create_state`'s GanState (None when the trace failed).
+    outputs: shapes of (G's outputs, D's outputs) for FORWARD_BATCH images (None on failure).
+    error: why the trace failed (one line), or None.
+  """
+
+  components: Components
+  state: GanState | None
+  outputs: Any
+  error: str | None
+
+
+def trace(config: ml_collections.ConfigDict) -> Traced:
+  """The config's `Traced` networks; cached on what they depend on (model, optimizer, dtype and
+  the adversarial objective), so every later caller gets the same built components."""
+  return _trace(json.dumps({'model': config.model.to_dict(), 'optim': config.optim.to_dict(),
+                            'adversarial': config.loss.adversarial,
+                            'dtype': config.runtime.dtype}, sort_keys=True, default=list))
+
+
+@functools.lru_cache(maxsize=64)
+def _trace(key: str) -> Traced:
+  # Built from the key itself, so an equal key always gets an equal trace (the sections hold
+  # scalars only: JSON gives them back unchanged).
+  spec = json.loads(key)
+  config = ml_collections.ConfigDict({'model': spec['model'], 'optim': spec['optim'],
+                                      'loss': {'adversarial': spec['adversarial']},
+                                      'runtime': {'dtype': spec['dtype']}})
+  components = build_components(config)
+  image = jax.ShapeDtypeStruct(image_shape(config, FORWARD_BATCH), jnp.float32)
+
+  def init_and_forward(x):
+    state = create_state(config, components, jax.random.key(0))
+    g_out = components.generator.apply({'params': state.g_params, 'batch_stats': state.g_stats},
+                                       x, train=False)
+    d_out = components.discriminator.apply(
+        {'params': state.d_params, 'batch_stats': state.d_stats}, x, train=False)
+    return state, (g_out, d_out)
+
+  try:
+    state, outputs = jax.eval_shape(init_and_forward, image)
+  except Exception as e:  # a shape error anywhere in either network # pylint: disable=broad-except
+    text = str(e).strip().splitlines()
+    return Traced(components, None, None, f'{type(e).__name__}: {text[0] if text else ""}'[:200])
+  return Traced(components, state, outputs, None)

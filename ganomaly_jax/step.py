@@ -45,7 +45,8 @@ class FrozenSection:
 
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
-  """The config the step depends on, frozen (static under jit): `hp.loss.w_adv`, `hp.mask.kind`, ..."""
+  """The config the step depends on, frozen (static under jit): `step_config.loss.w_adv`,
+  `step_config.mask.kind`, ..."""
 
   model: FrozenSection
   loss: FrozenSection
@@ -61,7 +62,7 @@ class StepConfig:
     return cls(**sections, debug_nan_at_step=config.debug_nan_at_step)
 
   def with_eval(self, **changes: Any) -> 'StepConfig':
-    """This config with eval keys replaced: `hp.with_eval(score='map_max', map='l1')`."""
+    """This config with eval keys replaced: `step_config.with_eval(score='map_max', map='l1')`."""
     items = dict(self.eval.items)
     unknown = sorted(set(changes) - set(items))
     if unknown:
@@ -94,19 +95,20 @@ def _apply_d(components: Components, params, stats, x, train: bool, update_stats
   return components.discriminator.apply(variables, x, train=False), stats
 
 
-def reconstruct_for_training(components: Components, hp: StepConfig, g_params, g_stats,
+def reconstruct_for_training(components: Components, step_config: StepConfig, g_params, g_stats,
                              x: jax.Array, rng: jax.Array):
-  """Generator forward in train mode, with the method's masking (`masks.KINDS[hp.mask.kind]`).
+  """Generator forward in train mode, with the method's masking
+  (`masks.KINDS[step_config.mask.kind]`).
 
   Returns (outputs dict with 'recon' [and 'z', 'z_hat'], new G stats, per-pixel L1 weight or None).
   """
   mask_rng, drop_rng = jax.random.split(rng)
-  kind, m = masks.KINDS[hp.mask.kind], hp.mask
+  kind, m = masks.KINDS[step_config.mask.kind], step_config.mask
   if kind.train_on_combination:
     # Grid masks (the study's grid, RIAD): K complementary masks per image; all K masked copies go
     # through one G call and each pixel is taken from the copy where it was hidden, so every loss
     # term sees a reconstruction made entirely from context.
-    holes = kind.train_holes(mask_rng, x.shape[0], hp.model.isize, m)
+    holes = kind.train_holes(mask_rng, x.shape[0], step_config.model.isize, m)
     new_stats = {}
 
     def reconstruct(images):
@@ -119,24 +121,24 @@ def reconstruct_for_training(components: Components, hp: StepConfig, g_params, g
     out, g_stats = _apply_g(components, g_params, g_stats, x, True, drop_rng)
     return out, g_stats, None
   # square / stain: one random hole per image; the generator completes it from context.
-  hole = kind.train_holes(mask_rng, x.shape[0], hp.model.isize, m)
+  hole = kind.train_holes(mask_rng, x.shape[0], step_config.model.isize, m)
   out, g_stats = _apply_g(components, g_params, g_stats, masks.apply_mask(x, hole, m.fill), True,
                           drop_rng)
-  weight = 1.0 + (hp.loss.hole_weight - 1.0) * hole
+  weight = 1.0 + (step_config.loss.hole_weight - 1.0) * hole
   return out, g_stats, weight
 
 
-def _d_targets(hp: StepConfig, rng: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
+def _d_targets(step_config: StepConfig, rng: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
   """Discriminator targets: hard 1/0, optionally soft (U[0.9,1] / U[0,0.1]) and randomly flipped."""
   r_soft, f_soft, r_flip, f_flip = jax.random.split(rng, 4)
-  if hp.train.soft_labels:
+  if step_config.train.soft_labels:
     real = losses.soft_labels(r_soft, (n,), real=True)
     fake = losses.soft_labels(f_soft, (n,), real=False)
   else:
     real, fake = jnp.ones((n,)), jnp.zeros((n,))
-  if hp.train.label_flip_prob > 0:
-    real = losses.flip_labels(r_flip, real, hp.train.label_flip_prob)
-    fake = losses.flip_labels(f_flip, fake, hp.train.label_flip_prob)
+  if step_config.train.label_flip_prob > 0:
+    real = losses.flip_labels(r_flip, real, step_config.train.label_flip_prob)
+    fake = losses.flip_labels(f_flip, fake, step_config.train.label_flip_prob)
   return real, fake
 
 
@@ -144,9 +146,9 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(l)) for l in jax.tree.leaves(tree)]))
 
 
-def _d_inputs(hp: StepConfig, rng: jax.Array, real: jax.Array, fake: jax.Array):
+def _d_inputs(step_config: StepConfig, rng: jax.Array, real: jax.Array, fake: jax.Array):
   """D's inputs for training: instance noise on both passes when train.d_input_noise_std > 0."""
-  std = hp.train.d_input_noise_std
+  std = step_config.train.d_input_noise_std
   if std <= 0:
     return real, fake
   nr, nf = jax.random.split(rng)
@@ -165,27 +167,29 @@ def _adversarial_inputs(components: Components, d_params, d_stats, real_out, fak
       fake=fake, critic=critic, rng=rng)
 
 
-def _critic_updates(components: Components, hp: StepConfig, state: GanState, x: jax.Array,
+def _critic_updates(components: Components, step_config: StepConfig, state: GanState, x: jax.Array,
                     targets, rng: jax.Array) -> tuple[GanState, jax.Array]:
-  """`hp.loss.n_critic - 1` D-only updates on this batch (WGAN-GP); returns (state, all finite).
+  """`step_config.loss.n_critic - 1` D-only updates on this batch (WGAN-GP); returns (state, all
+  finite).
 
   They run before the joint step, against G's current reconstruction held fixed (G in train mode,
   its statistics not kept), each with its own gradient-penalty interpolates. The joint step then
   makes the n_critic-th critic update together with the generator's.
   """
-  adversarial = losses.ADVERSARIAL[hp.loss.adversarial]
+  adversarial = losses.ADVERSARIAL[step_config.loss.adversarial]
   recon_rng, loop_rng = jax.random.split(rng)
-  out, _, _ = reconstruct_for_training(components, hp, state.g_params, state.g_stats, x, recon_rng)
+  out, _, _ = reconstruct_for_training(components, step_config, state.g_params, state.g_stats, x,
+                                       recon_rng)
   fake = jax.lax.stop_gradient(out['recon'])
 
   def critic_loss(d_params, d_stats, step_rng):
     noise_rng, gp_rng = jax.random.split(step_rng)
-    real_in, fake_in = _d_inputs(hp, noise_rng, x, fake)
+    real_in, fake_in = _d_inputs(step_config, noise_rng, x, fake)
     real_out, new_stats = _apply_d(components, d_params, d_stats, real_in, True)
     fake_out, new_stats = _apply_d(components, d_params, new_stats, fake_in, True)
     inputs = _adversarial_inputs(components, d_params, d_stats, real_out, fake_out, targets, x,
                                  fake, gp_rng)
-    return adversarial.discriminator_loss(inputs, hp), new_stats
+    return adversarial.discriminator_loss(inputs, step_config), new_stats
 
   def update(i, carry):
     d_params, d_opt, d_stats, finite = carry
@@ -196,20 +200,22 @@ def _critic_updates(components: Components, hp: StepConfig, state: GanState, x: 
             finite & _all_finite((loss, grads)))
 
   d_params, d_opt, d_stats, finite = jax.lax.fori_loop(
-      0, hp.loss.n_critic - 1, update,
+      0, step_config.loss.n_critic - 1, update,
       (state.d_params, state.d_opt, state.d_stats, jnp.asarray(True)))
   return state.replace(d_params=d_params, d_opt=d_opt, d_stats=d_stats), finite
 
 
 def train_step(state: GanState, batch: dict[str, jax.Array], rng: jax.Array, *,
-               components: Components, hp: StepConfig) -> tuple[GanState, dict[str, jax.Array]]:
+               components: Components,
+               step_config: StepConfig) -> tuple[GanState, dict[str, jax.Array]]:
   """One G update and one D update from a shared forward pass; returns (new state, metrics).
 
   G's loss is eq. 3.1, w_adv L_adv + w_con L_con + w_enc L_enc: L_adv from the adversarial
-  objective `losses.ADVERSARIAL[hp.loss.adversarial]` (eq. 3.2 feature matching, eq. 3.7 BCE, or
-  WGAN-GP; loss.adv_extra adds eq. 3.6's term), L_con eq. 3.3, L_enc the generator's latent term
-  (`models.GENERATORS[...]`: eq. 3.4 for GANomaly, D's latent features for SkipGANomaly). D's loss
-  is the objective's (eq. 3.5 / 3.8) plus, with loss.latent_in_d, the latent term of eq. 3.8.
+  objective `losses.ADVERSARIAL[step_config.loss.adversarial]` (eq. 3.2 feature matching, eq. 3.7
+  BCE, or WGAN-GP; loss.adv_extra adds eq. 3.6's term), L_con eq. 3.3, L_enc the generator's
+  latent term (`models.GENERATORS[...]`: eq. 3.4 for GANomaly, D's latent features for
+  SkipGANomaly). D's loss is the objective's (eq. 3.5 / 3.8) plus, with loss.latent_in_d, the
+  latent term of eq. 3.8.
   See docs/methods.md#ganomaly and docs/methods.md#skip_ganomaly.
 
   With `loss.n_critic` > 1 the critic first takes n_critic - 1 updates of its own.
@@ -218,22 +224,23 @@ def train_step(state: GanState, batch: dict[str, jax.Array], rng: jax.Array, *,
   `skipped_steps`), so a single bad batch never poisons the parameters; the loop decides whether to
   stop or continue from the metrics it already fetches for logging.
   """
-  adversarial = losses.ADVERSARIAL[hp.loss.adversarial]
-  generator = models.GENERATORS[hp.model.generator]
-  w = hp.loss
+  adversarial = losses.ADVERSARIAL[step_config.loss.adversarial]
+  generator = models.GENERATORS[step_config.model.generator]
+  w = step_config.loss
   x = batch['image']
   n = x.shape[0]
   g_rng, noise_rng, label_rng, gp_rng, reinit_rng = jax.random.split(rng, 5)
-  targets = _d_targets(hp, label_rng, n)
+  targets = _d_targets(step_config, label_rng, n)
   original, critic_finite = state, jnp.asarray(True)
   if w.n_critic > 1:  # the critic takes extra steps before the joint one
-    state, critic_finite = _critic_updates(components, hp, state, x, targets,
+    state, critic_finite = _critic_updates(components, step_config, state, x, targets,
                                            jax.random.fold_in(rng, 1))
 
   def forward(g_params, d_params):
-    out, g_stats, weight = reconstruct_for_training(components, hp, g_params, state.g_stats, x, g_rng)
+    out, g_stats, weight = reconstruct_for_training(components, step_config, g_params,
+                                                    state.g_stats, x, g_rng)
     recon = out['recon']
-    d_real_in, d_fake_in = _d_inputs(hp, noise_rng, x, recon)
+    d_real_in, d_fake_in = _d_inputs(step_config, noise_rng, x, recon)
     real_out, d_stats = _apply_d(components, d_params, state.d_stats, d_real_in, True)
     fake_out, d_stats = _apply_d(components, d_params, d_stats, d_fake_in, True)
     (real_logits, real_feat), (fake_logits, fake_feat) = real_out, fake_out
@@ -241,7 +248,7 @@ def train_step(state: GanState, batch: dict[str, jax.Array], rng: jax.Array, *,
                                  x, jax.lax.stop_gradient(recon), gp_rng)
 
     # ---- Generator loss, eq. 3.1. ----
-    g_adv = adversarial.generator_loss(inputs, hp)
+    g_adv = adversarial.generator_loss(inputs, step_config)
     if w.adv_extra:  # eq. 3.6, non-saturating form
       g_adv = g_adv + losses.generator_bce(fake_logits)
     g_con = losses.RECONSTRUCTION[w.reconstruction](x, recon, weight)  # eq. 3.3 (RIAD: L2)
@@ -251,15 +258,16 @@ def train_step(state: GanState, batch: dict[str, jax.Array], rng: jax.Array, *,
     g_loss = w.w_adv * g_adv + w.w_con * g_con + g_struct + w.w_enc * g_lat
 
     # ---- Discriminator loss (eq. 3.5; SkipGANomaly eq. 3.8 with the latent term). ----
-    d_loss = adversarial.discriminator_loss(inputs, hp)
+    d_loss = adversarial.discriminator_loss(inputs, step_config)
     if w.latent_in_d:
       d_loss = d_loss + w.w_enc * losses.feature_matching(real_feat, fake_feat)
-    if hp.debug_nan_at_step >= 0:
+    if step_config.debug_nan_at_step >= 0:
       # Steps are counted from 1 (the step number after the update), as in the loop and logs.
-      g_loss = g_loss + jnp.where(state.step + 1 == hp.debug_nan_at_step, jnp.nan, 0.0)
+      g_loss = g_loss + jnp.where(state.step + 1 == step_config.debug_nan_at_step, jnp.nan, 0.0)
 
     metrics = {'g_loss': g_loss, 'g_con': g_con, 'g_lat': g_lat, **g_struct_terms}
-    if models.DISCRIMINATORS[hp.model.discriminator].present:  # else no D: nothing to report
+    # Else no D: nothing to report.
+    if models.DISCRIMINATORS[step_config.model.discriminator].present:
       metrics.update({'g_adv': g_adv, 'd_loss': d_loss,
                       'd_real': jnp.mean(jax.nn.sigmoid(real_logits)),
                       'd_fake': jnp.mean(jax.nn.sigmoid(fake_logits))})
@@ -277,9 +285,9 @@ def train_step(state: GanState, batch: dict[str, jax.Array], rng: jax.Array, *,
   d_params = optax.apply_updates(state.d_params, d_updates)
 
   reinit = jnp.asarray(False)
-  if hp.train.d_reinit_threshold > 0:
+  if step_config.train.d_reinit_threshold > 0:
     # Reference rule: a discriminator that wins outright (loss below the threshold) is restarted.
-    reinit = d_loss < hp.train.d_reinit_threshold
+    reinit = d_loss < step_config.train.d_reinit_threshold
 
     def fresh_d(_):
       params, stats = init_discriminator(components, reinit_rng, (1,) + x.shape[1:])
@@ -289,7 +297,7 @@ def train_step(state: GanState, batch: dict[str, jax.Array], rng: jax.Array, *,
                                             None)
 
   finite = _all_finite((g_loss, d_loss, g_grads, d_grads)) & critic_finite
-  limit = hp.train.loss_limit
+  limit = step_config.train.loss_limit
   if limit > 0:  # an exploding loss is divergence too, even while still finite
     finite &= (jnp.abs(g_loss) < limit) & (jnp.abs(d_loss) < limit)
   candidate = state.replace(
@@ -302,8 +310,9 @@ def train_step(state: GanState, batch: dict[str, jax.Array], rng: jax.Array, *,
   return new_state, metrics
 
 
-def reconstruct_for_eval(components: Components, hp: StepConfig, state: GanState, x: jax.Array,
-                         rng: jax.Array | None = None, stochastic: bool = False) -> dict:
+def reconstruct_for_eval(components: Components, step_config: StepConfig, state: GanState,
+                         x: jax.Array, rng: jax.Array | None = None,
+                         stochastic: bool = False) -> dict:
   """Generator forward in eval mode (BatchNorm running statistics).
 
   Masked methods reconstruct every region from its context: the holes of each tiling of the mask
@@ -317,22 +326,22 @@ def reconstruct_for_eval(components: Components, hp: StepConfig, state: GanState
     out, _ = _apply_g(components, state.g_params, state.g_stats, images, False, rng, stochastic)
     return out
 
-  kind, m = masks.KINDS[hp.mask.kind], hp.mask
+  kind, m = masks.KINDS[step_config.mask.kind], step_config.mask
   if kind.eval_holes is None:
     return run(x)
-  tilings = kind.eval_holes(hp.model.isize, m)
+  tilings = kind.eval_holes(step_config.model.isize, m)
   recons = masks.combine_tilings(lambda imgs: run(imgs)['recon'], x, tilings, m.fill)
   if recons.shape[0] == 1:
     return {'recon': recons[0]}
   return {'recon': jnp.mean(recons, axis=0), 'recons': recons}
 
 
-def score_inputs(components: Components, hp: StepConfig, state: GanState,
+def score_inputs(components: Components, step_config: StepConfig, state: GanState,
                  x: jax.Array) -> losses.ScoreInputs:
   """What a registered score sees of a batch: x, the eval-mode reconstruction(s), D in eval mode."""
   discriminator = lambda images: _apply_d(components, state.d_params, state.d_stats, images,
                                           False)[0]
-  return losses.ScoreInputs(x=x, outputs=reconstruct_for_eval(components, hp, state, x),
+  return losses.ScoreInputs(x=x, outputs=reconstruct_for_eval(components, step_config, state, x),
                             discriminator=discriminator)
 
 
@@ -341,20 +350,21 @@ def _l1(x: jax.Array, recon: jax.Array) -> jax.Array:
 
 
 def eval_step(state: GanState, batch: dict[str, jax.Array], *, components: Components,
-              hp: StepConfig, with_maps: bool = False) -> dict[str, jax.Array]:
+              step_config: StepConfig, with_maps: bool = False) -> dict[str, jax.Array]:
   """Per-image raw anomaly scores (not yet normalised) and reconstruction L1, in eval mode.
 
-  The score is `losses.SCORES[hp.eval.score]` (eq. 6.1 for SkipGANomaly); D runs in eval mode.
+  The score is `losses.SCORES[step_config.eval.score]` (eq. 6.1 for SkipGANomaly); D runs in eval
+  mode.
   With maps, 'map' is the `eval.map` pixel map (`losses.anomaly_map`), not yet smoothed.
   """
   x = batch['image']
-  inputs = score_inputs(components, hp, state, x)
+  inputs = score_inputs(components, step_config, state, x)
   recon = inputs.outputs['recon']
   result: dict[str, Any] = {'l1': _l1(x, recon)}
-  result['score'] = losses.SCORES[hp.eval.score].fn(inputs, hp)
+  result['score'] = losses.SCORES[step_config.eval.score].fn(inputs, step_config)
   if with_maps:
     result['recon'] = recon
-    result['map'] = losses.anomaly_map(x, inputs.outputs, hp.eval.map)
+    result['map'] = losses.anomaly_map(x, inputs.outputs, step_config.eval.map)
   return result
 
 
@@ -365,21 +375,23 @@ def readout_key(score: str, map_name: str) -> str:
 
 
 def eval_readouts(state: GanState, batch: dict[str, jax.Array], *, components: Components,
-                  hp: StepConfig, readouts: tuple[tuple[str, str], ...]) -> dict[str, jax.Array]:
+                  step_config: StepConfig,
+                  readouts: tuple[tuple[str, str], ...]) -> dict[str, jax.Array]:
   """Every read-out (eval.score, eval.map) of `readouts` from one eval-mode reconstruction.
 
   For eval.readout=auto (evaluation/readout.py): one program instead of one per candidate. Returns
   'l1' and 'recon' as `eval_step`, each read-out's raw score under `readout_key` (a score that does
   not use the map is computed once) and each named map, unsmoothed, under 'map/<map>'. Every other
-  eval key (smooth_sigma, score_lambda, topk_fraction) is `hp`'s.
+  eval key (smooth_sigma, score_lambda, topk_fraction) is `step_config`'s.
   """
   x = batch['image']
-  inputs = score_inputs(components, hp, state, x)
+  inputs = score_inputs(components, step_config, state, x)
   result: dict[str, Any] = {'l1': _l1(x, inputs.outputs['recon']), 'recon': inputs.outputs['recon']}
   for score, map_name in readouts:
     key = readout_key(score, map_name)
     if key not in result:
-      result[key] = losses.SCORES[score].fn(inputs, hp.with_eval(score=score, map=map_name))
+      readout_config = step_config.with_eval(score=score, map=map_name)
+      result[key] = losses.SCORES[score].fn(inputs, readout_config)
     if f'map/{map_name}' not in result:
       result[f'map/{map_name}'] = losses.anomaly_map(x, inputs.outputs, map_name)
   return result

@@ -1,7 +1,8 @@
 """Training loop and final evaluation: `train_and_evaluate(config, workdir)`.
 
-The run directory (file names, JSON, curves, the finished rule, restarts, the architecture check)
-belongs to `rundir`; this module trains. A workdir may be local or `gs://bucket/run`.
+The config arrives finished (`checks.finished`: resolved and validated by the entry point). The run
+directory (file names, JSON, curves, the finished rule, restarts, the architecture check) belongs to
+`rundir`, its disk space to `disk`; this module trains. A workdir may be local or `gs://bucket/run`.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ import contextlib
 import dataclasses
 import functools
 import json
-import os
-import signal
 import time
 from typing import Any, Callable, Sequence
 
@@ -23,49 +22,47 @@ import ml_collections
 import numpy as np
 
 from ganomaly_jax import programs
-from ganomaly_jax.config import schema
-from ganomaly_jax.runtime import checkpoint, parallel
-from ganomaly_jax.evaluation import evaluator, plots, readout
 from ganomaly_jax import state as state_lib
-from ganomaly_jax.config import checks
-from ganomaly_jax.runtime import preemption, rundir, timing
+from ganomaly_jax.config import schema
 from ganomaly_jax.cpu import host_memory
 from ganomaly_jax.data import pipeline, sources
+from ganomaly_jax.evaluation import evaluator, readout
+from ganomaly_jax.runtime import checkpoint, disk, parallel, preemption, rundir, timing
 
-# Kept here for the callers that catch it as train's error (main, sweep, benchmark).
-TrainingError = rundir.TrainingError
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        devices: Sequence[jax.Device] | None = None) -> dict[str, Any]:
   """Trains (or resumes) the configured method in `workdir`, then evaluates on the test split.
 
-  The run's data-parallel mesh spans `devices` (default: every device of every process); a queue
-  that runs several runs at once gives each its own devices.
+  `config` is finished (`checks.finished`: resolved and validated) and is used as it is. The
+  run's data-parallel mesh spans `devices` (default: every device of every process); a queue that
+  runs several runs at once gives each its own devices.
 
   Returns the results dict that is also written to `workdir/results.json`, with the wall and CPU
   seconds of the run's phases under `phase_seconds` (`timing`).
 
   Raises:
-    TrainingError: one line: another run holds the workdir, the disk is full, divergence, ...
+    ValueError: the config is not finished (an AUTO key left: call `checks.finished` first).
+    rundir.TrainingError: one line: another run holds the workdir, the disk is full, divergence, ...
   """
-  # Dataset-dependent keys are filled only now, after every --config override (schema.resolve).
-  config = schema.resolve(config)
-  checks.validate_config(config)
+  # Resolving and validating is the entry point's job (checks.finished), done once; this only
+  # refuses a config that skipped it, whose AUTO zeros would otherwise fail far from the cause.
+  left = schema.unresolved(config)
+  if left:
+    raise ValueError(f'train_and_evaluate needs a finished config: {", ".join(left)} still AUTO; '
+                     'pass it through ganomaly_jax.config.checks.finished(config) first.')
   # One run per workdir, claimed before anything there is read or written (rundir.WorkdirLock).
   lock = rundir.WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
   with lock:
     try:
       return _train_and_evaluate(config, workdir, devices)
     except Exception as e:
-      full = rundir.disk_full(e)
+      full = disk.out_of_space(e, workdir, state_lib.trace(config).state,
+                               config.train.keep_checkpoints)
       if full is None:
         raise
-      raise TrainingError(
-          f'no space left on the device of {getattr(full, "filename", None) or workdir} '
-          f'({rundir.megabytes(rundir.free_bytes(workdir) or 0)} free; a run here needs about '
-          f'{rundir.megabytes(_space_needed(config, workdir))}): free space and run the same '
-          'command to resume from the last good checkpoint.') from e
+      raise full from e
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -76,8 +73,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     logging.info('%s is finished (%d steps); results: %s', workdir, previous['steps'],
                  json.dumps(previous, sort_keys=True))
     return previous
-  if config.mode == 'train':
-    _check_free_space(config, workdir)
+  if config.mode == 'train':  # the networks' one trace gives the checkpoint size (state.trace)
+    disk.check_free_space(workdir, state_lib.trace(config).state, config.train.keep_checkpoints)
   with timing.record() as phases:
     with timing.phase('setup'):  # what no other phase claims: mesh, state, restore, writer
       results = _run(config, workdir, previous, devices)
@@ -112,7 +109,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str, previous: dict[str, An
   # ---------------- Create model & optimizer ----------------
   progs = programs.build(config, mesh)
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
-  state_shapes = jax.eval_shape(progs.init, init_rng)
+  # The shapes of `progs.init`'s state, from the trace the architecture check made (no new one).
+  state_shapes = state_lib.trace(config).state
 
   # ---------------- Check the workdir, compile, initialise ----------------
   store = checkpoint.CheckpointStore(workdir, keep=t.keep_checkpoints)
@@ -167,22 +165,21 @@ def _run(config: ml_collections.ConfigDict, workdir: str, previous: dict[str, An
         _log_train_metrics(fetched, step, writer, workdir, t.d_reinit_threshold, is_chief)
 
       if step % t.eval_every == 0 or step % t.checkpoint_every == 0 or step == num_steps:
-        _check_space_to_save(workdir, state_shapes, store, step)  # before orbax meets a full disk
+        # Before orbax meets a full disk.
+        disk.check_free_space(workdir, state_shapes, t.keep_checkpoints, store, step)
       if step % t.eval_every == 0 or step == num_steps:
         with _loop_phase('validation', state):
           _validate(config, progs.eval_step, state, splits.val, mesh, store, writer, step)
       if t.image_every > 0 and (step % t.image_every == 0 or step == num_steps):
         with _loop_phase('pictures', state):
-          grid = image_grid(progs.eval_maps, state, splits.test, mesh, config.eval.batch_size,
-                            config.eval.num_images)
-          writer.write_images(step, {'test/input_recon_map': grid[None]})
+          pictures = evaluator.first_pictures(progs.eval_maps, state, splits.test, mesh,
+                                              config.eval.batch_size, config.eval.num_images)
+          writer.write_images(step, {'test/input_recon_map': evaluator.image_grid(pictures)[None]})
 
       saved_now = False
       if step % t.checkpoint_every == 0 or step == num_steps:
         with _loop_phase('checkpoints', state):
           saved_now = store.save(step, state, train_iter, force=(step == num_steps))
-      if step == config.debug_kill_at_step:  # test hook: die with no chance to save anything
-        os.kill(os.getpid(), signal.SIGKILL)
       if step < num_steps and stop.should_stop(step):
         if not saved_now:  # a checkpoint of this very step may already be on its way
           store.save(step, state, train_iter, force=True)
@@ -222,60 +219,6 @@ def _prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict[st
   return rundir.read_results(workdir)
 
 
-# Besides checkpoints, a run writes pictures, TensorBoard events and small JSON files.
-_OTHER_OUTPUT_BYTES = 2**20
-# Orbax's per-checkpoint metadata (tree structure, sharding) beside the arrays.
-_CHECKPOINT_OVERHEAD_BYTES = 128 * 2**10
-
-
-def _checkpoint_bytes(state_shapes: Any) -> int:
-  """About what one checkpoint of a state of these shapes takes on disk."""
-  return sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(state_shapes)
-             if hasattr(x, 'shape')) + _CHECKPOINT_OVERHEAD_BYTES
-
-
-def _space_needed(config: ml_collections.ConfigDict, workdir: str) -> int:
-  """Bytes a run still needs on its workdir's disk: the latest checkpoints it keeps, one more being
-  written, the best one, and its other outputs, less the checkpoints already there."""
-  one = _checkpoint_bytes(state_lib.abstract_state(config, state_lib.build_components(config)))
-  total = (config.train.keep_checkpoints + 2) * one + _OTHER_OUTPUT_BYTES
-  have = (rundir.used_bytes(rundir.path(workdir, rundir.CHECKPOINTS))
-          + rundir.used_bytes(rundir.path(workdir, rundir.BEST)))
-  return max(total - have, 2 * one)
-
-
-def _check_free_space(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Stops with one line, before anything is written, when the workdir's disk cannot hold the run
-  (local disks; a full disk later in the run is turned into one line by `train_and_evaluate`)."""
-  free = rundir.free_bytes(workdir)
-  if free is None:
-    return
-  needed = _space_needed(config, workdir)
-  if free < needed:
-    raise TrainingError(
-        f'not enough space for {rundir.path(workdir)}: {rundir.megabytes(free)} free on its file '
-        f'system, the run needs about {rundir.megabytes(needed)} (train.keep_checkpoints='
-        f'{config.train.keep_checkpoints} checkpoints, one being written, the best one, pictures); '
-        'free space or use another --workdir.')
-
-
-def _check_space_to_save(workdir: str, state_shapes: Any, store: checkpoint.CheckpointStore,
-                         step: int) -> None:
-  """Stops with one line when the disk filled up during the run, before a save would fail inside
-  orbax's background threads (each logging its own traceback). Single-process runs on local disks:
-  processes of a multi-host run could see different free space and stop at different steps."""
-  if jax.process_count() > 1:
-    return
-  free = rundir.free_bytes(workdir)
-  needed = 2 * _checkpoint_bytes(state_shapes) + _OTHER_OUTPUT_BYTES  # latest and best, pictures
-  if free is not None and free < needed:
-    store.wait()
-    raise TrainingError(
-        f'the disk of {rundir.path(workdir)} is full ({rundir.megabytes(free)} free, the checkpoint '
-        f'of step {step} needs about {rundir.megabytes(needed)}); the last good checkpoint (step '
-        f'{store.latest_step()}) is kept: free space and run the same command to resume.')
-
-
 def _load_splits(config: ml_collections.ConfigDict, workdir: str, is_chief: bool):
   """The data splits; what the pipeline skipped or counted goes to data_report.json."""
   splits = sources.load_splits(config)
@@ -305,7 +248,7 @@ def _check_process_count(store: checkpoint.CheckpointStore, workdir: str) -> Non
   """
   saved = store.saved_process_count()
   if saved is not None and saved != jax.process_count():
-    raise TrainingError(
+    raise rundir.TrainingError(
         f'{workdir} was checkpointed by {saved} processes and this run has {jax.process_count()}: '
         f'each process saved its own position in the data, so resume training with {saved} '
         'processes (mode=eval runs with any count), or use --config.restart=True to start over.')
@@ -334,7 +277,7 @@ def _restore(config: ml_collections.ConfigDict, store: checkpoint.CheckpointStor
   restored = store.restore_latest(state, train_iter if config.mode == 'train' else None,
                                   set_aside=is_chief)
   if config.mode == 'eval' and restored is None:
-    raise TrainingError(f'mode=eval: {workdir} has no checkpoint to evaluate.')
+    raise rundir.TrainingError(f'mode=eval: {workdir} has no checkpoint to evaluate.')
   step = 0 if restored is None else int(restored[0].step)
   if config.mode == 'train' and is_chief:
     # Rows past the restored step (a kill after logging them) are trained and logged again.
@@ -400,7 +343,7 @@ class Rollback:
       last = self.store.latest_step()
       kept = (f'The last checkpoint (step {last}) is intact' if last is not None
               else 'No checkpoint was written yet')
-      raise TrainingError(f'Divergence at step {bad_step} ({what}); {reason}. {kept}; the '
+      raise rundir.TrainingError(f'Divergence at step {bad_step} ({what}); {reason}. {kept}; the '
                           'diverged update was not applied.')
     restored = self.store.restore_latest(state, train_iter, set_aside=jax.process_index() == 0)
     self.count += 1
@@ -444,14 +387,6 @@ def _validate(config: ml_collections.ConfigDict, eval_fn, state: Any, source, me
     store.save_best(step, state, val_loss)
 
 
-def image_grid(eval_fn, state, source, mesh, batch_size: int, n: int) -> np.ndarray:
-  """input | reconstruction | anomaly map for the first n images of a split (all processes join)."""
-  out = evaluator.run_eval(eval_fn, state, source, mesh, batch_size, keys=('recon', 'map'), limit=n)
-  rows = [[pipeline.to_float(source[i]['image']), out['recon'][i], out['map'][i]]
-          for i in range(len(out['label']))]
-  return plots.image_grid(rows)
-
-
 # ---------------------------------------------------------------------------------------------
 # Final evaluation.
 # ---------------------------------------------------------------------------------------------
@@ -477,8 +412,7 @@ def final_evaluation(config: ml_collections.ConfigDict, workdir: str, state: Any
               'd_reinits': int(jax.device_get(state.d_reinits)),
               'skipped_steps': int(jax.device_get(state.skipped_steps)), 'readout': chosen.record}
   with timing.phase('test'):
-    results = evaluator.evaluate_and_report(
-        chosen.config, workdir, state, progs.components, chosen.hp, splits, mesh, writer, run_info,
-        rundir.read_curves(workdir), eval_maps_fn=chosen.eval_maps)
+    results = evaluator.evaluate_and_report(chosen, progs.components, state, splits, mesh,
+                                            evaluator.Report(workdir, writer), run_info)
     writer.flush()
   return results

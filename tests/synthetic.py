@@ -173,12 +173,14 @@ class TrainedRun:
 
 
 def quick_masked_config(dataset_name: str, spec: str = QUICK_MASKED, **overrides):
-  """The quick masked config on `dataset_name`, with dotted-key overrides ('eval.fid'=...)."""
-  from ganomaly_jax.config import arguments  # lazy: keeps `import synthetic` light for data-only users
+  """The quick masked config on `dataset_name`, with dotted-key overrides ('eval.fid'=...),
+  finished (`checks.finished`) as an entry point finishes it."""
+  # Lazy: keeps `import synthetic` light for data-only users.
+  from ganomaly_jax.config import arguments, checks
   from ganomaly_jax.experiments import sweep
 
-  return sweep.apply_overrides(arguments.load_config(f'{REPO / spec},dataset={dataset_name}'),
-                               overrides)
+  return checks.finished(sweep.apply_overrides(
+      arguments.load_config(f'{REPO / spec},dataset={dataset_name}'), overrides))
 
 
 def train_quick_masked_run(root: str | os.PathLike, **overrides) -> TrainedRun:

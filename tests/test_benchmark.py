@@ -7,7 +7,6 @@ import sys
 
 import pytest
 
-from ganomaly_jax import train
 from ganomaly_jax.config import schema
 from ganomaly_jax.runtime import rundir
 from ganomaly_jax.experiments import benchmark, suites, tables
@@ -260,7 +259,7 @@ def test_finished_runs_are_skipped_and_failures_retried(tmp_path, monkeypatch):
   def flaky(config, workdir):
     calls.append(workdir)
     if config.method == 'grid_mask' and config.seed == 1:
-      raise train.TrainingError('Divergence at step 1 (non-finite g_loss); stopping.')
+      raise rundir.TrainingError('Divergence at step 1 (non-finite g_loss); stopping.')
     return fake_train(config, workdir)
 
   records = benchmark.run_benchmark(suite, root, train_fn=flaky)

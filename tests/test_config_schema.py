@@ -8,7 +8,7 @@ from ml_collections import config_flags
 import numpy as np
 import pytest
 
-from ganomaly_jax.config import arguments, param_count, schema
+from ganomaly_jax.config import arguments, checks, param_count, schema
 from ganomaly_jax.experiments import sweep
 from helpers import REPO
 
@@ -28,7 +28,7 @@ def from_flags(*argv: str):
   flag = config_flags.DEFINE_config_file('config', None, 'config', flag_values=values,
                                          lock_config=True, sys_argv=argv)
   values(argv)
-  return schema.resolve(flag.value)
+  return checks.finished(flag.value)  # as the entry points finish a --config
 
 
 def test_flag_override_of_the_dataset_gives_the_argument_string_config():
@@ -39,7 +39,7 @@ def test_flag_override_of_the_dataset_gives_the_argument_string_config():
   # The study's widths and run length, not the embedded digits' 16x16 / 32-wide / 1000 steps.
   assert (by_flag.model.isize, by_flag.model.ngf, by_flag.model.ndf) == (32, 64, 64)
   assert (by_flag.train.num_steps, by_flag.train.eval_every) == (3000, 500)
-  # And the networks the consumers build agree (summary resolves the flag config itself).
+  # And the networks the consumers build agree.
   assert param_count.count_parameters(by_flag) == param_count.count_parameters(by_arg)
 
 
@@ -64,8 +64,8 @@ def test_sweep_override_of_the_dataset_gets_that_datasets_presets(tmp_path):
   assert runs['dataset.name-mnist'].to_dict() == load('dataset=mnist').to_dict()
   assert runs['dataset.name-cifar10'].model.channels == 3
   # Applying the override by hand and resolving gives the same as the argument string.
-  by_override = schema.resolve(sweep.apply_overrides(
-      arguments.load_config(GANOMALY, resolved=False), {'dataset.name': 'mnist'}))
+  by_override = checks.finished(sweep.apply_overrides(
+      arguments.load_config(GANOMALY, finish=False), {'dataset.name': 'mnist'}))
   assert by_override.to_dict() == load('dataset=mnist').to_dict()
 
 
@@ -103,7 +103,7 @@ def test_cifar10_trains_rgb_unless_channels_are_set():
 
 
 def test_resolve_is_pure_idempotent_and_keeps_explicit_values():
-  raw = arguments.load_config(f'{GANOMALY}:dataset=mnist,steps=500,isize=64', resolved=False)
+  raw = arguments.load_config(f'{GANOMALY}:dataset=mnist,steps=500,isize=64', finish=False)
   before = raw.to_dict()
   once = schema.resolve(raw)
   assert raw.to_dict() == before and raw.model.ngf == schema.AUTO  # argument untouched
@@ -111,7 +111,7 @@ def test_resolve_is_pure_idempotent_and_keeps_explicit_values():
   assert (once.train.num_steps, once.model.isize, once.train.eval_every) == (500, 64, 500)
   assert once.is_locked  # unknown keys still fail after resolving
   with pytest.raises(ValueError, match='dataset.name'):
-    schema.resolve(arguments.load_config(f'{GANOMALY}:dataset=imagenet', resolved=False))
+    schema.resolve(arguments.load_config(f'{GANOMALY}:dataset=imagenet', finish=False))
 
 
 def test_flatten_is_dotted_leaves():

@@ -176,16 +176,17 @@ def test_mc_dropout_variance_matches_sample_loop(masked_run):
   """uncertainty.mc_dropout's running variance equals the variance of N separate reconstructions."""
   config, _ = finished_run.load_run(str(masked_run.workdir))
   components, state, _, _ = finished_run.restore_state(config, str(masked_run.workdir))
-  hp = step_lib.StepConfig.from_config(config)
+  step_config = step_lib.StepConfig.from_config(config)
   x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3), minval=-1, maxval=1)
   rng = jax.random.key(2)
   keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(np.arange(3))
 
   @jax.jit
   def both(state, x):  # one compilation: the scan under test and N independent reconstructions
-    one = lambda k: step_lib.reconstruct_for_eval(components, hp, state, x, rng=k,
+    one = lambda k: step_lib.reconstruct_for_eval(components, step_config, state, x, rng=k,
                                                   stochastic=True)['recon']
-    mc = uncertainty.mc_dropout(state, x, rng, components=components, hp=hp, num_samples=3)
+    mc = uncertainty.mc_dropout(state, x, rng, components=components,
+                                step_config=step_config, num_samples=3)
     return mc, jax.vmap(one)(keys)
 
   out, samples = both(state, x)
@@ -196,7 +197,8 @@ def test_mc_dropout_variance_matches_sample_loop(masked_run):
   np.testing.assert_allclose(np.asarray(out['mc_mean']), samples.mean(axis=0), atol=1e-5)
   assert float(np.min(out['mc_score'])) > 0  # dropout really perturbs the reconstructions
   with pytest.raises(ValueError, match='at least 2'):
-    uncertainty.mc_dropout(state, x, rng, components=components, hp=hp, num_samples=1)
+    uncertainty.mc_dropout(state, x, rng, components=components, step_config=step_config,
+                           num_samples=1)
 
 
 # --- Image metrics: the deployable threshold and the oracle F1, against scikit-learn ---------------

@@ -27,7 +27,7 @@ import pytest
 
 import synthetic
 from ganomaly_jax import train
-from ganomaly_jax.runtime import checkpoint, rundir
+from ganomaly_jax.runtime import checkpoint, disk, rundir
 from helpers import browser
 from test_reliability import REPO, TINY, run_main, tiny_config
 
@@ -181,8 +181,8 @@ def test_a_disk_filled_by_someone_else_stops_the_run_with_one_line(eight_megabyt
 
 
 def test_free_space_is_checked_before_anything_is_written(tmp_path, monkeypatch):
-  monkeypatch.setattr(rundir, 'free_bytes', lambda workdir: 10**6)
-  with pytest.raises(train.TrainingError, match=r'not enough space for .*run: 1\.0 MB free.*needs '
+  monkeypatch.setattr(disk, 'free_bytes', lambda workdir: 10**6)
+  with pytest.raises(rundir.TrainingError, match=r'not enough space for .*run: 1\.0 MB free.*needs '
                                                 r'about \d+\.\d MB') as info:
     train.train_and_evaluate(tiny_config(), str(tmp_path / 'run'))
   assert '\n' not in str(info.value)
@@ -201,7 +201,7 @@ def test_a_disk_that_fills_during_the_run_stops_with_one_line_and_resumes(tmp_pa
     append(workdir_, step, summary)
 
   monkeypatch.setattr(rundir, 'append_curves', full_at_step_4)
-  with pytest.raises(train.TrainingError) as info:
+  with pytest.raises(rundir.TrainingError) as info:
     train.train_and_evaluate(config, workdir)
   message = str(info.value)
   assert '\n' not in message and 'no space left on the device of' in message

@@ -85,8 +85,8 @@ def test_registered_scores_by_hand():
   inputs = losses.ScoreInputs(x=x, outputs={'recon': recon, 'z': jnp.zeros((2, 3)),
                                             'z_hat': jnp.ones((2, 3))},
                               discriminator=lambda images: (None, images.reshape(2, -1)))
-  hp = type('HP', (), {'eval': type('E', (), {'score_lambda': 0.9})})
-  np.testing.assert_allclose(losses.SCORES['latent'].fn(inputs, hp), [1.0, 1.0])
-  np.testing.assert_allclose(losses.SCORES['reconstruction'].fn(inputs, hp), [0.0, 1.0])
+  step_config = type('HP', (), {'eval': type('E', (), {'score_lambda': 0.9})})
+  np.testing.assert_allclose(losses.SCORES['latent'].fn(inputs, step_config), [1.0, 1.0])
+  np.testing.assert_allclose(losses.SCORES['reconstruction'].fn(inputs, step_config), [0.0, 1.0])
   # eq. 6.1 with f = identity: 0.9 * [0, 1] + 0.1 * [0, 1]
-  np.testing.assert_allclose(losses.SCORES['lambda'].fn(inputs, hp), [0.0, 1.0], atol=1e-6)
+  np.testing.assert_allclose(losses.SCORES['lambda'].fn(inputs, step_config), [0.0, 1.0], atol=1e-6)

@@ -19,7 +19,7 @@ from helpers.tiny import tiny_config
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A value for every key the programs do not read (programs.PROGRAM_FREE_KEYS), unlike the default.
 OTHER_RUN = {'method': 'renamed', 'mode': 'eval', 'seed': 7, 'restart': True,
-             'debug_kill_at_step': 3, 'dataset.abnormal': '4', 'dataset.val_fraction': 0.2,
+             'dataset.abnormal': '4', 'dataset.val_fraction': 0.2,
              'dataset.max_train': 100, 'dataset.flip': True, 'train.num_steps': 9,
              'train.log_every': 3, 'train.eval_every': 3, 'train.checkpoint_every': 3,
              'train.image_every': -1, 'train.keep_checkpoints': 5, 'train.on_nonfinite': 'rollback',

@@ -150,7 +150,8 @@ def test_default_readout_is_the_published_one(method, tiny_config, build_program
   assert config.eval.readout == 'published'
   progs = build_programs(config)  # nothing compiles until called
   chosen = readout.choose(config, None, progs, None, None)  # reads neither state nor data
-  assert chosen.config is config and chosen.hp is progs.hp and chosen.eval_maps is progs.eval_maps
+  assert chosen.config is config and chosen.step_config is progs.step_config
+  assert chosen.eval_maps is progs.eval_maps
   assert chosen.record == {'mode': 'published', 'score': config.eval.score,
                            'map': config.eval.map}
 

@@ -14,7 +14,7 @@ from PIL import Image
 import pytest
 
 from ganomaly_jax import state as state_lib, train
-from ganomaly_jax.runtime import checkpoint
+from ganomaly_jax.runtime import checkpoint, rundir
 from helpers import REPO, tiny
 
 # Small enough for 2 CPU cores; the same config is used in- and out-of-process.
@@ -25,9 +25,12 @@ def tiny_config(**overrides):
   return tiny.tiny_config(**{**tiny.SMALL_DATA, **overrides})
 
 
-def run_main(workdir, *flags, timeout=240, wait=True):
-  cmd = [sys.executable, '-m', 'ganomaly_jax.main', f'--config={TINY}', f'--workdir={workdir}',
-         *flags]
+def run_main(workdir, *flags, timeout=240, wait=True, kill_after_step=None):
+  """The train command on TINY; with `kill_after_step`, SIGKILLed right after that step's save
+  (tests/helpers/kill_after_step.py)."""
+  entry = (['-m', 'ganomaly_jax.main'] if kill_after_step is None else
+           [os.path.join(REPO, 'tests', 'helpers', 'kill_after_step.py'), str(kill_after_step)])
+  cmd = [sys.executable, *entry, f'--config={TINY}', f'--workdir={workdir}', *flags]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
   if not wait:
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -53,11 +56,12 @@ def metrics_at(workdir, step):
 
 @pytest.mark.slow
 def test_sigkill_then_resume_equals_straight_run(tmp_path):
-  """6 steps straight == 5 steps + SIGKILL (checkpoints every 2) + resume to 6: identical."""
+  """6 steps straight == 4 steps + SIGKILL right after step 4's save (checkpoints every 2) +
+  resume to 6: identical."""
   straight, killed = str(tmp_path / 'straight'), str(tmp_path / 'killed')
   train.train_and_evaluate(tiny_config(**{'train.num_steps': 6}), straight)
 
-  died = run_main(killed, '--config.train.num_steps=6', '--config.debug_kill_at_step=5')
+  died = run_main(killed, '--config.train.num_steps=6', kill_after_step=4)
   assert died.returncode == -signal.SIGKILL, died.stderr[-2000:]
   assert not os.path.exists(os.path.join(killed, 'results.json'))
   resumed_from = checkpoint.CheckpointStore(killed).latest_step()
@@ -95,7 +99,7 @@ def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
 @pytest.mark.slow
 def test_nan_stop_names_step_and_term(tmp_path):
   config = tiny_config(**{'debug_nan_at_step': 3, 'train.num_steps': 4})
-  with pytest.raises(train.TrainingError, match=r'step 3 \(non-finite g_loss\)'):
+  with pytest.raises(rundir.TrainingError, match=r'step 3 \(non-finite g_loss\)'):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert not os.path.exists(tmp_path / 'run' / 'results.json')
 
@@ -104,7 +108,7 @@ def test_nan_stop_names_step_and_term(tmp_path):
 def test_exploding_but_finite_loss_counts_as_divergence(tmp_path):
   # Every real loss is far above a limit of 1e-6, so the very first step must be refused by name.
   config = tiny_config(**{'train.loss_limit': 1e-6, 'train.num_steps': 2})
-  with pytest.raises(train.TrainingError,
+  with pytest.raises(rundir.TrainingError,
                      match=r'step 1 \(g_loss, d_loss beyond train.loss_limit=1e-06\)'):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert not os.path.exists(tmp_path / 'run' / 'results.json')
@@ -124,7 +128,7 @@ def test_nan_rollback_skips_batch_and_finishes(tmp_path):
 def test_rollback_budget_exhausted_stops(tmp_path):
   config = tiny_config(**{'debug_nan_at_step': 3, 'train.num_steps': 6,
                           'train.on_nonfinite': 'rollback', 'train.max_rollbacks': 0})
-  with pytest.raises(train.TrainingError, match='after 0 rollbacks'):
+  with pytest.raises(rundir.TrainingError, match='after 0 rollbacks'):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
 
 
@@ -175,7 +179,7 @@ def test_incompatible_workdir_refused_then_restart_moves_it_aside(tmp_path):
   workdir = str(tmp_path / 'run')
   train.train_and_evaluate(tiny_config(**{'train.num_steps': 2}), workdir)
   wider = {'train.num_steps': 4, 'model.ngf': 8}
-  with pytest.raises(train.TrainingError, match=r'different architecture.*g_params/'):
+  with pytest.raises(rundir.TrainingError, match=r'different architecture.*g_params/'):
     train.train_and_evaluate(tiny_config(**wider), workdir)
   results = train.train_and_evaluate(tiny_config(**wider, restart=True), workdir)
   assert results['steps'] == 4
@@ -197,7 +201,7 @@ def test_resume_with_another_process_count_is_one_clear_error(tmp_path):
   # Make the newest checkpoint look as if two processes had written it.
   os.rename(os.path.join(data_dir, 'process_0-of-1.json'), os.path.join(data_dir, 'process_0-of-2.json'))
   shutil.copy(os.path.join(data_dir, 'process_0-of-2.json'), os.path.join(data_dir, 'process_1-of-2.json'))
-  with pytest.raises(train.TrainingError,
+  with pytest.raises(rundir.TrainingError,
                      match='checkpointed by 2 processes and this run has 1: .* resume training with 2'):
     train.train_and_evaluate(tiny_config(**{'train.num_steps': 4}), workdir)
   _, step = latest_state(workdir, tiny_config())

@@ -5,6 +5,7 @@ import logging
 import pytest
 
 from ganomaly_jax import programs, train
+from ganomaly_jax.runtime import rundir
 from helpers import tiny
 
 
@@ -46,7 +47,7 @@ def test_another_architecture_is_refused_before_compiling(trained, monkeypatch):
     return progs._replace(train_step=Refuse())
 
   monkeypatch.setattr(programs, 'build', no_compile)
-  with pytest.raises(train.TrainingError) as info:
+  with pytest.raises(rundir.TrainingError) as info:
     train.train_and_evaluate(_config(4, **{'model.ngf': 8}), trained)
   message = str(info.value)
   assert '\n' not in message and 'different architecture' in message

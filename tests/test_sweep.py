@@ -8,7 +8,6 @@ import sys
 
 import pytest
 
-from ganomaly_jax import train
 from ganomaly_jax.runtime import rundir
 from ganomaly_jax.experiments import sweep, tables
 from fake_gcs import gs_root  # noqa: F401  (a fixture)
@@ -123,7 +122,7 @@ def test_table_records_failures_and_retries_them(tmp_path):
 
   def flaky(config, workdir):
     if config.seed == 1:
-      raise train.TrainingError('Divergence at step 1 (non-finite g_loss); stopping.')
+      raise rundir.TrainingError('Divergence at step 1 (non-finite g_loss); stopping.')
     return fake_results(workdir, config.train.num_steps, auroc=0.5 + config.seed / 10)
 
   records = sweep.run_sweep(TINY, path, root, train_fn=flaky)

@@ -21,18 +21,18 @@ from helpers import tiny
 TRACED = []  # names of the toy functions the jitted steps traced (Python runs once per trace)
 
 
-def hinge_discriminator(d: losses.AdversarialInputs, hp) -> jax.Array:
+def hinge_discriminator(d: losses.AdversarialInputs, step_config) -> jax.Array:
   """Hinge loss (Lim & Ye 2017): mean(relu(1 - D(x))) + mean(relu(1 + D(x̂)))."""
   TRACED.append('hinge_discriminator')
   return jnp.mean(jax.nn.relu(1.0 - d.real_logits)) + jnp.mean(jax.nn.relu(1.0 + d.fake_logits))
 
 
 TOY_ADVERSARIAL = losses.Adversarial(
-    generator_loss=lambda d, hp: -jnp.mean(d.fake_logits),
+    generator_loss=lambda d, _: -jnp.mean(d.fake_logits),
     discriminator_loss=hinge_discriminator, uses_labels=False, d_loss_bounded=True)
 
 
-def mean_abs_score(s: losses.ScoreInputs, hp) -> jax.Array:
+def mean_abs_score(s: losses.ScoreInputs, step_config) -> jax.Array:
   """Mean absolute reconstruction error per image."""
   TRACED.append('mean_abs_score')
   return jnp.mean(jnp.abs(s.x - s.outputs['recon']).reshape(s.x.shape[0], -1), axis=1)
@@ -128,7 +128,9 @@ def test_a_dataset_and_a_method_config_from_outside_the_package_train(tmp_path, 
   config_file = tmp_path / 'stripes_gan.py'
   config_file.write_text(OUTSIDE_CONFIG)
   config = arguments.load_config(f'{config_file}:{tiny.TINY_ARG}')
-  config = sweep.apply_overrides(config, {'train.num_steps': 2, 'train.image_every': 0})
+  # image_every=0 is AUTO again: finishing the config (as an entry point does) fills it in.
+  config = checks.finished(
+      sweep.apply_overrides(config, {'train.num_steps': 2, 'train.image_every': 0}))
   assert (config.method, config.model.channels, config.model.isize) == ('stripes_gan', 1, 16)
   results = train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert results['steps'] == 2 and results['method'] == 'stripes_gan'

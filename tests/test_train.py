@@ -70,7 +70,7 @@ def _good(step):
 def test_stop_raises_with_step_terms_and_last_checkpoint():
   t = tiny_config(**{'train.on_nonfinite': 'stop'}).train
   rollback = train.Rollback(t, _Store((_State(2), 2)), restart=None)
-  with pytest.raises(train.TrainingError,
+  with pytest.raises(rundir.TrainingError,
                      match=r'Divergence at step 3 \(non-finite g_loss\); stopping\. .*step 2'):
     rollback([_good(2), _bad(3), _bad(4)], _State(4), 'iter')
 
@@ -81,7 +81,7 @@ def test_rollback_restores_marks_the_bad_steps_and_keeps_a_budget():
   state, data = rollback([_good(3), _bad(4), _bad(5)], _State(5), 'iter')
   assert int(state.step) == 2 and data == 'iter'
   assert rollback.count == 1 and rollback.skip_batches == {4, 5}
-  with pytest.raises(train.TrainingError, match='stopping after 1 rollbacks'):
+  with pytest.raises(rundir.TrainingError, match='stopping after 1 rollbacks'):
     rollback([_bad(4)], _State(4), 'iter')
 
 

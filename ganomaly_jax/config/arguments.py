@@ -128,8 +128,8 @@ def cars256(config: ml_collections.ConfigDict) -> None:
 def finalize(config: ml_collections.ConfigDict, args: dict[str, Any]) -> ml_collections.ConfigDict:
   """Applies presets then explicit arguments, and locks the config so unknown keys fail.
 
-  Dataset-dependent keys stay AUTO here (unless a preset or argument sets them): `resolve` fills
-  them once the dataset is final, i.e. after --config.* flags and sweep overrides.
+  Dataset-dependent keys stay AUTO here (unless a preset or argument sets them): `checks.finished`
+  fills them once the dataset is final, i.e. after --config.* flags and sweep overrides.
   """
   if args.get('cars256'):
     cars256(config)
@@ -155,17 +155,22 @@ def load_sibling(config_file: str, name: str):
                      f'_ganomaly_config_{name}')
 
 
-def load_config(spec: str, resolved: bool = True) -> ml_collections.ConfigDict:
+def load_config(spec: str, finish: bool = True) -> ml_collections.ConfigDict:
   """Loads `path/to/config.py[:args]` the way --config does (for tools and tests).
 
-  The config comes back `resolve`d unless `resolved=False`: pass that when overrides (a sweep's,
-  a --config flag's) still follow, so AUTO keys are filled from the final dataset.
+  The config comes back finished (`checks.finished`: resolved and validated) unless
+  `finish=False`: pass that when overrides (a sweep's, a --config flag's) still follow, so AUTO
+  keys are filled from the final dataset; the caller then finishes the config itself.
   """
   path, _, arg = spec.partition(':')
   if not os.path.isfile(path):
     raise ValueError(f'Config file not found: {path}')
   config = import_file(path, '_ganomaly_config').get_config(arg or None)
-  return schema.resolve(config) if resolved else config
+  if not finish:
+    return config
+  from ganomaly_jax.config import checks  # imports JAX: not needed to parse an argument string
+
+  return checks.finished(config)
 
 
 def command_line_error(error: BaseException, argv: list[str]) -> str:

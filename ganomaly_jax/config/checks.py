@@ -9,16 +9,13 @@ ignored.
 
 from __future__ import annotations
 
-import functools
-import json
+import copy
 import math
 import re
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 
-from ganomaly_jax import losses, masks, models
+from ganomaly_jax import losses, masks, models, state as state_lib
 from ganomaly_jax.config import schema
 from ganomaly_jax.data import sources
 
@@ -76,6 +73,19 @@ def score_problem(config: ml_collections.ConfigDict, name: str) -> str | None:
     return (f'eval.score={name} needs a mask (mask.kind='
             f"{'|'.join(k for k, v in masks.KINDS.items() if v.eval_holes is not None)}).")
   return None
+
+
+def finished(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config a run uses: a locked copy with every AUTO key filled from the dataset
+  (`schema.resolve`), validated (`validate_config`, ConfigError naming the key).
+
+  The entry points call it once, after every override (--config flags, a sweep's or a suite's);
+  everything below them (`train.train_and_evaluate`, ...) receives the finished config as is.
+  """
+  config = schema.resolve(config)
+  validate_config(config)
+  config.lock()
+  return config
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -229,7 +239,8 @@ _CANDIDATE_SIZES = (16, 32, 64, 128, 256)
 
 
 def check_architecture(config: ml_collections.ConfigDict) -> None:
-  """Refuses a model the config cannot build, found by tracing it (`jax.eval_shape`, no compute).
+  """Refuses a model the config cannot build, found by tracing it (`state.trace`: `jax.eval_shape`,
+  no compute; the programs reuse the same trace).
 
   The generator must give back an image of the input's shape (and, with a latent code, a code of
   `model.latent_dim` values: the encoder reduced the image to 1x1), and the discriminator one logit
@@ -237,51 +248,35 @@ def check_architecture(config: ml_collections.ConfigDict) -> None:
   with one line instead of deep inside the first compiled step.
   """
   m = config.model
-  problem = _architecture_problem(_model_key(config))
+  problem = _architecture_problem(config)
   if problem is None:
     return
   works = [s for s in _CANDIDATE_SIZES if s != m.isize
-           and _architecture_problem(_model_key(config, isize=s)) is None]
+           and _architecture_problem(_with_isize(config, s)) is None]
   raise ConfigError(f'model.isize={m.isize}: model.generator={m.generator} / model.discriminator='
                     f'{m.discriminator} cannot be built for {m.isize}x{m.isize} images ({problem}); '
                     f'sizes it builds: {", ".join(map(str, works)) or "none of " + str(_CANDIDATE_SIZES)}.')
 
 
-def _model_key(config: ml_collections.ConfigDict, **model) -> str:
-  """What the architecture depends on, as a hashable string (the trace is cached on it)."""
-  return json.dumps({'model': {**config.model.to_dict(), **model},
-                     'adversarial': config.loss.adversarial, 'dtype': config.runtime.dtype},
-                    sort_keys=True, default=list)
+def _with_isize(config: ml_collections.ConfigDict, isize: int) -> ml_collections.ConfigDict:
+  candidate = copy.deepcopy(config)
+  candidate.model.isize = isize
+  return candidate
 
 
-@functools.lru_cache(maxsize=64)
-def _architecture_problem(key: str) -> str | None:
-  """None when the model of `key` (`_model_key`) builds with the right shapes, else what is wrong."""
-  spec = json.loads(key)
-  config = ml_collections.ConfigDict({'model': spec['model'], 'runtime': {'dtype': spec['dtype']},
-                                      'loss': {'adversarial': spec['adversarial']}})
-  m = config.model
-  generator, discriminator = models.build_models(config)
-  batch = 2  # > 1, so a flattened spatial remainder cannot pass for the batch axis
-  image = jax.ShapeDtypeStruct((batch, m.isize, m.isize, m.channels), jnp.float32)
-
-  def forward(x):
-    rng = jax.random.key(0)
-    g_out = generator.apply(generator.init({'params': rng, 'dropout': rng}, x, train=False), x,
-                            train=False)
-    d_out = discriminator.apply(discriminator.init(rng, x, train=False), x, train=False)
-    return g_out, d_out
-
-  try:
-    g_out, (logit, _) = jax.eval_shape(forward, image)
-  except Exception as e:  # a shape error anywhere in either network # pylint: disable=broad-except
-    text = str(e).strip().splitlines()
-    return f'{type(e).__name__}: {text[0] if text else ""}'[:200]
+def _architecture_problem(config: ml_collections.ConfigDict) -> str | None:
+  """None when the config's model builds with the right shapes, else what is wrong."""
+  traced = state_lib.trace(config)
+  if traced.error is not None:
+    return traced.error
+  m, batch = config.model, state_lib.FORWARD_BATCH
+  g_out, (logit, _) = traced.outputs
+  image_shape = state_lib.image_shape(config, batch)
   if 'z' in g_out and g_out['z'].shape != (batch, m.latent_dim):
     return (f'the encoder does not reduce the image to 1x1: its code has {g_out["z"].shape[1]} '
             f'values, not model.latent_dim={m.latent_dim}')
-  if g_out['recon'].shape != image.shape:
-    return f'the reconstruction is {g_out["recon"].shape[1:3]}, not the input\'s {image.shape[1:3]}'
+  if g_out['recon'].shape != image_shape:
+    return f'the reconstruction is {g_out["recon"].shape[1:3]}, not the input\'s {image_shape[1:3]}'
   if logit.shape != (batch,):
     return f'the discriminator gives {logit.shape[1:]} logits per image, not one'
   return None

@@ -11,7 +11,7 @@ from absl import app, flags
 import jax
 from ml_collections import config_flags
 
-from ganomaly_jax.config import schema
+from ganomaly_jax.config import checks
 from ganomaly_jax import state as state_lib
 
 _FLAGS = {}
@@ -30,16 +30,14 @@ def _size(tree: Any) -> int:
 
 
 def count_parameters(config) -> dict[str, dict[str, int]]:
-  """{'generator': {'total', 'trainable', 'non_trainable'}, 'discriminator': {...}} via eval_shape."""
-  config = schema.resolve(config)
-  components = state_lib.build_components(config)
-  shape = state_lib.image_shape(config)
-  g_params, g_stats = jax.eval_shape(
-      lambda: state_lib.init_generator(components, jax.random.key(0), shape))
-  d_params, d_stats = jax.eval_shape(
-      lambda: state_lib.init_discriminator(components, jax.random.key(0), shape))
+  """{'generator': {'total', 'trainable', 'non_trainable'}, 'discriminator': {...}} of a finished
+  config (`checks.finished`), from the networks' one trace (`state.trace`, no compute)."""
+  state = state_lib.trace(config).state
+  if state is None:  # an unfinished config whose model cannot be built
+    checks.check_architecture(config)
   counts = {}
-  for name, params, stats in (('generator', g_params, g_stats), ('discriminator', d_params, d_stats)):
+  for name, params, stats in (('generator', state.g_params, state.g_stats),
+                              ('discriminator', state.d_params, state.d_stats)):
     trainable, non_trainable = _size(params), _size(stats)
     counts[name] = {'total': trainable + non_trainable, 'trainable': trainable,
                     'non_trainable': non_trainable}
@@ -58,7 +56,7 @@ def main(argv):
   from ganomaly_jax.runtime import cli, startup
   startup.configure_process(compile_cache_dir='', uses_tensorflow=False)  # nothing is compiled
   try:
-    config = schema.resolve(_FLAGS['config'].value)
+    config = checks.finished(_FLAGS['config'].value)
     counts = count_parameters(config)
   except ValueError as e:
     cli.exit_with_error(str(e))

@@ -39,7 +39,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.restart = False  # move old checkpoints aside and start fresh
   c.debug_nan_at_step = -1  # test hook: inject a NaN into the loss at this step (-1: never)
-  c.debug_kill_at_step = -1  # test hook: SIGKILL this process after this step (-1: never)
 
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = 'digits'  # digits | mnist | fashion_mnist | cifar10 | npz:PATH | folder:PATH
@@ -226,8 +225,8 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A copy of `config` with every AUTO key filled from `config.dataset.name`.
 
   Pure (the argument is not modified) and idempotent (a resolved config has no AUTO key left, so
-  resolving it again changes nothing); explicit values are kept. Call it wherever a config is
-  consumed, after every override and before validation: then `:dataset=mnist`,
+  resolving it again changes nothing); explicit values are kept. The entry points call it through
+  `checks.finished`, after every override and before validation: then `:dataset=mnist`,
   `--config.dataset.name=mnist` and a sweep override of `dataset.name` give the same config.
   A method's channel cap (model.max_channels) is not scaled: at the digits' 16x16 no layer is
   wide enough to reach it.
@@ -243,3 +242,10 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.model.channels = dataset_channels(name)
   return config
 
+
+
+def unresolved(config: ml_collections.ConfigDict) -> list[str]:
+  """The dataset-dependent keys still AUTO (none once `resolve`d): a cheap check for a consumer
+  that must be handed a finished config (`checks.finished`)."""
+  keys = [*_STUDY, 'model.channels']
+  return [k for k in keys if config[k.split('.')[0]][k.split('.')[1]] == AUTO]

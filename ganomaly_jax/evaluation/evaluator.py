@@ -19,7 +19,7 @@ import numpy as np
 from sklearn import metrics as sk_metrics
 
 from ganomaly_jax.evaluation import fid as fid_lib
-from ganomaly_jax import losses, programs
+from ganomaly_jax import losses
 from ganomaly_jax.runtime import parallel, rundir, timing
 from ganomaly_jax.evaluation import pixel_metrics, plots, uncertainty
 from ganomaly_jax.data import pipeline
@@ -441,22 +441,48 @@ def _write_pictures(workdir: str, outputs: TestOutputs, scores: np.ndarray,
                         rundir.path(workdir, 'extremes_uncertainty.png'), k=EXTREMES_K)
 
 
-def final_image_grid(pictures: dict[str, np.ndarray]) -> np.ndarray:
-  """input | reconstruction | map (| MC uncertainty) rows of `_pictures_of`'s chosen images."""
+def image_grid(pictures: dict[str, Any]) -> np.ndarray:
+  """input | reconstruction | map (| MC uncertainty) rows of the TensorBoard grids: the loop's
+  (`first_pictures`) and the final report's (`_pictures_of`)."""
   rows = []
   for j in range(len(pictures['image'])):
     row = [pictures['image'][j], pictures['recon'][j], pictures['map'][j]]
-    if pictures['uncertainty'] is not None:
+    if pictures.get('uncertainty') is not None:
       row.append(pictures['uncertainty'][j])
     rows.append(row)
   return plots.image_grid(rows)
 
 
-def evaluate_and_report(config, workdir: str, state: Any, components, hp, splits, mesh, writer,
-                        run_info: dict[str, Any],
-                        curves: dict[str, list[tuple[int, float]]],
-                        eval_maps_fn: Callable | None = None) -> dict[str, Any]:
+def first_pictures(eval_maps_fn: Callable, state: Any, source, mesh, batch_size: int,
+                   n: int) -> dict[str, Any]:
+  """Inputs, reconstructions and anomaly maps of the first n images of a split (for `image_grid`;
+  every process must call it)."""
+  out = run_eval(eval_maps_fn, state, source, mesh, batch_size, keys=('recon', 'map'), limit=n)
+  images = [pipeline.to_float(source[i]['image']) for i in range(len(out['label']))]
+  return {'image': images, 'recon': out['recon'], 'map': out['map']}
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+  """Where a test pass reports: the run directory of its pictures, TensorBoard's writer, and the
+  run whose loss curves loss_curves.png plots (`curves_of`, default: `workdir`; a re-scored run
+  plots the curves of the run it re-scores)."""
+
+  workdir: str
+  writer: Any
+  curves_of: str | None = None
+
+  def curves(self) -> dict[str, list[tuple[int, float]]]:
+    return rundir.read_curves(self.curves_of or self.workdir)
+
+
+def evaluate_and_report(chosen: Any, components, state: Any, splits, mesh, report: Report,
+                        run_info: dict[str, Any]) -> dict[str, Any]:
   """Final test evaluation of the selected state: metrics, TensorBoard scalars/images, PNG pictures.
+
+  `chosen` is the read-out of the test pass (`readout.Chosen`): its `config` (the run's config with
+  the chosen eval.score / eval.map), `step_config` and jitted `eval_maps`; `components` are the
+  run's networks (`programs.Programs.components`).
 
   Image metrics use `config.eval.score` normalised over the whole test set (AUROC, AP, the oracle
   F1) and, for the deployable operating point (`threshold`, `image_f1`, `image_precision`,
@@ -469,18 +495,14 @@ def evaluate_and_report(config, workdir: str, state: Any, components, hp, splits
   `ganomaly_jax.infer` can put new images on the same scale. `eval.pictures=False` leaves out the
   pictures (the metrics do not depend on them).
 
-  `eval_maps_fn` is the caller's jitted `eval_step(..., with_maps=True)`, if it has one: reusing it
-  saves compiling the same program twice.
-
   Returns the results dict (run_info + metrics) that the caller writes to results.json.
   """
+  config, eval_maps_fn = chosen.config, chosen.eval_maps
   e = config.eval
-  if eval_maps_fn is None:
-    eval_maps_fn = programs.build(config, mesh, components).eval_maps
   mc_fn = None
   if e.mc_samples > 0:
     if config.model.dropout > 0:
-      mc_fn = uncertainty.make_mc_fn(components, hp, max(int(e.mc_samples), 2))
+      mc_fn = uncertainty.make_mc_fn(components, chosen.step_config, max(int(e.mc_samples), 2))
     else:
       logging.warning('eval.mc_samples=%d ignored: the model has no dropout (model.dropout=0).',
                       e.mc_samples)
@@ -517,17 +539,16 @@ def evaluate_and_report(config, workdir: str, state: Any, components, hp, splits
   scalars = {f'test/{k}': v for k, v in results.items()
              if k.startswith(('image_', 'pixel_auroc', 'pixel_pro', 'mc_auroc', 'fid_', 'threshold'))
              and isinstance(v, float)}
-  writer.write_scalars(results['steps'], scalars)
+  report.writer.write_scalars(results['steps'], scalars)
   if e.get('pictures', True):  # configs saved before the switch existed drew them
     with timing.phase('pictures'):
-      _report_pictures(config, workdir, state, splits, mesh, writer, results['steps'], outputs,
-                       curves, eval_maps_fn, mc_fn)
+      _report_pictures(config, report, state, splits, mesh, results['steps'], outputs,
+                       eval_maps_fn, mc_fn)
   return results
 
 
-def _report_pictures(config, workdir: str, state: Any, splits, mesh, writer, step: int,
-                     outputs: TestOutputs, curves: dict[str, list[tuple[int, float]]],
-                     eval_maps_fn: Callable, mc_fn: Callable | None) -> None:
+def _report_pictures(config, report: Report, state: Any, splits, mesh, step: int,
+                     outputs: TestOutputs, eval_maps_fn: Callable, mc_fn: Callable | None) -> None:
   """The final TensorBoard image grid and the PNG pictures (`_write_pictures`)."""
   e = config.eval
   scores = normalise(outputs.score)
@@ -535,7 +556,7 @@ def _report_pictures(config, workdir: str, state: Any, splits, mesh, writer, ste
                                smooth_sigma=e.smooth_sigma)
   pic_rng = jax.random.fold_in(jax.random.key(config.seed), 0x706963)
   grid_rows = pictures(_top_then_bottom(scores, max(e.num_images // 2, 1)), mc_fn=mc_fn, mc_rng=pic_rng)
-  writer.write_images(step, {'test/final_input_recon_map': final_image_grid(grid_rows)[None]})
+  report.writer.write_images(step, {'test/final_input_recon_map': image_grid(grid_rows)[None]})
   chosen = _top_then_bottom(scores, EXTREMES_K)
   extremes = pictures(chosen)
   chosen_mc, mc_extremes = [], None
@@ -543,4 +564,5 @@ def _report_pictures(config, workdir: str, state: Any, splits, mesh, writer, ste
     chosen_mc = _top_then_bottom(normalise(outputs.mc_score), EXTREMES_K)
     mc_extremes = pictures(chosen_mc, mc_fn=mc_fn, mc_rng=pic_rng)
   if jax.process_index() == 0:
-    _write_pictures(workdir, outputs, scores, curves, extremes, chosen, mc_extremes, chosen_mc)
+    _write_pictures(report.workdir, outputs, scores, report.curves(), extremes, chosen, mc_extremes,
+                    chosen_mc)

@@ -56,14 +56,14 @@ class Chosen:
 
   Attributes:
     config: the run's config with eval.score / eval.map set to the read-out used.
-    hp: the step config of `config`.
+    step_config: the step config of `config`.
     eval_maps: (state, batch) -> 'score', 'l1', 'recon', 'map' of that read-out, as
       `programs.Programs.eval_maps`.
     record: results.json's `readout` entry.
   """
 
   config: ml_collections.ConfigDict
-  hp: step_lib.StepConfig
+  step_config: step_lib.StepConfig
   eval_maps: Callable
   record: dict[str, Any]
 
@@ -179,7 +179,7 @@ def choose(config: ml_collections.ConfigDict, state: Any, progs: programs.Progra
   """
   default = published(config)
   if config.eval.readout == 'published':
-    return Chosen(config, progs.hp, progs.eval_maps,
+    return Chosen(config, progs.step_config, progs.eval_maps,
                   {'mode': 'published', 'score': default.score, 'map': default.map})
   readouts = candidates(config)
   program = programs.readout_program(config, progs, tuple(readouts))

@@ -19,7 +19,7 @@ from ganomaly_jax import step as step_lib
 
 
 def mc_dropout(state: Any, x: jax.Array, rng: jax.Array, *, components: Any,
-               hp: step_lib.StepConfig, num_samples: int) -> dict[str, jax.Array]:
+               step_config: step_lib.StepConfig, num_samples: int) -> dict[str, jax.Array]:
   """Runs `num_samples` stochastic reconstructions of a batch and summarises their spread.
 
   The samples are visited sequentially (`lax.scan`) with Welford's running mean/variance update, so
@@ -31,7 +31,7 @@ def mc_dropout(state: Any, x: jax.Array, rng: jax.Array, *, components: Any,
     x: images [B, H, W, C] in [-1, 1].
     rng: key; sample i uses `fold_in(rng, i)`.
     components: model components (static).
-    hp: step config (static).
+    step_config: step config (static).
     num_samples: N >= 2 (static).
 
   Returns:
@@ -43,7 +43,8 @@ def mc_dropout(state: Any, x: jax.Array, rng: jax.Array, *, components: Any,
 
   def body(carry, i):
     mean, m2 = carry
-    out = step_lib.reconstruct_for_eval(components, hp, state, x, rng=jax.random.fold_in(rng, i),
+    out = step_lib.reconstruct_for_eval(components, step_config, state, x,
+                                        rng=jax.random.fold_in(rng, i),
                                         stochastic=True)
     sample = out['recon'].astype(jnp.float32)
     count = (i + 1).astype(jnp.float32)
@@ -58,8 +59,8 @@ def mc_dropout(state: Any, x: jax.Array, rng: jax.Array, *, components: Any,
   return {'uncertainty': variance, 'mc_score': jnp.mean(variance, axis=(1, 2)), 'mc_mean': mean}
 
 
-def make_mc_fn(components: Any, hp: step_lib.StepConfig,
+def make_mc_fn(components: Any, step_config: step_lib.StepConfig,
                num_samples: int) -> Callable[[Any, jax.Array, jax.Array], dict[str, jax.Array]]:
   """A jitted `fn(state, images, rng)` -> `mc_dropout(...)` outputs, for one configuration."""
-  return jax.jit(functools.partial(mc_dropout, components=components, hp=hp,
+  return jax.jit(functools.partial(mc_dropout, components=components, step_config=step_config,
                                    num_samples=int(num_samples)))

@@ -85,7 +85,7 @@ def rescore_run(workdir: str, variant: dict[str, str], out_dir: str) -> dict[str
   from ganomaly_jax import programs
   from ganomaly_jax.config import checks
   from ganomaly_jax.inference import finished_run
-  from ganomaly_jax.runtime import parallel, rundir
+  from ganomaly_jax.runtime import parallel
   from ganomaly_jax.evaluation import evaluator, readout
   from ganomaly_jax.data import sources
 
@@ -101,7 +101,7 @@ def rescore_run(workdir: str, variant: dict[str, str], out_dir: str) -> dict[str
     config.eval[key] = value
   if {'score', 'map'} & set(variant) and 'readout' not in variant:
     config.eval.readout = 'published'  # the variant names the read-out: evaluate that one
-  checks.validate_config(config)
+  config = checks.finished(config)
   # The checkpoint final_evaluation selected: the best by validation loss, else the last.
   which = 'best' if config.eval.select == 'val_loss' else 'latest'
   components, state, step, _ = finished_run.restore_state(config, workdir, which)
@@ -117,9 +117,9 @@ def rescore_run(workdir: str, variant: dict[str, str], out_dir: str) -> dict[str
   writer = metric_writers.create_default_writer(out_dir, just_logging=True)
   chosen = readout.choose(config, state, progs, splits.val, mesh)
   results = evaluator.evaluate_and_report(
-      chosen.config, out_dir, state, progs.components, chosen.hp, splits, mesh, writer,
-      {**run_info, 'rescored_from': workdir, 'readout': chosen.record},
-      rundir.read_curves(workdir), eval_maps_fn=chosen.eval_maps)
+      chosen, progs.components, state, splits, mesh,
+      evaluator.Report(out_dir, writer, curves_of=workdir),
+      {**run_info, 'rescored_from': workdir, 'readout': chosen.record})
   return results
 
 

@@ -258,7 +258,7 @@ class _Outcome:
 
 
 def _attempt(execute: Callable[[RunT, Any], dict[str, Any]], run: RunT, devices: Any) -> _Outcome:
-  from ganomaly_jax import train  # imports TensorFlow (clu): not needed to expand or --dry_run
+  from ganomaly_jax.runtime import rundir
 
   wall, cpu = time.perf_counter(), time.process_time()
   try:
@@ -269,7 +269,7 @@ def _attempt(execute: Callable[[RunT, Any], dict[str, Any]], run: RunT, devices:
 
       with jax.default_device(devices[0]):  # the run's small host-side ops stay on its devices
         results, error = execute(run, devices), None
-  except (ValueError, train.TrainingError) as e:
+  except (ValueError, rundir.TrainingError) as e:
     results, error = None, e
   return _Outcome(results, error, time.perf_counter() - wall, time.process_time() - cpu)
 

@@ -173,26 +173,21 @@ def load_sweep(path: str, config: ml_collections.ConfigDict) -> list[dict[str, A
 
 def expand(config_spec: str, sweep_path: str, root: str) -> list[Run]:
   """Loads the base config and the sweep, and builds and validates every run before any starts."""
-  # Unresolved: a run's dataset override must still choose its dataset-dependent keys (AUTO).
-  base = arguments.load_config(config_spec, resolved=False)
+  # Unfinished: a run's dataset override must still choose its dataset-dependent keys (AUTO).
+  base = arguments.load_config(config_spec, finish=False)
   runs: list[Run] = []
   seen: dict[str, int] = {}
   for i, overrides in enumerate(load_sweep(sweep_path, base)):
     context = f'{sweep_path}, run {i} ({run_name(overrides)})'
+    config = apply_overrides(base, overrides, context)
     try:
-      config = schema.resolve(apply_overrides(base, overrides, context))
-    except SweepError:
-      raise
-    except ValueError as e:
+      config = checks.finished(config)  # resolved and validated once, here: the runs get it as is
+    except ValueError as e:  # ConfigError, or an unknown dataset met while resolving
       raise SweepError(f'{context}: {e}') from None
     # Names and commands use the values as the config holds them (an int given for a float key is
     # a float), so `0` and `0.0` name the same run.
     overrides = {k: _get(config, k) for k in overrides}
     name = run_name(overrides)
-    try:
-      checks.validate_config(config)
-    except checks.ConfigError as e:
-      raise SweepError(f'{context}: {e}') from None
     if name in seen:
       raise SweepError(f'{context}: the same overrides as run {seen[name]}.')
     seen[name] = i
@@ -282,7 +277,8 @@ def main(argv: list[str]) -> None:
         print(command(_CONFIG.value, run))
       return
     share = run_queue.Share.parse(_SHARE.value)
-    startup.configure_for(arguments.load_config(_CONFIG.value))  # before JAX starts its backend
+    # Only the runtime section is read: the configs are finished in `expand`.
+    startup.configure_for(arguments.load_config(_CONFIG.value, finish=False))  # before JAX starts
     run_queue.check_standalone(share)
     records = run_sweep(_CONFIG.value, _SWEEP.value, root, workers=_PARALLEL.value, share=share)
   except ValueError as e:  # bad sweep file, unknown key, impossible value: one line

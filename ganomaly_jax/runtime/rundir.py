@@ -26,7 +26,6 @@ import errno
 import json
 import logging
 import os
-import shutil
 import socket
 import sys
 import threading
@@ -62,12 +61,12 @@ class TrainingError(RuntimeError):
 def path(workdir: PathLike, *names: str) -> epath.Path:
   """`workdir/names...` as an epath (local paths made absolute, as orbax needs; gs:// kept)."""
   p = epath.Path(workdir)
-  if not _is_remote(p):
+  if not is_remote(p):
     p = p.expanduser().resolve()
   return p.joinpath(*names)
 
 
-def _is_remote(p: epath.Path) -> bool:
+def is_remote(p: epath.Path) -> bool:
   return '://' in str(p)
 
 
@@ -291,7 +290,7 @@ class WorkdirLock:
   def acquire(self) -> None:
     self._created = not self.root.exists()
     self.root.mkdir(parents=True, exist_ok=True)
-    if not _is_remote(self.root):
+    if not is_remote(self.root):
       try:
         self._acquire_flock()
         return
@@ -402,50 +401,3 @@ class WorkdirLock:
         with contextlib.suppress(OSError):
           if not list(self.root.iterdir()):
             self.root.rmdir()
-
-
-# ---------------------------------------------------------------------------------------------
-# Disk space.
-# ---------------------------------------------------------------------------------------------
-
-
-def free_bytes(workdir: PathLike) -> int | None:
-  """Free bytes on the file system of a local workdir (its nearest existing parent); None for gs://."""
-  p = path(workdir)
-  if _is_remote(p):
-    return None
-  p = os.fspath(p)
-  while not os.path.exists(p):
-    p = os.path.dirname(p)
-  return shutil.disk_usage(p).free
-
-
-def used_bytes(directory: PathLike) -> int:
-  """Bytes of the files under a local folder (0 if absent or remote)."""
-  p = path(directory)
-  if _is_remote(p) or not p.exists():
-    return 0
-  total = 0
-  for dirpath, _, filenames in os.walk(os.fspath(p)):
-    for f in filenames:
-      with contextlib.suppress(OSError):
-        total += os.lstat(os.path.join(dirpath, f)).st_size
-  return total
-
-
-def megabytes(n: float) -> str:
-  return f'{n / 2**20:.1f} MB'
-
-
-def disk_full(error: BaseException) -> OSError | None:
-  """The ENOSPC / EDQUOT error in `error`'s chain of causes (orbax and TF wrap them), if any."""
-  seen = set()
-  e: BaseException | None = error
-  while e is not None and id(e) not in seen:
-    seen.add(id(e))
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-      return e
-    if 'No space left on device' in str(e) or 'Disk quota exceeded' in str(e):
-      return e if isinstance(e, OSError) else OSError(errno.ENOSPC, str(e).splitlines()[0][:200])
-    e = e.__cause__ or e.__context__
-  return None

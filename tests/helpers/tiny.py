@@ -9,7 +9,7 @@ import jax
 import ml_collections
 
 from ganomaly_jax import programs
-from ganomaly_jax.config import arguments
+from ganomaly_jax.config import arguments, checks
 from ganomaly_jax.runtime import parallel
 from ganomaly_jax.experiments import sweep
 from helpers import REPO
@@ -35,8 +35,9 @@ def spec(method: str = 'ganomaly', **args) -> str:
 
 
 def tiny_config(method: str = 'ganomaly', **overrides) -> ml_collections.ConfigDict:
-  """configs/<method>.py:TINY_ARG with dotted `overrides` set (checked as a sweep's are)."""
-  return sweep.apply_overrides(arguments.load_config(spec(method)), overrides)
+  """configs/<method>.py:TINY_ARG with dotted `overrides` set (checked as a sweep's are), finished
+  (`checks.finished`) as an entry point finishes a config before it trains."""
+  return checks.finished(sweep.apply_overrides(arguments.load_config(spec(method)), overrides))
 
 
 def build_programs(config: ml_collections.ConfigDict) -> programs.Programs:
