@@ -336,6 +336,23 @@ def score_inputs(components: Components, hp: StepConfig, state: GanState,
                             discriminator=discriminator)
 
 
+def reference_scores(state: GanState, x: jax.Array, *, components: Components,
+                     hp: StepConfig) -> jax.Array:
+  """Raw scores as the official GANomaly / Skip-GANomaly test loops compute them: BatchNorm in
+  train mode, i.e. normalised with the statistics of this very batch (they never call
+  `netg.eval()`), in G and in D alike. The statistics are not kept: the state is not changed.
+
+  The score is the method's (`losses.SCORES[hp.eval.score]`): GANomaly's mean((z - ẑ)²), and
+  Skip-GANomaly's 0.9·mean((x - x̂)²) + 0.1·mean((f(x) - f(x̂))²) as in their code. For the
+  reference read-out only (evaluation/reference.py), never for the honest results.
+  """
+  out, _ = _apply_g(components, state.g_params, state.g_stats, x, True)
+  discriminator = lambda images: _apply_d(components, state.d_params, state.d_stats, images, True,
+                                          update_stats=False)[0]
+  inputs = losses.ScoreInputs(x=x, outputs=out, discriminator=discriminator)
+  return losses.SCORES[hp.eval.score].fn(inputs, hp)
+
+
 def _l1(x: jax.Array, recon: jax.Array) -> jax.Array:
   return jnp.mean(jnp.abs(x - recon).reshape(x.shape[0], -1), axis=1)
 
