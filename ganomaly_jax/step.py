@@ -18,6 +18,7 @@ import ml_collections
 import optax
 
 from ganomaly_jax import losses, masks, models
+from ganomaly_jax.data import normalization
 from ganomaly_jax.state import Components, GanState, init_discriminator
 
 # The config sections the step reads; `StepConfig` freezes all of them, so a new key needs no edit here.
@@ -53,12 +54,14 @@ class StepConfig:
   mask: FrozenSection
   eval: FrozenSection
   debug_nan_at_step: int
+  normalization: str = 'tanh'  # dataset.normalization: the one data key the steps read
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> 'StepConfig':
     """Freezes the sections in `STEP_SECTIONS` (every key, so none is copied by hand)."""
     sections = {name: FrozenSection.of(config[name]) for name in STEP_SECTIONS}
-    return cls(**sections, debug_nan_at_step=config.debug_nan_at_step)
+    return cls(**sections, debug_nan_at_step=config.debug_nan_at_step,
+               normalization=config.dataset.normalization)
 
   def with_eval(self, **changes: Any) -> 'StepConfig':
     """This config with eval keys replaced: `hp.with_eval(score='map_max', map='l1')`."""
@@ -221,7 +224,7 @@ def train_step(state: GanState, batch: dict[str, jax.Array], rng: jax.Array, *,
   adversarial = losses.ADVERSARIAL[hp.loss.adversarial]
   generator = models.GENERATORS[hp.model.generator]
   w = hp.loss
-  x = batch['image']
+  x = normalization.from_tanh(batch['image'], hp.normalization)
   n = x.shape[0]
   g_rng, noise_rng, label_rng, gp_rng, reinit_rng = jax.random.split(rng, 5)
   targets = _d_targets(hp, label_rng, n)
@@ -346,6 +349,7 @@ def reference_scores(state: GanState, x: jax.Array, *, components: Components,
   Skip-GANomaly's 0.9·mean((x - x̂)²) + 0.1·mean((f(x) - f(x̂))²) as in their code. For the
   reference read-out only (evaluation/reference.py), never for the honest results.
   """
+  x = normalization.from_tanh(x, hp.normalization)
   out, _ = _apply_g(components, state.g_params, state.g_stats, x, True)
   discriminator = lambda images: _apply_d(components, state.d_params, state.d_stats, images, True,
                                           update_stats=False)[0]
@@ -364,7 +368,7 @@ def eval_step(state: GanState, batch: dict[str, jax.Array], *, components: Compo
   The score is `losses.SCORES[hp.eval.score]` (eq. 6.1 for SkipGANomaly); D runs in eval mode.
   With maps, 'map' is the `eval.map` pixel map (`losses.anomaly_map`), not yet smoothed.
   """
-  x = batch['image']
+  x = normalization.from_tanh(batch['image'], hp.normalization)
   inputs = score_inputs(components, hp, state, x)
   recon = inputs.outputs['recon']
   result: dict[str, Any] = {'l1': _l1(x, recon)}
@@ -390,7 +394,7 @@ def eval_readouts(state: GanState, batch: dict[str, jax.Array], *, components: C
   not use the map is computed once) and each named map, unsmoothed, under 'map/<map>'. Every other
   eval key (smooth_sigma, score_lambda, topk_fraction) is `hp`'s.
   """
-  x = batch['image']
+  x = normalization.from_tanh(batch['image'], hp.normalization)
   inputs = score_inputs(components, hp, state, x)
   result: dict[str, Any] = {'l1': _l1(x, inputs.outputs['recon']), 'recon': inputs.outputs['recon']}
   for score, map_name in readouts:

@@ -21,12 +21,12 @@ def test_ganomaly_paper_expands_to_the_official_mnist_runs(tmp_path):
   np.savez(data, x_train=np.zeros((4, 28, 28), np.uint8), y_train=np.arange(4),
            x_test=np.zeros((4, 28, 28), np.uint8), y_test=np.arange(4))
   suite = suites.load_suite(f'ganomaly_paper:npz:{data}')
-  assert [m.name for m in suite.methods] == ['ganomaly'] + ROWS
+  assert [m.name for m in suite.methods] == ['ganomaly', 'ganomaly_mnist_norm'] + ROWS
   assert suite.classes == [str(d) for d in range(10)] and suite.seeds == [0, 1, 2]
   assert suite.epochs == 15 and suite.published('3') == {}  # MNIST: a figure only
   runs = suites.expand(suite, str(tmp_path / 'bench'))
-  assert len(runs) == 7 * 10 * 3
-  row = _by_method(runs[:7])
+  assert len(runs) == 8 * 10 * 3
+  row = _by_method(runs[:8])
   g = row['ganomaly'].config
   assert (g.dataset.name, g.dataset.pool_normals, g.model.isize, g.model.channels) == (
       f'npz:{data}', True, 32, 1)
@@ -36,6 +36,9 @@ def test_ganomaly_paper_expands_to_the_official_mnist_runs(tmp_path):
       2e-4, 0.5, 1.0, 50.0, 1.0)
   assert (g.model.latent_dim, g.model.ngf, g.model.ndf, g.train.d_reinit_threshold) == (
       100, 64, 64, 1e-5)
+  norm = row['ganomaly_mnist_norm'].config
+  assert norm.dataset.normalization == 'mnist_reference' and norm.eval.protocol == 'reference'
+  assert g.dataset.normalization == 'tanh'
   for name in ('masked', 'grid_mask', 'riad', 'pca'):
     c = row[name].config
     assert c.dataset.pool_normals and c.eval.protocol == 'honest'
@@ -46,7 +49,7 @@ def test_ganomaly_paper_expands_to_the_official_mnist_runs(tmp_path):
 
   small = suites.load_suite(f'ganomaly_paper:npz:{data},seeds=0,epochs=1,classes=1+7')
   runs = suites.expand(small, str(tmp_path / 'small'))
-  assert len(runs) == 7 * 2 and _by_method(runs)['ganomaly'].config.train.epochs == 1
+  assert len(runs) == 8 * 2 and _by_method(runs)['ganomaly'].config.train.epochs == 1
   assert _by_method(runs)['riad'].config.train.epochs == 10
 
 

@@ -97,3 +97,22 @@ def test_reference_readout_beside_bit_identical_honest_results(tmp_path, method)
   assert saved['reference']['curve'] == ref['curve']
   curve = json.loads(rundir.path(str(tmp_path / 'reference'), reference.CURVE_FILE).read_text())
   assert [p['step'] for p in curve['curve']] == [4, 8]
+
+
+def test_mnist_reference_normalization_is_the_official_one():
+  import jax.numpy as jnp
+  from ganomaly_jax import programs
+  from ganomaly_jax.data import normalization, pipeline
+  from ganomaly_jax.runtime import parallel
+
+  pixels = np.array([0, 128, 255], np.uint8)
+  ours = np.asarray(normalization.from_tanh(jnp.asarray(pipeline.to_float(pixels)),
+                                            'mnist_reference'))
+  np.testing.assert_allclose(ours, (pixels / 255.0 - 0.1307) / 0.3081, atol=1e-5)
+  assert normalization.from_tanh(jnp.ones(2), 'tanh') is not None
+  # The steps read it: configs that differ in it do not share programs.
+  mesh = parallel.make_mesh()
+  plain = _config()
+  official = _config(**{'dataset.normalization': 'mnist_reference'})
+  assert programs.program_key(plain, mesh) != programs.program_key(official, mesh)
+  assert programs.program_key(plain, mesh) == programs.program_key(_config(abnormal=3), mesh)

@@ -38,14 +38,19 @@ RIAD_EPOCH_FACTOR = 10
 RIAD_PATIENCE = 5
 
 
-def methods(arg, gans, epochs):
-  """The rows: the GAN methods `gans` as the official code ran them, then masked, grid_mask, RIAD
-  (the 2-8 px rule and the literal one) and the baselines, all with config argument `arg`."""
+def methods(arg, gans, epochs, mnist_normalization=False):
+  """The rows: the GAN methods `gans` as the official code ran them (with `mnist_normalization`,
+  GANomaly once more on the official MNIST input normalisation: `ganomaly_mnist_norm`), then
+  masked, grid_mask, RIAD (the 2-8 px rule and the literal one) and the baselines, all with config
+  argument `arg`."""
   spec = lambda name: f'{os.path.join(CONFIGS, name)}.py:{arg}'
   rows = [suites.Method(name, spec(name), {**OFFICIAL_GAN,
                                            **({'model.classifier_kernel': 3}
                                               if name == 'skip_ganomaly' else {})})
           for name in gans]
+  if mnist_normalization:
+    rows.append(suites.Method('ganomaly_mnist_norm', spec('ganomaly'), {
+        **OFFICIAL_GAN, 'dataset.normalization': 'mnist_reference'}))
   rows += [suites.Method('masked', spec('masked')), suites.Method('grid_mask', spec('grid_mask'))]
   riad = {'train.epochs': RIAD_EPOCH_FACTOR * epochs, 'train.early_stop_patience': RIAD_PATIENCE}
   rows += [suites.Method('riad', spec('riad'), {**riad, 'mask.cells': masks.riad_cells(ISIZE)}),
@@ -55,7 +60,8 @@ def methods(arg, gans, epochs):
   return rows
 
 
-def paper_suite(name, arg, *, dataset, classes, channels, gans, epochs, doc):
+def paper_suite(name, arg, *, dataset, classes, channels, gans, epochs, doc,
+                mnist_normalization=False):
   """A paper suite over `classes` of `dataset` (tfds name) or `npz:PATH` given in `arg`.
 
   Options: epochs=N (default `epochs`), classes=, seeds=, methods=, pictures=1.
@@ -77,7 +83,8 @@ def paper_suite(name, arg, *, dataset, classes, channels, gans, epochs, doc):
     return {m: p for m, p in found.items() if p is not None}
 
   suite = suites.Suite(
-      name=name, methods=methods(f'dataset={data},channels={channels}', gans, epochs),
+      name=name, methods=methods(f'dataset={data},channels={channels}', gans, epochs,
+                                 mnist_normalization),
       classes=list(classes), seeds=[0, 1, 2], steps=1, epochs=epochs, overrides=dict(SPLIT),
       published=published_rows,
       doc=f'{doc} {data} at {ISIZE}×{ISIZE}×{channels}, official split (pooled normals 80/20), '

@@ -266,6 +266,11 @@ def _check_protocol(config: ml_collections.ConfigDict) -> None:
   _require(d.normalization in NORMALIZATIONS,
            f'dataset.normalization={d.normalization!r}: use '
            f'{" or ".join(map(repr, NORMALIZATIONS))}.')
+  _require(d.normalization == 'tanh' or (config.mask.kind == 'none' and config.loss.w_ssim == 0
+                                        and config.loss.w_msgms == 0 and e.map == 'l1'),
+           f'dataset.normalization={d.normalization} reproduces the official GANomaly MNIST input; '
+           'SSIM / GMS terms and masks assume images in [-1, 1] (use it with ganomaly or '
+           'skip_ganomaly).')
   _require(d.normalization == 'tanh' or config.model.channels == 1,
            f'dataset.normalization={d.normalization} is MNIST\'s (one channel); model.channels='
            f'{config.model.channels}.')
