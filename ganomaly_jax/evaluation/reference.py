@@ -3,7 +3,7 @@
 The official GANomaly and Skip-GANomaly code evaluates the test split after every epoch and
 reports the best epoch's AUC, i.e. it selects the model on the test set, and it never switches
 BatchNorm to inference mode, so each test image is normalised with the statistics of its own test
-batch (/work/shared/REFERENCE.md §7). To set a published figure beside ours, this module
+batch (docs/evaluation.md#reference-protocol). To set a published figure beside ours, this module
 reproduces that read-out from the same run, as a second, labelled result that changes nothing of
 the honest one (inference-mode BatchNorm, checkpoint and threshold from validation normals):
 
