@@ -116,3 +116,13 @@ def test_mnist_reference_normalization_is_the_official_one():
   official = _config(**{'dataset.normalization': 'mnist_reference'})
   assert programs.program_key(plain, mesh) != programs.program_key(official, mesh)
   assert programs.program_key(plain, mesh) == programs.program_key(_config(abnormal=3), mesh)
+
+
+def test_early_stop_ends_the_run_and_it_counts_as_finished(tmp_path, monkeypatch):
+  losses = iter([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+  monkeypatch.setattr(train, '_validate', lambda *args: next(losses))
+  config = _config(**{'train.epochs': 3, 'train.early_stop_patience': 1})
+  results = train.train_and_evaluate(config, str(tmp_path))
+  # Validation every 2 steps (quick): the loss rises at step 4, patience 1 stops there.
+  assert results['steps'] == 4 and results['early_stopped'] and results['epochs'] == 3
+  assert rundir.is_finished(results, 12)
