@@ -375,7 +375,7 @@ def eval_step(state: GanState, batch: dict[str, jax.Array], *, components: Compo
   result['score'] = losses.SCORES[hp.eval.score].fn(inputs, hp)
   if with_maps:
     result['recon'] = recon
-    result['map'] = losses.anomaly_map(x, inputs.outputs, hp.eval.map)
+    result['map'] = losses.anomaly_map(x, inputs.outputs, hp.eval.map, hp.eval.map_filter)
   return result
 
 
@@ -402,5 +402,6 @@ def eval_readouts(state: GanState, batch: dict[str, jax.Array], *, components: C
     if key not in result:
       result[key] = losses.SCORES[score].fn(inputs, hp.with_eval(score=score, map=map_name))
     if f'map/{map_name}' not in result:
-      result[f'map/{map_name}'] = losses.anomaly_map(x, inputs.outputs, map_name)
+      result[f'map/{map_name}'] = losses.anomaly_map(x, inputs.outputs, map_name,
+                                                     hp.eval.map_filter)
   return result

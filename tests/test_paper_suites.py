@@ -44,6 +44,7 @@ def test_ganomaly_paper_expands_to_the_official_mnist_runs(tmp_path):
     assert c.dataset.pool_normals and c.eval.protocol == 'honest'
   riad, literal = row['riad'].config, row['riad_literal'].config
   assert riad.mask.cells == (16, 8, 4) and literal.mask.cells == (128, 64, 32, 16)
+  assert riad.eval.map_filter == 11 and literal.eval.map_filter == 0
   assert riad.train.epochs == literal.train.epochs == 150
   assert riad.train.early_stop_patience == 5 and riad.optim.g_lr == 1e-4  # RIAD's own optimiser
 
@@ -85,6 +86,8 @@ def test_riad_small_size_rule():
   assert masks.grid_cell_sizes(32, masks.riad_cells(32)) == (2, 4, 8)
   assert masks.grid_cell_sizes(16, masks.riad_cells(16)) == (2, 4, 8)
   assert masks.grid_cell_sizes(32, (128, 64, 32, 16)) == (2,)
+  # The map filter: about the largest cell (RIAD: 21 px over 16 px cells).
+  assert [masks.riad_filter(s) for s in (16, 32, 256)] == [11, 11, 21]
   for isize in (16, 32, 256):
     masks.validate_mask_config('grid', isize, dataclasses.make_dataclass('M', [
         ('cells', tuple, masks.riad_cells(isize)), ('sets', int, 3), ('partition', str, 'random'),
@@ -113,3 +116,20 @@ def test_cifar_paper_suite_runs_on_tfds_mock_data(tmp_path):
   assert float(rows['ganomaly (published: table)']['image_auroc']) == 0.510
   text = (tmp_path / 'bench' / tables.RESULTS_MD).read_text()
   assert 'reference (test-selected)' in text and 'skip_ganomaly (published: table)' in text
+
+
+def test_map_filter_sets_the_msgms_mean_filter():
+  import jax
+  from ganomaly_jax import losses, similarity
+  from ganomaly_jax.config import arguments, checks
+
+  x, y = jax.random.uniform(jax.random.key(0), (2, 2, 32, 32, 1), minval=-1.0, maxval=1.0)
+  raw = 1.0 - similarity.msgms_map(x, y)
+  np.testing.assert_allclose(losses.anomaly_map(x, {'recon': y}, 'msgms', 11),
+                             similarity.mean_filter(raw, 11), rtol=1e-6)
+  np.testing.assert_allclose(losses.anomaly_map(x, {'recon': y}, 'msgms'),
+                             similarity.mean_filter(raw, 3), rtol=1e-6)  # the scaled rule at 32 px
+  with pytest.raises(checks.ConfigError, match='eval.map_filter=5 is not used by eval.map=l1'):
+    checks.validate_config(arguments.load_config('configs/ganomaly.py:quick,eval.map_filter=5'))
+  with pytest.raises(checks.ConfigError, match='an odd side'):
+    checks.validate_config(arguments.load_config('configs/riad.py:quick,eval.map_filter=4'))

@@ -212,6 +212,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _require(dotted in score.reads or value == default,
              f'{dotted}={value} is not used by eval.score={e.score}; leave it at {default}.')
   _require(e.map in losses.MAPS, f'eval.map={e.map!r} is not one of {_names(losses.MAPS)}.')
+  filtered = [k for k, v in losses.MAPS.items() if v.filtered]
+  _require(isinstance(e.map_filter, int) and (e.map_filter == 0 or e.map_filter % 2 == 1),
+           f'eval.map_filter={e.map_filter} must be 0 (the scaled rule) or an odd side in pixels.')
+  _require(0 <= e.map_filter <= m.isize,
+           f'eval.map_filter={e.map_filter} must be in [0, model.isize={m.isize}].')
+  _require(e.map_filter == 0 or e.map in filtered or e.readout == 'auto',
+           f'eval.map_filter={e.map_filter} is not used by eval.map={e.map}; use it with '
+           f'{_names(filtered)}, or leave it at 0.')
   _require(e.readout in READOUTS,
            f'eval.readout={e.readout!r}: use {" or ".join(map(repr, READOUTS))}.')
   _require(e.readout != 'auto' or config.dataset.val_fraction > 0,

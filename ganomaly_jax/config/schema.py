@@ -159,6 +159,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.threshold_quantile = 0.95
   c.eval.smooth_sigma = 0.0  # Gaussian smoothing of pixel maps (and of the map_* scores' maps)
   c.eval.map = 'l1'  # pixel anomaly map: l1 | ssim | msgms | ssim_msgms (losses.MAPS)
+  # Side of the MSGMS map's mean filter (msgms, ssim_msgms maps); 0: RIAD's 21 px at 256 px scaled
+  # with the image (similarity.msgms_smoothing). The paper suites' RIAD row sets
+  # masks.riad_filter(isize), about its largest cell.
+  c.eval.map_filter = 0
   c.eval.topk_fraction = 0.1  # eval.score=map_topk: mean of this fraction of the highest pixels
   # Which (score, map) the test split is read out with: 'published' = eval.score and eval.map as
   # set; 'auto' = the candidate with the best AUROC on validation normals plus synthetic anomalies
