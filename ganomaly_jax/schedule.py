@@ -47,7 +47,9 @@ def with_epoch_steps(config: ml_collections.ConfigDict,
 
   train.num_steps = epochs × steps_per_epoch; eval_every, checkpoint_every and image_every left
   AUTO (schema.EPOCH_KEYS) become one epoch, so validation (and checkpoint selection) and
-  checkpoints come once per epoch; explicit values stay, in steps.
+  checkpoints come once per epoch; explicit values stay, in steps. The returned config counts in
+  steps (train.epochs = 0): it is what config.json records, and it validates as it is when
+  a finished run is loaded again (mode=eval, rescore, infer).
   """
   t = config.train
   if t.epochs <= 0:
@@ -55,6 +57,7 @@ def with_epoch_steps(config: ml_collections.ConfigDict,
   per_epoch = steps_per_epoch(num_train, t.batch_size, jax.process_count())
   config = copy.deepcopy(config)
   config.train.num_steps = t.epochs * per_epoch
+  config.train.epochs = 0
   for dotted in schema.EPOCH_KEYS[1:]:
     key = dotted.split('.')[1]
     if config.train[key] == schema.AUTO:

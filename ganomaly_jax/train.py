@@ -23,8 +23,8 @@ import ml_collections
 import numpy as np
 
 from ganomaly_jax import programs
-from ganomaly_jax import schedule  # issue 30: epochs, early stopping
-from ganomaly_jax.evaluation import reference  # issue 30: the reference protocol
+from ganomaly_jax import schedule  # train.epochs, train.early_stop_patience
+from ganomaly_jax.evaluation import reference  # eval.protocol=reference
 from ganomaly_jax.config import schema
 from ganomaly_jax.runtime import checkpoint, parallel
 from ganomaly_jax.evaluation import evaluator, plots, readout
@@ -106,6 +106,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, previous: dict[str, An
   with timing.phase('data'):
     splits = _load_splits(config, workdir, is_chief)
     # train.epochs: the step keys follow from the training split's size (schedule.py).
+    epochs = config.train.epochs
     config = schedule.with_epoch_steps(config, len(splits.train))
     t = config.train
     make_train_iter = functools.partial(
@@ -220,8 +221,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str, previous: dict[str, An
       'train_wall_time_s': round(time.time() - started, 1)}
   results = final_evaluation(config, workdir, state, store, progs, splits, mesh, writer, run_info)
   results.update(reference_curve.results())
-  if t.epochs:
-    results['epochs'] = t.epochs
+  if epochs:
+    results['epochs'] = epochs
   if t.early_stop_patience:
     results['early_stopped'] = early_stop.waited >= t.early_stop_patience
   with timing.phase('checkpoints'):

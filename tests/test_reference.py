@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ganomaly_jax import schedule, train
-from ganomaly_jax.config import arguments, checks
+from ganomaly_jax.config import arguments, checks, schema
 from ganomaly_jax.evaluation import reference
 from ganomaly_jax.runtime import rundir
 from helpers import tiny
@@ -33,7 +33,8 @@ def test_epochs_to_steps():
   config = _config()
   assert config.train.num_steps == 0  # left for the epoch length
   filled = schedule.with_epoch_steps(config, 36)
-  assert filled.train.num_steps == 2 * 4
+  assert filled.train.num_steps == 2 * 4 and filled.train.epochs == 0
+  checks.validate_config(filled)  # a finished config validates as it is (config.json)
   # quick sets eval_every / checkpoint_every to 2 steps: explicit values stay.
   assert filled.train.eval_every == 2 and filled.train.checkpoint_every == 2
   per_epoch = schedule.with_epoch_steps(
@@ -97,6 +98,11 @@ def test_reference_readout_beside_bit_identical_honest_results(tmp_path, method)
   assert saved['reference']['curve'] == ref['curve']
   curve = json.loads(rundir.path(str(tmp_path / 'reference'), reference.CURVE_FILE).read_text())
   assert [p['step'] for p in curve['curve']] == [4, 8]
+  # What config.json records counts in steps and loads again (mode=eval, rescore).
+  saved_config = schema.from_saved(
+      rundir.read_json(rundir.path(str(tmp_path / 'reference'), rundir.CONFIG))['config'])
+  assert (saved_config.train.num_steps, saved_config.train.epochs) == (8, 0)
+  checks.validate_config(saved_config)
 
 
 def test_mnist_reference_normalization_is_the_official_one():
