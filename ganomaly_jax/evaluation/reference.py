@@ -65,7 +65,7 @@ def test_scores(score_fn, state: Any, source, batch_size: int = OFFICIAL_BATCH
                 ) -> tuple[np.ndarray, np.ndarray]:
   """(raw scores, labels) of every image of `source`, in order, in unpadded batches.
 
-  Every process computes the whole split (replicated state; the read-out is small).
+  Single process (ReferenceCurve refuses more): the batches go in from this host, whole.
   """
   scores, labels = [], []
   for start in range(0, len(source), batch_size):
@@ -96,6 +96,10 @@ class ReferenceCurve:
     self.points: list[dict[str, Any]] = []
     if not self.enabled:
       return
+    if jax.process_count() > 1:
+      # Each batch is fed whole from this host (an unpadded last batch cannot be split evenly).
+      raise ValueError('eval.protocol=reference runs in a single process (its test batches are '
+                       'fed from one host); use eval.protocol=honest on a multi-host run.')
     self.score_fn = program(config, progs)
     saved = rundir.path(workdir, CURVE_FILE)
     if saved.exists():
