@@ -98,7 +98,7 @@ class ReferenceCurve:
       return
     if jax.process_count() > 1:
       # Each batch is fed whole from this host (an unpadded last batch cannot be split evenly).
-      raise ValueError('eval.protocol=reference runs in a single process (its test batches are '
+      raise rundir.TrainingError('eval.protocol=reference runs in a single process (its test batches are '
                        'fed from one host); use eval.protocol=honest on a multi-host run.')
     self.score_fn = program(config, progs)
     saved = rundir.path(workdir, CURVE_FILE)
