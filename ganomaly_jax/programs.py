@@ -72,7 +72,8 @@ _cache_lock = threading.Lock()
 def program_key(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> tuple[str, Any]:
   """What the programs of `config` on `mesh` are traced from: the config less PROGRAM_FREE_KEYS."""
   flat = {k: v for k, v in schema.flatten(config.to_dict()).items()
-          if k in PROGRAM_KEYS or not any(k == f or k.startswith(f + '.') for f in PROGRAM_FREE_KEYS)}
+          if k in PROGRAM_KEYS
+          or not any(k == f or k.startswith(f + '.') for f in PROGRAM_FREE_KEYS)}
   return json.dumps(flat, sort_keys=True, default=repr), mesh
 
 

@@ -180,7 +180,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str, previous: dict[str, An
         _check_space_to_save(workdir, state_shapes, store, step)  # before orbax meets a full disk
       if step % t.eval_every == 0 or step == num_steps:
         with _loop_phase('validation', state):
-          val_loss = _validate(config, progs.eval_step, state, splits.val, mesh, store, writer, step)
+          val_loss = _validate(config, progs.eval_step, state, splits.val, mesh, store, writer,
+                               step)
         if early_stop.update(val_loss):  # train.early_stop_patience: this step is the last
           logging.info('Early stop at step %d: no better validation loss in %d evaluations.',
                        step, t.early_stop_patience)

@@ -185,7 +185,8 @@ def test_dry_run_lists_the_runs(tmp_path):
                        text=True, timeout=120)
   assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
       "error: Unknown suite 'nope': use one of cifar10, digits, digits_grid, fashion_mnist, folder_categories, "
-      'ganomaly_paper, mnist, skip_ganomaly_paper, textures, textures_grid or a path to a suite file.']
+      'ganomaly_paper, mnist, skip_ganomaly_paper, textures, textures_grid or a path to a '
+      'suite file.']
 
 
 # ------------------------------------------------------------------ tables

@@ -1,4 +1,5 @@
-"""Issue 30: the ganomaly_paper / skip_ganomaly_paper suites, published values, RIAD's small sizes."""
+"""Issue 30: the ganomaly_paper / skip_ganomaly_paper suites, published values, RIAD's small
+sizes and map filter."""
 
 import dataclasses
 
@@ -120,6 +121,7 @@ def test_cifar_paper_suite_runs_on_tfds_mock_data(tmp_path):
 
 def test_map_filter_sets_the_msgms_mean_filter():
   import jax
+
   from ganomaly_jax import losses, similarity
   from ganomaly_jax.config import arguments, checks
 

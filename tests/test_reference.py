@@ -4,12 +4,12 @@ import json
 
 import numpy as np
 import pytest
+from helpers import tiny
 
 from ganomaly_jax import schedule, train
 from ganomaly_jax.config import arguments, checks, schema
 from ganomaly_jax.evaluation import reference
 from ganomaly_jax.runtime import rundir
-from helpers import tiny
 
 # Keys of results.json that may differ between two runs of the same config (clocks).
 _CLOCKS = ('phase_seconds', 'train_wall_time_s')
@@ -72,7 +72,8 @@ def test_official_auc_is_sklearns_on_min_max_scaled_scores():
   labels = np.array([0, 0, 1, 1, 0, 1])
   scores = np.array([0.1, 0.4, 0.35, 0.8, 0.2, 0.9])
   assert reference.official_auc(labels, scores) == pytest.approx(8 / 9)
-  points = [{'epoch': 1, 'step': 4, 'image_auroc': 0.6}, {'epoch': 2, 'step': 8, 'image_auroc': 0.7},
+  points = [{'epoch': 1, 'step': 4, 'image_auroc': 0.6},
+            {'epoch': 2, 'step': 8, 'image_auroc': 0.7},
             {'epoch': 3, 'step': 12, 'image_auroc': 0.65}]
   entry = reference.summary(points)
   assert (entry['image_auroc'], entry['epoch'], entry['last_image_auroc']) == (0.7, 2, 0.65)
@@ -107,6 +108,7 @@ def test_reference_readout_beside_bit_identical_honest_results(tmp_path, method)
 
 def test_mnist_reference_normalization_is_the_official_one():
   import jax.numpy as jnp
+
   from ganomaly_jax import programs
   from ganomaly_jax.data import normalization, pipeline
   from ganomaly_jax.runtime import parallel

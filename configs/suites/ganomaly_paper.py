@@ -9,7 +9,8 @@
 
 Ten digits (each abnormal in turn), seeds 0-2, 15 epochs, the official hyper-parameters and split;
 GANomaly reports its honest figure and the official read-out (`reference (test-selected)`), on
-[-1, 1] inputs and, as `ganomaly_mnist_norm`, on the official Normalize(0.1307, 0.3081) input, beside
+[-1, 1] inputs and, as `ganomaly_mnist_norm`, on the official Normalize(0.1307, 0.3081) input,
+beside
 masked SkipGANomaly, the grid mask, RIAD (two rows) and the PCA / k-NN baselines on the same split
 (configs/suites/_paper.py). The paper gives MNIST only as a bar chart: no published value is
 tabled (experiments/published.py). Options: epochs=N, classes=1+7, seeds=0, methods=ganomaly+pca.

@@ -30,7 +30,8 @@ import jax
 import numpy as np
 from sklearn import metrics as sk_metrics
 
-from ganomaly_jax import schedule, step as step_lib
+from ganomaly_jax import schedule
+from ganomaly_jax import step as step_lib
 from ganomaly_jax.config import checks
 from ganomaly_jax.cpu import kernels
 from ganomaly_jax.data import pipeline
@@ -45,7 +46,8 @@ SELECTION = "test (the official code's best epoch)"
 
 
 def official_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-  """The official `evaluate.roc`: scores min-max scaled over the set, then sklearn roc_curve + auc."""
+  """The official `evaluate.roc`: scores min-max scaled over the set, then scikit-learn's
+  roc_curve + auc."""
   scaled = evaluator.normalise(scores)
   fpr, tpr, _ = sk_metrics.roc_curve(np.asarray(labels).astype(int), scaled)
   return float(sk_metrics.auc(fpr, tpr))
@@ -98,8 +100,9 @@ class ReferenceCurve:
       return
     if jax.process_count() > 1:
       # Each batch is fed whole from this host (an unpadded last batch cannot be split evenly).
-      raise rundir.TrainingError('eval.protocol=reference runs in a single process (its test batches are '
-                       'fed from one host); use eval.protocol=honest on a multi-host run.')
+      raise rundir.TrainingError(
+          'eval.protocol=reference runs in a single process (its test batches are fed from one '
+          'host); use eval.protocol=honest on a multi-host run.')
     self.score_fn = program(config, progs)
     saved = rundir.path(workdir, CURVE_FILE)
     if saved.exists():

@@ -45,8 +45,8 @@ CIFAR10: dict[str, dict[str, Published]] = {
            for method, values in _TABLE_I.items()}
     for name in sources.CIFAR10_NAMES}
 
-MNIST_NOTE = ('GANomaly (ACCV 2018) shows MNIST only as a bar chart (Figure 4) with error bars over '
-              'seeds; no value read off it is recorded here.')
+MNIST_NOTE = ('GANomaly (ACCV 2018) shows MNIST only as a bar chart (Figure 4) with error bars '
+              'over seeds; no value read off it is recorded here.')
 # digit (str) -> method -> Published: empty on purpose (see MNIST_NOTE).
 MNIST: dict[str, dict[str, Published]] = {}
 
