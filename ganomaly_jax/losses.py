@@ -188,20 +188,23 @@ class PixelMap:
   histogram spans [0, max_value], so no value of the map in use is clipped.
   """
 
-  fn: Callable[[jax.Array, jax.Array], jax.Array]
+  fn: Callable[..., jax.Array]
   max_value: float
+  # Whether `fn` takes a third argument, the side of its mean filter (`eval.map_filter`).
+  filtered: bool = False
 
-  def __call__(self, x: jax.Array, recon: jax.Array) -> jax.Array:
-    return self.fn(x, recon)
+  def __call__(self, x: jax.Array, recon: jax.Array, filter_side: int = 0) -> jax.Array:
+    return self.fn(x, recon, filter_side) if self.filtered else self.fn(x, recon)
 
 
 MAPS: dict[str, PixelMap] = {
     'l1': PixelMap(pixel_map, 2.0),  # |x - x̂| of images in [-1, 1]
     'ssim': PixelMap(similarity.ssim_anomaly_map, 2.0),  # 1 - SSIM, SSIM in [-1, 1]
-    'msgms': PixelMap(similarity.msgms_anomaly_map, 1.0),  # RIAD's map: 1 - MSGMS, mean-filtered
+    # RIAD's map: 1 - MSGMS, mean-filtered
+    'msgms': PixelMap(similarity.msgms_anomaly_map, 1.0, filtered=True),
     # Both structural maps summed: SSIM reacts to local contrast, MSGMS to edges.
-    'ssim_msgms': PixelMap(lambda x, recon: similarity.ssim_anomaly_map(x, recon)
-                           + similarity.msgms_anomaly_map(x, recon), 3.0),
+    'ssim_msgms': PixelMap(lambda x, recon, side: similarity.ssim_anomaly_map(x, recon)
+                           + similarity.msgms_anomaly_map(x, recon, side), 3.0, filtered=True),
 }
 
 
@@ -210,17 +213,18 @@ def register_map(name: str, pixel_map_: PixelMap) -> None:
   MAPS[name] = pixel_map_
 
 
-def anomaly_map(x: jax.Array, outputs: dict, name: str) -> jax.Array:
+def anomaly_map(x: jax.Array, outputs: dict, name: str, filter_side: int = 0) -> jax.Array:
   """The `eval.map` map of x against the generator's reconstruction: [B, H, W].
 
   With several evaluation tilings (`outputs['recons']`, [T, B, H, W, C]: the grid mask's cell sizes)
-  the T maps are averaged, as RIAD averages its maps over cell sizes.
+  the T maps are averaged, as RIAD averages its maps over cell sizes. `filter_side` is
+  `eval.map_filter` (the maps that mean-filter; 0: their own scaled side).
   """
   fn = MAPS[name]
   if 'recons' not in outputs:
-    return fn(x, outputs['recon'])
+    return fn(x, outputs['recon'], filter_side)
   recons = outputs['recons']
-  return sum(fn(x, recons[t]) for t in range(recons.shape[0])) / recons.shape[0]
+  return sum(fn(x, recons[t], filter_side) for t in range(recons.shape[0])) / recons.shape[0]
 
 
 # ---- Registries: the adversarial objectives (`loss.adversarial`) and scores (`eval.score`). ----
@@ -358,7 +362,7 @@ register_score('inpaint', Score(lambda s, _: reconstruction_score(s.x, s.outputs
 
 
 def _smoothed_map(s: ScoreInputs, step_config: Any) -> jax.Array:
-  amap = anomaly_map(s.x, s.outputs, step_config.eval.map)
+  amap = anomaly_map(s.x, s.outputs, step_config.eval.map, step_config.eval.map_filter)
   return similarity.gaussian_smooth(amap, step_config.eval.smooth_sigma).reshape(amap.shape[0], -1)
 
 

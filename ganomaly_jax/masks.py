@@ -108,6 +108,36 @@ def grid_cell_sizes(isize: int, cells) -> tuple[int, ...]:
   return tuple(sizes)
 
 
+# RIAD's cell sides at 256 px (Zavrtanik et al. 2021): 2, 4, 8 and 16 px, i.e. up to isize / 16.
+RIAD_SIDES = (2, 4, 8, 16)
+# What RIAD keeps at small sizes: its cells must span the size of the defects they hide, and at
+# 16-32 px a defect is a few pixels to a quarter of the image, so the sides keep at least 2-8 px.
+RIAD_MIN_LARGEST = 8
+
+
+def riad_cells(isize: int) -> tuple[int, ...]:
+  """`mask.cells` (cells per image side) for RIAD's cell sides at `isize`.
+
+  RIAD's sides are 2-16 px at 256 px: the largest is isize / 16. Scaling that down to 16-32 px
+  leaves one 2 px size (today's `mask.cells=(128, 64, 32, 16)` at 32 px), which hides no defect
+  larger than a stroke. The rule kept here: every RIAD side from 2 px up to the larger of
+  isize / 16 and 8 px, never over half the image (a board of at least 2x2 cells): 2, 4, 8 px at 16
+  and 32 px, 2-16 px at 256 px (RIAD's own). Its map filter follows the largest cell
+  (`riad_filter`).
+  """
+  largest = min(max(isize // 16, RIAD_MIN_LARGEST), isize // 2)
+  return tuple(isize // side for side in RIAD_SIDES if side <= largest)
+
+
+def riad_filter(isize: int) -> int:
+  """`eval.map_filter` for `riad_cells(isize)`: RIAD's 21 px filter over 16 px cells, i.e. the
+  odd side nearest 21/16 of the largest cell: 11 px at 16-64 px, 21 px at 256 px (RIAD's own). The
+  map is then smoothed over about the largest hidden region, as at 256 px; the scaled rule
+  (`similarity.msgms_smoothing`) gives 1 (none) at 16 px and 3 at 32 px."""
+  largest = isize // min(riad_cells(isize))
+  return 2 * int(math.floor(21 * largest / 32)) + 1
+
+
 def _check_grid(isize: int, cells, sets, partition: str, draw: str) -> None:
   if not isinstance(sets, int) or isinstance(sets, bool) or sets < 2:
     raise ValueError(f'mask.sets={sets!r} must be an integer >= 2 (disjoint cell sets per size).')

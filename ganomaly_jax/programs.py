@@ -61,6 +61,8 @@ PROGRAM_FREE_KEYS = ('method', 'mode', 'seed', 'restart', 'dataset',
                      'train.checkpoint_every', 'train.image_every', 'train.keep_checkpoints',
                      'train.on_nonfinite', 'train.max_rollbacks', 'runtime.compile_cache_dir',
                      'runtime.distributed')
+# Keys inside PROGRAM_FREE_KEYS' groups that the programs do read (step.StepConfig.normalization).
+PROGRAM_KEYS = ('dataset.normalization',)
 # Kept programs (each holds a method's compiled executables for one mesh): the oldest go first.
 CACHE_SIZE = 4
 _cache: collections.OrderedDict[Any, Programs] = collections.OrderedDict()
@@ -70,7 +72,8 @@ _cache_lock = threading.Lock()
 def program_key(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> tuple[str, Any]:
   """What the programs of `config` on `mesh` are traced from: the config less PROGRAM_FREE_KEYS."""
   flat = {k: v for k, v in schema.flatten(config.to_dict()).items()
-          if not any(k == f or k.startswith(f + '.') for f in PROGRAM_FREE_KEYS)}
+          if k in PROGRAM_KEYS
+          or not any(k == f or k.startswith(f + '.') for f in PROGRAM_FREE_KEYS)}
   return json.dumps(flat, sort_keys=True, default=repr), mesh
 
 

@@ -216,9 +216,10 @@ def ssim_anomaly_map(x: jax.Array, y: jax.Array) -> jax.Array:
   return 1.0 - ssim_map(x, y)
 
 
-def msgms_anomaly_map(x: jax.Array, y: jax.Array) -> jax.Array:
-  """RIAD's anomaly map: 1 - MSGMS, mean-filtered (`msgms_smoothing`); in [0, 1)."""
-  return mean_filter(1.0 - msgms_map(x, y), msgms_smoothing(_side(x)))
+def msgms_anomaly_map(x: jax.Array, y: jax.Array, filter_side: int = 0) -> jax.Array:
+  """RIAD's anomaly map: 1 - MSGMS, mean-filtered over `filter_side` px (0: `msgms_smoothing`'s
+  scaled side); in [0, 1)."""
+  return mean_filter(1.0 - msgms_map(x, y), filter_side or msgms_smoothing(_side(x)))
 
 
 def topk_count(num_pixels: int, fraction: float) -> int:

@@ -18,6 +18,7 @@ import ml_collections
 import optax
 
 from ganomaly_jax import losses, masks, models
+from ganomaly_jax.data import normalization
 from ganomaly_jax.state import Components, GanState, init_discriminator
 
 # The config sections the step reads; `StepConfig` freezes all of them, so a new key needs no edit here.
@@ -54,12 +55,14 @@ class StepConfig:
   mask: FrozenSection
   eval: FrozenSection
   debug_nan_at_step: int
+  normalization: str = 'tanh'  # dataset.normalization: the one data key the steps read
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> 'StepConfig':
     """Freezes the sections in `STEP_SECTIONS` (every key, so none is copied by hand)."""
     sections = {name: FrozenSection.of(config[name]) for name in STEP_SECTIONS}
-    return cls(**sections, debug_nan_at_step=config.debug_nan_at_step)
+    return cls(**sections, debug_nan_at_step=config.debug_nan_at_step,
+               normalization=config.dataset.normalization)
 
   def with_eval(self, **changes: Any) -> 'StepConfig':
     """This config with eval keys replaced: `step_config.with_eval(score='map_max', map='l1')`."""
@@ -227,7 +230,7 @@ def train_step(state: GanState, batch: dict[str, jax.Array], rng: jax.Array, *,
   adversarial = losses.ADVERSARIAL[step_config.loss.adversarial]
   generator = models.GENERATORS[step_config.model.generator]
   w = step_config.loss
-  x = batch['image']
+  x = normalization.from_tanh(batch['image'], step_config.normalization)
   n = x.shape[0]
   g_rng, noise_rng, label_rng, gp_rng, reinit_rng = jax.random.split(rng, 5)
   targets = _d_targets(step_config, label_rng, n)
@@ -345,6 +348,24 @@ def score_inputs(components: Components, step_config: StepConfig, state: GanStat
                             discriminator=discriminator)
 
 
+def reference_scores(state: GanState, x: jax.Array, *, components: Components,
+                     step_config: StepConfig) -> jax.Array:
+  """Raw scores as the official GANomaly / Skip-GANomaly test loops compute them: BatchNorm in
+  train mode, i.e. normalised with the statistics of this very batch (they never call
+  `netg.eval()`), in G and in D alike. The statistics are not kept: the state is not changed.
+
+  The score is the method's (`losses.SCORES[step_config.eval.score]`): GANomaly's mean((z - ẑ)²), and
+  Skip-GANomaly's 0.9·mean((x - x̂)²) + 0.1·mean((f(x) - f(x̂))²) as in their code. For the
+  reference read-out only (evaluation/reference.py), never for the honest results.
+  """
+  x = normalization.from_tanh(x, step_config.normalization)
+  out, _ = _apply_g(components, state.g_params, state.g_stats, x, True)
+  discriminator = lambda images: _apply_d(components, state.d_params, state.d_stats, images, True,
+                                          update_stats=False)[0]
+  inputs = losses.ScoreInputs(x=x, outputs=out, discriminator=discriminator)
+  return losses.SCORES[step_config.eval.score].fn(inputs, step_config)
+
+
 def _l1(x: jax.Array, recon: jax.Array) -> jax.Array:
   return jnp.mean(jnp.abs(x - recon).reshape(x.shape[0], -1), axis=1)
 
@@ -357,14 +378,14 @@ def eval_step(state: GanState, batch: dict[str, jax.Array], *, components: Compo
   mode.
   With maps, 'map' is the `eval.map` pixel map (`losses.anomaly_map`), not yet smoothed.
   """
-  x = batch['image']
+  x = normalization.from_tanh(batch['image'], step_config.normalization)
   inputs = score_inputs(components, step_config, state, x)
   recon = inputs.outputs['recon']
   result: dict[str, Any] = {'l1': _l1(x, recon)}
   result['score'] = losses.SCORES[step_config.eval.score].fn(inputs, step_config)
   if with_maps:
     result['recon'] = recon
-    result['map'] = losses.anomaly_map(x, inputs.outputs, step_config.eval.map)
+    result['map'] = losses.anomaly_map(x, inputs.outputs, step_config.eval.map, step_config.eval.map_filter)
   return result
 
 
@@ -384,7 +405,7 @@ def eval_readouts(state: GanState, batch: dict[str, jax.Array], *, components: C
   not use the map is computed once) and each named map, unsmoothed, under 'map/<map>'. Every other
   eval key (smooth_sigma, score_lambda, topk_fraction) is `step_config`'s.
   """
-  x = batch['image']
+  x = normalization.from_tanh(batch['image'], step_config.normalization)
   inputs = score_inputs(components, step_config, state, x)
   result: dict[str, Any] = {'l1': _l1(x, inputs.outputs['recon']), 'recon': inputs.outputs['recon']}
   for score, map_name in readouts:
@@ -393,5 +414,6 @@ def eval_readouts(state: GanState, batch: dict[str, jax.Array], *, components: C
       readout_config = step_config.with_eval(score=score, map=map_name)
       result[key] = losses.SCORES[score].fn(inputs, readout_config)
     if f'map/{map_name}' not in result:
-      result[f'map/{map_name}'] = losses.anomaly_map(x, inputs.outputs, map_name)
+      result[f'map/{map_name}'] = losses.anomaly_map(x, inputs.outputs, map_name,
+                                                     step_config.eval.map_filter)
   return result

@@ -22,11 +22,12 @@ import ml_collections
 import numpy as np
 
 from ganomaly_jax import programs
+from ganomaly_jax import schedule  # train.epochs, train.early_stop_patience
 from ganomaly_jax import state as state_lib
 from ganomaly_jax.config import schema
 from ganomaly_jax.cpu import host_memory
 from ganomaly_jax.data import pipeline, sources
-from ganomaly_jax.evaluation import evaluator, readout
+from ganomaly_jax.evaluation import evaluator, readout, reference  # reference: eval.protocol
 from ganomaly_jax.runtime import checkpoint, disk, parallel, preemption, rundir, timing
 
 
@@ -100,6 +101,10 @@ def _run(config: ml_collections.ConfigDict, workdir: str, previous: dict[str, An
   # ---------------- Input pipeline ----------------
   with timing.phase('data'):
     splits = _load_splits(config, workdir, is_chief)
+    # train.epochs: the step keys follow from the training split's size (schedule.py).
+    epochs = config.train.epochs
+    config = schedule.with_epoch_steps(config, len(splits.train))
+    t = config.train
     make_train_iter = functools.partial(
         pipeline.train_iterator, splits.train, batch_size=parallel.local_batch_size(t.batch_size),
         seed=config.seed, flip=config.dataset.flip, zoom=config.dataset.zoom,
@@ -123,6 +128,10 @@ def _run(config: ml_collections.ConfigDict, workdir: str, previous: dict[str, An
 
   # ---------------- Load checkpoint ----------------
   state = _restore(config, store, state, train_iter, workdir)
+  # eval.protocol=reference: the official per-epoch test read-out, beside the honest results.
+  reference_curve = reference.ReferenceCurve(config, progs, splits.test, len(splits.train),
+                                             workdir, int(state.step))
+  early_stop = schedule.EarlyStop(t.early_stop_patience)
   if is_chief:
     rundir.write_json(rundir.path(workdir, rundir.CONFIG), {'config': config.to_dict()})
 
@@ -169,7 +178,15 @@ def _run(config: ml_collections.ConfigDict, workdir: str, previous: dict[str, An
         disk.check_free_space(workdir, state_shapes, t.keep_checkpoints, store, step)
       if step % t.eval_every == 0 or step == num_steps:
         with _loop_phase('validation', state):
-          _validate(config, progs.eval_step, state, splits.val, mesh, store, writer, step)
+          val_loss = _validate(config, progs.eval_step, state, splits.val, mesh, store, writer,
+                               step)
+        if early_stop.update(val_loss):  # train.early_stop_patience: this step is the last
+          logging.info('Early stop at step %d: no better validation loss in %d evaluations.',
+                       step, t.early_stop_patience)
+          num_steps = step
+      if reference_curve.due(step):
+        with _loop_phase('reference', state):
+          reference_curve.evaluate(state, step)
       if t.image_every > 0 and (step % t.image_every == 0 or step == num_steps):
         with _loop_phase('pictures', state):
           pictures = evaluator.first_pictures(progs.eval_maps, state, splits.test, mesh,
@@ -200,6 +217,11 @@ def _run(config: ml_collections.ConfigDict, workdir: str, previous: dict[str, An
       'steps': max(num_steps, (previous or {}).get('steps', 0)), 'rollbacks': rollback.count,
       'train_wall_time_s': round(time.time() - started, 1)}
   results = final_evaluation(config, workdir, state, store, progs, splits, mesh, writer, run_info)
+  results.update(reference_curve.results())
+  if epochs:
+    results['epochs'] = epochs
+  if t.early_stop_patience:
+    results['early_stopped'] = early_stop.waited >= t.early_stop_patience
   with timing.phase('checkpoints'):
     store.close()
   logging.info('Results (%s): %s', workdir, json.dumps(results, sort_keys=True))
@@ -378,13 +400,15 @@ def _loop_phase(name: str, state: Any):
 
 
 def _validate(config: ml_collections.ConfigDict, eval_fn, state: Any, source, mesh,
-              store: checkpoint.CheckpointStore, writer, step: int) -> None:
-  """Validation L1 and score on held-out normals; offers the state as the best by val loss."""
+              store: checkpoint.CheckpointStore, writer, step: int) -> float:
+  """Validation L1 and score on held-out normals; offers the state as the best by val loss.
+  Returns the validation loss (mean L1)."""
   val = evaluator.run_eval(eval_fn, state, source, mesh, config.eval.batch_size)
   val_loss = float(np.mean(val['l1'])) if len(val['l1']) else float('nan')
   writer.write_scalars(step, {'val/l1': val_loss, 'val/score_mean': float(np.mean(val['score']))})
   if config.eval.select == 'val_loss' and np.isfinite(val_loss):
     store.save_best(step, state, val_loss)
+  return val_loss
 
 
 # ---------------------------------------------------------------------------------------------

@@ -123,7 +123,7 @@ def test_options_restrict_the_suite():
 
 @pytest.mark.parametrize('spec, match', [
     ('nope', r"Unknown suite 'nope': use one of cifar10, digits, digits_grid, fashion_mnist, "
-             r'folder_categories, mnist, textures'),
+             r'folder_categories, ganomaly_paper, mnist, skip_ganomaly_paper, textures'),
     ('digits:bogus=1', r'unknown option\(s\) bogus'),
     ('digits:classes=11', r"classes='11' names \['11'\]; the suite has 0\+1"),
     ('digits:seeds=x', r"seeds='x' is not a list of ints"),
@@ -184,7 +184,8 @@ def test_dry_run_lists_the_runs(tmp_path):
                        text=True, timeout=120)
   assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
       "error: Unknown suite 'nope': use one of cifar10, digits, digits_grid, fashion_mnist, folder_categories, "
-      'mnist, textures, textures_grid or a path to a suite file.']
+      'ganomaly_paper, mnist, skip_ganomaly_paper, textures, textures_grid or a path to a '
+      'suite file.']
 
 
 # ------------------------------------------------------------------ tables

@@ -164,7 +164,7 @@ def test_gms_is_unchanged_by_the_shift_to_unit_intensities():
 
 def _hp(map_name='l1', smooth_sigma=0.0, topk_fraction=0.1):
   return types.SimpleNamespace(eval=types.SimpleNamespace(
-      map=map_name, smooth_sigma=smooth_sigma, topk_fraction=topk_fraction))
+      map=map_name, smooth_sigma=smooth_sigma, topk_fraction=topk_fraction, map_filter=0))
 
 
 def _inputs(maps: np.ndarray) -> losses.ScoreInputs:

@@ -44,6 +44,11 @@ def _names(names) -> str:
 # eval.readout: 'published' reads the test split out with eval.score / eval.map as set; 'auto' picks
 # the candidate best on validation normals + synthetic anomalies (evaluation/readout.py).
 READOUTS = ('published', 'auto')
+# eval.protocol: 'honest' alone, or with the official code's per-epoch, test-selected read-out
+# beside it (evaluation/reference.py).
+PROTOCOLS = ('honest', 'reference')
+# dataset.normalization (data/normalization.py).
+NORMALIZATIONS = ('tanh', 'mnist_reference')
 
 
 def score_problem(config: ml_collections.ConfigDict, name: str) -> str | None:
@@ -178,10 +183,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for key in ('w_adv', 'w_con', 'w_enc', 'gp_weight', 'hole_weight', 'w_ssim', 'w_msgms'):
     _require(l[key] >= 0, f'loss.{key}={l[key]} must be >= 0.')
 
+  _check_budget(config)
+  # With train.epochs these may still be AUTO: one epoch each, filled by schedule.with_epoch_steps.
+  per_epoch = {k.split('.')[1] for k in schema.EPOCH_KEYS} if t.epochs > 0 else set()
   for key in ('batch_size', 'num_steps', 'log_every', 'eval_every', 'checkpoint_every',
               'keep_checkpoints'):
-    _require(t[key] > 0, f'train.{key}={t[key]} must be positive.')
-  _require(t.image_every > 0 or t.image_every == -1,
+    _require(t[key] > 0 or (key in per_epoch and t[key] == schema.AUTO),
+             f'train.{key}={t[key]} must be positive.')
+  _require(t.image_every > 0 or t.image_every == -1
+           or ('image_every' in per_epoch and t.image_every == schema.AUTO),
            f'train.image_every={t.image_every} must be positive, or -1 for no image grids.')
   _require(0.0 <= t.label_flip_prob < 0.5, f'train.label_flip_prob={t.label_flip_prob} must be in [0, 0.5).')
   _require(t.d_input_noise_std >= 0, f'train.d_input_noise_std={t.d_input_noise_std} must be >= 0.')
@@ -212,6 +222,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _require(dotted in score.reads or value == default,
              f'{dotted}={value} is not used by eval.score={e.score}; leave it at {default}.')
   _require(e.map in losses.MAPS, f'eval.map={e.map!r} is not one of {_names(losses.MAPS)}.')
+  filtered = [k for k, v in losses.MAPS.items() if v.filtered]
+  _require(isinstance(e.map_filter, int) and (e.map_filter == 0 or e.map_filter % 2 == 1),
+           f'eval.map_filter={e.map_filter} must be 0 (the scaled rule) or an odd side in pixels.')
+  _require(0 <= e.map_filter <= m.isize,
+           f'eval.map_filter={e.map_filter} must be in [0, model.isize={m.isize}].')
+  _require(e.map_filter == 0 or e.map in filtered or e.readout == 'auto',
+           f'eval.map_filter={e.map_filter} is not used by eval.map={e.map}; use it with '
+           f'{_names(filtered)}, or leave it at 0.')
   _require(e.readout in READOUTS,
            f'eval.readout={e.readout!r}: use {" or ".join(map(repr, READOUTS))}.')
   _require(e.readout != 'auto' or config.dataset.val_fraction > 0,
@@ -231,7 +249,49 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(0.0 <= config.dataset.val_fraction < 1.0,
            f'dataset.val_fraction={config.dataset.val_fraction} must be in [0, 1).')
   _require(0.0 <= config.dataset.zoom < 1.0, f'dataset.zoom={config.dataset.zoom} must be in [0, 1).')
+  _check_protocol(config)
   check_architecture(config)
+
+
+def _check_budget(config: ml_collections.ConfigDict) -> None:
+  """train.epochs xor train.num_steps; train.early_stop_patience needs validation normals."""
+  t = config.train
+  _require(isinstance(t.epochs, int) and t.epochs >= 0,
+           f'train.epochs={t.epochs} must be an integer >= 0 (0: the budget is train.num_steps).')
+  _require(not (t.epochs > 0 and t.num_steps != schema.AUTO),
+           f'train.epochs={t.epochs} and train.num_steps={t.num_steps} are both set: a budget is '
+           'one or the other (set train.num_steps=0 to count in epochs, or train.epochs=0).')
+  _require(isinstance(t.early_stop_patience, int) and t.early_stop_patience >= 0,
+           f'train.early_stop_patience={t.early_stop_patience} must be an integer >= 0 (0: off).')
+  _require(t.early_stop_patience == 0 or config.dataset.val_fraction > 0,
+           'train.early_stop_patience stops on the validation loss: it needs '
+           'dataset.val_fraction > 0.')
+
+
+def _check_protocol(config: ml_collections.ConfigDict) -> None:
+  """eval.protocol and dataset.normalization."""
+  e, d = config.eval, config.dataset
+  _require(e.protocol in PROTOCOLS,
+           f'eval.protocol={e.protocol!r}: use {" or ".join(map(repr, PROTOCOLS))}.')
+  if e.protocol == 'reference':
+    # The official read-out is GANomaly's / Skip-GANomaly's: one forward pass per image with
+    # test-batch statistics; masked inpainting and MC-dropout have no official counterpart.
+    _require(config.mask.kind == 'none',
+             f'eval.protocol=reference reproduces the official GANomaly / Skip-GANomaly test '
+             f'read-out, which has no masks: it needs mask.kind=none, not {config.mask.kind}.')
+    _require(config.model.dropout == 0,
+             'eval.protocol=reference: the official read-out has no dropout (model.dropout=0).')
+  _require(d.normalization in NORMALIZATIONS,
+           f'dataset.normalization={d.normalization!r}: use '
+           f'{" or ".join(map(repr, NORMALIZATIONS))}.')
+  _require(d.normalization == 'tanh' or (config.mask.kind == 'none' and config.loss.w_ssim == 0
+                                        and config.loss.w_msgms == 0 and e.map == 'l1'),
+           f'dataset.normalization={d.normalization} reproduces the official GANomaly MNIST input; '
+           'SSIM / GMS terms and masks assume images in [-1, 1] (use it with ganomaly or '
+           'skip_ganomaly).')
+  _require(d.normalization == 'tanh' or config.model.channels == 1,
+           f'dataset.normalization={d.normalization} is MNIST\'s (one channel); model.channels='
+           f'{config.model.channels}.')
 
 
 # Input sizes offered when model.isize cannot be built (each one checked the same way).

@@ -51,6 +51,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.flip = False  # train-time horizontal flip
   c.dataset.zoom = 0.0  # train-time random zoom: crop up to this fraction, resize back
   c.dataset.workers = 0  # grain worker processes (0: in-process)
+  # How uint8 pixels become the networks' inputs: 'tanh' = [-1, 1], the range of the decoders'
+  # tanh; 'mnist_reference' = the official GANomaly code's MNIST Normalize(0.1307, 0.3081), which a
+  # tanh decoder cannot reach above 1 (data/normalization.py; for reproducing its figures only).
+  c.dataset.normalization = 'tanh'
 
   c.model = ml_collections.ConfigDict()
   # AUTO (0): filled by resolve() from the dataset; any explicit value wins.
@@ -103,7 +107,15 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 64
-  c.train.num_steps = AUTO  # digits: 1000; otherwise 3000
+  c.train.num_steps = AUTO  # digits: 1000; otherwise 3000 (left AUTO when train.epochs is set)
+  # Budget in epochs instead (0: off): one epoch = one pass over this process's shard of the
+  # training normals, len // local batch steps (the last partial batch is dropped, as the official
+  # loader's drop_last=True does). With it, eval_every / checkpoint_every / image_every left AUTO
+  # become one epoch (schedule.py).
+  c.train.epochs = 0
+  # Stop when the validation loss has not improved for this many evaluations (0: off); the best
+  # checkpoint by validation loss is the one evaluated (RIAD trains to convergence this way).
+  c.train.early_stop_patience = 0
   c.train.log_every = 50
   c.train.eval_every = AUTO  # digits: 250; otherwise 500
   c.train.checkpoint_every = AUTO  # digits: 250; otherwise 500
@@ -130,6 +142,11 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 64
+  # 'honest' (inference-mode BatchNorm, checkpoint and threshold from validation normals) or
+  # 'reference': the honest results plus, after every epoch, the official code's read-out of the
+  # test split (test-batch BatchNorm statistics, batches of 64 in its order, best epoch on the test
+  # set) under results.json's `reference` (evaluation/reference.py). Test-selected by design.
+  c.eval.protocol = 'honest'
   c.eval.score = 'latent'  # latent | reconstruction | lambda | inpaint | map_mean | map_max | map_topk
   c.eval.score_lambda = 0.9  # eq. 6.1
   c.eval.select = 'val_loss'  # checkpoint selection on validation normals: val_loss | last
@@ -141,6 +158,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.threshold_quantile = 0.95
   c.eval.smooth_sigma = 0.0  # Gaussian smoothing of pixel maps (and of the map_* scores' maps)
   c.eval.map = 'l1'  # pixel anomaly map: l1 | ssim | msgms | ssim_msgms (losses.MAPS)
+  # Side of the MSGMS map's mean filter (msgms, ssim_msgms maps); 0: RIAD's 21 px at 256 px scaled
+  # with the image (similarity.msgms_smoothing). The paper suites' RIAD row sets
+  # masks.riad_filter(isize), about its largest cell.
+  c.eval.map_filter = 0
   c.eval.topk_fraction = 0.1  # eval.score=map_topk: mean of this fraction of the highest pixels
   # Which (score, map) the test split is read out with: 'published' = eval.score and eval.map as
   # set; 'auto' = the candidate with the best AUROC on validation normals plus synthetic anomalies
@@ -204,6 +225,10 @@ _STUDY = {'model.isize': 32, 'model.ngf': 64, 'model.ndf': 64, 'train.num_steps'
           'train.eval_every': 500, 'train.checkpoint_every': 500, 'train.image_every': 1000}
 _DIGITS = {'model.isize': 16, 'model.ngf': 32, 'model.ndf': 32, 'train.num_steps': 1000,
            'train.eval_every': 250, 'train.checkpoint_every': 250, 'train.image_every': 500}
+# With train.epochs, these stay AUTO through `resolve`: their values follow from the epoch length.
+EPOCH_KEYS = ('train.num_steps', 'train.eval_every', 'train.checkpoint_every', 'train.image_every')
+
+
 def dataset_channels(name: str) -> int:
   """Channels the model should read for dataset `name` (the registered dataset's own)."""
   from ganomaly_jax.data import sources  # the registry; imported here, when a config is resolved
@@ -236,6 +261,8 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   values = _DIGITS if _small_dataset(name) else _STUDY
   for dotted, value in values.items():
     group, key = dotted.split('.')
+    if config.train.epochs > 0 and dotted in EPOCH_KEYS:
+      continue  # filled once the training split's size is known (schedule.with_epoch_steps)
     if config[group][key] == AUTO:
       config[group][key] = value
   if config.model.channels == AUTO:

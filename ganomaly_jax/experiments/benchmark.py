@@ -52,9 +52,24 @@ def table_row(record: Record, suite: str) -> dict[str, Any]:
   return {'suite': suite, 'method': record.run.method.name, 'class': record.run.cls,
           'seed': record.run.seed, 'status': record.status,
           **{k: r.get(k) for k in tables.METRICS}, 'steps': r.get('steps'),
+          tables.REFERENCE: (r.get('reference') or {}).get('image_auroc'),
           'readout': tables.readout_label(r),
           'wall_time_s': None if record.wall_time_s is None else round(record.wall_time_s, 1),
           'commit': record.commit, 'workdir': record.run.workdir}
+
+
+def published_rows(suite: suites.Suite) -> list[dict[str, Any]]:
+  """Table rows of the suite's published values (`Suite.published`), one per class and method,
+  named `<method> (published: table|figure)`, the source under `readout`."""
+  if suite.published is None:
+    return []
+  rows = []
+  for cls in suite.classes:
+    for method, value in suite.published(str(cls)).items():
+      rows.append({'suite': suite.name, 'method': f'{method} (published: {value.kind})',
+                   'class': str(cls), 'seed': '', 'status': tables.PUBLISHED,
+                   'image_auroc': value.value, 'readout': value.source})
+  return rows
 
 
 def commit() -> str:
@@ -142,7 +157,7 @@ def run_benchmark(suite: suites.Suite, root: str, train_fn: run_queue.TrainFn | 
   records = [Record(run) for run in runs]
 
   def write_tables() -> None:
-    rows = [table_row(r, suite.name) for r in records]
+    rows = [table_row(r, suite.name) for r in records] + published_rows(suite)
     tables.write_csv(root, rows)
     tables.write_markdown(root, rows, title, notes)
     tables.write_plot(root, rows, title)
@@ -174,7 +189,8 @@ def main(argv: list[str]) -> None:
         print(describe(run))
       baseline = sum(1 for r in runs if r.method.baseline)
       again = sum(1 for r in runs if r.method.reevaluates)
-      print(f'{len(runs)} runs: {len(runs) - baseline - again} trained at {suite.steps} steps, '
+      budget = f'{suite.epochs} epochs' if suite.epochs else f'{suite.steps} steps'
+      print(f'{len(runs)} runs: {len(runs) - baseline - again} trained at {budget}, '
             f'{baseline} baseline, {again} re-evaluated; {len(suite.methods)} methods × '
             f'{len(suite.classes)} classes × {len(suite.seeds)} seeds.')
       return

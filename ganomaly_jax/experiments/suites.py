@@ -85,6 +85,11 @@ class Suite:
     prepare: called once with the data folder before any run (generated suites); never by a dry run.
     doc: one line describing the suite (the table's subtitle).
     pictures: whether the runs draw pictures (else `LEAN`; the `pictures=1` option turns them on).
+    epochs: when > 0, the budget of every trained run is `train.epochs` (one pass over the
+      training normals each; `steps` is then unused), with validation and checkpoints per epoch;
+      a method's own `train.epochs` override wins (RIAD's early-stopped rows).
+    published: class -> {row name: published value} (`experiments/published.py`), shown beside
+      the runs in the tables; None for a suite without published numbers.
   """
   name: str
   methods: list[Method]
@@ -97,6 +102,8 @@ class Suite:
   prepare: Callable[[str], None] | None = None
   doc: str = ''
   pictures: bool = False
+  epochs: int = 0
+  published: Callable[[str], dict[str, Any]] | None = None
 
 
 @dataclasses.dataclass
@@ -186,7 +193,9 @@ def _check(suite: Suite, where: str) -> None:
     problems.append(f'classes repeat: {suite.classes}')
   if len(set(suite.seeds)) != len(suite.seeds):
     problems.append(f'seeds repeat: {suite.seeds}')
-  if not isinstance(suite.steps, int) or suite.steps < 1:
+  if not isinstance(suite.epochs, int) or suite.epochs < 0:
+    problems.append(f'epochs must be an integer >= 0, got {suite.epochs!r}')
+  elif not suite.epochs and (not isinstance(suite.steps, int) or suite.steps < 1):
     problems.append(f'steps must be a positive integer, got {suite.steps!r}')
   problems += [f'method {m.name}: unknown baseline {m.baseline!r} (use {", ".join(baselines.BASELINES)})'
                for m in suite.methods if m.baseline and m.baseline not in baselines.BASELINES]
@@ -241,9 +250,11 @@ def expand(suite: Suite, root: str) -> list[BenchRun]:
             bases[method.config] = arguments.load_config(method.config, finish=False)
           except (ValueError, KeyError) as e:
             raise SuiteError(f'{context}: config {method.config}: {e}') from None
-        overrides = {**({} if suite.pictures else LEAN), **suite.overrides, **method.overrides,
-                     suite.class_key: suite.class_value.format(cls=cls, data=data),
-                     'seed': seed, 'train.num_steps': suite.steps}
+        budget = ({'train.num_steps': suite.steps} if not suite.epochs else
+                  epoch_budget(suite.epochs))
+        overrides = {**budget, **({} if suite.pictures else LEAN), **suite.overrides,
+                     **method.overrides,
+                     suite.class_key: suite.class_value.format(cls=cls, data=data), 'seed': seed}
         config = sweep.apply_overrides(bases[method.config], overrides, context)
         try:
           config = checks.finished(config)  # the one resolve and validation of the run's config
@@ -262,8 +273,14 @@ def expand(suite: Suite, root: str) -> list[BenchRun]:
 
 
 
+def epoch_budget(epochs: int) -> dict[str, Any]:
+  """Overrides for a budget of `epochs`: the step keys back to AUTO (one epoch each, filled
+  when the run knows its data: `schedule.with_epoch_steps`)."""
+  return {'train.epochs': epochs, **{k: schema.AUTO for k in schema.EPOCH_KEYS}}
+
+
 # Options every suite file accepts in its argument string: `digits:classes=3+7,seeds=0,steps=50`.
-COMMON_OPTIONS = ('classes', 'seeds', 'steps', 'methods', 'pictures')
+COMMON_OPTIONS = ('classes', 'seeds', 'steps', 'methods', 'pictures', 'epochs')
 
 
 def parse_arg(arg: str | None) -> tuple[list[str], dict[str, str]]:
@@ -320,7 +337,17 @@ def restrict(suite: Suite, options: dict[str, str], known: tuple[str, ...] = ())
     if options['pictures'] not in ('0', '1'):
       raise SuiteError(f'suite {suite.name}: pictures={options["pictures"]!r} must be 0 or 1.')
     suite.pictures = options['pictures'] == '1'
+  if 'epochs' in options:
+    if not suite.epochs:
+      raise SuiteError(f'suite {suite.name}: counts its budget in steps; use steps=N.')
+    try:
+      suite.epochs = int(options['epochs'])
+    except ValueError:
+      raise SuiteError(
+          f'suite {suite.name}: epochs={options["epochs"]!r} is not an integer.') from None
   if 'steps' in options:
+    if suite.epochs:
+      raise SuiteError(f'suite {suite.name}: counts its budget in epochs; use epochs=N.')
     try:
       suite.steps = int(options['steps'])
     except ValueError:

@@ -22,7 +22,14 @@ from ganomaly_jax.experiments import sweep
 RESULTS_CSV = sweep.RESULTS_CSV
 RESULTS_MD = sweep.RESULTS_MD
 RESULTS_PNG = 'results.png'
-METRICS = tuple(dict.fromkeys(sweep.METRICS + ('pixel_auroc', 'pixel_pro')))
+# `reference_image_auroc`: the official code's read-out of the same run (eval.protocol=reference:
+# test-batch BatchNorm, the best epoch chosen on the test set); shown as REFERENCE_LABEL.
+REFERENCE = 'reference_image_auroc'
+REFERENCE_LABEL = 'reference (test-selected)'
+METRICS = tuple(dict.fromkeys(sweep.METRICS + ('pixel_auroc', 'pixel_pro', REFERENCE)))
+# Rows of published values (experiments/published.py) carry this status: not a run, but shown.
+PUBLISHED = 'published'
+_SHOWN = ('done', 'skipped', PUBLISHED)
 COLUMNS = (('suite', 'method', 'class', 'seed', 'status') + METRICS
            + ('steps', 'readout', 'wall_time_s', 'commit', 'workdir'))
 PLOT_METRIC = 'image_auroc'
@@ -45,7 +52,7 @@ def _readouts(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str], dict[str,
   counts: dict[tuple[str, str], dict[str, int]] = {}
   for row in rows:
     label = row.get('readout')
-    if not label or str(row.get('status', 'done')) not in ('done', 'skipped'):
+    if not label or str(row.get('status', 'done')) not in _SHOWN:
       continue
     for key in ((str(row['class']), str(row['method'])), ('', str(row['method']))):
       per = counts.setdefault(key, {})
@@ -94,7 +101,7 @@ def summarise(rows: Sequence[dict[str, Any]], columns: Sequence[str] = METRICS +
     per_method = values.setdefault(str(row['class']), {}).setdefault(str(row['method']), {})
     for column in columns:
       per_method.setdefault(column, [])
-      if str(row.get('status', 'done')) in ('done', 'skipped'):
+      if str(row.get('status', 'done')) in _SHOWN:
         number = _number(row.get(column))
         if number is not None:
           per_method[column].append(number)
@@ -115,7 +122,7 @@ def _overall(rows: Sequence[dict[str, Any]], summary
         by_method.setdefault(method, {}).setdefault(column, []).append(mean)
   per_seed: dict[tuple[str, str], dict[str, list[float]]] = {}
   for row in rows:
-    if str(row.get('status', 'done')) not in ('done', 'skipped'):
+    if str(row.get('status', 'done')) not in _SHOWN:
       continue
     for column in by_method.get(str(row['method']), {}):
       number = _number(row.get(column))
@@ -161,7 +168,8 @@ def _table(methods: dict[str, dict[str, tuple[float, float, int]]], all_methods:
     means = [cols[metric][0] for cols in methods.values() if metric in cols]
     pick = min if metric in LOWER_IS_BETTER else max
     best[metric] = pick(means) if means else None
-  head = ['method', count_label, *metrics, 'wall_time_s'] + (['readout'] if readouts else [])
+  head = ['method', count_label, *(REFERENCE_LABEL if m == REFERENCE else m for m in metrics),
+          'wall_time_s'] + (['readout'] if readouts else [])
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '|'.join('---' for _ in head) + '|']
   for method in all_methods:
     cols = methods.get(method, {})
@@ -200,6 +208,12 @@ def markdown(rows: Sequence[dict[str, Any]], title: str, notes: Sequence[str] = 
   lines += ['Mean ± std over seeds (sample std); the best mean of each column in **bold** (the '
             'smallest for image_fpr, the largest elsewhere); `n/a`: the method gives no such value (k-NN has no pixel map) or no seed has '
             'finished.', '']
+  if REFERENCE in metrics:
+    lines += [f'`{REFERENCE_LABEL}`: the official GANomaly / Skip-GANomaly read-out of the same '
+              'runs (BatchNorm with test-batch statistics, the best epoch chosen on the test set: '
+              'model selection on the test set, not a deployable figure); every other column is '
+              'honest (checkpoint and threshold from validation normals). `(published: ...)` rows '
+              'are the papers\' values, their source in `readout`.', '']
   if used:
     lines += ['`readout`: the score/map each method\'s test pass used (×n: runs, where they '
               'differ); `+auto` rows chose theirs on validation normals and synthetic anomalies, '
@@ -214,7 +228,7 @@ def markdown(rows: Sequence[dict[str, Any]], title: str, notes: Sequence[str] = 
   for cls, per_method in summary.items():
     lines += [f'## {cls}', ''] + _table(per_method, methods, metrics, 'seeds',
                                         readouts(cls)) + ['']
-  status = [r for r in rows if str(r.get('status')) not in ('done', 'skipped')]
+  status = [r for r in rows if str(r.get('status')) not in _SHOWN]
   if status:
     lines += [f'{len(status)} run(s) not finished: ' + ', '.join(
         f'{r["class"]}/{r["method"]}/seed-{r["seed"]} ({r["status"]})' for r in status[:20])

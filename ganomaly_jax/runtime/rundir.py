@@ -103,8 +103,10 @@ def read_results(workdir: PathLike) -> dict[str, Any] | None:
 
 
 def is_finished(results: Mapping[str, Any] | None, num_steps: int) -> bool:
-  """The one rule: a run is finished when its results record at least the steps asked for."""
-  return bool(results) and results.get('steps', 0) >= num_steps
+  """The one rule: a run is finished when its results record at least the steps asked for, or
+  that it stopped early (train.early_stop_patience)."""
+  return bool(results) and (results.get('steps', 0) >= num_steps
+                            or bool(results.get('early_stopped')))
 
 
 def finished_results(workdir: PathLike, num_steps: int) -> dict[str, Any] | None:
