@@ -275,4 +275,6 @@ def unresolved(config: ml_collections.ConfigDict) -> list[str]:
   """The dataset-dependent keys still AUTO (none once `resolve`d): a cheap check for a consumer
   that must be handed a finished config (`checks.finished`)."""
   keys = [*_STUDY, 'model.channels']
+  if config.train.epochs > 0:  # filled once the data's length is known (schedule.with_epoch_steps)
+    keys = [k for k in keys if k not in EPOCH_KEYS]
   return [k for k in keys if config[k.split('.')[0]][k.split('.')[1]] == AUTO]
