@@ -59,16 +59,19 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 @pytest.fixture(autouse=True)
-def fresh_process_caches():
+def fresh_process_caches(request):
   """Each test starts without the programs and datasets an earlier test left in this process.
 
   A run reuses kept programs and decoded data (`programs.build`, `sources.decoded`); a test that
-  spies on tracing or rewrites a data folder must not get another test's.
+  spies on tracing or rewrites a data folder must not get another test's. A module whose tests
+  only train and read results sets `SHARE_PROGRAMS = True`: its tests keep each other's programs
+  (and their compiled executables), as the runs of one benchmark suite do.
   """
   from ganomaly_jax import programs
   from ganomaly_jax.data import sources
 
-  programs.clear_cache()
+  if not getattr(request.module, 'SHARE_PROGRAMS', False):
+    programs.clear_cache()
   sources.clear_decoded()
   yield
   if jax.config.jax_compilation_cache_dir != SESSION_CACHE_DIR:

@@ -111,9 +111,9 @@ def logged(workdir: str) -> dict[int, dict[str, float]]:
 def test_preempt_resume_and_match_one_process(tmp_path):
   workdir, cache = str(tmp_path / 'shared'), str(tmp_path / 'jax_cache')
   port = free_port()
-  # No periodic checkpoints: a stop requested at a step that was just checkpointed trips a known
-  # train.py bug ('Checkpoint for step N already exists'), which is not what this test is about.
-  args = {**tiny.SMALL_DATA, 'checkpoint_every': 1000}
+  # A checkpoint every step: the joint stop always comes on a step that has just saved one, which
+  # the stop must not save again (tests/test_reliability.py has the one-process case).
+  args = {**tiny.SMALL_DATA, 'checkpoint_every': 1}
   procs = [start(tiny.spec(**args, steps=100000), workdir, i, port, cache=cache) for i in range(2)]
   # Preempt one host once training is under way (the chief has logged step 2): JAX's preemption
   # sync point must stop *both* processes at the same step, with a checkpoint.

@@ -1,7 +1,9 @@
 """Reliability: exact resume after SIGKILL, clean preemption on SIGTERM, divergence policies, bad data."""
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -91,9 +93,65 @@ def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 0, err[-2000:]
-  assert 'Preempted (SIGTERM)' in err
+  stopped_at = re.findall(r'Preempted \(SIGTERM\) at step (\d+)', err)
+  assert len(stopped_at) == 1, err[-2000:]
+  stopped_at = int(stopped_at[0])
+  assert stopped_at >= 2  # the chief logged step 2 before the signal
+  # The step in flight was finished and saved, not lost: the same command resumes from it.
   _, step = latest_state(workdir, tiny_config())
-  assert step >= 2  # the step in flight was finished and saved, not lost
+  assert step == stopped_at
+  with resumed_steps() as resumed:
+    train.train_and_evaluate(tiny_config(**{'train.num_steps': stopped_at + 1}), workdir)
+  assert resumed == [stopped_at]
+
+
+@contextlib.contextmanager
+def resumed_steps():
+  """The steps that `train_and_evaluate` runs in the block went on from (0: a fresh start)."""
+  steps, restore = [], train._restore
+
+  def spy(*args, **kwargs):
+    state = restore(*args, **kwargs)
+    steps.append(int(state.step))
+    return state
+
+  train._restore = spy
+  try:
+    yield steps
+  finally:
+    train._restore = restore
+
+
+@pytest.mark.slow
+def test_sigterm_on_a_step_that_just_checkpointed_stops_there_and_resumes_exactly(
+    tmp_path, monkeypatch):
+  """4 steps straight == 2 steps, whose periodic checkpoint is saved as SIGTERM arrives, + resume."""
+  config = tiny_config(**{'train.num_steps': 4, 'train.checkpoint_every': 2})
+  straight, stopped = str(tmp_path / 'straight'), str(tmp_path / 'stopped')
+  train.train_and_evaluate(config, straight)
+
+  saves, save = [], checkpoint.CheckpointStore.save
+
+  def save_then_sigterm(self, step, state, data_iter, force=False):
+    saved = save(self, step, state, data_iter, force)
+    saves.append((step, force, saved))
+    if step == 2:  # the signal arrives while step 2, just checkpointed, is the current step
+      os.kill(os.getpid(), signal.SIGTERM)
+    return saved
+
+  monkeypatch.setattr(checkpoint.CheckpointStore, 'save', save_then_sigterm)
+  assert train.train_and_evaluate(config, stopped) == {'preempted': True, 'steps': 2}
+  assert saves == [(2, False, True)]  # the periodic save only: step 2 is not saved twice
+  monkeypatch.undo()
+
+  with resumed_steps() as resumed:
+    train.train_and_evaluate(config, stopped)
+  assert resumed == [2]
+  (a, step_a), (b, step_b) = latest_state(straight, config), latest_state(stopped, config)
+  assert step_a == step_b == 4
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert metrics_at(straight, 4) == metrics_at(stopped, 4)
 
 
 @pytest.mark.slow

@@ -1,11 +1,14 @@
 """Resuming a workdir compares parameter trees: runtime settings may change, the architecture not."""
 
 import logging
+import os
 
+import jax
+import numpy as np
 import pytest
 
-from ganomaly_jax import programs, train
-from ganomaly_jax.runtime import rundir
+from ganomaly_jax import programs, state as state_lib, train
+from ganomaly_jax.runtime import checkpoint, rundir
 from helpers import tiny
 
 
@@ -22,12 +25,46 @@ def trained(tmp_path_factory):
   return workdir
 
 
+def _checkpointed(workdir: str, config) -> tuple[dict[str, np.ndarray], int]:
+  """The newest checkpoint's state in `workdir` (as host arrays by path) and its step."""
+  like = state_lib.create_state(config, state_lib.build_components(config), jax.random.key(0))
+  store = checkpoint.CheckpointStore(workdir)
+  restored = store.restore_latest(like, None, set_aside=False)
+  store.close()
+  assert restored is not None, f'no checkpoint in {workdir}'
+  return _flat(restored[0]), restored[1]
+
+
+def _flat(state) -> dict[str, np.ndarray]:
+  return {jax.tree_util.keystr(path): np.asarray(leaf)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(jax.device_get(state))}
+
+
 @pytest.mark.slow  # trains, then resumes
-def test_resume_with_other_kernels_and_dtype_logs_the_change(trained, caplog):
+def test_resume_with_other_kernels_and_dtype_logs_the_change(trained, caplog, monkeypatch):
+  config = _config(3, **{'runtime.cpu_kernels': 'off', 'runtime.dtype': 'bfloat16'})
+  saved, saved_step = _checkpointed(trained, config)
+  assert saved_step == 2
+  # What the run went on from: copied at once, as the train step donates it.
+  resumed_from = []
+  restore = train._restore
+
+  def spy(*args, **kwargs):
+    state = restore(*args, **kwargs)
+    resumed_from.append(_flat(state))
+    return state
+
+  monkeypatch.setattr(train, '_restore', spy)
   with caplog.at_level(logging.WARNING):
-    results = train.train_and_evaluate(
-        _config(3, **{'runtime.cpu_kernels': 'off', 'runtime.dtype': 'bfloat16'}), trained)
+    results = train.train_and_evaluate(config, trained)
   assert results['steps'] == 3
+  # The checkpoint was restored, not set aside (a run that starts over also reaches step 3).
+  assert not os.path.exists(rundir.path(trained, rundir.DAMAGED))
+  (restored,) = resumed_from
+  assert int(restored['.step']) == saved_step
+  assert set(restored) == set(saved)
+  for key, value in saved.items():
+    np.testing.assert_array_equal(restored[key], value, err_msg=key)
   lines = [r.getMessage() for r in caplog.records]
   assert any("runtime.cpu_kernels='off'" in m and "'auto'" in m for m in lines), lines
   assert any("runtime.dtype='bfloat16'" in m for m in lines), lines

@@ -13,6 +13,9 @@ from ganomaly_jax.runtime import checkpoint
 from ganomaly_jax.data import sources
 from helpers import tiny
 
+# The training tests here run one tiny config: they share its programs (tests/conftest.py).
+SHARE_PROGRAMS = True
+
 
 def _config(**args):
   """The tiny GANomaly, 6 steps on at most 32 training and 32 test images, with `args` (argument

@@ -6,6 +6,7 @@ on hand-made cases. Tiny shapes, so the file runs in seconds on 2 CPU cores.
 
 import types
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -14,6 +15,13 @@ from skimage.metrics import structural_similarity
 
 from ganomaly_jax import losses, similarity
 from ganomaly_jax.evaluation import pixel_metrics
+
+
+# The maps and losses jitted once per input shape: op-by-op dispatch compiles each of their many
+# small ops on its own, which took most of this file's time.
+jitted = types.SimpleNamespace(**{name: jax.jit(getattr(similarity, name)) for name in (
+    'ssim_map', 'ssim_loss', 'gms_map', 'msgms_map', 'msgms_loss', 'ssim_anomaly_map',
+    'msgms_anomaly_map')})
 
 
 def _pair(shape, seed=0, noise=0.3):
@@ -34,7 +42,7 @@ def test_ssim_map_matches_scikit_image_on_unit_intensities(shape):
   mean, full = structural_similarity((x + 1) / 2, (y + 1) / 2, full=True, gaussian_weights=True,
                                      sigma=sigma, use_sample_covariance=False, data_range=1.0,
                                      channel_axis=-1)
-  ours = np.asarray(similarity.ssim_map(jnp.asarray(x[None]), jnp.asarray(y[None])))[0]
+  ours = np.asarray(jitted.ssim_map(jnp.asarray(x[None]), jnp.asarray(y[None])))[0]
   np.testing.assert_allclose(ours, full.mean(axis=-1), atol=1e-5)
   # scikit-image's mean crops the window radius int(3.5 sigma + 0.5) off each border first.
   r = int(3.5 * sigma + 0.5)
@@ -53,8 +61,8 @@ def test_ssim_map_is_of_the_same_order_on_dark_and_mid_grey():
   # The same local change on a dark (-0.9) and on a mid-grey (-0.05) patch. On signed intensities
   # the mid-grey local means straddle 0, SSIM's luminance term goes negative and the map there was
   # ~3 times the dark one's; on [0, 1] intensities both are of the same order.
-  dark = float(similarity.ssim_anomaly_map(*_step(-0.9)).max())
-  grey = float(similarity.ssim_anomaly_map(*_step(-0.05)).max())
+  dark = float(jitted.ssim_anomaly_map(*_step(-0.9)).max())
+  grey = float(jitted.ssim_anomaly_map(*_step(-0.05)).max())
   assert dark > 0.1 and grey > 0.1
   assert 2 / 3 < grey / dark < 3 / 2, (dark, grey)
 
@@ -83,10 +91,10 @@ def test_black_disc_gives_the_highest_structural_map_values_inside_it(size, radi
     x, recon, disc = _texture_with_a_black_disc(size, radius, seed)
     near = scipy.ndimage.binary_dilation(disc, iterations=2)  # the disc and its rim
     far = ~scipy.ndimage.binary_dilation(disc, iterations=3)
-    ssim = np.asarray(similarity.ssim_anomaly_map(x, recon))[0]
+    ssim = np.asarray(jitted.ssim_anomaly_map(x, recon))[0]
     # On signed intensities SSIM fired on the mid-grey texture more than inside the black disc.
     assert ssim[disc].max() > ssim[~near].max(), seed
-    msgms = np.asarray(similarity.msgms_anomaly_map(x, recon))[0]
+    msgms = np.asarray(jitted.msgms_anomaly_map(x, recon))[0]
     assert msgms[disc].max() > msgms[~near].max(), seed
     ratios.append(msgms[disc].mean() / msgms[far].mean())
   # MSGMS filters of 256 px (scales down to 2 px) spread the disc over the image: inside it, the
@@ -96,17 +104,17 @@ def test_black_disc_gives_the_highest_structural_map_values_inside_it(size, radi
 
 def test_ssim_identical_images_and_loss():
   x, y = _pair((2, 16, 16, 3))
-  np.testing.assert_allclose(similarity.ssim_map(jnp.asarray(x), jnp.asarray(x)), 1.0, atol=1e-5)
-  assert abs(float(similarity.ssim_loss(jnp.asarray(x), jnp.asarray(x)))) < 1e-5
-  assert float(similarity.ssim_loss(jnp.asarray(x), jnp.asarray(y))) > 0.1
+  np.testing.assert_allclose(jitted.ssim_map(jnp.asarray(x), jnp.asarray(x)), 1.0, atol=1e-5)
+  assert abs(float(jitted.ssim_loss(jnp.asarray(x), jnp.asarray(x)))) < 1e-5
+  assert float(jitted.ssim_loss(jnp.asarray(x), jnp.asarray(y))) > 0.1
 
 
 def test_msgms_identical_images_give_a_zero_map():
   x, _ = _pair((2, 16, 16, 3))
   x = jnp.asarray(x)
-  np.testing.assert_allclose(similarity.msgms_map(x, x), 1.0, atol=1e-6)
-  np.testing.assert_allclose(similarity.msgms_anomaly_map(x, x), 0.0, atol=1e-6)
-  assert abs(float(similarity.msgms_loss(x, x))) < 1e-6
+  np.testing.assert_allclose(jitted.msgms_map(x, x), 1.0, atol=1e-6)
+  np.testing.assert_allclose(jitted.msgms_anomaly_map(x, x), 0.0, atol=1e-6)
+  assert abs(float(jitted.msgms_loss(x, x))) < 1e-6
 
 
 def test_msgms_map_peaks_at_a_missing_step_edge():
@@ -115,11 +123,11 @@ def test_msgms_map_peaks_at_a_missing_step_edge():
   x = np.full((1, 16, 16, 1), -1.0, np.float32)
   x[:, :, 8:, :] = 1.0  # columns 8.. are bright
   recon = np.full_like(x, -1.0)
-  gms = np.asarray(similarity.gms_map(jnp.asarray(x), jnp.asarray(recon)))[0, :, :, 0]
+  gms = np.asarray(jitted.gms_map(jnp.asarray(x), jnp.asarray(recon)))[0, :, :, 0]
   np.testing.assert_allclose(gms[:, :6], 1.0, atol=1e-6)  # far from the edge: no gradient in either
   np.testing.assert_allclose(gms[:, 10:], 1.0, atol=1e-6)
   assert gms[:, 7:9].max() < 0.01  # at the edge: strong gradient in x only
-  amap = np.asarray(similarity.msgms_anomaly_map(jnp.asarray(x), jnp.asarray(recon)))[0]
+  amap = np.asarray(jitted.msgms_anomaly_map(jnp.asarray(x), jnp.asarray(recon)))[0]
   column = amap.mean(axis=0)
   assert column.argmax() in (7, 8)
   # The coarse scale (8 px at 16 px) spreads the edge, but the map falls off away from it.
@@ -130,10 +138,10 @@ def test_msgms_map_peaks_at_a_missing_step_edge():
 
 def test_msgms_loss_is_the_mean_over_scales():
   x, y = (jnp.asarray(a) for a in _pair((2, 16, 16, 1)))
-  expected = np.mean([float(jnp.mean(1.0 - similarity.gms_map(xs, ys)))
+  expected = np.mean([float(jnp.mean(1.0 - jitted.gms_map(xs, ys)))
                       for xs, ys in similarity._pyramid(x, y)])
   assert [p[0].shape[1] for p in similarity._pyramid(x, y)] == [16, 8]  # coarsest >= 8 px
-  np.testing.assert_allclose(float(similarity.msgms_loss(x, y)), expected, rtol=1e-6)
+  np.testing.assert_allclose(float(jitted.msgms_loss(x, y)), expected, rtol=1e-6)
 
 
 def test_gaussian_smooth_matches_pixel_metrics():
@@ -156,7 +164,7 @@ def test_gms_is_unchanged_by_the_shift_to_unit_intensities():
   x, y = (jnp.asarray(a) for a in _pair((2, 16, 16, 1)))
   gx, gy = similarity.gradient_magnitude(x), similarity.gradient_magnitude(y)
   signed = (2 * gx * gy + 4 * similarity.GMS_C) / (gx * gx + gy * gy + 4 * similarity.GMS_C)
-  np.testing.assert_allclose(similarity.gms_map(x, y), signed, rtol=1e-5)
+  np.testing.assert_allclose(jitted.gms_map(x, y), signed, rtol=1e-5)
 
 
 # ---- Maps and map scores (losses.MAPS, losses.anomaly_map, eval.score=map_*). ----
@@ -202,7 +210,7 @@ def test_anomaly_map_averages_the_maps_of_several_tilings():
     np.testing.assert_allclose(both, single / 2, atol=1e-5)
   np.testing.assert_allclose(
       losses.MAPS['ssim_msgms'](x, y),
-      similarity.ssim_anomaly_map(x, y) + similarity.msgms_anomaly_map(x, y), atol=1e-6)
+      jitted.ssim_anomaly_map(x, y) + jitted.msgms_anomaly_map(x, y), atol=1e-6)
 
 
 def test_every_map_stays_within_its_declared_range():
@@ -221,5 +229,5 @@ def test_structural_loss_computes_only_the_switched_on_terms():
   assert total == 0.0 and terms == {}
   total, terms = losses.structural_loss(x, y, 2.0, 3.0)
   assert set(terms) == {'g_ssim', 'g_msgms'}
-  np.testing.assert_allclose(total, 2 * similarity.ssim_loss(x, y) + 3 * similarity.msgms_loss(x, y),
+  np.testing.assert_allclose(total, 2 * jitted.ssim_loss(x, y) + 3 * jitted.msgms_loss(x, y),
                              rtol=1e-6)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from ganomaly_jax.cpu.conv_transpose import ConvTranspose, resolve_impl
+from helpers import jitted
 
 CASES = [
     # (kernel, stride, padding, input size)
@@ -27,23 +28,30 @@ def _pair(padding):
 
 def _assert_equals_flax(impl, k, s, padding, size, features=5):
   """Values (1e-5), gradients (1e-4) and the parameter tree equal nn.ConvTranspose's."""
-  x = jax.random.normal(jax.random.key(0), (2, size, size, 6))
   reference = nn.ConvTranspose(features, (k, k), strides=(s, s), padding=_pair(padding),
                                use_bias=True, transpose_kernel=False)
-  params = reference.init(jax.random.key(1), x)
-  params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(2), p.shape), params)
+
+  @jax.jit
+  def setup():
+    x = jax.random.normal(jax.random.key(0), (2, size, size, 6))
+    params = reference.init(jax.random.key(1), x)
+    return x, jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(2), p.shape),
+                           params)
+
+  x, params = setup()
   ours = ConvTranspose(features, k, s, padding, use_bias=True, impl=impl)
   # Identical parameter trees: checkpoints and counts do not depend on the implementation.
-  assert jax.tree.structure(ours.init(jax.random.key(1), x)) == jax.tree.structure(params)
-  assert jax.tree.map(jnp.shape, ours.init(jax.random.key(1), x)) == jax.tree.map(jnp.shape, params)
+  ours_params = jax.eval_shape(ours.init, jax.random.key(1), x)
+  assert jax.tree.structure(ours_params) == jax.tree.structure(params)
+  assert jax.tree.map(jnp.shape, ours_params) == jax.tree.map(jnp.shape, params)
 
-  want, got = reference.apply(params, x), ours.apply(params, x)
+  # Values, and gradients with respect to parameters and input (one random cotangent for both).
+  shape = jax.eval_shape(reference.apply, params, x).shape
+  dy = np.random.default_rng(3).normal(size=shape).astype(np.float32)
+  (got, g_got), (want, g_want) = jitted.values_and_grads(ours.apply, reference.apply,
+                                                         (params, x), dy)
   assert want.shape == got.shape
   np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
-
-  loss = lambda module: lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))
-  g_want = jax.grad(loss(reference), argnums=(0, 1))(params, x)
-  g_got = jax.grad(loss(ours), argnums=(0, 1))(params, x)
   for a, b in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_want)):
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
@@ -66,9 +74,10 @@ def test_xla_impl_is_flax():
 def test_bfloat16_compute():
   x = jnp.ones((1, 4, 4, 8), jnp.bfloat16)
   module = ConvTranspose(16, 4, 2, (2, 2), dtype=jnp.bfloat16, impl='subpixel')
-  params = module.init(jax.random.key(0), x)
+  params, y = jax.jit(lambda x: (module.init(jax.random.key(0), x),
+                                 module.apply(module.init(jax.random.key(0), x), x)))(x)
   assert jax.tree.leaves(params)[0].dtype == jnp.float32  # parameters stay float32
-  assert module.apply(params, x).dtype == jnp.bfloat16
+  assert y.dtype == jnp.bfloat16
 
 
 def test_auto_picks_the_forward_kernel_per_layer():
@@ -104,14 +113,19 @@ def test_single_pixel_gradient_with_padding_beyond_the_kernel():
   # against the sub-pixel form and a finite difference instead.)
   x = jax.random.normal(jax.random.key(0), (2, 1, 1, 6))
   module = lambda impl: ConvTranspose(5, 4, 2, (5, 1), impl=impl)
-  params = module('subpixel').init(jax.random.key(1), x)
+  params = jax.jit(module('subpixel').init)(jax.random.key(1), x)
   loss = lambda impl: lambda x: jnp.sum(jnp.sin(module(impl).apply(params, x)))
-  np.testing.assert_allclose(module('auto').apply(params, x), module('subpixel').apply(params, x),
-                             atol=1e-5)
-  got = jax.grad(loss('auto'))(x)
-  np.testing.assert_allclose(got, jax.grad(loss('subpixel'))(x), atol=1e-4, rtol=1e-4)
-  step = jnp.zeros_like(x).at[0, 0, 0, 0].set(1e-2)
-  numeric = (loss('auto')(x + step) - loss('auto')(x - step)) / 2e-2
+
+  @jax.jit  # one program: op-by-op dispatch would compile every op of both forms on its own
+  def outputs(x):
+    step = jnp.zeros_like(x).at[0, 0, 0, 0].set(1e-2)
+    return (module('auto').apply(params, x), module('subpixel').apply(params, x),
+            jax.grad(loss('auto'))(x), jax.grad(loss('subpixel'))(x),
+            (loss('auto')(x + step) - loss('auto')(x - step)) / 2e-2)
+
+  y, y_subpixel, got, got_subpixel, numeric = outputs(x)
+  np.testing.assert_allclose(y, y_subpixel, atol=1e-5)
+  np.testing.assert_allclose(got, got_subpixel, atol=1e-4, rtol=1e-4)
   np.testing.assert_allclose(got[0, 0, 0, 0], numeric, rtol=1e-2)
 
 
@@ -123,14 +137,15 @@ def test_generator_output_does_not_depend_on_the_cpu_kernels():
 
   x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3), minval=-1.0, maxval=1.0)
   model = EDEGenerator(32, 3, latent_dim=8, base=8)
-  variables = model.init(jax.random.key(1), x, train=False)
+  variables = jax.jit(lambda x: model.init(jax.random.key(1), x, train=False))(x)
   outs = {}
   for mode in ('off', 'auto'):
     apply = kernels.with_cpu_kernels(
         lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']), mode)
     outs[mode] = jax.jit(apply)(variables, x)
     with kernels.cpu_kernels(mode):  # the switch never changes the parameter tree
-      assert jax.tree.map(jnp.shape, model.init(jax.random.key(1), x, train=False)) == (
-          jax.tree.map(jnp.shape, variables))
+      assert jax.tree.map(jnp.shape, jax.eval_shape(
+          lambda x: model.init(jax.random.key(1), x, train=False), x)) == (
+              jax.tree.map(jnp.shape, variables))
   for a, b in zip(jax.tree.leaves(outs['off']), jax.tree.leaves(outs['auto'])):
     np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-5)
