@@ -252,7 +252,7 @@ class Adversarial:
   `generator_loss(inputs, step_config)` is G's adversarial term (L_adv of eq. 3.1) and
   `discriminator_loss(inputs, step_config)` is D's loss; `step_config` is the step's frozen config
   view
-  (`step.StepConfig`: `step_config.loss.gp_weight`, ...).
+  (`config.frozen.StepConfig`: `step_config.loss.gp_weight`, ...).
   """
 
   generator_loss: Callable[[AdversarialInputs, Any], jax.Array]

@@ -27,7 +27,7 @@ from ganomaly_jax import state as state_lib
 from ganomaly_jax.config import schema
 from ganomaly_jax.cpu import host_memory
 from ganomaly_jax.data import pipeline, sources
-from ganomaly_jax.evaluation import evaluator, readout, reference  # reference: eval.protocol
+from ganomaly_jax.evaluation import evaluator, passes, readout, reference  # reference: eval.protocol
 from ganomaly_jax.runtime import checkpoint, disk, parallel, preemption, rundir, timing
 
 
@@ -189,7 +189,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, previous: dict[str, An
           reference_curve.evaluate(state, step)
       if t.image_every > 0 and (step % t.image_every == 0 or step == num_steps):
         with _loop_phase('pictures', state):
-          pictures = evaluator.first_pictures(progs.eval_maps, state, splits.test, mesh,
+          pictures = passes.first_pictures(progs.eval_maps, state, splits.test, mesh,
                                               config.eval.batch_size, config.eval.num_images)
           writer.write_images(step, {'test/input_recon_map': evaluator.image_grid(pictures)[None]})
 
@@ -403,7 +403,7 @@ def _validate(config: ml_collections.ConfigDict, eval_fn, state: Any, source, me
               store: checkpoint.CheckpointStore, writer, step: int) -> float:
   """Validation L1 and score on held-out normals; offers the state as the best by val loss.
   Returns the validation loss (mean L1)."""
-  val = evaluator.run_eval(eval_fn, state, source, mesh, config.eval.batch_size)
+  val = passes.run_eval(eval_fn, state, source, mesh, config.eval.batch_size)
   val_loss = float(np.mean(val['l1'])) if len(val['l1']) else float('nan')
   writer.write_scalars(step, {'val/l1': val_loss, 'val/score_mean': float(np.mean(val['score']))})
   if config.eval.select == 'val_loss' and np.isfinite(val_loss):

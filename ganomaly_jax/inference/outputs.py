@@ -16,7 +16,7 @@ import matplotlib
 import numpy as np
 from PIL import Image
 
-from ganomaly_jax.evaluation import evaluator, pixel_metrics, plots
+from ganomaly_jax.evaluation import metrics, pixel_metrics, plots
 from ganomaly_jax.runtime import rundir
 
 
@@ -157,7 +157,7 @@ class Outputs:
       shutil.rmtree(os.path.join(self.staging, '.spool'), ignore_errors=True)
     raw = np.asarray(self.raw, np.float64)
     if self.score_range is None:
-      scores = evaluator.normalise(raw)  # needs every score: rewrite the small CSV once
+      scores = metrics.normalise(raw)  # needs every score: rewrite the small CSV once
       _write_csv(self.csv_path,
                  (_csv_row(p, s, a) for p, s, a in zip(self.paths, scores, self.flags)))
     else:
