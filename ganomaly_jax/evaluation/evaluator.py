@@ -1,5 +1,6 @@
-"""The final report of a run: the test pass with a checkpoint chosen on validation, its image and
-pixel metrics, MC-dropout uncertainty and FID (passes.py, metrics.py), and the report's pictures.
+"""The final report of a run (`final_evaluation`): the test pass with a checkpoint chosen on
+validation, its image and pixel metrics, MC-dropout uncertainty and FID (passes.py, metrics.py),
+and the report's pictures.
 
 Honest by construction (docs/methods.md#evaluation): BatchNorm in eval mode (the eval step never updates
 statistics), min-max normalisation over the *whole* evaluated set (not per batch with running
@@ -14,11 +15,12 @@ from typing import Any, Callable
 
 from absl import logging
 import jax
+import ml_collections
 import numpy as np
 
-from ganomaly_jax import losses
-from ganomaly_jax.runtime import rundir, timing
-from ganomaly_jax.evaluation import metrics, passes, plots, uncertainty
+from ganomaly_jax import losses, programs
+from ganomaly_jax.runtime import checkpoint, rundir, timing
+from ganomaly_jax.evaluation import metrics, passes, plots, readout, uncertainty
 
 # The study computed FID on 50 reconstructions per split (docs/methods.md#extensions).
 FID_SAMPLES = 50
@@ -171,3 +173,29 @@ def _report_pictures(config, report: Report, state: Any, splits, mesh, step: int
   if jax.process_index() == 0:
     _write_pictures(report.workdir, outputs, scores, report.curves(), extremes, chosen, mc_extremes,
                     chosen_mc)
+
+
+def final_evaluation(config: ml_collections.ConfigDict, workdir: str, state: Any,
+                     store: checkpoint.CheckpointStore, progs: programs.Programs, splits, mesh,
+                     writer, run_info: dict[str, Any]) -> dict[str, Any]:
+  """Evaluates the selected state (the best by val loss, or the last) on the test split.
+
+  Writes TensorBoard scalars and images and the pictures; returns the results (for results.json).
+  """
+  selected_step = int(state.step)
+  if config.eval.select == 'val_loss':
+    with timing.phase('checkpoints'):
+      best = store.restore_best(state, set_aside=jax.process_index() == 0)
+    if best is not None:
+      state, selected_step = best
+  # The read-out (eval.score, eval.map): the config's, or with eval.readout=auto the one best on
+  # validation normals + synthetic anomalies, chosen before the test split is read.
+  chosen = readout.choose(config, state, progs, splits.val, mesh)
+  run_info = {**run_info, 'selected_step': selected_step,
+              'd_reinits': int(jax.device_get(state.d_reinits)),
+              'skipped_steps': int(jax.device_get(state.skipped_steps)), 'readout': chosen.record}
+  with timing.phase('test'):
+    results = evaluate_and_report(chosen, progs.components, state, splits, mesh,
+                                  Report(workdir, writer), run_info)
+    writer.flush()
+  return results
