@@ -20,7 +20,7 @@ import numpy as np
 
 from ganomaly_jax import losses, programs
 from ganomaly_jax.runtime import checkpoint, rundir, timing
-from ganomaly_jax.evaluation import metrics, passes, plots, readout, uncertainty
+from ganomaly_jax.evaluation import heatmaps, metrics, passes, plots, readout, uncertainty
 
 # The study computed FID on 50 reconstructions per split (docs/methods.md#extensions).
 FID_SAMPLES = 50
@@ -66,7 +66,7 @@ def image_grid(pictures: dict[str, Any]) -> np.ndarray:
     if pictures.get('uncertainty') is not None:
       row.append(pictures['uncertainty'][j])
     rows.append(row)
-  return plots.image_grid(rows)
+  return heatmaps.image_grid(rows)
 
 
 @dataclasses.dataclass(frozen=True)

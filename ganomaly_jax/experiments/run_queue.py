@@ -13,7 +13,8 @@ the columns of their tables; what they do with the runs is the same and lives he
 - the tables are rewritten before the first run, after a run at most every `TABLES_EVERY_S`
   seconds, and at the end (with several hosts: once, when every run is settled);
 - where the time went is logged per run (the phases a run records in its results.json,
-  `ganomaly_jax.runtime.timing`) and totalled for the session at the end (`PhaseTotals`).
+  `ganomaly_jax.runtime.timing`) and totalled for the session at the end
+  (`session_timing.PhaseTotals`).
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ from typing import Any, Callable, Generic, Sequence, TypeVar
 from absl import logging
 import ml_collections
 
+from ganomaly_jax.experiments import session_timing
 from ganomaly_jax.runtime import cli, rundir
 
 RunT = TypeVar('RunT')
 RESULTS_CSV, RESULTS_MD = 'results.csv', 'results.md'  # a queue root's tables, one row per run
-# A queue root's record of where its last session's time went (`PhaseTotals.as_dict`).
+# A queue root's record of where its last session's time went
+# (`session_timing.PhaseTotals.as_dict`).
 TIMING_JSON = 'timing.json'
 # Rewriting the tables (csv, markdown, plot) takes a good part of a second: at most this often.
 TABLES_EVERY_S = 30.0
@@ -172,76 +175,6 @@ def report_session(root: str, records: Sequence[Record[Any]]) -> None:
     cli.exit_with_error(f'{len(failed)} run(s) failed: {", ".join(failed)} (see {RESULTS_CSV})')
 
 
-def process_age() -> tuple[float, float]:
-  """(wall, CPU) seconds since this process started: interpreter, imports, process set-up."""
-  try:
-    import psutil
-
-    me = psutil.Process()
-    cpu = me.cpu_times()
-    return time.time() - me.create_time(), cpu.user + cpu.system
-  except ImportError:  # psutil comes with TensorBoard; without it the start-up is not measured
-    return 0.0, time.process_time()
-
-
-@dataclasses.dataclass
-class PhaseTotals:
-  """Wall and CPU seconds of one session of a queue, by phase, summed over the runs it ran.
-
-  The trained runs' phases come from their results.json (`phase_seconds`); `start` is the process
-  up to the first run (interpreter, imports, set-up, expanding the runs, generated data),
-  `baselines` the baseline runs, `tables` rewriting the tables. CPU is the process's (all threads).
-  With several runs in flight (`in_flight` > 1) their phases overlap: the sums are run-seconds,
-  more than the session's wall time, and a run's CPU seconds include the others' meanwhile.
-  """
-
-  wall: dict[str, float] = dataclasses.field(default_factory=lambda: collections.defaultdict(float))
-  cpu: dict[str, float] = dataclasses.field(default_factory=lambda: collections.defaultdict(float))
-  trained: int = 0
-  in_flight: int = 1
-
-  def add(self, name: str, wall: float, cpu: float) -> None:
-    self.wall[name] += wall
-    self.cpu[name] += cpu
-
-  def add_run(self, phases: dict[str, dict[str, float]]) -> None:
-    self.trained += 1
-    for name, wall in phases.get('wall', {}).items():
-      self.add(name, wall, phases.get('cpu', {}).get(name, 0.0))
-
-  def lines(self, elapsed: tuple[float, float]) -> list[str]:
-    """A small table: each phase's wall and CPU seconds and share of the session's wall time (of
-    the phases' sum when runs overlapped)."""
-    accounted = sum(self.wall.values()), sum(self.cpu.values())
-    overlap = self.in_flight > 1
-    share = max(accounted[0] if overlap else elapsed[0], 1e-9)
-    out = [f'{"phase":<14} {"wall s":>9} {"CPU s":>9} {"% sum" if overlap else "% wall":>7}']
-    for name in sorted(self.wall, key=self.wall.get, reverse=True):
-      out.append(f'{name:<14} {self.wall[name]:9.1f} {self.cpu[name]:9.1f} '
-                 f'{100 * self.wall[name] / share:6.1f}%')
-    if overlap:
-      out.append(f'(summed over the runs, {self.in_flight} in flight at a time: run-seconds; '
-                 'a run\'s CPU includes the others\')')
-    else:
-      out.append(f'{"(other)":<14} {elapsed[0] - accounted[0]:9.1f} '
-                 f'{elapsed[1] - accounted[1]:9.1f}')
-    out.append(f'{"total":<14} {elapsed[0]:9.1f} {elapsed[1]:9.1f}   ({self.trained} trained runs)')
-    return out
-
-  def as_dict(self, elapsed: tuple[float, float]) -> dict[str, Any]:
-    return {'wall': {k: round(v, 3) for k, v in self.wall.items()},
-            'cpu': {k: round(v, 3) for k, v in self.cpu.items()},
-            'total': {'wall': round(elapsed[0], 3), 'cpu': round(elapsed[1], 3)},
-            'trained_runs': self.trained, 'in_flight': self.in_flight,
-            'cpu_count': os.cpu_count()}
-
-
-def _phase_line(phases: dict[str, dict[str, float]]) -> str:
-  wall, cpu = phases.get('wall', {}), phases.get('cpu', {})
-  return ', '.join(f'{k} {wall[k]:.2f}/{cpu.get(k, 0.0):.2f}'
-                   for k in sorted(wall, key=wall.get, reverse=True))
-
-
 def _first_line(error: Exception) -> str:
   text = str(error)
   return text.splitlines()[0] if text else type(error).__name__
@@ -315,7 +248,8 @@ def run_all(records: list[Record[RunT]], *,
     write_tables: rewrites the tables from `records`.
     commit: the code's commit, recorded per finished run.
     what: 'sweep' or 'suite', for the log lines.
-    timing_file: where to write the session's `PhaseTotals` as JSON (None: only logged).
+    timing_file: where to write the session's `session_timing.PhaseTotals` as JSON (None: only
+      logged).
     group: a run's program key (`execution_order`); None runs the records in their order.
     device_groups: with two or more groups, that many runs are in flight at once, each on its own
       group of devices (threads of this process); None or one group: one run at a time, in this
@@ -325,8 +259,8 @@ def run_all(records: list[Record[RunT]], *,
     tables_every_s: one host: the tables are rewritten after a run when this long has passed since
       they were last written (and always before the first run and at the end).
   """
-  totals = PhaseTotals(in_flight=len(device_groups) if device_groups else 1)
-  start = process_age()
+  totals = session_timing.PhaseTotals(in_flight=len(device_groups) if device_groups else 1)
+  start = session_timing.process_age()
   totals.add('start', *start)
   clock = (time.perf_counter() - start[0], time.process_time() - start[1])
   for record in records:  # finished runs first, so the first table already shows them
@@ -337,7 +271,7 @@ def run_all(records: list[Record[RunT]], *,
   last_tables = [time.perf_counter()]
 
   def tables_now() -> None:
-    _timed(totals, 'tables', write_tables)
+    session_timing.timed(totals, 'tables', write_tables)
     last_tables[0] = time.perf_counter()
 
   if alone:
@@ -378,7 +312,7 @@ def run_all(records: list[Record[RunT]], *,
       if 'phase_seconds' in results:
         totals.add_run(results['phase_seconds'])
         logging.info('Run %d/%d %s took %.1f s; phases, wall/CPU s: %s', i, len(mine), name(run),
-                     record.wall_time_s, _phase_line(results['phase_seconds']))
+                     record.wall_time_s, session_timing.phase_line(results['phase_seconds']))
       else:
         totals.add('baselines' if results.get('baseline') else 'untimed runs', outcome.wall_s,
                    outcome.cpu_s)
@@ -393,8 +327,8 @@ def run_all(records: list[Record[RunT]], *,
   if alone:
     tables_now()
   if not alone and not preempted:
-    _timed(totals, 'tables', lambda: _tables_when_settled(records, finished, workdir, write_tables,
-                                                          share))
+    session_timing.timed(totals, 'tables', lambda: _tables_when_settled(records, finished, workdir,
+                                                                        write_tables, share))
   elapsed = (time.perf_counter() - clock[0], time.process_time() - clock[1])
   logging.info('Where the time of this %s session went (wall / CPU seconds; CPU = this process, '
                'all threads, %s cores):\n%s', what, os.cpu_count(), '\n'.join(totals.lines(elapsed)))
@@ -494,7 +428,3 @@ def _tables_when_settled(records: list[Record[RunT]], finished, workdir, write_t
     seen = state
 
 
-def _timed(totals: PhaseTotals, name: str, fn: Callable[[], None]) -> None:
-  wall, cpu = time.perf_counter(), time.process_time()
-  fn()
-  totals.add(name, time.perf_counter() - wall, time.process_time() - cpu)
