@@ -78,32 +78,8 @@ def reconstruct_for_training(components: Components, step_config: frozen.StepCon
   return out, g_stats, weight
 
 
-def _d_targets(step_config: frozen.StepConfig, rng: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
-  """Discriminator targets: hard 1/0, optionally soft (U[0.9,1] / U[0,0.1]) and randomly flipped."""
-  r_soft, f_soft, r_flip, f_flip = jax.random.split(rng, 4)
-  if step_config.train.soft_labels:
-    real = losses.soft_labels(r_soft, (n,), real=True)
-    fake = losses.soft_labels(f_soft, (n,), real=False)
-  else:
-    real, fake = jnp.ones((n,)), jnp.zeros((n,))
-  if step_config.train.label_flip_prob > 0:
-    real = losses.flip_labels(r_flip, real, step_config.train.label_flip_prob)
-    fake = losses.flip_labels(f_flip, fake, step_config.train.label_flip_prob)
-  return real, fake
-
-
 def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(l)) for l in jax.tree.leaves(tree)]))
-
-
-def _d_inputs(step_config: frozen.StepConfig, rng: jax.Array, real: jax.Array, fake: jax.Array):
-  """D's inputs for training: instance noise on both passes when train.d_input_noise_std > 0."""
-  std = step_config.train.d_input_noise_std
-  if std <= 0:
-    return real, fake
-  nr, nf = jax.random.split(rng)
-  return (real + std * jax.random.normal(nr, real.shape),
-          fake + std * jax.random.normal(nf, fake.shape))
 
 
 def _adversarial_inputs(components: Components, d_params, d_stats, real_out, fake_out, targets,
@@ -134,7 +110,7 @@ def _critic_updates(components: Components, step_config: frozen.StepConfig, stat
 
   def critic_loss(d_params, d_stats, step_rng):
     noise_rng, gp_rng = jax.random.split(step_rng)
-    real_in, fake_in = _d_inputs(step_config, noise_rng, x, fake)
+    real_in, fake_in = losses.discriminator_inputs(step_config, noise_rng, x, fake)
     real_out, new_stats = _apply_d(components, d_params, d_stats, real_in, True)
     fake_out, new_stats = _apply_d(components, d_params, new_stats, fake_in, True)
     inputs = _adversarial_inputs(components, d_params, d_stats, real_out, fake_out, targets, x,
@@ -180,7 +156,7 @@ def train_step(state: GanState, batch: dict[str, jax.Array], rng: jax.Array, *,
   x = normalization.from_tanh(batch['image'], step_config.normalization)
   n = x.shape[0]
   g_rng, noise_rng, label_rng, gp_rng, reinit_rng = jax.random.split(rng, 5)
-  targets = _d_targets(step_config, label_rng, n)
+  targets = losses.discriminator_targets(step_config, label_rng, n)
   original, critic_finite = state, jnp.asarray(True)
   if w.n_critic > 1:  # the critic takes extra steps before the joint one
     state, critic_finite = _critic_updates(components, step_config, state, x, targets,
@@ -190,7 +166,7 @@ def train_step(state: GanState, batch: dict[str, jax.Array], rng: jax.Array, *,
     out, g_stats, weight = reconstruct_for_training(components, step_config, g_params,
                                                     state.g_stats, x, g_rng)
     recon = out['recon']
-    d_real_in, d_fake_in = _d_inputs(step_config, noise_rng, x, recon)
+    d_real_in, d_fake_in = losses.discriminator_inputs(step_config, noise_rng, x, recon)
     real_out, d_stats = _apply_d(components, d_params, state.d_stats, d_real_in, True)
     fake_out, d_stats = _apply_d(components, d_params, d_stats, d_fake_in, True)
     (real_logits, real_feat), (fake_logits, fake_feat) = real_out, fake_out

@@ -5,10 +5,10 @@ the columns of their tables; what they do with the runs is the same and lives he
 - a run whose workdir already holds final results is skipped (rundir's finished rule), so rerunning
   the same command continues a sweep or a suite;
 - the others run one after another, runs of one method together so that they share its compiled
-  programs (`execution_order`), or several at once, each on its own devices (`device_groups`, the
-  `--parallel` flag); a failed run (divergence, bad data) is recorded with its first error line
+  programs (`execution_order`), or several at once, each on its own devices (`placement.device_groups`,
+  the `--parallel` flag); a failed run (divergence, bad data) is recorded with its first error line
   and the queue goes on; a preempted run stops the queue (rerun to resume);
-- several hosts may each run their share of one queue (`Share`, the `--share` flag) with nothing
+- several hosts may each run their share of one queue (`placement.Share`, the `--share` flag) with nothing
   between them but the run directories;
 - the tables are rewritten before the first run, after a run at most every `TABLES_EVERY_S`
   seconds, and at the end (with several hosts: once, when every run is settled);
@@ -30,7 +30,7 @@ from typing import Any, Callable, Generic, Sequence, TypeVar
 from absl import logging
 import ml_collections
 
-from ganomaly_jax.experiments import session_timing
+from ganomaly_jax.experiments import placement, session_timing
 from ganomaly_jax.runtime import cli, rundir
 
 RunT = TypeVar('RunT')
@@ -82,88 +82,12 @@ def train_in_process(config: ml_collections.ConfigDict, workdir: str,
   return train.train_and_evaluate(config, workdir, devices=devices)
 
 
-def define_flags(what: str):
-  """Defines --parallel and --share for a command that runs a queue of `what` ('suite' or 'sweep').
-
-  Called when the command runs as a program only, so importing its module defines no global flags.
-  """
-  from absl import flags
-
-  parallel = flags.DEFINE_integer(
-      'parallel', 1, 'Runs in flight at once, each on its own group of this host\'s devices.')
-  share = flags.DEFINE_string(
-      'share', 'auto', f'I/N: run every N-th run of the {what}, starting at I (host I of N, each a '
-      'JAX process of its own); auto: JAX_PROCESS_ID/JAX_NUM_PROCESSES, else 0/1.')
-  return parallel, share
-
-
 def call_train(train_fn: TrainFn, config: ml_collections.ConfigDict, workdir: str,
                devices: Sequence[Any] | None) -> dict[str, Any]:
   """`train_fn(config, workdir)`, with `devices=` only when the queue chose devices for the run."""
   if devices is None:
     return train_fn(config, workdir)
   return train_fn(config, workdir, devices=devices)
-
-
-@dataclasses.dataclass(frozen=True)
-class Share:
-  """This host's part of a queue run by several hosts at once: runs index, index + count, ...
-
-  Each host runs its share on its own devices, with no collective between the hosts: they meet only
-  in the run directories (the finished rule), and the tables are written once every run is settled.
-  """
-
-  index: int = 0
-  count: int = 1
-
-  @classmethod
-  def parse(cls, text: str) -> 'Share':
-    """'I/N' (host I of N); '' or 'auto' reads JAX_PROCESS_ID / JAX_NUM_PROCESSES (default 0/1)."""
-    text = (text or '').strip()
-    if text in ('', 'auto'):
-      from ganomaly_jax.runtime import parallel  # imports JAX: only when a queue runs
-
-      settings = parallel.DistributedSettings.from_env()
-      count = settings.num_processes or 1
-      index = settings.process_id or 0
-    else:
-      index_text, sep, count_text = text.partition('/')
-      try:
-        index, count = int(index_text), int(count_text)
-      except ValueError:
-        index, count = -1, 0
-      if not sep or count < 1 or not 0 <= index < count:
-        raise ValueError(f'--share={text!r} must be I/N with 0 <= I < N (e.g. 0/4).')
-    if not 0 <= index < count:
-      raise ValueError(f'host {index} of {count}: the index must be below the count.')
-    return cls(index, count)
-
-
-def device_groups(workers: int) -> list[list[Any]] | None:
-  """Devices for `workers` runs at once (`parallel.device_groups`); None for one at a time.
-
-  Each group compiles its own programs (an executable belongs to its devices), so the programs
-  cache keeps two entries per group: the method in flight and the next one.
-  """
-  if workers <= 1:
-    return None
-  from ganomaly_jax import programs  # import JAX: only when runs start
-  from ganomaly_jax.runtime import parallel
-
-  programs.set_cache_size(max(programs.CACHE_SIZE, 2 * workers))
-  return parallel.device_groups(workers)
-
-
-def check_standalone(share: Share) -> None:
-  """Several hosts must each run JAX on their own: a run's collectives must not span the hosts."""
-  import jax
-
-  if share.count > 1 and jax.process_count() > 1:
-    raise ValueError(
-        f'--share={share.index}/{share.count}: this process is one of {jax.process_count()} JAX '
-        'processes of one multi-host runtime, so its runs would gather over every host. Start each '
-        'host\'s queue as a JAX process of its own (no jax.distributed; on a TPU pod see '
-        'launch/tpu_pod.sh --benchmark).')
 
 
 def report_session(root: str, records: Sequence[Record[Any]]) -> None:
@@ -207,7 +131,7 @@ def _attempt(execute: Callable[[RunT, Any], dict[str, Any]], run: RunT, devices:
   return _Outcome(results, error, time.perf_counter() - wall, time.process_time() - cpu)
 
 
-def execution_order(keys: Sequence[Any], share: Share = Share()) -> list[int]:
+def execution_order(keys: Sequence[Any], share: placement.Share = placement.Share()) -> list[int]:
   """Indices of the runs this host runs, in the order it runs them.
 
   Runs with the same key (same programs: a method's classes and seeds) run one after another, in
@@ -234,7 +158,7 @@ def run_all(records: list[Record[RunT]], *,
             timing_file: str | None = None,
             group: Callable[[RunT], Any] | None = None,
             device_groups: Sequence[Sequence[Any]] | None = None,
-            share: Share = Share(),
+            share: placement.Share = placement.Share(),
             tables_every_s: float = TABLES_EVERY_S) -> list[Record[RunT]]:
   """Runs every unfinished record of this host's share; returns the records.
 
@@ -254,7 +178,7 @@ def run_all(records: list[Record[RunT]], *,
     device_groups: with two or more groups, that many runs are in flight at once, each on its own
       group of devices (threads of this process); None or one group: one run at a time, in this
       thread, on the default devices.
-    share: this host's part of the runs (`Share`); with several hosts the tables are written only
+    share: this host's part of the runs (`placement.Share`); with several hosts the tables are written only
       when every run of every host is settled, by the host that settles the last one.
     tables_every_s: one host: the tables are rewritten after a run when this long has passed since
       they were last written (and always before the first run and at the end).
@@ -394,7 +318,7 @@ def _run_at_once(mine: list[Record[RunT]], name, execute, settle,
 
 
 def _tables_when_settled(records: list[Record[RunT]], finished, workdir, write_tables,
-                         share: Share) -> None:
+                         share: placement.Share) -> None:
   """Several hosts: writes the tables when every run is settled (finished, or failed on some host).
 
   The host that settles the last run sees every other run settled and writes; the others leave the
