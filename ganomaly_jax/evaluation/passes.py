@@ -115,7 +115,7 @@ class TestOutputs:
     map_max: largest value of the smoothed maps (0 for an empty set).
     mc_score: [N] mean MC-dropout variance per image, or None without MC-dropout.
     fid_sets: label -> (inputs [n, H, W, C], reconstructions [n, H, W, C]) in [-1, 1], the first
-      `FID_SAMPLES` test images of each class; empty unless FID was asked for.
+      `evaluator.FID_SAMPLES` test images of each class; empty unless FID was asked for.
   """
   score: np.ndarray
   l1: np.ndarray

@@ -1,11 +1,8 @@
-"""Pictures of anomaly-detection results: heatmaps, overlays, image grids and diagnostic plots.
+"""Figures of anomaly-detection results: loss curves, ROC / PR, score histograms, extremes, bars.
 
 Researchers judge an anomaly detector by looking at it, so every evaluation writes a few figures next
-to its numbers. Two kinds of output live here:
-
-* Arrays (`heatmaps.anomaly_heatmap`, `heatmaps.overlay`, `heatmaps.image_grid`, in heatmaps.py)
-  return uint8 [H, W, 3] images that can go straight to TensorBoard (`writer.write_images`) or PIL.
-* Figures (`plot_*`) write one PNG each and return its path.
+to its numbers. Each `plot_*` writes one PNG and returns its path. The uint8 picture arrays
+(`anomaly_heatmap`, `overlay`, `image_grid`) that go straight to TensorBoard are in heatmaps.py.
 
 Figures are built with the object-oriented `Figure` + `FigureCanvasAgg` API rather than pyplot: pyplot
 keeps a global registry of open figures (a leak in a long training loop) and may pick an interactive
@@ -36,9 +33,6 @@ PathLike = str | os.PathLike
 ONE_CLASS_NOTE = 'undefined (one class)'
 NO_DATA_NOTE = 'no data'
 _DPI = 100
-
-
-# --- Figures -------------------------------------------------------------------------------------------
 
 
 def _new_figure(width: float, height: float) -> Figure:

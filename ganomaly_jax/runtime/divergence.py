@@ -1,6 +1,7 @@
-"""What the loop does when a step diverges (train.on_nonfinite, train.max_rollbacks, train.loss_limit):
-`divergence` names the loss terms that went wrong, `Rollback` stops the run or rolls it back to the
-last checkpoint and marks the diverged batches for the loop to skip (docs/reliability.md).
+"""What the training loop does when a step diverges (train.on_nonfinite, train.max_rollbacks,
+train.loss_limit): `divergence` names the loss terms that went wrong, `Rollback` stops the run or
+rolls it back to the last checkpoint and marks the diverged batches for the loop to skip
+(docs/reliability.md).
 """
 
 from __future__ import annotations
