@@ -133,8 +133,8 @@ def pixel_results(maps: np.ndarray, source, max_value: float | None = None) -> d
   """pixel_auroc / pixel_pro of given maps [N, H, W] over the test images with a known mask.
 
   The same histogram computation as the streaming pass of `passes.collect_test_outputs`, for maps
-  at hand; the histogram spans [0, max_value], by default [0, the maps' largest finite value] (maps at hand
-  need no a-priori bound, so none is clipped).
+  at hand; the histogram spans [0, max_value], by default [0, the maps' largest finite value]
+  (maps at hand need no a-priori bound, so none is clipped).
   """
   if not hasattr(source, 'ground_truth'):
     return histogram_results(None)
