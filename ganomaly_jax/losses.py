@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from ganomaly_jax import similarity
+from ganomaly_jax.config import frozen
 
 
 def _per_example_mean(x: jax.Array) -> jax.Array:
@@ -133,6 +134,32 @@ def flip_labels(rng: jax.Array, targets: jax.Array, prob: float) -> jax.Array:
   """Noisy labels: each target t becomes 1 - t with probability `prob`."""
   flip = jax.random.bernoulli(rng, prob, targets.shape)
   return jnp.where(flip, 1.0 - targets, targets)
+
+
+def discriminator_targets(step_config: frozen.StepConfig, rng: jax.Array,
+                          n: int) -> tuple[jax.Array, jax.Array]:
+  """Discriminator targets: hard 1/0, optionally soft (U[0.9,1] / U[0,0.1]) and randomly flipped."""
+  r_soft, f_soft, r_flip, f_flip = jax.random.split(rng, 4)
+  if step_config.train.soft_labels:
+    real = soft_labels(r_soft, (n,), real=True)
+    fake = soft_labels(f_soft, (n,), real=False)
+  else:
+    real, fake = jnp.ones((n,)), jnp.zeros((n,))
+  if step_config.train.label_flip_prob > 0:
+    real = flip_labels(r_flip, real, step_config.train.label_flip_prob)
+    fake = flip_labels(f_flip, fake, step_config.train.label_flip_prob)
+  return real, fake
+
+
+def discriminator_inputs(step_config: frozen.StepConfig, rng: jax.Array, real: jax.Array,
+                         fake: jax.Array):
+  """D's inputs for training: instance noise on both passes when train.d_input_noise_std > 0."""
+  std = step_config.train.d_input_noise_std
+  if std <= 0:
+    return real, fake
+  nr, nf = jax.random.split(rng)
+  return (real + std * jax.random.normal(nr, real.shape),
+          fake + std * jax.random.normal(nf, fake.shape))
 
 
 # ---- Anomaly scores (per image; normalisation over the whole set happens in evaluation). ----
@@ -252,7 +279,7 @@ class Adversarial:
   `generator_loss(inputs, step_config)` is G's adversarial term (L_adv of eq. 3.1) and
   `discriminator_loss(inputs, step_config)` is D's loss; `step_config` is the step's frozen config
   view
-  (`step.StepConfig`: `step_config.loss.gp_weight`, ...).
+  (`config.frozen.StepConfig`: `step_config.loss.gp_weight`, ...).
   """
 
   generator_loss: Callable[[AdversarialInputs, Any], jax.Array]

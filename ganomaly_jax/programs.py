@@ -26,7 +26,7 @@ import jax
 import ml_collections
 
 from ganomaly_jax import state as state_lib, step as step_lib
-from ganomaly_jax.config import schema
+from ganomaly_jax.config import frozen, schema
 from ganomaly_jax.runtime import parallel
 from ganomaly_jax.cpu import kernels
 
@@ -35,7 +35,7 @@ class Programs(NamedTuple):
   """Jitted functions of one config on one mesh (compiled on first call, or via `.lower`)."""
 
   components: state_lib.Components
-  step_config: step_lib.StepConfig
+  step_config: frozen.StepConfig
   init: Callable  # rng -> GanState, replicated over the mesh
   train_step: Callable  # (state, batch, rng) -> (state, metrics); donates the state
   eval_step: Callable  # (state, batch) -> scores and losses
@@ -61,7 +61,7 @@ PROGRAM_FREE_KEYS = ('method', 'mode', 'seed', 'restart', 'dataset',
                      'train.checkpoint_every', 'train.image_every', 'train.keep_checkpoints',
                      'train.on_nonfinite', 'train.max_rollbacks', 'runtime.compile_cache_dir',
                      'runtime.distributed')
-# Keys inside PROGRAM_FREE_KEYS' groups that the programs do read (step.StepConfig.normalization).
+# Keys inside PROGRAM_FREE_KEYS' groups that the programs do read (config.frozen.StepConfig.normalization).
 PROGRAM_KEYS = ('dataset.normalization',)
 # Kept programs (each holds a method's compiled executables for one mesh): the oldest go first.
 CACHE_SIZE = 4
@@ -119,7 +119,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
 
 def _build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
            components: state_lib.Components) -> Programs:
-  step_config = step_lib.StepConfig.from_config(config)
+  step_config = frozen.StepConfig.from_config(config)
   repl, batch_sh = parallel.replicated(mesh), parallel.batch_sharding(mesh)
   fast = functools.partial(kernels.with_cpu_kernels, mode=config.runtime.cpu_kernels)
   init = jax.jit(functools.partial(state_lib.create_state, config, components), out_shardings=repl)

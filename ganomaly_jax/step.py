@@ -9,69 +9,16 @@ exactly like `fake.detach()`; XLA drops the unused cotangents).
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 from ganomaly_jax import losses, masks, models
+from ganomaly_jax.config import frozen
 from ganomaly_jax.data import normalization
 from ganomaly_jax.state import Components, GanState, init_discriminator
-
-# The config sections the step reads; `StepConfig` freezes all of them, so a new key needs no edit here.
-STEP_SECTIONS = ('model', 'loss', 'train', 'mask', 'eval')
-
-
-@dataclasses.dataclass(frozen=True)
-class FrozenSection:
-  """A read-only, hashable view of one flat config section: `section.key` as on the ConfigDict."""
-
-  items: tuple[tuple[str, Any], ...]
-
-  @classmethod
-  def of(cls, section: ml_collections.ConfigDict) -> 'FrozenSection':
-    return cls(tuple(sorted(section.to_dict().items())))
-
-  def __getattr__(self, name: str) -> Any:
-    if name.startswith('__') or name == 'items':  # copy / pickle probe before `items` exists
-      raise AttributeError(name)
-    for key, value in self.items:
-      if key == name:
-        return value
-    raise AttributeError(f'config section has no key {name!r}.')
-
-
-@dataclasses.dataclass(frozen=True)
-class StepConfig:
-  """The config the step depends on, frozen (static under jit): `step_config.loss.w_adv`,
-  `step_config.mask.kind`, ..."""
-
-  model: FrozenSection
-  loss: FrozenSection
-  train: FrozenSection
-  mask: FrozenSection
-  eval: FrozenSection
-  debug_nan_at_step: int
-  normalization: str = 'tanh'  # dataset.normalization: the one data key the steps read
-
-  @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict) -> 'StepConfig':
-    """Freezes the sections in `STEP_SECTIONS` (every key, so none is copied by hand)."""
-    sections = {name: FrozenSection.of(config[name]) for name in STEP_SECTIONS}
-    return cls(**sections, debug_nan_at_step=config.debug_nan_at_step,
-               normalization=config.dataset.normalization)
-
-  def with_eval(self, **changes: Any) -> 'StepConfig':
-    """This config with eval keys replaced: `step_config.with_eval(score='map_max', map='l1')`."""
-    items = dict(self.eval.items)
-    unknown = sorted(set(changes) - set(items))
-    if unknown:
-      raise AttributeError(f'eval section has no key(s) {unknown}.')
-    items.update(changes)
-    return dataclasses.replace(self, eval=FrozenSection(tuple(sorted(items.items()))))
 
 
 def _apply_g(components: Components, params, stats, x, train: bool, rng=None,
@@ -98,7 +45,7 @@ def _apply_d(components: Components, params, stats, x, train: bool, update_stats
   return components.discriminator.apply(variables, x, train=False), stats
 
 
-def reconstruct_for_training(components: Components, step_config: StepConfig, g_params, g_stats,
+def reconstruct_for_training(components: Components, step_config: frozen.StepConfig, g_params, g_stats,
                              x: jax.Array, rng: jax.Array):
   """Generator forward in train mode, with the method's masking
   (`masks.KINDS[step_config.mask.kind]`).
@@ -131,32 +78,8 @@ def reconstruct_for_training(components: Components, step_config: StepConfig, g_
   return out, g_stats, weight
 
 
-def _d_targets(step_config: StepConfig, rng: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
-  """Discriminator targets: hard 1/0, optionally soft (U[0.9,1] / U[0,0.1]) and randomly flipped."""
-  r_soft, f_soft, r_flip, f_flip = jax.random.split(rng, 4)
-  if step_config.train.soft_labels:
-    real = losses.soft_labels(r_soft, (n,), real=True)
-    fake = losses.soft_labels(f_soft, (n,), real=False)
-  else:
-    real, fake = jnp.ones((n,)), jnp.zeros((n,))
-  if step_config.train.label_flip_prob > 0:
-    real = losses.flip_labels(r_flip, real, step_config.train.label_flip_prob)
-    fake = losses.flip_labels(f_flip, fake, step_config.train.label_flip_prob)
-  return real, fake
-
-
 def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(l)) for l in jax.tree.leaves(tree)]))
-
-
-def _d_inputs(step_config: StepConfig, rng: jax.Array, real: jax.Array, fake: jax.Array):
-  """D's inputs for training: instance noise on both passes when train.d_input_noise_std > 0."""
-  std = step_config.train.d_input_noise_std
-  if std <= 0:
-    return real, fake
-  nr, nf = jax.random.split(rng)
-  return (real + std * jax.random.normal(nr, real.shape),
-          fake + std * jax.random.normal(nf, fake.shape))
 
 
 def _adversarial_inputs(components: Components, d_params, d_stats, real_out, fake_out, targets,
@@ -170,7 +93,7 @@ def _adversarial_inputs(components: Components, d_params, d_stats, real_out, fak
       fake=fake, critic=critic, rng=rng)
 
 
-def _critic_updates(components: Components, step_config: StepConfig, state: GanState, x: jax.Array,
+def _critic_updates(components: Components, step_config: frozen.StepConfig, state: GanState, x: jax.Array,
                     targets, rng: jax.Array) -> tuple[GanState, jax.Array]:
   """`step_config.loss.n_critic - 1` D-only updates on this batch (WGAN-GP); returns (state, all
   finite).
@@ -187,7 +110,7 @@ def _critic_updates(components: Components, step_config: StepConfig, state: GanS
 
   def critic_loss(d_params, d_stats, step_rng):
     noise_rng, gp_rng = jax.random.split(step_rng)
-    real_in, fake_in = _d_inputs(step_config, noise_rng, x, fake)
+    real_in, fake_in = losses.discriminator_inputs(step_config, noise_rng, x, fake)
     real_out, new_stats = _apply_d(components, d_params, d_stats, real_in, True)
     fake_out, new_stats = _apply_d(components, d_params, new_stats, fake_in, True)
     inputs = _adversarial_inputs(components, d_params, d_stats, real_out, fake_out, targets, x,
@@ -210,7 +133,7 @@ def _critic_updates(components: Components, step_config: StepConfig, state: GanS
 
 def train_step(state: GanState, batch: dict[str, jax.Array], rng: jax.Array, *,
                components: Components,
-               step_config: StepConfig) -> tuple[GanState, dict[str, jax.Array]]:
+               step_config: frozen.StepConfig) -> tuple[GanState, dict[str, jax.Array]]:
   """One G update and one D update from a shared forward pass; returns (new state, metrics).
 
   G's loss is eq. 3.1, w_adv L_adv + w_con L_con + w_enc L_enc: L_adv from the adversarial
@@ -233,7 +156,7 @@ def train_step(state: GanState, batch: dict[str, jax.Array], rng: jax.Array, *,
   x = normalization.from_tanh(batch['image'], step_config.normalization)
   n = x.shape[0]
   g_rng, noise_rng, label_rng, gp_rng, reinit_rng = jax.random.split(rng, 5)
-  targets = _d_targets(step_config, label_rng, n)
+  targets = losses.discriminator_targets(step_config, label_rng, n)
   original, critic_finite = state, jnp.asarray(True)
   if w.n_critic > 1:  # the critic takes extra steps before the joint one
     state, critic_finite = _critic_updates(components, step_config, state, x, targets,
@@ -243,7 +166,7 @@ def train_step(state: GanState, batch: dict[str, jax.Array], rng: jax.Array, *,
     out, g_stats, weight = reconstruct_for_training(components, step_config, g_params,
                                                     state.g_stats, x, g_rng)
     recon = out['recon']
-    d_real_in, d_fake_in = _d_inputs(step_config, noise_rng, x, recon)
+    d_real_in, d_fake_in = losses.discriminator_inputs(step_config, noise_rng, x, recon)
     real_out, d_stats = _apply_d(components, d_params, state.d_stats, d_real_in, True)
     fake_out, d_stats = _apply_d(components, d_params, d_stats, d_fake_in, True)
     (real_logits, real_feat), (fake_logits, fake_feat) = real_out, fake_out
@@ -313,7 +236,7 @@ def train_step(state: GanState, batch: dict[str, jax.Array], rng: jax.Array, *,
   return new_state, metrics
 
 
-def reconstruct_for_eval(components: Components, step_config: StepConfig, state: GanState,
+def reconstruct_for_eval(components: Components, step_config: frozen.StepConfig, state: GanState,
                          x: jax.Array, rng: jax.Array | None = None,
                          stochastic: bool = False) -> dict:
   """Generator forward in eval mode (BatchNorm running statistics).
@@ -339,7 +262,7 @@ def reconstruct_for_eval(components: Components, step_config: StepConfig, state:
   return {'recon': jnp.mean(recons, axis=0), 'recons': recons}
 
 
-def score_inputs(components: Components, step_config: StepConfig, state: GanState,
+def score_inputs(components: Components, step_config: frozen.StepConfig, state: GanState,
                  x: jax.Array) -> losses.ScoreInputs:
   """What a registered score sees of a batch: x, the eval-mode reconstruction(s), D in eval mode."""
   discriminator = lambda images: _apply_d(components, state.d_params, state.d_stats, images,
@@ -349,7 +272,7 @@ def score_inputs(components: Components, step_config: StepConfig, state: GanStat
 
 
 def reference_scores(state: GanState, x: jax.Array, *, components: Components,
-                     step_config: StepConfig) -> jax.Array:
+                     step_config: frozen.StepConfig) -> jax.Array:
   """Raw scores as the official GANomaly / Skip-GANomaly test loops compute them: BatchNorm in
   train mode, i.e. normalised with the statistics of this very batch (they never call
   `netg.eval()`), in G and in D alike. The statistics are not kept: the state is not changed.
@@ -371,7 +294,7 @@ def _l1(x: jax.Array, recon: jax.Array) -> jax.Array:
 
 
 def eval_step(state: GanState, batch: dict[str, jax.Array], *, components: Components,
-              step_config: StepConfig, with_maps: bool = False) -> dict[str, jax.Array]:
+              step_config: frozen.StepConfig, with_maps: bool = False) -> dict[str, jax.Array]:
   """Per-image raw anomaly scores (not yet normalised) and reconstruction L1, in eval mode.
 
   The score is `losses.SCORES[step_config.eval.score]` (eq. 6.1 for SkipGANomaly); D runs in eval
@@ -396,7 +319,7 @@ def readout_key(score: str, map_name: str) -> str:
 
 
 def eval_readouts(state: GanState, batch: dict[str, jax.Array], *, components: Components,
-                  step_config: StepConfig,
+                  step_config: frozen.StepConfig,
                   readouts: tuple[tuple[str, str], ...]) -> dict[str, jax.Array]:
   """Every read-out (eval.score, eval.map) of `readouts` from one eval-mode reconstruction.
 

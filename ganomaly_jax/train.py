@@ -1,4 +1,5 @@
-"""Training loop and final evaluation: `train_and_evaluate(config, workdir)`.
+"""The training loop: `train_and_evaluate(config, workdir)`. It ends with the final evaluation
+(`evaluator.final_evaluation`); a diverged step is handled by `divergence.Rollback`.
 
 The config arrives finished (`checks.finished`: resolved and validated by the entry point). The run
 directory (file names, JSON, curves, the finished rule, restarts, the architecture check) belongs to
@@ -8,11 +9,10 @@ directory (file names, JSON, curves, the finished rule, restarts, the architectu
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import json
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from absl import logging
 from clu import metric_writers, periodic_actions
@@ -27,9 +27,8 @@ from ganomaly_jax import state as state_lib
 from ganomaly_jax.config import schema
 from ganomaly_jax.cpu import host_memory
 from ganomaly_jax.data import pipeline, sources
-from ganomaly_jax.evaluation import evaluator, readout, reference  # reference: eval.protocol
-from ganomaly_jax.runtime import checkpoint, disk, parallel, preemption, rundir, timing
-
+from ganomaly_jax.evaluation import evaluator, passes, reference  # reference: eval.protocol
+from ganomaly_jax.runtime import checkpoint, disk, divergence, parallel, preemption, rundir, timing
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -143,7 +142,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, previous: dict[str, An
   if int(state.step) == 0 and is_chief:
     writer.write_hparams(hparams(config))
   report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
-  rollback = Rollback(t, store, restart=lambda: (progs.init(init_rng), make_train_iter()))
+  rollback = divergence.Rollback(t, store, restart=lambda: (progs.init(init_rng), make_train_iter()))
   history: list[tuple[int, dict[str, Any]]] = []
   preempted = False
   with store.saves_finished_on_error(), metric_writers.ensure_flushes(writer), \
@@ -189,7 +188,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, previous: dict[str, An
           reference_curve.evaluate(state, step)
       if t.image_every > 0 and (step % t.image_every == 0 or step == num_steps):
         with _loop_phase('pictures', state):
-          pictures = evaluator.first_pictures(progs.eval_maps, state, splits.test, mesh,
+          pictures = passes.first_pictures(progs.eval_maps, state, splits.test, mesh,
                                               config.eval.batch_size, config.eval.num_images)
           writer.write_images(step, {'test/input_recon_map': evaluator.image_grid(pictures)[None]})
 
@@ -216,7 +215,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str, previous: dict[str, An
       'method': config.method, 'dataset': config.dataset.name, 'abnormal': splits.info['abnormal'],
       'steps': max(num_steps, (previous or {}).get('steps', 0)), 'rollbacks': rollback.count,
       'train_wall_time_s': round(time.time() - started, 1)}
-  results = final_evaluation(config, workdir, state, store, progs, splits, mesh, writer, run_info)
+  results = evaluator.final_evaluation(config, workdir, state, store, progs, splits, mesh, writer,
+                                       run_info)
   results.update(reference_curve.results())
   if epochs:
     results['epochs'] = epochs
@@ -327,58 +327,6 @@ def _skip_step(state: Any) -> Any:
   return state.replace(step=state.step + 1, skipped_steps=state.skipped_steps + 1)
 
 
-def divergence(metrics: dict[str, Any], limit: float) -> str:
-  """Names the loss terms that were non-finite (or beyond the loss limit) in one step."""
-  terms = {k: float(v) for k, v in metrics.items() if k not in ('nonfinite', 'd_reinit')}
-  bad = [k for k, v in terms.items() if not np.isfinite(v)]
-  if bad:
-    return 'non-finite ' + ', '.join(sorted(bad))
-  big = [k for k in ('g_loss', 'd_loss') if limit > 0 and abs(terms.get(k, 0.0)) >= limit]
-  return (f'{", ".join(big)} beyond train.loss_limit={limit:g}' if big
-          else 'non-finite gradients')
-
-
-@dataclasses.dataclass
-class Rollback:
-  """What the loop does when a logged step diverged (train.on_nonfinite, train.max_rollbacks).
-
-  `stop`, or an exhausted budget, raises TrainingError naming the step and the terms; `rollback`
-  restores the last checkpoint (or the initial state when there is none, via `restart`) and marks
-  the diverged steps, whose batches the loop then skips.
-  """
-  t: ml_collections.ConfigDict  # config.train
-  store: checkpoint.CheckpointStore
-  restart: Callable[[], tuple[Any, Any]]  # () -> (initial state, fresh train iterator)
-  count: int = 0
-  skip_batches: set[int] = dataclasses.field(default_factory=set)
-
-  def __call__(self, fetched: list[tuple[int, dict[str, Any]]], state: Any,
-               train_iter: Any) -> tuple[Any, Any]:
-    """Returns the state and iterator to go on from, or raises TrainingError."""
-    bad = [(s, m) for s, m in fetched if m['nonfinite'] > 0]
-    bad_step, bad_metrics = bad[0]
-    what = divergence(bad_metrics, self.t.loss_limit)
-    self.store.wait()
-    if self.t.on_nonfinite == 'stop' or self.count >= self.t.max_rollbacks:
-      reason = ('stopping' if self.t.on_nonfinite == 'stop'
-                else f'stopping after {self.count} rollbacks')
-      last = self.store.latest_step()
-      kept = (f'The last checkpoint (step {last}) is intact' if last is not None
-              else 'No checkpoint was written yet')
-      raise rundir.TrainingError(f'Divergence at step {bad_step} ({what}); {reason}. {kept}; the '
-                          'diverged update was not applied.')
-    restored = self.store.restore_latest(state, train_iter, set_aside=jax.process_index() == 0)
-    self.count += 1
-    self.skip_batches.update(s for s, _ in bad)
-    if restored is None:  # no checkpoint yet: restart from the initial state
-      state, train_iter = self.restart()
-    else:
-      state, _ = restored
-    logging.warning('Divergence at step %d (%s): rollback %d/%d to step %d, skipping that batch.',
-                    bad_step, what, self.count, self.t.max_rollbacks, int(state.step))
-    return state, train_iter
-
-
 def _log_train_metrics(fetched: list[tuple[int, dict[str, Any]]], step: int, writer,
                        workdir: str, d_reinit_threshold: float, is_chief: bool) -> None:
   """Averages the metrics since the last log step into TensorBoard and train_metrics.jsonl."""
@@ -403,40 +351,9 @@ def _validate(config: ml_collections.ConfigDict, eval_fn, state: Any, source, me
               store: checkpoint.CheckpointStore, writer, step: int) -> float:
   """Validation L1 and score on held-out normals; offers the state as the best by val loss.
   Returns the validation loss (mean L1)."""
-  val = evaluator.run_eval(eval_fn, state, source, mesh, config.eval.batch_size)
+  val = passes.run_eval(eval_fn, state, source, mesh, config.eval.batch_size)
   val_loss = float(np.mean(val['l1'])) if len(val['l1']) else float('nan')
   writer.write_scalars(step, {'val/l1': val_loss, 'val/score_mean': float(np.mean(val['score']))})
   if config.eval.select == 'val_loss' and np.isfinite(val_loss):
     store.save_best(step, state, val_loss)
   return val_loss
-
-
-# ---------------------------------------------------------------------------------------------
-# Final evaluation.
-# ---------------------------------------------------------------------------------------------
-
-
-def final_evaluation(config: ml_collections.ConfigDict, workdir: str, state: Any,
-                     store: checkpoint.CheckpointStore, progs: programs.Programs, splits, mesh,
-                     writer, run_info: dict[str, Any]) -> dict[str, Any]:
-  """Evaluates the selected state (the best by val loss, or the last) on the test split.
-
-  Writes TensorBoard scalars and images and the pictures; returns the results (for results.json).
-  """
-  selected_step = int(state.step)
-  if config.eval.select == 'val_loss':
-    with timing.phase('checkpoints'):
-      best = store.restore_best(state, set_aside=jax.process_index() == 0)
-    if best is not None:
-      state, selected_step = best
-  # The read-out (eval.score, eval.map): the config's, or with eval.readout=auto the one best on
-  # validation normals + synthetic anomalies, chosen before the test split is read.
-  chosen = readout.choose(config, state, progs, splits.val, mesh)
-  run_info = {**run_info, 'selected_step': selected_step,
-              'd_reinits': int(jax.device_get(state.d_reinits)),
-              'skipped_steps': int(jax.device_get(state.skipped_steps)), 'readout': chosen.record}
-  with timing.phase('test'):
-    results = evaluator.evaluate_and_report(chosen, progs.components, state, splits, mesh,
-                                            evaluator.Report(workdir, writer), run_info)
-    writer.flush()
-  return results

@@ -11,7 +11,7 @@ import pytest
 
 from ganomaly_jax import state as state_lib
 from ganomaly_jax.runtime import parallel
-from ganomaly_jax.evaluation import evaluator
+from ganomaly_jax.evaluation import passes
 from ganomaly_jax.data import pipeline, sources
 from helpers import tiny
 
@@ -65,7 +65,7 @@ def test_run_eval_scores_do_not_depend_on_batch_size(method):
   source = sources.ArraySource('t', _images(config, n, 3), np.arange(n) % 2)
   mesh = parallel.make_mesh()
   state = parallel.replicate(state, mesh)
-  by_size = {b: evaluator.run_eval(eval_fn, state, source, mesh, b) for b in (1, BATCH, n)}
+  by_size = {b: passes.run_eval(eval_fn, state, source, mesh, b) for b in (1, BATCH, n)}
   for b in (BATCH, n):
     assert len(by_size[b]['score']) == n
     np.testing.assert_allclose(by_size[b]['score'], by_size[1]['score'], rtol=1e-5, err_msg=str(b))

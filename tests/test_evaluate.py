@@ -16,7 +16,8 @@ import pytest
 
 import synthetic
 from ganomaly_jax import step as step_lib
-from ganomaly_jax.evaluation import evaluator, uncertainty
+from ganomaly_jax.config import frozen
+from ganomaly_jax.evaluation import metrics, passes, uncertainty
 from ganomaly_jax.inference import finished_run
 from ganomaly_jax.data import sources
 
@@ -97,7 +98,7 @@ def test_mode_eval_reevaluates_the_selected_checkpoint(masked_run, tmp_path):
 
 def test_pixel_results_without_ground_truth_are_null():
   source = sources.ArraySource('arrays', np.zeros((4, 16, 16, 1), np.uint8), np.array([0, 0, 1, 1]))
-  results = evaluator.pixel_results(np.random.default_rng(0).uniform(size=(4, 16, 16)), source)
+  results = metrics.pixel_results(np.random.default_rng(0).uniform(size=(4, 16, 16)), source)
   assert results['pixel_auroc'] is None and results['pixel_pro'] is None
   assert results['num_pixel_gt_images'] == 0
 
@@ -110,7 +111,7 @@ def test_pixel_results_leave_out_defects_without_mask(tmp_path):
   source = sources.FileSource('t', [str(p) for p in paths], [0] * 3 + [1] * 3, 32, 3, masks)
   gts = [source.ground_truth(i) for i in range(6)]
   maps = np.stack([np.zeros((32, 32)) if g is None else g for g in gts]).astype(np.float32)
-  results = evaluator.pixel_results(maps, source)
+  results = metrics.pixel_results(maps, source)
   assert results['num_pixel_gt_images'] == 5 and results['num_pixel_gt_defect_images'] == 2
   assert results['pixel_auroc'] == pytest.approx(1.0) and results['pixel_pro'] == pytest.approx(1.0)
 
@@ -142,7 +143,7 @@ def test_maps_above_the_old_range_are_not_clipped():
 
   source = _SquaresSource()
   images = np.stack([pipeline.to_float(source[i]['image']) for i in range(len(source))])
-  results = evaluator.pixel_results(_map_above_two(images), source)
+  results = metrics.pixel_results(_map_above_two(images), source)
   assert results['pixel_auroc'] == pytest.approx(1.0) and results['pixel_pro'] == pytest.approx(1.0)
 
   # The streaming pass of the final evaluation spans the range of the map in use.
@@ -151,7 +152,7 @@ def test_maps_above_the_old_range_are_not_clipped():
     return {'score': x.mean(axis=(1, 2, 3)), 'l1': x.mean(axis=(1, 2, 3)),
             'map': jax.numpy.asarray(_map_above_two(x))}
 
-  outputs = evaluator.collect_test_outputs(
+  outputs = passes.collect_test_outputs(
       eval_maps, None, source, parallel.make_mesh(jax.devices()[:1]), 4,
       map_max_value=losses.MAPS['ssim_msgms'].max_value)
   assert outputs.pixel.max_value == 3.0 and outputs.pixel.clipped == 0
@@ -163,11 +164,11 @@ def test_fid_results_with_invalid_weights_record_the_error(tmp_path):
   weights = tmp_path / 'bogus.npz'
   weights.write_bytes(b'not a zip file')
   images = np.zeros((3, 16, 16, 3), np.float32)
-  results = evaluator.fid_results(str(weights), {0: (images, images), 1: (images, images)})
+  results = metrics.fid_results(str(weights), {0: (images, images), 1: (images, images)})
   assert results['fid_normal'] is None and results['fid_abnormal'] is None
   assert 'bogus.npz' in results['fid_error']
   # Too few images for a covariance: skipped with a warning, still no crash.
-  results = evaluator.fid_results('', {0: (images[:1], images[:1])})
+  results = metrics.fid_results('', {0: (images[:1], images[:1])})
   assert results['fid_normal'] is None and results['fid_abnormal_samples'] == 0
 
 
@@ -176,7 +177,7 @@ def test_mc_dropout_variance_matches_sample_loop(masked_run):
   """uncertainty.mc_dropout's running variance equals the variance of N separate reconstructions."""
   config, _ = finished_run.load_run(str(masked_run.workdir))
   components, state, _, _ = finished_run.restore_state(config, str(masked_run.workdir))
-  step_config = step_lib.StepConfig.from_config(config)
+  step_config = frozen.StepConfig.from_config(config)
   x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3), minval=-1, maxval=1)
   rng = jax.random.key(2)
   keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(np.arange(3))
@@ -210,16 +211,16 @@ SCORES = np.array([0.10, 0.20, 0.30, 0.40, 0.55, 0.90, 0.50, 0.60, 0.80, 0.95])
 
 def test_validation_threshold_is_the_quantile_of_raw_validation_scores():
   val = np.arange(101, dtype=np.float64) / 100  # 0.00, 0.01, ..., 1.00
-  assert evaluator.validation_threshold(val, 0.95) == pytest.approx(0.95)
-  assert evaluator.validation_threshold(np.r_[val, np.nan], 0.95) == pytest.approx(0.95)
-  assert evaluator.validation_threshold(np.zeros(0), 0.95) is None
+  assert metrics.validation_threshold(val, 0.95) == pytest.approx(0.95)
+  assert metrics.validation_threshold(np.r_[val, np.nan], 0.95) == pytest.approx(0.95)
+  assert metrics.validation_threshold(np.zeros(0), 0.95) is None
 
 
 @pytest.mark.parametrize('threshold', [0.45, 0.52, 0.85, 0.05, 2.0])
 def test_metrics_at_the_threshold_match_sklearn(threshold):
   from sklearn import metrics as skm
 
-  got = evaluator.image_metrics(LABELS, SCORES, threshold)
+  got = metrics.image_metrics(LABELS, SCORES, threshold)
   predicted = (SCORES > threshold).astype(int)
   tn, fp, fn, tp = skm.confusion_matrix(LABELS, predicted, labels=[0, 1]).ravel()
   assert got['threshold'] == threshold
@@ -231,7 +232,7 @@ def test_metrics_at_the_threshold_match_sklearn(threshold):
 
 def test_metrics_at_the_threshold_by_hand():
   # Above 0.45: normals 0.55, 0.90 (2 of 6 false alarms); abnormals 0.50, 0.60, 0.80, 0.95 (all 4).
-  got = evaluator.image_metrics(LABELS, SCORES, 0.45)
+  got = metrics.image_metrics(LABELS, SCORES, 0.45)
   assert got['image_precision'] == pytest.approx(4 / 6) and got['image_recall'] == 1.0
   assert got['image_fpr'] == pytest.approx(2 / 6)
   assert got['image_f1'] == pytest.approx(2 * (4 / 6) / (4 / 6 + 1))
@@ -241,15 +242,15 @@ def test_threshold_applies_to_raw_scores_not_normalised_ones():
   # Test scores far above the validation range: every test image is flagged, whatever the
   # min-max normalisation over the test set (used for AUROC) would make of them.
   raw = SCORES + 10.0
-  got = evaluator.image_metrics(LABELS, raw, threshold=1.0)
+  got = metrics.image_metrics(LABELS, raw, threshold=1.0)
   assert got['image_fpr'] == 1.0 and got['image_recall'] == 1.0
-  assert got['image_auroc'] == evaluator.image_metrics(LABELS, SCORES)['image_auroc']
+  assert got['image_auroc'] == metrics.image_metrics(LABELS, SCORES)['image_auroc']
 
 
 def test_oracle_f1_is_the_best_over_every_threshold():
   from sklearn import metrics as skm
 
-  got = evaluator.image_metrics(LABELS, SCORES)
+  got = metrics.image_metrics(LABELS, SCORES)
   best = max(skm.f1_score(LABELS, (SCORES >= t).astype(int)) for t in SCORES)
   assert got['image_f1_oracle'] == pytest.approx(best)
   # Hand check: flagging >= 0.50 catches all 4 abnormals with 2 false alarms: F1 = 0.8.

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from ganomaly_jax.evaluation import fid
+from ganomaly_jax.evaluation import fid, inception
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -147,7 +147,7 @@ def test_parameter_count_matches_fid_inception():
 
 def test_avg_pool_branch_excludes_padding():
   # count_include_pad=False: a constant map stays constant at the borders (True would give 4/9 in corners).
-  pooled = fid._avg_pool_3x3_same(jnp.ones((1, 5, 5, 2)))
+  pooled = inception._avg_pool_3x3_same(jnp.ones((1, 5, 5, 2)))
   np.testing.assert_allclose(np.asarray(pooled), 1.0, rtol=1e-6)
 
 
@@ -161,7 +161,7 @@ def test_forward_shape_and_extract_features(random_flat):
   # A small grayscale image exercises the channel tiling and the resize to 299 in one forward.
   image = np.random.default_rng(3).uniform(-1, 1, (1, 32, 32, 1)).astype(np.float32)
   feats = np.asarray(fn(image))
-  assert feats.shape == (1, fid.FEATURE_DIM) and feats.dtype == np.float32
+  assert feats.shape == (1, inception.FEATURE_DIM) and feats.dtype == np.float32
   assert np.isfinite(feats).all() and (feats >= 0).all()  # means of ReLU outputs
   assert feats.std() > 0
   # Same shape again, so this reuses the compiled program.

@@ -262,15 +262,15 @@ def test_paged_report_of_hundreds_of_images_in_chromium(tmp_path):
 
 
 def test_overlay_batch_matches_plots_overlay():
-  """The batched 256-level overlay of the map PNGs draws what plots.overlay draws, within 3 of 255."""
-  from ganomaly_jax.evaluation import plots
+  """The batched 256-level overlay of the map PNGs draws what heatmaps.overlay draws, within 3 of 255."""
+  from ganomaly_jax.evaluation import heatmaps
 
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (5, 12, 12, 3), dtype=np.uint8)
   maps = rng.uniform(0, 1.5, (5, 12, 12)).astype(np.float32)
   maps[0, 0, 0] = np.nan  # a diverged pixel takes the bottom colour in both
   batch = outputs.overlay_batch(images, maps, vmax=1.2)
-  ref = np.stack([plots.overlay(i, m, vmin=0.0, vmax=1.2) for i, m in zip(images, maps)])
+  ref = np.stack([heatmaps.overlay(i, m, vmin=0.0, vmax=1.2) for i, m in zip(images, maps)])
   assert batch.dtype == np.uint8 and batch.shape == ref.shape
   assert np.abs(batch.astype(int) - ref).max() <= 3
   grey = outputs.overlay_batch(images[:2, ..., :1], maps[:2], vmax=1.2)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from ganomaly_jax import masks
+from ganomaly_jax.masks import grid
 
 # Jitted once per static shape and reused: eager dispatch compiles every op and is far slower on CPU.
 _square = jax.jit(masks.square_masks, static_argnums=(1, 2, 3))
@@ -53,11 +54,11 @@ def _assert_partition(m: np.ndarray, cell: int, sets: int) -> None:
     (64, (128, 64, 32, 16), (2, 4)), (32, (128, 64, 32, 16), (2,)), (16, (128, 64, 32, 16), (2,)),
     (32, (4, 8), (8, 4))])
 def test_grid_cell_sizes(isize, cells, expected):
-  assert masks.grid_cell_sizes(isize, cells) == expected
+  assert grid.grid_cell_sizes(isize, cells) == expected
 
 
 def test_alternating_grid_is_two_complementary_checkerboards():
-  m = np.asarray(masks.grid_eval_masks(16, (4,), 2, 'alternating'))
+  m = np.asarray(grid.grid_eval_masks(16, (4,), 2, 'alternating'))
   assert m.shape == (1, 2, 16, 16, 1)
   board = m[0, 0, ::4, ::4, 0]
   np.testing.assert_array_equal(board, (np.add.outer(np.arange(4), np.arange(4)) + 1) % 2)
@@ -73,19 +74,19 @@ def test_alternating_grid_is_two_complementary_checkerboards():
 @pytest.mark.parametrize('isize,cells,sets', [(16, (128, 64, 32, 16), 3), (32, (16, 8, 4), 3),
                                               (32, (4,), 2), (16, (16, 4, 2), 4)])
 def test_random_eval_partitions_cover_every_pixel_once_and_are_fixed(isize, cells, sets):
-  m = np.asarray(masks.grid_eval_masks(isize, cells, sets, 'random'))
-  sizes = masks.grid_cell_sizes(isize, cells)
+  m = np.asarray(grid.grid_eval_masks(isize, cells, sets, 'random'))
+  sizes = grid.grid_cell_sizes(isize, cells)
   assert m.shape == (len(sizes), sets, isize, isize, 1)
   for t, cell in enumerate(sizes):
     _assert_partition(m[t], cell, sets)
   # Deterministic: the same masks on every call (a fixed key), and a real random split, not a
   # checkerboard: some horizontally adjacent cells share a set.
-  np.testing.assert_array_equal(m, np.asarray(masks.grid_eval_masks(isize, cells, sets, 'random')))
+  np.testing.assert_array_equal(m, np.asarray(grid.grid_eval_masks(isize, cells, sets, 'random')))
   finest = m[0, 0, ::sizes[0], ::sizes[0], 0]
   assert np.any(finest[:, 1:] == finest[:, :-1])
 
 
-_grid_train = jax.jit(masks.grid_train_masks, static_argnums=(1, 2, 3, 4, 5, 6))
+_grid_train = jax.jit(grid.grid_train_masks, static_argnums=(1, 2, 3, 4, 5, 6))
 
 
 def _drawn_cell(image: np.ndarray, sizes) -> int:
@@ -99,7 +100,7 @@ def test_random_train_partitions_cover_every_pixel_once_at_every_size(isize, cel
   batch = 24
   m = np.asarray(_grid_train(jax.random.PRNGKey(0), batch, isize, cells, sets, 'random', 'image'))
   assert m.shape == (sets, batch, isize, isize, 1)
-  sizes = masks.grid_cell_sizes(isize, cells)
+  sizes = grid.grid_cell_sizes(isize, cells)
   seen = set()
   for b in range(batch):
     cell = _drawn_cell(m[:, b], sizes)
@@ -112,7 +113,7 @@ def test_random_train_partitions_cover_every_pixel_once_at_every_size(isize, cel
 
 def test_batch_draw_gives_one_size_and_partition_per_batch():
   # RIAD's training: one cell size and one random partition for the whole batch, new each step.
-  sizes = masks.grid_cell_sizes(16, (8, 4))
+  sizes = grid.grid_cell_sizes(16, (8, 4))
   drawn = set()
   for seed in range(8):
     m = np.asarray(_grid_train(jax.random.PRNGKey(seed), 6, 16, (8, 4), 3, 'random', 'batch'))
@@ -195,7 +196,7 @@ def test_combine_inpaintings(mask_set):
   x = _images()
   target = _images(seed=1)
   m = (masks.tiling_masks(8, 0.5) if mask_set == 'tiling'
-       else masks.grid_eval_masks(8, (4,), 3, 'random')[0])
+       else grid.grid_eval_masks(8, (4,), 3, 'random')[0])
   num_masks = m.shape[0]
   calls = []
 
@@ -234,7 +235,7 @@ def test_combine_inpaintings_sees_masked_copies_in_mask_order():
 
 def test_combine_tilings_assembles_each_tiling_from_one_call():
   x = _images()
-  tilings = masks.grid_eval_masks(8, (4, 2), 3, 'random')  # [2, 3, 8, 8, 1]
+  tilings = grid.grid_eval_masks(8, (4, 2), 3, 'random')  # [2, 3, 8, 8, 1]
   calls = []
 
   def by_copy(images):  # copy j of the stack returns the constant j: shows which copy a pixel took
@@ -256,7 +257,7 @@ def test_each_kind_gives_its_training_and_evaluation_holes():
   np.testing.assert_array_equal(masks.KINDS['square'].eval_holes(16, _Mask()),
                                 masks.tiling_masks(16, 0.5)[None])
   np.testing.assert_array_equal(masks.KINDS['grid'].eval_holes(16, _Mask()),
-                                masks.grid_eval_masks(16, (4,), 2, 'alternating'))
+                                grid.grid_eval_masks(16, (4,), 2, 'alternating'))
   assert masks.KINDS['stain'].eval_holes(16, _Mask()).shape == (1, 16, 16, 16, 1)
   rng = jax.random.PRNGKey(0)
 
@@ -271,15 +272,15 @@ def test_each_kind_gives_its_training_and_evaluation_holes():
 
 
 @pytest.mark.parametrize('fn,args,key', [
-    (masks.grid_eval_masks, (16, (5,), 3), 'mask.cells'),  # 3 px cells do not divide 16
-    (masks.grid_eval_masks, (16, (2,), 5), 'mask.cells'),  # 4 cells, 5 sets
-    (masks.grid_eval_masks, (16, (2,), 4, 'alternating'), 'mask.cells'),  # 2x2 board: 3 sets
-    (masks.grid_eval_masks, (16, (4, 4), 3), 'mask.cells'),
-    (masks.grid_eval_masks, (16, (), 3), 'mask.cells'),
-    (masks.grid_eval_masks, (16, (0,), 3), 'mask.cells'),
-    (masks.grid_eval_masks, (16, (2,), 1), 'mask.sets'),
-    (masks.grid_eval_masks, (16, (2,), 2, 'checkers'), 'mask.partition'),
-    (masks.grid_train_masks, (jax.random.PRNGKey(0), 2, 16, (2,), 2, 'random', 'step'),
+    (grid.grid_eval_masks, (16, (5,), 3), 'mask.cells'),  # 3 px cells do not divide 16
+    (grid.grid_eval_masks, (16, (2,), 5), 'mask.cells'),  # 4 cells, 5 sets
+    (grid.grid_eval_masks, (16, (2,), 4, 'alternating'), 'mask.cells'),  # 2x2 board: 3 sets
+    (grid.grid_eval_masks, (16, (4, 4), 3), 'mask.cells'),
+    (grid.grid_eval_masks, (16, (), 3), 'mask.cells'),
+    (grid.grid_eval_masks, (16, (0,), 3), 'mask.cells'),
+    (grid.grid_eval_masks, (16, (2,), 1), 'mask.sets'),
+    (grid.grid_eval_masks, (16, (2,), 2, 'checkers'), 'mask.partition'),
+    (grid.grid_train_masks, (jax.random.PRNGKey(0), 2, 16, (2,), 2, 'random', 'step'),
      'mask.draw'),
     (masks.tiling_masks, (16, 0.3), 'mask.size'),
     (masks.tiling_masks, (16, 1.0), 'mask.size'),

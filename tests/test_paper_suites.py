@@ -8,6 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from ganomaly_jax import masks
+from ganomaly_jax.masks import grid
 from ganomaly_jax.experiments import benchmark, published, suites, tables
 
 ROWS = ['masked', 'grid_mask', 'riad', 'riad_literal', 'pca', 'knn']
@@ -83,15 +84,15 @@ def test_bad_paper_suite_options_fail_with_one_line(spec, match):
 
 def test_riad_small_size_rule():
   # RIAD's 2-16 px at 256 px; 2, 4, 8 px at 16 and 32 px, where the literal rule leaves only 2 px.
-  assert masks.grid_cell_sizes(256, masks.riad_cells(256)) == (2, 4, 8, 16)
-  assert masks.grid_cell_sizes(32, masks.riad_cells(32)) == (2, 4, 8)
-  assert masks.grid_cell_sizes(16, masks.riad_cells(16)) == (2, 4, 8)
-  assert masks.grid_cell_sizes(32, (128, 64, 32, 16)) == (2,)
+  assert grid.grid_cell_sizes(256, grid.riad_cells(256)) == (2, 4, 8, 16)
+  assert grid.grid_cell_sizes(32, grid.riad_cells(32)) == (2, 4, 8)
+  assert grid.grid_cell_sizes(16, grid.riad_cells(16)) == (2, 4, 8)
+  assert grid.grid_cell_sizes(32, (128, 64, 32, 16)) == (2,)
   # The map filter: about the largest cell (RIAD: 21 px over 16 px cells).
-  assert [masks.riad_filter(s) for s in (16, 32, 256)] == [11, 11, 21]
+  assert [grid.riad_filter(s) for s in (16, 32, 256)] == [11, 11, 21]
   for isize in (16, 32, 256):
     masks.validate_mask_config('grid', isize, dataclasses.make_dataclass('M', [
-        ('cells', tuple, masks.riad_cells(isize)), ('sets', int, 3), ('partition', str, 'random'),
+        ('cells', tuple, grid.riad_cells(isize)), ('sets', int, 3), ('partition', str, 'random'),
         ('draw', str, 'batch'), ('fill', float, 0.0), ('size', float, 0.5)])())
 
 

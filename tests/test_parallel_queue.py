@@ -17,7 +17,7 @@ import threading
 import pytest
 
 from ganomaly_jax.runtime import parallel, preemption, rundir
-from ganomaly_jax.experiments import benchmark, run_queue, suites, tables
+from ganomaly_jax.experiments import benchmark, placement, run_queue, suites, tables
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HELPER = os.path.join(REPO, 'tests', 'helpers', 'parallel_suite.py')
@@ -79,8 +79,8 @@ def test_two_hosts_share_the_suite_and_the_last_writes_the_tables(outcome):
 def test_a_method_runs_together_and_hosts_take_every_nth():
   keys = ['a', 'b', 'pca', 'a', 'b', 'pca']  # class-major, as a suite lists its runs
   assert run_queue.execution_order(keys) == [0, 3, 1, 4, 2, 5]
-  assert run_queue.execution_order(keys, run_queue.Share(0, 2)) == [0, 1, 2]
-  assert run_queue.execution_order(keys, run_queue.Share(1, 2)) == [3, 4, 5]
+  assert run_queue.execution_order(keys, placement.Share(0, 2)) == [0, 1, 2]
+  assert run_queue.execution_order(keys, placement.Share(1, 2)) == [3, 4, 5]
 
 
 def test_device_groups_split_the_devices_or_share_one():
@@ -93,16 +93,16 @@ def test_device_groups_split_the_devices_or_share_one():
 
 
 def test_share_flag(monkeypatch):
-  assert run_queue.Share.parse('1/4') == run_queue.Share(1, 4)
+  assert placement.Share.parse('1/4') == placement.Share(1, 4)
   for bad in ('4/4', '1', 'a/b', '-1/2'):
     with pytest.raises(ValueError, match='must be I/N'):
-      run_queue.Share.parse(bad)
+      placement.Share.parse(bad)
   monkeypatch.delenv('JAX_PROCESS_ID', raising=False)
   monkeypatch.delenv('JAX_NUM_PROCESSES', raising=False)
-  assert run_queue.Share.parse('auto') == run_queue.Share(0, 1)
+  assert placement.Share.parse('auto') == placement.Share(0, 1)
   monkeypatch.setenv('JAX_PROCESS_ID', '2')
   monkeypatch.setenv('JAX_NUM_PROCESSES', '3')
-  assert run_queue.Share.parse('auto') == run_queue.Share(2, 3)
+  assert placement.Share.parse('auto') == placement.Share(2, 3)
 
 
 def _fake_train(config, workdir):
@@ -125,9 +125,9 @@ def test_hosts_write_the_tables_once_every_run_is_settled(tmp_path, monkeypatch)
   suite = suites.load_suite('digits:classes=1,seeds=0+1,methods=ganomaly+grid_mask+pca,steps=2')
   monkeypatch.setattr(benchmark, '_run_baseline', _fake_baseline)
   root = str(tmp_path / 'bench')
-  first = benchmark.run_benchmark(suite, root, train_fn=_fake_train, share=run_queue.Share(0, 2))
+  first = benchmark.run_benchmark(suite, root, train_fn=_fake_train, share=placement.Share(0, 2))
   assert not os.path.exists(os.path.join(root, tables.RESULTS_CSV))  # host 1 has not run yet
-  second = benchmark.run_benchmark(suite, root, train_fn=_fake_train, share=run_queue.Share(1, 2))
+  second = benchmark.run_benchmark(suite, root, train_fn=_fake_train, share=placement.Share(1, 2))
   ran = [r.run.name for r in first + second if r.status == 'done' or r.status.startswith('failed')]
   assert sorted(ran) == sorted(r.run.name for r in first)  # each run once, on one host
   rows = tables.read_csv(root)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ganomaly_jax.evaluation import plots
+from ganomaly_jax.evaluation import heatmaps, plots
 from ganomaly_jax.evaluation import report
 
 
@@ -43,23 +43,23 @@ def _images(n: int, h: int = 16, w: int = 16, c: int = 1, seed: int = 0) -> np.n
     np.random.default_rng(1).normal(size=(12, 10, 1)),  # trailing channel
 ])
 def test_anomaly_heatmap_shape_dtype(amap):
-  heat = plots.anomaly_heatmap(amap)
+  heat = heatmaps.anomaly_heatmap(amap)
   assert heat.shape == (12, 10, 3)
   assert heat.dtype == np.uint8
 
 
 def test_anomaly_heatmap_range_and_fixed_limits():
   amap = np.linspace(0, 1, 20, dtype=np.float32).reshape(4, 5)
-  heat = plots.anomaly_heatmap(amap, cmap='gray')
+  heat = heatmaps.anomaly_heatmap(amap, cmap='gray')
   assert heat[0, 0].tolist() == [0, 0, 0] and heat[-1, -1].tolist() == [255, 255, 255]
   # Values outside a fixed [vmin, vmax] are clipped, not wrapped.
-  clipped = plots.anomaly_heatmap(amap * 10, vmin=0.0, vmax=1.0, cmap='gray')
+  clipped = heatmaps.anomaly_heatmap(amap * 10, vmin=0.0, vmax=1.0, cmap='gray')
   assert clipped[-1, -1].tolist() == [255, 255, 255]
 
 
 def test_anomaly_heatmap_rejects_bad_shape():
   with pytest.raises(ValueError):
-    plots.anomaly_heatmap(np.zeros((2, 3, 4)))
+    heatmaps.anomaly_heatmap(np.zeros((2, 3, 4)))
 
 
 @pytest.mark.parametrize('image', [
@@ -69,7 +69,7 @@ def test_anomaly_heatmap_rejects_bad_shape():
     np.random.default_rng(0).integers(0, 256, (8, 9), dtype=np.uint8),
 ])
 def test_overlay_shape_dtype(image):
-  out = plots.overlay(image, np.random.default_rng(1).normal(size=(8, 9)), alpha=0.4)
+  out = heatmaps.overlay(image, np.random.default_rng(1).normal(size=(8, 9)), alpha=0.4)
   assert out.shape == (8, 9, 3)
   assert out.dtype == np.uint8
 
@@ -77,13 +77,13 @@ def test_overlay_shape_dtype(image):
 def test_overlay_alpha_extremes_and_gray_replication():
   gray = np.full((4, 4, 1), 1.0, dtype=np.float32)  # white in [-1, 1]
   amap = np.arange(16, dtype=np.float32).reshape(4, 4)
-  np.testing.assert_array_equal(plots.overlay(gray, amap, alpha=0.0), np.full((4, 4, 3), 255, np.uint8))
-  np.testing.assert_array_equal(plots.overlay(gray, amap, alpha=1.0), plots.anomaly_heatmap(amap))
+  np.testing.assert_array_equal(heatmaps.overlay(gray, amap, alpha=0.0), np.full((4, 4, 3), 255, np.uint8))
+  np.testing.assert_array_equal(heatmaps.overlay(gray, amap, alpha=1.0), heatmaps.anomaly_heatmap(amap))
 
 
 def test_overlay_size_mismatch_raises():
   with pytest.raises(ValueError, match='differ in size'):
-    plots.overlay(np.zeros((4, 4, 3), np.uint8), np.zeros((5, 4)))
+    heatmaps.overlay(np.zeros((4, 4, 3), np.uint8), np.zeros((5, 4)))
 
 
 def test_image_grid_shape_and_mixed_cells():
@@ -92,20 +92,20 @@ def test_image_grid_shape_and_mixed_cells():
       [_images(1, h, w, 1)[0], _images(1, h, w, 3)[0], np.random.default_rng(0).normal(size=(h, w))],
       [np.zeros((h, w, 3), np.uint8), np.zeros((h, w), np.uint8)],  # short row, uint8 gray
   ]
-  grid = plots.image_grid(rows, pad=pad)
+  grid = heatmaps.image_grid(rows, pad=pad)
   assert grid.dtype == np.uint8
   assert grid.shape == (2 * h + 3 * pad, 3 * w + 4 * pad, 3)
   # Border and the hole left by the short row keep the pad colour.
   assert (grid[0] == 255).all()
   assert (grid[pad + h + pad:, pad + 2 * (w + pad):][:h] == 255).all()
-  assert plots.image_grid([[np.zeros((h, w, 1), np.float32)]], pad=0).shape == (h, w, 3)
+  assert heatmaps.image_grid([[np.zeros((h, w, 1), np.float32)]], pad=0).shape == (h, w, 3)
 
 
 def test_image_grid_errors():
   with pytest.raises(ValueError, match='equal-size'):
-    plots.image_grid([[np.zeros((4, 4, 3), np.uint8), np.zeros((5, 4, 3), np.uint8)]])
+    heatmaps.image_grid([[np.zeros((4, 4, 3), np.uint8), np.zeros((5, 4, 3), np.uint8)]])
   with pytest.raises(ValueError, match='at least one'):
-    plots.image_grid([])
+    heatmaps.image_grid([])
 
 
 # --- Figures -------------------------------------------------------------------------------------------
@@ -225,7 +225,7 @@ def _make_report(tmp_path: Path, n: int = 5) -> tuple[Path, list[dict]]:
   entries = []
   for i in range(n):
     map_rel = f'maps/{i}.png'
-    Image.fromarray(plots.anomaly_heatmap(rng.normal(size=(16, 16)))).save(out_dir / map_rel)
+    Image.fromarray(heatmaps.anomaly_heatmap(rng.normal(size=(16, 16)))).save(out_dir / map_rel)
     entries.append({'name': f'img_{i}.png', 'score': float(rng.normal()), 'map_png': map_rel,
                     'anomalous': i % 2})
   entries[1]['name'] = '<b>bold</b> & "quoted".png'

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from clu import metric_writers
 
-from ganomaly_jax import losses, programs, train
+from ganomaly_jax import losses, programs
+from ganomaly_jax.evaluation import evaluator
 from ganomaly_jax.config import checks
 from ganomaly_jax.runtime import parallel, rundir
 from ganomaly_jax.data import sources, synthetic_anomalies
@@ -188,7 +189,7 @@ def test_auto_choice_is_recorded_and_blind_to_test_labels(tmp_path, tiny_config)
   def final(workdir, test):
     (workdir).mkdir()
     split = sources.Splits(splits.train, splits.val, test, splits.info)
-    return train.final_evaluation(config, str(workdir), state, None, progs, split, mesh, writer,
+    return evaluator.final_evaluation(config, str(workdir), state, None, progs, split, mesh, writer,
                                   run_info)
 
   results = final(tmp_path / 'a', splits.test)

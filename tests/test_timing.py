@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from ganomaly_jax.runtime import timing
-from ganomaly_jax.experiments import run_queue
+from ganomaly_jax.experiments import session_timing
 
 
 def _busy(seconds: float) -> None:
@@ -57,7 +57,7 @@ def test_outside_a_record_phases_do_nothing_and_threads_record_apart():
 
 
 def test_session_totals_sum_the_runs_phases():
-  totals = run_queue.PhaseTotals()
+  totals = session_timing.PhaseTotals()
   totals.add('start', 2.0, 1.5)
   for _ in range(2):
     totals.add_run({'wall': {'compile': 1.0, 'train_steps': 3.0}, 'cpu': {'compile': 0.5,

@@ -7,7 +7,7 @@ import pytest
 
 from fake_gcs import gs_root  # noqa: F401  (a fixture)
 from ganomaly_jax import train
-from ganomaly_jax.runtime import rundir
+from ganomaly_jax.runtime import divergence, rundir
 from ganomaly_jax.data import sources
 from helpers.tiny import tiny_config
 
@@ -30,12 +30,12 @@ def test_finished_run_returns_its_results_without_loading_data(tmp_path, monkeyp
 
 def test_divergence_names_the_terms():
   nan, ok = float('nan'), {'nonfinite': 1.0, 'd_reinit': 0.0}
-  assert train.divergence({**ok, 'g_loss': nan, 'g_adv': nan, 'd_loss': 1.0}, 1e6) == (
+  assert divergence.divergence({**ok, 'g_loss': nan, 'g_adv': nan, 'd_loss': 1.0}, 1e6) == (
       'non-finite g_adv, g_loss')
-  assert train.divergence({**ok, 'g_loss': 1.0, 'd_loss': -3e6}, 1e6) == (
+  assert divergence.divergence({**ok, 'g_loss': 1.0, 'd_loss': -3e6}, 1e6) == (
       'd_loss beyond train.loss_limit=1e+06')
-  assert train.divergence({**ok, 'g_loss': 1.0, 'd_loss': 1.0}, 1e6) == 'non-finite gradients'
-  assert train.divergence({**ok, 'g_loss': 5e6, 'd_loss': 1.0}, 0) == 'non-finite gradients'
+  assert divergence.divergence({**ok, 'g_loss': 1.0, 'd_loss': 1.0}, 1e6) == 'non-finite gradients'
+  assert divergence.divergence({**ok, 'g_loss': 5e6, 'd_loss': 1.0}, 0) == 'non-finite gradients'
 
 
 class _Store:
@@ -69,7 +69,7 @@ def _good(step):
 
 def test_stop_raises_with_step_terms_and_last_checkpoint():
   t = tiny_config(**{'train.on_nonfinite': 'stop'}).train
-  rollback = train.Rollback(t, _Store((_State(2), 2)), restart=None)
+  rollback = divergence.Rollback(t, _Store((_State(2), 2)), restart=None)
   with pytest.raises(rundir.TrainingError,
                      match=r'Divergence at step 3 \(non-finite g_loss\); stopping\. .*step 2'):
     rollback([_good(2), _bad(3), _bad(4)], _State(4), 'iter')
@@ -77,7 +77,7 @@ def test_stop_raises_with_step_terms_and_last_checkpoint():
 
 def test_rollback_restores_marks_the_bad_steps_and_keeps_a_budget():
   t = tiny_config(**{'train.on_nonfinite': 'rollback', 'train.max_rollbacks': 1}).train
-  rollback = train.Rollback(t, _Store((_State(2), 2)), restart=None)
+  rollback = divergence.Rollback(t, _Store((_State(2), 2)), restart=None)
   state, data = rollback([_good(3), _bad(4), _bad(5)], _State(5), 'iter')
   assert int(state.step) == 2 and data == 'iter'
   assert rollback.count == 1 and rollback.skip_batches == {4, 5}
@@ -87,7 +87,7 @@ def test_rollback_restores_marks_the_bad_steps_and_keeps_a_budget():
 
 def test_rollback_without_a_checkpoint_restarts_from_the_initial_state():
   t = tiny_config(**{'train.on_nonfinite': 'rollback'}).train
-  rollback = train.Rollback(t, _Store(None), restart=lambda: (_State(0), 'fresh iter'))
+  rollback = divergence.Rollback(t, _Store(None), restart=lambda: (_State(0), 'fresh iter'))
   state, data = rollback([_bad(1)], _State(1), 'iter')
   assert int(state.step) == 0 and data == 'fresh iter' and rollback.skip_batches == {1}
 

@@ -13,14 +13,14 @@ k-NN baselines run on the same split with the honest protocol only.
 
 RIAD trains as its paper did, to convergence: up to `RIAD_EPOCH_FACTOR` × the suite's epochs with
 early stopping on the validation loss (`train.early_stop_patience`), its cells kept at 2-8 px
-(`masks.riad_cells`) and its map smoothed over about the largest cell (`masks.riad_filter`: 11 px);
+(`masks.grid.riad_cells`) and its map smoothed over about the largest cell (`masks.grid.riad_filter`: 11 px);
 the `riad_literal` row is today's literal scaling of its 2-16 px cells and 21 px filter, which
 leaves one 2 px size and a 3 px filter at 32 px.
 """
 
 import os
 
-from ganomaly_jax import masks
+from ganomaly_jax.masks import grid
 from ganomaly_jax.experiments import published, suites
 
 CONFIGS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,8 +54,8 @@ def methods(arg, gans, epochs, mnist_normalization=False):
         **OFFICIAL_GAN, 'dataset.normalization': 'mnist_reference'}))
   rows += [suites.Method('masked', spec('masked')), suites.Method('grid_mask', spec('grid_mask'))]
   riad = {'train.epochs': RIAD_EPOCH_FACTOR * epochs, 'train.early_stop_patience': RIAD_PATIENCE}
-  rows += [suites.Method('riad', spec('riad'), {**riad, 'mask.cells': masks.riad_cells(ISIZE),
-                                                'eval.map_filter': masks.riad_filter(ISIZE)}),
+  rows += [suites.Method('riad', spec('riad'), {**riad, 'mask.cells': grid.riad_cells(ISIZE),
+                                                'eval.map_filter': grid.riad_filter(ISIZE)}),
            suites.Method('riad_literal', spec('riad'), {**riad,
                                                         'mask.cells': (128, 64, 32, 16)})]
   rows += [suites.Method(b, spec('ganomaly'), baseline=b) for b in ('pca', 'knn')]

@@ -1,2 +1,3 @@
 """The config: its schema (`schema`), big_vision-style argument strings and config files
-(`arguments`), the checks before anything compiles (`checks`) and parameter counts (`param_count`)."""
+(`arguments`), the checks before anything compiles (`checks`), parameter counts (`param_count`)
+and the frozen view the jitted steps read (`frozen`)."""

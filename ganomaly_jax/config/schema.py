@@ -160,7 +160,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.map = 'l1'  # pixel anomaly map: l1 | ssim | msgms | ssim_msgms (losses.MAPS)
   # Side of the MSGMS map's mean filter (msgms, ssim_msgms maps); 0: RIAD's 21 px at 256 px scaled
   # with the image (similarity.msgms_smoothing). The paper suites' RIAD row sets
-  # masks.riad_filter(isize), about its largest cell.
+  # masks.grid.riad_filter(isize), about its largest cell.
   c.eval.map_filter = 0
   c.eval.topk_fraction = 0.1  # eval.score=map_topk: mean of this fraction of the highest pixels
   # Which (score, map) the test split is read out with: 'published' = eval.score and eval.map as

@@ -36,9 +36,9 @@ import numpy as np
 from sklearn import metrics as sk_metrics
 
 from ganomaly_jax import losses, programs, step as step_lib
-from ganomaly_jax.config import checks, schema
+from ganomaly_jax.config import checks, frozen, schema
 from ganomaly_jax.data import synthetic_anomalies
-from ganomaly_jax.evaluation import evaluator, pixel_metrics
+from ganomaly_jax.evaluation import passes, pixel_metrics
 
 class Readout(NamedTuple):
   """One read-out: an `eval.score` and an `eval.map`."""
@@ -63,7 +63,7 @@ class Chosen:
   """
 
   config: ml_collections.ConfigDict
-  step_config: step_lib.StepConfig
+  step_config: frozen.StepConfig
   eval_maps: Callable
   record: dict[str, Any]
 
@@ -123,7 +123,7 @@ def synthetic_aurocs(program: Callable, state: Any, source, mesh, batch_size: in
   scores: dict[str, list[np.ndarray]] = {k: [] for k in keys}
   labels: list[np.ndarray] = []
   hists = {m: pixel_metrics.PixelHistogram(losses.MAPS[m].max_value) for m in map_names}
-  for out in evaluator.gathered_batches(program, state, source, mesh, batch_size,
+  for out in passes.gathered_batches(program, state, source, mesh, batch_size,
                                         keys + tuple(f'map/{m}' for m in map_names),
                                         host_keys=('label', 'index')):
     labels.append(out['label'])
@@ -197,5 +197,5 @@ def choose(config: ml_collections.ConfigDict, state: Any, progs: programs.Progra
             'synthetic': {'recipe': 'cutpaste', 'seed': int(config.seed),
                           'normals': synthetic.num_normals, 'anomalies': synthetic.num_anomalies},
             'candidates': rows}
-  return Chosen(chosen, step_lib.StepConfig.from_config(chosen), _outputs_of(program, best),
+  return Chosen(chosen, frozen.StepConfig.from_config(chosen), _outputs_of(program, best),
                 record)

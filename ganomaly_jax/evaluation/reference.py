@@ -35,7 +35,7 @@ from ganomaly_jax import step as step_lib
 from ganomaly_jax.config import checks
 from ganomaly_jax.cpu import kernels
 from ganomaly_jax.data import pipeline
-from ganomaly_jax.evaluation import evaluator
+from ganomaly_jax.evaluation import metrics
 from ganomaly_jax.runtime import rundir
 
 PROTOCOLS = checks.PROTOCOLS
@@ -48,7 +48,7 @@ SELECTION = "test (the official code's best epoch)"
 def official_auc(labels: np.ndarray, scores: np.ndarray) -> float:
   """The official `evaluate.roc`: scores min-max scaled over the set, then scikit-learn's
   roc_curve + auc."""
-  scaled = evaluator.normalise(scores)
+  scaled = metrics.normalise(scores)
   fpr, tpr, _ = sk_metrics.roc_curve(np.asarray(labels).astype(int), scaled)
   return float(sk_metrics.auc(fpr, tpr))
 

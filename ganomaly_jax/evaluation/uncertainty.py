@@ -16,10 +16,11 @@ import jax
 import jax.numpy as jnp
 
 from ganomaly_jax import step as step_lib
+from ganomaly_jax.config import frozen
 
 
 def mc_dropout(state: Any, x: jax.Array, rng: jax.Array, *, components: Any,
-               step_config: step_lib.StepConfig, num_samples: int) -> dict[str, jax.Array]:
+               step_config: frozen.StepConfig, num_samples: int) -> dict[str, jax.Array]:
   """Runs `num_samples` stochastic reconstructions of a batch and summarises their spread.
 
   The samples are visited sequentially (`lax.scan`) with Welford's running mean/variance update, so
@@ -59,7 +60,7 @@ def mc_dropout(state: Any, x: jax.Array, rng: jax.Array, *, components: Any,
   return {'uncertainty': variance, 'mc_score': jnp.mean(variance, axis=(1, 2)), 'mc_mean': mean}
 
 
-def make_mc_fn(components: Any, step_config: step_lib.StepConfig,
+def make_mc_fn(components: Any, step_config: frozen.StepConfig,
                num_samples: int) -> Callable[[Any, jax.Array, jax.Array], dict[str, jax.Array]]:
   """A jitted `fn(state, images, rng)` -> `mc_dropout(...)` outputs, for one configuration."""
   return jax.jit(functools.partial(mc_dropout, components=components, step_config=step_config,

@@ -166,7 +166,7 @@ def evaluate(kind: str, config, splits=None) -> dict[str, Any]:
   `abnormal`, `image_auroc`, `image_ap`, `pixel_auroc` / `pixel_pro` (None without masks or without
   maps), the training sample size and the baseline's own choices (`pca_components`, `knn_k`).
   """
-  from ganomaly_jax.evaluation import evaluator as evaluate_lib, pixel_metrics
+  from ganomaly_jax.evaluation import metrics, pixel_metrics
   from ganomaly_jax.data import sources
 
   started = time.time()
@@ -202,6 +202,6 @@ def evaluate(kind: str, config, splits=None) -> dict[str, Any]:
       'num_test_abnormal': int(labels.sum()), 'num_train_used': num_train, **model.info()}
   if keep_maps:
     smoothed = pixel_metrics.smooth_maps(np.concatenate(maps), config.eval.smooth_sigma)
-    results.update(evaluate_lib.pixel_results(smoothed, test))
+    results.update(metrics.pixel_results(smoothed, test))
   results['wall_time_s'] = round(time.time() - started, 1)
   return results

@@ -36,12 +36,12 @@ from typing import Any
 from absl import app, flags
 
 from ganomaly_jax.runtime import cli, rundir, startup
-from ganomaly_jax.experiments import run_queue, suites, tables
+from ganomaly_jax.experiments import placement, run_queue, suites, tables
 
 _SUITE = flags.DEFINE_string('suite', None, 'Suite: NAME[:ARG] of configs/suites/, or a file path.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Benchmark root: runs/, data/ and the tables.')
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'List the runs (one line each) and run nothing.')
-_PARALLEL, _SHARE = run_queue.define_flags('suite')
+_PARALLEL, _SHARE = placement.define_flags('suite')
 
 Record = run_queue.Record  # run_queue.Record[suites.BenchRun]
 
@@ -138,7 +138,7 @@ def _run_baseline(run: suites.BenchRun) -> dict[str, Any]:
 
 
 def run_benchmark(suite: suites.Suite, root: str, train_fn: run_queue.TrainFn | None = None,
-                  workers: int = 1, share: run_queue.Share = run_queue.Share()) -> list[Record]:
+                  workers: int = 1, share: placement.Share = placement.Share()) -> list[Record]:
   """Expands and validates every run, prepares generated data, then runs the unfinished runs.
 
   `train_fn(config, workdir)` defaults to `train.train_and_evaluate` in this process; baselines are
@@ -174,7 +174,7 @@ def run_benchmark(suite: suites.Suite, root: str, train_fn: run_queue.TrainFn | 
       execute=execute, run_info=lambda run: {'overrides': run.overrides, 'suite': suite.name},
       write_tables=write_tables, commit=commit(), what='suite',
       timing_file=os.path.join(root, run_queue.TIMING_JSON), group=lambda run: run.method.name,
-      device_groups=run_queue.device_groups(workers), share=share)
+      device_groups=placement.device_groups(workers), share=share)
 
 
 def main(argv: list[str]) -> None:
@@ -194,9 +194,9 @@ def main(argv: list[str]) -> None:
             f'{baseline} baseline, {again} re-evaluated; {len(suite.methods)} methods × '
             f'{len(suite.classes)} classes × {len(suite.seeds)} seeds.')
       return
-    share = run_queue.Share.parse(_SHARE.value)
+    share = placement.Share.parse(_SHARE.value)
     startup.configure_for(suites.expand(suite, root)[0].config)  # before JAX starts its backend
-    run_queue.check_standalone(share)
+    placement.check_standalone(share)
     records = run_benchmark(suite, root, workers=_PARALLEL.value, share=share)
   except ValueError as e:  # unknown suite, bad argument, unknown key, impossible value: one line
     cli.exit_with_error(str(e))

@@ -102,7 +102,7 @@ def rescore_run(workdir: str, variant: dict[str, str], out_dir: str) -> dict[str
   if {'score', 'map'} & set(variant) and 'readout' not in variant:
     config.eval.readout = 'published'  # the variant names the read-out: evaluate that one
   config = checks.finished(config)
-  # The checkpoint final_evaluation selected: the best by validation loss, else the last.
+  # The checkpoint evaluator.final_evaluation selected: the best by validation loss, else the last.
   which = 'best' if config.eval.select == 'val_loss' else 'latest'
   components, state, step, _ = finished_run.restore_state(config, workdir, which)
   if step != original.get('selected_step', step):

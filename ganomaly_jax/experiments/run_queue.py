@@ -5,15 +5,16 @@ the columns of their tables; what they do with the runs is the same and lives he
 - a run whose workdir already holds final results is skipped (rundir's finished rule), so rerunning
   the same command continues a sweep or a suite;
 - the others run one after another, runs of one method together so that they share its compiled
-  programs (`execution_order`), or several at once, each on its own devices (`device_groups`, the
-  `--parallel` flag); a failed run (divergence, bad data) is recorded with its first error line
+  programs (`execution_order`), or several at once, each on its own devices (`placement.device_groups`,
+  the `--parallel` flag); a failed run (divergence, bad data) is recorded with its first error line
   and the queue goes on; a preempted run stops the queue (rerun to resume);
-- several hosts may each run their share of one queue (`Share`, the `--share` flag) with nothing
+- several hosts may each run their share of one queue (`placement.Share`, the `--share` flag) with nothing
   between them but the run directories;
 - the tables are rewritten before the first run, after a run at most every `TABLES_EVERY_S`
   seconds, and at the end (with several hosts: once, when every run is settled);
 - where the time went is logged per run (the phases a run records in its results.json,
-  `ganomaly_jax.runtime.timing`) and totalled for the session at the end (`PhaseTotals`).
+  `ganomaly_jax.runtime.timing`) and totalled for the session at the end
+  (`session_timing.PhaseTotals`).
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ from typing import Any, Callable, Generic, Sequence, TypeVar
 from absl import logging
 import ml_collections
 
+from ganomaly_jax.experiments import placement, session_timing
 from ganomaly_jax.runtime import cli, rundir
 
 RunT = TypeVar('RunT')
 RESULTS_CSV, RESULTS_MD = 'results.csv', 'results.md'  # a queue root's tables, one row per run
-# A queue root's record of where its last session's time went (`PhaseTotals.as_dict`).
+# A queue root's record of where its last session's time went
+# (`session_timing.PhaseTotals.as_dict`).
 TIMING_JSON = 'timing.json'
 # Rewriting the tables (csv, markdown, plot) takes a good part of a second: at most this often.
 TABLES_EVERY_S = 30.0
@@ -79,88 +82,12 @@ def train_in_process(config: ml_collections.ConfigDict, workdir: str,
   return train.train_and_evaluate(config, workdir, devices=devices)
 
 
-def define_flags(what: str):
-  """Defines --parallel and --share for a command that runs a queue of `what` ('suite' or 'sweep').
-
-  Called when the command runs as a program only, so importing its module defines no global flags.
-  """
-  from absl import flags
-
-  parallel = flags.DEFINE_integer(
-      'parallel', 1, 'Runs in flight at once, each on its own group of this host\'s devices.')
-  share = flags.DEFINE_string(
-      'share', 'auto', f'I/N: run every N-th run of the {what}, starting at I (host I of N, each a '
-      'JAX process of its own); auto: JAX_PROCESS_ID/JAX_NUM_PROCESSES, else 0/1.')
-  return parallel, share
-
-
 def call_train(train_fn: TrainFn, config: ml_collections.ConfigDict, workdir: str,
                devices: Sequence[Any] | None) -> dict[str, Any]:
   """`train_fn(config, workdir)`, with `devices=` only when the queue chose devices for the run."""
   if devices is None:
     return train_fn(config, workdir)
   return train_fn(config, workdir, devices=devices)
-
-
-@dataclasses.dataclass(frozen=True)
-class Share:
-  """This host's part of a queue run by several hosts at once: runs index, index + count, ...
-
-  Each host runs its share on its own devices, with no collective between the hosts: they meet only
-  in the run directories (the finished rule), and the tables are written once every run is settled.
-  """
-
-  index: int = 0
-  count: int = 1
-
-  @classmethod
-  def parse(cls, text: str) -> 'Share':
-    """'I/N' (host I of N); '' or 'auto' reads JAX_PROCESS_ID / JAX_NUM_PROCESSES (default 0/1)."""
-    text = (text or '').strip()
-    if text in ('', 'auto'):
-      from ganomaly_jax.runtime import parallel  # imports JAX: only when a queue runs
-
-      settings = parallel.DistributedSettings.from_env()
-      count = settings.num_processes or 1
-      index = settings.process_id or 0
-    else:
-      index_text, sep, count_text = text.partition('/')
-      try:
-        index, count = int(index_text), int(count_text)
-      except ValueError:
-        index, count = -1, 0
-      if not sep or count < 1 or not 0 <= index < count:
-        raise ValueError(f'--share={text!r} must be I/N with 0 <= I < N (e.g. 0/4).')
-    if not 0 <= index < count:
-      raise ValueError(f'host {index} of {count}: the index must be below the count.')
-    return cls(index, count)
-
-
-def device_groups(workers: int) -> list[list[Any]] | None:
-  """Devices for `workers` runs at once (`parallel.device_groups`); None for one at a time.
-
-  Each group compiles its own programs (an executable belongs to its devices), so the programs
-  cache keeps two entries per group: the method in flight and the next one.
-  """
-  if workers <= 1:
-    return None
-  from ganomaly_jax import programs  # import JAX: only when runs start
-  from ganomaly_jax.runtime import parallel
-
-  programs.set_cache_size(max(programs.CACHE_SIZE, 2 * workers))
-  return parallel.device_groups(workers)
-
-
-def check_standalone(share: Share) -> None:
-  """Several hosts must each run JAX on their own: a run's collectives must not span the hosts."""
-  import jax
-
-  if share.count > 1 and jax.process_count() > 1:
-    raise ValueError(
-        f'--share={share.index}/{share.count}: this process is one of {jax.process_count()} JAX '
-        'processes of one multi-host runtime, so its runs would gather over every host. Start each '
-        'host\'s queue as a JAX process of its own (no jax.distributed; on a TPU pod see '
-        'launch/tpu_pod.sh --benchmark).')
 
 
 def report_session(root: str, records: Sequence[Record[Any]]) -> None:
@@ -170,76 +97,6 @@ def report_session(root: str, records: Sequence[Record[Any]]) -> None:
     print(rundir.path(root, RESULTS_MD).read_text(), end='')
   if failed := [r.run.name for r in records if r.status.startswith('failed')]:
     cli.exit_with_error(f'{len(failed)} run(s) failed: {", ".join(failed)} (see {RESULTS_CSV})')
-
-
-def process_age() -> tuple[float, float]:
-  """(wall, CPU) seconds since this process started: interpreter, imports, process set-up."""
-  try:
-    import psutil
-
-    me = psutil.Process()
-    cpu = me.cpu_times()
-    return time.time() - me.create_time(), cpu.user + cpu.system
-  except ImportError:  # psutil comes with TensorBoard; without it the start-up is not measured
-    return 0.0, time.process_time()
-
-
-@dataclasses.dataclass
-class PhaseTotals:
-  """Wall and CPU seconds of one session of a queue, by phase, summed over the runs it ran.
-
-  The trained runs' phases come from their results.json (`phase_seconds`); `start` is the process
-  up to the first run (interpreter, imports, set-up, expanding the runs, generated data),
-  `baselines` the baseline runs, `tables` rewriting the tables. CPU is the process's (all threads).
-  With several runs in flight (`in_flight` > 1) their phases overlap: the sums are run-seconds,
-  more than the session's wall time, and a run's CPU seconds include the others' meanwhile.
-  """
-
-  wall: dict[str, float] = dataclasses.field(default_factory=lambda: collections.defaultdict(float))
-  cpu: dict[str, float] = dataclasses.field(default_factory=lambda: collections.defaultdict(float))
-  trained: int = 0
-  in_flight: int = 1
-
-  def add(self, name: str, wall: float, cpu: float) -> None:
-    self.wall[name] += wall
-    self.cpu[name] += cpu
-
-  def add_run(self, phases: dict[str, dict[str, float]]) -> None:
-    self.trained += 1
-    for name, wall in phases.get('wall', {}).items():
-      self.add(name, wall, phases.get('cpu', {}).get(name, 0.0))
-
-  def lines(self, elapsed: tuple[float, float]) -> list[str]:
-    """A small table: each phase's wall and CPU seconds and share of the session's wall time (of
-    the phases' sum when runs overlapped)."""
-    accounted = sum(self.wall.values()), sum(self.cpu.values())
-    overlap = self.in_flight > 1
-    share = max(accounted[0] if overlap else elapsed[0], 1e-9)
-    out = [f'{"phase":<14} {"wall s":>9} {"CPU s":>9} {"% sum" if overlap else "% wall":>7}']
-    for name in sorted(self.wall, key=self.wall.get, reverse=True):
-      out.append(f'{name:<14} {self.wall[name]:9.1f} {self.cpu[name]:9.1f} '
-                 f'{100 * self.wall[name] / share:6.1f}%')
-    if overlap:
-      out.append(f'(summed over the runs, {self.in_flight} in flight at a time: run-seconds; '
-                 'a run\'s CPU includes the others\')')
-    else:
-      out.append(f'{"(other)":<14} {elapsed[0] - accounted[0]:9.1f} '
-                 f'{elapsed[1] - accounted[1]:9.1f}')
-    out.append(f'{"total":<14} {elapsed[0]:9.1f} {elapsed[1]:9.1f}   ({self.trained} trained runs)')
-    return out
-
-  def as_dict(self, elapsed: tuple[float, float]) -> dict[str, Any]:
-    return {'wall': {k: round(v, 3) for k, v in self.wall.items()},
-            'cpu': {k: round(v, 3) for k, v in self.cpu.items()},
-            'total': {'wall': round(elapsed[0], 3), 'cpu': round(elapsed[1], 3)},
-            'trained_runs': self.trained, 'in_flight': self.in_flight,
-            'cpu_count': os.cpu_count()}
-
-
-def _phase_line(phases: dict[str, dict[str, float]]) -> str:
-  wall, cpu = phases.get('wall', {}), phases.get('cpu', {})
-  return ', '.join(f'{k} {wall[k]:.2f}/{cpu.get(k, 0.0):.2f}'
-                   for k in sorted(wall, key=wall.get, reverse=True))
 
 
 def _first_line(error: Exception) -> str:
@@ -274,7 +131,7 @@ def _attempt(execute: Callable[[RunT, Any], dict[str, Any]], run: RunT, devices:
   return _Outcome(results, error, time.perf_counter() - wall, time.process_time() - cpu)
 
 
-def execution_order(keys: Sequence[Any], share: Share = Share()) -> list[int]:
+def execution_order(keys: Sequence[Any], share: placement.Share = placement.Share()) -> list[int]:
   """Indices of the runs this host runs, in the order it runs them.
 
   Runs with the same key (same programs: a method's classes and seeds) run one after another, in
@@ -301,7 +158,7 @@ def run_all(records: list[Record[RunT]], *,
             timing_file: str | None = None,
             group: Callable[[RunT], Any] | None = None,
             device_groups: Sequence[Sequence[Any]] | None = None,
-            share: Share = Share(),
+            share: placement.Share = placement.Share(),
             tables_every_s: float = TABLES_EVERY_S) -> list[Record[RunT]]:
   """Runs every unfinished record of this host's share; returns the records.
 
@@ -315,18 +172,19 @@ def run_all(records: list[Record[RunT]], *,
     write_tables: rewrites the tables from `records`.
     commit: the code's commit, recorded per finished run.
     what: 'sweep' or 'suite', for the log lines.
-    timing_file: where to write the session's `PhaseTotals` as JSON (None: only logged).
+    timing_file: where to write the session's `session_timing.PhaseTotals` as JSON (None: only
+      logged).
     group: a run's program key (`execution_order`); None runs the records in their order.
     device_groups: with two or more groups, that many runs are in flight at once, each on its own
       group of devices (threads of this process); None or one group: one run at a time, in this
       thread, on the default devices.
-    share: this host's part of the runs (`Share`); with several hosts the tables are written only
+    share: this host's part of the runs (`placement.Share`); with several hosts the tables are written only
       when every run of every host is settled, by the host that settles the last one.
     tables_every_s: one host: the tables are rewritten after a run when this long has passed since
       they were last written (and always before the first run and at the end).
   """
-  totals = PhaseTotals(in_flight=len(device_groups) if device_groups else 1)
-  start = process_age()
+  totals = session_timing.PhaseTotals(in_flight=len(device_groups) if device_groups else 1)
+  start = session_timing.process_age()
   totals.add('start', *start)
   clock = (time.perf_counter() - start[0], time.process_time() - start[1])
   for record in records:  # finished runs first, so the first table already shows them
@@ -337,7 +195,7 @@ def run_all(records: list[Record[RunT]], *,
   last_tables = [time.perf_counter()]
 
   def tables_now() -> None:
-    _timed(totals, 'tables', write_tables)
+    session_timing.timed(totals, 'tables', write_tables)
     last_tables[0] = time.perf_counter()
 
   if alone:
@@ -378,7 +236,7 @@ def run_all(records: list[Record[RunT]], *,
       if 'phase_seconds' in results:
         totals.add_run(results['phase_seconds'])
         logging.info('Run %d/%d %s took %.1f s; phases, wall/CPU s: %s', i, len(mine), name(run),
-                     record.wall_time_s, _phase_line(results['phase_seconds']))
+                     record.wall_time_s, session_timing.phase_line(results['phase_seconds']))
       else:
         totals.add('baselines' if results.get('baseline') else 'untimed runs', outcome.wall_s,
                    outcome.cpu_s)
@@ -393,8 +251,8 @@ def run_all(records: list[Record[RunT]], *,
   if alone:
     tables_now()
   if not alone and not preempted:
-    _timed(totals, 'tables', lambda: _tables_when_settled(records, finished, workdir, write_tables,
-                                                          share))
+    session_timing.timed(totals, 'tables', lambda: _tables_when_settled(records, finished, workdir,
+                                                                        write_tables, share))
   elapsed = (time.perf_counter() - clock[0], time.process_time() - clock[1])
   logging.info('Where the time of this %s session went (wall / CPU seconds; CPU = this process, '
                'all threads, %s cores):\n%s', what, os.cpu_count(), '\n'.join(totals.lines(elapsed)))
@@ -460,7 +318,7 @@ def _run_at_once(mine: list[Record[RunT]], name, execute, settle,
 
 
 def _tables_when_settled(records: list[Record[RunT]], finished, workdir, write_tables,
-                         share: Share) -> None:
+                         share: placement.Share) -> None:
   """Several hosts: writes the tables when every run is settled (finished, or failed on some host).
 
   The host that settles the last run sees every other run settled and writes; the others leave the
@@ -494,7 +352,3 @@ def _tables_when_settled(records: list[Record[RunT]], finished, workdir, write_t
     seen = state
 
 
-def _timed(totals: PhaseTotals, name: str, fn: Callable[[], None]) -> None:
-  wall, cpu = time.perf_counter(), time.process_time()
-  fn()
-  totals.add(name, time.perf_counter() - wall, time.process_time() - cpu)

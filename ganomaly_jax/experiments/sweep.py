@@ -37,7 +37,7 @@ import ml_collections
 
 from ganomaly_jax.config import arguments, checks, schema
 from ganomaly_jax.runtime import cli, rundir, startup
-from ganomaly_jax.experiments import run_queue
+from ganomaly_jax.experiments import placement, run_queue
 
 if __name__ == '__main__':  # flags only for the program: ganomaly_jax.experiments.benchmark imports this module
   _CONFIG = flags.DEFINE_string('config', None,
@@ -45,7 +45,7 @@ if __name__ == '__main__':  # flags only for the program: ganomaly_jax.experimen
   _SWEEP = flags.DEFINE_string('sweep', None, 'Sweep file defining get_sweep().')
   _WORKDIR = flags.DEFINE_string('workdir', None, 'Sweep root: one sub-directory per run.')
   _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print one command per run and run nothing.')
-  _PARALLEL, _SHARE = run_queue.define_flags('sweep')
+  _PARALLEL, _SHARE = placement.define_flags('sweep')
 
 RESULTS_CSV = run_queue.RESULTS_CSV
 RESULTS_MD = run_queue.RESULTS_MD
@@ -247,7 +247,7 @@ def read_table(root: str) -> list[dict[str, str]]:
 
 def run_sweep(config_spec: str, sweep_path: str, root: str,
               train_fn: run_queue.TrainFn | None = None, workers: int = 1,
-              share: run_queue.Share = run_queue.Share()) -> list[Record]:
+              share: placement.Share = placement.Share()) -> list[Record]:
   """Expands and validates all runs, then trains the unfinished ones, `workers` at a time.
 
   `train_fn(config, workdir)` defaults to `train.train_and_evaluate` in this process; `share` is
@@ -264,7 +264,7 @@ def run_sweep(config_spec: str, sweep_path: str, root: str,
       run_info=lambda run: {'overrides': run.overrides},
       write_tables=lambda: write_tables(root, records, title), what='sweep',
       timing_file=os.path.join(root, run_queue.TIMING_JSON),
-      device_groups=run_queue.device_groups(workers), share=share)
+      device_groups=placement.device_groups(workers), share=share)
 
 
 def main(argv: list[str]) -> None:
@@ -276,10 +276,10 @@ def main(argv: list[str]) -> None:
       for run in expand(_CONFIG.value, _SWEEP.value, root):
         print(command(_CONFIG.value, run))
       return
-    share = run_queue.Share.parse(_SHARE.value)
+    share = placement.Share.parse(_SHARE.value)
     # Only the runtime section is read: the configs are finished in `expand`.
     startup.configure_for(arguments.load_config(_CONFIG.value, finish=False))  # before JAX starts
-    run_queue.check_standalone(share)
+    placement.check_standalone(share)
     records = run_sweep(_CONFIG.value, _SWEEP.value, root, workers=_PARALLEL.value, share=share)
   except ValueError as e:  # bad sweep file, unknown key, impossible value: one line
     cli.exit_with_error(str(e))

@@ -16,7 +16,7 @@ import matplotlib
 import numpy as np
 from PIL import Image
 
-from ganomaly_jax.evaluation import evaluator, pixel_metrics, plots
+from ganomaly_jax.evaluation import heatmaps, metrics, pixel_metrics
 from ganomaly_jax.runtime import rundir
 
 
@@ -68,15 +68,15 @@ def _colour_table(cmap: str) -> np.ndarray:
 
 def overlay_batch(images: np.ndarray, maps: np.ndarray, vmax: float,
                   alpha: float = 0.5) -> np.ndarray:
-  """`plots.overlay(image, map, vmin=0, vmax=vmax)` for a whole batch, the map at 256 colour levels.
+  """`heatmaps.overlay(image, map, vmin=0, vmax=vmax)` for a whole batch, the map at 256 colour levels.
 
   One table lookup per pixel instead of one colormap call per image: at 64x64 the per-image call
   cost more host time than scoring the image. Non-finite map values take the bottom colour, as there.
   """
-  rgb = np.stack([plots.to_rgb_uint8(im) for im in images]).astype(np.float32)
+  rgb = np.stack([heatmaps.to_rgb_uint8(im) for im in images]).astype(np.float32)
   norm = np.asarray(maps, np.float32) / vmax if vmax > 0 else np.zeros(maps.shape, np.float32)
   norm = np.clip(np.where(np.isfinite(norm), norm, 0.0), 0.0, 1.0)
-  heat = _colour_table(plots.DEFAULT_CMAP)[np.rint(norm * 255.0).astype(np.int32)]
+  heat = _colour_table(heatmaps.DEFAULT_CMAP)[np.rint(norm * 255.0).astype(np.int32)]
   return np.rint((1.0 - alpha) * rgb + alpha * heat).astype(np.uint8)
 
 
@@ -157,7 +157,7 @@ class Outputs:
       shutil.rmtree(os.path.join(self.staging, '.spool'), ignore_errors=True)
     raw = np.asarray(self.raw, np.float64)
     if self.score_range is None:
-      scores = evaluator.normalise(raw)  # needs every score: rewrite the small CSV once
+      scores = metrics.normalise(raw)  # needs every score: rewrite the small CSV once
       _write_csv(self.csv_path,
                  (_csv_row(p, s, a) for p, s, a in zip(self.paths, scores, self.flags)))
     else:

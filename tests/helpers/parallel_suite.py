@@ -52,7 +52,7 @@ def main(argv: list[str]) -> None:
   from ganomaly_jax import programs, train
   from ganomaly_jax.runtime import compile_cache
   from ganomaly_jax.data import sources
-  from ganomaly_jax.experiments import benchmark, run_queue, suites, tables
+  from ganomaly_jax.experiments import benchmark, placement, run_queue, suites, tables
 
   os.makedirs(args.out, exist_ok=True)
   compile_cache.enable(os.path.join(args.out, 'xla'), min_compile_s=0.0)
@@ -107,9 +107,9 @@ def main(argv: list[str]) -> None:
 
   forget()
   root = os.path.join(args.out, 'shared')
-  first = benchmark.run_benchmark(suite, root, workers=4, share=run_queue.Share(0, 2))
+  first = benchmark.run_benchmark(suite, root, workers=4, share=placement.Share(0, 2))
   rows_after_first = rows_of(root)
-  second = benchmark.run_benchmark(suite, root, workers=4, share=run_queue.Share(1, 2))
+  second = benchmark.run_benchmark(suite, root, workers=4, share=placement.Share(1, 2))
   outcome['shared'] = {
       'ran': [[r.run.name for r in first if r.status == 'done'],
               [r.run.name for r in second if r.status == 'done']],
