@@ -71,8 +71,19 @@ PEAK_TFLOPS: tuple[tuple[str, float | None, float | None], ...] = (
     ('TPU v6e', 918.0, None),
 )
 
-COLUMNS = ('method', 'dtype', 'mode', 'batch', 'img/s', 'ms/step', 'compile s', 'peak MiB',
-           'GFLOP/img', 'TFLOP/s', 'MFU %')
+COLUMNS = (
+    'method',
+    'dtype',
+    'mode',
+    'batch',
+    'img/s',
+    'ms/step',
+    'compile s',
+    'peak MiB',
+    'GFLOP/img',
+    'TFLOP/s',
+    'MFU %',
+)
 
 
 def peak_tflops(device_kind: str, dtype: str) -> float | None:
@@ -88,7 +99,8 @@ def case_config(method: str, dtype: str, isize: int, batch: int):
   from ganomaly_jax.config import arguments
 
   config = arguments.load_config(
-      os.path.join(REPO, 'configs', f'{method}.py') + f':cars256,isize={isize},dtype={dtype}')
+      os.path.join(REPO, 'configs', f'{method}.py') + f':cars256,isize={isize},dtype={dtype}'
+  )
   config.unlock()
   config.train.batch_size = config.eval.batch_size = batch
   config.lock()
@@ -125,6 +137,7 @@ def run_pair(method: str, dtype: str, args: argparse.Namespace) -> list[dict]:
 
       def step(state, i, compiled=compiled):
         return compiled(state, batch, jax.random.fold_in(train_key, i))
+
     else:
       fn = progs.eval_step
       t = time.perf_counter()
@@ -152,12 +165,24 @@ def run_pair(method: str, dtype: str, args: argparse.Namespace) -> list[dict]:
     stats = device.memory_stats() or {}
     peak = stats.get('peak_bytes_in_use')
     flops = throughput._flops(compiled)  # pylint: disable=protected-access
-    rows.append({
-        'method': method, 'dtype': dtype, 'mode': mode, 'batch': args.batch, 'isize': args.isize,
-        'device_kind': device.device_kind, 'backend': jax.default_backend(),
-        'timed_steps': done, 'img_per_s': args.batch / seconds, 'step_ms': 1e3 * seconds,
-        'compile_s': compile_s, 'peak_mib': None if peak is None else peak / 2**20,
-        'gflop_per_img': flops / args.batch / 1e9, 'tflop_per_s': flops / seconds / 1e12})
+    rows.append(
+        {
+            'method': method,
+            'dtype': dtype,
+            'mode': mode,
+            'batch': args.batch,
+            'isize': args.isize,
+            'device_kind': device.device_kind,
+            'backend': jax.default_backend(),
+            'timed_steps': done,
+            'img_per_s': args.batch / seconds,
+            'step_ms': 1e3 * seconds,
+            'compile_s': compile_s,
+            'peak_mib': None if peak is None else peak / 2**20,
+            'gflop_per_img': flops / args.batch / 1e9,
+            'tflop_per_s': flops / seconds / 1e12,
+        }
+    )
   return rows
 
 
@@ -180,18 +205,36 @@ def markdown(rows: list[dict]) -> str:
   """The rows as a markdown table with COLUMNS; unknown values print as 'n/a'."""
   lines = ['| ' + ' | '.join(COLUMNS) + ' |', '|' + '|'.join(['---'] * len(COLUMNS)) + '|']
   for r in rows:
-    cells = (r['method'], r['dtype'], r['mode'], r['batch'], _cell(r['img_per_s'], 1),
-             _cell(r['step_ms'], 1), _cell(r['compile_s'], 1), _cell(r['peak_mib'], 0),
-             _cell(r['gflop_per_img'], 2), _cell(r['tflop_per_s'], 3), _cell(r['mfu_pct'], 1))
+    cells = (
+        r['method'],
+        r['dtype'],
+        r['mode'],
+        r['batch'],
+        _cell(r['img_per_s'], 1),
+        _cell(r['step_ms'], 1),
+        _cell(r['compile_s'], 1),
+        _cell(r['peak_mib'], 0),
+        _cell(r['gflop_per_img'], 2),
+        _cell(r['tflop_per_s'], 3),
+        _cell(r['mfu_pct'], 1),
+    )
     lines.append('| ' + ' | '.join(str(c) for c in cells) + ' |')
   return '\n'.join(lines)
 
 
 def child_command(method: str, dtype: str, args: argparse.Namespace) -> list[str]:
   """The command that measures one (method, dtype) pair in a fresh process."""
-  return [sys.executable, os.path.abspath(__file__), f'--_child={method},{dtype}',
-          f'--isize={args.isize}', f'--batch={args.batch}', f'--steps={args.steps}',
-          f'--warmup={args.warmup}', f'--budget_s={args.budget_s}', f'--modes={args.modes}']
+  return [
+      sys.executable,
+      os.path.abspath(__file__),
+      f'--_child={method},{dtype}',
+      f'--isize={args.isize}',
+      f'--batch={args.batch}',
+      f'--steps={args.steps}',
+      f'--warmup={args.warmup}',
+      f'--budget_s={args.budget_s}',
+      f'--modes={args.modes}',
+  ]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -203,17 +246,27 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--batch', type=int, default=16, help='batch size (cars256: 16)')
   parser.add_argument('--steps', type=int, default=20, help='timed steps per case (at most)')
   parser.add_argument('--warmup', type=int, default=3, help='untimed steps before timing')
-  parser.add_argument('--budget_s', type=float, default=5.0,
-                      help='seconds of timed steps per case; timing stops after the step that '
-                      'crosses it')
-  parser.add_argument('--peak_tflops', type=float, default=None,
-                      help='peak TFLOP/s of the device for MFU (default: PEAK_TFLOPS by '
-                      'device_kind, n/a if unknown)')
+  parser.add_argument(
+      '--budget_s',
+      type=float,
+      default=5.0,
+      help='seconds of timed steps per case; timing stops after the step that ' 'crosses it',
+  )
+  parser.add_argument(
+      '--peak_tflops',
+      type=float,
+      default=None,
+      help='peak TFLOP/s of the device for MFU (default: PEAK_TFLOPS by '
+      'device_kind, n/a if unknown)',
+  )
   parser.add_argument('--json', action='store_true', help='also print one JSON line per case')
   parser.add_argument('--_child', help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
-  for flag, values, known in (('--cases', args.cases, METHODS), ('--dtypes', args.dtypes, DTYPES),
-                              ('--modes', args.modes, MODES)):
+  for flag, values, known in (
+      ('--cases', args.cases, METHODS),
+      ('--dtypes', args.dtypes, DTYPES),
+      ('--modes', args.modes, MODES),
+  ):
     unknown = set(values.split(',')) - set(known)
     if unknown:
       parser.error(f'{flag}: unknown {", ".join(sorted(unknown))}; known: {", ".join(known)}')
@@ -244,10 +297,12 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(row), flush=True)
   kind = rows[0]['device_kind'] if rows else '?'
   peaks = {d: args.peak_tflops or peak_tflops(kind, d) for d in args.dtypes.split(',')}
-  print(f'\nDevice: {kind} ({rows[0]["backend"] if rows else "?"}), one device; '
-        f'{args.isize}x{args.isize}x3, batch {args.batch}; peak TFLOP/s used for MFU: '
-        + ', '.join(f'{d} {_cell(p, 1)}' for d, p in peaks.items())
-        + f'; whole run {time.perf_counter() - started:.0f} s\n')
+  print(
+      f'\nDevice: {kind} ({rows[0]["backend"] if rows else "?"}), one device; '
+      f'{args.isize}x{args.isize}x3, batch {args.batch}; peak TFLOP/s used for MFU: '
+      + ', '.join(f'{d} {_cell(p, 1)}' for d, p in peaks.items())
+      + f'; whole run {time.perf_counter() - started:.0f} s\n'
+  )
   print(markdown(rows))
 
 

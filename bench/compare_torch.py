@@ -40,8 +40,11 @@ def _torch_models(method: str, isize: int, nc: int, ngf: int = 64, nz: int = 100
     layers = [nn.Conv2d(nc, ngf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
     size, ch = isize // 2, ngf
     while size > 4:
-      layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch * 2),
-                 nn.LeakyReLU(0.2, True)]
+      layers += [
+          nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False),
+          nn.BatchNorm2d(ch * 2),
+          nn.LeakyReLU(0.2, True),
+      ]
       size, ch = size // 2, ch * 2
     layers += [nn.Conv2d(ch, nout, 4, 1, 0, bias=False)]
     return nn.Sequential(*layers)
@@ -53,13 +56,17 @@ def _torch_models(method: str, isize: int, nc: int, ngf: int = 64, nz: int = 100
     layers = [nn.ConvTranspose2d(nz, ch, 4, 1, 0, bias=False), nn.BatchNorm2d(ch), nn.ReLU(True)]
     size = 4
     while size < isize // 2:
-      layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch // 2),
-                 nn.ReLU(True)]
+      layers += [
+          nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False),
+          nn.BatchNorm2d(ch // 2),
+          nn.ReLU(True),
+      ]
       ch, size = ch // 2, size * 2
     layers += [nn.ConvTranspose2d(ch, nc, 4, 2, 1, bias=False), nn.Tanh()]
     return nn.Sequential(*layers)
 
   class NetG(nn.Module):  # GANomaly E-D-E
+
     def __init__(self):
       super().__init__()
       self.e1, self.dec, self.e2 = encoder(nz), decoder(), encoder(nz)
@@ -70,6 +77,7 @@ def _torch_models(method: str, isize: int, nc: int, ngf: int = 64, nz: int = 100
       return rec, z, self.e2(rec)
 
   class NetD(nn.Module):  # features = all but the last conv (GANomaly) / the latent (Skip)
+
     def __init__(self, latent: bool):
       super().__init__()
       enc = encoder(nz if latent else 1)
@@ -86,6 +94,7 @@ def _torch_models(method: str, isize: int, nc: int, ngf: int = 64, nz: int = 100
       return self.classifier(f).view(-1), f
 
   class UNetBlock(nn.Module):  # pix2pix UnetSkipConnectionBlock with BatchNorm (no dropout)
+
     def __init__(self, outer, inner, sub=None, outermost=False, innermost=False, in_ch=None):
       super().__init__()
       self.outermost = outermost
@@ -93,17 +102,30 @@ def _torch_models(method: str, isize: int, nc: int, ngf: int = 64, nz: int = 100
       if outermost:
         model = [down, sub, nn.ReLU(True), nn.ConvTranspose2d(inner * 2, outer, 4, 2, 1), nn.Tanh()]
       elif innermost:
-        model = [nn.LeakyReLU(0.2, False), down, nn.ReLU(True),
-                 nn.ConvTranspose2d(inner, outer, 4, 2, 1, bias=False), nn.BatchNorm2d(outer)]
+        model = [
+            nn.LeakyReLU(0.2, False),
+            down,
+            nn.ReLU(True),
+            nn.ConvTranspose2d(inner, outer, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(outer),
+        ]
       else:
-        model = [nn.LeakyReLU(0.2, False), down, nn.BatchNorm2d(inner), sub, nn.ReLU(True),
-                 nn.ConvTranspose2d(inner * 2, outer, 4, 2, 1, bias=False), nn.BatchNorm2d(outer)]
+        model = [
+            nn.LeakyReLU(0.2, False),
+            down,
+            nn.BatchNorm2d(inner),
+            sub,
+            nn.ReLU(True),
+            nn.ConvTranspose2d(inner * 2, outer, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(outer),
+        ]
       self.model = nn.Sequential(*model)
 
     def forward(self, x):
       return self.model(x) if self.outermost else torch.cat([x, self.model(x)], 1)
 
   class UNet(nn.Module):
+
     def __init__(self):
       super().__init__()
       n = int(round(torch.log2(torch.tensor(float(isize))).item()))
@@ -150,7 +172,7 @@ def run_torch_case(name: str, mode: str, steps: int, reps: int) -> dict:
     out = inp.clone()
     for i in range(inp.shape[0]):
       t, l = torch.randint(0, isize - half + 1, (2,)).tolist()
-      out[i, :, t:t + half, l:l + half] = 0.0
+      out[i, :, t : t + half, l : l + half] = 0.0
     return out
 
   def train_step():
@@ -162,19 +184,23 @@ def run_torch_case(name: str, mode: str, steps: int, reps: int) -> dict:
     logit_fake, f_fake = d(rec)
     _, f_real = d(x)
     if method == 'ganomaly':
-      err_g = (F.mse_loss(f_fake, f_real.detach()) + 50 * F.l1_loss(rec, x)
-               + F.mse_loss(z_hat, z))
+      err_g = F.mse_loss(f_fake, f_real.detach()) + 50 * F.l1_loss(rec, x) + F.mse_loss(z_hat, z)
     else:
-      err_g = (F.binary_cross_entropy_with_logits(logit_fake, torch.ones_like(logit_fake))
-               + 50 * F.l1_loss(rec, x) + F.mse_loss(f_fake, f_real.detach()))
+      err_g = (
+          F.binary_cross_entropy_with_logits(logit_fake, torch.ones_like(logit_fake))
+          + 50 * F.l1_loss(rec, x)
+          + F.mse_loss(f_fake, f_real.detach())
+      )
     err_g.backward()
     og.step()
     # D update
     od.zero_grad()
     lr_, _ = d(x)
     lf_, _ = d(rec.detach())
-    err_d = 0.5 * (F.binary_cross_entropy_with_logits(lr_, torch.ones_like(lr_))
-                   + F.binary_cross_entropy_with_logits(lf_, torch.zeros_like(lf_)))
+    err_d = 0.5 * (
+        F.binary_cross_entropy_with_logits(lr_, torch.ones_like(lr_))
+        + F.binary_cross_entropy_with_logits(lf_, torch.zeros_like(lf_))
+    )
     err_d.backward()
     od.step()
 
@@ -190,15 +216,16 @@ def run_torch_case(name: str, mode: str, steps: int, reps: int) -> dict:
       for t in (0, half):
         for l in (0, half):
           inp = x.clone()
-          inp[:, :, t:t + half, l:l + half] = 0.0
+          inp[:, :, t : t + half, l : l + half] = 0.0
           out, _, _ = g(inp)
-          rec[:, :, t:t + half, l:l + half] = out[:, :, t:t + half, l:l + half]
+          rec[:, :, t : t + half, l : l + half] = out[:, :, t : t + half, l : l + half]
     else:
       rec, _, _ = g(x)
     _, f_real = d(x)
     _, f_fake = d(rec)
-    return (0.9 * ((x - rec) ** 2).mean(dim=(1, 2, 3))
-            + 0.1 * ((f_real - f_fake) ** 2).mean(dim=(1, 2, 3)))
+    return 0.9 * ((x - rec) ** 2).mean(dim=(1, 2, 3)) + 0.1 * ((f_real - f_fake) ** 2).mean(
+        dim=(1, 2, 3)
+    )
 
   fn = train_step if mode == 'train' else infer_step
   t = time.perf_counter()
@@ -213,14 +240,22 @@ def run_torch_case(name: str, mode: str, steps: int, reps: int) -> dict:
   peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   # FLOPs of one step as PyTorch counts them (after timing and the RSS reading, so neither sees it).
   from torch.utils.flop_counter import FlopCounterMode
+
   with FlopCounterMode(display=False) as counter:
     fn()
-  return {'method': method, 'size': isize, 'channels': nc, 'batch': batch, 'mode': mode,
-          'img_per_s': round(batch * steps / statistics.median(times), 1),
-          'best_img_per_s': round(batch * steps / min(times), 1),  # for conv_bound.py
-          'compile_s': round(first, 2), 'peak_rss_mib': round(peak_rss, 1),
-          'gflop_per_img': round(counter.get_total_flops() / batch / 1e9, 4),
-          'torch': torch.__version__}
+  return {
+      'method': method,
+      'size': isize,
+      'channels': nc,
+      'batch': batch,
+      'mode': mode,
+      'img_per_s': round(batch * steps / statistics.median(times), 1),
+      'best_img_per_s': round(batch * steps / min(times), 1),  # for conv_bound.py
+      'compile_s': round(first, 2),
+      'peak_rss_mib': round(peak_rss, 1),
+      'gflop_per_img': round(counter.get_total_flops() / batch / 1e9, 4),
+      'torch': torch.__version__,
+  }
 
 
 def cpu_name() -> str:
@@ -263,9 +298,12 @@ def main() -> None:
   parser.add_argument('--steps', type=int, default=5)
   parser.add_argument('--reps', type=int, default=3)
   parser.add_argument('--json', action='store_true')
-  parser.add_argument('--compile_cache', default='',
-                      help='our persistent compilation cache directory, filled by one untimed run '
-                      'per case first: compile time and peak RSS are then those of a rerun')
+  parser.add_argument(
+      '--compile_cache',
+      default='',
+      help='our persistent compilation cache directory, filled by one untimed run '
+      'per case first: compile time and peak RSS are then those of a rerun',
+  )
   parser.add_argument('--_torch_child', nargs=2, help=argparse.SUPPRESS)
   parser.add_argument('--_peak_child', action='store_true', help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -282,16 +320,23 @@ def main() -> None:
   try:
     import torch  # noqa: F401  (only to say clearly when it is missing)
   except ImportError:
-    sys.exit("error: PyTorch is not installed; install the optional extra: pip install -e '.[bench]' "
-             '(on the 2-core dev machine: pip install torch==2.13.0, a CPU build).')
+    sys.exit(
+        "error: PyTorch is not installed; install the optional extra: pip install -e '.[bench]' "
+        '(on the 2-core dev machine: pip install torch==2.13.0, a CPU build).'
+    )
 
   peak = _child([sys.executable, __file__, '--_peak_child'])['matmul_gflop_per_s']
-  header = (f'{"case":<24}{"mode":>6}{"ours img/s":>12}{"torch img/s":>13}{"ratio":>7}'
-            f'{"GFLOP/img ours|torch":>22}{"GFLOP/s ours|torch":>20}{"ceiling":>9}'
-            f'{"ours compile s":>16}{"ours RSS MiB":>14}{"torch RSS MiB":>15}')
+  header = (
+      f'{"case":<24}{"mode":>6}{"ours img/s":>12}{"torch img/s":>13}{"ratio":>7}'
+      f'{"GFLOP/img ours|torch":>22}{"GFLOP/s ours|torch":>20}{"ceiling":>9}'
+      f'{"ours compile s":>16}{"ours RSS MiB":>14}{"torch RSS MiB":>15}'
+  )
   if not args.json:
-    print(f'{cpu_name()}, {os.cpu_count()} cores; float32 matmul '
-          f'peak (JAX, 2048^3): {peak:.0f} GFLOP/s', flush=True)
+    print(
+        f'{cpu_name()}, {os.cpu_count()} cores; float32 matmul '
+        f'peak (JAX, 2048^3): {peak:.0f} GFLOP/s',
+        flush=True,
+    )
     print(header, flush=True)
   for name in args.cases.split(','):
     if name not in throughput.CASES:
@@ -306,14 +351,19 @@ def main() -> None:
         ours.append(_child(ours_cmd))
         theirs.append(_child([sys.executable, __file__, '--_torch_child', name, mode, *common]))
       med = lambda rows, k: statistics.median(r[k] for r in rows)
-      row = {'case': name, 'mode': mode, 'ours_img_per_s': med(ours, 'img_per_s'),
-             'torch_img_per_s': med(theirs, 'img_per_s'),
-             'ours_compile_s': med(ours, 'compile_s'),
-             'ours_peak_rss_mib': max(r['peak_rss_mib'] for r in ours),
-             'torch_peak_rss_mib': max(r['peak_rss_mib'] for r in theirs),
-             'ours_gflop_per_img': ours[0]['gflop_per_img'],
-             'torch_gflop_per_img': theirs[0]['gflop_per_img'],
-             'matmul_peak_gflop_per_s': peak, 'torch_version': theirs[0]['torch']}
+      row = {
+          'case': name,
+          'mode': mode,
+          'ours_img_per_s': med(ours, 'img_per_s'),
+          'torch_img_per_s': med(theirs, 'img_per_s'),
+          'ours_compile_s': med(ours, 'compile_s'),
+          'ours_peak_rss_mib': max(r['peak_rss_mib'] for r in ours),
+          'torch_peak_rss_mib': max(r['peak_rss_mib'] for r in theirs),
+          'ours_gflop_per_img': ours[0]['gflop_per_img'],
+          'torch_gflop_per_img': theirs[0]['gflop_per_img'],
+          'matmul_peak_gflop_per_s': peak,
+          'torch_version': theirs[0]['torch'],
+      }
       row['ratio'] = round(row['ours_img_per_s'] / row['torch_img_per_s'], 2)
       row['ours_gflop_per_s'] = round(row['ours_img_per_s'] * row['ours_gflop_per_img'], 1)
       row['torch_gflop_per_s'] = round(row['torch_img_per_s'] * row['torch_gflop_per_img'], 1)
@@ -324,10 +374,13 @@ def main() -> None:
       else:
         flop = f'{row["ours_gflop_per_img"]:.3f}|{row["torch_gflop_per_img"]:.3f}'
         rate = f'{row["ours_gflop_per_s"]:.0f}|{row["torch_gflop_per_s"]:.0f}'
-        print(f'{name:<24}{mode:>6}{row["ours_img_per_s"]:>12.1f}{row["torch_img_per_s"]:>13.1f}'
-              f'{row["ratio"]:>7.2f}{flop:>22}{rate:>20}{row["ceiling"]:>9.2f}'
-              f'{row["ours_compile_s"]:>16.2f}{row["ours_peak_rss_mib"]:>14.1f}'
-              f'{row["torch_peak_rss_mib"]:>15.1f}', flush=True)
+        print(
+            f'{name:<24}{mode:>6}{row["ours_img_per_s"]:>12.1f}{row["torch_img_per_s"]:>13.1f}'
+            f'{row["ratio"]:>7.2f}{flop:>22}{rate:>20}{row["ceiling"]:>9.2f}'
+            f'{row["ours_compile_s"]:>16.2f}{row["ours_peak_rss_mib"]:>14.1f}'
+            f'{row["torch_peak_rss_mib"]:>15.1f}',
+            flush=True,
+        )
   if not args.json:
     print('ceiling: the ratio ours/torch if every FLOP of our step ran at the matmul peak.')
 

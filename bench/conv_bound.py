@@ -47,26 +47,44 @@ def _conv_fn(attrs: str):
   lhs, rest = labels.split('_', 1)
   rhs, out = rest.split('->')
   nsp = len(lhs) - 2
-  pick = lambda key, default: [int(v) for v in window.get(key, 'x'.join([default] * nsp)).split('x')]
-  pads = [tuple(int(p) for p in q.split('_')) for q in window.get('pad', 'x'.join(['0_0'] * nsp)).split('x')]
+  pick = lambda key, default: [
+      int(v) for v in window.get(key, 'x'.join([default] * nsp)).split('x')
+  ]
+  pads = [
+      tuple(int(p) for p in q.split('_'))
+      for q in window.get('pad', 'x'.join(['0_0'] * nsp)).split('x')
+  ]
   act = {'b': 'N', 'f': 'C', '0': 'H', '1': 'W', '2': 'D'}
   ker = {'o': 'O', 'i': 'I', '0': 'H', '1': 'W', '2': 'D'}
-  numbers = (''.join(act[c] for c in lhs), ''.join(ker[c] for c in rhs), ''.join(act[c] for c in out))
+  numbers = (
+      ''.join(act[c] for c in lhs),
+      ''.join(ker[c] for c in rhs),
+      ''.join(act[c] for c in out),
+  )
   groups = re.search(r'feature_group_count=(\d+)', attrs)
   batch_groups = re.search(r'batch_group_count=(\d+)', attrs)
   # Spatial kernel dims that HLO reverses (unoptimised programs keep them; XLA folds them away).
   reversed_dims = [rhs.index(str(d)) for d, r in enumerate(pick('rhs_reversal', '0')) if r]
   return lambda a, b: lax.conv_general_dilated(
-      a, lax.rev(b, reversed_dims) if reversed_dims else b, pick('stride', '1'), pads, pick('lhs_dilate', '1'), pick('rhs_dilate', '1'), numbers,
+      a,
+      lax.rev(b, reversed_dims) if reversed_dims else b,
+      pick('stride', '1'),
+      pads,
+      pick('lhs_dilate', '1'),
+      pick('rhs_dilate', '1'),
+      numbers,
       feature_group_count=int(groups.group(1)) if groups else 1,
-      batch_group_count=int(batch_groups.group(1)) if batch_groups else 1)
+      batch_group_count=int(batch_groups.group(1)) if batch_groups else 1,
+  )
 
 
 def _dot_fn(attrs: str):
   from jax import lax
 
-  numbers = ((_ints(attrs, 'lhs_contracting_dims'), _ints(attrs, 'rhs_contracting_dims')),
-             (_ints(attrs, 'lhs_batch_dims'), _ints(attrs, 'rhs_batch_dims')))
+  numbers = (
+      (_ints(attrs, 'lhs_contracting_dims'), _ints(attrs, 'rhs_contracting_dims')),
+      (_ints(attrs, 'lhs_batch_dims'), _ints(attrs, 'rhs_batch_dims')),
+  )
   return lambda a, b: lax.dot_general(a, b, numbers)
 
 
@@ -91,8 +109,9 @@ def kernel_ops(hlo_text: str) -> collections.Counter:
   return ops
 
 
-def time_alone(kind: str, out: str, lhs: str, rhs: str, attrs: str, reps: int = 7,
-               calls: int = 3) -> float:
+def time_alone(
+    kind: str, out: str, lhs: str, rhs: str, attrs: str, reps: int = 7, calls: int = 3
+) -> float:
   """Best seconds of one call of the op, compiled alone on random inputs (after a warm-up).
 
   The best repetition, not the median: on a shared machine interference only ever slows a run, and
@@ -136,9 +155,14 @@ def run_case(name: str, mode: str, steps: int, reps: int) -> dict:
   ops = kernel_ops(compiled.as_text())
   bound = sum(count * time_alone(*op) for op, count in ops.items())
   step_s = min(before, step_seconds())  # before and after the ops, so a slow spell hits both alike
-  return {'case': name, 'mode': mode, 'ours_best_img_per_s': round(batch / step_s, 1),
-          'kernels_only_img_per_s': round(batch / bound, 1), 'kernel_share': round(bound / step_s, 3),
-          'ops': sum(ops.values())}
+  return {
+      'case': name,
+      'mode': mode,
+      'ours_best_img_per_s': round(batch / step_s, 1),
+      'kernels_only_img_per_s': round(batch / bound, 1),
+      'kernel_share': round(bound / step_s, 3),
+      'ops': sum(ops.values()),
+  }
 
 
 def main() -> None:
@@ -168,8 +192,11 @@ def main() -> None:
   if not args.json:
     print(f'{compare_torch.cpu_name()}, {os.cpu_count()} cores')
     torch_head = f'{"torch img/s":>13}{"ratio":>7}{"max ratio":>11}' if with_torch else ''
-    print(f'{"case":<24}{"mode":>6}{"ours img/s":>12}{"kernels-only img/s":>20}{"kernel share":>14}'
-          f'{torch_head}', flush=True)
+    print(
+        f'{"case":<24}{"mode":>6}{"ours img/s":>12}{"kernels-only img/s":>20}{"kernel share":>14}'
+        f'{torch_head}',
+        flush=True,
+    )
   for name in args.cases.split(','):
     if name not in throughput.CASES:
       sys.exit(f'error: unknown case {name!r}; known: {", ".join(throughput.CASES)}')
@@ -177,22 +204,31 @@ def main() -> None:
       common = [f'--steps={args.steps}', f'--reps={args.reps}']
       row = compare_torch._child([sys.executable, __file__, '--_child', name, mode, *common])
       if with_torch:  # the reference step, right after ours
-        theirs = compare_torch._child([sys.executable, compare_torch.__file__, '--_torch_child',
-                                       name, mode, *common])
+        theirs = compare_torch._child(
+            [sys.executable, compare_torch.__file__, '--_torch_child', name, mode, *common]
+        )
         row['torch_best_img_per_s'] = theirs['best_img_per_s']
         row['ratio'] = round(row['ours_best_img_per_s'] / theirs['best_img_per_s'], 2)
         row['max_ratio'] = round(row['kernels_only_img_per_s'] / theirs['best_img_per_s'], 2)
       if args.json:
         print(json.dumps(row), flush=True)
         continue
-      torch_cols = (f'{row["torch_best_img_per_s"]:>13.1f}{row["ratio"]:>7.2f}{row["max_ratio"]:>11.2f}'
-                    if with_torch else '')
-      print(f'{name:<24}{mode:>6}{row["ours_best_img_per_s"]:>12.1f}{row["kernels_only_img_per_s"]:>20.1f}'
-            f'{row["kernel_share"]:>14.2f}{torch_cols}', flush=True)
+      torch_cols = (
+          f'{row["torch_best_img_per_s"]:>13.1f}{row["ratio"]:>7.2f}{row["max_ratio"]:>11.2f}'
+          if with_torch
+          else ''
+      )
+      print(
+          f'{name:<24}{mode:>6}{row["ours_best_img_per_s"]:>12.1f}{row["kernels_only_img_per_s"]:>20.1f}'
+          f'{row["kernel_share"]:>14.2f}{torch_cols}',
+          flush=True,
+      )
   if not args.json:
-    print('All images/s are best-of-repetitions (interference only slows a run). kernels-only: images/s\n'
-          'if only the step\'s convolutions and dots took time, each timed alone; kernel share: their\n'
-          'time / the step\'s; max ratio: kernels-only / torch, the most any rewrite of the rest could give.')
+    print(
+        'All images/s are best-of-repetitions (interference only slows a run). kernels-only: images/s\n'
+        "if only the step's convolutions and dots took time, each timed alone; kernel share: their\n"
+        "time / the step's; max ratio: kernels-only / torch, the most any rewrite of the rest could give."
+    )
 
 
 if __name__ == '__main__':

@@ -47,30 +47,36 @@ def conv_transpose_phases(x, kernel, strides, padding, precision=None):
   sh, sw = strides
   gh = ct._phase_geometry(h, kh, sh, *padding[0])  # pylint: disable=protected-access
   gw = ct._phase_geometry(w, kw, sw, *padding[1])  # pylint: disable=protected-access
-  assert min(gh['pad_lo'], gh['pad_hi'], gw['pad_lo'], gw['pad_hi']) >= 0, 'no cropping in the bench'
+  assert (
+      min(gh['pad_lo'], gh['pad_hi'], gw['pad_lo'], gw['pad_hi']) >= 0
+  ), 'no cropping in the bench'
   rows = []
   for ph in range(sh):
     cols = []
     for pw in range(sw):
-      sub = kernel[sh - 1 - ph::sh, sw - 1 - pw::sw]
+      sub = kernel[sh - 1 - ph :: sh, sw - 1 - pw :: sw]
       # A shorter sub-kernel needs correspondingly less padding on the high side.
       pad = (
           (gh['pad_lo'], gh['pad_hi'] - (gh['taps'] - sub.shape[0])),
           (gw['pad_lo'], gw['pad_hi'] - (gw['taps'] - sub.shape[1])),
       )
-      cols.append(lax.conv_general_dilated(
-          x, sub, (1, 1), pad, dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=precision))
+      cols.append(
+          lax.conv_general_dilated(
+              x, sub, (1, 1), pad, dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=precision
+          )
+      )
     rows.append(jnp.stack(cols, axis=3))  # [N, Mh, Mw, sw, out]
   z = jnp.stack(rows, axis=2)  # [N, Mh, sh, Mw, sw, out]
   _, mh, _, mw, _, _ = z.shape
   z = z.reshape(n, mh * sh, mw * sw, cout)
-  return z[:, gh['crop']:gh['crop'] + gh['out_len'], gw['crop']:gw['crop'] + gw['out_len']]
+  return z[:, gh['crop'] : gh['crop'] + gh['out_len'], gw['crop'] : gw['crop'] + gw['out_len']]
 
 
 def conv_transpose_auto(x, kernel, strides, padding, precision=None):
   """What ConvTranspose(impl='auto') runs on this backend (forward per layer, adjoint backward)."""
-  module = ct.ConvTranspose(kernel.shape[-1], kernel.shape[:2], strides, padding, impl='auto',
-                            precision=precision)
+  module = ct.ConvTranspose(
+      kernel.shape[-1], kernel.shape[:2], strides, padding, impl='auto', precision=precision
+  )
   return module.apply({'params': {'kernel': kernel}}, x)
 
 
@@ -104,7 +110,9 @@ def time_fwd_bwd(fn: Callable, x: jax.Array, kernel: jax.Array, padding, reps: i
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument('--isize', type=int, nargs='*', default=[32, 64], choices=sorted(DECODERS))
   parser.add_argument('--kernel', type=int, nargs='*', default=[4, 5], choices=sorted(PADDINGS))
   parser.add_argument('--batch', type=int, default=64)
@@ -115,8 +123,12 @@ def main() -> None:
 
   xla_flags.apply_cpu_defaults()  # as main does, before JAX starts its backend
 
-  print(f'backend={jax.default_backend()} devices={jax.devices()} batch={args.batch} reps={args.reps}')
-  header = f'{"isize":>5} {"k":>2} {"pad":>6} {"layer":>22} ' + ' '.join(f'{i + " ms":>11}' for i in args.impls)
+  print(
+      f'backend={jax.default_backend()} devices={jax.devices()} batch={args.batch} reps={args.reps}'
+  )
+  header = f'{"isize":>5} {"k":>2} {"pad":>6} {"layer":>22} ' + ' '.join(
+      f'{i + " ms":>11}' for i in args.impls
+  )
   header += ' ' + ' '.join(f'{"xla/" + i:>12}' for i in args.impls if i != 'xla')
   print(header)
   totals = {}
@@ -130,7 +142,9 @@ def main() -> None:
         for i, t in ms.items():
           totals[(isize, k, i)] = totals.get((isize, k, i), 0.0) + t
         layer = f'{h}x{h}x{cin}->{2 * h}x{2 * h}x{cout}'
-        row = f'{isize:>5} {k:>2} {str(PADDINGS[k]):>6} {layer:>22} ' + ' '.join(f'{ms[i]:>11.1f}' for i in args.impls)
+        row = f'{isize:>5} {k:>2} {str(PADDINGS[k]):>6} {layer:>22} ' + ' '.join(
+            f'{ms[i]:>11.1f}' for i in args.impls
+        )
         if 'xla' in ms:
           row += ' ' + ' '.join(f'{ms["xla"] / ms[i]:>12.2f}' for i in args.impls if i != 'xla')
         print(row, flush=True)
@@ -138,7 +152,10 @@ def main() -> None:
       row += ' '.join(f'{totals[(isize, k, i)]:>11.1f}' for i in args.impls)
       if 'xla' in args.impls:
         row += ' ' + ' '.join(
-            f'{totals[(isize, k, "xla")] / totals[(isize, k, i)]:>12.2f}' for i in args.impls if i != 'xla')
+            f'{totals[(isize, k, "xla")] / totals[(isize, k, i)]:>12.2f}'
+            for i in args.impls
+            if i != 'xla'
+        )
       print(row, flush=True)
 
 

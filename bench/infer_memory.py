@@ -32,7 +32,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Runs one command and prints its own wall time and its child's peak RSS as JSON: RUSAGE_CHILDREN of
 # this small wrapper covers exactly the one inference process.
-_WRAPPER = r'''
+_WRAPPER = r"""
 import json, resource, subprocess, sys, time
 t = time.perf_counter()
 proc = subprocess.run(sys.argv[1:], capture_output=True, text=True)
@@ -40,7 +40,7 @@ wall = time.perf_counter() - t
 print(json.dumps({'rc': proc.returncode, 'wall_s': wall,
                   'peak_rss_mib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
                   'stdout': proc.stdout[-2000:], 'stderr': proc.stderr[-4000:]}))
-'''
+"""
 
 
 def make_folder(path: str, n: int, isize: int, seed: int = 0) -> str:
@@ -60,18 +60,35 @@ def make_folder(path: str, n: int, isize: int, seed: int = 0) -> str:
     colour = rng.uniform(0, 255, 3)
     image = 40 + blob * colour + rng.normal(0, 12, (isize, isize, 3))
     Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(
-        os.path.join(sub, f'img_{k:06d}.png'))
+        os.path.join(sub, f'img_{k:06d}.png')
+    )
   open(done, 'w').close()
   return path
 
 
 def run_infer(workdir: str, images: str, out: str, decode_threads: int) -> dict:
-  cmd = [sys.executable, '-m', 'ganomaly_jax.infer', f'--workdir={workdir}', f'--images={images}',
-         f'--out={out}', f'--decode_threads={decode_threads}']
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3',
-             PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
-  result = subprocess.run([sys.executable, '-c', _WRAPPER, *cmd], cwd=REPO, env=env,
-                          capture_output=True, text=True, check=True)
+  cmd = [
+      sys.executable,
+      '-m',
+      'ganomaly_jax.infer',
+      f'--workdir={workdir}',
+      f'--images={images}',
+      f'--out={out}',
+      f'--decode_threads={decode_threads}',
+  ]
+  env = dict(
+      os.environ,
+      TF_CPP_MIN_LOG_LEVEL='3',
+      PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''),
+  )
+  result = subprocess.run(
+      [sys.executable, '-c', _WRAPPER, *cmd],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      check=True,
+  )
   return json.loads(result.stdout)
 
 
@@ -94,8 +111,13 @@ def main():
       r = run_infer(args.workdir, images, out, threads)
       if r['rc'] != 0:
         sys.exit(f'error: inference failed on {n} images:\n{r["stderr"]}')
-      row = {'images': n, 'decode_threads': threads, 'peak_rss_mib': round(r['peak_rss_mib'], 1),
-             'wall_s': round(r['wall_s'], 2), 'images_per_s': round(n / r['wall_s'], 1)}
+      row = {
+          'images': n,
+          'decode_threads': threads,
+          'peak_rss_mib': round(r['peak_rss_mib'], 1),
+          'wall_s': round(r['wall_s'], 2),
+          'images_per_s': round(n / r['wall_s'], 1),
+      }
       stream_s = _streaming_seconds(r['stderr'])
       if stream_s:
         row['stream_s'] = round(stream_s, 2)

@@ -37,8 +37,7 @@ def _fusion_kinds(hlo_text: str) -> dict[str, str]:
       m = re.match(r'\s*(?:ROOT )?%?([\w.\-]+) = .*calls=%?([\w.\-]+)', line)
       if m:
         body = '\n'.join(bodies.get(m.group(2), []))
-        kinds[m.group(1)] = ('conv' if ' convolution(' in body else
-                             'dot' if ' dot(' in body else '')
+        kinds[m.group(1)] = 'conv' if ' convolution(' in body else 'dot' if ' dot(' in body else ''
   return kinds
 
 
@@ -52,7 +51,9 @@ def _kind(name: str, fusion_kinds: dict[str, str]) -> str:
   return re.sub(r'\.\d+$', '', name)  # fusion kind, e.g. transpose_copy_fusion
 
 
-def wall_time_by_kind(trace_dir: str, fusion_kinds: dict[str, str]) -> tuple[float, dict[str, float]]:
+def wall_time_by_kind(
+    trace_dir: str, fusion_kinds: dict[str, str]
+) -> tuple[float, dict[str, float]]:
   """(traced span in s, {kind: wall seconds}) from the newest .xplane.pb under trace_dir."""
   import jax
 
@@ -64,7 +65,10 @@ def wall_time_by_kind(trace_dir: str, fusion_kinds: dict[str, str]) -> tuple[flo
         continue
       for ev in line.events:
         # Executor bookkeeping and zero-length markers are not ops.
-        if any(s in ev.name for s in ('Execute', 'Await', 'ThreadpoolListener')) or not ev.duration_ns:
+        if (
+            any(s in ev.name for s in ('Execute', 'Await', 'ThreadpoolListener'))
+            or not ev.duration_ns
+        ):
           continue
         events.append((ev.start_ns, ev.start_ns + ev.duration_ns, _kind(ev.name, fusion_kinds)))
   boundaries = collections.defaultdict(list)
@@ -92,7 +96,9 @@ def main() -> None:
   parser.add_argument('--case', default='ganomaly-32x32x1', choices=sorted(throughput.CASES))
   parser.add_argument('--mode', default='train', choices=('train', 'infer'))
   parser.add_argument('--steps', type=int, default=5, help='traced steps (after 3 warm-up steps)')
-  parser.add_argument('--trace_dir', default='', help='where to keep the trace (default: a temp dir)')
+  parser.add_argument(
+      '--trace_dir', default='', help='where to keep the trace (default: a temp dir)'
+  )
   parser.add_argument('--top', type=int, default=15, help='rows of the breakdown')
   parser.add_argument('--set', action='append', default=[], help='config override key=value')
   args = parser.parse_args()
@@ -119,10 +125,12 @@ def main() -> None:
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   per_step = span / args.steps
-  print(f'{args.case} {args.mode}: {per_step * 1e3:.1f} ms/step traced, {batch / per_step:.1f} img/s, '
-        f'{cost["flops"] / batch / 1e9:.3f} GFLOP/img, {cost["flops"] / per_step / 1e9:.1f} GFLOP/s')
+  print(
+      f'{args.case} {args.mode}: {per_step * 1e3:.1f} ms/step traced, {batch / per_step:.1f} img/s, '
+      f'{cost["flops"] / batch / 1e9:.3f} GFLOP/img, {cost["flops"] / per_step / 1e9:.1f} GFLOP/s'
+  )
   print(f'{"op kind":<32}{"ms/step":>9}{"share":>8}')
-  for kind, seconds in sorted(shares.items(), key=lambda kv: -kv[1])[:args.top]:
+  for kind, seconds in sorted(shares.items(), key=lambda kv: -kv[1])[: args.top]:
     print(f'{kind:<32}{seconds / args.steps * 1e3:>9.2f}{100 * seconds / span:>7.1f}%')
   print(f'trace: {trace_dir}')
 

@@ -19,8 +19,16 @@ import json
 import pathlib
 import sys
 
-PHASES = ('train_steps', 'compile', 'data', 'setup', 'validation', 'checkpoints', 'test',
-          'pictures')
+PHASES = (
+    'train_steps',
+    'compile',
+    'data',
+    'setup',
+    'validation',
+    'checkpoints',
+    'test',
+    'pictures',
+)
 
 
 def read_runs(root: pathlib.Path) -> list[tuple[pathlib.Path, dict]]:
@@ -50,12 +58,18 @@ def summarise(runs: list[tuple[pathlib.Path, dict]], by: str) -> dict[str, dict]
   for name, members in groups.items():
     entry = {'runs': len(members)}
     for clock in ('wall', 'cpu'):
-      names = sorted({k for m in members for k in m[clock]}, key=lambda k: (
-          PHASES.index(k) if k in PHASES else len(PHASES), k))
+      names = sorted(
+          {k for m in members for k in m[clock]},
+          key=lambda k: (PHASES.index(k) if k in PHASES else len(PHASES), k),
+      )
       entry[clock] = {k: sum(m[clock].get(k, 0.0) for m in members) / len(members) for k in names}
     entry['other_over_steps'] = {
-        clock: (sum(v for k, v in entry[clock].items() if k != 'train_steps')
-                / max(entry[clock].get('train_steps', 0.0), 1e-9)) for clock in ('wall', 'cpu')}
+        clock: (
+            sum(v for k, v in entry[clock].items() if k != 'train_steps')
+            / max(entry[clock].get('train_steps', 0.0), 1e-9)
+        )
+        for clock in ('wall', 'cpu')
+    }
     out[name] = entry
   return out
 
@@ -70,22 +84,35 @@ def main(argv: list[str]) -> None:
   summary = summarise(read_runs(root), args.by)
   session = root / 'timing.json'
   if args.json:
-    print(json.dumps({'groups': summary, 'session': json.loads(session.read_text())
-                      if session.exists() else None}, indent=1))
+    print(
+        json.dumps(
+            {
+                'groups': summary,
+                'session': json.loads(session.read_text()) if session.exists() else None,
+            },
+            indent=1,
+        )
+    )
     return
   phases = [p for p in PHASES if any(p in e['wall'] for e in summary.values())]
   print(f'mean seconds per run, wall / CPU (CPU: the whole process); root {root}')
-  print(f'{args.by:<20} {"runs":>4} ' + ' '.join(f'{p:>13}' for p in phases)
-        + f' {"other/steps":>13}')
+  print(
+      f'{args.by:<20} {"runs":>4} ' + ' '.join(f'{p:>13}' for p in phases) + f' {"other/steps":>13}'
+  )
   for name, entry in summary.items():
     cells = [f'{entry["wall"].get(p, 0.0):6.2f}/{entry["cpu"].get(p, 0.0):<6.2f}' for p in phases]
     ratio = entry['other_over_steps']
-    print(f'{name:<20} {entry["runs"]:>4} ' + ' '.join(cells)
-          + f' {ratio["wall"]:6.2f}/{ratio["cpu"]:<6.2f}')
+    print(
+        f'{name:<20} {entry["runs"]:>4} '
+        + ' '.join(cells)
+        + f' {ratio["wall"]:6.2f}/{ratio["cpu"]:<6.2f}'
+    )
   if session.exists():
     record = json.loads(session.read_text())
-    print(f'\nlast session ({record["trained_runs"]} trained runs, {record["cpu_count"]} cores): '
-          f'{record["total"]["wall"]:.1f} s wall, {record["total"]["cpu"]:.1f} s CPU')
+    print(
+        f'\nlast session ({record["trained_runs"]} trained runs, {record["cpu_count"]} cores): '
+        f'{record["total"]["wall"]:.1f} s wall, {record["total"]["cpu"]:.1f} s CPU'
+    )
     for name in sorted(record['wall'], key=record['wall'].get, reverse=True):
       print(f'  {name:<14} {record["wall"][name]:9.1f} {record["cpu"].get(name, 0.0):9.1f}')
 

@@ -88,8 +88,9 @@ def compiled_step(name: str, mode: str, extra: list[str] = ()):
   return step, state, compiled, batch
 
 
-def run_case(name: str, mode: str, steps: int, reps: int, extra: list[str],
-             cache_dir: str = '') -> dict:
+def run_case(
+    name: str, mode: str, steps: int, reps: int, extra: list[str], cache_dir: str = ''
+) -> dict:
   """Runs one case in this process and returns its measurements.
 
   With cache_dir, JAX's persistent compilation cache is on (as `main` has it by default), so a
@@ -107,9 +108,16 @@ def run_case(name: str, mode: str, steps: int, reps: int, extra: list[str],
 
   method, isize, channels, batch = CASES[name]
   config = bench_config(method, isize, channels, batch, extra)
-  result = {'method': method, 'size': isize, 'channels': channels, 'batch': batch, 'mode': mode,
-            'backend': jax.default_backend(), 'dtype': config.runtime.dtype,
-            'cpu_kernels': config.runtime.cpu_kernels}
+  result = {
+      'method': method,
+      'size': isize,
+      'channels': channels,
+      'batch': batch,
+      'mode': mode,
+      'backend': jax.default_backend(),
+      'dtype': config.runtime.dtype,
+      'cpu_kernels': config.runtime.cpu_kernels,
+  }
 
   if mode == 'data':
     # Input pipeline alone: digits resized to the case's size, augmentation on.
@@ -150,6 +158,7 @@ def run_case(name: str, mode: str, steps: int, reps: int, extra: list[str],
           state, metrics = compiled(state, batch_arr, jax.random.fold_in(key, i))
         jax.block_until_ready(metrics)
         return state
+
     else:
       state = init(jax.random.key(0))
       fn = progs.eval_step
@@ -162,6 +171,7 @@ def run_case(name: str, mode: str, steps: int, reps: int, extra: list[str],
           out = compiled(state, batch_arr)
         jax.block_until_ready(out)
         return state
+
     result['gflop_per_img'] = round(_flops(compiled) / batch / 1e9, 4)
     state = run(state)  # warm-up
     times = []
@@ -177,11 +187,21 @@ def run_case(name: str, mode: str, steps: int, reps: int, extra: list[str],
   return result
 
 
-def child_command(name: str, mode: str, steps: int, reps: int, compile_cache: str = '',
-                  overrides: list[str] = ()) -> list[str]:
+def child_command(
+    name: str, mode: str, steps: int, reps: int, compile_cache: str = '', overrides: list[str] = ()
+) -> list[str]:
   """The command that measures one case of ours in a fresh process (see `run_case`)."""
-  return [sys.executable, os.path.abspath(__file__), '--_child', name, mode, f'--steps={steps}',
-          f'--reps={reps}', f'--compile_cache={compile_cache}', *(f'--set={s}' for s in overrides)]
+  return [
+      sys.executable,
+      os.path.abspath(__file__),
+      '--_child',
+      name,
+      mode,
+      f'--steps={steps}',
+      f'--reps={reps}',
+      f'--compile_cache={compile_cache}',
+      *(f'--set={s}' for s in overrides),
+  ]
 
 
 def run_child(cmd: list[str], env: dict[str, str] | None = None) -> dict:
@@ -201,17 +221,25 @@ def main() -> None:
   parser.add_argument('--reps', type=int, default=5, help='timed repetitions (median reported)')
   parser.add_argument('--json', action='store_true', help='one JSON line per case')
   parser.add_argument('--set', action='append', default=[], help='config override key=value')
-  parser.add_argument('--compile_cache', default='',
-                      help='persistent compilation cache directory; each case first runs once '
-                      'untimed to fill it, so the figures are those of a rerun (warm cache)')
+  parser.add_argument(
+      '--compile_cache',
+      default='',
+      help='persistent compilation cache directory; each case first runs once '
+      'untimed to fill it, so the figures are those of a rerun (warm cache)',
+  )
   parser.add_argument('--_child', nargs=2, help=argparse.SUPPRESS)
   args = parser.parse_args()
   from ganomaly_jax.cpu import xla_flags
 
   xla_flags.apply_cpu_defaults()  # as main does, before JAX starts (children inherit the env)
   if args._child:
-    print(json.dumps(run_case(args._child[0], args._child[1], args.steps, args.reps, args.set,
-                              args.compile_cache)))
+    print(
+        json.dumps(
+            run_case(
+                args._child[0], args._child[1], args.steps, args.reps, args.set, args.compile_cache
+            )
+        )
+    )
     return
 
   rows = []
@@ -221,19 +249,25 @@ def main() -> None:
     for mode in args.modes.split(','):
       if args.compile_cache:  # fills the cache, untimed
         run_child(child_command(name, mode, 1, 1, args.compile_cache, args.set))
-      row = run_child(child_command(name, mode, args.steps, args.reps, args.compile_cache, args.set))
+      row = run_child(
+          child_command(name, mode, args.steps, args.reps, args.compile_cache, args.set)
+      )
       rows.append(row)
       if args.json:
         print(json.dumps(row), flush=True)
   if not args.json:
-    header = (f'{"method":<15}{"size":>9}{"batch":>7}{"mode":>7}{"img/s":>10}{"GFLOP/s":>9}'
-              f'{"compile s":>11}{"peak RSS MiB":>14}')
+    header = (
+        f'{"method":<15}{"size":>9}{"batch":>7}{"mode":>7}{"img/s":>10}{"GFLOP/s":>9}'
+        f'{"compile s":>11}{"peak RSS MiB":>14}'
+    )
     print(header)
     for r in rows:
       size = f'{r["size"]}x{r["size"]}x{r["channels"]}'
       gflops = r['img_per_s'] * r.get('gflop_per_img', float('nan'))
-      print(f'{r["method"]:<15}{size:>9}{r["batch"]:>7}{r["mode"]:>7}{r["img_per_s"]:>10.1f}'
-            f'{gflops:>9.1f}{r["compile_s"]:>11.2f}{r["peak_rss_mib"]:>14.1f}')
+      print(
+          f'{r["method"]:<15}{size:>9}{r["batch"]:>7}{r["mode"]:>7}{r["img_per_s"]:>10.1f}'
+          f'{gflops:>9.1f}{r["compile_s"]:>11.2f}{r["peak_rss_mib"]:>14.1f}'
+      )
 
 
 if __name__ == '__main__':

@@ -66,21 +66,32 @@ def _define_flags() -> dict[str, Any]:
   global absl flag names such as --workdir.
   """
   return {
-      'workdir': flags.DEFINE_string('workdir', None,
-                                     'Training run directory (holds config.json and checkpoints).'),
-      'images': flags.DEFINE_string('images', None,
-                                    'Folder of images to score (searched recursively).'),
-      'out': flags.DEFINE_string('out', None,
-                                 'Output folder for scores.csv, maps/ and index.html.'),
+      'workdir': flags.DEFINE_string(
+          'workdir', None, 'Training run directory (holds config.json and checkpoints).'
+      ),
+      'images': flags.DEFINE_string(
+          'images', None, 'Folder of images to score (searched recursively).'
+      ),
+      'out': flags.DEFINE_string(
+          'out', None, 'Output folder for scores.csv, maps/ and index.html.'
+      ),
       'batch_size': flags.DEFINE_integer(
-          'batch_size', 0, 'Images per forward pass (0: the run\'s eval.batch_size).'),
-      'checkpoint': flags.DEFINE_enum('checkpoint', 'auto', ['auto', 'best', 'latest'],
-                                      'auto: best/ if present, else the latest of checkpoints/.'),
+          'batch_size', 0, "Images per forward pass (0: the run's eval.batch_size)."
+      ),
+      'checkpoint': flags.DEFINE_enum(
+          'checkpoint',
+          'auto',
+          ['auto', 'best', 'latest'],
+          'auto: best/ if present, else the latest of checkpoints/.',
+      ),
       'decode_threads': flags.DEFINE_integer(
-          'decode_threads', image_files.DEFAULT_DECODE_THREADS,
-          'grain threads decoding and resizing images ahead of the devices (0: in the main thread).'),
+          'decode_threads',
+          image_files.DEFAULT_DECODE_THREADS,
+          'grain threads decoding and resizing images ahead of the devices (0: in the main thread).',
+      ),
       'overwrite': flags.DEFINE_bool(
-          'overwrite', False, 'Replace an earlier result in --out (scores.csv, index.html, maps/).'),
+          'overwrite', False, 'Replace an earlier result in --out (scores.csv, index.html, maps/).'
+      ),
   }
 
 
@@ -91,17 +102,27 @@ def main(argv: list[str]) -> None:
   """Scores --images with the run in --workdir into --out; a problem ends in one `error:` line."""
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  startup.configure_process(uses_tensorflow=False)  # before JAX starts its backend; GANOMALY_JAX_XLA_DEFAULTS=0: off
+  startup.configure_process(
+      uses_tensorflow=False
+  )  # before JAX starts its backend; GANOMALY_JAX_XLA_DEFAULTS=0: off
   try:
-    summary = scoring.infer(_FLAGS['workdir'].value, _FLAGS['images'].value, _FLAGS['out'].value,
-                            _FLAGS['batch_size'].value, _FLAGS['checkpoint'].value,
-                            _FLAGS['decode_threads'].value, _FLAGS['overwrite'].value)
+    summary = scoring.infer(
+        _FLAGS['workdir'].value,
+        _FLAGS['images'].value,
+        _FLAGS['out'].value,
+        _FLAGS['batch_size'].value,
+        _FLAGS['checkpoint'].value,
+        _FLAGS['decode_threads'].value,
+        _FLAGS['overwrite'].value,
+    )
   except finished_run.InferError as e:
     cli.exit_with_error(str(e))
   skipped = sum(len(v) for v in summary['skipped'].values())
-  print(f'Scored {summary["scored"]} image(s), skipped {skipped} file(s) '
-        f'({summary["checkpoint"]} checkpoint, step {summary["checkpoint_step"]}): '
-        f'{summary["scores_csv"]}, {summary["report"]}')
+  print(
+      f'Scored {summary["scored"]} image(s), skipped {skipped} file(s) '
+      f'({summary["checkpoint"]} checkpoint, step {summary["checkpoint_step"]}): '
+      f'{summary["scores_csv"]}, {summary["report"]}'
+  )
 
 
 if __name__ == '__main__':

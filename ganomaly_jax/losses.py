@@ -89,12 +89,17 @@ def bce_with_logits(logits: jax.Array, targets: jax.Array | float) -> jax.Array:
   return jnp.mean(targets * jax.nn.softplus(-logits) + (1 - targets) * jax.nn.softplus(logits))
 
 
-def discriminator_bce(real_logits: jax.Array, fake_logits: jax.Array,
-                      real_targets: jax.Array | float = 1.0,
-                      fake_targets: jax.Array | float = 0.0) -> jax.Array:
+def discriminator_bce(
+    real_logits: jax.Array,
+    fake_logits: jax.Array,
+    real_targets: jax.Array | float = 1.0,
+    fake_targets: jax.Array | float = 0.0,
+) -> jax.Array:
   """Eq. 3.5 (and the BCE part of eq. 3.8): 0.5 (BCE(D(x), real) + BCE(D(x̂), fake)); targets may be
   soft or flipped labels."""
-  return 0.5 * (bce_with_logits(real_logits, real_targets) + bce_with_logits(fake_logits, fake_targets))
+  return 0.5 * (
+      bce_with_logits(real_logits, real_targets) + bce_with_logits(fake_logits, fake_targets)
+  )
 
 
 def generator_bce(fake_logits: jax.Array) -> jax.Array:
@@ -136,8 +141,9 @@ def flip_labels(rng: jax.Array, targets: jax.Array, prob: float) -> jax.Array:
   return jnp.where(flip, 1.0 - targets, targets)
 
 
-def discriminator_targets(step_config: frozen.StepConfig, rng: jax.Array,
-                          n: int) -> tuple[jax.Array, jax.Array]:
+def discriminator_targets(
+    step_config: frozen.StepConfig, rng: jax.Array, n: int
+) -> tuple[jax.Array, jax.Array]:
   """Discriminator targets: hard 1/0, optionally soft (U[0.9,1] / U[0,0.1]) and randomly flipped."""
   r_soft, f_soft, r_flip, f_flip = jax.random.split(rng, 4)
   if step_config.train.soft_labels:
@@ -151,15 +157,18 @@ def discriminator_targets(step_config: frozen.StepConfig, rng: jax.Array,
   return real, fake
 
 
-def discriminator_inputs(step_config: frozen.StepConfig, rng: jax.Array, real: jax.Array,
-                         fake: jax.Array):
+def discriminator_inputs(
+    step_config: frozen.StepConfig, rng: jax.Array, real: jax.Array, fake: jax.Array
+):
   """D's inputs for training: instance noise on both passes when train.d_input_noise_std > 0."""
   std = step_config.train.d_input_noise_std
   if std <= 0:
     return real, fake
   nr, nf = jax.random.split(rng)
-  return (real + std * jax.random.normal(nr, real.shape),
-          fake + std * jax.random.normal(nf, fake.shape))
+  return (
+      real + std * jax.random.normal(nr, real.shape),
+      fake + std * jax.random.normal(nf, fake.shape),
+  )
 
 
 # ---- Anomaly scores (per image; normalisation over the whole set happens in evaluation). ----
@@ -175,11 +184,13 @@ def reconstruction_score(x: jax.Array, recon: jax.Array) -> jax.Array:
   return _per_example_mean(jnp.square(x - recon))
 
 
-def lambda_score(x: jax.Array, recon: jax.Array, features_real: jax.Array,
-                 features_fake: jax.Array, lam: float) -> jax.Array:
+def lambda_score(
+    x: jax.Array, recon: jax.Array, features_real: jax.Array, features_fake: jax.Array, lam: float
+) -> jax.Array:
   """Eq. 6.1: λ mean((x - x̂)²) + (1 - λ) mean((f(x) - f(x̂))²), per image."""
-  return (lam * reconstruction_score(x, recon)
-          + (1 - lam) * _per_example_mean(jnp.square(features_real - features_fake)))
+  return lam * reconstruction_score(x, recon) + (1 - lam) * _per_example_mean(
+      jnp.square(features_real - features_fake)
+  )
 
 
 def pixel_map(x: jax.Array, recon: jax.Array) -> jax.Array:
@@ -187,8 +198,9 @@ def pixel_map(x: jax.Array, recon: jax.Array) -> jax.Array:
   return jnp.mean(jnp.abs(x - recon), axis=-1)
 
 
-def structural_loss(x: jax.Array, recon: jax.Array, w_ssim: float, w_msgms: float
-                    ) -> tuple[jax.Array | float, dict[str, jax.Array]]:
+def structural_loss(
+    x: jax.Array, recon: jax.Array, w_ssim: float, w_msgms: float
+) -> tuple[jax.Array | float, dict[str, jax.Array]]:
   """RIAD's structural terms beside L1 (eq. 3.3), added to G's loss (eq. 3.1).
 
   Returns (w_ssim * g_ssim + w_msgms * g_msgms, the unweighted terms for logging) with g_ssim =
@@ -230,8 +242,12 @@ MAPS: dict[str, PixelMap] = {
     # RIAD's map: 1 - MSGMS, mean-filtered
     'msgms': PixelMap(similarity.msgms_anomaly_map, 1.0, filtered=True),
     # Both structural maps summed: SSIM reacts to local contrast, MSGMS to edges.
-    'ssim_msgms': PixelMap(lambda x, recon, side: similarity.ssim_anomaly_map(x, recon)
-                           + similarity.msgms_anomaly_map(x, recon, side), 3.0, filtered=True),
+    'ssim_msgms': PixelMap(
+        lambda x, recon, side: similarity.ssim_anomaly_map(x, recon)
+        + similarity.msgms_anomaly_map(x, recon, side),
+        3.0,
+        filtered=True,
+    ),
 }
 
 
@@ -284,10 +300,14 @@ class Adversarial:
 
   generator_loss: Callable[[AdversarialInputs, Any], jax.Array]
   discriminator_loss: Callable[[AdversarialInputs, Any], jax.Array]
-  d_norm: str = 'batch'  # normalisation in D: 'batch' | 'layer' | 'none' (models.discriminator_norm)
+  d_norm: str = (
+      'batch'  # normalisation in D: 'batch' | 'layer' | 'none' (models.discriminator_norm)
+  )
   uses_labels: bool = True  # train.soft_labels / train.label_flip_prob change D's targets
   allows_extra: bool = False  # loss.adv_extra (eq. 3.6) adds something this objective lacks
-  d_loss_bounded: bool = True  # D's loss is >= 0, so train.d_reinit_threshold means "D wins outright"
+  d_loss_bounded: bool = (
+      True  # D's loss is >= 0, so train.d_reinit_threshold means "D wins outright"
+  )
   multi_critic: bool = False  # loss.n_critic > 1: extra D-only updates per step
   needs_discriminator: bool = True  # False only for 'none' (model.discriminator=none)
 
@@ -307,32 +327,55 @@ def _bce_discriminator(d: AdversarialInputs, step_config: Any) -> jax.Array:
 
 def _wgan_gp_critic(d: AdversarialInputs, step_config: Any) -> jax.Array:
   """E[D(x̂)] - E[D(x)] + gp_weight * gradient penalty."""
-  return (wgan_critic(d.real_logits, d.fake_logits)
-          + step_config.loss.gp_weight * gradient_penalty(d.critic, d.real, d.fake, d.rng))
+  return wgan_critic(d.real_logits, d.fake_logits) + step_config.loss.gp_weight * gradient_penalty(
+      d.critic, d.real, d.fake, d.rng
+  )
 
 
 # GANomaly (eq. 3.2 for G, eq. 3.5 for D); eq. 3.6 may add the non-saturating BCE term to G.
-register_adversarial('feature_matching', Adversarial(
-    generator_loss=lambda d, _: feature_matching(d.real_features, d.fake_features),
-    discriminator_loss=_bce_discriminator, allows_extra=True))
+register_adversarial(
+    'feature_matching',
+    Adversarial(
+        generator_loss=lambda d, _: feature_matching(d.real_features, d.fake_features),
+        discriminator_loss=_bce_discriminator,
+        allows_extra=True,
+    ),
+)
 # SkipGANomaly (eq. 3.7 for G, eq. 3.8 for D; loss.latent_in_d adds the latent term).
-register_adversarial('bce', Adversarial(
-    generator_loss=lambda d, _: generator_bce(d.fake_logits),
-    discriminator_loss=_bce_discriminator))
+register_adversarial(
+    'bce',
+    Adversarial(
+        generator_loss=lambda d, _: generator_bce(d.fake_logits),
+        discriminator_loss=_bce_discriminator,
+    ),
+)
 # WGAN-GP critic: the penalty needs per-sample gradients, so D normalises per sample (LayerNorm);
 # labels do not exist, and the critic's loss is unbounded below (no re-initialisation threshold).
-register_adversarial('wgan_gp', Adversarial(
-    generator_loss=lambda d, _: wgan_generator(d.fake_logits),
-    discriminator_loss=_wgan_gp_critic, d_norm='layer', uses_labels=False,
-    d_loss_bounded=False, multi_critic=True))
+register_adversarial(
+    'wgan_gp',
+    Adversarial(
+        generator_loss=lambda d, _: wgan_generator(d.fake_logits),
+        discriminator_loss=_wgan_gp_critic,
+        d_norm='layer',
+        uses_labels=False,
+        d_loss_bounded=False,
+        multi_critic=True,
+    ),
+)
 
 
 # No adversary (RIAD, docs/methods.md#riad): with model.discriminator=none nothing is trained
 # against G and D's loss is 0 (D has no parameters).
-register_adversarial('none', Adversarial(
-    generator_loss=lambda d, _: jnp.zeros(()),
-    discriminator_loss=lambda d, _: jnp.zeros(()), d_norm='none', uses_labels=False,
-    needs_discriminator=False))
+register_adversarial(
+    'none',
+    Adversarial(
+        generator_loss=lambda d, _: jnp.zeros(()),
+        discriminator_loss=lambda d, _: jnp.zeros(()),
+        d_norm='none',
+        uses_labels=False,
+        needs_discriminator=False,
+    ),
+)
 
 
 class ScoreInputs(NamedTuple):
@@ -368,19 +411,27 @@ def register_score(name: str, entry: Score) -> Score:
 def _lambda(s: ScoreInputs, step_config: Any) -> jax.Array:
   _, real_features = s.discriminator(s.x)
   _, fake_features = s.discriminator(s.outputs['recon'])
-  return lambda_score(s.x, s.outputs['recon'], real_features, fake_features,
-                      step_config.eval.score_lambda)
+  return lambda_score(
+      s.x, s.outputs['recon'], real_features, fake_features, step_config.eval.score_lambda
+  )
 
 
 # GANomaly's latent score needs the second encoder; with masked training z of a masked input is
 # not comparable, so it is refused there.
-register_score('latent', Score(lambda s, _: latent_score(s.outputs['z'], s.outputs['z_hat']),
-                               needs_outputs=('z', 'z_hat'), mask='forbidden'))
+register_score(
+    'latent',
+    Score(
+        lambda s, _: latent_score(s.outputs['z'], s.outputs['z_hat']),
+        needs_outputs=('z', 'z_hat'),
+        mask='forbidden',
+    ),
+)
 register_score('reconstruction', Score(lambda s, _: reconstruction_score(s.x, s.outputs['recon'])))
 register_score('lambda', Score(_lambda, needs_discriminator=True))  # eq. 6.1
 # The masked methods' score: reconstruction error of the full-coverage inpainting.
-register_score('inpaint', Score(lambda s, _: reconstruction_score(s.x, s.outputs['recon']),
-                                mask='required'))
+register_score(
+    'inpaint', Score(lambda s, _: reconstruction_score(s.x, s.outputs['recon']), mask='required')
+)
 
 
 # Scores from the pixel map (`eval.map`), Gaussian-smoothed with eval.smooth_sigma first -- the same
@@ -399,9 +450,12 @@ def _map_topk(s: ScoreInputs, step_config: Any) -> jax.Array:
   return jnp.mean(jax.lax.top_k(flat, k)[0], axis=1)
 
 
-register_score('map_mean', Score(
-    lambda s, step_config: jnp.mean(_smoothed_map(s, step_config), axis=1), uses_map=True))
-register_score('map_max', Score(
-    lambda s, step_config: jnp.max(_smoothed_map(s, step_config), axis=1), uses_map=True))
-register_score('map_topk', Score(_map_topk, reads=frozenset({'eval.topk_fraction'}),
-                                 uses_map=True))
+register_score(
+    'map_mean',
+    Score(lambda s, step_config: jnp.mean(_smoothed_map(s, step_config), axis=1), uses_map=True),
+)
+register_score(
+    'map_max',
+    Score(lambda s, step_config: jnp.max(_smoothed_map(s, step_config), axis=1), uses_map=True),
+)
+register_score('map_topk', Score(_map_topk, reads=frozenset({'eval.topk_fraction'}), uses_map=True))

@@ -13,9 +13,10 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Method config file[:args].', lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Method config file[:args].', lock_config=True
+)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (default: runs/<method>).')
-
 
 
 def _fail(message: str) -> None:
@@ -46,7 +47,9 @@ def main(argv):
     _fail(arguments.command_line_error(e, sys.argv))
   from ganomaly_jax.runtime import startup
 
-  startup.configure_for(config)  # XLA:CPU defaults, TF off the GPUs, compile cache: before JAX starts
+  startup.configure_for(
+      config
+  )  # XLA:CPU defaults, TF off the GPUs, compile cache: before JAX starts
   import jax
 
   from ganomaly_jax import train
@@ -60,11 +63,20 @@ def main(argv):
       # Exits with one line if the processes do not all meet within settings.timeout_s.
       parallel.initialize_distributed(settings)
     elif settings.explicit:
-      logging.warning('%s/%s/%s are set but ignored: a multi-host run also needs %s=1 or '
-                      '--config.runtime.distributed=True.', parallel.ENV_COORDINATOR,
-                      parallel.ENV_NUM_PROCESSES, parallel.ENV_PROCESS_ID, parallel.ENV_DISTRIBUTED)
-    logging.info('JAX process %d / %d, local devices %s', jax.process_index(), jax.process_count(),
-                 jax.local_devices())
+      logging.warning(
+          '%s/%s/%s are set but ignored: a multi-host run also needs %s=1 or '
+          '--config.runtime.distributed=True.',
+          parallel.ENV_COORDINATOR,
+          parallel.ENV_NUM_PROCESSES,
+          parallel.ENV_PROCESS_ID,
+          parallel.ENV_DISTRIBUTED,
+      )
+    logging.info(
+        'JAX process %d / %d, local devices %s',
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_devices(),
+    )
     # Resolved and validated once, after every --config override and after the distributed set-up
     # (its architecture trace may start JAX's backend); everything below receives it as is.
     config = checks.finished(config)

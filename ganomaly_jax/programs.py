@@ -56,11 +56,23 @@ class Programs(NamedTuple):
 # Config keys no program reads: the data (an argument), the seed (PRNG keys are arguments), the
 # loop's schedule and the run's bookkeeping. Runs that differ only here share their programs;
 # tests/test_program_cache.py checks that changing all of them leaves the lowered programs equal.
-PROGRAM_FREE_KEYS = ('method', 'mode', 'seed', 'restart', 'dataset',
-                     'train.num_steps', 'train.log_every', 'train.eval_every',
-                     'train.checkpoint_every', 'train.image_every', 'train.keep_checkpoints',
-                     'train.on_nonfinite', 'train.max_rollbacks', 'runtime.compile_cache_dir',
-                     'runtime.distributed')
+PROGRAM_FREE_KEYS = (
+    'method',
+    'mode',
+    'seed',
+    'restart',
+    'dataset',
+    'train.num_steps',
+    'train.log_every',
+    'train.eval_every',
+    'train.checkpoint_every',
+    'train.image_every',
+    'train.keep_checkpoints',
+    'train.on_nonfinite',
+    'train.max_rollbacks',
+    'runtime.compile_cache_dir',
+    'runtime.distributed',
+)
 # Keys inside PROGRAM_FREE_KEYS' groups that the programs do read (config.frozen.StepConfig.normalization).
 PROGRAM_KEYS = ('dataset.normalization',)
 # Kept programs (each holds a method's compiled executables for one mesh): the oldest go first.
@@ -71,9 +83,11 @@ _cache_lock = threading.Lock()
 
 def program_key(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> tuple[str, Any]:
   """What the programs of `config` on `mesh` are traced from: the config less PROGRAM_FREE_KEYS."""
-  flat = {k: v for k, v in schema.flatten(config.to_dict()).items()
-          if k in PROGRAM_KEYS
-          or not any(k == f or k.startswith(f + '.') for f in PROGRAM_FREE_KEYS)}
+  flat = {
+      k: v
+      for k, v in schema.flatten(config.to_dict()).items()
+      if k in PROGRAM_KEYS or not any(k == f or k.startswith(f + '.') for f in PROGRAM_FREE_KEYS)
+  }
   return json.dumps(flat, sort_keys=True, default=repr), mesh
 
 
@@ -92,8 +106,11 @@ def clear_cache() -> None:
     _cache.clear()
 
 
-def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None,
-          components: state_lib.Components | None = None) -> Programs:
+def build(
+    config: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh | None = None,
+    components: state_lib.Components | None = None,
+) -> Programs:
   """The run's jitted functions; `mesh` defaults to all devices, `components` to the config's.
 
   Without `components`, the programs of an equal `program_key` built before are returned when
@@ -117,24 +134,28 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
   return progs
 
 
-def _build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-           components: state_lib.Components) -> Programs:
+def _build(
+    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, components: state_lib.Components
+) -> Programs:
   step_config = frozen.StepConfig.from_config(config)
   repl, batch_sh = parallel.replicated(mesh), parallel.batch_sharding(mesh)
   fast = functools.partial(kernels.with_cpu_kernels, mode=config.runtime.cpu_kernels)
   init = jax.jit(functools.partial(state_lib.create_state, config, components), out_shardings=repl)
   bound = dict(components=components, step_config=step_config)
-  train_step = jax.jit(fast(functools.partial(step_lib.train_step, **bound)),
-                       in_shardings=(repl, batch_sh, repl), out_shardings=(repl, repl),
-                       donate_argnums=0)
+  train_step = jax.jit(
+      fast(functools.partial(step_lib.train_step, **bound)),
+      in_shardings=(repl, batch_sh, repl),
+      out_shardings=(repl, repl),
+      donate_argnums=0,
+  )
   eval_step = jax.jit(fast(functools.partial(step_lib.eval_step, **bound)))
-  eval_maps = jax.jit(fast(functools.partial(step_lib.eval_step, **bound,
-                                             with_maps=True)))
+  eval_maps = jax.jit(fast(functools.partial(step_lib.eval_step, **bound, with_maps=True)))
   return Programs(components, step_config, init, train_step, eval_step, eval_maps, {})
 
 
-def readout_program(config: ml_collections.ConfigDict, progs: Programs,
-                    readouts: tuple[tuple[str, str], ...]) -> Callable:
+def readout_program(
+    config: ml_collections.ConfigDict, progs: Programs, readouts: tuple[tuple[str, str], ...]
+) -> Callable:
   """(state, batch) -> `step.eval_readouts` of every (score, map) in `readouts`, jitted as one
   program (eval.readout=auto: one compile however many candidates).
 
@@ -143,7 +164,14 @@ def readout_program(config: ml_collections.ConfigDict, progs: Programs,
   key = ('readouts', tuple(readouts), config.runtime.cpu_kernels)
   if key not in progs.aot:
     fast = functools.partial(kernels.with_cpu_kernels, mode=config.runtime.cpu_kernels)
-    progs.aot[key] = jax.jit(fast(functools.partial(
-        step_lib.eval_readouts, components=progs.components, step_config=progs.step_config,
-        readouts=tuple(readouts))))
+    progs.aot[key] = jax.jit(
+        fast(
+            functools.partial(
+                step_lib.eval_readouts,
+                components=progs.components,
+                step_config=progs.step_config,
+                readouts=tuple(readouts),
+            )
+        )
+    )
   return progs.aot[key]

@@ -35,14 +35,17 @@ def steps_per_epoch(num_train: int, batch_size: int, process_count: int = 1) -> 
   shard = num_train // process_count
   steps = shard // local_batch
   if steps < 1:
-    raise ScheduleError(f'train.epochs: {num_train} training images over {process_count} '
-                        f'process(es) give no full batch of {local_batch}; lower '
-                        'train.batch_size or use train.num_steps.')
+    raise ScheduleError(
+        f'train.epochs: {num_train} training images over {process_count} '
+        f'process(es) give no full batch of {local_batch}; lower '
+        'train.batch_size or use train.num_steps.'
+    )
   return steps
 
 
-def with_epoch_steps(config: ml_collections.ConfigDict,
-                     num_train: int) -> ml_collections.ConfigDict:
+def with_epoch_steps(
+    config: ml_collections.ConfigDict, num_train: int
+) -> ml_collections.ConfigDict:
   """`config` with its step keys filled from `train.epochs` (itself when epochs are off).
 
   train.num_steps = epochs × steps_per_epoch; eval_every, checkpoint_every and image_every left
@@ -76,6 +79,7 @@ class EarlyStop:
 
   patience 0 never stops. A non-finite loss counts as no improvement.
   """
+
   patience: int
   best: float = math.inf
   waited: int = 0
@@ -89,4 +93,3 @@ class EarlyStop:
       return False
     self.waited += 1
     return self.waited >= self.patience
-

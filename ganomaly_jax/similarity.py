@@ -114,8 +114,8 @@ def separable_filter(images: jax.Array, kernel: jax.Array, mode: str = 'symmetri
   r = taps // 2
   h, w = images.shape[1:3]
   padded = jnp.pad(images, ((0, 0), (r, r), (r, r), (0, 0)), mode=mode)
-  rows = sum(kernel[i] * padded[:, i:i + h] for i in range(taps))
-  return sum(kernel[i] * rows[:, :, i:i + w] for i in range(taps))
+  rows = sum(kernel[i] * padded[:, i : i + h] for i in range(taps))
+  return sum(kernel[i] * rows[:, :, i : i + w] for i in range(taps))
 
 
 def _side(x: jax.Array) -> int:
@@ -146,7 +146,7 @@ def gradient_magnitude(gray: jax.Array) -> jax.Array:
   itself is not an edge)."""
   p = jnp.pad(gray, ((0, 0), (1, 1), (1, 1), (0, 0)), mode='edge')
   h, w = gray.shape[1:3]
-  shift = lambda dy, dx: p[:, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+  shift = lambda dy, dx: p[:, 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
   gx = sum(shift(dy, -1) - shift(dy, 1) for dy in (-1, 0, 1)) / 3.0
   gy = sum(shift(-1, dx) - shift(1, dx) for dx in (-1, 0, 1)) / 3.0
   return jnp.sqrt(gx * gx + gy * gy + 1e-12)

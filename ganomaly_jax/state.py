@@ -56,8 +56,9 @@ def image_shape(config: ml_collections.ConfigDict, batch: int = 1) -> tuple[int,
 
 def init_generator(components: Components, rng: jax.Array, shape) -> tuple[Any, Any]:
   """Returns (params, batch_stats) of the generator."""
-  variables = components.generator.init({'params': rng, 'dropout': rng},
-                                        jnp.zeros(shape, jnp.float32), train=False)
+  variables = components.generator.init(
+      {'params': rng, 'dropout': rng}, jnp.zeros(shape, jnp.float32), train=False
+  )
   return variables['params'], variables.get('batch_stats', {})
 
 
@@ -68,8 +69,9 @@ def init_discriminator(components: Components, rng: jax.Array, shape) -> tuple[A
   return variables.get('params', {}), variables.get('batch_stats', {})
 
 
-def create_state(config: ml_collections.ConfigDict, components: Components,
-                 rng: jax.Array) -> GanState:
+def create_state(
+    config: ml_collections.ConfigDict, components: Components, rng: jax.Array
+) -> GanState:
   """Initialises both networks and both optimizers."""
   g_rng, d_rng = jax.random.split(rng)
   shape = image_shape(config)
@@ -77,9 +79,15 @@ def create_state(config: ml_collections.ConfigDict, components: Components,
   d_params, d_stats = init_discriminator(components, d_rng, shape)
   return GanState(
       step=jnp.zeros((), jnp.int32),
-      g_params=g_params, g_stats=g_stats, g_opt=components.g_tx.init(g_params),
-      d_params=d_params, d_stats=d_stats, d_opt=components.d_tx.init(d_params),
-      d_reinits=jnp.zeros((), jnp.int32), skipped_steps=jnp.zeros((), jnp.int32))
+      g_params=g_params,
+      g_stats=g_stats,
+      g_opt=components.g_tx.init(g_params),
+      d_params=d_params,
+      d_stats=d_stats,
+      d_opt=components.d_tx.init(d_params),
+      d_reinits=jnp.zeros((), jnp.int32),
+      skipped_steps=jnp.zeros((), jnp.int32),
+  )
 
 
 def abstract_state(config: ml_collections.ConfigDict, components: Components) -> GanState:
@@ -115,9 +123,18 @@ class Traced(NamedTuple):
 def trace(config: ml_collections.ConfigDict) -> Traced:
   """The config's `Traced` networks; cached on what they depend on (model, optimizer, dtype and
   the adversarial objective), so every later caller gets the same built components."""
-  return _trace(json.dumps({'model': config.model.to_dict(), 'optim': config.optim.to_dict(),
-                            'adversarial': config.loss.adversarial,
-                            'dtype': config.runtime.dtype}, sort_keys=True, default=list))
+  return _trace(
+      json.dumps(
+          {
+              'model': config.model.to_dict(),
+              'optim': config.optim.to_dict(),
+              'adversarial': config.loss.adversarial,
+              'dtype': config.runtime.dtype,
+          },
+          sort_keys=True,
+          default=list,
+      )
+  )
 
 
 @functools.lru_cache(maxsize=64)
@@ -125,18 +142,25 @@ def _trace(key: str) -> Traced:
   # Built from the key itself, so an equal key always gets an equal trace (the sections hold
   # scalars only: JSON gives them back unchanged).
   spec = json.loads(key)
-  config = ml_collections.ConfigDict({'model': spec['model'], 'optim': spec['optim'],
-                                      'loss': {'adversarial': spec['adversarial']},
-                                      'runtime': {'dtype': spec['dtype']}})
+  config = ml_collections.ConfigDict(
+      {
+          'model': spec['model'],
+          'optim': spec['optim'],
+          'loss': {'adversarial': spec['adversarial']},
+          'runtime': {'dtype': spec['dtype']},
+      }
+  )
   components = build_components(config)
   image = jax.ShapeDtypeStruct(image_shape(config, FORWARD_BATCH), jnp.float32)
 
   def init_and_forward(x):
     state = create_state(config, components, jax.random.key(0))
-    g_out = components.generator.apply({'params': state.g_params, 'batch_stats': state.g_stats},
-                                       x, train=False)
+    g_out = components.generator.apply(
+        {'params': state.g_params, 'batch_stats': state.g_stats}, x, train=False
+    )
     d_out = components.discriminator.apply(
-        {'params': state.d_params, 'batch_stats': state.d_stats}, x, train=False)
+        {'params': state.d_params, 'batch_stats': state.d_stats}, x, train=False
+    )
     return state, (g_out, d_out)
 
   try:

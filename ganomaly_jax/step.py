@@ -21,14 +21,16 @@ from ganomaly_jax.data import normalization
 from ganomaly_jax.state import Components, GanState, init_discriminator
 
 
-def _apply_g(components: Components, params, stats, x, train: bool, rng=None,
-             stochastic: bool | None = None):
+def _apply_g(
+    components: Components, params, stats, x, train: bool, rng=None, stochastic: bool | None = None
+):
   """Runs G; returns (outputs dict, new batch_stats)."""
   variables = {'params': params, 'batch_stats': stats}
   rngs = {'dropout': rng} if rng is not None else None
   if train:
-    out, mutated = components.generator.apply(variables, x, train=True, rngs=rngs,
-                                              mutable=['batch_stats'])
+    out, mutated = components.generator.apply(
+        variables, x, train=True, rngs=rngs, mutable=['batch_stats']
+    )
     return out, mutated.get('batch_stats', {})
   out = components.generator.apply(variables, x, train=False, stochastic=stochastic, rngs=rngs)
   return out, stats
@@ -38,15 +40,21 @@ def _apply_d(components: Components, params, stats, x, train: bool, update_stats
   """Runs D; returns ((logits, features), new batch_stats)."""
   variables = {'params': params, 'batch_stats': stats}
   if train:
-    out, mutated = components.discriminator.apply(variables, x, train=True,
-                                                  update_stats=update_stats,
-                                                  mutable=['batch_stats'])
+    out, mutated = components.discriminator.apply(
+        variables, x, train=True, update_stats=update_stats, mutable=['batch_stats']
+    )
     return out, mutated.get('batch_stats', {})
   return components.discriminator.apply(variables, x, train=False), stats
 
 
-def reconstruct_for_training(components: Components, step_config: frozen.StepConfig, g_params, g_stats,
-                             x: jax.Array, rng: jax.Array):
+def reconstruct_for_training(
+    components: Components,
+    step_config: frozen.StepConfig,
+    g_params,
+    g_stats,
+    x: jax.Array,
+    rng: jax.Array,
+):
   """Generator forward in train mode, with the method's masking
   (`masks.KINDS[step_config.mask.kind]`).
 
@@ -72,8 +80,9 @@ def reconstruct_for_training(components: Components, step_config: frozen.StepCon
     return out, g_stats, None
   # square / stain: one random hole per image; the generator completes it from context.
   hole = kind.train_holes(mask_rng, x.shape[0], step_config.model.isize, m)
-  out, g_stats = _apply_g(components, g_params, g_stats, masks.apply_mask(x, hole, m.fill), True,
-                          drop_rng)
+  out, g_stats = _apply_g(
+      components, g_params, g_stats, masks.apply_mask(x, hole, m.fill), True, drop_rng
+  )
   weight = 1.0 + (step_config.loss.hole_weight - 1.0) * hole
   return out, g_stats, weight
 
@@ -82,19 +91,43 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(l)) for l in jax.tree.leaves(tree)]))
 
 
-def _adversarial_inputs(components: Components, d_params, d_stats, real_out, fake_out, targets,
-                        real: jax.Array, fake: jax.Array, rng: jax.Array) -> losses.AdversarialInputs:
+def _adversarial_inputs(
+    components: Components,
+    d_params,
+    d_stats,
+    real_out,
+    fake_out,
+    targets,
+    real: jax.Array,
+    fake: jax.Array,
+    rng: jax.Array,
+) -> losses.AdversarialInputs:
   """Packs D's outputs for the registered objective; `critic` is D with its statistics frozen."""
-  critic = lambda images: _apply_d(components, d_params, d_stats, images, True,
-                                   update_stats=False)[0][0]
+  critic = lambda images: _apply_d(components, d_params, d_stats, images, True, update_stats=False)[
+      0
+  ][0]
   return losses.AdversarialInputs(
-      real_logits=real_out[0], fake_logits=fake_out[0], real_features=real_out[1],
-      fake_features=fake_out[1], real_targets=targets[0], fake_targets=targets[1], real=real,
-      fake=fake, critic=critic, rng=rng)
+      real_logits=real_out[0],
+      fake_logits=fake_out[0],
+      real_features=real_out[1],
+      fake_features=fake_out[1],
+      real_targets=targets[0],
+      fake_targets=targets[1],
+      real=real,
+      fake=fake,
+      critic=critic,
+      rng=rng,
+  )
 
 
-def _critic_updates(components: Components, step_config: frozen.StepConfig, state: GanState, x: jax.Array,
-                    targets, rng: jax.Array) -> tuple[GanState, jax.Array]:
+def _critic_updates(
+    components: Components,
+    step_config: frozen.StepConfig,
+    state: GanState,
+    x: jax.Array,
+    targets,
+    rng: jax.Array,
+) -> tuple[GanState, jax.Array]:
   """`step_config.loss.n_critic - 1` D-only updates on this batch (WGAN-GP); returns (state, all
   finite).
 
@@ -104,8 +137,9 @@ def _critic_updates(components: Components, step_config: frozen.StepConfig, stat
   """
   adversarial = losses.ADVERSARIAL[step_config.loss.adversarial]
   recon_rng, loop_rng = jax.random.split(rng)
-  out, _, _ = reconstruct_for_training(components, step_config, state.g_params, state.g_stats, x,
-                                       recon_rng)
+  out, _, _ = reconstruct_for_training(
+      components, step_config, state.g_params, state.g_stats, x, recon_rng
+  )
   fake = jax.lax.stop_gradient(out['recon'])
 
   def critic_loss(d_params, d_stats, step_rng):
@@ -113,27 +147,41 @@ def _critic_updates(components: Components, step_config: frozen.StepConfig, stat
     real_in, fake_in = losses.discriminator_inputs(step_config, noise_rng, x, fake)
     real_out, new_stats = _apply_d(components, d_params, d_stats, real_in, True)
     fake_out, new_stats = _apply_d(components, d_params, new_stats, fake_in, True)
-    inputs = _adversarial_inputs(components, d_params, d_stats, real_out, fake_out, targets, x,
-                                 fake, gp_rng)
+    inputs = _adversarial_inputs(
+        components, d_params, d_stats, real_out, fake_out, targets, x, fake, gp_rng
+    )
     return adversarial.discriminator_loss(inputs, step_config), new_stats
 
   def update(i, carry):
     d_params, d_opt, d_stats, finite = carry
     (loss, d_stats_new), grads = jax.value_and_grad(critic_loss, has_aux=True)(
-        d_params, d_stats, jax.random.fold_in(loop_rng, i))
+        d_params, d_stats, jax.random.fold_in(loop_rng, i)
+    )
     updates, d_opt = components.d_tx.update(grads, d_opt, d_params)
-    return (optax.apply_updates(d_params, updates), d_opt, d_stats_new,
-            finite & _all_finite((loss, grads)))
+    return (
+        optax.apply_updates(d_params, updates),
+        d_opt,
+        d_stats_new,
+        finite & _all_finite((loss, grads)),
+    )
 
   d_params, d_opt, d_stats, finite = jax.lax.fori_loop(
-      0, step_config.loss.n_critic - 1, update,
-      (state.d_params, state.d_opt, state.d_stats, jnp.asarray(True)))
+      0,
+      step_config.loss.n_critic - 1,
+      update,
+      (state.d_params, state.d_opt, state.d_stats, jnp.asarray(True)),
+  )
   return state.replace(d_params=d_params, d_opt=d_opt, d_stats=d_stats), finite
 
 
-def train_step(state: GanState, batch: dict[str, jax.Array], rng: jax.Array, *,
-               components: Components,
-               step_config: frozen.StepConfig) -> tuple[GanState, dict[str, jax.Array]]:
+def train_step(
+    state: GanState,
+    batch: dict[str, jax.Array],
+    rng: jax.Array,
+    *,
+    components: Components,
+    step_config: frozen.StepConfig,
+) -> tuple[GanState, dict[str, jax.Array]]:
   """One G update and one D update from a shared forward pass; returns (new state, metrics).
 
   G's loss is eq. 3.1, w_adv L_adv + w_con L_con + w_enc L_enc: L_adv from the adversarial
@@ -159,19 +207,30 @@ def train_step(state: GanState, batch: dict[str, jax.Array], rng: jax.Array, *,
   targets = losses.discriminator_targets(step_config, label_rng, n)
   original, critic_finite = state, jnp.asarray(True)
   if w.n_critic > 1:  # the critic takes extra steps before the joint one
-    state, critic_finite = _critic_updates(components, step_config, state, x, targets,
-                                           jax.random.fold_in(rng, 1))
+    state, critic_finite = _critic_updates(
+        components, step_config, state, x, targets, jax.random.fold_in(rng, 1)
+    )
 
   def forward(g_params, d_params):
-    out, g_stats, weight = reconstruct_for_training(components, step_config, g_params,
-                                                    state.g_stats, x, g_rng)
+    out, g_stats, weight = reconstruct_for_training(
+        components, step_config, g_params, state.g_stats, x, g_rng
+    )
     recon = out['recon']
     d_real_in, d_fake_in = losses.discriminator_inputs(step_config, noise_rng, x, recon)
     real_out, d_stats = _apply_d(components, d_params, state.d_stats, d_real_in, True)
     fake_out, d_stats = _apply_d(components, d_params, d_stats, d_fake_in, True)
     (real_logits, real_feat), (fake_logits, fake_feat) = real_out, fake_out
-    inputs = _adversarial_inputs(components, d_params, state.d_stats, real_out, fake_out, targets,
-                                 x, jax.lax.stop_gradient(recon), gp_rng)
+    inputs = _adversarial_inputs(
+        components,
+        d_params,
+        state.d_stats,
+        real_out,
+        fake_out,
+        targets,
+        x,
+        jax.lax.stop_gradient(recon),
+        gp_rng,
+    )
 
     # ---- Generator loss, eq. 3.1. ----
     g_adv = adversarial.generator_loss(inputs, step_config)
@@ -194,13 +253,19 @@ def train_step(state: GanState, batch: dict[str, jax.Array], rng: jax.Array, *,
     metrics = {'g_loss': g_loss, 'g_con': g_con, 'g_lat': g_lat, **g_struct_terms}
     # Else no D: nothing to report.
     if models.DISCRIMINATORS[step_config.model.discriminator].present:
-      metrics.update({'g_adv': g_adv, 'd_loss': d_loss,
-                      'd_real': jnp.mean(jax.nn.sigmoid(real_logits)),
-                      'd_fake': jnp.mean(jax.nn.sigmoid(fake_logits))})
+      metrics.update(
+          {
+              'g_adv': g_adv,
+              'd_loss': d_loss,
+              'd_real': jnp.mean(jax.nn.sigmoid(real_logits)),
+              'd_fake': jnp.mean(jax.nn.sigmoid(fake_logits)),
+          }
+      )
     return (g_loss, d_loss), (g_stats, d_stats, metrics)
 
   (g_loss, d_loss), pullback, (g_stats, d_stats, metrics) = jax.vjp(
-      forward, state.g_params, state.d_params, has_aux=True)
+      forward, state.g_params, state.d_params, has_aux=True
+  )
   one, zero = jnp.ones_like(g_loss), jnp.zeros_like(g_loss)
   g_grads = pullback((one, zero))[0]
   d_grads = pullback((zero, one))[1]
@@ -219,26 +284,40 @@ def train_step(state: GanState, batch: dict[str, jax.Array], rng: jax.Array, *,
       params, stats = init_discriminator(components, reinit_rng, (1,) + x.shape[1:])
       return params, stats, components.d_tx.init(params)
 
-    d_params, d_stats, d_opt = jax.lax.cond(reinit, fresh_d, lambda _: (d_params, d_stats, d_opt),
-                                            None)
+    d_params, d_stats, d_opt = jax.lax.cond(
+        reinit, fresh_d, lambda _: (d_params, d_stats, d_opt), None
+    )
 
   finite = _all_finite((g_loss, d_loss, g_grads, d_grads)) & critic_finite
   limit = step_config.train.loss_limit
   if limit > 0:  # an exploding loss is divergence too, even while still finite
     finite &= (jnp.abs(g_loss) < limit) & (jnp.abs(d_loss) < limit)
   candidate = state.replace(
-      step=state.step + 1, g_params=g_params, g_stats=g_stats, g_opt=g_opt, d_params=d_params,
-      d_stats=d_stats, d_opt=d_opt, d_reinits=state.d_reinits + reinit.astype(jnp.int32))
+      step=state.step + 1,
+      g_params=g_params,
+      g_stats=g_stats,
+      g_opt=g_opt,
+      d_params=d_params,
+      d_stats=d_stats,
+      d_opt=d_opt,
+      d_reinits=state.d_reinits + reinit.astype(jnp.int32),
+  )
   skipped = original.replace(step=state.step + 1, skipped_steps=state.skipped_steps + 1)
   new_state = jax.tree.map(lambda a, b: jnp.where(finite, a, b), candidate, skipped)
-  metrics = dict(metrics, nonfinite=1.0 - finite.astype(jnp.float32),
-                 d_reinit=reinit.astype(jnp.float32))
+  metrics = dict(
+      metrics, nonfinite=1.0 - finite.astype(jnp.float32), d_reinit=reinit.astype(jnp.float32)
+  )
   return new_state, metrics
 
 
-def reconstruct_for_eval(components: Components, step_config: frozen.StepConfig, state: GanState,
-                         x: jax.Array, rng: jax.Array | None = None,
-                         stochastic: bool = False) -> dict:
+def reconstruct_for_eval(
+    components: Components,
+    step_config: frozen.StepConfig,
+    state: GanState,
+    x: jax.Array,
+    rng: jax.Array | None = None,
+    stochastic: bool = False,
+) -> dict:
   """Generator forward in eval mode (BatchNorm running statistics).
 
   Masked methods reconstruct every region from its context: the holes of each tiling of the mask
@@ -248,6 +327,7 @@ def reconstruct_for_eval(components: Components, step_config: frozen.StepConfig,
   so `losses.anomaly_map` can average the per-size maps as RIAD does. `stochastic=True` keeps
   dropout active for MC-dropout.
   """
+
   def run(images):
     out, _ = _apply_g(components, state.g_params, state.g_stats, images, False, rng, stochastic)
     return out
@@ -262,17 +342,23 @@ def reconstruct_for_eval(components: Components, step_config: frozen.StepConfig,
   return {'recon': jnp.mean(recons, axis=0), 'recons': recons}
 
 
-def score_inputs(components: Components, step_config: frozen.StepConfig, state: GanState,
-                 x: jax.Array) -> losses.ScoreInputs:
+def score_inputs(
+    components: Components, step_config: frozen.StepConfig, state: GanState, x: jax.Array
+) -> losses.ScoreInputs:
   """What a registered score sees of a batch: x, the eval-mode reconstruction(s), D in eval mode."""
-  discriminator = lambda images: _apply_d(components, state.d_params, state.d_stats, images,
-                                          False)[0]
-  return losses.ScoreInputs(x=x, outputs=reconstruct_for_eval(components, step_config, state, x),
-                            discriminator=discriminator)
+  discriminator = lambda images: _apply_d(components, state.d_params, state.d_stats, images, False)[
+      0
+  ]
+  return losses.ScoreInputs(
+      x=x,
+      outputs=reconstruct_for_eval(components, step_config, state, x),
+      discriminator=discriminator,
+  )
 
 
-def reference_scores(state: GanState, x: jax.Array, *, components: Components,
-                     step_config: frozen.StepConfig) -> jax.Array:
+def reference_scores(
+    state: GanState, x: jax.Array, *, components: Components, step_config: frozen.StepConfig
+) -> jax.Array:
   """Raw scores as the official GANomaly / Skip-GANomaly test loops compute them: BatchNorm in
   train mode, i.e. normalised with the statistics of this very batch (they never call
   `netg.eval()`), in G and in D alike. The statistics are not kept: the state is not changed.
@@ -283,8 +369,9 @@ def reference_scores(state: GanState, x: jax.Array, *, components: Components,
   """
   x = normalization.from_tanh(x, step_config.normalization)
   out, _ = _apply_g(components, state.g_params, state.g_stats, x, True)
-  discriminator = lambda images: _apply_d(components, state.d_params, state.d_stats, images, True,
-                                          update_stats=False)[0]
+  discriminator = lambda images: _apply_d(
+      components, state.d_params, state.d_stats, images, True, update_stats=False
+  )[0]
   inputs = losses.ScoreInputs(x=x, outputs=out, discriminator=discriminator)
   return losses.SCORES[step_config.eval.score].fn(inputs, step_config)
 
@@ -293,8 +380,14 @@ def _l1(x: jax.Array, recon: jax.Array) -> jax.Array:
   return jnp.mean(jnp.abs(x - recon).reshape(x.shape[0], -1), axis=1)
 
 
-def eval_step(state: GanState, batch: dict[str, jax.Array], *, components: Components,
-              step_config: frozen.StepConfig, with_maps: bool = False) -> dict[str, jax.Array]:
+def eval_step(
+    state: GanState,
+    batch: dict[str, jax.Array],
+    *,
+    components: Components,
+    step_config: frozen.StepConfig,
+    with_maps: bool = False,
+) -> dict[str, jax.Array]:
   """Per-image raw anomaly scores (not yet normalised) and reconstruction L1, in eval mode.
 
   The score is `losses.SCORES[step_config.eval.score]` (eq. 6.1 for SkipGANomaly); D runs in eval
@@ -308,7 +401,9 @@ def eval_step(state: GanState, batch: dict[str, jax.Array], *, components: Compo
   result['score'] = losses.SCORES[step_config.eval.score].fn(inputs, step_config)
   if with_maps:
     result['recon'] = recon
-    result['map'] = losses.anomaly_map(x, inputs.outputs, step_config.eval.map, step_config.eval.map_filter)
+    result['map'] = losses.anomaly_map(
+        x, inputs.outputs, step_config.eval.map, step_config.eval.map_filter
+    )
   return result
 
 
@@ -318,9 +413,14 @@ def readout_key(score: str, map_name: str) -> str:
   return f'score/{score}/{map_name}' if losses.SCORES[score].uses_map else f'score/{score}'
 
 
-def eval_readouts(state: GanState, batch: dict[str, jax.Array], *, components: Components,
-                  step_config: frozen.StepConfig,
-                  readouts: tuple[tuple[str, str], ...]) -> dict[str, jax.Array]:
+def eval_readouts(
+    state: GanState,
+    batch: dict[str, jax.Array],
+    *,
+    components: Components,
+    step_config: frozen.StepConfig,
+    readouts: tuple[tuple[str, str], ...],
+) -> dict[str, jax.Array]:
   """Every read-out (eval.score, eval.map) of `readouts` from one eval-mode reconstruction.
 
   For eval.readout=auto (evaluation/readout.py): one program instead of one per candidate. Returns
@@ -337,6 +437,7 @@ def eval_readouts(state: GanState, batch: dict[str, jax.Array], *, components: C
       readout_config = step_config.with_eval(score=score, map=map_name)
       result[key] = losses.SCORES[score].fn(inputs, readout_config)
     if f'map/{map_name}' not in result:
-      result[f'map/{map_name}'] = losses.anomaly_map(x, inputs.outputs, map_name,
-                                                     step_config.eval.map_filter)
+      result[f'map/{map_name}'] = losses.anomaly_map(
+          x, inputs.outputs, map_name, step_config.eval.map_filter
+      )
   return result

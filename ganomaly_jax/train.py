@@ -31,8 +31,9 @@ from ganomaly_jax.evaluation import evaluator, passes, reference  # reference: e
 from ganomaly_jax.runtime import checkpoint, disk, divergence, parallel, preemption, rundir, timing
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       devices: Sequence[jax.Device] | None = None) -> dict[str, Any]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, devices: Sequence[jax.Device] | None = None
+) -> dict[str, Any]:
   """Trains (or resumes) the configured method in `workdir`, then evaluates on the test split.
 
   `config` is finished (`checks.finished`: resolved and validated) and is used as it is. The
@@ -50,28 +51,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # refuses a config that skipped it, whose AUTO zeros would otherwise fail far from the cause.
   left = schema.unresolved(config)
   if left:
-    raise ValueError(f'train_and_evaluate needs a finished config: {", ".join(left)} still AUTO; '
-                     'pass it through ganomaly_jax.config.checks.finished(config) first.')
+    raise ValueError(
+        f'train_and_evaluate needs a finished config: {", ".join(left)} still AUTO; '
+        'pass it through ganomaly_jax.config.checks.finished(config) first.'
+    )
   # One run per workdir, claimed before anything there is read or written (rundir.WorkdirLock).
   lock = rundir.WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
   with lock:
     try:
       return _train_and_evaluate(config, workdir, devices)
     except Exception as e:
-      full = disk.out_of_space(e, workdir, state_lib.trace(config).state,
-                               config.train.keep_checkpoints)
+      full = disk.out_of_space(
+          e, workdir, state_lib.trace(config).state, config.train.keep_checkpoints
+      )
       if full is None:
         raise
       raise full from e
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                        devices: Sequence[jax.Device] | None) -> dict[str, Any]:
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, devices: Sequence[jax.Device] | None
+) -> dict[str, Any]:
   """`train_and_evaluate` once the config is valid and the workdir is ours."""
   previous = _prepare_workdir(config, workdir)
   if config.mode == 'train' and rundir.is_finished(previous, config.train.num_steps):
-    logging.info('%s is finished (%d steps); results: %s', workdir, previous['steps'],
-                 json.dumps(previous, sort_keys=True))
+    logging.info(
+        '%s is finished (%d steps); results: %s',
+        workdir,
+        previous['steps'],
+        json.dumps(previous, sort_keys=True),
+    )
     return previous
   if config.mode == 'train':  # the networks' one trace gives the checkpoint size (state.trace)
     disk.check_free_space(workdir, state_lib.trace(config).state, config.train.keep_checkpoints)
@@ -85,8 +94,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   return results
 
 
-def _run(config: ml_collections.ConfigDict, workdir: str, previous: dict[str, Any] | None,
-         devices: Sequence[jax.Device] | None) -> dict[str, Any]:
+def _run(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    previous: dict[str, Any] | None,
+    devices: Sequence[jax.Device] | None,
+) -> dict[str, Any]:
   """The run once the workdir is checked: the results to write, or {'preempted': True, ...}."""
   started = time.time()
   t = config.train
@@ -105,9 +118,14 @@ def _run(config: ml_collections.ConfigDict, workdir: str, previous: dict[str, An
     config = schedule.with_epoch_steps(config, len(splits.train))
     t = config.train
     make_train_iter = functools.partial(
-        pipeline.train_iterator, splits.train, batch_size=parallel.local_batch_size(t.batch_size),
-        seed=config.seed, flip=config.dataset.flip, zoom=config.dataset.zoom,
-        workers=config.dataset.workers)
+        pipeline.train_iterator,
+        splits.train,
+        batch_size=parallel.local_batch_size(t.batch_size),
+        seed=config.seed,
+        flip=config.dataset.flip,
+        zoom=config.dataset.zoom,
+        workers=config.dataset.workers,
+    )
     train_iter = make_train_iter()
 
   # ---------------- Create model & optimizer ----------------
@@ -128,8 +146,9 @@ def _run(config: ml_collections.ConfigDict, workdir: str, previous: dict[str, An
   # ---------------- Load checkpoint ----------------
   state = _restore(config, store, state, train_iter, workdir)
   # eval.protocol=reference: the official per-epoch test read-out, beside the honest results.
-  reference_curve = reference.ReferenceCurve(config, progs, splits.test, len(splits.train),
-                                             workdir, int(state.step))
+  reference_curve = reference.ReferenceCurve(
+      config, progs, splits.test, len(splits.train), workdir, int(state.step)
+  )
   early_stop = schedule.EarlyStop(t.early_stop_patience)
   if is_chief:
     rundir.write_json(rundir.path(workdir, rundir.CONFIG), {'config': config.to_dict()})
@@ -137,16 +156,23 @@ def _run(config: ml_collections.ConfigDict, workdir: str, previous: dict[str, An
   # ---------------- Train loop ----------------
   # clu's writer goes through tf.io.gfile, which reads and writes gs:// itself.
   writer = metric_writers.create_default_writer(
-      str(rundir.path(workdir)), just_logging=not is_chief, asynchronous=True)
+      str(rundir.path(workdir)), just_logging=not is_chief, asynchronous=True
+  )
   num_steps = t.num_steps if config.mode == 'train' else int(state.step)
   if int(state.step) == 0 and is_chief:
     writer.write_hparams(hparams(config))
   report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
-  rollback = divergence.Rollback(t, store, restart=lambda: (progs.init(init_rng), make_train_iter()))
+  rollback = divergence.Rollback(
+      t, store, restart=lambda: (progs.init(init_rng), make_train_iter())
+  )
   history: list[tuple[int, dict[str, Any]]] = []
   preempted = False
-  with store.saves_finished_on_error(), metric_writers.ensure_flushes(writer), \
-       preemption.StopRequest() as stop, timing.phase('train_steps'):
+  with (
+      store.saves_finished_on_error(),
+      metric_writers.ensure_flushes(writer),
+      preemption.StopRequest() as stop,
+      timing.phase('train_steps'),
+  ):
     step = int(state.step)
     while step < num_steps:
       step += 1
@@ -156,8 +182,9 @@ def _run(config: ml_collections.ConfigDict, workdir: str, previous: dict[str, An
         logging.warning('Step %d: skipping the batch that diverged before the rollback.', step)
       else:
         batch = parallel.to_global(batch, mesh)
-        state, metrics = train_step(state, {'image': batch['image']},
-                                    jax.random.fold_in(train_rng, step))
+        state, metrics = train_step(
+            state, {'image': batch['image']}, jax.random.fold_in(train_rng, step)
+        )
         history.append((step, metrics))
       report(step)
 
@@ -177,19 +204,29 @@ def _run(config: ml_collections.ConfigDict, workdir: str, previous: dict[str, An
         disk.check_free_space(workdir, state_shapes, t.keep_checkpoints, store, step)
       if step % t.eval_every == 0 or step == num_steps:
         with _loop_phase('validation', state):
-          val_loss = _validate(config, progs.eval_step, state, splits.val, mesh, store, writer,
-                               step)
+          val_loss = _validate(
+              config, progs.eval_step, state, splits.val, mesh, store, writer, step
+          )
         if early_stop.update(val_loss):  # train.early_stop_patience: this step is the last
-          logging.info('Early stop at step %d: no better validation loss in %d evaluations.',
-                       step, t.early_stop_patience)
+          logging.info(
+              'Early stop at step %d: no better validation loss in %d evaluations.',
+              step,
+              t.early_stop_patience,
+          )
           num_steps = step
       if reference_curve.due(step):
         with _loop_phase('reference', state):
           reference_curve.evaluate(state, step)
       if t.image_every > 0 and (step % t.image_every == 0 or step == num_steps):
         with _loop_phase('pictures', state):
-          pictures = passes.first_pictures(progs.eval_maps, state, splits.test, mesh,
-                                              config.eval.batch_size, config.eval.num_images)
+          pictures = passes.first_pictures(
+              progs.eval_maps,
+              state,
+              splits.test,
+              mesh,
+              config.eval.batch_size,
+              config.eval.num_images,
+          )
           writer.write_images(step, {'test/input_recon_map': evaluator.image_grid(pictures)[None]})
 
       saved_now = False
@@ -206,17 +243,26 @@ def _run(config: ml_collections.ConfigDict, workdir: str, previous: dict[str, An
   if preempted:
     writer.flush()
     store.close()
-    logging.warning('Preempted (%s) at step %d: checkpoint saved in %s; run the same command to '
-                    'resume.', stop.signal_name or 'preemption', step, workdir)
+    logging.warning(
+        'Preempted (%s) at step %d: checkpoint saved in %s; run the same command to ' 'resume.',
+        stop.signal_name or 'preemption',
+        step,
+        workdir,
+    )
     return {'preempted': True, 'steps': step}
 
   # ---------------- Final evaluation ----------------
   run_info = {
-      'method': config.method, 'dataset': config.dataset.name, 'abnormal': splits.info['abnormal'],
-      'steps': max(num_steps, (previous or {}).get('steps', 0)), 'rollbacks': rollback.count,
-      'train_wall_time_s': round(time.time() - started, 1)}
-  results = evaluator.final_evaluation(config, workdir, state, store, progs, splits, mesh, writer,
-                                       run_info)
+      'method': config.method,
+      'dataset': config.dataset.name,
+      'abnormal': splits.info['abnormal'],
+      'steps': max(num_steps, (previous or {}).get('steps', 0)),
+      'rollbacks': rollback.count,
+      'train_wall_time_s': round(time.time() - started, 1),
+  }
+  results = evaluator.final_evaluation(
+      config, workdir, state, store, progs, splits, mesh, writer, run_info
+  )
   results.update(reference_curve.results())
   if epochs:
     results['epochs'] = epochs
@@ -250,14 +296,19 @@ def _load_splits(config: ml_collections.ConfigDict, workdir: str, is_chief: bool
   return splits
 
 
-def _check_workdir(config: ml_collections.ConfigDict, store: checkpoint.CheckpointStore,
-                   state_shapes: Any, workdir: str) -> None:
+def _check_workdir(
+    config: ml_collections.ConfigDict,
+    store: checkpoint.CheckpointStore,
+    state_shapes: Any,
+    workdir: str,
+) -> None:
   """Refuses a workdir that holds another architecture (or, to train, another process count);
   logs the runtime settings that changed since it was trained. Runs on shapes alone."""
   rundir.check_parameters(store.saved_shapes(), checkpoint.tree_shapes(state_shapes), workdir)
   for key, now, before in rundir.runtime_changes(config.runtime.to_dict(), workdir):
-    logging.warning('Resuming %s with runtime.%s=%r (it was trained with %r).', workdir, key, now,
-                    before)
+    logging.warning(
+        'Resuming %s with runtime.%s=%r (it was trained with %r).', workdir, key, now, before
+    )
   if config.mode == 'train':
     _check_process_count(store, workdir)
 
@@ -273,11 +324,16 @@ def _check_process_count(store: checkpoint.CheckpointStore, workdir: str) -> Non
     raise rundir.TrainingError(
         f'{workdir} was checkpointed by {saved} processes and this run has {jax.process_count()}: '
         f'each process saved its own position in the data, so resume training with {saved} '
-        'processes (mode=eval runs with any count), or use --config.restart=True to start over.')
+        'processes (mode=eval runs with any count), or use --config.restart=True to start over.'
+    )
 
 
-def _compile_train_step(config: ml_collections.ConfigDict, progs: programs.Programs,
-                        state_shapes: Any, train_rng: jax.Array):
+def _compile_train_step(
+    config: ml_collections.ConfigDict,
+    progs: programs.Programs,
+    state_shapes: Any,
+    train_rng: jax.Array,
+):
   """The train step compiled from shapes alone, before any state exists (once per kept programs).
 
   The compiler's scratch memory is given back at once: on CPU the compilation is the run's memory
@@ -285,19 +341,26 @@ def _compile_train_step(config: ml_collections.ConfigDict, progs: programs.Progr
   (docs/performance.md#host-memory-hand-back).
   """
   image = jax.ShapeDtypeStruct(state_lib.image_shape(config, config.train.batch_size), jnp.float32)
-  compiled = progs.compiled('train_step', state_shapes, {'image': image},
-                            jax.eval_shape(jax.random.fold_in, train_rng, 0))
+  compiled = progs.compiled(
+      'train_step', state_shapes, {'image': image}, jax.eval_shape(jax.random.fold_in, train_rng, 0)
+  )
   host_memory.release_free_memory()
   return compiled
 
 
-def _restore(config: ml_collections.ConfigDict, store: checkpoint.CheckpointStore, state: Any,
-             train_iter: Any, workdir: str) -> Any:
+def _restore(
+    config: ml_collections.ConfigDict,
+    store: checkpoint.CheckpointStore,
+    state: Any,
+    train_iter: Any,
+    workdir: str,
+) -> Any:
   """The newest checkpoint's state (and the iterator's position, in place, when training)."""
   # Evaluation needs no data position (and may run with another process count than training).
   is_chief = jax.process_index() == 0
-  restored = store.restore_latest(state, train_iter if config.mode == 'train' else None,
-                                  set_aside=is_chief)
+  restored = store.restore_latest(
+      state, train_iter if config.mode == 'train' else None, set_aside=is_chief
+  )
   if config.mode == 'eval' and restored is None:
     raise rundir.TrainingError(f'mode=eval: {workdir} has no checkpoint to evaluate.')
   step = 0 if restored is None else int(restored[0].step)
@@ -312,8 +375,11 @@ def _restore(config: ml_collections.ConfigDict, store: checkpoint.CheckpointStor
 
 def hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The config's scalar leaves as dotted keys (TensorBoard's hparams take no lists or None)."""
-  return {k: v for k, v in schema.flatten(config.to_dict()).items()
-          if isinstance(v, (int, float, str, bool))}
+  return {
+      k: v
+      for k, v in schema.flatten(config.to_dict()).items()
+      if isinstance(v, (int, float, str, bool))
+  }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,16 +393,23 @@ def _skip_step(state: Any) -> Any:
   return state.replace(step=state.step + 1, skipped_steps=state.skipped_steps + 1)
 
 
-def _log_train_metrics(fetched: list[tuple[int, dict[str, Any]]], step: int, writer,
-                       workdir: str, d_reinit_threshold: float, is_chief: bool) -> None:
+def _log_train_metrics(
+    fetched: list[tuple[int, dict[str, Any]]],
+    step: int,
+    writer,
+    workdir: str,
+    d_reinit_threshold: float,
+    is_chief: bool,
+) -> None:
   """Averages the metrics since the last log step into TensorBoard and train_metrics.jsonl."""
   if not fetched:
     return
   summary = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[0][1]}
   writer.write_scalars(step, {f'train/{k}': v for k, v in summary.items()})
   if summary.get('d_reinit', 0) > 0:
-    logging.warning('Step %d: the discriminator was re-initialised (loss below %g).', step,
-                    d_reinit_threshold)
+    logging.warning(
+        'Step %d: the discriminator was re-initialised (loss below %g).', step, d_reinit_threshold
+    )
   if is_chief:
     rundir.append_curves(workdir, step, summary)
 
@@ -347,8 +420,16 @@ def _loop_phase(name: str, state: Any):
   return timing.phase(name)
 
 
-def _validate(config: ml_collections.ConfigDict, eval_fn, state: Any, source, mesh,
-              store: checkpoint.CheckpointStore, writer, step: int) -> float:
+def _validate(
+    config: ml_collections.ConfigDict,
+    eval_fn,
+    state: Any,
+    source,
+    mesh,
+    store: checkpoint.CheckpointStore,
+    writer,
+    step: int,
+) -> float:
   """Validation L1 and score on held-out normals; offers the state as the best by val loss.
   Returns the validation loss (mean L1)."""
   val = passes.run_eval(eval_fn, state, source, mesh, config.eval.batch_size)

@@ -47,7 +47,8 @@ def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise SystemExit(
-        'Reading the .pth checkpoint needs PyTorch: pip install torch (the CPU build is enough).') from e
+        'Reading the .pth checkpoint needs PyTorch: pip install torch (the CPU build is enough).'
+    ) from e
   # weights_only=True: the checkpoint is a plain tensor dict, so refuse anything that would run code.
   state = torch.load(path, map_location='cpu', weights_only=True)
   if 'state_dict' in state and isinstance(state['state_dict'], dict):
@@ -68,7 +69,9 @@ def convert(input_path: str, output_path: str) -> int:
 
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
-  parser.add_argument('--input', required=True, help=f'pytorch-fid checkpoint, {fid.TORCH_CHECKPOINT_NAME}')
+  parser.add_argument(
+      '--input', required=True, help=f'pytorch-fid checkpoint, {fid.TORCH_CHECKPOINT_NAME}'
+  )
   parser.add_argument('--output', required=True, help='.npz file to write')
   args = parser.parse_args(argv)
   if not os.path.isfile(args.input):

@@ -69,7 +69,7 @@ def _upgrade_grid(saved: dict[str, Any]) -> None:
     if mask.get('kind') == 'grid':
       isize = int(model.get('isize') or 0)
       # () meant every power of two from 2 up to min(16, isize / 4) pixels.
-      sides = sides or [2 ** k for k in range(1, 5) if 2 ** k <= min(16, isize // 4)]
+      sides = sides or [2**k for k in range(1, 5) if 2**k <= min(16, isize // 4)]
       mask['cells'] = [isize // side for side in sides]
       mask.setdefault('partition', 'random')
       mask.setdefault('draw', 'image')
@@ -121,8 +121,9 @@ def _rewrite(workdir: str, name: str, upgrade) -> bool:
 def upgrade_rundir(workdir: str) -> list[str]:
   """Upgrades WORKDIR's config.json and results.json in place; returns the names rewritten."""
   rewritten = []
-  if _rewrite(workdir, rundir.CONFIG,
-              lambda saved: {**saved, 'config': upgrade_config(saved['config'])}):
+  if _rewrite(
+      workdir, rundir.CONFIG, lambda saved: {**saved, 'config': upgrade_config(saved['config'])}
+  ):
     rewritten.append(rundir.CONFIG)
   if _rewrite(workdir, rundir.RESULTS, upgrade_results):
     rewritten.append(rundir.RESULTS)
@@ -134,30 +135,39 @@ def run_directories(root: str) -> list[str]:
   names = (rundir.CONFIG, rundir.RESULTS)
   if any(os.path.isfile(os.path.join(root, n)) for n in names):
     return [root]
-  return sorted(dirpath for dirpath, _, filenames in os.walk(root)
-                if any(n in filenames for n in names))
+  return sorted(
+      dirpath for dirpath, _, filenames in os.walk(root) if any(n in filenames for n in names)
+  )
 
 
 def main(argv: list[str]) -> None:
   """Upgrades every run directory named by (or below) the arguments; prints one line for each."""
   parser = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
-  parser.add_argument('workdirs', nargs='+', metavar='WORKDIR',
-                      help='a run directory, or a folder with run directories below it')
+  parser.add_argument(
+      'workdirs',
+      nargs='+',
+      metavar='WORKDIR',
+      help='a run directory, or a folder with run directories below it',
+  )
   args = parser.parse_args(argv)
   for root in args.workdirs:
     if not os.path.isdir(root):
       cli.exit_with_error(f'not a directory: {root}')
     found = run_directories(root)
     if not found:
-      cli.exit_with_error(f'no {rundir.CONFIG} or {rundir.RESULTS} in or below {root}: '
-                          'not a run directory.')
+      cli.exit_with_error(
+          f'no {rundir.CONFIG} or {rundir.RESULTS} in or below {root}: ' 'not a run directory.'
+      )
     for workdir in found:
       try:
         rewritten = upgrade_rundir(workdir)
       except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         cli.exit_with_error(f'{workdir} cannot be upgraded: {e!r}')
-      print(f'upgraded {", ".join(rewritten)}: {workdir}' if rewritten
-            else f'already current: {workdir}')
+      print(
+          f'upgraded {", ".join(rewritten)}: {workdir}'
+          if rewritten
+          else f'already current: {workdir}'
+      )
 
 
 if __name__ == '__main__':

@@ -20,9 +20,13 @@ import jax  # noqa: E402,F401  (before the cache variable below: see there)
 # .hypothesis/ (its unicode tables; the example database is off in the tests that use it).
 # tests/test_compile_cache.py checks that a `main` run started this way leaves $HOME untouched.
 SESSION_DIR = tempfile.mkdtemp(prefix='ganomaly_jax_tests_')
-for _var, _sub in (('JAX_COMPILATION_CACHE_DIR', 'xla'), ('MPLCONFIGDIR', 'matplotlib'),
-                   ('XDG_CACHE_HOME', 'cache'), ('KERAS_HOME', 'keras'),
-                   ('HYPOTHESIS_STORAGE_DIRECTORY', 'hypothesis')):
+for _var, _sub in (
+    ('JAX_COMPILATION_CACHE_DIR', 'xla'),
+    ('MPLCONFIGDIR', 'matplotlib'),
+    ('XDG_CACHE_HOME', 'cache'),
+    ('KERAS_HOME', 'keras'),
+    ('HYPOTHESIS_STORAGE_DIRECTORY', 'hypothesis'),
+):
   os.environ[_var] = os.path.join(SESSION_DIR, _sub)
 
 from absl import flags  # noqa: E402

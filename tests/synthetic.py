@@ -58,8 +58,12 @@ def texture(rng: np.random.Generator, size: int, channels: int) -> np.ndarray:
   return np.clip(np.round(image), 0, 255).astype(np.uint8)
 
 
-def add_square(rng: np.random.Generator, image: np.ndarray, min_side: int | None = None,
-               max_side: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def add_square(
+    rng: np.random.Generator,
+    image: np.ndarray,
+    min_side: int | None = None,
+    max_side: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
   """Paints a bright square at a random place; returns (defect image, uint8 mask in {0, 255})."""
   size = image.shape[0]
   lo = min_side or max(2, size // 6)
@@ -67,9 +71,9 @@ def add_square(rng: np.random.Generator, image: np.ndarray, min_side: int | None
   side = int(rng.integers(lo, hi + 1))
   top, left = rng.integers(0, size - side + 1, size=2)
   out = image.copy()
-  out[top:top + side, left:left + side] = 245
+  out[top : top + side, left : left + side] = 245
   mask = np.zeros(image.shape[:2], np.uint8)
-  mask[top:top + side, left:left + side] = 255
+  mask[top : top + side, left : left + side] = 255
   return out, mask
 
 
@@ -81,9 +85,16 @@ def _save(array: np.ndarray, path: Path) -> Path:
   return path
 
 
-def make_mvtec_folder(root: str | os.PathLike, *, size: int = 32, channels: int = 3,
-                      num_train: int = 24, num_test_good: int = 8, num_test_defect: int = 8,
-                      seed: int = 0) -> FolderInfo:
+def make_mvtec_folder(
+    root: str | os.PathLike,
+    *,
+    size: int = 32,
+    channels: int = 3,
+    num_train: int = 24,
+    num_test_good: int = 8,
+    num_test_defect: int = 8,
+    seed: int = 0,
+) -> FolderInfo:
   """Writes a small MVTec-AD style dataset with ground-truth masks under `root`.
 
   Args:
@@ -124,8 +135,9 @@ class InferFolderInfo:
   grayscale: Path
 
 
-def make_infer_folder(root: str | os.PathLike, source: FolderInfo, *,
-                      seed: int = 1) -> InferFolderInfo:
+def make_infer_folder(
+    root: str | os.PathLike, source: FolderInfo, *, seed: int = 1
+) -> InferFolderInfo:
   """Writes an inference folder: a few test images in nested folders, plus the awkward cases.
 
   Holds RGB test images copied from `source` (one in a nested subfolder), a grayscale image of another
@@ -148,7 +160,7 @@ def make_infer_folder(root: str | os.PathLike, source: FolderInfo, *,
   decodable.append(_save(wide, root / 'nested' / 'wide.jpg'))
   png = (root / 'grey.png').read_bytes()
   corrupt = root / 'corrupt.png'
-  corrupt.write_bytes(png[:len(png) // 3])
+  corrupt.write_bytes(png[: len(png) // 3])
   notes = root / 'notes.txt'
   notes.write_text('not an image\n')
   (root / '.hidden.png').write_bytes(png)
@@ -159,8 +171,10 @@ def make_infer_folder(root: str | os.PathLike, source: FolderInfo, *,
 
 # configs/masked.py:quick at 2 steps, RGB, with dropout so MC-dropout runs, FID asked for without
 # weights (must give null, not a crash) and smoothed maps.
-QUICK_MASKED = ('configs/masked.py:quick,steps=2,channels=3,model.dropout=0.2,eval.mc_samples=2,'
-                'eval.fid=True,eval.smooth_sigma=1.0')
+QUICK_MASKED = (
+    'configs/masked.py:quick,steps=2,channels=3,model.dropout=0.2,eval.mc_samples=2,'
+    'eval.fid=True,eval.smooth_sigma=1.0'
+)
 
 
 @dataclasses.dataclass
@@ -179,8 +193,11 @@ def quick_masked_config(dataset_name: str, spec: str = QUICK_MASKED, **overrides
   from ganomaly_jax.config import arguments, checks
   from ganomaly_jax.experiments import sweep
 
-  return checks.finished(sweep.apply_overrides(
-      arguments.load_config(f'{REPO / spec},dataset={dataset_name}'), overrides))
+  return checks.finished(
+      sweep.apply_overrides(
+          arguments.load_config(f'{REPO / spec},dataset={dataset_name}'), overrides
+      )
+  )
 
 
 def train_quick_masked_run(root: str | os.PathLike, **overrides) -> TrainedRun:
@@ -202,9 +219,13 @@ if __name__ == '__main__':
   if len(sys.argv) not in (2, 3):
     sys.exit('usage: python tests/synthetic.py DATASET_DIR [INFER_DIR]')
   written = make_mvtec_folder(sys.argv[1])
-  print(f'dataset: {written.dataset_name} ({len(written.train)} train, {len(written.test_good)} good '
-        f'+ {len(written.test_defect)} defect test images, {len(written.masks)} masks)')
+  print(
+      f'dataset: {written.dataset_name} ({len(written.train)} train, {len(written.test_good)} good '
+      f'+ {len(written.test_defect)} defect test images, {len(written.masks)} masks)'
+  )
   if len(sys.argv) == 3:
     extra = make_infer_folder(sys.argv[2], written)
-    print(f'inference folder: {extra.root} ({len(extra.decodable)} decodable images, 1 corrupt, '
-          '1 text file, 1 hidden file)')
+    print(
+        f'inference folder: {extra.root} ({len(extra.decodable)} decodable images, 1 corrupt, '
+        '1 text file, 1 hidden file)'
+    )

@@ -27,19 +27,41 @@ def test_peak_table_by_device_kind():
   assert accelerator.peak_tflops('TPU v6 lite', 'bfloat16') == 918.0
   assert accelerator.peak_tflops('TPU v4', 'float32') is None
   assert accelerator.peak_tflops('cpu', 'bfloat16') is None
-  row = {'method': 'ganomaly', 'dtype': 'float32', 'mode': 'train', 'batch': 16, 'img_per_s': 1.0,
-         'step_ms': 1.0, 'compile_s': 1.0, 'peak_mib': None, 'gflop_per_img': 1.0,
-         'tflop_per_s': 2.0, 'device_kind': 'cpu'}
+  row = {
+      'method': 'ganomaly',
+      'dtype': 'float32',
+      'mode': 'train',
+      'batch': 16,
+      'img_per_s': 1.0,
+      'step_ms': 1.0,
+      'compile_s': 1.0,
+      'peak_mib': None,
+      'gflop_per_img': 1.0,
+      'tflop_per_s': 2.0,
+      'device_kind': 'cpu',
+  }
   assert accelerator.add_mfu(dict(row), None)['mfu_pct'] is None
   assert accelerator.add_mfu(dict(row), 4.0)['mfu_pct'] == 50.0
-  assert accelerator.markdown([accelerator.add_mfu(row, None)]).splitlines()[-1].endswith(
-      '| n/a | 1.00 | 2.000 | n/a |')
+  assert (
+      accelerator.markdown([accelerator.add_mfu(row, None)])
+      .splitlines()[-1]
+      .endswith('| n/a | 1.00 | 2.000 | n/a |')
+  )
 
 
 @pytest.mark.slow  # compiles a training step at the study's widths (~45 s on 2 shared cores)
 def test_cpu_smoke_run_prints_the_table():
-  cmd = [sys.executable, os.path.join(REPO, 'bench', 'accelerator.py'), '--isize=32', '--steps=2',
-         '--warmup=1', '--cases=ganomaly', '--dtypes=float32', '--peak_tflops=1', '--json']
+  cmd = [
+      sys.executable,
+      os.path.join(REPO, 'bench', 'accelerator.py'),
+      '--isize=32',
+      '--steps=2',
+      '--warmup=1',
+      '--cases=ganomaly',
+      '--dtypes=float32',
+      '--peak_tflops=1',
+      '--json',
+  ]
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -53,7 +75,11 @@ def test_cpu_smoke_run_prints_the_table():
   for line, row in zip(table[2:], rows):
     cells = dict(zip(header, (c.strip() for c in line.strip('|').split('|'))))
     assert (cells['method'], cells['dtype'], cells['mode'], cells['batch']) == (
-        'ganomaly', 'float32', row['mode'], '16')
+        'ganomaly',
+        'float32',
+        row['mode'],
+        '16',
+    )
     for column in ('img/s', 'ms/step', 'compile s', 'GFLOP/img', 'TFLOP/s', 'MFU %'):
       assert float(cells[column]) > 0, (column, line)
     assert cells['peak MiB'] == 'n/a' or float(cells['peak MiB']) > 0  # CPU keeps no peak

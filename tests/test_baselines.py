@@ -111,6 +111,7 @@ def test_defect_mask_is_exactly_the_changed_region(kind):
 def _ring(mask: np.ndarray) -> np.ndarray:
   """Pixels next to the mask: a stain's blur fades out there, below the mask's threshold."""
   from scipy import ndimage
+
   return ndimage.binary_dilation(mask, iterations=6) & ~mask
 
 
@@ -126,6 +127,7 @@ def test_pca_gives_pixel_metrics_on_folder_masks_knn_does_not(small_textures):
 
 def test_textures_without_scikit_image_is_one_clear_line(monkeypatch, tmp_path):
   import sys
+
   monkeypatch.setitem(sys.modules, 'skimage', None)  # import skimage -> ImportError
   with pytest.raises(textures.TexturesError, match=r'needs scikit-image, a declared dependency'):
     textures.write_textures(str(tmp_path))

@@ -10,9 +10,11 @@ from ganomaly_jax.runtime import checkpoint
 
 
 def _state(value: float) -> dict:
-  return {'step': jnp.asarray(int(value), jnp.int32),
-          'g_params': {'conv': {'kernel': jnp.full((3, 3, 1, 4), value, jnp.float32)}},
-          'rng': jax.random.key(int(value))}
+  return {
+      'step': jnp.asarray(int(value), jnp.int32),
+      'g_params': {'conv': {'kernel': jnp.full((3, 3, 1, 4), value, jnp.float32)}},
+      'rng': jax.random.key(int(value)),
+  }
 
 
 def _data_iter():
@@ -168,9 +170,13 @@ def test_damaged_checkpoints_cost_one_line_each_and_no_traceback(tmp_path):
     store.save(step, _state(float(step)), data)
   store.close()
   copies = []
-  files = sorted(p.relative_to(base) for p in base.rglob('*')
-                 if p.is_file() and p.parts[-4:-2] != ('checkpoints', '1')
-                 and '2/state' in p.relative_to(base).as_posix())
+  files = sorted(
+      p.relative_to(base)
+      for p in base.rglob('*')
+      if p.is_file()
+      and p.parts[-4:-2] != ('checkpoints', '1')
+      and '2/state' in p.relative_to(base).as_posix()
+  )
   for i, rel in enumerate(files):
     copy = tmp_path / f'copy_{i}'
     shutil.copytree(base, copy)
@@ -178,8 +184,13 @@ def test_damaged_checkpoints_cost_one_line_each_and_no_traceback(tmp_path):
       f.truncate((copy / rel).stat().st_size // 2)
     copies.append(copy)
   repo = pathlib.Path(__file__).resolve().parent.parent
-  proc = subprocess.run([sys.executable, '-c', _RESTORE_EACH, *map(str, copies)], cwd=repo,
-                        capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+      [sys.executable, '-c', _RESTORE_EACH, *map(str, copies)],
+      cwd=repo,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   restored = dict(line.split() for line in proc.stdout.splitlines())
   assert set(restored.values()) <= {'1', '2'} and '1' in restored.values()

@@ -63,8 +63,9 @@ def test_compiled_program_is_stored_and_reused(tmp_path, cache_off, cache_events
   assert cache_events.count(HIT) == 1 and MISS not in cache_events, cache_events
 
 
-def test_a_dir_shared_with_uncapped_jax_programs_is_written_uncapped(tmp_path, monkeypatch,
-                                                                     cache_off, recwarn):
+def test_a_dir_shared_with_uncapped_jax_programs_is_written_uncapped(
+    tmp_path, monkeypatch, cache_off, recwarn
+):
   # Another JAX program wrote an entry through JAX's own variable, without the access-time file
   # that a size-capped cache keeps beside each entry; a capped writer fails there (a warning,
   # nothing stored).
@@ -83,8 +84,9 @@ def test_a_dir_shared_with_uncapped_jax_programs_is_written_uncapped(tmp_path, m
   jax.jit(program)(np.arange(7.0, dtype=np.float32))
   stored = [f for f in _entries(shared) if f.startswith('jit_program-')]
   assert stored, _entries(shared)  # stored beside the other program's entry
-  assert not [w for w in recwarn if 'compilation cache' in str(w.message)], [str(w.message)
-                                                                              for w in recwarn]
+  assert not [w for w in recwarn if 'compilation cache' in str(w.message)], [
+      str(w.message) for w in recwarn
+  ]
 
 
 def test_empty_dir_leaves_cache_off(cache_off, cache_events):
@@ -111,7 +113,8 @@ def test_default_dir_honours_jax_variable(tmp_path, monkeypatch):
   monkeypatch.setenv('HOME', str(home))
   # Without the variable: the per-user cache, which enable() expands under $HOME.
   assert compile_cache.enable(schema.base_config().runtime.compile_cache_dir) == str(
-      home / '.cache' / 'ganomaly_jax' / 'xla')
+      home / '.cache' / 'ganomaly_jax' / 'xla'
+  )
   compile_cache.disable()
 
 

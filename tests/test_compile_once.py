@@ -27,10 +27,18 @@ def test_steps_compile_once_across_eval_and_checkpoints(tmp_path, tiny_config):
   # Six steps with evaluation, images and a checkpoint every two: a recompile (a changed static
   # argument, a weak-typed or differently sharded state coming back from eval or the checkpointer)
   # would show up as a second 'Compiling train_step'.
-  config = tiny_config(**{
-      'train.num_steps': 6, 'dataset.max_train': 32, 'dataset.max_test': 16, 'eval.batch_size': 16,
-      'train.eval_every': 2, 'train.checkpoint_every': 2, 'train.image_every': 2,
-      'train.log_every': 1})
+  config = tiny_config(
+      **{
+          'train.num_steps': 6,
+          'dataset.max_train': 32,
+          'dataset.max_test': 16,
+          'eval.batch_size': 16,
+          'train.eval_every': 2,
+          'train.checkpoint_every': 2,
+          'train.image_every': 2,
+          'train.log_every': 1,
+      }
+  )
 
   handler = _CompileLog()
   logger = logging.getLogger('jax')

@@ -25,16 +25,18 @@ def from_flags(*argv: str):
   argv = ['prog', *argv]
   values = flags.FlagValues()
   # config_flags finds the --config.* overrides in sys_argv (sys.argv by default).
-  flag = config_flags.DEFINE_config_file('config', None, 'config', flag_values=values,
-                                         lock_config=True, sys_argv=argv)
+  flag = config_flags.DEFINE_config_file(
+      'config', None, 'config', flag_values=values, lock_config=True, sys_argv=argv
+  )
   values(argv)
   return checks.finished(flag.value)  # as the entry points finish a --config
 
 
 def test_flag_override_of_the_dataset_gives_the_argument_string_config():
   by_arg = load('dataset=mnist,abnormal=3')
-  by_flag = from_flags(f'--config={GANOMALY}', '--config.dataset.name=mnist',
-                       '--config.dataset.abnormal=3')
+  by_flag = from_flags(
+      f'--config={GANOMALY}', '--config.dataset.name=mnist', '--config.dataset.abnormal=3'
+  )
   assert by_flag.to_dict() == by_arg.to_dict()
   # The study's widths and run length, not the embedded digits' 16x16 / 32-wide / 1000 steps.
   assert (by_flag.model.isize, by_flag.model.ngf, by_flag.model.ndf) == (32, 64, 64)
@@ -45,27 +47,42 @@ def test_flag_override_of_the_dataset_gives_the_argument_string_config():
 
 def test_digits_default_quick_and_cars256_presets_are_unchanged():
   digits = load()
-  assert (digits.model.isize, digits.model.ngf, digits.model.ndf, digits.model.channels) == (16, 32, 32, 1)
-  assert (digits.train.num_steps, digits.train.eval_every, digits.train.image_every) == (1000, 250, 500)
+  assert (digits.model.isize, digits.model.ngf, digits.model.ndf, digits.model.channels) == (
+      16,
+      32,
+      32,
+      1,
+  )
+  assert (digits.train.num_steps, digits.train.eval_every, digits.train.image_every) == (
+      1000,
+      250,
+      500,
+  )
   quick = load('quick,dataset=mnist')
   assert (quick.model.isize, quick.model.ngf, quick.train.num_steps) == (16, 8, 4)
-  cars = from_flags(f'--config={os.path.join(REPO, "configs", "masked.py")}:cars256',
-                    '--config.dataset.name=folder:/data/cars')
+  cars = from_flags(
+      f'--config={os.path.join(REPO, "configs", "masked.py")}:cars256',
+      '--config.dataset.name=folder:/data/cars',
+  )
   assert (cars.model.isize, cars.model.channels, cars.model.ngf) == (256, 3, 64)
   assert cars.train.num_steps == 50_000 and cars.dataset.name == 'folder:/data/cars'
 
 
 def test_sweep_override_of_the_dataset_gets_that_datasets_presets(tmp_path):
   sweep_file = tmp_path / 'datasets.py'
-  sweep_file.write_text("def get_sweep():\n  return [{}, {'dataset.name': 'mnist'},"
-                        " {'dataset.name': 'cifar10'}]\n")
+  sweep_file.write_text(
+      "def get_sweep():\n  return [{}, {'dataset.name': 'mnist'}," " {'dataset.name': 'cifar10'}]\n"
+  )
   runs = {r.name: r.config for r in sweep.expand(GANOMALY, str(sweep_file), str(tmp_path / 'runs'))}
   assert runs['baseline'].model.ngf == 32 and runs['baseline'].model.isize == 16
   assert runs['dataset.name-mnist'].to_dict() == load('dataset=mnist').to_dict()
   assert runs['dataset.name-cifar10'].model.channels == 3
   # Applying the override by hand and resolving gives the same as the argument string.
-  by_override = checks.finished(sweep.apply_overrides(
-      arguments.load_config(GANOMALY, finish=False), {'dataset.name': 'mnist'}))
+  by_override = checks.finished(
+      sweep.apply_overrides(
+          arguments.load_config(GANOMALY, finish=False), {'dataset.name': 'mnist'}
+      )
+  )
   assert by_override.to_dict() == load('dataset=mnist').to_dict()
 
 
@@ -78,8 +95,13 @@ def test_folder_data_is_rgb_at_the_study_widths():
 @pytest.mark.parametrize('shape,channels', [((4, 8, 8), 1), ((4, 8, 8, 1), 1), ((4, 8, 8, 3), 3)])
 def test_npz_channels_follow_the_arrays(tmp_path, shape, channels):
   path = tmp_path / 'x.npz'
-  np.savez(path, x_train=np.zeros(shape, np.uint8), y_train=np.zeros(4, int),
-           x_test=np.zeros(shape, np.uint8), y_test=np.zeros(4, int))
+  np.savez(
+      path,
+      x_train=np.zeros(shape, np.uint8),
+      y_train=np.zeros(4, int),
+      x_test=np.zeros(shape, np.uint8),
+      y_test=np.zeros(4, int),
+  )
   by_arg = load(f'dataset=npz:{path}')
   by_flag = from_flags(f'--config={GANOMALY}', f'--config.dataset.name=npz:{path}')
   assert by_arg.model.channels == by_flag.model.channels == channels
@@ -97,8 +119,12 @@ def test_cifar10_trains_rgb_unless_channels_are_set():
   assert load('dataset=cifar10,abnormal=cat', 'skip_ganomaly').model.channels == 3
   assert from_flags(f'--config={GANOMALY}', '--config.dataset.name=cifar10').model.channels == 3
   assert load('dataset=cifar10,channels=1').model.channels == 1
-  assert from_flags(f'--config={GANOMALY}', '--config.dataset.name=cifar10',
-                    '--config.model.channels=1').model.channels == 1
+  assert (
+      from_flags(
+          f'--config={GANOMALY}', '--config.dataset.name=cifar10', '--config.model.channels=1'
+      ).model.channels
+      == 1
+  )
   assert load('dataset=mnist').model.channels == load('dataset=fashion_mnist').model.channels == 1
 
 
@@ -116,7 +142,10 @@ def test_resolve_is_pure_idempotent_and_keeps_explicit_values():
 
 def test_flatten_is_dotted_leaves():
   assert schema.flatten({'a': {'b': 1, 'c': {'d': None}}, 'e': [1, 2], 'f': {}}) == {
-      'a.b': 1, 'a.c.d': None, 'e': [1, 2]}
+      'a.b': 1,
+      'a.c.d': None,
+      'e': [1, 2],
+  }
 
 
 def test_a_saved_config_reloads_equal_and_valid():
@@ -124,6 +153,7 @@ def test_a_saved_config_reloads_equal_and_valid():
   # be the config that trained, or validation refuses mask.cells=[4] against (4,).
   import json
   from ganomaly_jax.config import checks
+
   for method, arg in (('ganomaly', ''), ('grid_mask', 'quick'), ('riad', 'quick')):
     config = schema.resolve(load(arg, method))
     saved = json.loads(json.dumps({'config': config.to_dict()}))['config']

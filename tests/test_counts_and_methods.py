@@ -19,22 +19,54 @@ def counts(spec):
   return param_count.count_parameters(arguments.load_config(os.path.join(REPO, spec)))
 
 
-@pytest.mark.parametrize('spec,g,d', [
-    ('configs/ganomaly.py:dataset=mnist,channels=3', (3_208_960, 3_206_528, 2_432), (664_064, 663_296, 768)),
-    ('configs/ganomaly.py:dataset=mnist,channels=1', (3_202_816, 3_200_384, 2_432), (662_016, 661_248, 768)),
-    ('configs/ganomaly.py:cars256', (143_974_144, 143_950_208, 23_936), (44_747_264, 44_739_328, 7_936)),
-    ('configs/ganomaly_modified.py:cars256', (64_842_880, 64_831_232, 11_648), (17_428_672, 17_424_832, 3_840)),
-    ('configs/skip_ganomaly.py:cars256', (54_423_811, 54_413_955, 9_856), (47_992_896, 47_984_960, 7_936)),
-])
+@pytest.mark.parametrize(
+    'spec,g,d',
+    [
+        (
+            'configs/ganomaly.py:dataset=mnist,channels=3',
+            (3_208_960, 3_206_528, 2_432),
+            (664_064, 663_296, 768),
+        ),
+        (
+            'configs/ganomaly.py:dataset=mnist,channels=1',
+            (3_202_816, 3_200_384, 2_432),
+            (662_016, 661_248, 768),
+        ),
+        (
+            'configs/ganomaly.py:cars256',
+            (143_974_144, 143_950_208, 23_936),
+            (44_747_264, 44_739_328, 7_936),
+        ),
+        (
+            'configs/ganomaly_modified.py:cars256',
+            (64_842_880, 64_831_232, 11_648),
+            (17_428_672, 17_424_832, 3_840),
+        ),
+        (
+            'configs/skip_ganomaly.py:cars256',
+            (54_423_811, 54_413_955, 9_856),
+            (47_992_896, 47_984_960, 7_936),
+        ),
+    ],
+)
 def test_parameter_counts_match_the_study(spec, g, d):
   c = counts(spec)
-  assert (c['generator']['total'], c['generator']['trainable'], c['generator']['non_trainable']) == g
-  assert (c['discriminator']['total'], c['discriminator']['trainable'],
-          c['discriminator']['non_trainable']) == d
+  assert (
+      c['generator']['total'],
+      c['generator']['trainable'],
+      c['generator']['non_trainable'],
+  ) == g
+  assert (
+      c['discriminator']['total'],
+      c['discriminator']['trainable'],
+      c['discriminator']['non_trainable'],
+  ) == d
 
 
 def test_spectral_norm_adds_only_non_trainable_state():
-  plain, sn = counts('configs/ganomaly_modified.py:cars256'), counts('configs/ganomaly_sn.py:cars256')
+  plain, sn = counts('configs/ganomaly_modified.py:cars256'), counts(
+      'configs/ganomaly_sn.py:cars256'
+  )
   assert sn['generator'] == plain['generator']
   assert sn['discriminator']['trainable'] == plain['discriminator']['trainable']
   assert sn['discriminator']['non_trainable'] > plain['discriminator']['non_trainable']
@@ -49,14 +81,19 @@ def test_riad_is_a_plain_unet_without_a_discriminator():
   components = state_lib.build_components(config)
   shape = state_lib.image_shape(config)
   params, stats = jax.eval_shape(
-      lambda: state_lib.init_generator(components, jax.random.key(0), shape))
+      lambda: state_lib.init_generator(components, jax.random.key(0), shape)
+  )
   kernels = {n: s for n, s in _leaves(params).items() if n.endswith('kernel')}
   assert kernels['down_0_conv0/kernel'] == (3, 3, 3, 64)
   assert {s[-1] for n, s in kernels.items() if n.startswith('down_')} == {64, 128, 256, 512}
   assert kernels['out/kernel'] == (1, 1, 64, 3)
-  out = jax.eval_shape(lambda p, s: components.generator.apply(
-      {'params': p, 'batch_stats': s}, np.zeros(shape, np.float32), train=False)['recon'],
-      params, stats)
+  out = jax.eval_shape(
+      lambda p, s: components.generator.apply(
+          {'params': p, 'batch_stats': s}, np.zeros(shape, np.float32), train=False
+      )['recon'],
+      params,
+      stats,
+  )
   assert out.shape == shape
 
 
@@ -86,8 +123,10 @@ class TrainingSpy:
         holes = real_train_holes(*args, **kwargs)
         if self.tracing_train and holes.ndim == 4:  # one hole per image (a grid's K masks: 5-D)
           jax.debug.callback(
-              lambda h: self.hole_fractions.append(np.asarray(h).mean(axis=(1, 2, 3))), holes)
+              lambda h: self.hole_fractions.append(np.asarray(h).mean(axis=(1, 2, 3))), holes
+          )
         return holes
+
       return train_holes
 
     def combine_inpaintings(reconstruct, x, grid, fill):
@@ -100,18 +139,25 @@ class TrainingSpy:
     monkeypatch.setattr(masks, 'combine_inpaintings', combine_inpaintings)
     for name, kind in list(masks.KINDS.items()):
       if kind.train_holes is not None:
-        monkeypatch.setitem(masks.KINDS, name,
-                            dataclasses.replace(kind, train_holes=spy_on(kind.train_holes)))
+        monkeypatch.setitem(
+            masks.KINDS, name, dataclasses.replace(kind, train_holes=spy_on(kind.train_holes))
+        )
 
 
 def _leaves(tree) -> dict[str, tuple[int, ...]]:
   """'path/to/leaf' -> shape for every array in a params or batch_stats tree."""
-  return {'/'.join(str(getattr(k, 'key', k)) for k in path): np.shape(v)
-          for path, v in jax.tree_util.tree_leaves_with_path(tree)}
+  return {
+      '/'.join(str(getattr(k, 'key', k)) for k in path): np.shape(v)
+      for path, v in jax.tree_util.tree_leaves_with_path(tree)
+  }
 
 
 def _kernel_sides(tree) -> set[int]:
-  return {shape[0] for name, shape in _leaves(tree).items() if name.endswith('kernel') and len(shape) == 4}
+  return {
+      shape[0]
+      for name, shape in _leaves(tree).items()
+      if name.endswith('kernel') and len(shape) == 4
+  }
 
 
 @pytest.mark.slow
@@ -119,8 +165,15 @@ def _kernel_sides(tree) -> set[int]:
 def test_every_method_quick_run_writes_results(method, tmp_path, monkeypatch, tiny_config):
   from test_reliability import latest_state
 
-  config = tiny_config(method, **{'train.num_steps': 2, 'dataset.max_train': 32,
-                                  'dataset.max_test': 32, 'eval.batch_size': 16})
+  config = tiny_config(
+      method,
+      **{
+          'train.num_steps': 2,
+          'dataset.max_train': 32,
+          'dataset.max_test': 32,
+          'eval.batch_size': 16,
+      },
+  )
   spy = TrainingSpy(monkeypatch)
   results = train.train_and_evaluate(config, str(tmp_path))
   jax.effects_barrier()  # the debug callbacks of the last step have run

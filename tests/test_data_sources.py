@@ -19,24 +19,34 @@ def load(arg):
 def load_tiny(**args):
   """The tiny GANomaly, 2 steps on at most 32 training and 32 test images, with `args` (a dataset
   set here resolves its own channels)."""
-  return arguments.load_config(tiny.spec(
-      steps=2, **{'dataset.max_train': 32, 'dataset.max_test': 32, 'eval.batch_size': 16}, **args))
+  return arguments.load_config(
+      tiny.spec(
+          steps=2,
+          **{'dataset.max_train': 32, 'dataset.max_test': 32, 'eval.batch_size': 16},
+          **args,
+      )
+  )
 
 
 @pytest.mark.slow
 def test_npz_source_end_to_end_and_protocol(tmp_path):
   rng = np.random.default_rng(0)
   path = tmp_path / 'data.npz'
-  np.savez(path, x_train=rng.integers(0, 255, (60, 20, 20), dtype=np.uint8),
-           y_train=np.arange(60) % 3, x_test=rng.integers(0, 255, (30, 20, 20), dtype=np.uint8),
-           y_test=np.arange(30) % 3)
+  np.savez(
+      path,
+      x_train=rng.integers(0, 255, (60, 20, 20), dtype=np.uint8),
+      y_train=np.arange(60) % 3,
+      x_test=rng.integers(0, 255, (30, 20, 20), dtype=np.uint8),
+      y_test=np.arange(30) % 3,
+  )
   splits = sources.load_splits(load(f'dataset=npz:{path},abnormal=1,isize=16'))
   # Train/val hold normals only; the test set holds test normals + abnormals of both splits (20 + 10).
   assert splits.info['test_abnormal'] == 30 and splits.info['test'] == 50
   assert not splits.train.labels.any() and not splits.val.labels.any()
   assert splits.train.images.shape[1:] == (16, 16, 1)
-  results = train.train_and_evaluate(load_tiny(dataset=f'npz:{path}', abnormal=1),
-                                     str(tmp_path / 'run'))
+  results = train.train_and_evaluate(
+      load_tiny(dataset=f'npz:{path}', abnormal=1), str(tmp_path / 'run')
+  )
   assert 0.0 <= results['image_auroc'] <= 1.0 and results['abnormal'] == 1
 
 
@@ -59,5 +69,7 @@ def test_bad_abnormal_class_is_one_clear_error(abnormal):
 def test_missing_npz_path_is_one_clear_error():
   with pytest.raises(sources.DataError, match='not found'):
     sources.load_splits(load('dataset=npz:/no/such/file.npz,channels=1'))
-  with pytest.raises(ValueError, match='npz dataset not found'):  # resolving its channels says so too
+  with pytest.raises(
+      ValueError, match='npz dataset not found'
+  ):  # resolving its channels says so too
     load('dataset=npz:/no/such/file.npz')

@@ -42,7 +42,9 @@ def declared_distributions(pyproject: str) -> set[str]:
   """Normalised names of the distributions in [project].dependencies (extras and bounds dropped)."""
   with open(pyproject, 'rb') as f:
     project = tomllib.load(f)['project']
-  return {_normalise(re.match(r'[A-Za-z0-9._-]+', spec).group()) for spec in project['dependencies']}
+  return {
+      _normalise(re.match(r'[A-Za-z0-9._-]+', spec).group()) for spec in project['dependencies']
+  }
 
 
 def _normalise(name: str) -> str:
@@ -76,6 +78,8 @@ def test_check_names_an_undeclared_module(tmp_path):
   stripped = re.sub(r'^\s*"(numpy|absl-py)[^"]*",\n', '', source, flags=re.M)
   assert stripped != source
   (tmp_path / 'pyproject.toml').write_text(stripped)
-  missing = undeclared(imported_modules(os.path.join(REPO, PACKAGE)),
-                       declared_distributions(str(tmp_path / 'pyproject.toml')))
+  missing = undeclared(
+      imported_modules(os.path.join(REPO, PACKAGE)),
+      declared_distributions(str(tmp_path / 'pyproject.toml')),
+  )
   assert set(missing) == {'numpy', 'absl'}, missing

@@ -6,8 +6,12 @@ import re
 
 from helpers import REPO
 
-SOURCES = [p for d in ('ganomaly_jax', 'configs', 'bench', 'scripts', 'tests', 'launch')
-           for p in sorted((REPO / d).rglob('*')) if p.suffix in ('.py', '.sh', '.sbatch')]
+SOURCES = [
+    p
+    for d in ('ganomaly_jax', 'configs', 'bench', 'scripts', 'tests', 'launch')
+    for p in sorted((REPO / d).rglob('*'))
+    if p.suffix in ('.py', '.sh', '.sbatch')
+]
 CITATION = re.compile(r'(?<![\w./-])docs/([\w./-]*\w)(?:#([\w-]+))?')
 # Built from pieces so this file does not match itself.
 OUTSIDE = re.compile('REFER' + r'ENCE(\s*§|\.md)')
@@ -45,6 +49,9 @@ def test_every_cited_docs_path_and_section_exists():
 
 
 def test_nothing_cites_the_reference_sheet_outside_the_repository():
-  offenders = [str(p.relative_to(REPO)) for p in SOURCES + [REPO / 'README.md']
-               if OUTSIDE.search(p.read_text(encoding='utf-8'))]
+  offenders = [
+      str(p.relative_to(REPO))
+      for p in SOURCES + [REPO / 'README.md']
+      if OUTSIDE.search(p.read_text(encoding='utf-8'))
+  ]
   assert not offenders, offenders

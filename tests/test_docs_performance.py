@@ -24,7 +24,8 @@ DOC = REPO / 'docs' / 'performance.md'
 FIGURE = re.compile(
     r'(?<![A-Za-z])\d(?:[\d,.]*\d)?\s*'
     r'(?:images/s|img/s|steps/s|[GT]FLOP/s|[KMG]iB|ms|s|min)(?![\w/])'
-    r'|\d\s*[x×]\s+(?:faster|slower)')
+    r'|\d\s*[x×]\s+(?:faster|slower)'
+)
 CITATION = re.compile(re.escape(DOC.relative_to(REPO).as_posix()) + r'#([\w-]+)')
 
 
@@ -35,8 +36,12 @@ def docstrings_and_comments(path: pathlib.Path) -> list[tuple[int, str]]:
   for node in ast.walk(ast.parse(source)):
     if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
       body = node.body
-      if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-          and isinstance(body[0].value.value, str):
+      if (
+          body
+          and isinstance(body[0], ast.Expr)
+          and isinstance(body[0].value, ast.Constant)
+          and isinstance(body[0].value.value, str)
+      ):
         found.append((body[0].lineno, body[0].value.value))
   for token in tokenize.generate_tokens(io.StringIO(source).readline):
     if token.type == tokenize.COMMENT:
@@ -51,31 +56,59 @@ def anchors(markdown: pathlib.Path) -> set[str]:
 
 
 def test_figure_pattern():
-  for text in ('1-5 GFLOP/s', '~470 MiB', '44 -> 17-25 ms forward', '205 vs 187\n  images/s',
-               '2-3x faster', '1,346 MiB', '3.0 img/s', 'took 191 s of runs', 'about 95 min',
-               '~15 s a run'):
+  for text in (
+      '1-5 GFLOP/s',
+      '~470 MiB',
+      '44 -> 17-25 ms forward',
+      '205 vs 187\n  images/s',
+      '2-3x faster',
+      '1,346 MiB',
+      '3.0 img/s',
+      'took 191 s of runs',
+      'about 95 min',
+      '~15 s a run',
+  ):
     assert FIGURE.search(text), text
-  for text in ('slow on these shapes', 'msgs', '4x4x256 -> 8x8x128', 'O(batch)', '2 msec',
-               'Open MPI, k8s', '300 steps', '3 seeds', '10 minutes of'):
+  for text in (
+      'slow on these shapes',
+      'msgs',
+      '4x4x256 -> 8x8x128',
+      'O(batch)',
+      '2 msec',
+      'Open MPI, k8s',
+      '300 steps',
+      '3 seeds',
+      '10 minutes of',
+  ):
     assert not FIGURE.search(text), text
 
 
 def test_no_measured_figures_in_package_or_config_docstrings_or_comments():
   assert CONFIGS
-  offenders = [f'{path.relative_to(REPO)}:{line}: {match.group(0)!r}'
-               for path in PACKAGE + CONFIGS for line, text in docstrings_and_comments(path)
-               for match in FIGURE.finditer(text)]
-  assert not offenders, ('measured figures belong in docs/performance.md (speed, memory) or '
-                         'docs/results.md (results, wall times); in the code say why, and cite the '
-                         'section:\n' + '\n'.join(offenders))
+  offenders = [
+      f'{path.relative_to(REPO)}:{line}: {match.group(0)!r}'
+      for path in PACKAGE + CONFIGS
+      for line, text in docstrings_and_comments(path)
+      for match in FIGURE.finditer(text)
+  ]
+  assert not offenders, (
+      'measured figures belong in docs/performance.md (speed, memory) or '
+      'docs/results.md (results, wall times); in the code say why, and cite the '
+      'section:\n' + '\n'.join(offenders)
+  )
 
 
 def test_cited_performance_sections_exist():
   sections = anchors(DOC)
-  cited = [(str(path.relative_to(REPO)), anchor)
-           for path in PACKAGE + [REPO / 'README.md']
-           for anchor in CITATION.findall(path.read_text(encoding='utf-8'))]
+  cited = [
+      (str(path.relative_to(REPO)), anchor)
+      for path in PACKAGE + [REPO / 'README.md']
+      for anchor in CITATION.findall(path.read_text(encoding='utf-8'))
+  ]
   assert any(source.startswith('ganomaly_jax/') for source, _ in cited)
-  missing = [f'{source} cites docs/performance.md#{anchor}' for source, anchor in cited
-             if anchor not in sections]
+  missing = [
+      f'{source} cites docs/performance.md#{anchor}'
+      for source, anchor in cited
+      if anchor not in sections
+  ]
   assert not missing, missing

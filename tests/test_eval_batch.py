@@ -30,8 +30,10 @@ def _setup(method: str):
     noise = rng.uniform(0.5, 2.0, np.shape(leaf)).astype(np.float32)
     return leaf * noise if 'var' in name else leaf + noise - 1.25
 
-  state = state.replace(g_stats=jax.tree_util.tree_map_with_path(perturb, state.g_stats),
-                        d_stats=jax.tree_util.tree_map_with_path(perturb, state.d_stats))
+  state = state.replace(
+      g_stats=jax.tree_util.tree_map_with_path(perturb, state.g_stats),
+      d_stats=jax.tree_util.tree_map_with_path(perturb, state.d_stats),
+  )
   return config, state, progs.eval_step
 
 
@@ -50,7 +52,10 @@ def test_eval_step_score_ignores_batch_mates_and_padding(method):
       'mates_b': np.concatenate([_images(config, BATCH - 1, 2), x])[::-1],
       'padding': np.concatenate([x, np.zeros((BATCH - 1,) + x.shape[1:], np.uint8)]),
   }
-  scores = {k: np.asarray(eval_fn(state, {'image': pipeline.to_float(b)})['score']) for k, b in batches.items()}
+  scores = {
+      k: np.asarray(eval_fn(state, {'image': pipeline.to_float(b)})['score'])
+      for k, b in batches.items()
+  }
   for key in ('mates_b', 'padding'):
     np.testing.assert_allclose(scores[key][0], scores['mates_a'][0], rtol=1e-5, err_msg=key)
   # The batch-mates themselves do score differently: the comparison above is not vacuous.

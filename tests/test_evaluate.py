@@ -21,8 +21,13 @@ from ganomaly_jax.evaluation import metrics, passes, uncertainty
 from ganomaly_jax.inference import finished_run
 from ganomaly_jax.data import sources
 
-PICTURES = ('loss_curves.png', 'roc_pr.png', 'score_histogram.png', 'extremes.png',
-            'extremes_uncertainty.png')
+PICTURES = (
+    'loss_curves.png',
+    'roc_pr.png',
+    'score_histogram.png',
+    'extremes.png',
+    'extremes_uncertainty.png',
+)
 
 
 def _unit_interval(value) -> bool:
@@ -32,7 +37,9 @@ def _unit_interval(value) -> bool:
 @pytest.mark.slow
 def test_results_hold_image_pixel_and_mc_metrics(masked_run):
   results = json.loads((masked_run.workdir / 'results.json').read_text())
-  assert results == json.loads(json.dumps(masked_run.results))  # what was returned is what was written
+  assert results == json.loads(
+      json.dumps(masked_run.results)
+  )  # what was returned is what was written
   assert results['method'] == 'masked' and results['steps'] == 2
   n_good, n_defect = len(masked_run.data.test_good), len(masked_run.data.test_defect)
   assert results['num_test'] == n_good + n_defect
@@ -84,11 +91,20 @@ def test_mode_eval_reevaluates_the_selected_checkpoint(masked_run, tmp_path):
   shutil.copytree(masked_run.workdir, workdir)
   for name in PICTURES:
     (workdir / name).unlink()
-  config = synthetic.quick_masked_config(masked_run.data.dataset_name, mode='eval',
-                                         **{'eval.mc_samples': 0, 'eval.fid': False})
+  config = synthetic.quick_masked_config(
+      masked_run.data.dataset_name, mode='eval', **{'eval.mc_samples': 0, 'eval.fid': False}
+  )
   results = train.train_and_evaluate(config, str(workdir))
-  for key in ('image_auroc', 'image_ap', 'pixel_auroc', 'pixel_pro', 'score_min', 'score_max',
-              'pixel_map_max', 'selected_step'):
+  for key in (
+      'image_auroc',
+      'image_ap',
+      'pixel_auroc',
+      'pixel_pro',
+      'score_min',
+      'score_max',
+      'pixel_map_max',
+      'selected_step',
+  ):
     assert results[key] == pytest.approx(masked_run.results[key]), key
   assert 'mc_auroc' not in results and 'fid_normal' not in results
   for name in PICTURES[:-1]:
@@ -149,12 +165,20 @@ def test_maps_above_the_old_range_are_not_clipped():
   # The streaming pass of the final evaluation spans the range of the map in use.
   def eval_maps(state, batch):
     x = np.asarray(batch['image'])
-    return {'score': x.mean(axis=(1, 2, 3)), 'l1': x.mean(axis=(1, 2, 3)),
-            'map': jax.numpy.asarray(_map_above_two(x))}
+    return {
+        'score': x.mean(axis=(1, 2, 3)),
+        'l1': x.mean(axis=(1, 2, 3)),
+        'map': jax.numpy.asarray(_map_above_two(x)),
+    }
 
   outputs = passes.collect_test_outputs(
-      eval_maps, None, source, parallel.make_mesh(jax.devices()[:1]), 4,
-      map_max_value=losses.MAPS['ssim_msgms'].max_value)
+      eval_maps,
+      None,
+      source,
+      parallel.make_mesh(jax.devices()[:1]),
+      4,
+      map_max_value=losses.MAPS['ssim_msgms'].max_value,
+  )
   assert outputs.pixel.max_value == 3.0 and outputs.pixel.clipped == 0
   assert outputs.pixel.auroc() == pytest.approx(1.0)
   assert outputs.map_max == pytest.approx(2.6)
@@ -184,10 +208,12 @@ def test_mc_dropout_variance_matches_sample_loop(masked_run):
 
   @jax.jit
   def both(state, x):  # one compilation: the scan under test and N independent reconstructions
-    one = lambda k: step_lib.reconstruct_for_eval(components, step_config, state, x, rng=k,
-                                                  stochastic=True)['recon']
-    mc = uncertainty.mc_dropout(state, x, rng, components=components,
-                                step_config=step_config, num_samples=3)
+    one = lambda k: step_lib.reconstruct_for_eval(
+        components, step_config, state, x, rng=k, stochastic=True
+    )['recon']
+    mc = uncertainty.mc_dropout(
+        state, x, rng, components=components, step_config=step_config, num_samples=3
+    )
     return mc, jax.vmap(one)(keys)
 
   out, samples = both(state, x)
@@ -198,8 +224,9 @@ def test_mc_dropout_variance_matches_sample_loop(masked_run):
   np.testing.assert_allclose(np.asarray(out['mc_mean']), samples.mean(axis=0), atol=1e-5)
   assert float(np.min(out['mc_score'])) > 0  # dropout really perturbs the reconstructions
   with pytest.raises(ValueError, match='at least 2'):
-    uncertainty.mc_dropout(state, x, rng, components=components, step_config=step_config,
-                           num_samples=1)
+    uncertainty.mc_dropout(
+        state, x, rng, components=components, step_config=step_config, num_samples=1
+    )
 
 
 # --- Image metrics: the deployable threshold and the oracle F1, against scikit-learn ---------------
@@ -225,7 +252,9 @@ def test_metrics_at_the_threshold_match_sklearn(threshold):
   tn, fp, fn, tp = skm.confusion_matrix(LABELS, predicted, labels=[0, 1]).ravel()
   assert got['threshold'] == threshold
   assert got['image_f1'] == pytest.approx(skm.f1_score(LABELS, predicted, zero_division=0))
-  assert got['image_precision'] == pytest.approx(skm.precision_score(LABELS, predicted, zero_division=0))
+  assert got['image_precision'] == pytest.approx(
+      skm.precision_score(LABELS, predicted, zero_division=0)
+  )
   assert got['image_recall'] == pytest.approx(skm.recall_score(LABELS, predicted, zero_division=0))
   assert got['image_fpr'] == pytest.approx(fp / (fp + tn))
 
@@ -268,6 +297,7 @@ def test_eval_batches_each_process_decodes_only_its_slice():
   from ganomaly_jax.data import pipeline
 
   class Counting:
+
     def __init__(self, n):
       self.images = np.arange(n * 4, dtype=np.uint8).reshape(n, 2, 2, 1)
       self.reads = []
@@ -281,15 +311,19 @@ def test_eval_batches_each_process_decodes_only_its_slice():
 
   whole = list(pipeline.eval_batches(Counting(10), 4))
   sources = [Counting(10) for _ in range(2)]
-  parts = [list(pipeline.eval_batches(sources[p], 4, process_index=p, process_count=2))
-           for p in range(2)]
+  parts = [
+      list(pipeline.eval_batches(sources[p], 4, process_index=p, process_count=2)) for p in range(2)
+  ]
   assert len(whole) == len(parts[0]) == len(parts[1]) == 3
   for b, batch in enumerate(whole):
     for key in ('image', 'label', 'valid'):
       np.testing.assert_array_equal(
-          np.concatenate([parts[0][b][key], parts[1][b][key]]), batch[key], err_msg=key)
-    np.testing.assert_array_equal(np.concatenate([parts[0][b]['index'], parts[1][b]['index']]),
-                                  np.where(batch['valid'], np.arange(4) + 4 * b, -1))
+          np.concatenate([parts[0][b][key], parts[1][b][key]]), batch[key], err_msg=key
+      )
+    np.testing.assert_array_equal(
+        np.concatenate([parts[0][b]['index'], parts[1][b]['index']]),
+        np.where(batch['valid'], np.arange(4) + 4 * b, -1),
+    )
   # Process 0 holds rows 8-9 of the last batch, process 1 only padding (one read for its shape).
   assert set(sources[0].reads) == {0, 1, 4, 5, 8, 9}
   assert set(sources[1].reads) - {0} == {2, 3, 6, 7}

@@ -82,14 +82,20 @@ _TRAIN_ROWS = {
     # --config.train.lr=nan (no such key): three chained tracebacks before.
     'unknown_key': lambda tmp: (['--config.train.lr=nan'], ["no key 'train.lr'"]),
     # --config=configs/nosuchmethod.py: an absl traceback before.
-    'missing_config_file': lambda tmp: (['--config=configs/nosuchmethod.py'],
-                                        ['config file not found: configs/nosuchmethod.py']),
+    'missing_config_file': lambda tmp: (
+        ['--config=configs/nosuchmethod.py'],
+        ['config file not found: configs/nosuchmethod.py'],
+    ),
     # --config.optim.g_lr=nan: trained, then 'Divergence at step 2' before.
-    'non_finite_number': lambda tmp: (['--config.optim.g_lr=nan'],
-                                      ['optim.g_lr=nan is not a finite number']),
+    'non_finite_number': lambda tmp: (
+        ['--config.optim.g_lr=nan'],
+        ['optim.g_lr=nan is not a finite number'],
+    ),
     # --config.model.isize=48: a JAX shape traceback before.
-    'isize_48': lambda tmp: (['--config.model.isize=48'],
-                             ['model.isize=48', 'does not reduce the image to 1x1']),
+    'isize_48': lambda tmp: (
+        ['--config.model.isize=48'],
+        ['model.isize=48', 'does not reduce the image to 1x1'],
+    ),
     # A 7x40 mask for a 32x32 image: used for pixel AUROC / PRO before.
     'mask_of_another_size': _mask_row,
 }
@@ -135,8 +141,12 @@ def _tmpfs(mount: pathlib.Path, size: str):
   mount.mkdir()
   if os.geteuid() != 0 or not shutil.which('mount'):
     pytest.skip('mounting a tmpfs needs root')
-  done = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs', str(mount)],
-                        capture_output=True, text=True, check=False)
+  done = subprocess.run(
+      ['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs', str(mount)],
+      capture_output=True,
+      text=True,
+      check=False,
+  )
   if done.returncode:
     pytest.skip(f'cannot mount a tmpfs here: {done.stderr.strip()}')
   try:
@@ -150,14 +160,18 @@ def test_a_disk_filled_by_someone_else_stops_the_run_with_one_line(eight_megabyt
   """The disk fills between two checkpoints: the run stops at the next one with one line, without
   orbax's tracebacks, and resumes from the last good checkpoint once space is freed."""
   workdir = eight_megabyte_disk / 'run'
-  every = ['--config.train.log_every=1'] + [f'--config.train.{k}=100' for k in
-                                            ('checkpoint_every', 'eval_every', 'image_every')]
+  every = ['--config.train.log_every=1'] + [
+      f'--config.train.{k}=100' for k in ('checkpoint_every', 'eval_every', 'image_every')
+  ]
   proc = run_main(str(workdir), '--config.train.num_steps=100000', *every, wait=False)
   try:
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-      if ((workdir / 'checkpoints' / '100').is_dir() and (workdir / rundir.CURVES).exists()
-          and max(_curve_steps(workdir)) >= 110):
+      if (
+          (workdir / 'checkpoints' / '100').is_dir()
+          and (workdir / rundir.CURVES).exists()
+          and max(_curve_steps(workdir)) >= 110
+      ):
         break
       time.sleep(0.2)
     assert proc.poll() is None, proc.communicate()[1][-3000:]
@@ -182,8 +196,10 @@ def test_a_disk_filled_by_someone_else_stops_the_run_with_one_line(eight_megabyt
 
 def test_free_space_is_checked_before_anything_is_written(tmp_path, monkeypatch):
   monkeypatch.setattr(disk, 'free_bytes', lambda workdir: 10**6)
-  with pytest.raises(rundir.TrainingError, match=r'not enough space for .*run: 1\.0 MB free.*needs '
-                                                r'about \d+\.\d MB') as info:
+  with pytest.raises(
+      rundir.TrainingError,
+      match=r'not enough space for .*run: 1\.0 MB free.*needs ' r'about \d+\.\d MB',
+  ) as info:
     train.train_and_evaluate(tiny_config(), str(tmp_path / 'run'))
   assert '\n' not in str(info.value)
   assert not (tmp_path / 'run').exists()
@@ -220,8 +236,11 @@ def test_a_disk_that_fills_during_the_run_stops_with_one_line_and_resumes(tmp_pa
 def test_second_launch_refused_then_killed_run_resumes_with_trimmed_curves(tmp_path):
   """Rows 'the same train command started twice' and 'SIGKILL during training, then resume'."""
   workdir = tmp_path / 'run'
-  flags = ['--config.train.num_steps=100000', '--config.train.log_every=1',
-           '--config.train.checkpoint_every=3']
+  flags = [
+      '--config.train.num_steps=100000',
+      '--config.train.log_every=1',
+      '--config.train.checkpoint_every=3',
+  ]
   first = run_main(str(workdir), *flags, wait=False)
   try:
     deadline = time.time() + 240
@@ -243,8 +262,12 @@ def test_second_launch_refused_then_killed_run_resumes_with_trimmed_curves(tmp_p
   assert restored is not None and restored % 3 == 0
   assert max(_curve_steps(workdir)) > restored  # rows past the checkpoint, as the issue saw
 
-  third = run_main(str(workdir), f'--config.train.num_steps={restored + 1}',
-                   '--config.train.log_every=1', '--config.train.checkpoint_every=3')
+  third = run_main(
+      str(workdir),
+      f'--config.train.num_steps={restored + 1}',
+      '--config.train.log_every=1',
+      '--config.train.checkpoint_every=3',
+  )
   assert third.returncode == 0, third.stderr[-3000:]  # the dead run's lock did not block
   assert f'Resumed from step {restored}.' in third.stderr
   assert _curve_steps(workdir) == list(range(1, restored + 2))  # no duplicate, no stale row
@@ -259,16 +282,23 @@ def test_damaged_latest_checkpoint_is_named_moved_aside_and_the_older_one_used(t
   overrides = {'dataset.name': f'folder:{data}', 'model.channels': 3}
   train.train_and_evaluate(tiny_config(**overrides, **{'train.num_steps': 4}), str(workdir))
   with open(workdir / rundir.DATA_REPORT) as f:
-    skipped = {r: [os.path.basename(p) for p in v['paths']]
-               for r, v in json.load(f)['skipped'].items() if v['count']}
+    skipped = {
+        r: [os.path.basename(p) for p in v['paths']]
+        for r, v in json.load(f)['skipped'].items()
+        if v['count']
+    }
   assert skipped == {'unreadable': ['loop.png'], 'not_a_file': ['pipe.png', 'zero.png']}
 
   files = [p for p in (workdir / 'checkpoints' / '4').rglob('*') if p.is_file()]
   largest = max(files, key=lambda p: p.stat().st_size)
   with open(largest, 'r+b') as f:
     f.truncate(largest.stat().st_size // 2)
-  proc = run_main(str(workdir), f'--config.dataset.name=folder:{data}',
-                  '--config.model.channels=3', '--config.train.num_steps=6')
+  proc = run_main(
+      str(workdir),
+      f'--config.dataset.name=folder:{data}',
+      '--config.model.channels=3',
+      '--config.train.num_steps=6',
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   named = [line for line in proc.stderr.splitlines() if 'cannot be restored' in line]
   assert len(named) == 1 and f'{workdir}/checkpoints/4 ' in named[0], proc.stderr[-3000:]
@@ -282,17 +312,27 @@ def test_damaged_latest_checkpoint_is_named_moved_aside_and_the_older_one_used(t
 # --- Infer command ------------------------------------------------------------------------------
 
 # The table's hostile names, and one whose relative path carries a whole <script> element.
-_HOSTILE = ['<!--<script>.png', 'hash#1.png', 'q?x.png', 'pct%41.png', 'dup.png', 'dup.jpg',
-            'dup_png.png', 'a' * 251 + '.png', 'a' * 251 + '.jpg',
-            f'</script><script>{_RUN}</script>.png']
+_HOSTILE = [
+    '<!--<script>.png',
+    'hash#1.png',
+    'q?x.png',
+    'pct%41.png',
+    'dup.png',
+    'dup.jpg',
+    'dup_png.png',
+    'a' * 251 + '.png',
+    'a' * 251 + '.jpg',
+    f'</script><script>{_RUN}</script>.png',
+]
 
 
 def _infer_cli(*args: str, timeout: int = 180, wait: bool = True):
   cmd = [sys.executable, '-m', 'ganomaly_jax.infer', *args]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
   if not wait:
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
   return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -336,7 +376,7 @@ def test_infer_on_hostile_names_then_refuses_then_overwrites(masked_run, tmp_pat
   assert len(maps) == len(names) and all(len(p.name.encode()) <= 200 for p in maps)
   assert not [p for p in os.listdir(out) if p.startswith('.infer-')]
   page = (out / 'index.html').read_text(encoding='utf-8')
-  skipped = page[page.index('id="skipped"'):page.index('id="entries"')]
+  skipped = page[page.index('id="skipped"') : page.index('id="entries"')]
   assert 'not_a_file (2)' in skipped and 'unreadable (1)' in skipped
   assert str(images / 'pipe.png') in skipped
 
@@ -371,7 +411,8 @@ def test_infer_on_hostile_names_then_refuses_then_overwrites(masked_run, tmp_pat
   with open(out / 'scores.csv', newline='') as f:
     assert [r['anomalous'] for r in csv.DictReader(f)] == ['', '']
   assert 'No anomalous / normal verdicts: the run has no results.json' in (
-      out / 'index.html').read_text(encoding='utf-8')
+      out / 'index.html'
+  ).read_text(encoding='utf-8')
   assert sorted(p.name for p in (out / 'maps').rglob('*')) == ['defect.png', 'good.png']
   assert sorted(os.listdir(out)) == ['index.html', 'maps', 'scores.csv']
 
@@ -384,8 +425,14 @@ def test_sigterm_during_inference_removes_the_staging_folder(masked_run, tmp_pat
     shutil.copy(masked_run.data.test_good[i % len(masked_run.data.test_good)], images / f'{i}.png')
   out.mkdir()
   (out / 'keep.txt').write_text('mine')
-  proc = _infer_cli(f'--workdir={masked_run.workdir}', f'--images={images}', f'--out={out}',
-                    '--batch_size=2', '--decode_threads=0', wait=False)
+  proc = _infer_cli(
+      f'--workdir={masked_run.workdir}',
+      f'--images={images}',
+      f'--out={out}',
+      '--batch_size=2',
+      '--decode_threads=0',
+      wait=False,
+  )
   deadline = time.time() + 120
   while time.time() < deadline and proc.poll() is None:
     if any(p.startswith('.infer-') for p in os.listdir(out)):

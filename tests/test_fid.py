@@ -21,19 +21,61 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # (in, out, kh, kw) of every BasicConv2d of torchvision's Inception-v3 trunk (pytorch-fid's FID variant
 # has the same layers; only pooling differs), written out independently of fid.py.
-_A = lambda i, p: [(i, 64, 1, 1), (i, 48, 1, 1), (48, 64, 5, 5), (i, 64, 1, 1), (64, 96, 3, 3),
-                   (96, 96, 3, 3), (i, p, 1, 1)]
+_A = lambda i, p: [
+    (i, 64, 1, 1),
+    (i, 48, 1, 1),
+    (48, 64, 5, 5),
+    (i, 64, 1, 1),
+    (64, 96, 3, 3),
+    (96, 96, 3, 3),
+    (i, p, 1, 1),
+]
 _B = lambda i: [(i, 384, 3, 3), (i, 64, 1, 1), (64, 96, 3, 3), (96, 96, 3, 3)]
-_C = lambda i, c: [(i, 192, 1, 1), (i, c, 1, 1), (c, c, 1, 7), (c, 192, 7, 1), (i, c, 1, 1),
-                   (c, c, 7, 1), (c, c, 1, 7), (c, c, 7, 1), (c, 192, 1, 7), (i, 192, 1, 1)]
-_D = lambda i: [(i, 192, 1, 1), (192, 320, 3, 3), (i, 192, 1, 1), (192, 192, 1, 7), (192, 192, 7, 1),
-                (192, 192, 3, 3)]
-_E = lambda i: [(i, 320, 1, 1), (i, 384, 1, 1), (384, 384, 1, 3), (384, 384, 3, 1), (i, 448, 1, 1),
-                (448, 384, 3, 3), (384, 384, 1, 3), (384, 384, 3, 1), (i, 192, 1, 1)]
-TRUNK_CONVS = ([(3, 32, 3, 3), (32, 32, 3, 3), (32, 64, 3, 3), (64, 80, 1, 1), (80, 192, 3, 3)]
-               + _A(192, 32) + _A(256, 64) + _A(288, 64) + _B(288)
-               + _C(768, 128) + _C(768, 160) + _C(768, 160) + _C(768, 192)
-               + _D(768) + _E(1280) + _E(2048))
+_C = lambda i, c: [
+    (i, 192, 1, 1),
+    (i, c, 1, 1),
+    (c, c, 1, 7),
+    (c, 192, 7, 1),
+    (i, c, 1, 1),
+    (c, c, 7, 1),
+    (c, c, 1, 7),
+    (c, c, 7, 1),
+    (c, 192, 1, 7),
+    (i, 192, 1, 1),
+]
+_D = lambda i: [
+    (i, 192, 1, 1),
+    (192, 320, 3, 3),
+    (i, 192, 1, 1),
+    (192, 192, 1, 7),
+    (192, 192, 7, 1),
+    (192, 192, 3, 3),
+]
+_E = lambda i: [
+    (i, 320, 1, 1),
+    (i, 384, 1, 1),
+    (384, 384, 1, 3),
+    (384, 384, 3, 1),
+    (i, 448, 1, 1),
+    (448, 384, 3, 3),
+    (384, 384, 1, 3),
+    (384, 384, 3, 1),
+    (i, 192, 1, 1),
+]
+TRUNK_CONVS = (
+    [(3, 32, 3, 3), (32, 32, 3, 3), (32, 64, 3, 3), (64, 80, 1, 1), (80, 192, 3, 3)]
+    + _A(192, 32)
+    + _A(256, 64)
+    + _A(288, 64)
+    + _B(288)
+    + _C(768, 128)
+    + _C(768, 160)
+    + _C(768, 160)
+    + _C(768, 192)
+    + _D(768)
+    + _E(1280)
+    + _E(2048)
+)
 
 # torchvision inception_v3 reports 27,161,264 parameters. Minus AuxLogits (conv0 768->128 1x1 + BN,
 # conv1 128->768 5x5 + BN, fc 768->1000: 3,326,696) and the 1000-way fc (2048*1000 + 1000 = 2,049,000)
@@ -53,8 +95,9 @@ def _random_flat(seed: int = 0) -> dict[str, np.ndarray]:
   flat = {}
   for key, shape in _flat_expected().items():
     if key.endswith('kernel'):
-      flat[key] = (rng.standard_normal(shape, np.float32) * np.sqrt(2.0 / np.prod(shape[:-1]))).astype(
-          np.float32)
+      flat[key] = (
+          rng.standard_normal(shape, np.float32) * np.sqrt(2.0 / np.prod(shape[:-1]))
+      ).astype(np.float32)
     elif key.endswith(('scale', 'var')):
       flat[key] = np.ones(shape, np.float32)
     else:
@@ -64,8 +107,13 @@ def _random_flat(seed: int = 0) -> dict[str, np.ndarray]:
 
 def _flax_to_torch(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """Inverse of the mapping under test, written independently: a fake pytorch-fid state_dict."""
-  leaves = {('params', 'kernel'): 'weight', ('params', 'scale'): 'weight', ('params', 'bias'): 'bias',
-            ('batch_stats', 'mean'): 'running_mean', ('batch_stats', 'var'): 'running_var'}
+  leaves = {
+      ('params', 'kernel'): 'weight',
+      ('params', 'scale'): 'weight',
+      ('params', 'bias'): 'bias',
+      ('batch_stats', 'mean'): 'running_mean',
+      ('batch_stats', 'var'): 'running_var',
+  }
   sd = {}
   for key, value in flat.items():
     collection, *modules, leaf = key.split('/')
@@ -94,7 +142,7 @@ def test_frechet_distance_diagonal_closed_form():
   d = 16
   mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
   s1, s2 = rng.uniform(0.1, 3.0, d), rng.uniform(0.1, 3.0, d)
-  expected = np.sum((mu1 - mu2)**2) + np.sum(s1 + s2 - 2.0 * np.sqrt(s1 * s2))
+  expected = np.sum((mu1 - mu2) ** 2) + np.sum(s1 + s2 - 2.0 * np.sqrt(s1 * s2))
   got = fid.frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2))
   assert isinstance(got, float)
   np.testing.assert_allclose(got, expected, rtol=1e-10)

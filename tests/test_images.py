@@ -16,8 +16,16 @@ from ganomaly_jax.data import images
 
 # Usable training files and the (stored) shape each is built with.
 GOOD_TRAIN = (
-    'cmyk.jpg', 'exif_rot.jpg', 'good.jpg', 'good_rgb.png', 'gray.png', 'gray16.png',
-    'palette.gif', 'palette.png', 'rgba.png')
+    'cmyk.jpg',
+    'exif_rot.jpg',
+    'good.jpg',
+    'good_rgb.png',
+    'gray.png',
+    'gray16.png',
+    'palette.gif',
+    'palette.png',
+    'rgba.png',
+)
 BROKEN_TRAIN = {
     'too_small': ['tiny.png'],
     'empty_file': ['empty.png'],
@@ -52,7 +60,8 @@ def _write_train(d) -> None:
   g16 = np.tile(np.array([0, 256, 32768, 65535], np.uint16), (16, 4))
   Image.fromarray(g16).save(d / 'gray16.png')
   pal = Image.fromarray(np.tile(np.arange(16, dtype=np.uint8) * 16, (16, 1))).convert(
-      'P', palette=Image.Palette.ADAPTIVE, colors=16)
+      'P', palette=Image.Palette.ADAPTIVE, colors=16
+  )
   pal.save(d / 'palette.gif')
   pal.save(d / 'palette.png')
   Image.new('CMYK', (16, 12), (0, 255, 255, 0)).save(d / 'cmyk.jpg')  # pure red in CMYK
@@ -62,7 +71,7 @@ def _write_train(d) -> None:
   _noise_rgb(2, 2).save(d / 'tiny.png')
   (d / 'empty.png').write_bytes(b'')
   full = _jpeg_bytes(_noise_rgb(64, 64, seed=3))
-  (d / 'truncated.jpg').write_bytes(full[:len(full) // 2])
+  (d / 'truncated.jpg').write_bytes(full[: len(full) // 2])
   (d / 'random.jpg').write_bytes(np.random.default_rng(4).bytes(2048))
   (d / 'notes.txt').write_text('not an image\n')
   (d / '.DS_Store').write_bytes(b'\x00\x00\x00\x01Bud1' + b'\x00' * 64)
@@ -113,7 +122,11 @@ def test_scan_counts_per_reason(index, dataset):
   assert index.test_defects == ['crack', 'good', 'scratch', 'scratch']
   assert index.test_labels == [1, 0, 1, 1]
   assert index.test_mask_paths == [
-      None, None, str(dataset / 'ground_truth' / 'scratch' / '000_mask.png'), None]
+      None,
+      None,
+      str(dataset / 'ground_truth' / 'scratch' / '000_mask.png'),
+      None,
+  ]
   assert index.bad_masks == {str(dataset / 'ground_truth' / 'crack' / '000_mask.png'): 'corrupt'}
 
 
@@ -206,13 +219,14 @@ def test_bad_image_reasons(dataset, tmp_path):
 
 def test_decode_bytes(dataset):
   data = (dataset / 'train' / 'good' / 'good.jpg').read_bytes()
-  np.testing.assert_array_equal(images.decode_image(data, 3),
-                                images.decode_image(_train(dataset, 'good.jpg'), 3))
+  np.testing.assert_array_equal(
+      images.decode_image(data, 3), images.decode_image(_train(dataset, 'good.jpg'), 3)
+  )
   with pytest.raises(images.BadImage) as e:
     images.decode_image(b'', 3)
   assert e.value.reason == 'empty_file' and e.value.path is None
   with pytest.raises(images.BadImage) as e:
-    images.decode_image(data[:len(data) // 2], 3)
+    images.decode_image(data[: len(data) // 2], 3)
   assert e.value.reason == 'corrupt'
 
 
@@ -227,6 +241,7 @@ def test_float_and_bilevel_modes():
 
 def test_bad_image_pickles():
   import pickle  # pylint: disable=import-outside-toplevel
+
   e = pickle.loads(pickle.dumps(images.BadImage('corrupt', '/x.jpg', 'truncated')))
   assert (e.reason, e.path, e.detail) == ('corrupt', '/x.jpg', 'truncated')
   with pytest.raises(ValueError):
@@ -250,7 +265,8 @@ def test_report_round_trips(index, tmp_path):
   assert report['scanned'] == index.num_scanned
   assert report['usable'] == {'train': len(GOOD_TRAIN), 'test': 4}
   assert {r: v['count'] for r, v in report['skipped'].items() if v['count']} == {
-      r: len(n) for r, n in BROKEN_TRAIN.items()}
+      r: len(n) for r, n in BROKEN_TRAIN.items()
+  }
   assert set(report['skipped']) == set(images.REASONS)
   assert report['converted']['L->RGB'] >= 1 and report['converted']['exif_transpose'] == 1
   assert report['masks'] == {'found': 1, 'missing': 1, 'bad': index.bad_masks}
@@ -283,8 +299,9 @@ def test_a_mask_of_another_size_than_its_image_is_refused_by_name(dataset, tmp_p
   import shutil
 
   root = tmp_path / 'carpet'
-  shutil.copytree(dataset, root, symlinks=True, ignore=lambda d, names: [
-      n for n in names if n in ('fifo.png',)])
+  shutil.copytree(
+      dataset, root, symlinks=True, ignore=lambda d, names: [n for n in names if n in ('fifo.png',)]
+  )
   mask = root / 'ground_truth' / 'scratch' / '000_mask.png'
   Image.fromarray(np.zeros((40, 7), np.uint8)).save(mask)
   message = _error(root)
@@ -339,6 +356,7 @@ def test_32bit_int_mode_read_as_16bit():
 
 def test_pil_warnings_do_not_crash(monkeypatch):
   import warnings  # pylint: disable=import-outside-toplevel
+
   monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 100)
   buf = io.BytesIO()
   _noise_rgb(12, 12).save(buf, format='PNG')  # 144 px: over the limit -> warning only

@@ -36,8 +36,14 @@ class InferRun:
 
 def _cli(*args: str, timeout: int = 180) -> subprocess.CompletedProcess:
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
-  return subprocess.run([sys.executable, '-m', 'ganomaly_jax.infer', *args], cwd=synthetic.REPO,
-                        env=env, capture_output=True, text=True, timeout=timeout)
+  return subprocess.run(
+      [sys.executable, '-m', 'ganomaly_jax.infer', *args],
+      cwd=synthetic.REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+  )
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -87,8 +93,10 @@ def test_anomalous_column_uses_the_runs_raw_threshold(masked_run, inferred):
   # The paged report renders its cards from the embedded index: each entry carries the same verdict.
   index = re.search(r'<script type="application/json" id="index">(.*?)</script>', page, re.S)
   verdicts = {name: flag for name, _, _, flag in json.loads(index.group(1))['entries']}
-  by_name = {Path(r['path']).relative_to(inferred.folder.root).as_posix(): int(r['anomalous'])
-             for r in rows}
+  by_name = {
+      Path(r['path']).relative_to(inferred.folder.root).as_posix(): int(r['anomalous'])
+      for r in rows
+  }
   assert verdicts == by_name  # cards carry the image's real name, extension included
   assert 'images_anomalous' in page and 'threshold_quantile' in page
 
@@ -104,7 +112,7 @@ def test_maps_exist_for_every_scored_image(inferred):
 @pytest.mark.slow
 def test_skipped_files_listed_and_nothing_lost(inferred):
   page = (inferred.out / 'index.html').read_text(encoding='utf-8')
-  skipped = page[page.index('id="skipped"'):page.index('id="entries"')]
+  skipped = page[page.index('id="skipped"') : page.index('id="entries"')]
   assert str(inferred.folder.corrupt) in skipped and 'corrupt (1)' in skipped
   assert str(inferred.folder.not_an_image) in skipped and 'not_an_image (1)' in skipped
   assert '.hidden.png' not in page
@@ -124,8 +132,10 @@ def test_report_renders_one_entry_per_image_in_chromium(inferred, tmp_path):
   # The paged report embeds no pixels: every card's picture is a map PNG under OUT that decodes and
   # is one of the maps infer wrote.
   assert not browser.embedded_images(dom)
-  shown = [re.search(r'src="([^"]*)"', tag).group(1)
-           for tag in re.findall(r'<img [^>]*>', dom[dom.index('id="entries"'):])]
+  shown = [
+      re.search(r'src="([^"]*)"', tag).group(1)
+      for tag in re.findall(r'<img [^>]*>', dom[dom.index('id="entries"') :])
+  ]
   assert len(shown) == n and all(src.startswith('maps/') for src in shown)
   written = {p.relative_to(inferred.out).as_posix() for p in (inferred.out / 'maps').rglob('*.png')}
   assert set(shown) == written
@@ -142,7 +152,9 @@ def test_workdir_without_checkpoint_is_one_error_line(masked_run, tmp_path):
   images = tmp_path / 'images'
   images.mkdir()
   shutil.copy(masked_run.data.test_good[0], images / 'a.png')
-  proc = _cli(f'--workdir={workdir}', f'--images={images}', f'--out={tmp_path / "out"}', timeout=120)
+  proc = _cli(
+      f'--workdir={workdir}', f'--images={images}', f'--out={tmp_path / "out"}', timeout=120
+  )
   assert proc.returncode == 1
   errors = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
   assert len(errors) == 1 and 'no checkpoint' in errors[0], proc.stderr[-2000:]
@@ -162,8 +174,10 @@ def test_folder_errors(masked_run, tmp_path):
     scoring.infer(workdir, str(empty), str(tmp_path / 'out'))
   (empty / 'sub' / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\nnope')
   (empty / 'readme.md').write_text('hi')
-  with pytest.raises(finished_run.InferError,
-                     match=r'no decodable image .*all skipped: corrupt: 1, not_an_image: 1'):
+  with pytest.raises(
+      finished_run.InferError,
+      match=r'no decodable image .*all skipped: corrupt: 1, not_an_image: 1',
+  ):
     scoring.infer(workdir, str(empty), str(tmp_path / 'out'))
   assert not (tmp_path / 'out').exists()
 
@@ -190,13 +204,15 @@ def test_fallback_normalisation_and_overwrite_into_same_out(masked_run, inferred
   assert sorted(p.name for p in (out / 'maps').iterdir()) == ['defect.png', 'good.png']
   assert (out / 'keep.txt').is_file()
   assert 'No anomalous / normal verdicts: the run has no results.json' in (
-      out / 'index.html').read_text(encoding='utf-8')
+      out / 'index.html'
+  ).read_text(encoding='utf-8')
   assert sorted(os.listdir(out)) == ['index.html', 'keep.txt', 'maps', 'scores.csv']
 
 
 def test_map_names_are_unique():
-  names = image_files.map_names(['a/x.png', 'a/x.jpg', 'b/x.png', 'y.tif', 'dup.png', 'dup.jpg',
-                           'dup_png.png'])
+  names = image_files.map_names(
+      ['a/x.png', 'a/x.jpg', 'b/x.png', 'y.tif', 'dup.png', 'dup.jpg', 'dup_png.png']
+  )
   assert names[2:4] == ['b/x', 'y'] and names[6] == 'dup_png'  # plain where unambiguous
   assert re.fullmatch(r'a/x_png-[0-9a-f]{10}', names[0]), names
   assert re.fullmatch(r'dup_jpg-[0-9a-f]{10}', names[5]), names
@@ -221,31 +237,40 @@ def test_paged_report_of_hundreds_of_images_in_chromium(tmp_path):
     rel = f'maps/sub{i % 3}/img_{i:03d}.png'
     (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / rel)
-    entries.append({'name': f'sub{i % 3}/img_{i:03d}.png', 'score': float(scores[i]),
-                    'map_png': rel})
-  path = report.write_paged_report(tmp_path, entries, {'images_scored': n}, 'paged <test>',
-                                   page_size=50, extremes=6)
+    entries.append(
+        {'name': f'sub{i % 3}/img_{i:03d}.png', 'score': float(scores[i]), 'map_png': rel}
+    )
+  path = report.write_paged_report(
+      tmp_path, entries, {'images_scored': n}, 'paged <test>', page_size=50, extremes=6
+  )
   page = path.read_text(encoding='utf-8')
   assert 'base64' not in page and page.count('<img') == 0  # pictures are files, built by JS
   page = page.replace('</body>', _DECODE_CHECK)
   checked = tmp_path / 'checked.html'
   checked.write_text(page, encoding='utf-8')
-  dom = browser.dump_dom(checked, tmp_path / 'profile', '--virtual-time-budget=30000',
-                         '--window-size=1200,900', timeout=120)
+  dom = browser.dump_dom(
+      checked,
+      tmp_path / 'profile',
+      '--virtual-time-budget=30000',
+      '--window-size=1200,900',
+      timeout=120,
+  )
   count = re.search(r'<span id="count">([^<]*)</span>', dom)
   assert count is not None and count.group(1) == str(n), dom[:2000]
   # One page of the full list, highest score first; the strips hold the extremes.
-  listed = dom[dom.index('id="entries"'):]
+  listed = dom[dom.index('id="entries"') :]
   shown = [float(s) for s in re.findall(r'<div class="entry" data-score="([^"]*)"', listed)]
   finite = np.sort(scores[np.isfinite(scores)])[::-1]
   assert len(shown) == 50
   np.testing.assert_allclose(shown, finite[:50], rtol=1e-5)
-  most = dom[dom.index('id="most"'):dom.index('id="least"')]
-  least = dom[dom.index('id="least"'):dom.index('id="entries"')]
+  most = dom[dom.index('id="most"') : dom.index('id="least"')]
+  least = dom[dom.index('id="least"') : dom.index('id="entries"')]
   np.testing.assert_allclose(
-      [float(s) for s in re.findall(r'data-score="([^"]*)"', most)], finite[:6], rtol=1e-5)
+      [float(s) for s in re.findall(r'data-score="([^"]*)"', most)], finite[:6], rtol=1e-5
+  )
   np.testing.assert_allclose(
-      [float(s) for s in re.findall(r'data-score="([^"]*)"', least)], finite[::-1][:6], rtol=1e-5)
+      [float(s) for s in re.findall(r'data-score="([^"]*)"', least)], finite[::-1][:6], rtol=1e-5
+  )
   shown_imgs = re.findall(r'<img [^>]*>', dom)
   assert len(shown_imgs) == 50 + 2 * 6 and all('loading="lazy"' in t for t in shown_imgs)
   # Every picture shown is a file under the report folder that decodes (checked here, always) ...
@@ -281,13 +306,15 @@ def test_overlay_batch_matches_plots_overlay():
 def test_small_batches_and_serial_decoding_give_the_same_outputs(masked_run, inferred, tmp_path):
   """Batches of 4 (several, the last padded) decoded in the main thread: the same rows and maps."""
   out = tmp_path / 'out'
-  summary = scoring.infer(str(masked_run.workdir), str(inferred.folder.root), str(out), batch_size=4,
-                        decode_threads=0)
+  summary = scoring.infer(
+      str(masked_run.workdir), str(inferred.folder.root), str(out), batch_size=4, decode_threads=0
+  )
   assert summary['scored'] == len(inferred.folder.decodable)
   ours, theirs = _rows(out / 'scores.csv'), _rows(inferred.out / 'scores.csv')
   assert [r['path'] for r in ours] == [r['path'] for r in theirs]
-  np.testing.assert_allclose([float(r['score']) for r in ours],
-                             [float(r['score']) for r in theirs], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(
+      [float(r['score']) for r in ours], [float(r['score']) for r in theirs], rtol=1e-4, atol=1e-5
+  )
   for rel in sorted(p.relative_to(inferred.out) for p in (inferred.out / 'maps').rglob('*.png')):
     a = np.asarray(Image.open(out / rel), np.int32)
     b = np.asarray(Image.open(inferred.out / rel), np.int32)

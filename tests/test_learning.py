@@ -18,8 +18,14 @@ from helpers import REPO
 
 def _main(workdir, *args, timeout):
   cmd = [sys.executable, '-m', 'ganomaly_jax.main', *args, f'--workdir={workdir}']
-  proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'),
-                        capture_output=True, text=True, timeout=timeout)
+  proc = subprocess.run(
+      cmd,
+      cwd=REPO,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'),
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(os.path.join(workdir, 'results.json')) as f:
     return json.load(f)
@@ -34,8 +40,12 @@ def test_readme_default_command_detects_the_abnormal_digit(tmp_path):
 
 @pytest.mark.slow
 def test_short_masked_run_beats_chance(tmp_path):
-  results = _main(tmp_path / 'masked', '--config=configs/masked.py:steps=200',
-                  '--config.train.eval_every=100', '--config.train.checkpoint_every=100',
-                  timeout=900)
+  results = _main(
+      tmp_path / 'masked',
+      '--config=configs/masked.py:steps=200',
+      '--config.train.eval_every=100',
+      '--config.train.checkpoint_every=100',
+      timeout=900,
+  )
   assert results['method'] == 'masked' and results['steps'] == 200
   assert results['image_auroc'] >= 0.75, results  # measured 0.854-0.878: chance + 0.25 is safe

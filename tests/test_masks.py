@@ -13,8 +13,9 @@ _square = jax.jit(masks.square_masks, static_argnums=(1, 2, 3))
 _stain = jax.jit(masks.stain_masks, static_argnums=(1, 2))
 
 
-@pytest.mark.parametrize('isize,size,count', [(16, 0.5, 4), (16, 0.25, 16), (32, 0.125, 64),
-                                              (28, 0.25, 16)])
+@pytest.mark.parametrize(
+    'isize,size,count', [(16, 0.5, 4), (16, 0.25, 16), (32, 0.125, 64), (28, 0.25, 16)]
+)
 def test_tiling_holes_cover_every_pixel_once(isize, size, count):
   m = np.asarray(masks.tiling_masks(isize, size))
   assert m.shape == (count, isize, isize, 1)
@@ -27,8 +28,7 @@ def test_tiling_holes_cover_every_pixel_once(isize, size, count):
 class _Mask:
   """Stands in for the config's mask section (attribute access, like the ConfigDict and StepConfig)."""
 
-  def __init__(self, size=0.5, cells=(4,), sets=2, partition='alternating', draw='image',
-               fill=0.0):
+  def __init__(self, size=0.5, cells=(4,), sets=2, partition='alternating', draw='image', fill=0.0):
     self.size, self.cells, self.sets, self.fill = size, cells, sets, fill
     self.partition, self.draw = partition, draw
 
@@ -46,13 +46,22 @@ def _assert_partition(m: np.ndarray, cell: int, sets: int) -> None:
   assert set(cells_per_set) <= {n // sets, -(-n // sets)}  # balanced, as RIAD's equal split
 
 
-@pytest.mark.parametrize('isize,cells,expected', [
-    # The study's grid: a 4x4 board at every size.
-    (16, (4,), (4,)), (32, (4,), (8,)), (256, (4,), (64,)),
-    # RIAD's 2, 4, 8, 16 px at 256 px, as cells per side; never below 2 px.
-    (256, (128, 64, 32, 16), (2, 4, 8, 16)), (128, (128, 64, 32, 16), (2, 4, 8)),
-    (64, (128, 64, 32, 16), (2, 4)), (32, (128, 64, 32, 16), (2,)), (16, (128, 64, 32, 16), (2,)),
-    (32, (4, 8), (8, 4))])
+@pytest.mark.parametrize(
+    'isize,cells,expected',
+    [
+        # The study's grid: a 4x4 board at every size.
+        (16, (4,), (4,)),
+        (32, (4,), (8,)),
+        (256, (4,), (64,)),
+        # RIAD's 2, 4, 8, 16 px at 256 px, as cells per side; never below 2 px.
+        (256, (128, 64, 32, 16), (2, 4, 8, 16)),
+        (128, (128, 64, 32, 16), (2, 4, 8)),
+        (64, (128, 64, 32, 16), (2, 4)),
+        (32, (128, 64, 32, 16), (2,)),
+        (16, (128, 64, 32, 16), (2,)),
+        (32, (4, 8), (8, 4)),
+    ],
+)
 def test_grid_cell_sizes(isize, cells, expected):
   assert grid.grid_cell_sizes(isize, cells) == expected
 
@@ -71,8 +80,10 @@ def test_alternating_grid_is_two_complementary_checkerboards():
   np.testing.assert_array_equal(train, np.broadcast_to(m[0][:, None], train.shape))
 
 
-@pytest.mark.parametrize('isize,cells,sets', [(16, (128, 64, 32, 16), 3), (32, (16, 8, 4), 3),
-                                              (32, (4,), 2), (16, (16, 4, 2), 4)])
+@pytest.mark.parametrize(
+    'isize,cells,sets',
+    [(16, (128, 64, 32, 16), 3), (32, (16, 8, 4), 3), (32, (4,), 2), (16, (16, 4, 2), 4)],
+)
 def test_random_eval_partitions_cover_every_pixel_once_and_are_fixed(isize, cells, sets):
   m = np.asarray(grid.grid_eval_masks(isize, cells, sets, 'random'))
   sizes = grid.grid_cell_sizes(isize, cells)
@@ -82,7 +93,7 @@ def test_random_eval_partitions_cover_every_pixel_once_and_are_fixed(isize, cell
   # Deterministic: the same masks on every call (a fixed key), and a real random split, not a
   # checkerboard: some horizontally adjacent cells share a set.
   np.testing.assert_array_equal(m, np.asarray(grid.grid_eval_masks(isize, cells, sets, 'random')))
-  finest = m[0, 0, ::sizes[0], ::sizes[0], 0]
+  finest = m[0, 0, :: sizes[0], :: sizes[0], 0]
   assert np.any(finest[:, 1:] == finest[:, :-1])
 
 
@@ -91,11 +102,16 @@ _grid_train = jax.jit(grid.grid_train_masks, static_argnums=(1, 2, 3, 4, 5, 6))
 
 def _drawn_cell(image: np.ndarray, sizes) -> int:
   """The drawn size is the largest cell side on which this image's partition is constant."""
-  return max(c for c in sizes
-             if np.array_equal(image[..., 0], np.kron(image[:, ::c, ::c, 0], np.ones((1, c, c)))))
+  return max(
+      c
+      for c in sizes
+      if np.array_equal(image[..., 0], np.kron(image[:, ::c, ::c, 0], np.ones((1, c, c))))
+  )
 
 
-@pytest.mark.parametrize('isize,cells,sets', [(16, (8, 4), 3), (32, (16, 8, 4), 3), (16, (8, 4), 2)])
+@pytest.mark.parametrize(
+    'isize,cells,sets', [(16, (8, 4), 3), (32, (16, 8, 4), 3), (16, (8, 4), 2)]
+)
 def test_random_train_partitions_cover_every_pixel_once_at_every_size(isize, cells, sets):
   batch = 24
   m = np.asarray(_grid_train(jax.random.PRNGKey(0), batch, isize, cells, sets, 'random', 'image'))
@@ -130,9 +146,10 @@ def test_grid_train_masks_random_per_step():
 
 
 def test_grid_shapes_are_static_under_jit():
-  out = jax.eval_shape(lambda r: masks.KINDS['grid'].train_holes(r, 5, 32, _Mask(cells=(16, 8, 4),
-                                                                            sets=3)),
-                       jax.random.PRNGKey(0))
+  out = jax.eval_shape(
+      lambda r: masks.KINDS['grid'].train_holes(r, 5, 32, _Mask(cells=(16, 8, 4), sets=3)),
+      jax.random.PRNGKey(0),
+  )
   assert (out.shape, out.dtype) == ((3, 5, 32, 32, 1), jnp.float32)
   out = jax.eval_shape(lambda: masks.KINDS['grid'].eval_holes(32, _Mask(cells=(16, 8, 4))))
   assert out.shape == (3, 2, 32, 32, 1)
@@ -150,7 +167,7 @@ def test_square_masks_side_contiguity_and_positions():
     y0, x0 = rows.min(), cols.min()
     # Exactly the side x side square starting at its top-left corner, inside the image.
     expected = np.zeros_like(mi)
-    expected[y0:y0 + side, x0:x0 + side] = 1
+    expected[y0 : y0 + side, x0 : x0 + side] = 1
     np.testing.assert_array_equal(mi, expected)
     corners.add((y0, x0))
   assert len(corners) > batch // 2  # 144 possible corners: positions must vary across draws
@@ -195,8 +212,11 @@ def _images(shape=(3, 8, 8, 2), seed=0):
 def test_combine_inpaintings(mask_set):
   x = _images()
   target = _images(seed=1)
-  m = (masks.tiling_masks(8, 0.5) if mask_set == 'tiling'
-       else grid.grid_eval_masks(8, (4,), 3, 'random')[0])
+  m = (
+      masks.tiling_masks(8, 0.5)
+      if mask_set == 'tiling'
+      else grid.grid_eval_masks(8, (4,), 3, 'random')[0]
+  )
   num_masks = m.shape[0]
   calls = []
 
@@ -241,8 +261,9 @@ def test_combine_tilings_assembles_each_tiling_from_one_call():
   def by_copy(images):  # copy j of the stack returns the constant j: shows which copy a pixel took
     calls.append(images.shape)
     n = images.shape[0] // x.shape[0]
-    return jnp.broadcast_to(jnp.arange(n, dtype=jnp.float32)[:, None, None, None, None],
-                            (n,) + x.shape).reshape(images.shape)
+    return jnp.broadcast_to(
+        jnp.arange(n, dtype=jnp.float32)[:, None, None, None, None], (n,) + x.shape
+    ).reshape(images.shape)
 
   out = np.asarray(masks.combine_tilings(by_copy, x, tilings, 0.0))
   assert calls == [(6 * x.shape[0],) + x.shape[1:]]
@@ -254,10 +275,12 @@ def test_combine_tilings_assembles_each_tiling_from_one_call():
 
 
 def test_each_kind_gives_its_training_and_evaluation_holes():
-  np.testing.assert_array_equal(masks.KINDS['square'].eval_holes(16, _Mask()),
-                                masks.tiling_masks(16, 0.5)[None])
-  np.testing.assert_array_equal(masks.KINDS['grid'].eval_holes(16, _Mask()),
-                                grid.grid_eval_masks(16, (4,), 2, 'alternating'))
+  np.testing.assert_array_equal(
+      masks.KINDS['square'].eval_holes(16, _Mask()), masks.tiling_masks(16, 0.5)[None]
+  )
+  np.testing.assert_array_equal(
+      masks.KINDS['grid'].eval_holes(16, _Mask()), grid.grid_eval_masks(16, (4,), 2, 'alternating')
+  )
   assert masks.KINDS['stain'].eval_holes(16, _Mask()).shape == (1, 16, 16, 16, 1)
   rng = jax.random.PRNGKey(0)
 
@@ -271,22 +294,28 @@ def test_each_kind_gives_its_training_and_evaluation_holes():
   assert masks.KINDS['none'].train_holes is None and masks.KINDS['none'].eval_holes is None
 
 
-@pytest.mark.parametrize('fn,args,key', [
-    (grid.grid_eval_masks, (16, (5,), 3), 'mask.cells'),  # 3 px cells do not divide 16
-    (grid.grid_eval_masks, (16, (2,), 5), 'mask.cells'),  # 4 cells, 5 sets
-    (grid.grid_eval_masks, (16, (2,), 4, 'alternating'), 'mask.cells'),  # 2x2 board: 3 sets
-    (grid.grid_eval_masks, (16, (4, 4), 3), 'mask.cells'),
-    (grid.grid_eval_masks, (16, (), 3), 'mask.cells'),
-    (grid.grid_eval_masks, (16, (0,), 3), 'mask.cells'),
-    (grid.grid_eval_masks, (16, (2,), 1), 'mask.sets'),
-    (grid.grid_eval_masks, (16, (2,), 2, 'checkers'), 'mask.partition'),
-    (grid.grid_train_masks, (jax.random.PRNGKey(0), 2, 16, (2,), 2, 'random', 'step'),
-     'mask.draw'),
-    (masks.tiling_masks, (16, 0.3), 'mask.size'),
-    (masks.tiling_masks, (16, 1.0), 'mask.size'),
-    (masks.tiling_masks, (16, 0.0), 'mask.size'),
-    (masks.tiling_masks, (16, 0.01), 'mask.size'),
-])
+@pytest.mark.parametrize(
+    'fn,args,key',
+    [
+        (grid.grid_eval_masks, (16, (5,), 3), 'mask.cells'),  # 3 px cells do not divide 16
+        (grid.grid_eval_masks, (16, (2,), 5), 'mask.cells'),  # 4 cells, 5 sets
+        (grid.grid_eval_masks, (16, (2,), 4, 'alternating'), 'mask.cells'),  # 2x2 board: 3 sets
+        (grid.grid_eval_masks, (16, (4, 4), 3), 'mask.cells'),
+        (grid.grid_eval_masks, (16, (), 3), 'mask.cells'),
+        (grid.grid_eval_masks, (16, (0,), 3), 'mask.cells'),
+        (grid.grid_eval_masks, (16, (2,), 1), 'mask.sets'),
+        (grid.grid_eval_masks, (16, (2,), 2, 'checkers'), 'mask.partition'),
+        (
+            grid.grid_train_masks,
+            (jax.random.PRNGKey(0), 2, 16, (2,), 2, 'random', 'step'),
+            'mask.draw',
+        ),
+        (masks.tiling_masks, (16, 0.3), 'mask.size'),
+        (masks.tiling_masks, (16, 1.0), 'mask.size'),
+        (masks.tiling_masks, (16, 0.0), 'mask.size'),
+        (masks.tiling_masks, (16, 0.01), 'mask.size'),
+    ],
+)
 def test_bad_mask_shapes_raise(fn, args, key):
   with pytest.raises(ValueError, match=key):
     fn(*args)
@@ -297,28 +326,38 @@ def test_size_at_least_one_says_larger_than_image():
     masks.tiling_masks(16, 1.5)
 
 
-@pytest.mark.parametrize('kind,isize,mask,key', [
-    ('circle', 16, _Mask(), 'mask.kind'),
-    ('square', 16, _Mask(size=0.3), 'mask.size'),
-    ('square', 16, _Mask(size=1.0), 'mask.size'),
-    ('square', 16, _Mask(size=-0.5), 'mask.size'),
-    ('grid', 16, _Mask(cells=(5,)), 'mask.cells'),
-    ('grid', 16, _Mask(cells=(1,)), 'mask.cells'),  # one cell, fewer than 2 sets
-    ('grid', 16, _Mask(sets=1), 'mask.sets'),
-    ('stain', 30, _Mask(), 'mask.kind'),
-])
+@pytest.mark.parametrize(
+    'kind,isize,mask,key',
+    [
+        ('circle', 16, _Mask(), 'mask.kind'),
+        ('square', 16, _Mask(size=0.3), 'mask.size'),
+        ('square', 16, _Mask(size=1.0), 'mask.size'),
+        ('square', 16, _Mask(size=-0.5), 'mask.size'),
+        ('grid', 16, _Mask(cells=(5,)), 'mask.cells'),
+        ('grid', 16, _Mask(cells=(1,)), 'mask.cells'),  # one cell, fewer than 2 sets
+        ('grid', 16, _Mask(sets=1), 'mask.sets'),
+        ('stain', 30, _Mask(), 'mask.kind'),
+    ],
+)
 def test_validate_mask_config_rejects(kind, isize, mask, key):
   with pytest.raises(ValueError, match=key) as info:
     masks.validate_mask_config(kind, isize, mask)
   assert '\n' not in str(info.value)
 
 
-@pytest.mark.parametrize('kind,isize,mask', [
-    ('none', 16, _Mask(size=7.0, sets=0, partition='x')),  # nothing to check when masking is off
-    ('square', 256, _Mask()),
-    ('grid', 32, _Mask(size=0.3)),  # grid ignores mask.size
-    ('grid', 256, _Mask(cells=(128, 64, 32, 16), sets=3, partition='random', draw='batch')),
-    ('stain', 32, _Mask(size=2.0, sets=0)),  # stain ignores mask.size and the grid keys
-])
+@pytest.mark.parametrize(
+    'kind,isize,mask',
+    [
+        (
+            'none',
+            16,
+            _Mask(size=7.0, sets=0, partition='x'),
+        ),  # nothing to check when masking is off
+        ('square', 256, _Mask()),
+        ('grid', 32, _Mask(size=0.3)),  # grid ignores mask.size
+        ('grid', 256, _Mask(cells=(128, 64, 32, 16), sets=3, partition='random', draw='batch')),
+        ('stain', 32, _Mask(size=2.0, sets=0)),  # stain ignores mask.size and the grid keys
+    ],
+)
 def test_validate_mask_config_accepts(kind, isize, mask):
   masks.validate_mask_config(kind, isize, mask)

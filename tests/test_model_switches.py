@@ -29,7 +29,8 @@ def test_residual_blocks_add_shape_preserving_blocks_at_every_normalised_level()
   assert {p.split('/')[1] for p in added} == {'res_1', 'res_0'}
   assert {p.split('/')[0] for p in added} == {'encoder1', 'decoder', 'encoder2'}
   out = EDEGenerator(16, 1, latent_dim=8, base=4, residual_blocks=True).apply(
-      variables, X, train=False)
+      variables, X, train=False
+  )
   assert out['recon'].shape == X.shape and out['z'].shape == (2, 8)
 
 
@@ -69,11 +70,14 @@ def test_self_attention_sits_at_the_requested_decoder_resolution():
 
 @pytest.mark.slow
 def test_dropout_is_off_in_eval_and_random_when_stochastic():
-  for model in (EDEGenerator(16, 1, latent_dim=8, base=4, dropout=0.5),
-                UNetGenerator(16, 1, base=4, dropout=0.5)):
+  for model in (
+      EDEGenerator(16, 1, latent_dim=8, base=4, dropout=0.5),
+      UNetGenerator(16, 1, base=4, dropout=0.5),
+  ):
     variables = _init(model)
-    run = lambda rng, stochastic: model.apply(variables, X, train=False, stochastic=stochastic,
-                                              rngs={'dropout': rng})['recon']
+    run = lambda rng, stochastic: model.apply(
+        variables, X, train=False, stochastic=stochastic, rngs={'dropout': rng}
+    )['recon']
     np.testing.assert_array_equal(run(jax.random.key(5), False), run(jax.random.key(6), False))
     a, b = run(jax.random.key(5), True), run(jax.random.key(6), True)
     assert not np.allclose(a, b)  # MC-dropout samples differ

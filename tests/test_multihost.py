@@ -40,6 +40,7 @@ RTOL = 1e-5
 def free_port() -> int:
   try:
     import portpicker
+
     return portpicker.pick_unused_port()
   except ImportError:  # portpicker is not a dependency; the kernel's choice is nearly as good
     with socket.socket() as s:
@@ -47,9 +48,17 @@ def free_port() -> int:
       return s.getsockname()[1]
 
 
-def start(spec: str, workdir: str, process_id: int, port: int, *flags: str, timeout_s: int = 60,
-          num_processes: int = 2, cache: str | None = None,
-          aliases: bool = False) -> subprocess.Popen:
+def start(
+    spec: str,
+    workdir: str,
+    process_id: int,
+    port: int,
+    *flags: str,
+    timeout_s: int = 60,
+    num_processes: int = 2,
+    cache: str | None = None,
+    aliases: bool = False,
+) -> subprocess.Popen:
   """One process of a multi-host run of `ganomaly_jax.main`.
 
   The topology is given by JAX's variable names (JAX_COORDINATOR_ADDRESS, ...), or with
@@ -58,23 +67,42 @@ def start(spec: str, workdir: str, process_id: int, port: int, *flags: str, time
   skips most compilation: only a speed-up, the programs are the same.
   """
   names = parallel.ENV_ALIASES if aliases else {k: k for k in parallel.ENV_ALIASES}
-  env = {k: v for k, v in os.environ.items()
-         if not k.startswith('GANOMALY_') and k not in parallel.ENV_ALIASES}
+  env = {
+      k: v
+      for k, v in os.environ.items()
+      if not k.startswith('GANOMALY_') and k not in parallel.ENV_ALIASES
+  }
   if cache:
-    env.update({'JAX_COMPILATION_CACHE_DIR': cache,
-                'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
-                'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'})
-  env.update({
-      'XLA_FLAGS': f'--xla_force_host_platform_device_count={LOCAL_DEVICES}',
-      'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '3',
-      'GANOMALY_DISTRIBUTED': '1', names[parallel.ENV_COORDINATOR]: f'127.0.0.1:{port}',
-      names[parallel.ENV_NUM_PROCESSES]: str(num_processes),
-      names[parallel.ENV_PROCESS_ID]: str(process_id),
-      'GANOMALY_INIT_TIMEOUT': str(timeout_s)})
-  cmd = [sys.executable, '-m', 'ganomaly_jax.main', f'--config={spec}', f'--workdir={workdir}',
-         *flags]
-  return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True)
+    env.update(
+        {
+            'JAX_COMPILATION_CACHE_DIR': cache,
+            'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+            'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0',
+        }
+    )
+  env.update(
+      {
+          'XLA_FLAGS': f'--xla_force_host_platform_device_count={LOCAL_DEVICES}',
+          'JAX_PLATFORMS': 'cpu',
+          'TF_CPP_MIN_LOG_LEVEL': '3',
+          'GANOMALY_DISTRIBUTED': '1',
+          names[parallel.ENV_COORDINATOR]: f'127.0.0.1:{port}',
+          names[parallel.ENV_NUM_PROCESSES]: str(num_processes),
+          names[parallel.ENV_PROCESS_ID]: str(process_id),
+          'GANOMALY_INIT_TIMEOUT': str(timeout_s),
+      }
+  )
+  cmd = [
+      sys.executable,
+      '-m',
+      'ganomaly_jax.main',
+      f'--config={spec}',
+      f'--workdir={workdir}',
+      *flags,
+  ]
+  return subprocess.Popen(
+      cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+  )
 
 
 def finish(procs: list[subprocess.Popen], timeout: float = 300) -> list[tuple[int, str]]:
@@ -119,8 +147,11 @@ def test_preempt_resume_and_match_one_process(tmp_path):
   # sync point must stop *both* processes at the same step, with a checkpoint.
   metrics = os.path.join(workdir, 'train_metrics.jsonl')
   deadline = time.time() + 240
-  while (not os.path.exists(metrics) and time.time() < deadline
-         and all(p.poll() is None for p in procs)):
+  while (
+      not os.path.exists(metrics)
+      and time.time() < deadline
+      and all(p.poll() is None for p in procs)
+  ):
     time.sleep(0.2)
   procs[1].send_signal(signal.SIGTERM)
   first = finish(procs)
@@ -163,8 +194,9 @@ def test_preempt_resume_and_match_one_process(tmp_path):
   # (the resumed run's history starts empty).
   logs = logged(workdir)
   for key in ('g_loss', 'd_loss', 'g_con', 'g_lat'):
-    np.testing.assert_allclose(logs[2][key], np.mean([h[key] for h in ref_history[:2]]),
-                               rtol=RTOL, err_msg=key)
+    np.testing.assert_allclose(
+        logs[2][key], np.mean([h[key] for h in ref_history[:2]]), rtol=RTOL, err_msg=key
+    )
     np.testing.assert_allclose(logs[num_steps][key], ref_history[-1][key], rtol=RTOL, err_msg=key)
 
   # Final evaluation gathered over two processes == the same checkpoint evaluated by one.
@@ -174,8 +206,9 @@ def test_preempt_resume_and_match_one_process(tmp_path):
   # ('process_0-of-2.json'), which a 1-process restore cannot find. The iterator is not used in
   # eval, so give it a 1-process file (drop this once mode=eval stops restoring the iterator).
   for data_dir in glob.glob(os.path.join(copy, 'checkpoints', '*', 'data')):
-    shutil.copy(os.path.join(data_dir, 'process_0-of-2.json'),
-                os.path.join(data_dir, 'process_0-of-1.json'))
+    shutil.copy(
+        os.path.join(data_dir, 'process_0-of-2.json'), os.path.join(data_dir, 'process_0-of-1.json')
+    )
   config.unlock()
   config.mode = 'eval'
   config.lock()
@@ -191,9 +224,11 @@ def test_startup_failures_give_one_clear_line(tmp_path):
   # for a coordinator that nobody runs.
   port, dead_port = free_port(), free_port()
   spec = tiny.spec(**tiny.SMALL_DATA, steps=1)
-  procs = [start(spec, str(tmp_path / 'w'), 0, port),
-           start(spec, str(tmp_path / 'w'), 1, port, '--config.seed=1'),
-           start(spec, str(tmp_path / 'x'), 1, dead_port, timeout_s=2, aliases=True)]
+  procs = [
+      start(spec, str(tmp_path / 'w'), 0, port),
+      start(spec, str(tmp_path / 'w'), 1, port, '--config.seed=1'),
+      start(spec, str(tmp_path / 'x'), 1, dead_port, timeout_s=2, aliases=True),
+  ]
   (rc0, err0), (rc1, err1), (rc_dead, err_dead) = finish(procs, timeout=240)
 
   def error_lines(err):
@@ -202,41 +237,60 @@ def test_startup_failures_give_one_clear_line(tmp_path):
   assert rc1 == 1, err1[-3000:]
   assert error_lines(err1) == [
       'error: processes disagree on the config: process 1 differs from process 0 in seed=1 '
-      '(process 0: 0); start every process with the same command and config file.']
+      '(process 0: 0); start every process with the same command and config file.'
+  ]
   assert rc0 == 1, err0[-3000:]
   assert error_lines(err0)[0].startswith(
-      'error: processes disagree on the config: process(es) 1 differ from process 0')
+      'error: processes disagree on the config: process(es) 1 differ from process 0'
+  )
   assert not os.path.exists(tmp_path / 'w' / 'checkpoints')  # nothing ran
 
   assert rc_dead == 1, err_dead[-3000:]
   assert error_lines(err_dead) == [
       f'error: could not reach the JAX coordinator at 127.0.0.1:{dead_port} within 2 s (process 1 '
       'of 2); check the address and port (firewall), and that every process was started with the '
-      'same JAX_NUM_PROCESSES.']
+      'same JAX_NUM_PROCESSES.'
+  ]
   assert 'Traceback' not in err_dead and 'Check failure' not in err_dead
 
 
 def test_distributed_settings_from_env():
   s = parallel.DistributedSettings.from_env({})
   assert s == parallel.DistributedSettings() and not s.explicit and s.timeout_s == 300
-  jax_names = {'JAX_COORDINATOR_ADDRESS': '10.0.0.2:8476', 'JAX_NUM_PROCESSES': '4',
-               'JAX_PROCESS_ID': '3', 'GANOMALY_INIT_TIMEOUT': '30'}
-  aliases = {'GANOMALY_COORDINATOR': '10.0.0.2:8476', 'GANOMALY_NUM_PROCESSES': '4',
-             'GANOMALY_PROCESS_ID': '3', 'GANOMALY_INIT_TIMEOUT': '30'}
+  jax_names = {
+      'JAX_COORDINATOR_ADDRESS': '10.0.0.2:8476',
+      'JAX_NUM_PROCESSES': '4',
+      'JAX_PROCESS_ID': '3',
+      'GANOMALY_INIT_TIMEOUT': '30',
+  }
+  aliases = {
+      'GANOMALY_COORDINATOR': '10.0.0.2:8476',
+      'GANOMALY_NUM_PROCESSES': '4',
+      'GANOMALY_PROCESS_ID': '3',
+      'GANOMALY_INIT_TIMEOUT': '30',
+  }
   # JAX's names, the project's aliases, or both with the same values: the same settings.
   for env in (jax_names, aliases, {**aliases, **jax_names}):
     s = parallel.DistributedSettings.from_env(env)
     assert (s.coordinator_address, s.num_processes, s.process_id, s.timeout_s) == (
-        '10.0.0.2:8476', 4, 3, 30)
+        '10.0.0.2:8476',
+        4,
+        3,
+        30,
+    )
   assert 'auto-detected' in parallel.DistributedSettings().timeout_message()
-  for env, name in (({'JAX_COORDINATOR_ADDRESS': 'host'}, 'JAX_COORDINATOR_ADDRESS'),
-                    ({'GANOMALY_COORDINATOR': 'host'}, 'GANOMALY_COORDINATOR'),
-                    ({'JAX_NUM_PROCESSES': 'two'}, 'JAX_NUM_PROCESSES'),
-                    ({'GANOMALY_NUM_PROCESSES': 'two'}, 'GANOMALY_NUM_PROCESSES'),
-                    ({'GANOMALY_INIT_TIMEOUT': '0'}, 'GANOMALY_INIT_TIMEOUT'),
-                    ({'JAX_NUM_PROCESSES': '2', 'JAX_PROCESS_ID': '2'}, 'JAX_PROCESS_ID'),
-                    ({'JAX_PROCESS_ID': '1', 'GANOMALY_PROCESS_ID': '0'},
-                     'JAX_PROCESS_ID=.1. and its alias GANOMALY_PROCESS_ID=.0. disagree')):
+  for env, name in (
+      ({'JAX_COORDINATOR_ADDRESS': 'host'}, 'JAX_COORDINATOR_ADDRESS'),
+      ({'GANOMALY_COORDINATOR': 'host'}, 'GANOMALY_COORDINATOR'),
+      ({'JAX_NUM_PROCESSES': 'two'}, 'JAX_NUM_PROCESSES'),
+      ({'GANOMALY_NUM_PROCESSES': 'two'}, 'GANOMALY_NUM_PROCESSES'),
+      ({'GANOMALY_INIT_TIMEOUT': '0'}, 'GANOMALY_INIT_TIMEOUT'),
+      ({'JAX_NUM_PROCESSES': '2', 'JAX_PROCESS_ID': '2'}, 'JAX_PROCESS_ID'),
+      (
+          {'JAX_PROCESS_ID': '1', 'GANOMALY_PROCESS_ID': '0'},
+          'JAX_PROCESS_ID=.1. and its alias GANOMALY_PROCESS_ID=.0. disagree',
+      ),
+  ):
     with pytest.raises(ValueError, match=name):
       parallel.DistributedSettings.from_env(env)
 

@@ -20,8 +20,13 @@ def _by_method(runs):
 
 def test_ganomaly_paper_expands_to_the_official_mnist_runs(tmp_path):
   data = tmp_path / 'mnist.npz'
-  np.savez(data, x_train=np.zeros((4, 28, 28), np.uint8), y_train=np.arange(4),
-           x_test=np.zeros((4, 28, 28), np.uint8), y_test=np.arange(4))
+  np.savez(
+      data,
+      x_train=np.zeros((4, 28, 28), np.uint8),
+      y_train=np.arange(4),
+      x_test=np.zeros((4, 28, 28), np.uint8),
+      y_test=np.arange(4),
+  )
   suite = suites.load_suite(f'ganomaly_paper:npz:{data}')
   assert [m.name for m in suite.methods] == ['ganomaly', 'ganomaly_mnist_norm'] + ROWS
   assert suite.classes == [str(d) for d in range(10)] and suite.seeds == [0, 1, 2]
@@ -31,13 +36,30 @@ def test_ganomaly_paper_expands_to_the_official_mnist_runs(tmp_path):
   row = _by_method(runs[:8])
   g = row['ganomaly'].config
   assert (g.dataset.name, g.dataset.pool_normals, g.model.isize, g.model.channels) == (
-      f'npz:{data}', True, 32, 1)
+      f'npz:{data}',
+      True,
+      32,
+      1,
+  )
   assert (g.train.epochs, g.train.num_steps, g.train.batch_size, g.eval.protocol) == (
-      15, 0, 64, 'reference')
+      15,
+      0,
+      64,
+      'reference',
+  )
   assert (g.optim.g_lr, g.optim.b1, g.loss.w_adv, g.loss.w_con, g.loss.w_enc) == (
-      2e-4, 0.5, 1.0, 50.0, 1.0)
+      2e-4,
+      0.5,
+      1.0,
+      50.0,
+      1.0,
+  )
   assert (g.model.latent_dim, g.model.ngf, g.model.ndf, g.train.d_reinit_threshold) == (
-      100, 64, 64, 1e-5)
+      100,
+      64,
+      64,
+      1e-5,
+  )
   norm = row['ganomaly_mnist_norm'].config
   assert norm.dataset.normalization == 'mnist_reference' and norm.eval.protocol == 'reference'
   assert g.dataset.normalization == 'tanh'
@@ -72,11 +94,14 @@ def test_skip_ganomaly_paper_rows_and_published_values(tmp_path):
   assert len(rows) == 20 and rows[0]['status'] == tables.PUBLISHED
 
 
-@pytest.mark.parametrize('spec, match', [
-    ('ganomaly_paper:epochs=0', 'epochs=0 must be >= 1'),
-    ('ganomaly_paper:steps=10', 'counts its budget in epochs'),
-    ('ganomaly_paper:mnist', 'the only positional argument is npz:PATH'),
-])
+@pytest.mark.parametrize(
+    'spec, match',
+    [
+        ('ganomaly_paper:epochs=0', 'epochs=0 must be >= 1'),
+        ('ganomaly_paper:steps=10', 'counts its budget in epochs'),
+        ('ganomaly_paper:mnist', 'the only positional argument is npz:PATH'),
+    ],
+)
 def test_bad_paper_suite_options_fail_with_one_line(spec, match):
   with pytest.raises(suites.SuiteError, match=match):
     suites.load_suite(spec)
@@ -91,25 +116,47 @@ def test_riad_small_size_rule():
   # The map filter: about the largest cell (RIAD: 21 px over 16 px cells).
   assert [grid.riad_filter(s) for s in (16, 32, 256)] == [11, 11, 21]
   for isize in (16, 32, 256):
-    masks.validate_mask_config('grid', isize, dataclasses.make_dataclass('M', [
-        ('cells', tuple, grid.riad_cells(isize)), ('sets', int, 3), ('partition', str, 'random'),
-        ('draw', str, 'batch'), ('fill', float, 0.0), ('size', float, 0.5)])())
+    masks.validate_mask_config(
+        'grid',
+        isize,
+        dataclasses.make_dataclass(
+            'M',
+            [
+                ('cells', tuple, grid.riad_cells(isize)),
+                ('sets', int, 3),
+                ('partition', str, 'random'),
+                ('draw', str, 'batch'),
+                ('fill', float, 0.0),
+                ('size', float, 0.5),
+            ],
+        )(),
+    )
 
 
 @pytest.mark.slow
 def test_cifar_paper_suite_runs_on_tfds_mock_data(tmp_path):
   suite = suites.load_suite(
-      'skip_ganomaly_paper:classes=bird,seeds=0,epochs=1,methods=ganomaly+skip_ganomaly+pca')
+      'skip_ganomaly_paper:classes=bird,seeds=0,epochs=1,methods=ganomaly+skip_ganomaly+pca'
+  )
   # Tiny widths and batches: the mock split holds a few dozen images.
-  tiny = {'model.ngf': 4, 'model.ndf': 4, 'model.latent_dim': 8, 'train.batch_size': 8,
-          'eval.batch_size': 8, 'train.log_every': 1, 'dataset.max_test': 48}
-  suite.methods = [dataclasses.replace(m, overrides={**m.overrides, **tiny})
-                   for m in suite.methods]
+  tiny = {
+      'model.ngf': 4,
+      'model.ndf': 4,
+      'model.latent_dim': 8,
+      'train.batch_size': 8,
+      'eval.batch_size': 8,
+      'train.log_every': 1,
+      'dataset.max_test': 48,
+  }
+  suite.methods = [dataclasses.replace(m, overrides={**m.overrides, **tiny}) for m in suite.methods]
   root = str(tmp_path / 'bench')
   with tfds.testing.mock_data(num_examples=60):
     records = benchmark.run_benchmark(suite, root)
   assert [(r.run.method.name, r.status) for r in records] == [
-      ('ganomaly', 'done'), ('skip_ganomaly', 'done'), ('pca', 'done')]
+      ('ganomaly', 'done'),
+      ('skip_ganomaly', 'done'),
+      ('pca', 'done'),
+  ]
   rows = {r['method']: r for r in tables.read_csv(root)}
   for name in ('ganomaly', 'skip_ganomaly'):
     assert 0.0 <= float(rows[name][tables.REFERENCE]) <= 1.0
@@ -128,10 +175,12 @@ def test_map_filter_sets_the_msgms_mean_filter():
 
   x, y = jax.random.uniform(jax.random.key(0), (2, 2, 32, 32, 1), minval=-1.0, maxval=1.0)
   raw = 1.0 - similarity.msgms_map(x, y)
-  np.testing.assert_allclose(losses.anomaly_map(x, {'recon': y}, 'msgms', 11),
-                             similarity.mean_filter(raw, 11), rtol=1e-6)
-  np.testing.assert_allclose(losses.anomaly_map(x, {'recon': y}, 'msgms'),
-                             similarity.mean_filter(raw, 3), rtol=1e-6)  # the scaled rule at 32 px
+  np.testing.assert_allclose(
+      losses.anomaly_map(x, {'recon': y}, 'msgms', 11), similarity.mean_filter(raw, 11), rtol=1e-6
+  )
+  np.testing.assert_allclose(
+      losses.anomaly_map(x, {'recon': y}, 'msgms'), similarity.mean_filter(raw, 3), rtol=1e-6
+  )  # the scaled rule at 32 px
   with pytest.raises(checks.ConfigError, match='eval.map_filter=5 is not used by eval.map=l1'):
     checks.validate_config(arguments.load_config('configs/ganomaly.py:quick,eval.map_filter=5'))
   with pytest.raises(checks.ConfigError, match='an odd side'):

@@ -28,7 +28,12 @@ def outcome(tmp_path_factory):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', JAX_PLATFORMS='cpu')
   proc = subprocess.run(
       [sys.executable, HELPER, f'--devices={DEVICES}', '--steps=3', f'--out={out}'],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(out / 'info.json') as f:
     info = json.load(f)

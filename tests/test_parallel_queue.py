@@ -30,8 +30,14 @@ SESSION = ('commit',)
 def outcome(tmp_path_factory):
   out = tmp_path_factory.mktemp('parallel_queue')
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', JAX_PLATFORMS='cpu')
-  proc = subprocess.run([sys.executable, HELPER, '--devices=8', f'--out={out}'], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=900)
+  proc = subprocess.run(
+      [sys.executable, HELPER, '--devices=8', f'--out={out}'],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=900,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(out / 'outcome.json') as f:
     return json.load(f)
@@ -133,7 +139,10 @@ def test_hosts_write_the_tables_once_every_run_is_settled(tmp_path, monkeypatch)
   rows = tables.read_csv(root)
   assert len(rows) == 6
   # The failure on one host reached the other host's tables through the run's sidecar.
-  assert [r['status'] for r in rows if r['method'] == 'grid_mask'] == ['skipped', 'failed: bad data']
+  assert [r['status'] for r in rows if r['method'] == 'grid_mask'] == [
+      'skipped',
+      'failed: bad data',
+  ]
 
 
 def test_a_stop_signal_reaches_runs_in_other_threads():
@@ -174,9 +183,16 @@ def test_a_stop_signal_stops_the_runs_in_flight_and_starts_no_more():
   timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))
   timer.start()
   try:
-    rq.run_all(records, name=str, workdir=lambda run: run, finished=lambda run: None,
-               execute=execute, run_info=lambda run: {}, write_tables=lambda: None,
-               device_groups=parallel.device_groups(2))  # the one CPU device, shared
+    rq.run_all(
+        records,
+        name=str,
+        workdir=lambda run: run,
+        finished=lambda run: None,
+        execute=execute,
+        run_info=lambda run: {},
+        write_tables=lambda: None,
+        device_groups=parallel.device_groups(2),
+    )  # the one CPU device, shared
   finally:
     timer.cancel()
   assert len(started) == 2  # two in flight, no third started

@@ -32,11 +32,19 @@ class SameImage:
     return f'SameImage({self.n})'
 
 
-def images(process_index: int, *, seed: int = 0, flip: bool = True, zoom: float = 0.25,
-           steps: int = STEPS) -> np.ndarray:
+def images(
+    process_index: int, *, seed: int = 0, flip: bool = True, zoom: float = 0.25, steps: int = STEPS
+) -> np.ndarray:
   """The first `steps` local batches of process `process_index` of 2, stacked [steps*b, H, W, C]."""
-  it = pipeline.train_iterator(SameImage(), batch_size=BATCH, seed=seed, flip=flip, zoom=zoom,
-                               process_index=process_index, process_count=2)
+  it = pipeline.train_iterator(
+      SameImage(),
+      batch_size=BATCH,
+      seed=seed,
+      flip=flip,
+      zoom=zoom,
+      process_index=process_index,
+      process_count=2,
+  )
   return np.concatenate([next(it)['image'] for _ in range(steps)])
 
 
@@ -63,13 +71,15 @@ def test_each_process_reproduces_its_own_augmentation():
   for p in (0, 1):
     np.testing.assert_array_equal(images(p), images(p))
   # A resumed iterator continues with the same augmented batches.
-  it = pipeline.train_iterator(SameImage(), batch_size=BATCH, seed=3, flip=True, zoom=0.25,
-                               process_index=1, process_count=2)
+  it = pipeline.train_iterator(
+      SameImage(), batch_size=BATCH, seed=3, flip=True, zoom=0.25, process_index=1, process_count=2
+  )
   next(it)
   state = it.get_state()
   expected = next(it)['image']
-  resumed = pipeline.train_iterator(SameImage(), batch_size=BATCH, seed=3, flip=True, zoom=0.25,
-                                    process_index=1, process_count=2)
+  resumed = pipeline.train_iterator(
+      SameImage(), batch_size=BATCH, seed=3, flip=True, zoom=0.25, process_index=1, process_count=2
+  )
   resumed.set_state(state)
   np.testing.assert_array_equal(next(resumed)['image'], expected)
 

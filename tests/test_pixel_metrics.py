@@ -18,7 +18,7 @@ def _masks_with_regions(n: int = 3, size: int = 16, seed: int = 0) -> np.ndarray
     for _ in range(2 + i % 2):
       h, w = rng.integers(1, 5, size=2)
       top, left = rng.integers(0, size - 5, size=2)
-      masks[i, top:top + h, left:left + w] = 1.0
+      masks[i, top : top + h, left : left + w] = 1.0
   return masks
 
 
@@ -69,7 +69,7 @@ def test_hand_computed_case():
   amap[2, 0], amap[1, 3] = 0.8, 0.6  # two normal pixels
   fpr, pro = pixel_metrics.pro_curve(amap, mask)
   np.testing.assert_allclose(fpr, [0, 0, 1 / 13, 1 / 13, 2 / 13, 2 / 13, 1, 1])
-  np.testing.assert_allclose(pro, [0, .25, .25, .75, .75, 1, 1, 1])
+  np.testing.assert_allclose(pro, [0, 0.25, 0.25, 0.75, 0.75, 1, 1, 1])
   assert pixel_metrics.pixel_pro(amap, mask) == pytest.approx(1 - 1 / 3.9)
   # Over the whole FPR range the missing area is the two steps: 1/13 * .75 + 1/13 * .25.
   assert pixel_metrics.pixel_pro(amap, mask, max_fpr=1.0) == pytest.approx(1 - 1 / 13)
@@ -142,7 +142,8 @@ def test_integrate_to_interpolates_at_the_limit():
   assert pixel_metrics.integrate_to(x, y, 0.2) == pytest.approx(0.02)
   # A vertical step adds no area.
   assert pixel_metrics.integrate_to(np.array([0, 0, 1.0]), np.array([0, 1, 1.0]), 0.5) == (
-      pytest.approx(0.5))
+      pytest.approx(0.5)
+  )
 
 
 def test_smoothing_is_per_map_and_matches_gaussian_filter():
@@ -179,7 +180,7 @@ def _quantised(maps: np.ndarray, hist: pixel_metrics.PixelHistogram) -> np.ndarr
   return np.floor(np.clip(maps, 0, None) * hist.bins / hist.max_value).clip(0, hist.bins - 1)
 
 
-@pytest.mark.parametrize('bins', [16, 2 ** 16])
+@pytest.mark.parametrize('bins', [16, 2**16])
 def test_histogram_is_exact_on_quantised_maps(bins):
   masks = _masks_with_regions(5, 24, seed=3)
   rng = np.random.default_rng(1)

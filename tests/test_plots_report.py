@@ -18,7 +18,6 @@ from ganomaly_jax.evaluation import heatmaps, plots
 from ganomaly_jax.evaluation import report
 
 
-
 def _assert_png(path: Path) -> None:
   path = Path(path)
   assert path.is_file() and path.stat().st_size > 0
@@ -36,12 +35,15 @@ def _images(n: int, h: int = 16, w: int = 16, c: int = 1, seed: int = 0) -> np.n
 # --- Arrays --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize('amap', [
-    np.random.default_rng(0).normal(size=(12, 10)),
-    np.full((12, 10), 3.0),  # constant
-    np.full((12, 10), np.nan),  # all NaN
-    np.random.default_rng(1).normal(size=(12, 10, 1)),  # trailing channel
-])
+@pytest.mark.parametrize(
+    'amap',
+    [
+        np.random.default_rng(0).normal(size=(12, 10)),
+        np.full((12, 10), 3.0),  # constant
+        np.full((12, 10), np.nan),  # all NaN
+        np.random.default_rng(1).normal(size=(12, 10, 1)),  # trailing channel
+    ],
+)
 def test_anomaly_heatmap_shape_dtype(amap):
   heat = heatmaps.anomaly_heatmap(amap)
   assert heat.shape == (12, 10, 3)
@@ -62,12 +64,15 @@ def test_anomaly_heatmap_rejects_bad_shape():
     heatmaps.anomaly_heatmap(np.zeros((2, 3, 4)))
 
 
-@pytest.mark.parametrize('image', [
-    np.random.default_rng(0).uniform(-1, 1, (8, 9, 1)).astype(np.float32),
-    np.random.default_rng(0).uniform(-1, 1, (8, 9, 3)).astype(np.float32),
-    np.random.default_rng(0).integers(0, 256, (8, 9, 3), dtype=np.uint8),
-    np.random.default_rng(0).integers(0, 256, (8, 9), dtype=np.uint8),
-])
+@pytest.mark.parametrize(
+    'image',
+    [
+        np.random.default_rng(0).uniform(-1, 1, (8, 9, 1)).astype(np.float32),
+        np.random.default_rng(0).uniform(-1, 1, (8, 9, 3)).astype(np.float32),
+        np.random.default_rng(0).integers(0, 256, (8, 9, 3), dtype=np.uint8),
+        np.random.default_rng(0).integers(0, 256, (8, 9), dtype=np.uint8),
+    ],
+)
 def test_overlay_shape_dtype(image):
   out = heatmaps.overlay(image, np.random.default_rng(1).normal(size=(8, 9)), alpha=0.4)
   assert out.shape == (8, 9, 3)
@@ -77,8 +82,12 @@ def test_overlay_shape_dtype(image):
 def test_overlay_alpha_extremes_and_gray_replication():
   gray = np.full((4, 4, 1), 1.0, dtype=np.float32)  # white in [-1, 1]
   amap = np.arange(16, dtype=np.float32).reshape(4, 4)
-  np.testing.assert_array_equal(heatmaps.overlay(gray, amap, alpha=0.0), np.full((4, 4, 3), 255, np.uint8))
-  np.testing.assert_array_equal(heatmaps.overlay(gray, amap, alpha=1.0), heatmaps.anomaly_heatmap(amap))
+  np.testing.assert_array_equal(
+      heatmaps.overlay(gray, amap, alpha=0.0), np.full((4, 4, 3), 255, np.uint8)
+  )
+  np.testing.assert_array_equal(
+      heatmaps.overlay(gray, amap, alpha=1.0), heatmaps.anomaly_heatmap(amap)
+  )
 
 
 def test_overlay_size_mismatch_raises():
@@ -89,7 +98,11 @@ def test_overlay_size_mismatch_raises():
 def test_image_grid_shape_and_mixed_cells():
   h, w, pad = 8, 6, 2
   rows = [
-      [_images(1, h, w, 1)[0], _images(1, h, w, 3)[0], np.random.default_rng(0).normal(size=(h, w))],
+      [
+          _images(1, h, w, 1)[0],
+          _images(1, h, w, 3)[0],
+          np.random.default_rng(0).normal(size=(h, w)),
+      ],
       [np.zeros((h, w, 3), np.uint8), np.zeros((h, w), np.uint8)],  # short row, uint8 gray
   ]
   grid = heatmaps.image_grid(rows, pad=pad)
@@ -97,7 +110,7 @@ def test_image_grid_shape_and_mixed_cells():
   assert grid.shape == (2 * h + 3 * pad, 3 * w + 4 * pad, 3)
   # Border and the hole left by the short row keep the pad colour.
   assert (grid[0] == 255).all()
-  assert (grid[pad + h + pad:, pad + 2 * (w + pad):][:h] == 255).all()
+  assert (grid[pad + h + pad :, pad + 2 * (w + pad) :][:h] == 255).all()
   assert heatmaps.image_grid([[np.zeros((h, w, 1), np.float32)]], pad=0).shape == (h, w, 3)
 
 
@@ -126,11 +139,17 @@ def test_loss_curves_keep_losses_probabilities_and_events_apart(tmp_path, monkey
   save = plots._save
   monkeypatch.setattr(plots, '_save', lambda fig, path: figures.append(fig) or save(fig, path))
   steps = range(0, 100, 10)
-  history = {'g_loss': [(s, 15.0 - 0.1 * s) for s in steps], 'g_adv': [(s, 0.05) for s in steps],
-             'g_con': [(s, 0.3 - 0.001 * s) for s in steps], 'g_lat': [(s, 0.01) for s in steps],
-             'd_loss': [(s, 0.6) for s in steps], 'd_real': [(s, 0.7) for s in steps],
-             'd_fake': [(s, 0.3) for s in steps], 'nonfinite': [(s, float(s == 30)) for s in steps],
-             'd_reinit': [(s, 0.0) for s in steps]}
+  history = {
+      'g_loss': [(s, 15.0 - 0.1 * s) for s in steps],
+      'g_adv': [(s, 0.05) for s in steps],
+      'g_con': [(s, 0.3 - 0.001 * s) for s in steps],
+      'g_lat': [(s, 0.01) for s in steps],
+      'd_loss': [(s, 0.6) for s in steps],
+      'd_real': [(s, 0.7) for s in steps],
+      'd_fake': [(s, 0.3) for s in steps],
+      'nonfinite': [(s, float(s == 30)) for s in steps],
+      'd_reinit': [(s, 0.0) for s in steps],
+  }
   _assert_png(plots.plot_loss_curves(history, tmp_path / 'loss.png'))
   [fig] = figures
   # Which series each panel draws (gid: the series name; label where a gid is missing).
@@ -158,8 +177,10 @@ def test_plot_loss_curves_degenerate(tmp_path, history):
 
 
 ROC_CASES = {
-    'normal': (np.r_[np.zeros(30), np.ones(10)], np.r_[np.random.default_rng(0).normal(0, 1, 30),
-                                                        np.random.default_rng(1).normal(2, 1, 10)]),
+    'normal': (
+        np.r_[np.zeros(30), np.ones(10)],
+        np.r_[np.random.default_rng(0).normal(0, 1, 30), np.random.default_rng(1).normal(2, 1, 10)],
+    ),
     'one_class_normal': (np.zeros(10), np.arange(10.0)),
     'one_class_abnormal': (np.ones(10), np.arange(10.0)),
     'constant_scores': (np.r_[np.zeros(5), np.ones(5)], np.full(10, 0.5)),
@@ -184,8 +205,9 @@ def test_plot_roc_pr_one_class_says_undefined(tmp_path, monkeypatch):
   assert plots.ONE_CLASS_NOTE in notes and plots.ONE_CLASS_NOTE == 'undefined (one class)'
 
 
-@pytest.mark.parametrize('n,k,with_maps', [(20, 4, True), (3, 8, True), (1, 8, True), (0, 8, True),
-                                           (6, 2, False)])
+@pytest.mark.parametrize(
+    'n,k,with_maps', [(20, 4, True), (3, 8, True), (1, 8, True), (0, 8, True), (6, 2, False)]
+)
 def test_plot_extremes(tmp_path, n, k, with_maps):
   rng = np.random.default_rng(0)
   images = _images(n, 12, 12, 3)
@@ -226,14 +248,26 @@ def _make_report(tmp_path: Path, n: int = 5) -> tuple[Path, list[dict]]:
   for i in range(n):
     map_rel = f'maps/{i}.png'
     Image.fromarray(heatmaps.anomaly_heatmap(rng.normal(size=(16, 16)))).save(out_dir / map_rel)
-    entries.append({'name': f'img_{i}.png', 'score': float(rng.normal()), 'map_png': map_rel,
-                    'anomalous': i % 2})
+    entries.append(
+        {
+            'name': f'img_{i}.png',
+            'score': float(rng.normal()),
+            'map_png': map_rel,
+            'anomalous': i % 2,
+        }
+    )
   entries[1]['name'] = '<b>bold</b> & "quoted".png'
   entries[2]['score'] = float('nan')
-  metrics = {'auroc': 0.91234, 'ap': np.float32(0.5), 'n_test': 5, 'method': 'ganomaly<x>',
-             'skipped': {'unreadable': ['/data/bad<1>.png', '/data/bad2.png'], 'too_small': ['/s.png']}}
-  path = report.write_paged_report(out_dir, entries, metrics, title='Test <report>', page_size=2,
-                                   extremes=1, notes=['a <note>'])
+  metrics = {
+      'auroc': 0.91234,
+      'ap': np.float32(0.5),
+      'n_test': 5,
+      'method': 'ganomaly<x>',
+      'skipped': {'unreadable': ['/data/bad<1>.png', '/data/bad2.png'], 'too_small': ['/s.png']},
+  }
+  path = report.write_paged_report(
+      out_dir, entries, metrics, title='Test <report>', page_size=2, extremes=1, notes=['a <note>']
+  )
   return path, entries
 
 
@@ -256,8 +290,10 @@ def test_report_structure(tmp_path):
   assert '<b>bold</b>' not in page and '\\u003cb\\u003ebold' in page
   assert 'Test &lt;report&gt;' in page and 'ganomaly&lt;x&gt;' in page and 'a &lt;note&gt;' in page
   assert '0.9123' in page
-  skipped = page[page.index('id="skipped"'):page.index('id="entries"')]
-  assert 'Skipped files (3)' in skipped and '/data/bad&lt;1&gt;.png' in skipped and '/s.png' in skipped
+  skipped = page[page.index('id="skipped"') : page.index('id="entries"')]
+  assert (
+      'Skipped files (3)' in skipped and '/data/bad&lt;1&gt;.png' in skipped and '/s.png' in skipped
+  )
 
 
 def test_report_self_contained(tmp_path):
@@ -269,12 +305,19 @@ def test_report_self_contained(tmp_path):
 
 
 def test_report_degenerate(tmp_path):
-  entries = [{'name': 'no_map', 'score': 1.0, 'map_png': None},
-             {'name': 'bad_score', 'score': 'n/a', 'map_png': 'maps/none.png'},
-             {'name': 'top', 'score': 2.0}]
-  page = report.write_paged_report(tmp_path / 'r', entries, {}, title='t').read_text(encoding='utf-8')
-  assert [e[:2] for e in _index(page)['entries']] == [['top', 2.0], ['no_map', 1.0],
-                                                      ['bad_score', None]]
+  entries = [
+      {'name': 'no_map', 'score': 1.0, 'map_png': None},
+      {'name': 'bad_score', 'score': 'n/a', 'map_png': 'maps/none.png'},
+      {'name': 'top', 'score': 2.0},
+  ]
+  page = report.write_paged_report(tmp_path / 'r', entries, {}, title='t').read_text(
+      encoding='utf-8'
+  )
+  assert [e[:2] for e in _index(page)['entries']] == [
+      ['top', 2.0],
+      ['no_map', 1.0],
+      ['bad_score', None],
+  ]
   assert 'id="skipped"' not in page and 'No metrics.' in page
   empty = report.write_paged_report(tmp_path / 'e', [], {'skipped': {}}, title='empty')
   assert _index(empty.read_text(encoding='utf-8'))['entries'] == []

@@ -19,13 +19,26 @@ from helpers.tiny import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A value for every key the programs do not read (programs.PROGRAM_FREE_KEYS), unlike the default.
-OTHER_RUN = {'method': 'renamed', 'mode': 'eval', 'seed': 7, 'restart': True,
-             'dataset.abnormal': '4', 'dataset.val_fraction': 0.2,
-             'dataset.max_train': 100, 'dataset.flip': True, 'train.num_steps': 9,
-             'train.log_every': 3, 'train.eval_every': 3, 'train.checkpoint_every': 3,
-             'train.image_every': -1, 'train.keep_checkpoints': 5, 'train.on_nonfinite': 'rollback',
-             'train.max_rollbacks': 1, 'runtime.compile_cache_dir': '/elsewhere',
-             'runtime.distributed': True}
+OTHER_RUN = {
+    'method': 'renamed',
+    'mode': 'eval',
+    'seed': 7,
+    'restart': True,
+    'dataset.abnormal': '4',
+    'dataset.val_fraction': 0.2,
+    'dataset.max_train': 100,
+    'dataset.flip': True,
+    'train.num_steps': 9,
+    'train.log_every': 3,
+    'train.eval_every': 3,
+    'train.checkpoint_every': 3,
+    'train.image_every': -1,
+    'train.keep_checkpoints': 5,
+    'train.on_nonfinite': 'rollback',
+    'train.max_rollbacks': 1,
+    'runtime.compile_cache_dir': '/elsewhere',
+    'runtime.distributed': True,
+}
 # What JAX reports once per XLA compilation (or load from the persistent cache), with its name.
 COMPILE_EVENT = '/jax/core/compile/backend_compile_duration'
 # Keys that change results.json between two runs of equal metrics: timings.
@@ -57,9 +70,11 @@ def _lowered_text(config) -> list[str]:
   state = jax.eval_shape(progs.init, init_rng)
   image = jax.ShapeDtypeStruct(state_lib.image_shape(config, config.train.batch_size), jnp.float32)
   rng = jax.eval_shape(jax.random.fold_in, train_rng, 0)
-  return [progs.init.lower(init_rng).as_text(),
-          progs.train_step.lower(state, {'image': image}, rng).as_text(),
-          progs.eval_maps.lower(state, {'image': image}).as_text()]
+  return [
+      progs.init.lower(init_rng).as_text(),
+      progs.train_step.lower(state, {'image': image}, rng).as_text(),
+      progs.eval_maps.lower(state, {'image': image}).as_text(),
+  ]
 
 
 def test_programs_do_not_read_the_program_free_keys():
@@ -89,7 +104,7 @@ def test_decoded_data_is_shared_read_only_and_bounded():
   first = sources.load_splits(tiny_config('ganomaly', **{'dataset.abnormal': '1'}))
   second = sources.load_splits(tiny_config('ganomaly', **{'dataset.abnormal': '2', 'seed': 4}))
   assert len(sources._decoded) == 1  # one decoding of the digits for both classes and seeds
-  (images, _), = sources._decoded.values()
+  ((images, _),) = sources._decoded.values()
   assert not images.flags.writeable
   assert first.info['abnormal'] == 1 and second.info['abnormal'] == 2
   # The split of a run is its own copy: the same as a fresh decoding gives.
@@ -99,7 +114,7 @@ def test_decoded_data_is_shared_read_only_and_bounded():
   np.testing.assert_array_equal(again.test.labels, second.test.labels)
 
 
-MICRO = f'''
+MICRO = f"""
 import os
 from ganomaly_jax.experiments import suites
 
@@ -111,7 +126,7 @@ def get_suite(arg=None):
   methods = [m for m in suites.standard_methods(TINY, CONFIGS) if m.name == 'ganomaly']
   return suites.Suite(name='micro', methods=methods, classes=['1', '2'], seeds=[0], steps=3,
                       overrides={{'train.eval_every': 2}})
-'''
+"""
 
 
 def metrics(results: dict) -> dict:
@@ -152,6 +167,8 @@ def test_micro_suite_runs_equal_the_same_runs_alone(tmp_path):
     alone = train.train_and_evaluate(record.run.config, str(tmp_path / 'alone' / record.run.cls))
     assert metrics(alone) == metrics(record.results)
     written = rundir.read_results(record.run.workdir)
-    assert json.dumps(metrics(written), sort_keys=True) == json.dumps(metrics(alone), sort_keys=True)
+    assert json.dumps(metrics(written), sort_keys=True) == json.dumps(
+        metrics(alone), sort_keys=True
+    )
     assert set(written['phase_seconds']['wall']) >= {'compile', 'train_steps', 'validation', 'test'}
     assert not any(f.endswith('.png') for f in os.listdir(record.run.workdir))  # a lean suite

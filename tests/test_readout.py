@@ -2,7 +2,6 @@
 marks the change), the candidates from the registries, the choice and its record, that the choice
 never sees a test label, that the default read-out is the config's own, and the +auto rows."""
 
-
 import jax
 import numpy as np
 import pytest
@@ -111,11 +110,18 @@ def test_candidates_come_from_the_registries_facts(tiny_config):
 
 
 def test_select_best_image_auroc_then_pixel_auroc_then_published():
-  row = lambda s, m, image, pixel: {'score': s, 'map': m, 'image_auroc': image,
-                                    'pixel_auroc': pixel}
+  row = lambda s, m, image, pixel: {
+      'score': s,
+      'map': m,
+      'image_auroc': image,
+      'pixel_auroc': pixel,
+  }
   published = readout.Readout('lambda', 'l1')
-  rows = [row('lambda', 'l1', 0.7, 0.6), row('lambda', 'ssim', 0.7, 0.8),
-          row('map_max', 'l1', 0.65, 0.6)]
+  rows = [
+      row('lambda', 'l1', 0.7, 0.6),
+      row('lambda', 'ssim', 0.7, 0.8),
+      row('map_max', 'l1', 0.65, 0.6),
+  ]
   assert readout.select(rows, published) == ('lambda', 'ssim')  # image tie: better pixel AUROC
   rows += [row('map_mean', 'l1', 0.9, None)]
   assert readout.select(rows, published) == ('map_mean', 'l1')
@@ -137,12 +143,14 @@ def test_with_readout_validates_and_resets_keys_only_other_scores_read(tiny_conf
 
 
 def test_bad_readout_values_fail_with_one_line(tiny_config):
-  with pytest.raises(checks.ConfigError, match=r"^eval.readout='best': use 'published' or "
-                                                       r"'auto'\.$"):
+  with pytest.raises(
+      checks.ConfigError, match=r"^eval.readout='best': use 'published' or " r"'auto'\.$"
+  ):
     checks.validate_config(tiny_config('masked', **{'eval.readout': 'best'}))
   with pytest.raises(checks.ConfigError, match='needs dataset.val_fraction > 0'):
-    checks.validate_config(tiny_config('masked', **{'eval.readout': 'auto',
-                                                            'dataset.val_fraction': 0.0}))
+    checks.validate_config(
+        tiny_config('masked', **{'eval.readout': 'auto', 'dataset.val_fraction': 0.0})
+    )
 
 
 @pytest.mark.parametrize('method', ['ganomaly', 'skip_ganomaly', 'masked', 'grid_mask'])
@@ -153,8 +161,7 @@ def test_default_readout_is_the_published_one(method, tiny_config, build_program
   chosen = readout.choose(config, None, progs, None, None)  # reads neither state nor data
   assert chosen.config is config and chosen.step_config is progs.step_config
   assert chosen.eval_maps is progs.eval_maps
-  assert chosen.record == {'mode': 'published', 'score': config.eval.score,
-                           'map': config.eval.map}
+  assert chosen.record == {'mode': 'published', 'score': config.eval.score, 'map': config.eval.map}
 
 
 # ------------------------------------------------------------------ end to end, no test labels
@@ -166,7 +173,8 @@ class ShuffledLabels:
   def __init__(self, source, seed):
     self.source = source
     self.labels = np.random.default_rng(seed).permutation(
-        [int(source[i]['label']) for i in range(len(source))])
+        [int(source[i]['label']) for i in range(len(source))]
+    )
 
   def __len__(self):
     return len(self.source)
@@ -176,8 +184,15 @@ class ShuffledLabels:
 
 
 def test_auto_choice_is_recorded_and_blind_to_test_labels(tmp_path, tiny_config):
-  config = tiny_config('masked', **{'eval.readout': 'auto', 'eval.select': 'last',
-                                    'dataset.max_test': 48, 'eval.batch_size': 16})
+  config = tiny_config(
+      'masked',
+      **{
+          'eval.readout': 'auto',
+          'eval.select': 'last',
+          'dataset.max_test': 48,
+          'eval.batch_size': 16,
+      },
+  )
   checks.validate_config(config)
   mesh = parallel.make_mesh()
   progs = programs.build(config, mesh)
@@ -189,8 +204,9 @@ def test_auto_choice_is_recorded_and_blind_to_test_labels(tmp_path, tiny_config)
   def final(workdir, test):
     (workdir).mkdir()
     split = sources.Splits(splits.train, splits.val, test, splits.info)
-    return evaluator.final_evaluation(config, str(workdir), state, None, progs, split, mesh, writer,
-                                  run_info)
+    return evaluator.final_evaluation(
+        config, str(workdir), state, None, progs, split, mesh, writer, run_info
+    )
 
   results = final(tmp_path / 'a', splits.test)
   shuffled = ShuffledLabels(splits.test, seed=1)
@@ -203,12 +219,16 @@ def test_auto_choice_is_recorded_and_blind_to_test_labels(tmp_path, tiny_config)
   assert record['mode'] == 'auto' and record['published'] == {'score': 'lambda', 'map': 'l1'}
   pairs = [(c['score'], c['map']) for c in record['candidates']]
   assert pairs == [tuple(r) for r in readout.candidates(config)]
-  assert all(0.0 <= c['image_auroc'] <= 1.0 and 0.0 <= c['pixel_auroc'] <= 1.0
-             for c in record['candidates'])
+  assert all(
+      0.0 <= c['image_auroc'] <= 1.0 and 0.0 <= c['pixel_auroc'] <= 1.0
+      for c in record['candidates']
+  )
   best = max(c['image_auroc'] for c in record['candidates'])
   assert {'score': record['score'], 'map': record['map']} in [
-      {'score': c['score'], 'map': c['map']} for c in record['candidates']
-      if c['image_auroc'] == best]
+      {'score': c['score'], 'map': c['map']}
+      for c in record['candidates']
+      if c['image_auroc'] == best
+  ]
   assert record['synthetic']['normals'] == len(splits.val)
   assert results['score'] == record['score']  # the test pass used the choice
 
@@ -223,30 +243,39 @@ def test_auto_choice_is_recorded_and_blind_to_test_labels(tmp_path, tiny_config)
 
 @pytest.mark.slow
 def test_auto_row_reevaluates_its_methods_checkpoint_and_the_table_shows_readouts(
-    tmp_path, monkeypatch, repo_root):
+    tmp_path, monkeypatch, repo_root
+):
   import os
 
   from ganomaly_jax.experiments import benchmark, suites, tables
 
   arg = tiny.arg(**tiny.SMALL_DATA)
-  methods = [m for m in suites.standard_methods(arg, os.path.join(repo_root, 'configs'))
-             if m.name in ('masked', 'masked+auto')]
+  methods = [
+      m
+      for m in suites.standard_methods(arg, os.path.join(repo_root, 'configs'))
+      if m.name in ('masked', 'masked+auto')
+  ]
   suite = suites.Suite(name='micro', methods=methods, classes=['1'], seeds=[0], steps=2)
   root = str(tmp_path / 'bench')
   records = benchmark.run_benchmark(suite, root)
-  assert [(r.run.method.name, r.status) for r in records] == [('masked', 'done'),
-                                                               ('masked+auto', 'done')]
+  assert [(r.run.method.name, r.status) for r in records] == [
+      ('masked', 'done'),
+      ('masked+auto', 'done'),
+  ]
   base, auto = (rundir.read_results(r.run.workdir) for r in records)
   assert base['readout'] == {'mode': 'published', 'score': 'lambda', 'map': 'l1'}
   assert auto['readout']['mode'] == 'auto' and auto['rescored_from'] == records[0].run.workdir
   assert auto['selected_step'] == base['selected_step']  # the same checkpoint, read out again
   rows = tables.read_csv(root)
   assert [r['readout'] for r in rows] == [
-      'lambda/l1', f'{auto["readout"]["score"]}/{auto["readout"]["map"]}']
+      'lambda/l1',
+      f'{auto["readout"]["score"]}/{auto["readout"]["map"]}',
+  ]
   assert '| masked+auto | 1 |' in rundir.path(root, tables.RESULTS_MD).read_text()
 
   # A rerun finds both finished: nothing is trained or evaluated again.
   from ganomaly_jax.experiments import rescore
+
   monkeypatch.setattr(rescore, 'rescore_run', lambda *a: pytest.fail('re-evaluated'))
   again = benchmark.run_benchmark(suite, root, train_fn=lambda *a: pytest.fail('trained'))
   assert [r.status for r in again] == ['skipped', 'skipped']
@@ -255,8 +284,9 @@ def test_auto_row_reevaluates_its_methods_checkpoint_and_the_table_shows_readout
 def test_auto_rows_need_their_method_earlier_in_the_suite():
   from ganomaly_jax.experiments import suites
 
-  with pytest.raises(suites.SuiteError, match=r"masked\+auto re-evaluates 'masked', which is not "
-                                              'an earlier row'):
+  with pytest.raises(
+      suites.SuiteError, match=r"masked\+auto re-evaluates 'masked', which is not " 'an earlier row'
+  ):
     suites.load_suite('digits:methods=masked+auto+pca')
   picked = suites.load_suite('digits:methods=masked+masked+auto+pca')  # '+' inside a row name
   assert [m.name for m in picked.methods] == ['masked', 'masked+auto', 'pca']

@@ -17,9 +17,19 @@ _CLOCKS = ('phase_seconds', 'train_wall_time_s')
 
 def _config(method='ganomaly', **args):
   """The tiny method on 32 training images (4 steps of 8 per epoch) and 32 test images."""
-  return arguments.load_config(tiny.spec(method, **{
-      'dataset.max_train': 32, 'dataset.max_test': 32, 'eval.batch_size': 16,
-      'train.num_steps': 0, 'train.epochs': 2, **args}))
+  return arguments.load_config(
+      tiny.spec(
+          method,
+          **{
+              'dataset.max_train': 32,
+              'dataset.max_test': 32,
+              'eval.batch_size': 16,
+              'train.num_steps': 0,
+              'train.epochs': 2,
+              **args,
+          },
+      )
+  )
 
 
 def test_epochs_to_steps():
@@ -38,7 +48,8 @@ def test_epochs_to_steps():
   # quick sets eval_every / checkpoint_every to 2 steps: explicit values stay.
   assert filled.train.eval_every == 2 and filled.train.checkpoint_every == 2
   per_epoch = schedule.with_epoch_steps(
-      _config(**{'train.eval_every': 0, 'train.checkpoint_every': 0}), 36)
+      _config(**{'train.eval_every': 0, 'train.checkpoint_every': 0}), 36
+  )
   assert per_epoch.train.eval_every == per_epoch.train.checkpoint_every == 4
   steps_config = arguments.load_config(tiny.spec(steps=5))
   assert schedule.with_epoch_steps(steps_config, 36) is steps_config  # no epochs: unchanged
@@ -47,16 +58,25 @@ def test_epochs_to_steps():
 def test_early_stop_counts_evaluations_without_improvement():
   stop = schedule.EarlyStop(2)
   assert [stop.update(v) for v in (3.0, 2.0, 2.5, 1.0, 1.5, float('nan'))] == [
-      False, False, False, False, False, True]
+      False,
+      False,
+      False,
+      False,
+      False,
+      True,
+  ]
   assert not any(schedule.EarlyStop(0).update(v) for v in (1.0, 2.0, 3.0))
 
 
-@pytest.mark.parametrize('args, match', [
-    ({'train.num_steps': 5}, r'train.epochs=2 and train.num_steps=5 are both set'),
-    ({'eval.protocol': 'official'}, r"eval.protocol='official': use 'honest' or 'reference'"),
-    ({'train.epochs': -1}, r'train.epochs=-1 must be an integer >= 0'),
-    ({'dataset.normalization': 'zscore'}, r"dataset.normalization='zscore'"),
-])
+@pytest.mark.parametrize(
+    'args, match',
+    [
+        ({'train.num_steps': 5}, r'train.epochs=2 and train.num_steps=5 are both set'),
+        ({'eval.protocol': 'official'}, r"eval.protocol='official': use 'honest' or 'reference'"),
+        ({'train.epochs': -1}, r'train.epochs=-1 must be an integer >= 0'),
+        ({'dataset.normalization': 'zscore'}, r"dataset.normalization='zscore'"),
+    ],
+)
 def test_bad_values_give_one_line(args, match):
   with pytest.raises(checks.ConfigError, match=match) as error:
     checks.validate_config(_config(**args))
@@ -72,9 +92,11 @@ def test_official_auc_is_sklearns_on_min_max_scaled_scores():
   labels = np.array([0, 0, 1, 1, 0, 1])
   scores = np.array([0.1, 0.4, 0.35, 0.8, 0.2, 0.9])
   assert reference.official_auc(labels, scores) == pytest.approx(8 / 9)
-  points = [{'epoch': 1, 'step': 4, 'image_auroc': 0.6},
-            {'epoch': 2, 'step': 8, 'image_auroc': 0.7},
-            {'epoch': 3, 'step': 12, 'image_auroc': 0.65}]
+  points = [
+      {'epoch': 1, 'step': 4, 'image_auroc': 0.6},
+      {'epoch': 2, 'step': 8, 'image_auroc': 0.7},
+      {'epoch': 3, 'step': 12, 'image_auroc': 0.65},
+  ]
   entry = reference.summary(points)
   assert (entry['image_auroc'], entry['epoch'], entry['last_image_auroc']) == (0.7, 2, 0.65)
   assert entry['curve'] == [0.6, 0.7, 0.65] and entry['selection'].startswith('test')
@@ -84,8 +106,9 @@ def test_official_auc_is_sklearns_on_min_max_scaled_scores():
 @pytest.mark.parametrize('method', ['ganomaly', 'skip_ganomaly'])
 def test_reference_readout_beside_bit_identical_honest_results(tmp_path, method):
   honest = train.train_and_evaluate(_config(method), str(tmp_path / 'honest'))
-  both = train.train_and_evaluate(_config(method, **{'eval.protocol': 'reference'}),
-                                  str(tmp_path / 'reference'))
+  both = train.train_and_evaluate(
+      _config(method, **{'eval.protocol': 'reference'}), str(tmp_path / 'reference')
+  )
   assert honest['steps'] == both['steps'] == 8 and both['epochs'] == 2
   ref = both.pop('reference')
   assert 'reference' not in honest
@@ -101,7 +124,8 @@ def test_reference_readout_beside_bit_identical_honest_results(tmp_path, method)
   assert [p['step'] for p in curve['curve']] == [4, 8]
   # What config.json records counts in steps and loads again (mode=eval, rescore).
   saved_config = schema.from_saved(
-      rundir.read_json(rundir.path(str(tmp_path / 'reference'), rundir.CONFIG))['config'])
+      rundir.read_json(rundir.path(str(tmp_path / 'reference'), rundir.CONFIG))['config']
+  )
   assert (saved_config.train.num_steps, saved_config.train.epochs) == (8, 0)
   checks.validate_config(saved_config)
 
@@ -114,8 +138,9 @@ def test_mnist_reference_normalization_is_the_official_one():
   from ganomaly_jax.runtime import parallel
 
   pixels = np.array([0, 128, 255], np.uint8)
-  ours = np.asarray(normalization.from_tanh(jnp.asarray(pipeline.to_float(pixels)),
-                                            'mnist_reference'))
+  ours = np.asarray(
+      normalization.from_tanh(jnp.asarray(pipeline.to_float(pixels)), 'mnist_reference')
+  )
   np.testing.assert_allclose(ours, (pixels / 255.0 - 0.1307) / 0.3081, atol=1e-5)
   assert normalization.from_tanh(jnp.ones(2), 'tanh') is not None
   # The steps read it: configs that differ in it do not share programs.

@@ -30,13 +30,17 @@ def tiny_config(**overrides):
 def run_main(workdir, *flags, timeout=240, wait=True, kill_after_step=None):
   """The train command on TINY; with `kill_after_step`, SIGKILLed right after that step's save
   (tests/helpers/kill_after_step.py)."""
-  entry = (['-m', 'ganomaly_jax.main'] if kill_after_step is None else
-           [os.path.join(REPO, 'tests', 'helpers', 'kill_after_step.py'), str(kill_after_step)])
+  entry = (
+      ['-m', 'ganomaly_jax.main']
+      if kill_after_step is None
+      else [os.path.join(REPO, 'tests', 'helpers', 'kill_after_step.py'), str(kill_after_step)]
+  )
   cmd = [sys.executable, *entry, f'--config={TINY}', f'--workdir={workdir}', *flags]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
   if not wait:
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
   return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -83,8 +87,9 @@ def test_sigkill_then_resume_equals_straight_run(tmp_path):
 @pytest.mark.slow
 def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
   workdir = str(tmp_path / 'run')
-  proc = run_main(workdir, '--config.train.num_steps=100000', '--config.train.checkpoint_every=1000',
-                  wait=False)
+  proc = run_main(
+      workdir, '--config.train.num_steps=100000', '--config.train.checkpoint_every=1000', wait=False
+  )
   deadline = time.time() + 180
   metrics = os.path.join(workdir, 'train_metrics.jsonl')
   while not os.path.exists(metrics) and time.time() < deadline and proc.poll() is None:
@@ -124,7 +129,8 @@ def resumed_steps():
 
 @pytest.mark.slow
 def test_sigterm_on_a_step_that_just_checkpointed_stops_there_and_resumes_exactly(
-    tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
   """4 steps straight == 2 steps, whose periodic checkpoint is saved as SIGTERM arrives, + resume."""
   config = tiny_config(**{'train.num_steps': 4, 'train.checkpoint_every': 2})
   straight, stopped = str(tmp_path / 'straight'), str(tmp_path / 'stopped')
@@ -166,16 +172,18 @@ def test_nan_stop_names_step_and_term(tmp_path):
 def test_exploding_but_finite_loss_counts_as_divergence(tmp_path):
   # Every real loss is far above a limit of 1e-6, so the very first step must be refused by name.
   config = tiny_config(**{'train.loss_limit': 1e-6, 'train.num_steps': 2})
-  with pytest.raises(rundir.TrainingError,
-                     match=r'step 1 \(g_loss, d_loss beyond train.loss_limit=1e-06\)'):
+  with pytest.raises(
+      rundir.TrainingError, match=r'step 1 \(g_loss, d_loss beyond train.loss_limit=1e-06\)'
+  ):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert not os.path.exists(tmp_path / 'run' / 'results.json')
 
 
 @pytest.mark.slow
 def test_nan_rollback_skips_batch_and_finishes(tmp_path):
-  config = tiny_config(**{'debug_nan_at_step': 3, 'train.num_steps': 6,
-                          'train.on_nonfinite': 'rollback'})
+  config = tiny_config(
+      **{'debug_nan_at_step': 3, 'train.num_steps': 6, 'train.on_nonfinite': 'rollback'}
+  )
   results = train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert results['rollbacks'] == 1
   assert results['skipped_steps'] == 1
@@ -184,8 +192,14 @@ def test_nan_rollback_skips_batch_and_finishes(tmp_path):
 
 @pytest.mark.slow
 def test_rollback_budget_exhausted_stops(tmp_path):
-  config = tiny_config(**{'debug_nan_at_step': 3, 'train.num_steps': 6,
-                          'train.on_nonfinite': 'rollback', 'train.max_rollbacks': 0})
+  config = tiny_config(
+      **{
+          'debug_nan_at_step': 3,
+          'train.num_steps': 6,
+          'train.on_nonfinite': 'rollback',
+          'train.max_rollbacks': 0,
+      }
+  )
   with pytest.raises(rundir.TrainingError, match='after 0 rollbacks'):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
 
@@ -207,8 +221,9 @@ def _write_bad_folder(root):
 @pytest.mark.slow
 def test_bad_images_are_skipped_counted_and_reported(tmp_path):
   _write_bad_folder(tmp_path / 'data')
-  config = tiny_config(**{'dataset.name': f'folder:{tmp_path / "data"}', 'model.channels': 3,
-                          'train.num_steps': 2})
+  config = tiny_config(
+      **{'dataset.name': f'folder:{tmp_path / "data"}', 'model.channels': 3, 'train.num_steps': 2}
+  )
   results = train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert 0.0 <= results['image_auroc'] <= 1.0
   with open(tmp_path / 'run' / 'data_report.json') as f:
@@ -225,8 +240,9 @@ def test_folder_without_usable_images_is_one_clear_error(tmp_path):
   os.makedirs(root / 'train/good')
   os.makedirs(root / 'test/good')
   (root / 'train/good/a.png').write_bytes(b'')
-  result = run_main(str(tmp_path / 'run'), f'--config.dataset.name=folder:{root}',
-                    '--config.model.channels=3')
+  result = run_main(
+      str(tmp_path / 'run'), f'--config.dataset.name=folder:{root}', '--config.model.channels=3'
+  )
   assert result.returncode == 1
   errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
   assert len(errors) == 1 and 'train/good' in errors[0], result.stderr[-1500:]
@@ -257,10 +273,16 @@ def test_resume_with_another_process_count_is_one_clear_error(tmp_path):
   data_dir = os.path.join(store.latest_dir, str(store.latest_step()), 'data')
   store.close()
   # Make the newest checkpoint look as if two processes had written it.
-  os.rename(os.path.join(data_dir, 'process_0-of-1.json'), os.path.join(data_dir, 'process_0-of-2.json'))
-  shutil.copy(os.path.join(data_dir, 'process_0-of-2.json'), os.path.join(data_dir, 'process_1-of-2.json'))
-  with pytest.raises(rundir.TrainingError,
-                     match='checkpointed by 2 processes and this run has 1: .* resume training with 2'):
+  os.rename(
+      os.path.join(data_dir, 'process_0-of-1.json'), os.path.join(data_dir, 'process_0-of-2.json')
+  )
+  shutil.copy(
+      os.path.join(data_dir, 'process_0-of-2.json'), os.path.join(data_dir, 'process_1-of-2.json')
+  )
+  with pytest.raises(
+      rundir.TrainingError,
+      match='checkpointed by 2 processes and this run has 1: .* resume training with 2',
+  ):
     train.train_and_evaluate(tiny_config(**{'train.num_steps': 4}), workdir)
   _, step = latest_state(workdir, tiny_config())
   assert step == 2  # the checkpoint is still there, untouched

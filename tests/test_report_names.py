@@ -27,27 +27,46 @@ from helpers import browser
 _RUN = "document.body.appendChild(document.createElement('pwned'))"
 # The table's names, and names that carry markup or a script in every place a name appears.
 HOSTILE = (
-    '<!--<script>.png', 'hash#1.png', 'q?x.png', 'pct%41.png', 'dup.png', 'dup.jpg', 'dup_png.png',
-    'a' * 251 + '.png', 'a' * 251 + '.jpg', f'<img src=x onerror="{_RUN}">.png',
+    '<!--<script>.png',
+    'hash#1.png',
+    'q?x.png',
+    'pct%41.png',
+    'dup.png',
+    'dup.jpg',
+    'dup_png.png',
+    'a' * 251 + '.png',
+    'a' * 251 + '.jpg',
+    f'<img src=x onerror="{_RUN}">.png',
     f'</script><script>{_RUN}</script>.png',  # a '/' in a name is a subfolder: real paths hold this
-    "quote'\"&amp;.png", 'space name.png', 'ünïcødé 名前.png', 'A.png', 'a.png', '\u2028line.png',
-    ']]>-->.png', '%2e%2e.png', 'x.png?y=1#z.png',
+    'quote\'"&amp;.png',
+    'space name.png',
+    'ünïcødé 名前.png',
+    'A.png',
+    'a.png',
+    '\u2028line.png',
+    ']]>-->.png',
+    '%2e%2e.png',
+    'x.png?y=1#z.png',
 )
 
 # File-name text: any character but '/' and NUL (surrogates and other control characters aside,
 # which the browser cannot show back as they are), markup characters often.
 _CHARS = st.one_of(
     st.sampled_from('<>&"\'#?%;:=!- .\\[]{}()`\t'),
-    st.characters(blacklist_categories=('Cs', 'Cc'), blacklist_characters='/\x00'))
+    st.characters(blacklist_categories=('Cs', 'Cc'), blacklist_characters='/\x00'),
+)
 _PART = st.text(_CHARS, min_size=1, max_size=40).filter(lambda s: s not in ('.', '..'))
-_NAME = st.builds(lambda parts, ext: '/'.join(parts) + ext,
-                  st.lists(_PART, min_size=1, max_size=3),
-                  st.sampled_from(['.png', '.jpg', '.PNG', '.tif', '']))
+_NAME = st.builds(
+    lambda parts, ext: '/'.join(parts) + ext,
+    st.lists(_PART, min_size=1, max_size=3),
+    st.sampled_from(['.png', '.jpg', '.PNG', '.tif', '']),
+)
 _NAMES = st.lists(_NAME, min_size=1, max_size=25, unique=True)
 # No example database: tests write nothing outside temporary folders. The fixture used inside
 # @given is a factory (tmp_path_factory), so reusing it across examples is safe.
-_SETTINGS = dict(deadline=None, database=None,
-                 suppress_health_check=[HealthCheck.function_scoped_fixture])
+_SETTINGS = dict(
+    deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 def _index(page: str) -> dict:
@@ -65,10 +84,24 @@ def _write_report(folder, names: list[str], page_size: int = 1000):
     target = folder / 'maps' / f'{map_name}.png'
     target.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(target)
-    entries.append({'name': name, 'score': float(len(names) - i), 'map_png': f'maps/{map_name}.png',
-                    'anomalous': i % 2})
-  return report.write_paged_report(folder, entries, {'images_scored': len(names)},
-                                   f'names <i id="title-markup">{names[0]}</i>', page_size=page_size), maps
+    entries.append(
+        {
+            'name': name,
+            'score': float(len(names) - i),
+            'map_png': f'maps/{map_name}.png',
+            'anomalous': i % 2,
+        }
+    )
+  return (
+      report.write_paged_report(
+          folder,
+          entries,
+          {'images_scored': len(names)},
+          f'names <i id="title-markup">{names[0]}</i>',
+          page_size=page_size,
+      ),
+      maps,
+  )
 
 
 def _check_map_names(names: list[str]) -> None:
@@ -117,8 +150,9 @@ def test_the_embedded_index_gives_back_every_real_name_and_encoded_url(names, tm
 # No shrinking: each example starts Chromium, and the failing names are printed whole anyway.
 @settings(max_examples=4, phases=(Phase.explicit, Phase.generate), **_SETTINGS)
 @given(generated=_NAMES)
-def test_hostile_names_render_every_card_with_its_name_and_picture_in_chromium(generated,
-                                                                               tmp_path_factory):
+def test_hostile_names_render_every_card_with_its_name_and_picture_in_chromium(
+    generated, tmp_path_factory
+):
   """The table's names plus generated ones: every card, its real name, a loading thumbnail, and no
   script of theirs ran."""
   browser.find_chromium()

@@ -13,9 +13,16 @@ from helpers import tiny
 
 
 def _config(steps: int, **overrides):
-  return tiny.tiny_config(**{
-      **tiny.SMALL_DATA, 'train.eval_every': 2, 'train.checkpoint_every': 2,
-      'train.num_steps': steps, 'runtime.compile_cache_dir': '', **overrides})
+  return tiny.tiny_config(
+      **{
+          **tiny.SMALL_DATA,
+          'train.eval_every': 2,
+          'train.checkpoint_every': 2,
+          'train.num_steps': steps,
+          'runtime.compile_cache_dir': '',
+          **overrides,
+      }
+  )
 
 
 @pytest.fixture(scope='module')
@@ -36,8 +43,10 @@ def _checkpointed(workdir: str, config) -> tuple[dict[str, np.ndarray], int]:
 
 
 def _flat(state) -> dict[str, np.ndarray]:
-  return {jax.tree_util.keystr(path): np.asarray(leaf)
-          for path, leaf in jax.tree_util.tree_leaves_with_path(jax.device_get(state))}
+  return {
+      jax.tree_util.keystr(path): np.asarray(leaf)
+      for path, leaf in jax.tree_util.tree_leaves_with_path(jax.device_get(state))
+  }
 
 
 @pytest.mark.slow  # trains, then resumes
@@ -78,6 +87,7 @@ def test_another_architecture_is_refused_before_compiling(trained, monkeypatch):
     progs = build(*args, **kwargs)
 
     class Refuse:
+
       def lower(self, *a, **k):
         raise AssertionError('the train step was lowered before the architecture check')
 

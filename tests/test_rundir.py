@@ -69,8 +69,10 @@ def test_curves_keep_the_last_value_of_a_relogged_step_and_skip_a_cut_line(root)
   rundir.append_curves(root, 2, {'g_loss': 0.9, 'd_loss': 0.6})  # a resumed session re-logs step 2
   with rundir.path(root, rundir.CURVES).open('a') as f:
     f.write('{"step": 6, "g_lo')  # killed mid-line
-  assert rundir.read_curves(root) == {'g_loss': [(2, 0.9), (4, 0.8)],
-                                      'd_loss': [(2, 0.6), (4, 0.4)]}
+  assert rundir.read_curves(root) == {
+      'g_loss': [(2, 0.9), (4, 0.8)],
+      'd_loss': [(2, 0.6), (4, 0.4)],
+  }
 
 
 def test_move_aside_keeps_everything(root):
@@ -96,8 +98,11 @@ def test_move_aside_keeps_everything(root):
 
 
 def test_architecture_check_names_the_differing_parameters():
-  saved = {'g_params/enc/conv/kernel': (4, 4, 3, 8), 'g_opt/0/mu/enc/conv/kernel': (4, 4, 3, 8),
-           'step': ()}
+  saved = {
+      'g_params/enc/conv/kernel': (4, 4, 3, 8),
+      'g_opt/0/mu/enc/conv/kernel': (4, 4, 3, 8),
+      'step': (),
+  }
   rundir.check_parameters(None, saved, 'w')  # nothing saved: nothing to compare
   rundir.check_parameters(saved, dict(saved), 'w')
   # Optimizer state and counters are not parameters: a difference there alone resumes.
@@ -114,8 +119,10 @@ def test_architecture_check_names_the_differing_parameters():
 def test_runtime_changes_come_from_config_json(root):
   assert rundir.runtime_changes({'dtype': 'float32'}, root) == []  # no config.json yet
   rundir.path(root).mkdir(parents=True, exist_ok=True)
-  rundir.write_json(rundir.path(root, rundir.CONFIG),
-                    {'config': {'runtime': {'dtype': 'float32', 'cpu_kernels': 'auto'}}})
+  rundir.write_json(
+      rundir.path(root, rundir.CONFIG),
+      {'config': {'runtime': {'dtype': 'float32', 'cpu_kernels': 'auto'}}},
+  )
   changes = rundir.runtime_changes({'dtype': 'bfloat16', 'cpu_kernels': 'auto', 'new': 1}, root)
   assert changes == [('dtype', 'bfloat16', 'float32')]
 
@@ -126,8 +133,12 @@ def test_pictures_and_report_are_written_through_epath(root):
   assert epath.Path(out).read_bytes().startswith(b'\x89PNG')
   plots.plot_loss_curves({'g_loss': [(1, 1.0), (2, 0.5)]}, rundir.path(root, 'loss_curves.png'))
   assert rundir.path(root, 'loss_curves.png').exists()
-  page = report.write_paged_report(rundir.path(root, 'report'), [
-      {'name': 'a', 'score': 0.5, 'map_png': 'maps/a.png'}], {'auroc': 0.5}, 'test')
+  page = report.write_paged_report(
+      rundir.path(root, 'report'),
+      [{'name': 'a', 'score': 0.5, 'map_png': 'maps/a.png'}],
+      {'auroc': 0.5},
+      'test',
+  )
   text = epath.Path(page).read_text()
   assert '<h1>test</h1>' in text and '"maps/a.png"' in text
   assert sorted(p.name for p in rundir.path(root, 'report').iterdir()) == ['index.html']
@@ -143,10 +154,19 @@ def test_gs_workdir_has_no_local_shadow(gs_root, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_rundir_and_infer_import_without_tensorflow_or_clu():
-  code = ('import sys; import ganomaly_jax.runtime.rundir, ganomaly_jax.infer; '
-          "print(sorted(m for m in ('tensorflow', 'clu') if m in sys.modules))")
-  out = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True,
-                       env={**os.environ, 'PYTHONPATH': REPO}, timeout=120, check=True)
+  code = (
+      'import sys; import ganomaly_jax.runtime.rundir, ganomaly_jax.infer; '
+      "print(sorted(m for m in ('tensorflow', 'clu') if m in sys.modules))"
+  )
+  out = subprocess.run(
+      [sys.executable, '-c', code],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      env={**os.environ, 'PYTHONPATH': REPO},
+      timeout=120,
+      check=True,
+  )
   assert out.stdout.strip() == '[]', out.stderr[-2000:]
 
 
@@ -166,15 +186,22 @@ def test_trim_curves_drops_rows_past_the_restored_step(root):
 # --- One run per workdir (issue 22) ----------------------------------------------------------
 
 # Holds the lock of argv[1] until killed; prints 'locked' once it does.
-_HOLDER = ('import sys, time; from ganomaly_jax.runtime import rundir; '
-           'lock = rundir.WorkdirLock(sys.argv[1]); lock.acquire(); print("locked", flush=True); '
-           'time.sleep(600)')
+_HOLDER = (
+    'import sys, time; from ganomaly_jax.runtime import rundir; '
+    'lock = rundir.WorkdirLock(sys.argv[1]); lock.acquire(); print("locked", flush=True); '
+    'time.sleep(600)'
+)
 
 
 def test_a_second_run_is_refused_naming_the_holder_and_a_killed_holder_does_not_block(tmp_path):
   workdir = str(tmp_path / 'run')
-  holder = subprocess.Popen([sys.executable, '-c', _HOLDER, workdir], cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, env={**os.environ, 'PYTHONPATH': REPO})
+  holder = subprocess.Popen(
+      [sys.executable, '-c', _HOLDER, workdir],
+      cwd=REPO,
+      text=True,
+      stdout=subprocess.PIPE,
+      env={**os.environ, 'PYTHONPATH': REPO},
+  )
   try:
     assert holder.stdout.readline().strip() == 'locked'
     with pytest.raises(rundir.TrainingError) as info:
@@ -212,8 +239,10 @@ def test_gs_lease_refuses_a_live_holder_and_takes_over_a_stale_one(gs_root):
   assert not rundir.path(gs_root, rundir.LOCK).exists()
 
   # A holder that died without releasing: an expired lease, and a dead pid on this host.
-  for stale in ({**lease, 'pid': 1, 'host': 'elsewhere', 'expires': time.time() - 1},
-                {**lease, 'pid': 2**22 + 12345, 'expires': time.time() + 600}):
+  for stale in (
+      {**lease, 'pid': 1, 'host': 'elsewhere', 'expires': time.time() - 1},
+      {**lease, 'pid': 2**22 + 12345, 'expires': time.time() + 600},
+  ):
     rundir.write_json(rundir.path(gs_root, rundir.LOCK), stale)
     with rundir.WorkdirLock(gs_root, settle_s=0):
       assert json.loads(rundir.path(gs_root, rundir.LOCK).read_text())['pid'] == os.getpid()

@@ -20,8 +20,13 @@ SHARE_PROGRAMS = True
 def _config(**args):
   """The tiny GANomaly, 6 steps on at most 32 training and 32 test images, with `args` (argument
   string keys: a dataset set here resolves its own channels)."""
-  return arguments.load_config(tiny.spec(
-      steps=6, **{'dataset.max_train': 32, 'dataset.max_test': 32, 'eval.batch_size': 16}, **args))
+  return arguments.load_config(
+      tiny.spec(
+          steps=6,
+          **{'dataset.max_train': 32, 'dataset.max_test': 32, 'eval.batch_size': 16},
+          **args,
+      )
+  )
 
 
 class OfferedBest:
@@ -69,6 +74,7 @@ def test_select_last_picks_the_last_step(tmp_path, monkeypatch):
 
 # --- Splits -------------------------------------------------------------------------------------------
 
+
 def _fingerprints(source) -> list[bytes]:
   return [np.asarray(source[i]['image']).tobytes() for i in range(len(source))]
 
@@ -107,8 +113,13 @@ def test_digit_splits_are_disjoint(pool, repo_root):
 @pytest.mark.parametrize('pool', [False, True])
 def test_npz_splits_are_disjoint(tmp_path, pool, repo_root):
   path = tmp_path / 'data.npz'
-  np.savez(path, x_train=_unique_images(60, 0), y_train=np.arange(60) % 3,
-           x_test=_unique_images(30, 60), y_test=np.arange(30) % 3)
+  np.savez(
+      path,
+      x_train=_unique_images(60, 0),
+      y_train=np.arange(60) % 3,
+      x_test=_unique_images(30, 60),
+      y_test=np.arange(30) % 3,
+  )
   arg = f'dataset=npz:{path},abnormal=1,isize=20'
   config = arguments.load_config(os.path.join(repo_root, f'configs/ganomaly.py:{arg}'))
   with config.unlocked():
@@ -140,7 +151,8 @@ def test_tfds_splits_are_disjoint(name, shape, repo_root):
 
   with tfds.testing.mock_data(as_data_source_fn=data_source):
     config = arguments.load_config(
-        os.path.join(repo_root, f'configs/ganomaly.py:dataset={name},abnormal=3'))
+        os.path.join(repo_root, f'configs/ganomaly.py:dataset={name},abnormal=3')
+    )
     splits = sources.load_splits(config)
   assert _distinct_within(splits.train) and _distinct_within(splits.test)
   _assert_disjoint(splits)

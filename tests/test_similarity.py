@@ -16,12 +16,22 @@ from skimage.metrics import structural_similarity
 from ganomaly_jax import losses, similarity
 from ganomaly_jax.evaluation import pixel_metrics
 
-
 # The maps and losses jitted once per input shape: op-by-op dispatch compiles each of their many
 # small ops on its own, which took most of this file's time.
-jitted = types.SimpleNamespace(**{name: jax.jit(getattr(similarity, name)) for name in (
-    'ssim_map', 'ssim_loss', 'gms_map', 'msgms_map', 'msgms_loss', 'ssim_anomaly_map',
-    'msgms_anomaly_map')})
+jitted = types.SimpleNamespace(
+    **{
+        name: jax.jit(getattr(similarity, name))
+        for name in (
+            'ssim_map',
+            'ssim_loss',
+            'gms_map',
+            'msgms_map',
+            'msgms_loss',
+            'ssim_anomaly_map',
+            'msgms_anomaly_map',
+        )
+    }
+)
 
 
 def _pair(shape, seed=0, noise=0.3):
@@ -31,17 +41,25 @@ def _pair(shape, seed=0, noise=0.3):
   return x, y
 
 
-@pytest.mark.parametrize('shape', [(16, 16, 1), (32, 24, 3),
-                                   pytest.param((256, 256, 1), marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    'shape', [(16, 16, 1), (32, 24, 3), pytest.param((256, 256, 1), marks=pytest.mark.slow)]
+)
 def test_ssim_map_matches_scikit_image_on_unit_intensities(shape):
   # SSIM of [-1, 1] images is scikit-image's SSIM of (x + 1) / 2 with data_range=1, with the
   # window sigma of the image size (1 px up to 170 px, 1.5 at 256 px).
   x, y = _pair(shape)
   sigma = similarity.ssim_sigma(min(shape[:2]))
   assert sigma == (1.5 if shape[0] == 256 else 1.0)
-  mean, full = structural_similarity((x + 1) / 2, (y + 1) / 2, full=True, gaussian_weights=True,
-                                     sigma=sigma, use_sample_covariance=False, data_range=1.0,
-                                     channel_axis=-1)
+  mean, full = structural_similarity(
+      (x + 1) / 2,
+      (y + 1) / 2,
+      full=True,
+      gaussian_weights=True,
+      sigma=sigma,
+      use_sample_covariance=False,
+      data_range=1.0,
+      channel_axis=-1,
+  )
   ours = np.asarray(jitted.ssim_map(jnp.asarray(x[None]), jnp.asarray(y[None])))[0]
   np.testing.assert_allclose(ours, full.mean(axis=-1), atol=1e-5)
   # scikit-image's mean crops the window radius int(3.5 sigma + 0.5) off each border first.
@@ -72,11 +90,14 @@ def _texture_with_a_black_disc(size: int, radius: float, seed: int = 0):
   rng = np.random.default_rng(seed)
   yy, xx = np.mgrid[:size, :size]
   f = 32 / size
-  texture = (0.35 * np.sin(xx * 1.3 * f) + 0.35 * np.cos((yy * 0.9 + xx * 0.4) * f)
-             + 0.15 * rng.normal(size=(size, size)))
+  texture = (
+      0.35 * np.sin(xx * 1.3 * f)
+      + 0.35 * np.cos((yy * 0.9 + xx * 0.4) * f)
+      + 0.15 * rng.normal(size=(size, size))
+  )
   texture = np.clip(texture, -1, 1).astype(np.float32)
   cy, cx = rng.uniform(radius + 1, size - radius - 1, 2)
-  disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2
+  disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
   x = texture.copy()
   x[disc] = -1.0
   recon = np.clip(texture + 0.03 * rng.normal(size=texture.shape), -1, 1).astype(np.float32)
@@ -138,8 +159,9 @@ def test_msgms_map_peaks_at_a_missing_step_edge():
 
 def test_msgms_loss_is_the_mean_over_scales():
   x, y = (jnp.asarray(a) for a in _pair((2, 16, 16, 1)))
-  expected = np.mean([float(jnp.mean(1.0 - jitted.gms_map(xs, ys)))
-                      for xs, ys in similarity._pyramid(x, y)])
+  expected = np.mean(
+      [float(jnp.mean(1.0 - jitted.gms_map(xs, ys))) for xs, ys in similarity._pyramid(x, y)]
+  )
   assert [p[0].shape[1] for p in similarity._pyramid(x, y)] == [16, 8]  # coarsest >= 8 px
   np.testing.assert_allclose(float(jitted.msgms_loss(x, y)), expected, rtol=1e-6)
 
@@ -147,8 +169,11 @@ def test_msgms_loss_is_the_mean_over_scales():
 def test_gaussian_smooth_matches_pixel_metrics():
   maps = np.random.default_rng(0).uniform(0, 1, (3, 16, 16)).astype(np.float32)
   for sigma in (0.0, 1.0, 2.5):
-    np.testing.assert_allclose(similarity.gaussian_smooth(jnp.asarray(maps), sigma),
-                               pixel_metrics.smooth_maps(maps, sigma), atol=1e-5)
+    np.testing.assert_allclose(
+        similarity.gaussian_smooth(jnp.asarray(maps), sigma),
+        pixel_metrics.smooth_maps(maps, sigma),
+        atol=1e-5,
+    )
 
 
 def test_filters_scale_with_the_image():
@@ -171,8 +196,11 @@ def test_gms_is_unchanged_by_the_shift_to_unit_intensities():
 
 
 def _hp(map_name='l1', smooth_sigma=0.0, topk_fraction=0.1):
-  return types.SimpleNamespace(eval=types.SimpleNamespace(
-      map=map_name, smooth_sigma=smooth_sigma, topk_fraction=topk_fraction, map_filter=0))
+  return types.SimpleNamespace(
+      eval=types.SimpleNamespace(
+          map=map_name, smooth_sigma=smooth_sigma, topk_fraction=topk_fraction, map_filter=0
+      )
+  )
 
 
 def _inputs(maps: np.ndarray) -> losses.ScoreInputs:
@@ -191,8 +219,9 @@ def test_map_scores_on_hand_made_maps():
   np.testing.assert_allclose(score('map_mean'), [0.01, 0.2 * 0.5 + 0.8 * 0.05], rtol=1e-5)
   np.testing.assert_allclose(score('map_max'), [1.0, 0.5], rtol=1e-6)
   np.testing.assert_allclose(score('map_topk', topk_fraction=0.1), [0.1, 0.5], rtol=1e-5)
-  np.testing.assert_allclose(score('map_topk', topk_fraction=0.3), [1 / 30, (10 + 0.5) / 30],
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+      score('map_topk', topk_fraction=0.3), [1 / 30, (10 + 0.5) / 30], rtol=1e-5
+  )
   # Smoothing spreads the single hot pixel but not the broad band: the max now prefers image 1.
   smoothed = score('map_max', smooth_sigma=2.0)
   expected = pixel_metrics.smooth_maps(maps, 2.0).reshape(2, -1).max(axis=1)
@@ -210,7 +239,9 @@ def test_anomaly_map_averages_the_maps_of_several_tilings():
     np.testing.assert_allclose(both, single / 2, atol=1e-5)
   np.testing.assert_allclose(
       losses.MAPS['ssim_msgms'](x, y),
-      jitted.ssim_anomaly_map(x, y) + jitted.msgms_anomaly_map(x, y), atol=1e-6)
+      jitted.ssim_anomaly_map(x, y) + jitted.msgms_anomaly_map(x, y),
+      atol=1e-6,
+  )
 
 
 def test_every_map_stays_within_its_declared_range():
@@ -229,5 +260,6 @@ def test_structural_loss_computes_only_the_switched_on_terms():
   assert total == 0.0 and terms == {}
   total, terms = losses.structural_loss(x, y, 2.0, 3.0)
   assert set(terms) == {'g_ssim', 'g_msgms'}
-  np.testing.assert_allclose(total, 2 * jitted.ssim_loss(x, y) + 3 * jitted.msgms_loss(x, y),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+      total, 2 * jitted.ssim_loss(x, y) + 3 * jitted.msgms_loss(x, y), rtol=1e-6
+  )

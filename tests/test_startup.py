@@ -10,16 +10,26 @@ import pytest
 from helpers import REPO
 
 PACKAGE = REPO / 'ganomaly_jax'
-ENTRY_POINTS = ('main.py', 'infer.py', 'config/param_count.py', 'experiments/sweep.py',
-                'experiments/benchmark.py', 'experiments/rescore.py')
+ENTRY_POINTS = (
+    'main.py',
+    'infer.py',
+    'config/param_count.py',
+    'experiments/sweep.py',
+    'experiments/benchmark.py',
+    'experiments/rescore.py',
+)
 # The pieces of the set-up: written once, in startup.py.
 PIECES = ('apply_cpu_defaults', 'enable', 'set_visible_devices', 'addFilter')
 
 
 def _calls(tree: ast.AST) -> set[str]:
-  return {f'{n.func.value.id}.{n.func.attr}' for n in ast.walk(tree)
-          if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
-          and isinstance(n.func.value, ast.Name)}
+  return {
+      f'{n.func.value.id}.{n.func.attr}'
+      for n in ast.walk(tree)
+      if isinstance(n, ast.Call)
+      and isinstance(n.func, ast.Attribute)
+      and isinstance(n.func.value, ast.Name)
+  }
 
 
 @pytest.mark.parametrize('entry', ENTRY_POINTS)
@@ -35,9 +45,12 @@ def test_no_module_but_startup_repeats_the_set_up():
     if path.name == 'startup.py':
       continue
     calls = _calls(ast.parse(path.read_text(encoding='utf-8')))
-    offenders += [f'{path.relative_to(PACKAGE)}: {c}' for c in calls
-                  if c.split('.')[-1] in PIECES and c.split('.')[0] in
-                  ('xla_flags', 'compile_cache', 'tf', 'logging', 'absl_logger')]
+    offenders += [
+        f'{path.relative_to(PACKAGE)}: {c}'
+        for c in calls
+        if c.split('.')[-1] in PIECES
+        and c.split('.')[0] in ('xla_flags', 'compile_cache', 'tf', 'logging', 'absl_logger')
+    ]
   assert not offenders, offenders
 
 
@@ -53,10 +66,21 @@ def test_configure_process_sets_flags_cache_and_quiet_logs(tmp_path):
       'import jax\n'
       'filters = [f for f in absl_logging.get_absl_logger().filters '
       'if isinstance(f, startup.QuietLibraries)]\n'
-      'print(used, os.environ.get("XLA_FLAGS", ""), len(filters), sep="|")\n')
+      'print(used, os.environ.get("XLA_FLAGS", ""), len(filters), sep="|")\n'
+  )
   env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'GANOMALY_JAX_XLA_DEFAULTS')}
-  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env,
-                       check=True, timeout=120).stdout.strip().splitlines()[-1]
+  out = (
+      subprocess.run(
+          [sys.executable, '-c', code],
+          capture_output=True,
+          text=True,
+          env=env,
+          check=True,
+          timeout=120,
+      )
+      .stdout.strip()
+      .splitlines()[-1]
+  )
   used, xla_flags, filters = out.split('|')
   assert used == str(tmp_path / 'xla') and (tmp_path / 'xla').is_dir()
   assert '--xla_' in xla_flags  # the measured XLA:CPU defaults

@@ -34,8 +34,9 @@ def test_new_state_starts_at_zero_and_matches_its_abstract_shape(tiny_config):
   assert _adam_count(state.g_opt) == _adam_count(state.d_opt) == 0
   abstract = state_lib.abstract_state(config, components)
   assert jax.tree.structure(abstract) == jax.tree.structure(state)
-  assert ([(a.shape, a.dtype) for a in jax.tree.leaves(abstract)]
-          == [(x.shape, x.dtype) for x in jax.tree.leaves(state)])
+  assert [(a.shape, a.dtype) for a in jax.tree.leaves(abstract)] == [
+      (x.shape, x.dtype) for x in jax.tree.leaves(state)
+  ]
   # Both networks are initialised (not left at zero).
   assert optax.tree_utils.tree_norm(state.g_params) > 0
   assert optax.tree_utils.tree_norm(state.d_params) > 0

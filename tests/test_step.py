@@ -83,12 +83,22 @@ def test_step_per_generator(generator):
 # Every mask kind, and the grid's partitions and draws (the grid mask's alternating grid, RIAD's
 # random sets drawn per batch, and the other two combinations: each compiles a step of its own, so
 # they run in the full suite only).
-@pytest.mark.parametrize('method, overrides', [
-    ('masked', {}), ('grid_mask', {}), ('riad', {}),
-    pytest.param('grid_mask', {'mask.partition': 'random', 'mask.cells': (4, 8)},
-                 marks=pytest.mark.slow),
-    pytest.param('riad', {'mask.partition': 'alternating', 'mask.draw': 'image', 'mask.cells': (4, 8)},
-                 marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    'method, overrides',
+    [
+        ('masked', {}),
+        ('grid_mask', {}),
+        ('riad', {}),
+        pytest.param(
+            'grid_mask', {'mask.partition': 'random', 'mask.cells': (4, 8)}, marks=pytest.mark.slow
+        ),
+        pytest.param(
+            'riad',
+            {'mask.partition': 'alternating', 'mask.draw': 'image', 'mask.cells': (4, 8)},
+            marks=pytest.mark.slow,
+        ),
+    ],
+)
 def test_step_per_mask_kind(method, overrides):
   check_step(method, **overrides)
 
@@ -108,8 +118,9 @@ def test_skip_ganomaly_d_loss_includes_the_latent_term():
   _, _, ablation, _ = run_method('skip_ganomaly', ('loss.latent_in_d', False))
   assert default['g_lat'] > 0
   np.testing.assert_allclose(default['g_lat'], ablation['g_lat'], rtol=1e-6)
-  np.testing.assert_allclose(default['d_loss'] - ablation['d_loss'], 1.0 * default['g_lat'],
-                             rtol=1e-4, atol=1e-7)
+  np.testing.assert_allclose(
+      default['d_loss'] - ablation['d_loss'], 1.0 * default['g_lat'], rtol=1e-4, atol=1e-7
+  )
 
 
 # ---- RIAD's structural terms and maps (docs/methods.md#riad): switches of every method. ----
@@ -120,8 +131,9 @@ def test_structural_terms_add_to_the_generator_loss():
   _, _, plain, _ = run_method('skip_ganomaly')
   _, _, riad, _ = run_method('skip_ganomaly', ('loss.w_msgms', 3.0), ('loss.w_ssim', 2.0))
   assert 'g_ssim' not in plain and 0 < riad['g_ssim'] < 2 and 0 < riad['g_msgms'] < 1
-  np.testing.assert_allclose(riad['g_loss'] - plain['g_loss'],
-                             2.0 * riad['g_ssim'] + 3.0 * riad['g_msgms'], rtol=1e-4)
+  np.testing.assert_allclose(
+      riad['g_loss'] - plain['g_loss'], 2.0 * riad['g_ssim'] + 3.0 * riad['g_msgms'], rtol=1e-4
+  )
 
 
 def test_riad_loss_is_l2_ssim_msgms_at_one_to_one_to_one():
@@ -129,9 +141,9 @@ def test_riad_loss_is_l2_ssim_msgms_at_one_to_one_to_one():
   # plus 1 x (1 - SSIM) and 1 x the MSGMS loss; no adversarial and no latent term.
   _, _, metrics, _ = run_method('riad')
   assert set(metrics) >= {'g_con', 'g_ssim', 'g_msgms'} and 'g_adv' not in metrics
-  np.testing.assert_allclose(metrics['g_loss'],
-                             0.25 * metrics['g_con'] + metrics['g_ssim'] + metrics['g_msgms'],
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+      metrics['g_loss'], 0.25 * metrics['g_con'] + metrics['g_ssim'] + metrics['g_msgms'], rtol=1e-5
+  )
 
 
 @pytest.mark.parametrize('method', ['grid_mask', 'riad'])
@@ -148,9 +160,11 @@ def test_grid_eval_is_deterministic_and_scores_its_map(method, tiny_config, buil
   if method == 'riad':
     # configs/riad.py: eval.score=map_max of the msgms map (smoothed with eval.smooth_sigma: 0).
     smoothed = pixel_metrics.smooth_maps(first['map'], config.eval.smooth_sigma)
-    np.testing.assert_allclose(first['score'], smoothed.reshape(shape[0], -1).max(axis=1),
-                               rtol=1e-4)
+    np.testing.assert_allclose(
+        first['score'], smoothed.reshape(shape[0], -1).max(axis=1), rtol=1e-4
+    )
   else:
     # configs/grid_mask.py: eq. 6.1 on the assembled reconstruction, |x - x̂| map.
-    np.testing.assert_allclose(first['map'], np.abs(batch['image'] - first['recon']).mean(-1),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        first['map'], np.abs(batch['image'] - first['recon']).mean(-1), atol=1e-6
+    )

@@ -17,8 +17,10 @@ ABLATION = os.path.join(REPO, 'configs', 'sweeps', 'ablation.py')
 MODIFIED = os.path.join(REPO, 'configs', 'ganomaly_modified.py')
 # The tiny GANomaly on a small share of the data, 2 steps.
 TINY = tiny.spec(**tiny.SMALL_DATA, steps=2)
-LAUNCH = [os.path.join(REPO, 'launch', name) for name in
-          ('tpu_pod.sh', 'run_on_host.sh', 'slurm.sbatch', 'local_devices.sh')]
+LAUNCH = [
+    os.path.join(REPO, 'launch', name)
+    for name in ('tpu_pod.sh', 'run_on_host.sh', 'slurm.sbatch', 'local_devices.sh')
+]
 
 
 def write_sweep(path, runs) -> str:
@@ -32,8 +34,14 @@ def never_called(config, workdir):
 
 def fake_results(workdir, steps, auroc=0.5):
   os.makedirs(workdir, exist_ok=True)
-  results = {'image_auroc': auroc, 'image_ap': 0.4, 'image_f1': 0.3, 'image_f1_oracle': 0.35,
-             'steps': steps, 'train_wall_time_s': 1.0}
+  results = {
+      'image_auroc': auroc,
+      'image_ap': 0.4,
+      'image_f1': 0.3,
+      'image_f1_oracle': 0.35,
+      'steps': steps,
+      'train_wall_time_s': 1.0,
+  }
   rundir.write_json(rundir.path(workdir, rundir.RESULTS), results)
   return results
 
@@ -57,12 +65,19 @@ def test_run_names_are_stable_and_safe():
 def test_ablation_expands_to_one_run_per_modification(tmp_path):
   quick = sweep.expand(f'{MODIFIED}:quick', ABLATION, str(tmp_path))
   names = [r.name for r in quick]
-  assert names == ['baseline', 'model.kernel_size-4', 'model.max_channels-0',
-                   'train.soft_labels-False', 'train.label_flip_prob-0.0',
-                   'train.d_input_noise_std-0.0', 'optim.d_lr-0.0002', 'loss.adv_extra-False']
+  assert names == [
+      'baseline',
+      'model.kernel_size-4',
+      'model.max_channels-0',
+      'train.soft_labels-False',
+      'train.label_flip_prob-0.0',
+      'train.d_input_noise_std-0.0',
+      'optim.d_lr-0.0002',
+      'loss.adv_extra-False',
+  ]
   base = quick[0].config.to_dict()
   for run in quick[1:]:
-    (key, value), = run.overrides.items()
+    ((key, value),) = run.overrides.items()
     section, leaf = key.split('.')
     assert run.config[section][leaf] == value != base[section][leaf]
     assert run.workdir == os.path.join(str(tmp_path), run.name)
@@ -75,15 +90,19 @@ def test_ablation_expands_to_one_run_per_modification(tmp_path):
 def test_bad_override_fails_before_any_run(tmp_path):
   root = tmp_path / 'root'
   bad = write_sweep(tmp_path / 's.py', [{'train.soft_labels': False}, {'train.soft_label': True}])
-  with pytest.raises(sweep.SweepError,
-                     match=r"run 1 .*unknown config key 'train.soft_label' "
-                           r"\(did you mean 'train.soft_labels'\?\)"):
+  with pytest.raises(
+      sweep.SweepError,
+      match=r"run 1 .*unknown config key 'train.soft_label' "
+      r"\(did you mean 'train.soft_labels'\?\)",
+  ):
     sweep.run_sweep(TINY, bad, str(root), train_fn=never_called)
   assert not root.exists()
-  for runs, match in (([{'model.kernel_size': 9}], 'model.kernel_size=9 must be 3..6'),
-                      ([{'train.num_steps': 'many'}], 'train.num_steps=.many. has the wrong type'),
-                      ([{'train': 1}], "'train' is a group of keys"),
-                      ([{'seed': 1}, {'seed': 1}], 'the same overrides as run 0')):
+  for runs, match in (
+      ([{'model.kernel_size': 9}], 'model.kernel_size=9 must be 3..6'),
+      ([{'train.num_steps': 'many'}], 'train.num_steps=.many. has the wrong type'),
+      ([{'train': 1}], "'train' is a group of keys"),
+      ([{'seed': 1}, {'seed': 1}], 'the same overrides as run 0'),
+  ):
     with pytest.raises(sweep.SweepError, match=match):
       sweep.run_sweep(TINY, write_sweep(tmp_path / 's.py', runs), str(root), train_fn=never_called)
   assert not root.exists()
@@ -101,15 +120,28 @@ def test_dry_run_prints_one_command_per_run(tmp_path):
   root = tmp_path / 'ablation'
   spec = 'configs/ganomaly_modified.py:quick'
   proc = subprocess.run(
-      [sys.executable, '-m', 'ganomaly_jax.experiments.sweep', f'--config={spec}',
-       '--sweep=configs/sweeps/ablation.py', f'--workdir={root}', '--dry_run'],
-      cwd=REPO, capture_output=True, text=True, timeout=120)
+      [
+          sys.executable,
+          '-m',
+          'ganomaly_jax.experiments.sweep',
+          f'--config={spec}',
+          '--sweep=configs/sweeps/ablation.py',
+          f'--workdir={root}',
+          '--dry_run',
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   lines = proc.stdout.splitlines()
   assert len(lines) == 8
   assert lines[0] == f'python -m ganomaly_jax.main --config={spec} --workdir={root}/baseline'
-  assert lines[3] == (f'python -m ganomaly_jax.main --config={spec} '
-                      f'--workdir={root}/train.soft_labels-False --config.train.soft_labels=False')
+  assert lines[3] == (
+      f'python -m ganomaly_jax.main --config={spec} '
+      f'--workdir={root}/train.soft_labels-False --config.train.soft_labels=False'
+  )
   assert not root.exists()  # nothing ran
 
 
@@ -127,7 +159,10 @@ def test_table_records_failures_and_retries_them(tmp_path):
 
   records = sweep.run_sweep(TINY, path, root, train_fn=flaky)
   assert [r.status for r in records] == [
-      'done', 'failed: Divergence at step 1 (non-finite g_loss); stopping.', 'done']
+      'done',
+      'failed: Divergence at step 1 (non-finite g_loss); stopping.',
+      'done',
+  ]
   rows = sweep.read_table(root)
   assert [r['run'] for r in rows] == ['baseline', 'seed-1', 'seed-2']
   assert rows[2]['overrides'] == 'seed=2' and float(rows[2]['image_auroc']) == pytest.approx(0.7)
@@ -138,8 +173,9 @@ def test_table_records_failures_and_retries_them(tmp_path):
   assert '| seed-2 | `seed=2` | done | 0.7000 |' in md[-1]
 
   calls = []
-  again = sweep.run_sweep(TINY, path, root,
-                          train_fn=lambda c, w: calls.append(w) or fake_results(w, 2))
+  again = sweep.run_sweep(
+      TINY, path, root, train_fn=lambda c, w: calls.append(w) or fake_results(w, 2)
+  )
   assert [r.status for r in again] == ['skipped', 'done', 'skipped']
   assert calls == [os.path.join(root, 'seed-1')]  # only the failed run is retried
 
@@ -147,8 +183,7 @@ def test_table_records_failures_and_retries_them(tmp_path):
 def test_preemption_stops_the_sweep_and_keeps_the_table(tmp_path):
   root = str(tmp_path / 'root')
   path = write_sweep(tmp_path / 's.py', [{}, {'seed': 1}])
-  records = sweep.run_sweep(TINY, path, root,
-                            train_fn=lambda c, w: {'preempted': True, 'steps': 1})
+  records = sweep.run_sweep(TINY, path, root, train_fn=lambda c, w: {'preempted': True, 'steps': 1})
   assert [r.status for r in records] == ['preempted', 'pending']
   assert [r['status'] for r in sweep.read_table(root)] == ['preempted', 'pending']
 
@@ -198,16 +233,27 @@ def test_launch_scripts_pass_shellcheck():
 def test_tpu_pod_dry_run_commands():
   script = LAUNCH[0]
   env = dict(os.environ, DRY_RUN='1', TPU_NAME='pod', ZONE='z1', ACCELERATOR_TYPE='v4-32')
-  out = subprocess.run([script, 'gs://bkt/runs/x', '--config=configs/ganomaly.py:quick'], env=env,
-                       capture_output=True, text=True, check=True).stdout.splitlines()
+  out = subprocess.run(
+      [script, 'gs://bkt/runs/x', '--config=configs/ganomaly.py:quick'],
+      env=env,
+      capture_output=True,
+      text=True,
+      check=True,
+  ).stdout.splitlines()
   assert out[0].startswith(
-      'gcloud compute tpus tpu-vm create pod --zone=z1 --accelerator-type=v4-32')
+      'gcloud compute tpus tpu-vm create pod --zone=z1 --accelerator-type=v4-32'
+  )
   assert out[1].startswith('gcloud compute tpus tpu-vm scp ') and '--worker=all' in out[1]
   assert out[2].startswith('gcloud compute tpus tpu-vm ssh pod --worker=all')
   assert 'tpu_pod.sh\\ --on-worker\\ gs://bkt/runs/x\\ --config=configs/ganomaly.py:quick' in out[2]
 
-  worker = subprocess.run([script, '--on-worker', 'gs://bkt/runs/x', '--config=c.py'], env=env,
-                          capture_output=True, text=True, check=True).stdout.splitlines()
+  worker = subprocess.run(
+      [script, '--on-worker', 'gs://bkt/runs/x', '--config=c.py'],
+      env=env,
+      capture_output=True,
+      text=True,
+      check=True,
+  ).stdout.splitlines()
   assert not any('gcsfuse' in line for line in worker)  # the code writes gs:// itself
   assert worker[-1].startswith('env GANOMALY_DISTRIBUTED=1 ')
   assert worker[-1].endswith('python -m ganomaly_jax.main --workdir=gs://bkt/runs/x --config=c.py ')
@@ -218,38 +264,55 @@ def test_tpu_pod_dry_run_commands():
 def test_tpu_pod_benchmark_gives_each_worker_its_share():
   script = LAUNCH[0]
   env = dict(os.environ, DRY_RUN='1', TPU_NAME='pod', ZONE='z1')
-  out = subprocess.run([script, '--benchmark', 'gs://bkt/b', '--suite=digits', '--parallel=4'],
-                       env=env, capture_output=True, text=True, check=True).stdout.splitlines()
+  out = subprocess.run(
+      [script, '--benchmark', 'gs://bkt/b', '--suite=digits', '--parallel=4'],
+      env=env,
+      capture_output=True,
+      text=True,
+      check=True,
+  ).stdout.splitlines()
   assert 'tpu_pod.sh\\ --on-worker\\ --benchmark\\ gs://bkt/b\\ --suite=digits' in out[-1]
   env.update(WORKER_ID='3', WORKER_COUNT='8')
-  worker = subprocess.run([script, '--on-worker', '--benchmark', 'gs://bkt/b', '--suite=digits'],
-                          env=env, capture_output=True, text=True, check=True).stdout.splitlines()
+  worker = subprocess.run(
+      [script, '--on-worker', '--benchmark', 'gs://bkt/b', '--suite=digits'],
+      env=env,
+      capture_output=True,
+      text=True,
+      check=True,
+  ).stdout.splitlines()
   command = worker[-1]
   assert 'GANOMALY_DISTRIBUTED' not in command  # no jax.distributed: each worker on its own
   assert 'TPU_SKIP_MDS_QUERY=1' in command and 'TPU_HOST_BOUNDS=1\\,1\\,1' in command
-  assert command.endswith('python -m ganomaly_jax.experiments.benchmark --workdir=gs://bkt/b '
-                          '--share=3/8 --suite=digits ')
+  assert command.endswith(
+      'python -m ganomaly_jax.experiments.benchmark --workdir=gs://bkt/b '
+      '--share=3/8 --suite=digits '
+  )
 
 
 def test_local_devices_checks_its_arguments():
   script = LAUNCH[3]
   bad = subprocess.run([script, 'eight'], capture_output=True, text=True)
   assert bad.returncode == 2 and 'must be positive integers' in bad.stderr
-  uneven = subprocess.run([script, '8'], env=dict(os.environ, PROCESSES='3'), capture_output=True,
-                          text=True)
+  uneven = subprocess.run(
+      [script, '8'], env=dict(os.environ, PROCESSES='3'), capture_output=True, text=True
+  )
   assert uneven.returncode == 2 and 'do not split' in uneven.stderr
 
 
 def test_tables_never_show_the_oracle_f1_under_the_plain_name(tmp_path):
   run = sweep.Run('baseline', {}, None, str(tmp_path))
-  new = sweep.table_row(sweep.Record(run, 'done', {'image_f1': 0.3, 'image_f1_oracle': 0.35, 'image_fpr': 0.05}))
+  new = sweep.table_row(
+      sweep.Record(run, 'done', {'image_f1': 0.3, 'image_f1_oracle': 0.35, 'image_fpr': 0.05})
+  )
   assert (new['image_f1'], new['image_f1_oracle'], new['image_fpr']) == (0.3, 0.35, 0.05)
   # Without validation normals there is no operating point: image_f1 is null, the oracle stays apart.
-  none = sweep.table_row(sweep.Record(run, 'skipped', {'image_auroc': 0.6, 'image_f1': None,
-                                                       'image_f1_oracle': 0.4}))
+  none = sweep.table_row(
+      sweep.Record(run, 'skipped', {'image_auroc': 0.6, 'image_f1': None, 'image_f1_oracle': 0.4})
+  )
   assert none['image_f1'] is None and none['image_f1_oracle'] == 0.4 and none['image_auroc'] == 0.6
-  sweep.write_tables(str(tmp_path), [sweep.Record(run, 'skipped', {'image_f1': None,
-                                                                   'image_f1_oracle': 0.4})], 't')
+  sweep.write_tables(
+      str(tmp_path), [sweep.Record(run, 'skipped', {'image_f1': None, 'image_f1_oracle': 0.4})], 't'
+  )
   header = open(tmp_path / sweep.RESULTS_MD).read().splitlines()[2]
   assert 'image_f1_oracle' in header and 'image_fpr' in header
   assert sweep.read_table(str(tmp_path))[0]['image_f1'] == ''
@@ -263,9 +326,19 @@ def test_sweep_and_benchmark_tables_on_a_gs_root(gs_root, tmp_path, monkeypatch)
   sweep.write_tables(gs_root, [sweep.Record(run, 'done', {'image_auroc': 0.75, 'steps': 2})], 'gs')
   rows = sweep.read_table(gs_root)
   assert [(r['run'], r['image_auroc'], r['steps']) for r in rows] == [('seed-1', '0.75', '2')]
-  assert '| seed-1 | `seed=1` | done | 0.7500 |' in rundir.path(gs_root, sweep.RESULTS_MD).read_text()
-  bench_rows = [{'suite': 'digits', 'method': 'pca', 'class': '3', 'seed': 0, 'status': 'done',
-                 'image_auroc': 0.5}]
+  assert (
+      '| seed-1 | `seed=1` | done | 0.7500 |' in rundir.path(gs_root, sweep.RESULTS_MD).read_text()
+  )
+  bench_rows = [
+      {
+          'suite': 'digits',
+          'method': 'pca',
+          'class': '3',
+          'seed': 0,
+          'status': 'done',
+          'image_auroc': 0.5,
+      }
+  ]
   tables.write_csv(gs_root, bench_rows)
   assert tables.read_csv(gs_root)[0]['image_auroc'] == '0.5'
   assert not list(tmp_path.iterdir())  # no local shadow such as ./gs:/test-bucket

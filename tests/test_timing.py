@@ -60,8 +60,9 @@ def test_session_totals_sum_the_runs_phases():
   totals = session_timing.PhaseTotals()
   totals.add('start', 2.0, 1.5)
   for _ in range(2):
-    totals.add_run({'wall': {'compile': 1.0, 'train_steps': 3.0}, 'cpu': {'compile': 0.5,
-                                                                         'train_steps': 2.5}})
+    totals.add_run(
+        {'wall': {'compile': 1.0, 'train_steps': 3.0}, 'cpu': {'compile': 0.5, 'train_steps': 2.5}}
+    )
   record = totals.as_dict((20.0, 10.0))
   assert record['wall'] == {'start': 2.0, 'compile': 2.0, 'train_steps': 6.0}
   assert record['cpu']['train_steps'] == 5.0 and record['trained_runs'] == 2

@@ -17,7 +17,6 @@ from ganomaly_jax.data import sources
 from ganomaly_jax.experiments import sweep
 from helpers import tiny
 
-
 TRACED = []  # names of the toy functions the jitted steps traced (Python runs once per trace)
 
 
@@ -29,7 +28,10 @@ def hinge_discriminator(d: losses.AdversarialInputs, step_config) -> jax.Array:
 
 TOY_ADVERSARIAL = losses.Adversarial(
     generator_loss=lambda d, _: -jnp.mean(d.fake_logits),
-    discriminator_loss=hinge_discriminator, uses_labels=False, d_loss_bounded=True)
+    discriminator_loss=hinge_discriminator,
+    uses_labels=False,
+    d_loss_bounded=True,
+)
 
 
 def mean_abs_score(s: losses.ScoreInputs, step_config) -> jax.Array:
@@ -55,15 +57,17 @@ def test_unregistered_names_are_refused(repo_root):
     checks.validate_config(config)
 
 
-def test_toy_adversarial_and_score_train_two_steps_and_evaluate(toy_method, tiny_config,
-                                                                build_programs):
+def test_toy_adversarial_and_score_train_two_steps_and_evaluate(
+    toy_method, tiny_config, build_programs
+):
   config = tiny_config(**{'loss.adversarial': 'toy_hinge', 'eval.score': 'toy_l1'})
   checks.validate_config(config)
   TRACED.clear()
   # The entry's facts reach validation: it declared no labels, so soft labels are refused.
   with pytest.raises(checks.ConfigError, match='do not apply to loss.adversarial=toy_hinge'):
-    checks.validate_config(sweep.apply_overrides(config.copy_and_resolve_references(),
-                                                   {'train.soft_labels': True}))
+    checks.validate_config(
+        sweep.apply_overrides(config.copy_and_resolve_references(), {'train.soft_labels': True})
+    )
 
   progs = build_programs(config)
   # The state as train.py makes it: its step outputs then trace like it, and the step traces once.
@@ -89,7 +93,7 @@ def test_toy_adversarial_and_score_train_two_steps_and_evaluate(toy_method, tiny
 
 # ---- A dataset and a method config from outside the package. ----
 
-OUTSIDE_CONFIG = '''
+OUTSIDE_CONFIG = """
 from ganomaly_jax.config import arguments, schema
 
 
@@ -100,7 +104,7 @@ def get_config(arg=None):
   config.dataset.name = 'stripes'
   config.dataset.abnormal = '1'  # the class index, as a --config.dataset.abnormal string
   return arguments.finalize(config, args)
-'''
+"""
 
 
 def _stripes(config, arg):
@@ -114,23 +118,35 @@ def _stripes(config, arg):
   stripes = np.where(rows[:, :, None], 220, 30).astype(np.uint8).repeat(size, axis=2)
   images = np.where(labels[:, None, None] == 1, stripes.transpose(0, 2, 1), stripes)[..., None]
   half = n // 2
-  return sources.one_class_splits('stripes', images[:half], labels[:half], images[half:],
-                                  labels[half:], abnormal=1, seed=config.seed, pool_normals=False,
-                                  val_fraction=0.2)
+  return sources.one_class_splits(
+      'stripes',
+      images[:half],
+      labels[:half],
+      images[half:],
+      labels[half:],
+      abnormal=1,
+      seed=config.seed,
+      pool_normals=False,
+      val_fraction=0.2,
+  )
 
 
 @pytest.mark.slow
 def test_a_dataset_and_a_method_config_from_outside_the_package_train(tmp_path, monkeypatch):
   from ganomaly_jax import train
 
-  monkeypatch.setitem(sources.DATASETS, 'stripes', sources.Dataset(
-      load=_stripes, channels=lambda arg: 1, small=True))
+  monkeypatch.setitem(
+      sources.DATASETS,
+      'stripes',
+      sources.Dataset(load=_stripes, channels=lambda arg: 1, small=True),
+  )
   config_file = tmp_path / 'stripes_gan.py'
   config_file.write_text(OUTSIDE_CONFIG)
   config = arguments.load_config(f'{config_file}:{tiny.TINY_ARG}')
   # image_every=0 is AUTO again: finishing the config (as an entry point does) fills it in.
   config = checks.finished(
-      sweep.apply_overrides(config, {'train.num_steps': 2, 'train.image_every': 0}))
+      sweep.apply_overrides(config, {'train.num_steps': 2, 'train.image_every': 0})
+  )
   assert (config.method, config.model.channels, config.model.isize) == ('stripes_gan', 1, 16)
   results = train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert results['steps'] == 2 and results['method'] == 'stripes_gan'
@@ -140,6 +156,9 @@ def test_a_dataset_and_a_method_config_from_outside_the_package_train(tmp_path, 
 def test_an_unregistered_dataset_is_one_line_naming_the_registered_ones(repo_root):
   config = arguments.load_config(os.path.join(repo_root, 'configs/ganomaly.py:quick,channels=1'))
   config = sweep.apply_overrides(config, {'dataset.name': 'stripes'})
-  with pytest.raises(checks.ConfigError, match="dataset.name='stripes' is not a dataset: "
-                     'use digits, mnist, fashion_mnist, cifar10, npz:PATH, folder:PATH'):
+  with pytest.raises(
+      checks.ConfigError,
+      match="dataset.name='stripes' is not a dataset: "
+      'use digits, mnist, fashion_mnist, cifar10, npz:PATH, folder:PATH',
+  ):
     checks.validate_config(config)

@@ -22,7 +22,9 @@ def test_finished_run_returns_its_results_without_loading_data(tmp_path, monkeyp
 
   monkeypatch.setattr(sources, 'load_splits', no_data)
   assert train.train_and_evaluate(tiny_config(**{'train.num_steps': 4}), workdir) == {
-      'steps': 4, 'image_auroc': 0.75}
+      'steps': 4,
+      'image_auroc': 0.75,
+  }
   # Asking for more steps is not finished: it goes on to load the data.
   with pytest.raises(AssertionError, match='loaded its data'):
     train.train_and_evaluate(tiny_config(**{'train.num_steps': 5}), workdir)
@@ -31,9 +33,11 @@ def test_finished_run_returns_its_results_without_loading_data(tmp_path, monkeyp
 def test_divergence_names_the_terms():
   nan, ok = float('nan'), {'nonfinite': 1.0, 'd_reinit': 0.0}
   assert divergence.divergence({**ok, 'g_loss': nan, 'g_adv': nan, 'd_loss': 1.0}, 1e6) == (
-      'non-finite g_adv, g_loss')
+      'non-finite g_adv, g_loss'
+  )
   assert divergence.divergence({**ok, 'g_loss': 1.0, 'd_loss': -3e6}, 1e6) == (
-      'd_loss beyond train.loss_limit=1e+06')
+      'd_loss beyond train.loss_limit=1e+06'
+  )
   assert divergence.divergence({**ok, 'g_loss': 1.0, 'd_loss': 1.0}, 1e6) == 'non-finite gradients'
   assert divergence.divergence({**ok, 'g_loss': 5e6, 'd_loss': 1.0}, 0) == 'non-finite gradients'
 
@@ -55,6 +59,7 @@ class _Store:
 
 
 class _State:
+
   def __init__(self, step):
     self.step = np.int32(step)
 
@@ -70,8 +75,9 @@ def _good(step):
 def test_stop_raises_with_step_terms_and_last_checkpoint():
   t = tiny_config(**{'train.on_nonfinite': 'stop'}).train
   rollback = divergence.Rollback(t, _Store((_State(2), 2)), restart=None)
-  with pytest.raises(rundir.TrainingError,
-                     match=r'Divergence at step 3 \(non-finite g_loss\); stopping\. .*step 2'):
+  with pytest.raises(
+      rundir.TrainingError, match=r'Divergence at step 3 \(non-finite g_loss\); stopping\. .*step 2'
+  ):
     rollback([_good(2), _bad(3), _bad(4)], _State(4), 'iter')
 
 
@@ -111,15 +117,30 @@ def test_quick_run_on_gs_writes_the_run_directory_through_epath(gs_root, tmp_pat
   local = str(tmp_path / 'local')
   store, writer = checkpoint.CheckpointStore, metric_writers.create_default_writer
   monkeypatch.setattr(checkpoint, 'CheckpointStore', lambda workdir, keep=2: store(local, keep))
-  monkeypatch.setattr(metric_writers, 'create_default_writer',
-                      lambda logdir, **kw: writer(local, **kw))
+  monkeypatch.setattr(
+      metric_writers, 'create_default_writer', lambda logdir, **kw: writer(local, **kw)
+  )
   monkeypatch.chdir(tmp_path)
-  config = tiny_config(**{'train.num_steps': 2, 'train.log_every': 1, 'dataset.max_train': 64,
-                          'dataset.max_test': 32, 'eval.batch_size': 16})
+  config = tiny_config(
+      **{
+          'train.num_steps': 2,
+          'train.log_every': 1,
+          'dataset.max_train': 64,
+          'dataset.max_test': 32,
+          'eval.batch_size': 16,
+      }
+  )
   results = train.train_and_evaluate(config, gs_root)
   names = {p.name for p in rundir.path(gs_root).iterdir()}
-  assert {rundir.RESULTS, rundir.CONFIG, rundir.CURVES, 'loss_curves.png', 'roc_pr.png',
-          'score_histogram.png', 'extremes.png'} <= names, names
+  assert {
+      rundir.RESULTS,
+      rundir.CONFIG,
+      rundir.CURVES,
+      'loss_curves.png',
+      'roc_pr.png',
+      'score_histogram.png',
+      'extremes.png',
+  } <= names, names
   assert rundir.read_results(gs_root) == results and results['steps'] == 2
   assert [s for s, _ in rundir.read_curves(gs_root)['g_loss']] == [1, 2]
   assert sorted(os.listdir(tmp_path)) == ['local']  # nothing landed in a local 'gs:' folder

@@ -10,7 +10,9 @@ from helpers import REPO
 
 
 def _script():
-  spec = importlib.util.spec_from_file_location('upgrade_rundir', REPO / 'scripts' / 'upgrade_rundir.py')
+  spec = importlib.util.spec_from_file_location(
+      'upgrade_rundir', REPO / 'scripts' / 'upgrade_rundir.py'
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
@@ -40,8 +42,10 @@ def _old_grid_run() -> tuple[dict, dict]:
   expected['runtime'].update(dtype='bfloat16', distributed=True)
   expected['loss']['reconstruction'] = 'l1'
   old = json.loads(json.dumps(expected))
-  old['mask'] = {**{k: v for k, v in old['mask'].items() if k not in ('cells', 'partition', 'draw')},
-                 'cell_sizes': []}
+  old['mask'] = {
+      **{k: v for k, v in old['mask'].items() if k not in ('cells', 'partition', 'draw')},
+      'cell_sizes': [],
+  }
   old['eval']['map'] = 'riad'
   del old['eval']['readout'], old['loss']['reconstruction']
   old['model']['dtype'] = old['runtime'].pop('dtype')
@@ -92,8 +96,10 @@ def test_todays_runs_below_a_root_are_left_untouched(tmp_path, capsys):
     _write_run(tmp_path / name, saved)
   before = (tmp_path / 'runs/a/seed-0/config.json').read_text()
   upgrade_rundir.main([str(tmp_path)])
-  assert capsys.readouterr().out.splitlines() == [f'already current: {tmp_path}/runs/a/seed-0',
-                                                 f'upgraded config.json: {tmp_path}/runs/b/seed-0']
+  assert capsys.readouterr().out.splitlines() == [
+      f'already current: {tmp_path}/runs/a/seed-0',
+      f'upgraded config.json: {tmp_path}/runs/b/seed-0',
+  ]
   assert (tmp_path / 'runs/a/seed-0/config.json').read_text() == before
   assert not (tmp_path / 'runs/a/seed-0/config.json.bak').exists()
 
@@ -103,7 +109,8 @@ def test_a_folder_without_runs_is_one_error_line(tmp_path, capsys):
     upgrade_rundir.main([str(tmp_path)])
   assert exit_info.value.code == 1
   assert capsys.readouterr().err.strip() == (
-      f'error: no config.json or results.json in or below {tmp_path}: not a run directory.')
+      f'error: no config.json or results.json in or below {tmp_path}: not a run directory.'
+  )
 
 
 def test_old_results_keep_their_test_label_operating_point_apart(tmp_path, capsys):
@@ -116,13 +123,22 @@ def test_old_results_keep_their_test_label_operating_point_apart(tmp_path, capsy
   upgrade_rundir.main([str(run)])
   assert capsys.readouterr().out.strip() == f'upgraded results.json: {run}'
   upgraded = json.loads((run / 'results.json').read_text())
-  assert upgraded == {'image_auroc': 0.6, 'image_f1_oracle': 0.4, 'threshold_oracle': 1.5,
-                      'score': 'latent'}
+  assert upgraded == {
+      'image_auroc': 0.6,
+      'image_f1_oracle': 0.4,
+      'threshold_oracle': 1.5,
+      'score': 'latent',
+  }
   assert json.loads((run / 'results.json.bak').read_text()) == old
   # Today's results (validation operating point beside the oracle one, or none at all) stay as they
   # are.
-  today = {'image_f1': 0.3, 'image_f1_oracle': 0.35, 'threshold': 0.7, 'threshold_oracle': 0.9,
-           'threshold_quantile': 0.95}
+  today = {
+      'image_f1': 0.3,
+      'image_f1_oracle': 0.35,
+      'threshold': 0.7,
+      'threshold_oracle': 0.9,
+      'threshold_quantile': 0.95,
+  }
   none = {'image_f1': None, 'image_f1_oracle': 0.35, 'threshold': None, 'threshold_quantile': 0.95}
   for results in (today, none, upgraded):
     assert upgrade_rundir.upgrade_results(results) == results

@@ -70,11 +70,16 @@ def test_a_non_finite_step_also_discards_the_extra_critic_updates():
   assert _max_change(before.d_params, after.d_params) == 0.0
 
 
-@pytest.mark.parametrize('overrides, message', [
-    ({'loss.n_critic': 0}, 'loss.n_critic=0 must be an integer >= 1'),
-    ({'loss.n_critic': 5, 'loss.adversarial': 'feature_matching'},
-     'loss.n_critic=5: extra critic updates need loss.adversarial=wgan_gp'),
-])
+@pytest.mark.parametrize(
+    'overrides, message',
+    [
+        ({'loss.n_critic': 0}, 'loss.n_critic=0 must be an integer >= 1'),
+        (
+            {'loss.n_critic': 5, 'loss.adversarial': 'feature_matching'},
+            'loss.n_critic=5: extra critic updates need loss.adversarial=wgan_gp',
+        ),
+    ],
+)
 def test_impossible_n_critic_is_refused(overrides, message):
   with pytest.raises(ValueError, match=message):
     checks.validate_config(_config(**overrides))

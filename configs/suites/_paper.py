@@ -26,13 +26,27 @@ from ganomaly_jax.experiments import published, suites
 CONFIGS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ISIZE = 32
 # The official GANomaly / Skip-GANomaly settings (run_mnist.sh, run_cifar.sh, options.py).
-OFFICIAL_GAN = {'optim.g_lr': 2e-4, 'optim.d_lr': 2e-4, 'optim.b1': 0.5, 'optim.b2': 0.999,
-                'loss.w_adv': 1.0, 'loss.w_con': 50.0, 'loss.w_enc': 1.0,
-                'model.latent_dim': 100, 'model.ngf': 64, 'model.ndf': 64,
-                'train.d_reinit_threshold': 1e-5, 'eval.protocol': 'reference'}
+OFFICIAL_GAN = {
+    'optim.g_lr': 2e-4,
+    'optim.d_lr': 2e-4,
+    'optim.b1': 0.5,
+    'optim.b2': 0.999,
+    'loss.w_adv': 1.0,
+    'loss.w_con': 50.0,
+    'loss.w_enc': 1.0,
+    'model.latent_dim': 100,
+    'model.ngf': 64,
+    'model.ndf': 64,
+    'train.d_reinit_threshold': 1e-5,
+    'eval.protocol': 'reference',
+}
 # Every row: the official split, size and batch.
-SPLIT = {'dataset.pool_normals': True, 'model.isize': ISIZE, 'train.batch_size': 64,
-         'eval.batch_size': 64}
+SPLIT = {
+    'dataset.pool_normals': True,
+    'model.isize': ISIZE,
+    'train.batch_size': 64,
+    'eval.batch_size': 64,
+}
 # RIAD: at most this many times the suite's epochs, stopped after this many epochs without a
 # better validation loss.
 RIAD_EPOCH_FACTOR = 10
@@ -45,33 +59,52 @@ def methods(arg, gans, epochs, mnist_normalization=False):
   masked, grid_mask, RIAD (the 2-8 px rule and the literal one) and the baselines, all with config
   argument `arg`."""
   spec = lambda name: f'{os.path.join(CONFIGS, name)}.py:{arg}'
-  rows = [suites.Method(name, spec(name), {**OFFICIAL_GAN,
-                                           **({'model.classifier_kernel': 3}
-                                              if name == 'skip_ganomaly' else {})})
-          for name in gans]
+  rows = [
+      suites.Method(
+          name,
+          spec(name),
+          {**OFFICIAL_GAN, **({'model.classifier_kernel': 3} if name == 'skip_ganomaly' else {})},
+      )
+      for name in gans
+  ]
   if mnist_normalization:
-    rows.append(suites.Method('ganomaly_mnist_norm', spec('ganomaly'), {
-        **OFFICIAL_GAN, 'dataset.normalization': 'mnist_reference'}))
+    rows.append(
+        suites.Method(
+            'ganomaly_mnist_norm',
+            spec('ganomaly'),
+            {**OFFICIAL_GAN, 'dataset.normalization': 'mnist_reference'},
+        )
+    )
   rows += [suites.Method('masked', spec('masked')), suites.Method('grid_mask', spec('grid_mask'))]
   riad = {'train.epochs': RIAD_EPOCH_FACTOR * epochs, 'train.early_stop_patience': RIAD_PATIENCE}
-  rows += [suites.Method('riad', spec('riad'), {**riad, 'mask.cells': grid.riad_cells(ISIZE),
-                                                'eval.map_filter': grid.riad_filter(ISIZE)}),
-           suites.Method('riad_literal', spec('riad'), {**riad,
-                                                        'mask.cells': (128, 64, 32, 16)})]
+  rows += [
+      suites.Method(
+          'riad',
+          spec('riad'),
+          {
+              **riad,
+              'mask.cells': grid.riad_cells(ISIZE),
+              'eval.map_filter': grid.riad_filter(ISIZE),
+          },
+      ),
+      suites.Method('riad_literal', spec('riad'), {**riad, 'mask.cells': (128, 64, 32, 16)}),
+  ]
   rows += [suites.Method(b, spec('ganomaly'), baseline=b) for b in ('pca', 'knn')]
   return rows
 
 
-def paper_suite(name, arg, *, dataset, classes, channels, gans, epochs, doc,
-                mnist_normalization=False):
+def paper_suite(
+    name, arg, *, dataset, classes, channels, gans, epochs, doc, mnist_normalization=False
+):
   """A paper suite over `classes` of `dataset` (tfds name) or `npz:PATH` given in `arg`.
 
   Options: epochs=N (default `epochs`), classes=, seeds=, methods=, pictures=1.
   """
   positional, options = suites.parse_arg(arg)
   if len(positional) > 1 or (positional and not positional[0].startswith('npz:')):
-    raise suites.SuiteError(f'suite {name}: the only positional argument is npz:PATH, got '
-                            f'{positional}.')
+    raise suites.SuiteError(
+        f'suite {name}: the only positional argument is npz:PATH, got ' f'{positional}.'
+    )
   data = positional[0] if positional else dataset
   try:
     epochs = int(options.pop('epochs', epochs))
@@ -85,11 +118,16 @@ def paper_suite(name, arg, *, dataset, classes, channels, gans, epochs, doc,
     return {m: p for m, p in found.items() if p is not None}
 
   suite = suites.Suite(
-      name=name, methods=methods(f'dataset={data},channels={channels}', gans, epochs,
-                                 mnist_normalization),
-      classes=list(classes), seeds=[0, 1, 2], steps=1, epochs=epochs, overrides=dict(SPLIT),
+      name=name,
+      methods=methods(f'dataset={data},channels={channels}', gans, epochs, mnist_normalization),
+      classes=list(classes),
+      seeds=[0, 1, 2],
+      steps=1,
+      epochs=epochs,
+      overrides=dict(SPLIT),
       published=published_rows,
       doc=f'{doc} {data} at {ISIZE}×{ISIZE}×{channels}, official split (pooled normals 80/20), '
-          f'batch 64, {epochs} epochs; `reference (test-selected)`: the official read-out '
-          '(test-batch BatchNorm, best test epoch), not a deployable figure.')
+      f'batch 64, {epochs} epochs; `reference (test-selected)`: the official read-out '
+      '(test-batch BatchNorm, best test epoch), not a deployable figure.',
+  )
   return suites.restrict(suite, options)

@@ -27,9 +27,15 @@ def get_suite(arg=None):
   suite = suites.Suite(
       name='digits',
       methods=suites.standard_methods('model.ngf=16,model.ndf=16,batch=32', CONFIGS),
-      classes=[str(d) for d in range(10)], seeds=[0, 1, 2], steps=steps,
-      overrides={'train.eval_every': max(1, steps // 2), 'train.checkpoint_every': steps,
-                 'train.log_every': min(50, steps)},
+      classes=[str(d) for d in range(10)],
+      seeds=[0, 1, 2],
+      steps=steps,
+      overrides={
+          'train.eval_every': max(1, steps // 2),
+          'train.checkpoint_every': steps,
+          'train.log_every': min(50, steps),
+      },
       doc=f'scikit-learn digits at 16×16, one digit abnormal (GANomaly protocol), ngf = ndf = 16, '
-          f'batch 32, {steps} steps.')
+      f'batch 32, {steps} steps.',
+  )
   return suites.restrict(suite, options)

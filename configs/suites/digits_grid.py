@@ -48,18 +48,27 @@ VARIANTS = {
     'grid_map_max': {'eval.score': 'map_max'},
     'grid_msgms_max': RIAD_READOUT,
     'grid_inpaint': {'eval.score': 'inpaint'},
-    'grid_riad_like': {'mask.partition': 'random', 'mask.sets': 3, 'mask.cells': (4, 8),
-                       **STRUCTURAL, 'loss.w_adv': 0.0, **RIAD_READOUT},
+    'grid_riad_like': {
+        'mask.partition': 'random',
+        'mask.sets': 3,
+        'mask.cells': (4, 8),
+        **STRUCTURAL,
+        'loss.w_adv': 0.0,
+        **RIAD_READOUT,
+    },
 }
 
 
 def grid_ablation(suite: suites.Suite, name: str, variants: dict) -> suites.Suite:
   """`suite` with its grid_mask row replaced by one row per variant (overrides on top of its own)."""
   grid = next(m for m in suite.methods if m.name == 'grid_mask')
-  methods = [dataclasses.replace(grid, name=row, overrides={**grid.overrides, **extra})
-             for row, extra in variants.items()]
-  return dataclasses.replace(suite, name=name, methods=methods,
-                             doc=f'Grid-mask ablation. {suite.doc}')
+  methods = [
+      dataclasses.replace(grid, name=row, overrides={**grid.overrides, **extra})
+      for row, extra in variants.items()
+  ]
+  return dataclasses.replace(
+      suite, name=name, methods=methods, doc=f'Grid-mask ablation. {suite.doc}'
+  )
 
 
 def get_suite(arg=None):

@@ -23,7 +23,14 @@ paper = load_sibling(__file__, '_paper')
 
 
 def get_suite(arg=None):
-  return paper.paper_suite('ganomaly_paper', arg, dataset='mnist',
-                           classes=[str(c) for c in range(10)], channels=1, gans=('ganomaly',),
-                           epochs=15, mnist_normalization=True,
-                           doc=f'GANomaly (ACCV 2018) on MNIST. {published.MNIST_NOTE}')
+  return paper.paper_suite(
+      'ganomaly_paper',
+      arg,
+      dataset='mnist',
+      classes=[str(c) for c in range(10)],
+      channels=1,
+      gans=('ganomaly',),
+      epochs=15,
+      mnist_normalization=True,
+      doc=f'GANomaly (ACCV 2018) on MNIST. {published.MNIST_NOTE}',
+  )

@@ -13,5 +13,4 @@ tfds_suite = load_sibling(__file__, '_tfds')
 
 
 def get_suite(arg=None):
-  return tfds_suite.class_suite('mnist', arg, [str(c) for c in range(10)], channels=1,
-                                steps=3000)
+  return tfds_suite.class_suite('mnist', arg, [str(c) for c in range(10)], channels=1, steps=3000)

@@ -21,7 +21,13 @@ paper = load_sibling(__file__, '_paper')
 
 
 def get_suite(arg=None):
-  return paper.paper_suite('skip_ganomaly_paper', arg, dataset='cifar10',
-                           classes=list(sources.CIFAR10_NAMES), channels=3,
-                           gans=('ganomaly', 'skip_ganomaly'), epochs=15,
-                           doc='GANomaly and Skip-GANomaly (IJCNN 2019, Table I) on CIFAR-10.')
+  return paper.paper_suite(
+      'skip_ganomaly_paper',
+      arg,
+      dataset='cifar10',
+      classes=list(sources.CIFAR10_NAMES),
+      channels=3,
+      gans=('ganomaly', 'skip_ganomaly'),
+      epochs=15,
+      doc='GANomaly and Skip-GANomaly (IJCNN 2019, Table I) on CIFAR-10.',
+  )

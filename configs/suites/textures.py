@@ -27,7 +27,16 @@ def get_suite(arg=None):
   # The data folder is WORKDIR/data, known only when the suite runs: the class value names it
   # through {data}, and `prepare` writes it there (once) before the first run.
   return folders.folder_suite(
-      'textures', textures.TEXTURES, options, class_value='folder:{data}/{cls}', steps=300,
-      isize=32, channels=1, width=16, batch=32, prepare=textures.write_textures,
+      'textures',
+      textures.TEXTURES,
+      options,
+      class_value='folder:{data}/{cls}',
+      steps=300,
+      isize=32,
+      channels=1,
+      width=16,
+      batch=32,
+      prepare=textures.write_textures,
       doc='skimage photographs (brick, grass, gravel, camera) as 64 px patches, synthetic '
-          'scratches / stains / holes with masks:')
+      'scratches / stains / holes with masks:',
+  )

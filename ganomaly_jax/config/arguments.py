@@ -38,6 +38,7 @@ ARG_ALIASES = {
 # Flags that select a preset rather than set a key.
 PRESETS = ('quick', 'cars256')
 
+
 def parse_arg(arg: str | None, literals: bool = True) -> dict[str, Any]:
   """Parses `quick,dataset=mnist,abnormal=3` into {'quick': True, 'dataset': 'mnist', ...}.
 
@@ -142,7 +143,8 @@ def finalize(config: ml_collections.ConfigDict, args: dict[str, Any]) -> ml_coll
 
 def import_file(path: str, module_name: str):
   """Runs the Python file at `path` as a fresh module: configs, sweeps and suites are files that
-  define `get_config` / `get_sweep` / `get_suite`, not a package. The caller checks that it exists."""
+  define `get_config` / `get_sweep` / `get_suite`, not a package. The caller checks that it exists.
+  """
   spec = importlib.util.spec_from_file_location(module_name, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -151,8 +153,10 @@ def import_file(path: str, module_name: str):
 
 def load_sibling(config_file: str, name: str):
   """Imports another config file from the same directory (configs are files, not a package)."""
-  return import_file(os.path.join(os.path.dirname(os.path.abspath(config_file)), f'{name}.py'),
-                     f'_ganomaly_config_{name}')
+  return import_file(
+      os.path.join(os.path.dirname(os.path.abspath(config_file)), f'{name}.py'),
+      f'_ganomaly_config_{name}',
+  )
 
 
 def load_config(spec: str, finish: bool = True) -> ml_collections.ConfigDict:
@@ -195,12 +199,14 @@ def command_line_error(error: BaseException, argv: list[str]) -> str:
   keys = set(schema.flatten(schema.base_config().to_dict()))
   for arg in argv:
     if arg.startswith('--config.'):
-      dotted = arg[len('--config.'):].split('=', 1)[0]
+      dotted = arg[len('--config.') :].split('=', 1)[0]
       if dotted not in keys and not any(k.startswith(dotted + '.') for k in keys):
         near = difflib.get_close_matches(dotted, sorted(keys), n=3)
         hint = f' (did you mean {" or ".join(near)}?)' if near else ''
         return f'{arg}: the config has no key {dotted!r}{hint}.'
-  if isinstance(error, flags_error_types()) and 'Traceback (most recent call last):' not in str(error):
+  if isinstance(error, flags_error_types()) and 'Traceback (most recent call last):' not in str(
+      error
+  ):
     return str(error).strip().splitlines()[0]  # absl's own message is one readable line
   root = chain[-1]
   lines = [l.strip() for l in str(root).strip().splitlines() if l.strip()]

@@ -12,7 +12,6 @@ from typing import Any
 
 import ml_collections
 
-
 # The config sections the step reads; `StepConfig` freezes all of them, so a new key needs no edit here.
 STEP_SECTIONS = ('model', 'loss', 'train', 'mask', 'eval')
 
@@ -53,8 +52,11 @@ class StepConfig:
   def from_config(cls, config: ml_collections.ConfigDict) -> 'StepConfig':
     """Freezes the sections in `STEP_SECTIONS` (every key, so none is copied by hand)."""
     sections = {name: FrozenSection.of(config[name]) for name in STEP_SECTIONS}
-    return cls(**sections, debug_nan_at_step=config.debug_nan_at_step,
-               normalization=config.dataset.normalization)
+    return cls(
+        **sections,
+        debug_nan_at_step=config.debug_nan_at_step,
+        normalization=config.dataset.normalization,
+    )
 
   def with_eval(self, **changes: Any) -> 'StepConfig':
     """This config with eval keys replaced: `step_config.with_eval(score='map_max', map='l1')`."""

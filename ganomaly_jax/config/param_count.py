@@ -21,7 +21,8 @@ def _define_flags() -> None:
   # Defined only when run as a program, so importing count_parameters (tests, sweeps) defines no
   # global absl flags that could clash with another tool's --config.
   _FLAGS['config'] = config_flags.DEFINE_config_file(
-      'config', None, 'Method config file[:args].', lock_config=True)
+      'config', None, 'Method config file[:args].', lock_config=True
+  )
   _FLAGS['json'] = flags.DEFINE_bool('json', False, 'Print one JSON line instead of a table.')
 
 
@@ -36,11 +37,16 @@ def count_parameters(config) -> dict[str, dict[str, int]]:
   if state is None:  # an unfinished config whose model cannot be built
     checks.check_architecture(config)
   counts = {}
-  for name, params, stats in (('generator', state.g_params, state.g_stats),
-                              ('discriminator', state.d_params, state.d_stats)):
+  for name, params, stats in (
+      ('generator', state.g_params, state.g_stats),
+      ('discriminator', state.d_params, state.d_stats),
+  ):
     trainable, non_trainable = _size(params), _size(stats)
-    counts[name] = {'total': trainable + non_trainable, 'trainable': trainable,
-                    'non_trainable': non_trainable}
+    counts[name] = {
+        'total': trainable + non_trainable,
+        'trainable': trainable,
+        'non_trainable': non_trainable,
+    }
   return counts
 
 
@@ -54,6 +60,7 @@ def format_table(counts: dict[str, dict[str, int]]) -> str:
 def main(argv):
   del argv
   from ganomaly_jax.runtime import cli, startup
+
   startup.configure_process(compile_cache_dir='', uses_tensorflow=False)  # nothing is compiled
   try:
     config = checks.finished(_FLAGS['config'].value)

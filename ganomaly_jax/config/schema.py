@@ -24,8 +24,15 @@ from ganomaly_jax.runtime import compile_cache
 # The methods shipped in configs/ (tests and suites iterate over them): the study's six, then RIAD
 # (the published form of the grid proposal, docs/methods.md#riad). A config file elsewhere may name
 # its own method: the name only labels runs and results.
-METHODS = ('ganomaly', 'ganomaly_modified', 'ganomaly_sn', 'skip_ganomaly', 'masked', 'grid_mask',
-           'riad')
+METHODS = (
+    'ganomaly',
+    'ganomaly_modified',
+    'ganomaly_sn',
+    'skip_ganomaly',
+    'masked',
+    'grid_mask',
+    'riad',
+)
 
 # Sentinel of the dataset-dependent keys (see `resolve`); 0 is never a valid value for any of them.
 AUTO = 0
@@ -59,7 +66,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   # AUTO (0): filled by resolve() from the dataset; any explicit value wins.
   c.model.isize = AUTO  # digits: 16; every other dataset: 32
-  c.model.channels = AUTO  # from the data: digits/mnist/fashion_mnist 1, cifar10 3, folder 3, npz: arrays
+  c.model.channels = (
+      AUTO  # from the data: digits/mnist/fashion_mnist 1, cifar10 3, folder 3, npz: arrays
+  )
   c.model.ngf = AUTO  # digits: 32; every other dataset: 64 (the study's)
   c.model.ndf = AUTO  # as ngf
   c.model.latent_dim = 100
@@ -136,7 +145,9 @@ def base_config() -> ml_collections.ConfigDict:
   # board at every resolution (the study's grid, docs/methods.md#grid_mask).
   c.mask.cells = (4,)
   c.mask.sets = 2  # grid: disjoint cell sets per size (2: complementary pair; RIAD: 3)
-  c.mask.partition = 'alternating'  # grid: alternating (cell (i, j) in set (i + j) mod sets) | random
+  c.mask.partition = (
+      'alternating'  # grid: alternating (cell (i, j) in set (i + j) mod sets) | random
+  )
   c.mask.draw = 'image'  # grid training: cell size (and random partition) drawn per image | batch
   c.mask.fill = 0.0  # value written into holes (images are in [-1, 1])
 
@@ -147,7 +158,9 @@ def base_config() -> ml_collections.ConfigDict:
   # test split (test-batch BatchNorm statistics, batches of 64 in its order, best epoch on the test
   # set) under results.json's `reference` (evaluation/reference.py). Test-selected by design.
   c.eval.protocol = 'honest'
-  c.eval.score = 'latent'  # latent | reconstruction | lambda | inpaint | map_mean | map_max | map_topk
+  c.eval.score = (
+      'latent'  # latent | reconstruction | lambda | inpaint | map_mean | map_max | map_topk
+  )
   c.eval.score_lambda = 0.9  # eq. 6.1
   c.eval.select = 'val_loss'  # checkpoint selection on validation normals: val_loss | last
   # Operating point: an image is anomalous when its raw score exceeds this quantile of the
@@ -171,7 +184,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.fid = False
   c.eval.fid_weights = ''
   c.eval.num_images = 16  # images per TensorBoard grid
-  c.eval.pictures = True  # the final pictures: PNGs (curves, ROC/PR, histogram, extremes), last grid
+  c.eval.pictures = (
+      True  # the final pictures: PNGs (curves, ROC/PR, histogram, extremes), last grid
+  )
   return c
 
 
@@ -205,15 +220,17 @@ def from_saved(saved: dict[str, Any]) -> ml_collections.ConfigDict:
   Keys added since the run was saved take their `base_config` defaults: a new key's default is
   the behaviour from before it existed (`loss.reconstruction='l1'`, ...).
   """
-  return ml_collections.ConfigDict(_merged(base_config().to_dict(),
-                                           _tuples(saved)))
+  return ml_collections.ConfigDict(_merged(base_config().to_dict(), _tuples(saved)))
 
 
 def _merged(defaults: dict[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
   out = dict(defaults)
   for key, value in saved.items():
-    out[key] = (_merged(defaults[key], value) if isinstance(value, dict)
-                and isinstance(defaults.get(key), dict) else value)
+    out[key] = (
+        _merged(defaults[key], value)
+        if isinstance(value, dict) and isinstance(defaults.get(key), dict)
+        else value
+    )
   return out
 
 
@@ -221,10 +238,24 @@ def _merged(defaults: dict[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
 # The digits carry no detail that 32x32 inputs or 64-wide first layers could use, so there the
 # networks are halved and train 1000 steps: the default runs in minutes on a
 # laptop CPU. Every other dataset gets the study's values.
-_STUDY = {'model.isize': 32, 'model.ngf': 64, 'model.ndf': 64, 'train.num_steps': 3000,
-          'train.eval_every': 500, 'train.checkpoint_every': 500, 'train.image_every': 1000}
-_DIGITS = {'model.isize': 16, 'model.ngf': 32, 'model.ndf': 32, 'train.num_steps': 1000,
-           'train.eval_every': 250, 'train.checkpoint_every': 250, 'train.image_every': 500}
+_STUDY = {
+    'model.isize': 32,
+    'model.ngf': 64,
+    'model.ndf': 64,
+    'train.num_steps': 3000,
+    'train.eval_every': 500,
+    'train.checkpoint_every': 500,
+    'train.image_every': 1000,
+}
+_DIGITS = {
+    'model.isize': 16,
+    'model.ngf': 32,
+    'model.ndf': 32,
+    'train.num_steps': 1000,
+    'train.eval_every': 250,
+    'train.checkpoint_every': 250,
+    'train.image_every': 500,
+}
 # With train.epochs, these stay AUTO through `resolve`: their values follow from the epoch length.
 EPOCH_KEYS = ('train.num_steps', 'train.eval_every', 'train.checkpoint_every', 'train.image_every')
 
@@ -268,7 +299,6 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if config.model.channels == AUTO:
     config.model.channels = dataset_channels(name)
   return config
-
 
 
 def unresolved(config: ml_collections.ConfigDict) -> list[str]:

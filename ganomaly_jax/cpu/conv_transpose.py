@@ -155,7 +155,9 @@ def subpixel_kernel(kernel: Array, strides: tuple[int, int]) -> Array:
   # Zero taps at the end make every residue class the same length T (they contribute nothing).
   kernel = jnp.pad(kernel, ((0, sh * th - kh), (0, sw * tw - kw), (0, 0), (0, 0)))
   kernel = kernel.reshape(th, sh, tw, sw, cin, cout)  # [t_h, c_h, t_w, c_w, in, out], j = c + s*t
-  kernel = kernel[:, ::-1, :, ::-1]  # Phase p = s-1-c, so that phases increase with the output index.
+  kernel = kernel[
+      :, ::-1, :, ::-1
+  ]  # Phase p = s-1-c, so that phases increase with the output index.
   kernel = kernel.transpose(0, 2, 4, 1, 3, 5)  # [t_h, t_w, in, p_h, p_w, out]
   return kernel.reshape(th, tw, cin, sh * sw * cout)
 
@@ -196,7 +198,7 @@ def conv_transpose_subpixel(
   """
   n, h, w, _ = x.shape
   kh, kw, _, cout = kernel.shape
-  (sh, sw) = strides
+  sh, sw = strides
   gh = _phase_geometry(h, kh, sh, *padding[0])
   gw = _phase_geometry(w, kw, sw, *padding[1])
   if gh['out_len'] <= 0 or gw['out_len'] <= 0:
@@ -209,8 +211,9 @@ def conv_transpose_subpixel(
   if phase_conv == 'matmul':
     z = _valid_conv_matmul(x, phase_kernel, precision)
   elif phase_conv == 'xla':
-    z = lax.conv_general_dilated(x, phase_kernel, (1, 1), 'VALID',
-                                 dimension_numbers=_DIMENSION_NUMBERS, precision=precision)
+    z = lax.conv_general_dilated(
+        x, phase_kernel, (1, 1), 'VALID', dimension_numbers=_DIMENSION_NUMBERS, precision=precision
+    )
   else:
     raise ValueError(f"phase_conv must be 'matmul' or 'xla', got {phase_conv!r}.")
   # Depth-to-space: [N, Mh, Mw, (ph, pw, out)] -> [N, Mh*sh, Mw*sw, out], then crop to the output.
@@ -225,10 +228,7 @@ def conv_transpose_subpixel(
 
 
 def single_pixel_conv_transpose(
-    x: Array,
-    kernel: Array,
-    padding: tuple[tuple[int, int], tuple[int, int]],
-    precision: Any = None,
+    x: Array, kernel: Array, padding: tuple[tuple[int, int], tuple[int, int]], precision: Any = None
 ) -> Array:
   """`lax.conv_transpose` of a 1x1 input (any stride) as one matmul with a slice of the kernel.
 
@@ -247,8 +247,16 @@ def single_pixel_conv_transpose(
   flipped = kernel[::-1, ::-1]  # flipped[k - 1 - lo + o] = K[lo - o]
   # Pad by the out-of-range taps (negative pads crop) so that row o of the result is flipped[k-1-lo+o].
   zero = jnp.zeros((), kernel.dtype)
-  taps = lax.pad(flipped, zero, ((lo_h - kh + 1, out_h - lo_h - 1, 0),
-                                 (lo_w - kw + 1, out_w - lo_w - 1, 0), (0, 0, 0), (0, 0, 0)))
+  taps = lax.pad(
+      flipped,
+      zero,
+      (
+          (lo_h - kh + 1, out_h - lo_h - 1, 0),
+          (lo_w - kw + 1, out_w - lo_w - 1, 0),
+          (0, 0, 0),
+          (0, 0, 0),
+      ),
+  )
   return jnp.einsum('nc,hwco->nhwo', x[:, 0, 0, :], taps, precision=precision)
 
 
@@ -280,13 +288,26 @@ def conv_transpose_scatter(
   full_h, full_w = (h - 1) * sh + kh, (w - 1) * sw + kw
   zero = jnp.zeros((), taps.dtype)
   full = sum(
-      lax.pad(taps[:, :, :, i, j], zero,
-              ((0, 0, 0), (i, kh - 1 - i, sh - 1), (j, kw - 1 - j, sw - 1), (0, 0, 0)))
-      for i in range(kh) for j in range(kw))
+      lax.pad(
+          taps[:, :, :, i, j],
+          zero,
+          ((0, 0, 0), (i, kh - 1 - i, sh - 1), (j, kw - 1 - j, sw - 1), (0, 0, 0)),
+      )
+      for i in range(kh)
+      for j in range(kw)
+  )
   # out[o] = full[o - lo + k - 1]: crop (negative pads) or zero-extend to the requested window.
   off_h, off_w = lo_h - kh + 1, lo_w - kw + 1
-  return lax.pad(full, zero, ((0, 0, 0), (off_h, out_h - full_h - off_h, 0),
-                              (off_w, out_w - full_w - off_w, 0), (0, 0, 0)))
+  return lax.pad(
+      full,
+      zero,
+      (
+          (0, 0, 0),
+          (off_h, out_h - full_h - off_h, 0),
+          (off_w, out_w - full_w - off_w, 0),
+          (0, 0, 0),
+      ),
+  )
 
 
 def _adjoint_kernel(kernel: Array) -> Array:
@@ -307,17 +328,26 @@ def adjoint_conv_padding(
   return None if min(min(p) for p in pads) < 0 else pads  # type: ignore[return-value]
 
 
-_FORWARDS = {'xla': conv_transpose_xla, 'subpixel': conv_transpose_subpixel,
-             'scatter': conv_transpose_scatter}
+_FORWARDS = {
+    'xla': conv_transpose_xla,
+    'subpixel': conv_transpose_subpixel,
+    'scatter': conv_transpose_scatter,
+}
 # Forward passes for conv_transpose_adjoint_grads, whose backward never differentiates them.
 _FORWARDS_WITHOUT_GRAD = dict(
-    _FORWARDS, subpixel=functools.partial(conv_transpose_subpixel, phase_conv='xla'))
+    _FORWARDS, subpixel=functools.partial(conv_transpose_subpixel, phase_conv='xla')
+)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def conv_transpose_adjoint_grads(x: Array, kernel: Array, strides: tuple[int, int],
-                                 padding: tuple[tuple[int, int], tuple[int, int]],
-                                 precision: Any = None, forward: str = 'xla') -> Array:
+def conv_transpose_adjoint_grads(
+    x: Array,
+    kernel: Array,
+    strides: tuple[int, int],
+    padding: tuple[tuple[int, int], tuple[int, int]],
+    precision: Any = None,
+    forward: str = 'xla',
+) -> Array:
   """A transposed convolution computed by `forward`, differentiated as the adjoint of a strided conv.
 
   The value is `forward`'s ('xla', 'subpixel' on XLA's phase conv, or 'scatter'). The gradients are
@@ -337,12 +367,14 @@ def _adjoint_grads_fwd(x, kernel, strides, padding, precision, forward):
 
 def _conv(lhs: Array, rhs: Array, strides, pads, precision) -> Array:
   """Plain NHWC x HWIO strided convolution with explicit pads."""
-  return lax.conv_general_dilated(lhs, rhs, strides, pads, dimension_numbers=_DIMENSION_NUMBERS,
-                                  precision=precision)
+  return lax.conv_general_dilated(
+      lhs, rhs, strides, pads, dimension_numbers=_DIMENSION_NUMBERS, precision=precision
+  )
 
 
-def _conv_kernel_grad(lhs: Array, grad_out: Array, kernel: Array, strides, pads,
-                      precision) -> Array:
+def _conv_kernel_grad(
+    lhs: Array, grad_out: Array, kernel: Array, strides, pads, precision
+) -> Array:
   """Gradient of `_conv(lhs, kernel)` with respect to the kernel: XLA's own, fast on CPU."""
   _, pullback = jax.vjp(lambda k: _conv(lhs, k, strides, pads, precision), kernel)
   return pullback(grad_out)[0]
@@ -383,15 +415,22 @@ def input_grad_impl(x_shape, kernel_shape, strides, pads) -> str | None:
   """
   if _input_grad_padding(x_shape[1:3], kernel_shape[:2], strides, pads) is None:
     return None
-  out_hw = tuple((size + lo + hi - k) // s + 1 for size, k, s, (lo, hi)
-                 in zip(x_shape[1:3], kernel_shape[:2], strides, pads))
+  out_hw = tuple(
+      (size + lo + hi - k) // s + 1
+      for size, k, s, (lo, hi) in zip(x_shape[1:3], kernel_shape[:2], strides, pads)
+  )
   forward = resolve_impl('auto', strides, kernel_shape[2], out_hw)
   return None if forward == 'xla' else forward
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def strided_conv(x: Array, kernel: Array, strides: tuple[int, int],
-                 pads: tuple[tuple[int, int], tuple[int, int]], precision: Any = None) -> Array:
+def strided_conv(
+    x: Array,
+    kernel: Array,
+    strides: tuple[int, int],
+    pads: tuple[tuple[int, int], tuple[int, int]],
+    precision: Any = None,
+) -> Array:
   """NHWC x HWIO `lax.conv_general_dilated` whose input gradient runs as our fastest transposed conv.
 
   XLA differentiates a strided convolution into a transposed one with its own lhs-dilated kernel,
@@ -410,16 +449,18 @@ def _strided_conv_bwd(strides, pads, precision, residuals, grad_out):
   x, kernel = residuals
   forward = input_grad_impl(x.shape, kernel.shape, strides, pads)
   padding = _input_grad_padding(x.shape[1:3], kernel.shape[:2], strides, pads)
-  grad_x = _FORWARDS_WITHOUT_GRAD[forward](grad_out, _adjoint_kernel(kernel), strides, padding,
-                                           precision)
+  grad_x = _FORWARDS_WITHOUT_GRAD[forward](
+      grad_out, _adjoint_kernel(kernel), strides, padding, precision
+  )
   return grad_x, _conv_kernel_grad(x, grad_out, kernel, strides, pads, precision)
 
 
 strided_conv.defvjp(_strided_conv_fwd, _strided_conv_bwd)
 
 
-def resolve_impl(impl: str, strides: tuple[int, int], features: int = 1 << 30,
-                 in_hw: tuple[int, int] = (0, 0)) -> str:
+def resolve_impl(
+    impl: str, strides: tuple[int, int], features: int = 1 << 30, in_hw: tuple[int, int] = (0, 0)
+) -> str:
   """The forward kernel for `impl`: 'xla', 'subpixel', or under 'auto' also 'matmul' or 'scatter'.
 
   'auto' on XLA:CPU picks, per layer, the forward pass measured fastest (batch 64, forward only;
@@ -445,8 +486,13 @@ def resolve_impl(impl: str, strides: tuple[int, int], features: int = 1 << 30,
   return 'subpixel'
 
 
-def conv_transpose(x: Array, kernel: Array, strides: tuple[int, int],
-                   padding: tuple[tuple[int, int], tuple[int, int]], precision: Any = None) -> Array:
+def conv_transpose(
+    x: Array,
+    kernel: Array,
+    strides: tuple[int, int],
+    padding: tuple[tuple[int, int], tuple[int, int]],
+    precision: Any = None,
+) -> Array:
   """`lax.conv_transpose(x, kernel, strides, padding)` (NHWC, HWIO) in its fastest CPU form.
 
   The forward kernel is chosen per layer (`resolve_impl`); the backward pass is that of the strided
@@ -510,7 +556,11 @@ class ConvTranspose(nn.Module):
     kernel = self.param(
         'kernel', self.kernel_init, kernel_size + (x.shape[-1], self.features), self.param_dtype
     )
-    bias = self.param('bias', self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+    bias = (
+        self.param('bias', self.bias_init, (self.features,), self.param_dtype)
+        if self.use_bias
+        else None
+    )
     x, kernel, bias = flax_dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
 
     if self.impl == 'auto':

@@ -18,12 +18,28 @@ from jax import lax
 from ganomaly_jax.cpu import conv_transpose, matmul_conv
 
 
-def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding, lhs_dilation=None,
-                         rhs_dilation=None, dimension_numbers=None, feature_group_count: int = 1,
-                         precision: Any = None, preferred_element_type: Any = None):
+def conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides: Sequence[int],
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count: int = 1,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+):
   """`lax.conv_general_dilated` with faster exact forms for plain NHWC/HWIO convs (see module doc)."""
-  if matmul_conv.is_plain_nhwc(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
-                               feature_group_count, preferred_element_type):
+  if matmul_conv.is_plain_nhwc(
+      lhs,
+      rhs,
+      lhs_dilation,
+      rhs_dilation,
+      dimension_numbers,
+      feature_group_count,
+      preferred_element_type,
+  ):
     strides = tuple(int(s) for s in window_strides)
     y = matmul_conv.tiny_output_conv(lhs, rhs, strides, padding, precision)
     if y is not None:
@@ -32,6 +48,15 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding, lhs_d
       pads = matmul_conv.explicit_padding(lhs, rhs, strides, padding)
       if conv_transpose.input_grad_impl(lhs.shape, rhs.shape, strides, pads) is not None:
         return conv_transpose.strided_conv(lhs, rhs, strides, pads, precision)
-  return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                                  dimension_numbers, feature_group_count, precision=precision,
-                                  preferred_element_type=preferred_element_type)
+  return lax.conv_general_dilated(
+      lhs,
+      rhs,
+      window_strides,
+      padding,
+      lhs_dilation,
+      rhs_dilation,
+      dimension_numbers,
+      feature_group_count,
+      precision=precision,
+      preferred_element_type=preferred_element_type,
+  )

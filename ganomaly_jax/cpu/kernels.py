@@ -67,38 +67,66 @@ def _variables(module: nn.Conv | nn.ConvTranspose, inputs: jax.Array, kernel_siz
 
   Returns (inputs, kernel, bias or None) in the module's compute dtype.
   """
-  kernel = module.param('kernel', module.kernel_init,
-                        kernel_size + (inputs.shape[-1], module.features), module.param_dtype)
-  bias = (module.param('bias', module.bias_init, (module.features,), module.param_dtype)
-          if module.use_bias else None)
+  kernel = module.param(
+      'kernel',
+      module.kernel_init,
+      kernel_size + (inputs.shape[-1], module.features),
+      module.param_dtype,
+  )
+  bias = (
+      module.param('bias', module.bias_init, (module.features,), module.param_dtype)
+      if module.use_bias
+      else None
+  )
   return flax_dtypes.promote_dtype(inputs, kernel, bias, dtype=module.dtype)
 
 
 def _conv(module: nn.Conv, inputs: jax.Array) -> jax.Array | None:
   """nn.Conv's __call__ with the CPU convolution; None where the CPU form does not apply."""
-  kernel_size = tuple(module.kernel_size) if not isinstance(module.kernel_size, int) else (
-      module.kernel_size,)
+  kernel_size = (
+      tuple(module.kernel_size)
+      if not isinstance(module.kernel_size, int)
+      else (module.kernel_size,)
+  )
   padding = _explicit_padding(module.padding, kernel_size)
-  if (inputs.ndim != 4 or len(kernel_size) != 2 or padding is None or module.mask is not None
-      or not module.shared_weights or module.feature_group_count != 1
-      or _pairs(module.input_dilation) != (1, 1) or _pairs(module.kernel_dilation) != (1, 1)
-      or module.conv_general_dilated is not None or module.conv_general_dilated_cls is not None):
+  if (
+      inputs.ndim != 4
+      or len(kernel_size) != 2
+      or padding is None
+      or module.mask is not None
+      or not module.shared_weights
+      or module.feature_group_count != 1
+      or _pairs(module.input_dilation) != (1, 1)
+      or _pairs(module.kernel_dilation) != (1, 1)
+      or module.conv_general_dilated is not None
+      or module.conv_general_dilated_cls is not None
+  ):
     return None
   strides = _pairs(module.strides)
   x, kernel, bias = _variables(module, inputs, kernel_size)
-  conv = lambda fn: lambda x, k: fn(x, k, strides, padding, dimension_numbers=_NHWC,
-                                    precision=module.precision)
+  conv = lambda fn: lambda x, k: fn(
+      x, k, strides, padding, dimension_numbers=_NHWC, precision=module.precision
+  )
   y = _on_cpu(conv(convolution.conv_general_dilated), conv(lax.conv_general_dilated), x, kernel)
   return y if bias is None else y + bias
 
 
 def _conv_transpose(module: nn.ConvTranspose, inputs: jax.Array) -> jax.Array | None:
   """nn.ConvTranspose's __call__ with the CPU transposed conv; None where it does not apply."""
-  kernel_size = tuple(module.kernel_size) if not isinstance(module.kernel_size, int) else (
-      module.kernel_size,)
-  if (inputs.ndim != 4 or len(kernel_size) != 2 or module.transpose_kernel or module.mask is not None
-      or _pairs(module.kernel_dilation) != (1, 1) or module.preferred_element_type is not None
-      or module.padding == 'CIRCULAR'):
+  kernel_size = (
+      tuple(module.kernel_size)
+      if not isinstance(module.kernel_size, int)
+      else (module.kernel_size,)
+  )
+  if (
+      inputs.ndim != 4
+      or len(kernel_size) != 2
+      or module.transpose_kernel
+      or module.mask is not None
+      or _pairs(module.kernel_dilation) != (1, 1)
+      or module.preferred_element_type is not None
+      or module.padding == 'CIRCULAR'
+  ):
     return None
   strides = _pairs(module.strides)
   padding = _explicit_padding(module.padding, kernel_size)
@@ -107,8 +135,9 @@ def _conv_transpose(module: nn.ConvTranspose, inputs: jax.Array) -> jax.Array | 
   pads = conv_transpose.explicit_padding(padding, kernel_size, strides)
   x, kernel, bias = _variables(module, inputs, kernel_size)
   fast = lambda x, k: conv_transpose.conv_transpose(x, k, strides, pads, module.precision)
-  plain = lambda x, k: lax.conv_transpose(x, k, strides, pads, dimension_numbers=_NHWC,
-                                          precision=module.precision)
+  plain = lambda x, k: lax.conv_transpose(
+      x, k, strides, pads, dimension_numbers=_NHWC, precision=module.precision
+  )
   y = _on_cpu(fast, plain, x, kernel)
   return y if bias is None else y + bias
 
@@ -121,15 +150,22 @@ def _exact_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   return mean, jnp.square(x - mean).mean(axes)
 
 
-def _batch_norm(module: nn.BatchNorm, x: jax.Array, use_running_average=None, *,
-                mask=None) -> jax.Array | None:
+def _batch_norm(
+    module: nn.BatchNorm, x: jax.Array, use_running_average=None, *, mask=None
+) -> jax.Array | None:
   """nn.BatchNorm's __call__ with the CPU statistics; None where it does not apply."""
   axes = (module.axis,) if isinstance(module.axis, int) else tuple(module.axis)
-  if (mask is not None or module.axis_name is not None or axes not in ((-1,), (x.ndim - 1,))
-      or not (module.use_scale and module.use_bias) or not module.force_float32_reductions):
+  if (
+      mask is not None
+      or module.axis_name is not None
+      or axes not in ((-1,), (x.ndim - 1,))
+      or not (module.use_scale and module.use_bias)
+      or not module.force_float32_reductions
+  ):
     return None
-  use_running_average = nn.merge_param('use_running_average', module.use_running_average,
-                                       use_running_average)
+  use_running_average = nn.merge_param(
+      'use_running_average', module.use_running_average, use_running_average
+  )
   features = (x.shape[-1],)
   ra_mean = module.variable('batch_stats', 'mean', lambda s: jnp.zeros(s, jnp.float32), features)
   ra_var = module.variable('batch_stats', 'var', lambda s: jnp.ones(s, jnp.float32), features)
@@ -145,8 +181,7 @@ def _batch_norm(module: nn.BatchNorm, x: jax.Array, use_running_average=None, *,
   multiplier = scale * lax.rsqrt(var + module.epsilon)
   dtype = flax_dtypes.canonicalize_dtype(x, scale, bias, dtype=module.dtype)
   # (x - mean) * multiplier + bias, with the per-channel parts folded into one multiply-add.
-  return (x.astype(dtype) * multiplier.astype(dtype)
-          + (bias - mean * multiplier).astype(dtype))
+  return x.astype(dtype) * multiplier.astype(dtype) + (bias - mean * multiplier).astype(dtype)
 
 
 _FORMS = {nn.Conv: _conv, nn.ConvTranspose: _conv_transpose, nn.BatchNorm: _batch_norm}

@@ -44,8 +44,13 @@ def _output_positions(lhs, rhs, strides, pads) -> int:
   return n
 
 
-def im2col_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
-                pads: tuple[tuple[int, int], tuple[int, int]], precision: Any = None) -> jax.Array:
+def im2col_conv(
+    x: jax.Array,
+    kernel: jax.Array,
+    strides: tuple[int, int],
+    pads: tuple[tuple[int, int], tuple[int, int]],
+    precision: Any = None,
+) -> jax.Array:
   """NHWC x HWIO conv as patches @ kernel: one strided slice of the padded input per kernel tap."""
   kh, kw, cin, cout = kernel.shape
   sh, sw = strides
@@ -54,11 +59,17 @@ def im2col_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
   xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
   ho = (xp.shape[1] - kh) // sh + 1
   wo = (xp.shape[2] - kw) // sw + 1
-  cols = [lax.slice(xp, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, cin),
-                    (1, sh, sw, 1)) for i in range(kh) for j in range(kw)]
+  cols = [
+      lax.slice(
+          xp, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, cin), (1, sh, sw, 1)
+      )
+      for i in range(kh)
+      for j in range(kw)
+  ]
   patches = jnp.concatenate(cols, axis=-1)
-  return jnp.einsum('nhwk,ko->nhwo', patches, kernel.reshape(kh * kw * cin, cout),
-                    precision=precision)
+  return jnp.einsum(
+      'nhwk,ko->nhwo', patches, kernel.reshape(kh * kw * cin, cout), precision=precision
+  )
 
 
 def _single_window_pads(lhs, rhs, strides, padding):
@@ -72,9 +83,12 @@ def _single_window_pads(lhs, rhs, strides, padding):
   return pads
 
 
-def single_window_conv(x: jax.Array, kernel: jax.Array,
-                       pads: tuple[tuple[int, int], tuple[int, int]],
-                       precision: Any = None) -> jax.Array:
+def single_window_conv(
+    x: jax.Array,
+    kernel: jax.Array,
+    pads: tuple[tuple[int, int], tuple[int, int]],
+    precision: Any = None,
+) -> jax.Array:
   """A conv whose one window starts at (-lo_h, -lo_w): sum over the kernel taps that meet x.
 
   Args:
@@ -92,23 +106,35 @@ def single_window_conv(x: jax.Array, kernel: jax.Array,
   r0, r1 = max(0, -lo_h), min(x.shape[1], kh - lo_h)
   c0, c1 = max(0, -lo_w), min(x.shape[2], kw - lo_w)
   x = x[:, r0:r1, c0:c1, :]
-  kernel = kernel[r0 + lo_h:r1 + lo_h, c0 + lo_w:c1 + lo_w]
+  kernel = kernel[r0 + lo_h : r1 + lo_h, c0 + lo_w : c1 + lo_w]
   y = jnp.einsum('nhwc,hwco->no', x, kernel, precision=precision)
   return y[:, None, None, :]
 
 
-def is_plain_nhwc(lhs, rhs, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
-                  feature_group_count: int = 1, preferred_element_type: Any = None) -> bool:
+def is_plain_nhwc(
+    lhs,
+    rhs,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count: int = 1,
+    preferred_element_type: Any = None,
+) -> bool:
   """Whether a `lax.conv_general_dilated` call is an ordinary NHWC x HWIO conv (no dilation, groups)."""
-  return (all(d == 1 for d in (lhs_dilation or (1, 1)))
-          and all(d == 1 for d in (rhs_dilation or (1, 1)))
-          and feature_group_count == 1 and preferred_element_type is None
-          and dimension_numbers is not None and lhs.ndim == 4
-          and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == _NHWC)
+  return (
+      all(d == 1 for d in (lhs_dilation or (1, 1)))
+      and all(d == 1 for d in (rhs_dilation or (1, 1)))
+      and feature_group_count == 1
+      and preferred_element_type is None
+      and dimension_numbers is not None
+      and lhs.ndim == 4
+      and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == _NHWC
+  )
 
 
-def tiny_output_conv(lhs, rhs, strides: tuple[int, int], padding,
-                     precision: Any = None) -> jax.Array | None:
+def tiny_output_conv(
+    lhs, rhs, strides: tuple[int, int], padding, precision: Any = None
+) -> jax.Array | None:
   """A plain NHWC conv with a 1x1 or 2x2 output map as matmuls; None for any other output size."""
   pads = _single_window_pads(lhs, rhs, strides, padding)
   if pads is not None:
@@ -119,15 +145,40 @@ def tiny_output_conv(lhs, rhs, strides: tuple[int, int], padding,
   return None
 
 
-def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding, lhs_dilation=None,
-                         rhs_dilation=None, dimension_numbers=None, feature_group_count: int = 1,
-                         precision: Any = None, preferred_element_type: Any = None):
+def conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides: Sequence[int],
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count: int = 1,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+):
   """`lax.conv_general_dilated`, as matmuls when the output map is 1x1 or 2x2 (plain NHWC/HWIO only)."""
-  if is_plain_nhwc(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
-                   preferred_element_type):
+  if is_plain_nhwc(
+      lhs,
+      rhs,
+      lhs_dilation,
+      rhs_dilation,
+      dimension_numbers,
+      feature_group_count,
+      preferred_element_type,
+  ):
     y = tiny_output_conv(lhs, rhs, tuple(window_strides), padding, precision)
     if y is not None:
       return y
-  return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                                  dimension_numbers, feature_group_count, precision=precision,
-                                  preferred_element_type=preferred_element_type)
+  return lax.conv_general_dilated(
+      lhs,
+      rhs,
+      window_strides,
+      padding,
+      lhs_dilation,
+      rhs_dilation,
+      dimension_numbers,
+      feature_group_count,
+      precision=precision,
+      preferred_element_type=preferred_element_type,
+  )

@@ -22,8 +22,10 @@ from __future__ import annotations
 import os
 from typing import MutableMapping
 
-CPU_DEFAULTS = ('--xla_cpu_experimental_ynn_fusion_type=-dot,-individual_convolution,-reduce',
-                '--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED')
+CPU_DEFAULTS = (
+    '--xla_cpu_experimental_ynn_fusion_type=-dot,-individual_convolution,-reduce',
+    '--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED',
+)
 MEASURED_ON = ('0.10.',)  # jaxlib version prefixes the defaults were measured on
 OPT_OUT = 'GANOMALY_JAX_XLA_DEFAULTS'
 
@@ -31,13 +33,17 @@ OPT_OUT = 'GANOMALY_JAX_XLA_DEFAULTS'
 def _jaxlib_version() -> str:
   try:
     from jaxlib import version  # light: does not start a backend
+
     return version.__version__
   except ImportError:
     return ''
 
 
-def apply_cpu_defaults(environ: MutableMapping[str, str] = os.environ,
-                       jaxlib_version: str | None = None, enabled: bool = True) -> list[str]:
+def apply_cpu_defaults(
+    environ: MutableMapping[str, str] = os.environ,
+    jaxlib_version: str | None = None,
+    enabled: bool = True,
+) -> list[str]:
   """Adds the CPU defaults to environ['XLA_FLAGS'] where allowed; returns the flags it added.
 
   `enabled` is `runtime.xla_cpu_defaults`; GANOMALY_JAX_XLA_DEFAULTS=0 in `environ` also disables.

@@ -56,6 +56,7 @@ class FolderIndex:
     converted: conversion label (e.g. 'L->RGB', 'exif_transpose') -> number of usable images.
     bad_masks: mask path -> BadImage reason, for masks that exist but cannot be decoded.
   """
+
   root: str
   channels: int
   min_side: int
@@ -70,8 +71,9 @@ class FolderIndex:
   bad_masks: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
-def scan_image_folder(root: str | os.PathLike, channels: int,
-                      min_side: int = images.DEFAULT_MIN_SIDE) -> FolderIndex:
+def scan_image_folder(
+    root: str | os.PathLike, channels: int, min_side: int = images.DEFAULT_MIN_SIDE
+) -> FolderIndex:
   """Indexes `root` (MVTec-AD layout), decoding every candidate file once to validate it.
 
   Args:
@@ -125,7 +127,8 @@ def scan_image_folder(root: str | os.PathLike, channels: int,
   if not index.train_paths:
     raise FolderDataError(
         f'no usable training image in {train_dir}: '
-        f'{_describe_skips(skipped, len(train_candidates))}')
+        f'{_describe_skips(skipped, len(train_candidates))}'
+    )
 
   test_candidates = 0
   stray = 0
@@ -144,17 +147,28 @@ def scan_image_folder(root: str | os.PathLike, channels: int,
       index.test_labels.append(label)
       index.test_defects.append(name)
       index.test_mask_paths.append(
-          None if label == 0 else _find_mask(root, name, path, sizes[path], index))
+          None if label == 0 else _find_mask(root, name, path, sizes[path], index)
+      )
   if stray:
-    logging.warning('Ignored %d file(s) directly inside %s: test images belong in test/good or '
-                    'test/<defect>.', stray, test_dir)
+    logging.warning(
+        'Ignored %d file(s) directly inside %s: test images belong in test/good or '
+        'test/<defect>.',
+        stray,
+        test_dir,
+    )
   if not index.test_paths:
-    test_skips = {r: [p for p in ps if p.startswith(test_dir + os.sep)] for r, ps in skipped.items()}
+    test_skips = {
+        r: [p for p in ps if p.startswith(test_dir + os.sep)] for r, ps in skipped.items()
+    }
     raise FolderDataError(
-        f'no usable test image in {test_dir}: {_describe_skips(test_skips, test_candidates)}')
+        f'no usable test image in {test_dir}: {_describe_skips(test_skips, test_candidates)}'
+    )
   if len(set(index.test_labels)) < 2:
-    logging.warning('Test set of %s holds only %s images: AUC is undefined.', root,
-                    'good' if index.test_labels[0] == 0 else 'defect')
+    logging.warning(
+        'Test set of %s holds only %s images: AUC is undefined.',
+        root,
+        'good' if index.test_labels[0] == 0 else 'defect',
+    )
 
   index.skipped = {reason: sorted(skipped[reason]) for reason in images.REASONS if skipped[reason]}
   index.converted = dict(sorted(converted.items()))
@@ -162,11 +176,20 @@ def scan_image_folder(root: str | os.PathLike, channels: int,
     # One line per reason, not per file: a folder of 10k broken files must not flood the log.
     logging.warning('%s: skipped %d file(s) as %s, e.g. %s', root, len(paths), reason, paths[0])
   if index.bad_masks:
-    logging.warning('%s: %d ground-truth mask(s) could not be decoded, e.g. %s', root,
-                    len(index.bad_masks), next(iter(index.bad_masks)))
-  logging.info('%s: %d usable train, %d usable test (%d defect) of %d files scanned.', root,
-               len(index.train_paths), len(index.test_paths), sum(index.test_labels),
-               index.num_scanned)
+    logging.warning(
+        '%s: %d ground-truth mask(s) could not be decoded, e.g. %s',
+        root,
+        len(index.bad_masks),
+        next(iter(index.bad_masks)),
+    )
+  logging.info(
+      '%s: %d usable train, %d usable test (%d defect) of %d files scanned.',
+      root,
+      len(index.train_paths),
+      len(index.test_paths),
+      sum(index.test_labels),
+      index.num_scanned,
+  )
   return index
 
 
@@ -186,15 +209,21 @@ def data_report(index: FolderIndex) -> dict[str, Any]:
       'usable': {'train': len(index.train_paths), 'test': len(index.test_paths)},
       'test_by_defect': dict(sorted(by_defect.items())),
       'skipped': {
-          reason: {'count': len(index.skipped.get(reason, [])),
-                   'paths': list(index.skipped.get(reason, []))}
+          reason: {
+              'count': len(index.skipped.get(reason, [])),
+              'paths': list(index.skipped.get(reason, [])),
+          }
           for reason in images.REASONS
       },
       'converted': dict(index.converted),
       'masks': {
           'found': len(masks),
-          'missing': sum(1 for label, m in zip(index.test_labels, index.test_mask_paths)
-                         if label == 1 and m is None) - len(index.bad_masks),
+          'missing': sum(
+              1
+              for label, m in zip(index.test_labels, index.test_mask_paths)
+              if label == 1 and m is None
+          )
+          - len(index.bad_masks),
           'bad': dict(index.bad_masks),
       },
   }
@@ -261,8 +290,9 @@ def _list_files(directory: str) -> list[str]:
   return sorted(files)
 
 
-def _find_mask(root: str, defect: str, image_path: str, image_size: tuple[int, int],
-               index: FolderIndex) -> str | None:
+def _find_mask(
+    root: str, defect: str, image_path: str, image_size: tuple[int, int], index: FolderIndex
+) -> str | None:
   """The decodable ground-truth mask of a defect image, or None (bad ones go to index.bad_masks).
 
   Raises:
@@ -280,8 +310,10 @@ def _find_mask(root: str, defect: str, image_path: str, image_size: tuple[int, i
     return None
   if mask.shape[:2] != tuple(image_size):
     (mh, mw), (ih, iw) = mask.shape[:2], image_size
-    raise FolderDataError(f'ground-truth mask {mask_path} is {mw}x{mh} px but its image '
-                          f'{image_path} is {iw}x{ih}: a mask must have its image\'s size.')
+    raise FolderDataError(
+        f'ground-truth mask {mask_path} is {mw}x{mh} px but its image '
+        f"{image_path} is {iw}x{ih}: a mask must have its image's size."
+    )
   return mask_path
 
 

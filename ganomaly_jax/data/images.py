@@ -32,14 +32,22 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 # File extensions (lower case, no dot) treated as images when scanning a data folder.
 IMAGE_EXTENSIONS = frozenset(
-    {'png', 'jpg', 'jpeg', 'bmp', 'tif', 'tiff', 'webp', 'gif', 'ppm', 'pgm'})
+    {'png', 'jpg', 'jpeg', 'bmp', 'tif', 'tiff', 'webp', 'gif', 'ppm', 'pgm'}
+)
 
 # PIL format ids matching IMAGE_EXTENSIONS (the PPM plugin also reads PGM).
 _PIL_FORMATS = ('PNG', 'JPEG', 'BMP', 'TIFF', 'WEBP', 'GIF', 'PPM')
 
 # The fixed vocabulary of `BadImage.reason`.
-REASONS = ('unreadable', 'empty_file', 'corrupt', 'not_an_image', 'too_small', 'not_a_file',
-           'too_large')
+REASONS = (
+    'unreadable',
+    'empty_file',
+    'corrupt',
+    'not_an_image',
+    'too_small',
+    'not_a_file',
+    'too_large',
+)
 
 # Files above this size are not read at all ('too_large'): a folder scan must not swallow a disk
 # image or a video that happens to be named .png. Far above any photograph (a 16-bit 8K TIFF is
@@ -85,8 +93,9 @@ def has_image_extension(path: str | os.PathLike) -> bool:
   return ext[1:].lower() in IMAGE_EXTENSIONS
 
 
-def decode_image(data_or_path: ImageSource, channels: int,
-                 min_side: int = DEFAULT_MIN_SIDE) -> np.ndarray:
+def decode_image(
+    data_or_path: ImageSource, channels: int, min_side: int = DEFAULT_MIN_SIDE
+) -> np.ndarray:
   """Decodes an image file (path) or encoded bytes into a uint8 array.
 
   See the module docstring for the conversion policies (EXIF, alpha, 16-bit, float).
@@ -106,9 +115,9 @@ def decode_image(data_or_path: ImageSource, channels: int,
   return decode_with_conversion(data_or_path, channels, min_side)[0]
 
 
-def decode_with_conversion(data_or_path: ImageSource, channels: int,
-                           min_side: int = DEFAULT_MIN_SIDE
-                          ) -> tuple[np.ndarray, tuple[str, ...]]:
+def decode_with_conversion(
+    data_or_path: ImageSource, channels: int, min_side: int = DEFAULT_MIN_SIDE
+) -> tuple[np.ndarray, tuple[str, ...]]:
   """Like `decode_image`, also naming the conversions applied (for data reports).
 
   Returns:
@@ -183,8 +192,12 @@ def resize_image(img: np.ndarray, isize: int) -> np.ndarray:
     return np.asarray(Image.fromarray(img).resize(size, Image.Resampling.BILINEAR))
   # Channel by channel for any other C: PIL would premultiply a 4th channel as alpha.
   planes = [
-      np.asarray(Image.fromarray(np.ascontiguousarray(img[:, :, c])).resize(
-          size, Image.Resampling.BILINEAR)) for c in range(img.shape[2])
+      np.asarray(
+          Image.fromarray(np.ascontiguousarray(img[:, :, c])).resize(
+              size, Image.Resampling.BILINEAR
+          )
+      )
+      for c in range(img.shape[2])
   ]
   return np.stack(planes, axis=2)
 
@@ -218,9 +231,13 @@ def _read(data_or_path: ImageSource) -> tuple[str | None, bytes]:
 
 
 def _file_kind(mode: int) -> str:
-  for test, kind in ((stat.S_ISFIFO, 'a FIFO'), (stat.S_ISCHR, 'a character device'),
-                     (stat.S_ISBLK, 'a block device'), (stat.S_ISSOCK, 'a socket'),
-                     (stat.S_ISDIR, 'a directory')):
+  for test, kind in (
+      (stat.S_ISFIFO, 'a FIFO'),
+      (stat.S_ISCHR, 'a character device'),
+      (stat.S_ISBLK, 'a block device'),
+      (stat.S_ISSOCK, 'a socket'),
+      (stat.S_ISDIR, 'a directory'),
+  ):
     if test(mode):
       return f'{kind}, not a regular file'
   return 'not a regular file'
@@ -237,14 +254,14 @@ def _open_and_load(data: bytes, path: str | None) -> Image.Image:
       raise BadImage('corrupt', path, 'unrecognised image data') from e
     raise BadImage('not_an_image', path, 'not a supported image format') from e
   except Image.DecompressionBombError as e:
-    raise BadImage('corrupt', path, 'larger than PIL\'s decompression-bomb limit') from e
+    raise BadImage('corrupt', path, "larger than PIL's decompression-bomb limit") from e
   except Exception as e:  # pylint: disable=broad-except
     raise BadImage('corrupt', path, _short(e)) from e
   try:
     # Decode every pixel now: a truncated JPEG otherwise opens fine and fails inside the loader.
     img.load()
   except Image.DecompressionBombError as e:
-    raise BadImage('corrupt', path, 'larger than PIL\'s decompression-bomb limit') from e
+    raise BadImage('corrupt', path, "larger than PIL's decompression-bomb limit") from e
   except Exception as e:  # pylint: disable=broad-except
     # PIL raises OSError, SyntaxError, ValueError, struct.error, zlib.error, EOFError ... here.
     raise BadImage('corrupt', path, _short(e)) from e

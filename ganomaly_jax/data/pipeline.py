@@ -39,7 +39,7 @@ def random_zoom(image: np.ndarray, rng: np.random.Generator, max_zoom: float) ->
   if side >= size:
     return image
   top, left = rng.integers(0, size - side + 1, size=2)
-  return resize_image(np.ascontiguousarray(image[top:top + side, left:left + side]), size)
+  return resize_image(np.ascontiguousarray(image[top : top + side, left : left + side]), size)
 
 
 def augment_seed(seed: int, process_index: int) -> int:
@@ -56,9 +56,17 @@ def augment_seed(seed: int, process_index: int) -> int:
   return int(np.random.SeedSequence((seed, process_index)).generate_state(1, np.uint64)[0])
 
 
-def train_iterator(source, *, batch_size: int, seed: int, flip: bool = False, zoom: float = 0.0,
-                   workers: int = 0, process_index: int | None = None,
-                   process_count: int | None = None):
+def train_iterator(
+    source,
+    *,
+    batch_size: int,
+    seed: int,
+    flip: bool = False,
+    zoom: float = 0.0,
+    workers: int = 0,
+    process_index: int | None = None,
+    process_count: int | None = None,
+):
   """Infinite shuffled iterator of per-process batches {'image': [b, H, W, C], 'label': [b]}.
 
   Each process reads its own slice of the source and augments it with its own seed
@@ -68,19 +76,22 @@ def train_iterator(source, *, batch_size: int, seed: int, flip: bool = False, zo
   """
   index = jax.process_index() if process_index is None else process_index
   count = jax.process_count() if process_count is None else process_count
-  ds = (grain.MapDataset.source(source)[index::count]
-        .shuffle(seed=seed)
-        .repeat(None)
-        .random_map(Preprocess(flip, zoom), seed=augment_seed(seed, index))
-        .batch(batch_size, drop_remainder=True))
+  ds = (
+      grain.MapDataset.source(source)[index::count]
+      .shuffle(seed=seed)
+      .repeat(None)
+      .random_map(Preprocess(flip, zoom), seed=augment_seed(seed, index))
+      .batch(batch_size, drop_remainder=True)
+  )
   it = ds.to_iter_dataset()
   if workers > 0:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
   return iter(it)
 
 
-def eval_batches(source, batch_size: int, limit: int = 0, process_index: int = 0,
-                 process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(
+    source, batch_size: int, limit: int = 0, process_index: int = 0, process_count: int = 1
+) -> Iterator[dict[str, np.ndarray]]:
   """Ordered batches of the whole source, the last one padded; `valid` marks real examples.
 
   Padding keeps every batch the same shape so the eval step compiles once. With `process_count` > 1

@@ -63,8 +63,15 @@ class FileSource:
   Files were fully decoded once when the folder was scanned, so only readable images are listed.
   """
 
-  def __init__(self, name: str, paths: list[str], labels: list[int], isize: int, channels: int,
-               mask_paths: list[str | None] | None = None):
+  def __init__(
+      self,
+      name: str,
+      paths: list[str],
+      labels: list[int],
+      isize: int,
+      channels: int,
+      mask_paths: list[str | None] | None = None,
+  ):
     self.name = name
     self.paths = list(paths)
     self.labels = np.asarray(labels, np.int32)
@@ -104,7 +111,9 @@ def _resize_array(images: np.ndarray, isize: int, channels: int) -> np.ndarray:
   if images.ndim == 3:
     images = images[..., None]
   if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
-    raise DataError(f'Images must be N×H×W or N×H×W×C with C in (1, 3, 4), got shape {images.shape}.')
+    raise DataError(
+        f'Images must be N×H×W or N×H×W×C with C in (1, 3, 4), got shape {images.shape}.'
+    )
   images = images[..., :3] if images.shape[-1] == 4 else images
   if images.shape[-1] == 3 and channels == 1:
     images = (images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
@@ -131,9 +140,20 @@ def resolve_abnormal(abnormal: str, num_classes: int, class_names: tuple[str, ..
   return index
 
 
-def one_class_splits(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
-                     y_test: np.ndarray, abnormal: int, *, seed: int, pool_normals: bool,
-                     val_fraction: float, max_train: int = 0, max_test: int = 0) -> Splits:
+def one_class_splits(
+    name: str,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    abnormal: int,
+    *,
+    seed: int,
+    pool_normals: bool,
+    val_fraction: float,
+    max_train: int = 0,
+    max_test: int = 0,
+) -> Splits:
   """Applies the one-class protocol to class-labelled arrays (images already at the model size)."""
   rng = np.random.default_rng(seed)
   tr_norm, te_norm = x_train[y_train != abnormal], x_test[y_test != abnormal]
@@ -150,7 +170,7 @@ def one_class_splits(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test
   val, train = tr_norm[:n_val], tr_norm[n_val:]
   if max_train:
     train = train[:max_train]
-    val = val[:max(1, max_train // 4)] if n_val else val
+    val = val[: max(1, max_train // 4)] if n_val else val
   test_x = np.concatenate([te_norm, abn])
   test_y = np.concatenate([np.zeros(len(te_norm)), np.ones(len(abn))])
   if max_test and len(test_x) > max_test:
@@ -159,11 +179,20 @@ def one_class_splits(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test
     test_x, test_y = test_x[keep], test_y[keep]
   if len(train) == 0:
     raise DataError(f'{name}: no normal training images left for abnormal={abnormal}.')
-  info = {'name': name, 'abnormal': int(abnormal), 'train': len(train), 'val': len(val),
-          'test': len(test_x), 'test_abnormal': int(test_y.sum())}
-  return Splits(ArraySource(f'{name}/train', train, np.zeros(len(train))),
-                ArraySource(f'{name}/val', val, np.zeros(len(val))),
-                ArraySource(f'{name}/test', test_x, test_y), info)
+  info = {
+      'name': name,
+      'abnormal': int(abnormal),
+      'train': len(train),
+      'val': len(val),
+      'test': len(test_x),
+      'test_abnormal': int(test_y.sum()),
+  }
+  return Splits(
+      ArraySource(f'{name}/train', train, np.zeros(len(train))),
+      ArraySource(f'{name}/val', val, np.zeros(len(val))),
+      ArraySource(f'{name}/test', test_x, test_y),
+      info,
+  )
 
 
 # Decoded datasets kept by this process (see the module docstring), newest last.
@@ -224,7 +253,9 @@ def _npz(path: str) -> tuple[np.ndarray, ...]:
     with np.load(path) as data:
       missing = [k for k in ('x_train', 'y_train', 'x_test', 'y_test') if k not in data]
       if missing:
-        raise DataError(f'npz dataset {path} lacks arrays {missing} (needs x_train, y_train, x_test, y_test).')
+        raise DataError(
+            f'npz dataset {path} lacks arrays {missing} (needs x_train, y_train, x_test, y_test).'
+        )
       arrays = tuple(np.asarray(data[k]) for k in ('x_train', 'y_train', 'x_test', 'y_test'))
   except (OSError, ValueError) as e:
     if isinstance(e, DataError):
@@ -243,34 +274,56 @@ def _tfds(name: str, data_dir: str) -> tuple[np.ndarray, ...]:
     try:
       source = tfds.data_source(name, split=split, data_dir=data_dir or None)
     except Exception as e:  # tfds raises many types for a dataset that isn't prepared
-      raise DataError(f'tfds dataset {name!r} ({split}) is not available: {str(e).splitlines()[0]}') from None
+      raise DataError(
+          f'tfds dataset {name!r} ({split}) is not available: {str(e).splitlines()[0]}'
+      ) from None
     records = [source[i] for i in range(len(source))]
     out.append(np.stack([r['image'] for r in records]).astype(np.uint8))
     out.append(np.asarray([r['label'] for r in records]))
   return tuple(out)
 
 
-def _class_splits(config, name: str, arrays: tuple[np.ndarray, ...], num_classes: int,
-                  class_names: tuple[str, ...] = ()) -> Splits:
+def _class_splits(
+    config,
+    name: str,
+    arrays: tuple[np.ndarray, ...],
+    num_classes: int,
+    class_names: tuple[str, ...] = (),
+) -> Splits:
   """One-class splits of class-labelled arrays (x_train, y_train, x_test, y_test) at the model's size."""
   d, m = config.dataset, config.model
   abnormal = resolve_abnormal(d.abnormal, num_classes, class_names)
   x_tr, y_tr, x_te, y_te = arrays
   x_tr, x_te = _resize_array(x_tr, m.isize, m.channels), _resize_array(x_te, m.isize, m.channels)
-  return one_class_splits(name, x_tr, np.asarray(y_tr), x_te, np.asarray(y_te),
-                          abnormal, seed=config.seed, pool_normals=d.pool_normals,
-                          val_fraction=d.val_fraction, max_train=d.max_train, max_test=d.max_test)
+  return one_class_splits(
+      name,
+      x_tr,
+      np.asarray(y_tr),
+      x_te,
+      np.asarray(y_te),
+      abnormal,
+      seed=config.seed,
+      pool_normals=d.pool_normals,
+      val_fraction=d.val_fraction,
+      max_train=d.max_train,
+      max_test=d.max_test,
+  )
 
 
-def _resized(config, key: tuple, read: Callable[[], tuple[np.ndarray, ...]]
-             ) -> tuple[np.ndarray, ...]:
+def _resized(
+    config, key: tuple, read: Callable[[], tuple[np.ndarray, ...]]
+) -> tuple[np.ndarray, ...]:
   """(x_train, y_train, x_test, y_test) of `read()` at the model's size, decoded once (`decoded`)."""
   m = config.model
 
   def load() -> tuple[np.ndarray, ...]:
     x_tr, y_tr, x_te, y_te = read()
-    return (_resize_array(x_tr, m.isize, m.channels), np.asarray(y_tr),
-            _resize_array(x_te, m.isize, m.channels), np.asarray(y_te))
+    return (
+        _resize_array(x_tr, m.isize, m.channels),
+        np.asarray(y_tr),
+        _resize_array(x_te, m.isize, m.channels),
+        np.asarray(y_te),
+    )
 
   return decoded(key + (m.isize, m.channels), load)
 
@@ -286,6 +339,7 @@ def _tfds_splits(name: str) -> Callable[[Any, str], Splits]:
     data_dir = config.dataset.data_dir
     arrays = _resized(config, ('tfds', name, data_dir), lambda: _tfds(name, data_dir))
     return _class_splits(config, name, arrays, 10, CIFAR10_NAMES if name == 'cifar10' else ())
+
   return load
 
 
@@ -298,28 +352,50 @@ def load_splits(config) -> Splits:
 def _folder_splits(config, root: str) -> Splits:
   d, m = config.dataset, config.model
   try:
-    index = decoded(('folder', os.path.abspath(root), m.channels),
-                    lambda: folder_lib.scan_image_folder(root, m.channels))
+    index = decoded(
+        ('folder', os.path.abspath(root), m.channels),
+        lambda: folder_lib.scan_image_folder(root, m.channels),
+    )
   except folder_lib.FolderDataError as e:
     raise DataError(str(e)) from None
   rng = np.random.default_rng(config.seed)
   train = np.asarray(index.train_paths)[rng.permutation(len(index.train_paths))].tolist()
-  n_val = max(1, int(round(d.val_fraction * len(train)))) if d.val_fraction > 0 and len(train) > 1 else 0
+  n_val = (
+      max(1, int(round(d.val_fraction * len(train))))
+      if d.val_fraction > 0 and len(train) > 1
+      else 0
+  )
   val, train = train[:n_val], train[n_val:]
   if d.max_train:
-    train = train[:d.max_train]
+    train = train[: d.max_train]
   test_idx = np.arange(len(index.test_paths))
   if d.max_test and len(test_idx) > d.max_test:
-    test_idx = np.sort(rng.permutation(len(test_idx))[:d.max_test])
-  test = FileSource('folder/test', [index.test_paths[i] for i in test_idx],
-                    [index.test_labels[i] for i in test_idx], m.isize, m.channels,
-                    [index.test_mask_paths[i] for i in test_idx])
-  info = {'name': 'folder', 'root': root, 'abnormal': 'defects', 'train': len(train),
-          'val': len(val), 'test': len(test), 'test_abnormal': int(test.labels.sum()),
-          'has_ground_truth': any(p is not None for p in test.mask_paths)}
-  return Splits(FileSource('folder/train', train, [0] * len(train), m.isize, m.channels),
-                FileSource('folder/val', val, [0] * len(val), m.isize, m.channels), test, info,
-                report=folder_lib.data_report(index))
+    test_idx = np.sort(rng.permutation(len(test_idx))[: d.max_test])
+  test = FileSource(
+      'folder/test',
+      [index.test_paths[i] for i in test_idx],
+      [index.test_labels[i] for i in test_idx],
+      m.isize,
+      m.channels,
+      [index.test_mask_paths[i] for i in test_idx],
+  )
+  info = {
+      'name': 'folder',
+      'root': root,
+      'abnormal': 'defects',
+      'train': len(train),
+      'val': len(val),
+      'test': len(test),
+      'test_abnormal': int(test.labels.sum()),
+      'has_ground_truth': any(p is not None for p in test.mask_paths),
+  }
+  return Splits(
+      FileSource('folder/train', train, [0] * len(train), m.isize, m.channels),
+      FileSource('folder/val', val, [0] * len(val), m.isize, m.channels),
+      test,
+      info,
+      report=folder_lib.data_report(index),
+  )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -371,16 +447,22 @@ def get_dataset(full_name: str) -> tuple[Dataset, str]:
 def npz_channels(path: str) -> int:
   """1 or 3: the channels of `x_train` in an npz file, read from its header (no array is loaded)."""
   if not os.path.isfile(path):
-    raise DataError(f'npz dataset not found: {path} (set model.channels to resolve the config '
-                    'without it).')
+    raise DataError(
+        f'npz dataset not found: {path} (set model.channels to resolve the config ' 'without it).'
+    )
   try:
     with zipfile.ZipFile(path) as z, z.open('x_train.npy') as f:
       version = np.lib.format.read_magic(f)
-      shape = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
-               else np.lib.format.read_array_header_2_0(f))[0]
+      shape = (
+          np.lib.format.read_array_header_1_0(f)
+          if version == (1, 0)
+          else np.lib.format.read_array_header_2_0(f)
+      )[0]
   except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
-    raise DataError(f'npz dataset {path}: cannot read x_train to choose model.channels ({e}); '
-                    'set model.channels explicitly.') from None
+    raise DataError(
+        f'npz dataset {path}: cannot read x_train to choose model.channels ({e}); '
+        'set model.channels explicitly.'
+    ) from None
   return 3 if len(shape) == 4 and shape[-1] in (3, 4) else 1
 
 
@@ -389,5 +471,11 @@ for _name, _channels in (('mnist', 1), ('fashion_mnist', 1), ('cifar10', 3)):
   register_dataset(_name, Dataset(load=_tfds_splits(_name), channels=lambda arg, c=_channels: c))
 register_dataset('npz', Dataset(load=_npz_splits, channels=npz_channels, takes_arg=True))
 # Folder data is read as RGB: photographs, and a grey folder costs only the first layer's width.
-register_dataset('folder', Dataset(load=lambda config, root: _folder_splits(config, root),
-                                   channels=lambda arg: 3, takes_arg=True))
+register_dataset(
+    'folder',
+    Dataset(
+        load=lambda config, root: _folder_splits(config, root),
+        channels=lambda arg: 3,
+        takes_arg=True,
+    ),
+)

@@ -47,8 +47,9 @@ def _patch_shape(rng: np.random.Generator, size: int) -> tuple[int, int]:
   return max(1, int(h * scale)), max(1, int(w * scale))
 
 
-def cutpaste(target: np.ndarray, donor: np.ndarray, rng: np.random.Generator
-             ) -> tuple[np.ndarray, np.ndarray]:
+def cutpaste(
+    target: np.ndarray, donor: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
   """`target` with a rotated, brightness-scaled rectangle of `donor` pasted in: (image, mask).
 
   Args:
@@ -65,21 +66,23 @@ def cutpaste(target: np.ndarray, donor: np.ndarray, rng: np.random.Generator
   for _ in range(MAX_TRIES):
     h, w = _patch_shape(rng, size)
     top, left = rng.integers(0, size - h + 1), rng.integers(0, size - w + 1)
-    patch = donor[top:top + h, left:left + w].astype(np.float32)
+    patch = donor[top : top + h, left : left + w].astype(np.float32)
     angle = rng.uniform(0.0, 360.0)
     # Bilinear for the pixels, nearest for the footprint, so the mask marks whole pasted pixels.
     patch = scipy.ndimage.rotate(patch, angle, axes=(1, 0), reshape=True, order=1, mode='nearest')
-    footprint = scipy.ndimage.rotate(np.ones((h, w), np.float32), angle, axes=(1, 0),
-                                     reshape=True, order=0) > 0.5
+    footprint = (
+        scipy.ndimage.rotate(np.ones((h, w), np.float32), angle, axes=(1, 0), reshape=True, order=0)
+        > 0.5
+    )
     patch = np.clip(patch * rng.uniform(*BRIGHTNESS), 0, 255)
     ph, pw = footprint.shape
     y, x = rng.integers(0, size - ph + 1), rng.integers(0, size - pw + 1)
     image = target.copy()
-    region = image[y:y + ph, x:x + pw]
+    region = image[y : y + ph, x : x + pw]
     pasted = np.round(patch).astype(np.uint8)
     region[footprint] = pasted[footprint]
     mask = np.zeros(target.shape[:2], np.float32)
-    mask[y:y + ph, x:x + pw] = footprint
+    mask[y : y + ph, x : x + pw] = footprint
     change = np.abs(image.astype(np.float32) - target.astype(np.float32))[mask > 0]
     if change.size and float(change.mean()) >= MIN_CHANGE:
       break
@@ -109,8 +112,9 @@ class SyntheticAnomalies:
     n = self.num_normals
     target = k % n
     donor = target if n == 1 else (target + 1 + int(rng.integers(n - 1))) % n
-    return cutpaste(np.asarray(self.normals[target]['image']),
-                    np.asarray(self.normals[donor]['image']), rng)
+    return cutpaste(
+        np.asarray(self.normals[target]['image']), np.asarray(self.normals[donor]['image']), rng
+    )
 
   def __getitem__(self, index: int) -> dict[str, Any]:
     index = int(index)
@@ -127,5 +131,7 @@ class SyntheticAnomalies:
     return self._anomaly(index - self.num_normals)[1]
 
   def __repr__(self) -> str:
-    return (f'SyntheticAnomalies({self.normals!r}, seed={self.seed}, '
-            f'anomalies={self.num_anomalies})')
+    return (
+        f'SyntheticAnomalies({self.normals!r}, seed={self.seed}, '
+        f'anomalies={self.num_anomalies})'
+    )

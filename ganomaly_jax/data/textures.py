@@ -48,23 +48,27 @@ def _photograph(name: str) -> np.ndarray:
   try:
     from skimage import data as sk_data  # imported here: only this suite needs it
   except ImportError:
-    raise TexturesError('The textures suite needs scikit-image, a declared dependency: reinstall '
-                        'the package (pip install -e .).') from None
+    raise TexturesError(
+        'The textures suite needs scikit-image, a declared dependency: reinstall '
+        'the package (pip install -e .).'
+    ) from None
   image = np.asarray(getattr(sk_data, name)())
   if image.ndim == 3:  # an RGB photograph: the luma, as the folder loader would convert it
     image = np.round(image[..., :3] @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)
   return image.astype(np.uint8)
 
 
-def _crops(image: np.ndarray, rows: tuple[int, int], n: int, rng: np.random.Generator
-           ) -> list[np.ndarray]:
+def _crops(
+    image: np.ndarray, rows: tuple[int, int], n: int, rng: np.random.Generator
+) -> list[np.ndarray]:
   top = rng.integers(rows[0], rows[1] - PATCH + 1, size=n)
   left = rng.integers(0, image.shape[1] - PATCH + 1, size=n)
-  return [image[t:t + PATCH, l:l + PATCH].copy() for t, l in zip(top, left)]
+  return [image[t : t + PATCH, l : l + PATCH].copy() for t, l in zip(top, left)]
 
 
-def add_defect(patch: np.ndarray, kind: str, rng: np.random.Generator
-               ) -> tuple[np.ndarray, np.ndarray]:
+def add_defect(
+    patch: np.ndarray, kind: str, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
   """(defective uint8 patch, bool mask of the changed pixels) for one defect kind (module doc)."""
   from scipy import ndimage
 
@@ -92,7 +96,7 @@ def add_defect(patch: np.ndarray, kind: str, rng: np.random.Generator
     radius = rng.uniform(4, 9)
     cy, cx = rng.uniform(12, size - 12, size=2)
     yy, xx = np.mgrid[:size, :size]
-    mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2
+    mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
     out[mask] = 0.0
   else:
     raise ValueError(f'Unknown defect {kind!r}: use one of {", ".join(DEFECTS)}.')
@@ -100,8 +104,16 @@ def add_defect(patch: np.ndarray, kind: str, rng: np.random.Generator
 
 
 def _recipe(seed: int) -> dict:
-  return {'textures': list(TEXTURES), 'defects': list(DEFECTS), 'patch': PATCH, 'train': TRAIN,
-          'test_good': TEST_GOOD, 'test_defect': TEST_DEFECT, 'seed': seed, 'version': 1}
+  return {
+      'textures': list(TEXTURES),
+      'defects': list(DEFECTS),
+      'patch': PATCH,
+      'train': TRAIN,
+      'test_good': TEST_GOOD,
+      'test_defect': TEST_DEFECT,
+      'seed': seed,
+      'version': 1,
+  }
 
 
 def _save(path: str, array: np.ndarray) -> None:
@@ -133,8 +145,10 @@ def write_textures(root: str, seed: int = 0) -> list[str]:
       for i, patch in enumerate(_crops(image, (cut, image.shape[0]), TEST_DEFECT, rng)):
         defective, mask = add_defect(patch, kind, rng)
         _save(os.path.join(folder, 'test', kind, f'{i:03d}.png'), defective)
-        _save(os.path.join(folder, 'ground_truth', kind, f'{i:03d}_mask.png'),
-              mask.astype(np.uint8) * 255)
+        _save(
+            os.path.join(folder, 'ground_truth', kind, f'{i:03d}_mask.png'),
+            mask.astype(np.uint8) * 255,
+        )
   with open(marker, 'w') as f:
     json.dump(recipe, f, indent=2)
   return folders

@@ -34,10 +34,16 @@ def _top_then_bottom(scores: np.ndarray, k: int) -> list[int]:
   return top + bottom
 
 
-def _write_pictures(workdir: str, outputs: passes.TestOutputs, scores: np.ndarray,
-                    curves: dict[str, list[tuple[int, float]]], extremes: dict[str, np.ndarray],
-                    chosen: list[int], mc_extremes: dict[str, np.ndarray] | None,
-                    chosen_mc: list[int]) -> None:
+def _write_pictures(
+    workdir: str,
+    outputs: passes.TestOutputs,
+    scores: np.ndarray,
+    curves: dict[str, list[tuple[int, float]]],
+    extremes: dict[str, np.ndarray],
+    chosen: list[int],
+    mc_extremes: dict[str, np.ndarray] | None,
+    chosen_mc: list[int],
+) -> None:
   """loss_curves.png, roc_pr.png, score_histogram.png, extremes.png (+ extremes_uncertainty.png).
 
   plot_extremes only ever shows the k highest and k lowest: `extremes` holds just those 2k images
@@ -48,13 +54,24 @@ def _write_pictures(workdir: str, outputs: passes.TestOutputs, scores: np.ndarra
     plots.plot_loss_curves(curves, rundir.path(workdir, 'loss_curves.png'))
   plots.plot_roc_pr(labels, scores, rundir.path(workdir, 'roc_pr.png'))
   plots.plot_score_histogram(labels, scores, rundir.path(workdir, 'score_histogram.png'))
-  plots.plot_extremes(list(extremes['image']), extremes['map'], scores[chosen], labels[chosen],
-                      rundir.path(workdir, 'extremes.png'), k=EXTREMES_K)
+  plots.plot_extremes(
+      list(extremes['image']),
+      extremes['map'],
+      scores[chosen],
+      labels[chosen],
+      rundir.path(workdir, 'extremes.png'),
+      k=EXTREMES_K,
+  )
   if mc_extremes is not None:
     mc_scores = metrics.normalise(outputs.mc_score)
-    plots.plot_extremes(list(mc_extremes['image']), mc_extremes['uncertainty'],
-                        mc_scores[chosen_mc], labels[chosen_mc],
-                        rundir.path(workdir, 'extremes_uncertainty.png'), k=EXTREMES_K)
+    plots.plot_extremes(
+        list(mc_extremes['image']),
+        mc_extremes['uncertainty'],
+        mc_scores[chosen_mc],
+        labels[chosen_mc],
+        rundir.path(workdir, 'extremes_uncertainty.png'),
+        k=EXTREMES_K,
+    )
 
 
 def image_grid(pictures: dict[str, Any]) -> np.ndarray:
@@ -83,8 +100,9 @@ class Report:
     return rundir.read_curves(self.curves_of or self.workdir)
 
 
-def evaluate_and_report(chosen: Any, components, state: Any, splits, mesh, report: Report,
-                        run_info: dict[str, Any]) -> dict[str, Any]:
+def evaluate_and_report(
+    chosen: Any, components, state: Any, splits, mesh, report: Report, run_info: dict[str, Any]
+) -> dict[str, Any]:
   """Final test evaluation of the selected state: metrics, TensorBoard scalars/images, PNG pictures.
 
   `chosen` is the read-out of the test pass (`readout.Chosen`): its `config` (the run's config with
@@ -111,58 +129,101 @@ def evaluate_and_report(chosen: Any, components, state: Any, splits, mesh, repor
     if config.model.dropout > 0:
       mc_fn = uncertainty.make_mc_fn(components, chosen.step_config, max(int(e.mc_samples), 2))
     else:
-      logging.warning('eval.mc_samples=%d ignored: the model has no dropout (model.dropout=0).',
-                      e.mc_samples)
+      logging.warning(
+          'eval.mc_samples=%d ignored: the model has no dropout (model.dropout=0).', e.mc_samples
+      )
   outputs = passes.collect_test_outputs(
-      eval_maps_fn, state, splits.test, mesh, e.batch_size, mc_fn=mc_fn,
-      mc_rng=jax.random.fold_in(jax.random.key(config.seed), 0x6d63),
-      fid_samples=FID_SAMPLES if e.fid else 0, smooth_sigma=e.smooth_sigma,
-      map_max_value=losses.MAPS[e.map].max_value)
+      eval_maps_fn,
+      state,
+      splits.test,
+      mesh,
+      e.batch_size,
+      mc_fn=mc_fn,
+      mc_rng=jax.random.fold_in(jax.random.key(config.seed), 0x6D63),
+      fid_samples=FID_SAMPLES if e.fid else 0,
+      smooth_sigma=e.smooth_sigma,
+      map_max_value=losses.MAPS[e.map].max_value,
+  )
   # The operating point is fixed on validation normals (the selected state's raw scores), before
   # any test label is looked at. eval_maps_fn is already compiled: no second program.
   val = passes.run_eval(eval_maps_fn, state, splits.val, mesh, e.batch_size, keys=('score',))
   threshold = metrics.validation_threshold(val['score'], e.threshold_quantile)
   if threshold is None:
-    logging.warning('No validation normals (dataset.val_fraction=0): no threshold, so image_f1, '
-                    'image_precision, image_recall and image_fpr are null.')
+    logging.warning(
+        'No validation normals (dataset.val_fraction=0): no threshold, so image_f1, '
+        'image_precision, image_recall and image_fpr are null.'
+    )
 
   results = dict(run_info)
   results.update(metrics.image_metrics(outputs.label, outputs.score, threshold))
-  results.update({'threshold_quantile': float(e.threshold_quantile), 'num_val': int(len(val['score'])),
-                  'score': e.score, 'num_test': int(len(outputs.label)),
-                  'num_test_abnormal': int(outputs.label.sum()),
-                  'score_min': float(np.min(outputs.score)),
-                  'score_max': float(np.max(outputs.score)),
-                  'smooth_sigma': float(e.smooth_sigma),
-                  'pixel_map_max': float(outputs.map_max) if len(outputs.label) else None})
+  results.update(
+      {
+          'threshold_quantile': float(e.threshold_quantile),
+          'num_val': int(len(val['score'])),
+          'score': e.score,
+          'num_test': int(len(outputs.label)),
+          'num_test_abnormal': int(outputs.label.sum()),
+          'score_min': float(np.min(outputs.score)),
+          'score_max': float(np.max(outputs.score)),
+          'smooth_sigma': float(e.smooth_sigma),
+          'pixel_map_max': float(outputs.map_max) if len(outputs.label) else None,
+      }
+  )
   results.update(metrics.histogram_results(outputs.pixel))
   if mc_fn is not None:
     mc = metrics.image_metrics(outputs.label, outputs.mc_score)
-    results.update({'mc_samples': max(int(e.mc_samples), 2), 'mc_auroc': mc['image_auroc'],
-                    'mc_ap': mc['image_ap']})
+    results.update(
+        {
+            'mc_samples': max(int(e.mc_samples), 2),
+            'mc_auroc': mc['image_auroc'],
+            'mc_ap': mc['image_ap'],
+        }
+    )
   if e.fid:
     results.update(metrics.fid_results(e.fid_weights, outputs.fid_sets))
 
-  scalars = {f'test/{k}': v for k, v in results.items()
-             if k.startswith(('image_', 'pixel_auroc', 'pixel_pro', 'mc_auroc', 'fid_', 'threshold'))
-             and isinstance(v, float)}
+  scalars = {
+      f'test/{k}': v
+      for k, v in results.items()
+      if k.startswith(('image_', 'pixel_auroc', 'pixel_pro', 'mc_auroc', 'fid_', 'threshold'))
+      and isinstance(v, float)
+  }
   report.writer.write_scalars(results['steps'], scalars)
   if e.get('pictures', True):  # configs saved before the switch existed drew them
     with timing.phase('pictures'):
-      _report_pictures(config, report, state, splits, mesh, results['steps'], outputs,
-                       eval_maps_fn, mc_fn)
+      _report_pictures(
+          config, report, state, splits, mesh, results['steps'], outputs, eval_maps_fn, mc_fn
+      )
   return results
 
 
-def _report_pictures(config, report: Report, state: Any, splits, mesh, step: int,
-                     outputs: passes.TestOutputs, eval_maps_fn: Callable, mc_fn: Callable | None) -> None:
+def _report_pictures(
+    config,
+    report: Report,
+    state: Any,
+    splits,
+    mesh,
+    step: int,
+    outputs: passes.TestOutputs,
+    eval_maps_fn: Callable,
+    mc_fn: Callable | None,
+) -> None:
   """The final TensorBoard image grid and the PNG pictures (`_write_pictures`)."""
   e = config.eval
   scores = metrics.normalise(outputs.score)
-  pictures = functools.partial(passes.pictures_of, eval_maps_fn, state, splits.test, mesh, e.batch_size,
-                               smooth_sigma=e.smooth_sigma)
+  pictures = functools.partial(
+      passes.pictures_of,
+      eval_maps_fn,
+      state,
+      splits.test,
+      mesh,
+      e.batch_size,
+      smooth_sigma=e.smooth_sigma,
+  )
   pic_rng = jax.random.fold_in(jax.random.key(config.seed), 0x706963)
-  grid_rows = pictures(_top_then_bottom(scores, max(e.num_images // 2, 1)), mc_fn=mc_fn, mc_rng=pic_rng)
+  grid_rows = pictures(
+      _top_then_bottom(scores, max(e.num_images // 2, 1)), mc_fn=mc_fn, mc_rng=pic_rng
+  )
   report.writer.write_images(step, {'test/final_input_recon_map': image_grid(grid_rows)[None]})
   chosen = _top_then_bottom(scores, EXTREMES_K)
   extremes = pictures(chosen)
@@ -171,13 +232,22 @@ def _report_pictures(config, report: Report, state: Any, splits, mesh, step: int
     chosen_mc = _top_then_bottom(metrics.normalise(outputs.mc_score), EXTREMES_K)
     mc_extremes = pictures(chosen_mc, mc_fn=mc_fn, mc_rng=pic_rng)
   if jax.process_index() == 0:
-    _write_pictures(report.workdir, outputs, scores, report.curves(), extremes, chosen, mc_extremes,
-                    chosen_mc)
+    _write_pictures(
+        report.workdir, outputs, scores, report.curves(), extremes, chosen, mc_extremes, chosen_mc
+    )
 
 
-def final_evaluation(config: ml_collections.ConfigDict, workdir: str, state: Any,
-                     store: checkpoint.CheckpointStore, progs: programs.Programs, splits, mesh,
-                     writer, run_info: dict[str, Any]) -> dict[str, Any]:
+def final_evaluation(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    state: Any,
+    store: checkpoint.CheckpointStore,
+    progs: programs.Programs,
+    splits,
+    mesh,
+    writer,
+    run_info: dict[str, Any],
+) -> dict[str, Any]:
   """Evaluates the selected state (the best by val loss, or the last) on the test split.
 
   Writes TensorBoard scalars and images and the pictures; returns the results (for results.json).
@@ -191,11 +261,16 @@ def final_evaluation(config: ml_collections.ConfigDict, workdir: str, state: Any
   # The read-out (eval.score, eval.map): the config's, or with eval.readout=auto the one best on
   # validation normals + synthetic anomalies, chosen before the test split is read.
   chosen = readout.choose(config, state, progs, splits.val, mesh)
-  run_info = {**run_info, 'selected_step': selected_step,
-              'd_reinits': int(jax.device_get(state.d_reinits)),
-              'skipped_steps': int(jax.device_get(state.skipped_steps)), 'readout': chosen.record}
+  run_info = {
+      **run_info,
+      'selected_step': selected_step,
+      'd_reinits': int(jax.device_get(state.d_reinits)),
+      'skipped_steps': int(jax.device_get(state.skipped_steps)),
+      'readout': chosen.record,
+  }
   with timing.phase('test'):
-    results = evaluate_and_report(chosen, progs.components, state, splits, mesh,
-                                  Report(workdir, writer), run_info)
+    results = evaluate_and_report(
+        chosen, progs.components, state, splits, mesh, Report(workdir, writer), run_info
+    )
     writer.flush()
   return results

@@ -30,11 +30,13 @@ from ganomaly_jax.evaluation import inception
 # Name of pytorch-fid's checkpoint, quoted in messages so users know what to look for.
 TORCH_CHECKPOINT_NAME = 'pt_inception-2015-12-05-6726825d.pth'
 TORCH_CHECKPOINT_URL = (
-    'https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/' + TORCH_CHECKPOINT_NAME)
+    'https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/' + TORCH_CHECKPOINT_NAME
+)
 
 _WEIGHTS_HINT = (
     f'download {TORCH_CHECKPOINT_NAME} from the pytorch-fid GitHub releases ({TORCH_CHECKPOINT_URL}) and '
-    'convert it with `python scripts/convert_fid_weights.py --input <pth> --output <npz>`')
+    'convert it with `python scripts/convert_fid_weights.py --input <pth> --output <npz>`'
+)
 
 
 class FidWeightsError(ValueError):
@@ -46,7 +48,9 @@ class FidWeightsError(ValueError):
 
 
 def _dummy_input() -> jax.ShapeDtypeStruct:
-  return jax.ShapeDtypeStruct((1, inception.INCEPTION_SIZE, inception.INCEPTION_SIZE, 3), jnp.float32)
+  return jax.ShapeDtypeStruct(
+      (1, inception.INCEPTION_SIZE, inception.INCEPTION_SIZE, 3), jnp.float32
+  )
 
 
 def abstract_variables() -> dict[str, Any]:
@@ -82,7 +86,9 @@ def validate_inception_params(flat: Mapping[str, Any], source: str = 'weights') 
   for key in sorted(set(expected) - set(flat)):
     problems.append(f'key {key!r} is missing (expected shape {expected[key]})')
   for key in sorted(set(flat) - set(expected)):
-    problems.append(f'key {key!r} (shape {tuple(np.shape(flat[key]))}) is not a FID InceptionV3 variable')
+    problems.append(
+        f'key {key!r} (shape {tuple(np.shape(flat[key]))}) is not a FID InceptionV3 variable'
+    )
   if problems:
     more = f' (+{len(problems) - 1} more problem(s))' if len(problems) > 1 else ''
     raise FidWeightsError(f'FID Inception {source}: {problems[0]}{more}.')
@@ -98,12 +104,16 @@ def _read_flat(path: str) -> dict[str, np.ndarray]:
       # Only load .pkl files you made yourself (pickle can run code); .npz is the safe default.
       obj = pickle.load(f)
     if not isinstance(obj, Mapping):
-      raise FidWeightsError(f'FID Inception weights {path!r}: expected a dict, got {type(obj).__name__}.')
+      raise FidWeightsError(
+          f'FID Inception weights {path!r}: expected a dict, got {type(obj).__name__}.'
+      )
     # Accept both the flat layout and a nested variables tree.
     if any(isinstance(v, Mapping) for v in obj.values()):
       obj = traverse_util.flatten_dict(obj, sep='/')
     return {str(k): np.asarray(v) for k, v in obj.items()}
-  raise FidWeightsError(f'FID Inception weights {path!r}: unsupported extension (use .npz or .pkl).')
+  raise FidWeightsError(
+      f'FID Inception weights {path!r}: unsupported extension (use .npz or .pkl).'
+  )
 
 
 def load_inception_params(path: str) -> dict[str, Any]:
@@ -171,12 +181,16 @@ def torch_state_dict_to_flax(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarr
       continue
     parts = name.split('.')
     if len(parts) < 3 or (parts[-2], parts[-1]) not in _TORCH_LEAVES:
-      raise FidWeightsError(f'torch state_dict key {name!r} does not belong to the FID InceptionV3.')
+      raise FidWeightsError(
+          f'torch state_dict key {name!r} does not belong to the FID InceptionV3.'
+      )
     collection, leaf = _TORCH_LEAVES[(parts[-2], parts[-1])]
     array = np.asarray(value, dtype=np.float32)
     if leaf == 'kernel':
       if array.ndim != 4:
-        raise FidWeightsError(f'torch conv weight {name!r} has shape {array.shape}, expected 4-d OIHW.')
+        raise FidWeightsError(
+            f'torch conv weight {name!r} has shape {array.shape}, expected 4-d OIHW.'
+        )
       array = np.ascontiguousarray(array.transpose(2, 3, 1, 0))  # OIHW -> HWIO
     out['/'.join([collection, *parts[:-1], leaf])] = array
   return out
@@ -213,7 +227,7 @@ def extract_features(fn: Callable[[Any], Any], images: np.ndarray, batch_size: i
     raise ValueError(f'extract_features expects NHWC images, got shape {images.shape}.')
   chunks = []
   for start in range(0, len(images), batch_size):
-    batch = images[start:start + batch_size]
+    batch = images[start : start + batch_size]
     n = len(batch)
     if n < batch_size:
       batch = np.concatenate([batch, np.zeros((batch_size - n,) + batch.shape[1:], np.float32)])
@@ -227,8 +241,9 @@ def extract_features(fn: Callable[[Any], Any], images: np.ndarray, batch_size: i
 # Distance.
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
-                     eps: float = 1e-6) -> float:
+def frechet_distance(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6
+) -> float:
   """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2).
 
   d² = |mu1 - mu2|² + tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^{1/2}), computed in float64.
@@ -267,7 +282,9 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     # Round-off gives tiny imaginary parts; a large one means the covariances are not PSD.
     max_imag = float(np.max(np.abs(np.diagonal(covmean).imag)))
     if max_imag > 1e-3:
-      logging.warning('FID: sqrtm has an imaginary component up to %g; keeping the real part.', max_imag)
+      logging.warning(
+          'FID: sqrtm has an imaginary component up to %g; keeping the real part.', max_imag
+      )
     covmean = covmean.real
   diff = mu1 - mu2
   return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
@@ -281,8 +298,9 @@ def fid_from_features(f1: np.ndarray, f2: np.ndarray) -> float:
     raise ValueError(f'Features must be [N, D] with equal D, got {f1.shape} and {f2.shape}.')
   if len(f1) < 2 or len(f2) < 2:
     raise ValueError(f'FID needs at least 2 samples per set, got {len(f1)} and {len(f2)}.')
-  return frechet_distance(f1.mean(axis=0), np.cov(f1, rowvar=False),
-                          f2.mean(axis=0), np.cov(f2, rowvar=False))
+  return frechet_distance(
+      f1.mean(axis=0), np.cov(f1, rowvar=False), f2.mean(axis=0), np.cov(f2, rowvar=False)
+  )
 
 
 @functools.lru_cache(maxsize=1)
@@ -292,8 +310,9 @@ def _cached_feature_fn(path: str, mtime_ns: int, size: int) -> Callable[[Any], j
   return make_feature_fn(load_inception_params(path))
 
 
-def compute_fid(weights_path: str | None, images_a: np.ndarray, images_b: np.ndarray,
-                batch_size: int = 50) -> float | None:
+def compute_fid(
+    weights_path: str | None, images_a: np.ndarray, images_b: np.ndarray, batch_size: int = 50
+) -> float | None:
   """FID between two image sets (NHWC, values in [-1, 1], any size; resized to 299 inside).
 
   Returns:

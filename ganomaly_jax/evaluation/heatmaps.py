@@ -12,7 +12,6 @@ from collections.abc import Sequence
 import matplotlib
 import numpy as np
 
-
 # The colour map of every anomaly heatmap (the inference outputs' PNGs too).
 DEFAULT_CMAP = 'jet'
 
@@ -43,10 +42,9 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
   return np.ascontiguousarray(image)
 
 
-def anomaly_heatmap(amap: np.ndarray,
-                    vmin: float | None = None,
-                    vmax: float | None = None,
-                    cmap: str = DEFAULT_CMAP) -> np.ndarray:
+def anomaly_heatmap(
+    amap: np.ndarray, vmin: float | None = None, vmax: float | None = None, cmap: str = DEFAULT_CMAP
+) -> np.ndarray:
   """Colours an anomaly map.
 
   Args:
@@ -79,12 +77,14 @@ def anomaly_heatmap(amap: np.ndarray,
   return np.round(rgba[..., :3] * 255.0).astype(np.uint8)
 
 
-def overlay(image: np.ndarray,
-            amap: np.ndarray,
-            alpha: float = 0.5,
-            vmin: float | None = None,
-            vmax: float | None = None,
-            cmap: str = DEFAULT_CMAP) -> np.ndarray:
+def overlay(
+    image: np.ndarray,
+    amap: np.ndarray,
+    alpha: float = 0.5,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    cmap: str = DEFAULT_CMAP,
+) -> np.ndarray:
   """Blends an anomaly heatmap over an image.
 
   Args:
@@ -114,7 +114,9 @@ def _cell_to_rgb(cell: np.ndarray) -> np.ndarray:
   return to_rgb_uint8(cell)
 
 
-def image_grid(rows: Sequence[Sequence[np.ndarray]], pad: int = 2, pad_value: int = 255) -> np.ndarray:
+def image_grid(
+    rows: Sequence[Sequence[np.ndarray]], pad: int = 2, pad_value: int = 255
+) -> np.ndarray:
   """Tiles equal-size images into one picture, e.g. rows of (input | reconstruction | anomaly map).
 
   Args:
@@ -136,13 +138,16 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]], pad: int = 2, pad_value: in
     raise ValueError('image_grid needs at least one image')
   if len(shapes) > 1:
     raise ValueError(f'image_grid needs equal-size images, got sizes {sorted(shapes)}')
-  (h, w), = shapes
+  ((h, w),) = shapes
   pad = max(int(pad), 0)
   n_rows, n_cols = len(cells), max(len(row) for row in cells)
-  grid = np.full((n_rows * h + (n_rows + 1) * pad, n_cols * w + (n_cols + 1) * pad, 3),
-                 pad_value, dtype=np.uint8)
+  grid = np.full(
+      (n_rows * h + (n_rows + 1) * pad, n_cols * w + (n_cols + 1) * pad, 3),
+      pad_value,
+      dtype=np.uint8,
+  )
   for r, row in enumerate(cells):
     for c, cell in enumerate(row):
       y, x = pad + r * (h + pad), pad + c * (w + pad)
-      grid[y:y + h, x:x + w] = cell
+      grid[y : y + h, x : x + w] = cell
   return grid

@@ -19,7 +19,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-
 # Resolution the FID graph was trained and is always evaluated at.
 INCEPTION_SIZE = 299
 # Width of the pool3 features.
@@ -48,7 +47,8 @@ class BasicConv2d(nn.Module):
         # Explicit symmetric padding, as PyTorch's `padding=`; 'SAME' would pad asymmetrically at stride 2.
         padding=((ph, ph), (pw, pw)),
         use_bias=False,
-        name='conv')(x)
+        name='conv',
+    )(x)
     # Inference only: the statistics are the checkpoint's, never updated, so no mutable collection is
     # needed at apply time.
     x = nn.BatchNorm(use_running_average=True, epsilon=1e-3, name='bn')(x)
@@ -137,16 +137,22 @@ class InceptionE(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     b1 = BasicConv2d(320, 1, name='branch1x1')(x)
     b3 = BasicConv2d(384, 1, name='branch3x3_1')(x)
-    b3 = jnp.concatenate([
-        BasicConv2d(384, (1, 3), padding=(0, 1), name='branch3x3_2a')(b3),
-        BasicConv2d(384, (3, 1), padding=(1, 0), name='branch3x3_2b')(b3),
-    ], axis=-1)
+    b3 = jnp.concatenate(
+        [
+            BasicConv2d(384, (1, 3), padding=(0, 1), name='branch3x3_2a')(b3),
+            BasicConv2d(384, (3, 1), padding=(1, 0), name='branch3x3_2b')(b3),
+        ],
+        axis=-1,
+    )
     bd = BasicConv2d(448, 1, name='branch3x3dbl_1')(x)
     bd = BasicConv2d(384, 3, padding=1, name='branch3x3dbl_2')(bd)
-    bd = jnp.concatenate([
-        BasicConv2d(384, (1, 3), padding=(0, 1), name='branch3x3dbl_3a')(bd),
-        BasicConv2d(384, (3, 1), padding=(1, 0), name='branch3x3dbl_3b')(bd),
-    ], axis=-1)
+    bd = jnp.concatenate(
+        [
+            BasicConv2d(384, (1, 3), padding=(0, 1), name='branch3x3dbl_3a')(bd),
+            BasicConv2d(384, (3, 1), padding=(1, 0), name='branch3x3dbl_3b')(bd),
+        ],
+        axis=-1,
+    )
     if self.pool == 'avg':
       pooled = _avg_pool_3x3_same(x)
     elif self.pool == 'max':
@@ -183,7 +189,8 @@ class InceptionV3(nn.Module):
       # antialias=False matches F.interpolate(mode='bilinear', align_corners=False) in pytorch-fid,
       # which does not low-pass when downsampling (upsampling is unaffected either way).
       x = jax.image.resize(
-          x, (x.shape[0], INCEPTION_SIZE, INCEPTION_SIZE, 3), method='bilinear', antialias=False)
+          x, (x.shape[0], INCEPTION_SIZE, INCEPTION_SIZE, 3), method='bilinear', antialias=False
+      )
 
     x = BasicConv2d(32, 3, strides=2, name='Conv2d_1a_3x3')(x)  # 149
     x = BasicConv2d(32, 3, name='Conv2d_2a_3x3')(x)  # 147

@@ -39,8 +39,9 @@ def validation_threshold(val_scores: np.ndarray, quantile: float) -> float | Non
   return float(np.quantile(val_scores, quantile))
 
 
-def threshold_metrics(labels: np.ndarray, raw_scores: np.ndarray,
-                      threshold: float | None) -> dict[str, float | None]:
+def threshold_metrics(
+    labels: np.ndarray, raw_scores: np.ndarray, threshold: float | None
+) -> dict[str, float | None]:
   """F1, precision, recall and false-positive rate of `raw_score > threshold` (1 = abnormal).
 
   `threshold` must be on the raw score scale (not min-max normalised: the test set's range is not
@@ -61,8 +62,9 @@ def threshold_metrics(labels: np.ndarray, raw_scores: np.ndarray,
   }
 
 
-def image_metrics(labels: np.ndarray, scores: np.ndarray,
-                  threshold: float | None = None) -> dict[str, float | None]:
+def image_metrics(
+    labels: np.ndarray, scores: np.ndarray, threshold: float | None = None
+) -> dict[str, float | None]:
   """Image metrics of raw test `scores` (label 1 = abnormal).
 
   - `image_auroc`, `image_ap`: threshold-free, on the scores min-max normalised over the whole set.
@@ -113,19 +115,34 @@ def ground_truth_masks(source, n: int) -> tuple[np.ndarray, np.ndarray | None]:
 
 def histogram_results(hist: pixel_metrics.PixelHistogram | None) -> dict[str, Any]:
   """pixel_auroc / pixel_pro from a filled histogram (None where undefined or without one)."""
-  results: dict[str, Any] = {'pixel_auroc': None, 'pixel_pro': None,
-                             'num_pixel_gt_images': 0, 'num_pixel_gt_defect_images': 0}
+  results: dict[str, Any] = {
+      'pixel_auroc': None,
+      'pixel_pro': None,
+      'num_pixel_gt_images': 0,
+      'num_pixel_gt_defect_images': 0,
+  }
   if hist is None or hist.num_images == 0:
     return results
-  results.update({'num_pixel_gt_images': hist.num_images,
-                  'num_pixel_gt_defect_images': hist.num_defect_images,
-                  'pixel_auroc': hist.auroc(), 'pixel_pro': hist.pro()})
+  results.update(
+      {
+          'num_pixel_gt_images': hist.num_images,
+          'num_pixel_gt_defect_images': hist.num_defect_images,
+          'pixel_auroc': hist.auroc(),
+          'pixel_pro': hist.pro(),
+      }
+  )
   if hist.clipped:
-    logging.warning('%d map value(s) outside [0, %g] were clipped into the end bins of the pixel '
-                    'metrics.', hist.clipped, hist.max_value)
+    logging.warning(
+        '%d map value(s) outside [0, %g] were clipped into the end bins of the pixel ' 'metrics.',
+        hist.clipped,
+        hist.max_value,
+    )
   if results['pixel_auroc'] is None:
-    logging.warning('Pixel metrics undefined: the %d test images with a known mask hold no defect '
-                    'pixel (or no normal pixel), or a map is not finite.', hist.num_images)
+    logging.warning(
+        'Pixel metrics undefined: the %d test images with a known mask hold no defect '
+        'pixel (or no normal pixel), or a map is not finite.',
+        hist.num_images,
+    )
   return results
 
 
@@ -149,8 +166,9 @@ def pixel_results(maps: np.ndarray, source, max_value: float | None = None) -> d
     if gt is None:
       continue
     if np.shape(gt) != np.shape(amap):
-      raise ValueError(f'ground-truth masks {np.shape(gt)} and anomaly maps {np.shape(amap)} '
-                       'differ in size')
+      raise ValueError(
+          f'ground-truth masks {np.shape(gt)} and anomaly maps {np.shape(amap)} ' 'differ in size'
+      )
     hist.add(amap, gt)
   return histogram_results(hist)
 
@@ -164,8 +182,12 @@ def fid_results(weights: str, fid_sets: dict[int, tuple[np.ndarray, np.ndarray]]
   """
   empty = (np.zeros((0,)), np.zeros((0,)))
   results: dict[str, Any] = {'fid_normal': None, 'fid_abnormal': None}
-  results.update({f'{key}_samples': int(len(fid_sets.get(cls, empty)[0]))
-                  for cls, key in ((0, 'fid_normal'), (1, 'fid_abnormal'))})
+  results.update(
+      {
+          f'{key}_samples': int(len(fid_sets.get(cls, empty)[0]))
+          for cls, key in ((0, 'fid_normal'), (1, 'fid_abnormal'))
+      }
+  )
   for cls, key in ((0, 'fid_normal'), (1, 'fid_abnormal')):
     inputs, recons = fid_sets.get(cls, empty)
     if len(inputs) < 2:

@@ -20,8 +20,9 @@ from ganomaly_jax.evaluation import pixel_metrics
 from ganomaly_jax.data import pipeline
 
 
-def _global_batches(source, mesh, batch_size: int,
-                    limit: int = 0) -> Iterator[tuple[dict[str, jax.Array], dict[str, np.ndarray]]]:
+def _global_batches(
+    source, mesh, batch_size: int, limit: int = 0
+) -> Iterator[tuple[dict[str, jax.Array], dict[str, np.ndarray]]]:
   """Ordered, padded batches of `source`: (global device batch {'image'}, this process's host part).
 
   Each process decodes only its own contiguous slice of every global batch (`pipeline.eval_batches`
@@ -40,8 +41,12 @@ def _gather_hosts(tree: dict[str, Any]) -> dict[str, np.ndarray]:
   return {k: np.asarray(v) for k, v in jax.device_get(tree).items()}
 
 
-def _fetch(out: dict[str, jax.Array], keys: tuple[str, ...], local: dict[str, np.ndarray],
-           host_keys: tuple[str, ...] = ('label',)) -> dict[str, np.ndarray]:
+def _fetch(
+    out: dict[str, jax.Array],
+    keys: tuple[str, ...],
+    local: dict[str, np.ndarray],
+    host_keys: tuple[str, ...] = ('label',),
+) -> dict[str, np.ndarray]:
   """The chosen outputs of one global batch plus the processes' `host_keys`, real examples only.
 
   Every host gets the same arrays: `keys` of the device outputs and `host_keys` of the host parts
@@ -60,8 +65,15 @@ def _local_rows(out: jax.Array) -> np.ndarray:
   return np.concatenate([np.asarray(s.data) for s in shards])
 
 
-def run_eval(eval_fn: Callable, state: Any, source, mesh, batch_size: int,
-             keys: tuple[str, ...] = ('score', 'l1'), limit: int = 0) -> dict[str, np.ndarray]:
+def run_eval(
+    eval_fn: Callable,
+    state: Any,
+    source,
+    mesh,
+    batch_size: int,
+    keys: tuple[str, ...] = ('score', 'l1'),
+    limit: int = 0,
+) -> dict[str, np.ndarray]:
   """Applies `eval_fn(state, batch)` to every example of `source` in order; returns host arrays.
 
   Each process decodes its own slice of every global batch; the outputs are gathered on every host.
@@ -73,9 +85,16 @@ def run_eval(eval_fn: Callable, state: Any, source, mesh, batch_size: int,
   return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in pieces.items()}
 
 
-def gathered_batches(eval_fn: Callable, state: Any, source, mesh, batch_size: int,
-                     keys: tuple[str, ...], host_keys: tuple[str, ...] = ('label',),
-                     limit: int = 0) -> Iterator[dict[str, np.ndarray]]:
+def gathered_batches(
+    eval_fn: Callable,
+    state: Any,
+    source,
+    mesh,
+    batch_size: int,
+    keys: tuple[str, ...],
+    host_keys: tuple[str, ...] = ('label',),
+    limit: int = 0,
+) -> Iterator[dict[str, np.ndarray]]:
   """`eval_fn(state, batch)` over `source` in order, one global batch at a time: its `keys` and the
   records' `host_keys` ('label', 'index', ...), real examples only, the same on every host.
 
@@ -117,6 +136,7 @@ class TestOutputs:
     fid_sets: label -> (inputs [n, H, W, C], reconstructions [n, H, W, C]) in [-1, 1], the first
       `evaluator.FID_SAMPLES` test images of each class; empty unless FID was asked for.
   """
+
   score: np.ndarray
   l1: np.ndarray
   label: np.ndarray
@@ -126,8 +146,9 @@ class TestOutputs:
   fid_sets: dict[int, tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict)
 
 
-def _add_local_maps(hist: pixel_metrics.PixelHistogram, source, maps: np.ndarray,
-                    index: np.ndarray) -> None:
+def _add_local_maps(
+    hist: pixel_metrics.PixelHistogram, source, maps: np.ndarray, index: np.ndarray
+) -> None:
   """Adds this process's maps whose ground truth is known (padding has index -1)."""
   for amap, i in zip(maps, index):
     if i < 0:
@@ -143,13 +164,23 @@ def _merge_hosts(hist: pixel_metrics.PixelHistogram) -> pixel_metrics.PixelHisto
     return hist
   stacked = multihost_utils.process_allgather(hist.state(), tiled=False)
   return pixel_metrics.PixelHistogram.from_state(
-      {k: np.asarray(v).sum(axis=0) for k, v in stacked.items()}, hist.max_value)
+      {k: np.asarray(v).sum(axis=0) for k, v in stacked.items()}, hist.max_value
+  )
 
 
-def collect_test_outputs(eval_maps_fn: Callable, state: Any, source, mesh, batch_size: int, *,
-                         mc_fn: Callable | None = None, mc_rng: jax.Array | None = None,
-                         fid_samples: int = 0, smooth_sigma: float = 0.0,
-                         map_max_value: float = pixel_metrics.MAP_MAX_VALUE) -> TestOutputs:
+def collect_test_outputs(
+    eval_maps_fn: Callable,
+    state: Any,
+    source,
+    mesh,
+    batch_size: int,
+    *,
+    mc_fn: Callable | None = None,
+    mc_rng: jax.Array | None = None,
+    fid_samples: int = 0,
+    smooth_sigma: float = 0.0,
+    map_max_value: float = pixel_metrics.MAP_MAX_VALUE,
+) -> TestOutputs:
   """One ordered pass over `source`: scores, pixel-metric histogram, optional MC-dropout and FID.
 
   Args:
@@ -173,16 +204,16 @@ def collect_test_outputs(eval_maps_fn: Callable, state: Any, source, mesh, batch
   """
   keys = ('score', 'l1', 'recon') if fid_samples else ('score', 'l1')
   pieces: dict[str, list[np.ndarray]] = {k: [] for k in ('score', 'l1', 'label', 'mc')}
-  hist = (pixel_metrics.PixelHistogram(map_max_value) if hasattr(source, 'ground_truth')
-          else None)
+  hist = pixel_metrics.PixelHistogram(map_max_value) if hasattr(source, 'ground_truth') else None
   map_max = 0.0
   fid_pieces: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {0: ([], []), 1: ([], [])}
   for b, (inputs, local) in enumerate(_global_batches(source, mesh, batch_size)):
     raw = eval_maps_fn(state, inputs)
     # FID needs the inputs of the first few images of each class; gather them only while needed
     # (the condition depends on gathered labels only, so every process takes the same branch).
-    need_fid = fid_samples and any(sum(len(x) for x in xs) < fid_samples
-                                   for xs, _ in fid_pieces.values())
+    need_fid = fid_samples and any(
+        sum(len(x) for x in xs) < fid_samples for xs, _ in fid_pieces.values()
+    )
     out = _fetch(raw, keys, local, ('label', 'image') if need_fid else ('label',))
     maps = pixel_metrics.smooth_maps(_local_rows(raw['map'])[local['valid']], smooth_sigma)
     if maps.size:
@@ -194,13 +225,14 @@ def collect_test_outputs(eval_maps_fn: Callable, state: Any, source, mesh, batch
     pieces['l1'].append(out['l1'])
     pieces['label'].append(labels)
     if mc_fn is not None:
-      mc = _fetch(mc_fn(state, inputs['image'], jax.random.fold_in(mc_rng, b)), ('mc_score',),
-                  local, ())
+      mc = _fetch(
+          mc_fn(state, inputs['image'], jax.random.fold_in(mc_rng, b)), ('mc_score',), local, ()
+      )
       pieces['mc'].append(mc['mc_score'])
     if need_fid:
       for cls, (xs, rs) in fid_pieces.items():
         room = fid_samples - sum(len(x) for x in xs)
-        take = np.flatnonzero(labels == cls)[:max(room, 0)]
+        take = np.flatnonzero(labels == cls)[: max(room, 0)]
         if len(take):
           xs.append(out['image'][take])
           rs.append(out['recon'][take])
@@ -208,16 +240,31 @@ def collect_test_outputs(eval_maps_fn: Callable, state: Any, source, mesh, batch
     map_max = float(np.max(multihost_utils.process_allgather(np.float64(map_max))))
   cat = lambda v: np.concatenate(v) if v else np.zeros((0,))
   return TestOutputs(
-      score=cat(pieces['score']), l1=cat(pieces['l1']), label=cat(pieces['label']).astype(np.int32),
-      pixel=_merge_hosts(hist) if hist is not None else None, map_max=map_max,
+      score=cat(pieces['score']),
+      l1=cat(pieces['l1']),
+      label=cat(pieces['label']).astype(np.int32),
+      pixel=_merge_hosts(hist) if hist is not None else None,
+      map_max=map_max,
       mc_score=cat(pieces['mc']) if mc_fn is not None else None,
-      fid_sets={cls: (np.concatenate(xs), np.concatenate(rs))
-                for cls, (xs, rs) in fid_pieces.items() if xs})
+      fid_sets={
+          cls: (np.concatenate(xs), np.concatenate(rs))
+          for cls, (xs, rs) in fid_pieces.items()
+          if xs
+      },
+  )
 
 
-def pictures_of(eval_maps_fn: Callable, state: Any, source, mesh, batch_size: int,
-                 indices: list[int], smooth_sigma: float, mc_fn: Callable | None = None,
-                 mc_rng: jax.Array | None = None) -> dict[str, np.ndarray]:
+def pictures_of(
+    eval_maps_fn: Callable,
+    state: Any,
+    source,
+    mesh,
+    batch_size: int,
+    indices: list[int],
+    smooth_sigma: float,
+    mc_fn: Callable | None = None,
+    mc_rng: jax.Array | None = None,
+) -> dict[str, np.ndarray]:
   """Inputs, reconstructions, smoothed maps (and MC uncertainty maps) of a few chosen test images.
 
   The test pass keeps no pixels, so the pictures run their images once more (padded batches of the
@@ -231,14 +278,16 @@ def pictures_of(eval_maps_fn: Callable, state: Any, source, mesh, batch_size: in
     pieces['recon'].append(out['recon'])
     pieces['map'].append(pixel_metrics.smooth_maps(out['map'], smooth_sigma))
     if mc_fn is not None:
-      mc = _fetch(mc_fn(state, inputs['image'], jax.random.fold_in(mc_rng, b)), ('uncertainty',),
-                  local, ())
+      mc = _fetch(
+          mc_fn(state, inputs['image'], jax.random.fold_in(mc_rng, b)), ('uncertainty',), local, ()
+      )
       pieces['uncertainty'].append(mc['uncertainty'].astype(np.float32))
   return {k: np.concatenate(v) if v else None for k, v in pieces.items()}
 
 
-def first_pictures(eval_maps_fn: Callable, state: Any, source, mesh, batch_size: int,
-                   n: int) -> dict[str, Any]:
+def first_pictures(
+    eval_maps_fn: Callable, state: Any, source, mesh, batch_size: int, n: int
+) -> dict[str, Any]:
   """Inputs, reconstructions and anomaly maps of the first n images of a split (for `image_grid`;
   every process must call it)."""
   out = run_eval(eval_maps_fn, state, source, mesh, batch_size, keys=('recon', 'map'), limit=n)

@@ -34,7 +34,7 @@ _STRUCTURE = np.ones((3, 3), dtype=int)
 # The default range: |x - x̂| averaged over channels, for images in [-1, 1], lies in [0, 2] (smoothing
 # keeps it there). Other maps have other bounds: the evaluator passes the map's own.
 MAP_MAX_VALUE = 2.0
-DEFAULT_BINS = 2 ** 16
+DEFAULT_BINS = 2**16
 
 
 def smooth_maps(maps: np.ndarray, sigma: float) -> np.ndarray:
@@ -53,12 +53,14 @@ def smooth_maps(maps: np.ndarray, sigma: float) -> np.ndarray:
   if maps.ndim == 2:
     return scipy.ndimage.gaussian_filter(maps, sigma=float(sigma)).astype(np.float32)
   # sigma 0 on the batch axis: one filter per map, so neighbouring images never bleed into each other.
-  return scipy.ndimage.gaussian_filter(maps, sigma=(0.0,) + (float(sigma),) * (maps.ndim - 1)
-                                       ).astype(np.float32)
+  return scipy.ndimage.gaussian_filter(
+      maps, sigma=(0.0,) + (float(sigma),) * (maps.ndim - 1)
+  ).astype(np.float32)
 
 
-def _stack(maps: Sequence[np.ndarray] | np.ndarray,
-           masks: Sequence[np.ndarray] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _stack(
+    maps: Sequence[np.ndarray] | np.ndarray, masks: Sequence[np.ndarray] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
   maps = np.asarray(maps, np.float32)
   masks = np.asarray(masks)
   if maps.ndim == 2:
@@ -68,8 +70,9 @@ def _stack(maps: Sequence[np.ndarray] | np.ndarray,
   return maps, masks > 0.5
 
 
-def pixel_auroc(maps: Sequence[np.ndarray] | np.ndarray,
-                masks: Sequence[np.ndarray] | np.ndarray) -> float | None:
+def pixel_auroc(
+    maps: Sequence[np.ndarray] | np.ndarray, masks: Sequence[np.ndarray] | np.ndarray
+) -> float | None:
   """AUROC over all pixels of all given images (defect pixels positive).
 
   Returns:
@@ -83,8 +86,9 @@ def pixel_auroc(maps: Sequence[np.ndarray] | np.ndarray,
   return float(sk_metrics.roc_auc_score(masks.ravel(), maps.ravel()))
 
 
-def pro_curve(maps: Sequence[np.ndarray] | np.ndarray,
-              masks: Sequence[np.ndarray] | np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+def pro_curve(
+    maps: Sequence[np.ndarray] | np.ndarray, masks: Sequence[np.ndarray] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
   """The PRO-vs-FPR curve at every distinct threshold (MVTec AD's exact, sort-based computation).
 
   Instead of looping over thresholds, pixels are sorted by decreasing score once: lowering the
@@ -141,9 +145,11 @@ def integrate_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
   return area
 
 
-def pixel_pro(maps: Sequence[np.ndarray] | np.ndarray,
-              masks: Sequence[np.ndarray] | np.ndarray,
-              max_fpr: float = DEFAULT_MAX_FPR) -> float | None:
+def pixel_pro(
+    maps: Sequence[np.ndarray] | np.ndarray,
+    masks: Sequence[np.ndarray] | np.ndarray,
+    max_fpr: float = DEFAULT_MAX_FPR,
+) -> float | None:
   """Normalised area under the PRO curve for FPR in [0, max_fpr] (1 = perfect, ~0 = inverted).
 
   Returns:
@@ -207,8 +213,9 @@ class PixelHistogram:
       self.num_regions += int(n)
       self.defect += np.bincount(b[~normal], minlength=self.bins)
       sizes = np.bincount(labelled.ravel()).astype(np.float64)
-      self.region_weight += np.bincount(b[~normal], weights=1.0 / sizes[labelled[~normal]],
-                                        minlength=self.bins)
+      self.region_weight += np.bincount(
+          b[~normal], weights=1.0 / sizes[labelled[~normal]], minlength=self.bins
+      )
 
   def merge(self, other: 'PixelHistogram') -> None:
     """Adds another histogram of the same grid (another shard of the images)."""
@@ -251,19 +258,27 @@ class PixelHistogram:
 
   def state(self) -> dict[str, np.ndarray]:
     """The counts as arrays (for an all-gather between processes); `from_state` rebuilds."""
-    scalars = np.asarray([self.num_regions, self.num_images, self.num_defect_images, self.clipped,
-                          int(self.finite)], np.int64)
-    return {'normal': self.normal, 'defect': self.defect, 'region_weight': self.region_weight,
-            'scalars': scalars}
+    scalars = np.asarray(
+        [self.num_regions, self.num_images, self.num_defect_images, self.clipped, int(self.finite)],
+        np.int64,
+    )
+    return {
+        'normal': self.normal,
+        'defect': self.defect,
+        'region_weight': self.region_weight,
+        'scalars': scalars,
+    }
 
   @classmethod
-  def from_state(cls, state: dict[str, np.ndarray], max_value: float = MAP_MAX_VALUE
-                 ) -> 'PixelHistogram':
+  def from_state(
+      cls, state: dict[str, np.ndarray], max_value: float = MAP_MAX_VALUE
+  ) -> 'PixelHistogram':
     hist = cls(max_value, len(state['normal']))
     hist.normal = np.asarray(state['normal'], np.int64).copy()
     hist.defect = np.asarray(state['defect'], np.int64).copy()
     hist.region_weight = np.asarray(state['region_weight'], np.float64).copy()
-    (hist.num_regions, hist.num_images, hist.num_defect_images, hist.clipped,
-     finite) = (int(v) for v in state['scalars'])
+    hist.num_regions, hist.num_images, hist.num_defect_images, hist.clipped, finite = (
+        int(v) for v in state['scalars']
+    )
     hist.finite = bool(finite)
     return hist

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+
 # epath: figures may go to a gs:// run directory as well as a local one.
 from etils.epath import Path
 import matplotlib
@@ -51,13 +52,16 @@ def _save(fig: Figure, path: PathLike) -> Path:
 
 def _note(ax, text: str) -> None:
   """Writes a centred note in an empty panel (used for degenerate inputs instead of raising)."""
-  ax.text(0.5, 0.5, text, ha='center', va='center', transform=ax.transAxes, fontsize=12, color='0.3')
+  ax.text(
+      0.5, 0.5, text, ha='center', va='center', transform=ax.transAxes, fontsize=12, color='0.3'
+  )
   ax.set_xticks([])
   ax.set_yticks([])
 
 
-def _labels_scores(labels: Sequence[int] | np.ndarray,
-                   scores: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+def _labels_scores(
+    labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray, int]:
   """Flattens labels/scores to bool/float arrays and drops non-finite scores (returns how many)."""
   labels = np.asarray(labels).reshape(-1)
   scores = np.asarray(scores, dtype=np.float64).reshape(-1)
@@ -72,19 +76,25 @@ def _labels_scores(labels: Sequence[int] | np.ndarray,
 PROBABILITIES = {'d_real': 'D(x): real images', 'd_fake': 'D(x̂): reconstructions'}
 EVENTS = {'nonfinite': 'step skipped (non-finite)', 'd_reinit': 'D re-initialised'}
 # Generator terms, each in its own panel: the weighted total (w_con = 50) dwarfs them on one axis.
-GENERATOR_TERMS = {'g_loss': 'L_G, weighted total (eq. 3.1)',
-                   'g_adv': 'L_adv, adversarial (eq. 3.2, 3.6, 3.7)',
-                   'g_con': 'L_con = mean|x − x̂| (eq. 3.3)',
-                   'g_lat': 'L_enc, latent / feature (eq. 3.4)'}
+GENERATOR_TERMS = {
+    'g_loss': 'L_G, weighted total (eq. 3.1)',
+    'g_adv': 'L_adv, adversarial (eq. 3.2, 3.6, 3.7)',
+    'g_con': 'L_con = mean|x − x̂| (eq. 3.3)',
+    'g_lat': 'L_enc, latent / feature (eq. 3.4)',
+}
 
 
-def _loss_panels(history: Mapping[str, Sequence[tuple[int, float]]]) -> list[tuple[str, list[str], str]]:
+def _loss_panels(
+    history: Mapping[str, Sequence[tuple[int, float]]],
+) -> list[tuple[str, list[str], str]]:
   """[(title, series names, kind)] with kind 'loss', 'probability' or 'event'; empty series dropped."""
   names = [n for n in sorted(history) if len(list(history[n]))]
   g_terms = [n for n in GENERATOR_TERMS if n in names]
   g_terms += [n for n in names if n.startswith('g_') and n not in GENERATOR_TERMS]
-  panels = [(f'G: {n}, {GENERATOR_TERMS[n]}' if n in GENERATOR_TERMS else f'G: {n}', [n], 'loss')
-            for n in g_terms]
+  panels = [
+      (f'G: {n}, {GENERATOR_TERMS[n]}' if n in GENERATOR_TERMS else f'G: {n}', [n], 'loss')
+      for n in g_terms
+  ]
   d_losses = [n for n in names if n.startswith('d_') and n not in PROBABILITIES and n not in EVENTS]
   if d_losses:
     panels.append(('D: loss L_D (eq. 3.5, 3.8)', d_losses, 'loss'))
@@ -117,13 +127,26 @@ def loss_curves_figure(history: Mapping[str, Sequence[tuple[int, float]]]) -> Fi
       values = np.asarray(values, dtype=np.float64)
       if kind == 'event':
         hits = int(np.nansum(values > 0))
-        ax.plot(np.asarray(steps), values, label=f'{name}: {EVENTS[name]} ({hits})',
-                drawstyle='steps-post', linewidth=1.2, gid=name)
+        ax.plot(
+            np.asarray(steps),
+            values,
+            label=f'{name}: {EVENTS[name]} ({hits})',
+            drawstyle='steps-post',
+            linewidth=1.2,
+            gid=name,
+        )
         continue
       label = PROBABILITIES.get(name, name) if kind == 'probability' else name
       # A lone point (e.g. a loss logged once) is invisible as a line, so give short series markers.
-      ax.plot(np.asarray(steps), values, label=label, linewidth=1.2, gid=name,
-              marker='o' if len(points) < 3 else None, markersize=4)
+      ax.plot(
+          np.asarray(steps),
+          values,
+          label=label,
+          linewidth=1.2,
+          gid=name,
+          marker='o' if len(points) < 3 else None,
+          markersize=4,
+      )
     ax.set_title(title, fontsize=10)
     ax.set_xlabel('step')
     ax.grid(alpha=0.3)
@@ -138,7 +161,7 @@ def loss_curves_figure(history: Mapping[str, Sequence[tuple[int, float]]]) -> Fi
       ax.set_ylabel('loss')
     if len(names) > 1 or kind != 'loss':
       ax.legend(fontsize=8, loc='upper right')
-  for ax in axes[len(panels) if panels else 1:]:
+  for ax in axes[len(panels) if panels else 1 :]:
     ax.set_axis_off()
   fig.tight_layout()
   return fig
@@ -162,9 +185,9 @@ def plot_loss_curves(history: Mapping[str, Sequence[tuple[int, float]]], path: P
   return _save(loss_curves_figure(history), path)
 
 
-def plot_roc_pr(labels: Sequence[int] | np.ndarray,
-                scores: Sequence[float] | np.ndarray,
-                path: PathLike) -> Path:
+def plot_roc_pr(
+    labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray, path: PathLike
+) -> Path:
   """Plots the ROC and precision-recall curves side by side, with AUROC and AP in the legends.
 
   Args:
@@ -217,10 +240,12 @@ def plot_roc_pr(labels: Sequence[int] | np.ndarray,
   return _save(fig, path)
 
 
-def plot_score_histogram(labels: Sequence[int] | np.ndarray,
-                         scores: Sequence[float] | np.ndarray,
-                         path: PathLike,
-                         bins: int = 50) -> Path:
+def plot_score_histogram(
+    labels: Sequence[int] | np.ndarray,
+    scores: Sequence[float] | np.ndarray,
+    path: PathLike,
+    bins: int = 50,
+) -> Path:
   """Plots overlapping score histograms of normal and abnormal samples on shared bins.
 
   Args:
@@ -244,7 +269,9 @@ def plot_score_histogram(labels: Sequence[int] | np.ndarray,
     edges = np.histogram_bin_edges(scores, bins=n_bins)
     for mask, name, color in ((~labels, 'normal', 'tab:blue'), (labels, 'abnormal', 'tab:red')):
       if mask.any():
-        ax.hist(scores[mask], bins=edges, alpha=0.5, color=color, label=f'{name} (n={int(mask.sum())})')
+        ax.hist(
+            scores[mask], bins=edges, alpha=0.5, color=color, label=f'{name} (n={int(mask.sum())})'
+        )
     ax.set_xlabel('anomaly score')
     ax.set_ylabel('count')
     ax.grid(alpha=0.3)
@@ -265,17 +292,19 @@ def extreme_indices(scores: np.ndarray, k: int) -> tuple[list[int], list[int]]:
   key = np.where(np.isfinite(scores), scores, -np.inf)
   order = [int(i) for i in np.argsort(-key, kind='stable')]
   top = order[:k]
-  rest = order[len(top):]
+  rest = order[len(top) :]
   bottom = rest[::-1][:k]
   return top, bottom
 
 
-def plot_extremes(images: Sequence[np.ndarray] | np.ndarray,
-                  amaps: Sequence[np.ndarray] | np.ndarray | None,
-                  scores: Sequence[float] | np.ndarray,
-                  labels: Sequence[int] | np.ndarray | None,
-                  path: PathLike,
-                  k: int = 8) -> Path:
+def plot_extremes(
+    images: Sequence[np.ndarray] | np.ndarray,
+    amaps: Sequence[np.ndarray] | np.ndarray | None,
+    scores: Sequence[float] | np.ndarray,
+    labels: Sequence[int] | np.ndarray | None,
+    path: PathLike,
+    k: int = 8,
+) -> Path:
   """Shows the k most and k least anomalous images, each above its anomaly-map overlay.
 
   Args:
@@ -292,8 +321,11 @@ def plot_extremes(images: Sequence[np.ndarray] | np.ndarray,
   """
   scores = np.asarray(scores, dtype=np.float64).reshape(-1)
   n = len(images)
-  if len(scores) != n or (amaps is not None and len(amaps) != n) or (
-      labels is not None and len(labels) != n):
+  if (
+      len(scores) != n
+      or (amaps is not None and len(amaps) != n)
+      or (labels is not None and len(labels) != n)
+  ):
     raise ValueError('images, amaps, scores and labels must have the same length')
   k = max(int(k), 1)
   top, bottom = extreme_indices(scores, k)
@@ -322,9 +354,17 @@ def plot_extremes(images: Sequence[np.ndarray] | np.ndarray,
   return _save(fig, path)
 
 
-def plot_grouped_bars(groups: Sequence[str], series: Sequence[str], means: np.ndarray,
-                      stds: np.ndarray, path: PathLike, *, title: str = '', ylabel: str = '',
-                      chance: float | None = None) -> Path:
+def plot_grouped_bars(
+    groups: Sequence[str],
+    series: Sequence[str],
+    means: np.ndarray,
+    stds: np.ndarray,
+    path: PathLike,
+    *,
+    title: str = '',
+    ylabel: str = '',
+    chance: float | None = None,
+) -> Path:
   """Grouped bar chart: one group per entry of `groups` (e.g. classes), one bar per `series`
   (e.g. methods) with a ±std error bar; `means`/`stds` are [len(series), len(groups)], NaN for a
   missing bar. `chance` draws a dashed reference line (0.5 for AUROC)."""
@@ -340,8 +380,16 @@ def plot_grouped_bars(groups: Sequence[str], series: Sequence[str], means: np.nd
   x = np.arange(len(groups))
   cmap = matplotlib.colormaps['tab20' if len(series) > 10 else 'tab10']
   for i, name in enumerate(series):
-    ax.bar(x + (i - (len(series) - 1) / 2) * width, np.nan_to_num(means[i]), width,
-           yerr=stds[i], label=name, color=cmap(i % cmap.N), capsize=2, error_kw={'lw': 0.8})
+    ax.bar(
+        x + (i - (len(series) - 1) / 2) * width,
+        np.nan_to_num(means[i]),
+        width,
+        yerr=stds[i],
+        label=name,
+        color=cmap(i % cmap.N),
+        capsize=2,
+        error_kw={'lw': 0.8},
+    )
   if chance is not None:
     ax.axhline(chance, color='0.4', lw=0.8, ls='--')
   low = np.nanmin(means - stds)

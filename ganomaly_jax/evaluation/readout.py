@@ -40,6 +40,7 @@ from ganomaly_jax.config import checks, frozen, schema
 from ganomaly_jax.data import synthetic_anomalies
 from ganomaly_jax.evaluation import passes, pixel_metrics
 
+
 class Readout(NamedTuple):
   """One read-out: an `eval.score` and an `eval.map`."""
 
@@ -75,8 +76,12 @@ def published(config: ml_collections.ConfigDict) -> Readout:
 
 def candidates(config: ml_collections.ConfigDict) -> list[Readout]:
   """Every (score, map) of the registries that fits this config's model, in registry order."""
-  return [Readout(score, map_name) for score in losses.SCORES
-          if checks.score_problem(config, score) is None for map_name in losses.MAPS]
+  return [
+      Readout(score, map_name)
+      for score in losses.SCORES
+      if checks.score_problem(config, score) is None
+      for map_name in losses.MAPS
+  ]
 
 
 def with_readout(config: ml_collections.ConfigDict, readout: Readout) -> ml_collections.ConfigDict:
@@ -92,8 +97,9 @@ def with_readout(config: ml_collections.ConfigDict, readout: Readout) -> ml_coll
   return config
 
 
-def recorded_config(config: ml_collections.ConfigDict,
-                    results: dict[str, Any]) -> ml_collections.ConfigDict:
+def recorded_config(
+    config: ml_collections.ConfigDict, results: dict[str, Any]
+) -> ml_collections.ConfigDict:
   """The config that reads out as a finished run's test pass did (its results.json `readout`):
   for tools that score new images on the run's scale (`infer`)."""
   record = results.get('readout')
@@ -110,8 +116,15 @@ def _auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
   return float(sk_metrics.roc_auc_score(labels, scores))
 
 
-def synthetic_aurocs(program: Callable, state: Any, source, mesh, batch_size: int,
-                     readouts: list[Readout], smooth_sigma: float) -> list[dict[str, Any]]:
+def synthetic_aurocs(
+    program: Callable,
+    state: Any,
+    source,
+    mesh,
+    batch_size: int,
+    readouts: list[Readout],
+    smooth_sigma: float,
+) -> list[dict[str, Any]]:
   """Each read-out's image AUROC and its map's pixel AUROC on a labelled source with masks.
 
   `program` is `programs.readout_program(..., readouts)`; `source` has records with 'label' and
@@ -123,9 +136,15 @@ def synthetic_aurocs(program: Callable, state: Any, source, mesh, batch_size: in
   scores: dict[str, list[np.ndarray]] = {k: [] for k in keys}
   labels: list[np.ndarray] = []
   hists = {m: pixel_metrics.PixelHistogram(losses.MAPS[m].max_value) for m in map_names}
-  for out in passes.gathered_batches(program, state, source, mesh, batch_size,
-                                        keys + tuple(f'map/{m}' for m in map_names),
-                                        host_keys=('label', 'index')):
+  for out in passes.gathered_batches(
+      program,
+      state,
+      source,
+      mesh,
+      batch_size,
+      keys + tuple(f'map/{m}' for m in map_names),
+      host_keys=('label', 'index'),
+  ):
     labels.append(out['label'])
     for k in keys:
       scores[k].append(out[k])
@@ -135,17 +154,28 @@ def synthetic_aurocs(program: Callable, state: Any, source, mesh, batch_size: in
   label = np.concatenate(labels)
   image = {k: _auroc(label, np.concatenate(v)) for k, v in scores.items()}
   pixel = {m: h.auroc() for m, h in hists.items()}
-  return [{'score': r.score, 'map': r.map, 'image_auroc': image[step_lib.readout_key(*r)],
-           'pixel_auroc': pixel[r.map]} for r in readouts]
+  return [
+      {
+          'score': r.score,
+          'map': r.map,
+          'image_auroc': image[step_lib.readout_key(*r)],
+          'pixel_auroc': pixel[r.map],
+      }
+      for r in readouts
+  ]
 
 
 def select(rows: list[dict[str, Any]], fallback: Readout) -> Readout:
   """The row with the best image AUROC; ties go to the better pixel AUROC, then to `fallback`
   (the published pair), then to the first in order. `fallback` when no AUROC is defined."""
+
   def key(row):
     image, pixel = row['image_auroc'], row['pixel_auroc']
-    return (-np.inf if image is None else image, -np.inf if pixel is None else pixel,
-            Readout(row['score'], row['map']) == fallback)
+    return (
+        -np.inf if image is None else image,
+        -np.inf if pixel is None else pixel,
+        Readout(row['score'], row['map']) == fallback,
+    )
 
   defined = [row for row in rows if row['image_auroc'] is not None]
   if not defined:
@@ -160,14 +190,19 @@ def _outputs_of(program: Callable, readout: Readout) -> Callable:
 
   def eval_maps(state, batch):
     out = program(state, batch)
-    return {'score': out[key], 'l1': out['l1'], 'recon': out['recon'],
-            'map': out[f'map/{readout.map}']}
+    return {
+        'score': out[key],
+        'l1': out['l1'],
+        'recon': out['recon'],
+        'map': out[f'map/{readout.map}'],
+    }
 
   return eval_maps
 
 
-def choose(config: ml_collections.ConfigDict, state: Any, progs: programs.Programs, val_source,
-           mesh) -> Chosen:
+def choose(
+    config: ml_collections.ConfigDict, state: Any, progs: programs.Programs, val_source, mesh
+) -> Chosen:
   """The read-out of the test pass (see the module docstring); sees the validation split only.
 
   Args:
@@ -179,23 +214,40 @@ def choose(config: ml_collections.ConfigDict, state: Any, progs: programs.Progra
   """
   default = published(config)
   if config.eval.readout == 'published':
-    return Chosen(config, progs.step_config, progs.eval_maps,
-                  {'mode': 'published', 'score': default.score, 'map': default.map})
+    return Chosen(
+        config,
+        progs.step_config,
+        progs.eval_maps,
+        {'mode': 'published', 'score': default.score, 'map': default.map},
+    )
   readouts = candidates(config)
   program = programs.readout_program(config, progs, tuple(readouts))
   synthetic = synthetic_anomalies.SyntheticAnomalies(val_source, config.seed)
-  rows = synthetic_aurocs(program, state, synthetic, mesh, config.eval.batch_size, readouts,
-                          config.eval.smooth_sigma)
+  rows = synthetic_aurocs(
+      program, state, synthetic, mesh, config.eval.batch_size, readouts, config.eval.smooth_sigma
+  )
   best = select(rows, default)
   for row in rows:
-    logging.info('Read-out %s/%s: synthetic image AUROC %s, pixel AUROC %s', row['score'],
-                 row['map'], row['image_auroc'], row['pixel_auroc'])
+    logging.info(
+        'Read-out %s/%s: synthetic image AUROC %s, pixel AUROC %s',
+        row['score'],
+        row['map'],
+        row['image_auroc'],
+        row['pixel_auroc'],
+    )
   logging.info('eval.readout=auto: %s (published: %s).', best.label(), default.label())
   chosen = with_readout(config, best)
-  record = {'mode': 'auto', 'score': best.score, 'map': best.map,
-            'published': {'score': default.score, 'map': default.map},
-            'synthetic': {'recipe': 'cutpaste', 'seed': int(config.seed),
-                          'normals': synthetic.num_normals, 'anomalies': synthetic.num_anomalies},
-            'candidates': rows}
-  return Chosen(chosen, frozen.StepConfig.from_config(chosen), _outputs_of(program, best),
-                record)
+  record = {
+      'mode': 'auto',
+      'score': best.score,
+      'map': best.map,
+      'published': {'score': default.score, 'map': default.map},
+      'synthetic': {
+          'recipe': 'cutpaste',
+          'seed': int(config.seed),
+          'normals': synthetic.num_normals,
+          'anomalies': synthetic.num_anomalies,
+      },
+      'candidates': rows,
+  }
+  return Chosen(chosen, frozen.StepConfig.from_config(chosen), _outputs_of(program, best), record)

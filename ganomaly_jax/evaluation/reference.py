@@ -58,13 +58,21 @@ def program(config, progs) -> Any:
   key = ('reference_scores', config.runtime.cpu_kernels)
   if key not in progs.aot:
     fast = functools.partial(kernels.with_cpu_kernels, mode=config.runtime.cpu_kernels)
-    progs.aot[key] = jax.jit(fast(functools.partial(
-        step_lib.reference_scores, components=progs.components, step_config=progs.step_config)))
+    progs.aot[key] = jax.jit(
+        fast(
+            functools.partial(
+                step_lib.reference_scores,
+                components=progs.components,
+                step_config=progs.step_config,
+            )
+        )
+    )
   return progs.aot[key]
 
 
-def test_scores(score_fn, state: Any, source, batch_size: int = OFFICIAL_BATCH
-                ) -> tuple[np.ndarray, np.ndarray]:
+def test_scores(
+    score_fn, state: Any, source, batch_size: int = OFFICIAL_BATCH
+) -> tuple[np.ndarray, np.ndarray]:
   """(raw scores, labels) of every image of `source`, in order, in unpadded batches.
 
   Single process (ReferenceCurve refuses more): the batches go in from this host, whole.
@@ -102,12 +110,14 @@ class ReferenceCurve:
       # Each batch is fed whole from this host (an unpadded last batch cannot be split evenly).
       raise rundir.TrainingError(
           'eval.protocol=reference runs in a single process (its test batches are fed from one '
-          'host); use eval.protocol=honest on a multi-host run.')
+          'host); use eval.protocol=honest on a multi-host run.'
+      )
     self.score_fn = program(config, progs)
     saved = rundir.path(workdir, CURVE_FILE)
     if saved.exists():
-      self.points = [p for p in json.loads(saved.read_text())['curve']
-                     if p['step'] <= restored_step]
+      self.points = [
+          p for p in json.loads(saved.read_text())['curve'] if p['step'] <= restored_step
+      ]
 
   def due(self, step: int) -> bool:
     """Whether `step` ends an epoch and the reference read-out is on."""
@@ -116,8 +126,11 @@ class ReferenceCurve:
   def evaluate(self, state: Any, step: int) -> None:
     """Evaluates the test split the official way (at the end of an epoch) and keeps the point."""
     scores, labels = test_scores(self.score_fn, state, self.test)
-    point = {'epoch': step // self.steps_per_epoch, 'step': step,
-             'image_auroc': official_auc(labels, scores)}
+    point = {
+        'epoch': step // self.steps_per_epoch,
+        'step': step,
+        'image_auroc': official_auc(labels, scores),
+    }
     self.points = [p for p in self.points if p['step'] < step] + [point]
     if jax.process_index() == 0:
       rundir.write_json(rundir.path(self.workdir, CURVE_FILE), {'curve': self.points})
@@ -134,9 +147,21 @@ def summary(points: list[dict[str, Any]]) -> dict[str, Any]:
   its AUROC, the curve, the last epoch's AUROC."""
   curve = [p['image_auroc'] for p in points]
   if not curve:
-    return {'image_auroc': None, 'epoch': None, 'curve': [], 'last_image_auroc': None,
-            'selection': SELECTION, 'note': 'no epoch ended before the last step'}
+    return {
+        'image_auroc': None,
+        'epoch': None,
+        'curve': [],
+        'last_image_auroc': None,
+        'selection': SELECTION,
+        'note': 'no epoch ended before the last step',
+    }
   best = int(np.argmax(curve))
-  return {'image_auroc': curve[best], 'epoch': points[best]['epoch'], 'curve': curve,
-          'last_image_auroc': curve[-1], 'selection': SELECTION,
-          'batch_size': OFFICIAL_BATCH, 'batch_norm': 'test-batch statistics'}
+  return {
+      'image_auroc': curve[best],
+      'epoch': points[best]['epoch'],
+      'curve': curve,
+      'last_image_auroc': curve[-1],
+      'selection': SELECTION,
+      'batch_size': OFFICIAL_BATCH,
+      'batch_norm': 'test-batch statistics',
+  }

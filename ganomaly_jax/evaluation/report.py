@@ -31,8 +31,10 @@ PathLike = str | os.PathLike
 
 # The paged report's pictures are files beside the page: 'self' and file: allow exactly those (Chromium
 # treats file: pages as opaque origins, so 'self' alone would block them); still nothing from a network.
-_PAGED_CSP = ("default-src 'none'; img-src 'self' file: data:; style-src 'unsafe-inline'; "
-              "script-src 'unsafe-inline'")
+_PAGED_CSP = (
+    "default-src 'none'; img-src 'self' file: data:; style-src 'unsafe-inline'; "
+    "script-src 'unsafe-inline'"
+)
 
 _CSS = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; background: #fafafa; }
@@ -54,6 +56,7 @@ table.metrics td.num { text-align: right; font-family: monospace; }
 .entry .verdict.normal { color: #1e7e34; }
 .skipped li { font-family: monospace; font-size: 0.85em; word-break: break-all; }
 """
+
 
 def _score_key(entry: Mapping[str, Any]) -> float:
   """Sort key for descending score; missing or non-finite scores go last."""
@@ -226,8 +229,13 @@ def script_json(value: Any) -> str:
   are escaped too, for tools that read the JSON as JavaScript source.
   """
   text = json.dumps(value, separators=(',', ':'))
-  for char, escape in (('<', '\\u003c'), ('>', '\\u003e'), ('&', '\\u0026'),
-                       ('\u2028', '\\u2028'), ('\u2029', '\\u2029')):
+  for char, escape in (
+      ('<', '\\u003c'),
+      ('>', '\\u003e'),
+      ('&', '\\u0026'),
+      ('\u2028', '\\u2028'),
+      ('\u2029', '\\u2029'),
+  ):
     text = text.replace(char, escape)
   return text
 
@@ -238,13 +246,15 @@ def file_url(relative: PathLike) -> str:
   return urllib.parse.quote(Path(relative).as_posix(), safe='/', errors='surrogateescape')
 
 
-def write_paged_report(out_dir: PathLike,
-                       entries: Sequence[Mapping[str, Any]],
-                       metrics: Mapping[str, Any],
-                       title: str,
-                       page_size: int = PAGE_SIZE,
-                       extremes: int = EXTREMES,
-                       notes: Sequence[str] = ()) -> Path:
+def write_paged_report(
+    out_dir: PathLike,
+    entries: Sequence[Mapping[str, Any]],
+    metrics: Mapping[str, Any],
+    title: str,
+    page_size: int = PAGE_SIZE,
+    extremes: int = EXTREMES,
+    notes: Sequence[str] = (),
+) -> Path:
   """Writes `out_dir/index.html` for any number of entries: JSON index, lazy thumbnails, pages.
 
   Args:
@@ -268,11 +278,19 @@ def write_paged_report(out_dir: PathLike,
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   ordered = sorted(entries, key=_score_key)
-  index = {'page_size': int(max(page_size, 1)), 'extremes': int(max(extremes, 0)),
-           'entries': [[str(e.get('name', '')), _json_score(e),
-                        None if e.get('map_png') is None else file_url(e['map_png']),
-                        None if e.get('anomalous') is None else int(e['anomalous'])]
-                       for e in ordered]}
+  index = {
+      'page_size': int(max(page_size, 1)),
+      'extremes': int(max(extremes, 0)),
+      'entries': [
+          [
+              str(e.get('name', '')),
+              _json_score(e),
+              None if e.get('map_png') is None else file_url(e['map_png']),
+              None if e.get('anomalous') is None else int(e['anomalous']),
+          ]
+          for e in ordered
+      ],
+  }
   index_json = script_json(index)  # names are arbitrary text: see script_json
   title_html = html.escape(title)
   notes_html = ''.join(f'<p class="note">{html.escape(n)}</p>\n' for n in notes)

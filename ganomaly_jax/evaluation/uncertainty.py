@@ -19,8 +19,15 @@ from ganomaly_jax import step as step_lib
 from ganomaly_jax.config import frozen
 
 
-def mc_dropout(state: Any, x: jax.Array, rng: jax.Array, *, components: Any,
-               step_config: frozen.StepConfig, num_samples: int) -> dict[str, jax.Array]:
+def mc_dropout(
+    state: Any,
+    x: jax.Array,
+    rng: jax.Array,
+    *,
+    components: Any,
+    step_config: frozen.StepConfig,
+    num_samples: int,
+) -> dict[str, jax.Array]:
   """Runs `num_samples` stochastic reconstructions of a batch and summarises their spread.
 
   The samples are visited sequentially (`lax.scan`) with Welford's running mean/variance update, so
@@ -44,9 +51,9 @@ def mc_dropout(state: Any, x: jax.Array, rng: jax.Array, *, components: Any,
 
   def body(carry, i):
     mean, m2 = carry
-    out = step_lib.reconstruct_for_eval(components, step_config, state, x,
-                                        rng=jax.random.fold_in(rng, i),
-                                        stochastic=True)
+    out = step_lib.reconstruct_for_eval(
+        components, step_config, state, x, rng=jax.random.fold_in(rng, i), stochastic=True
+    )
     sample = out['recon'].astype(jnp.float32)
     count = (i + 1).astype(jnp.float32)
     delta = sample - mean
@@ -60,8 +67,12 @@ def mc_dropout(state: Any, x: jax.Array, rng: jax.Array, *, components: Any,
   return {'uncertainty': variance, 'mc_score': jnp.mean(variance, axis=(1, 2)), 'mc_mean': mean}
 
 
-def make_mc_fn(components: Any, step_config: frozen.StepConfig,
-               num_samples: int) -> Callable[[Any, jax.Array, jax.Array], dict[str, jax.Array]]:
+def make_mc_fn(
+    components: Any, step_config: frozen.StepConfig, num_samples: int
+) -> Callable[[Any, jax.Array, jax.Array], dict[str, jax.Array]]:
   """A jitted `fn(state, images, rng)` -> `mc_dropout(...)` outputs, for one configuration."""
-  return jax.jit(functools.partial(mc_dropout, components=components, step_config=step_config,
-                                   num_samples=int(num_samples)))
+  return jax.jit(
+      functools.partial(
+          mc_dropout, components=components, step_config=step_config, num_samples=int(num_samples)
+      )
+  )

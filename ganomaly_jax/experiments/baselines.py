@@ -43,9 +43,11 @@ def _to_float(images: np.ndarray) -> np.ndarray:
 def _chunks(source, indices, size: int = CHUNK) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """(uint8 images [n, H, W, C], labels [n]) for `indices` of a record source, `size` at a time."""
   for start in range(0, len(indices), size):
-    records = [source[int(i)] for i in indices[start:start + size]]
-    yield (np.stack([np.asarray(r['image']) for r in records]),
-           np.asarray([int(r['label']) for r in records]))
+    records = [source[int(i)] for i in indices[start : start + size]]
+    yield (
+        np.stack([np.asarray(r['image']) for r in records]),
+        np.asarray([int(r['label']) for r in records]),
+    )
 
 
 def train_sample(source, seed: int) -> np.ndarray:
@@ -84,8 +86,13 @@ def principal_axes(train: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
   return mean, components[order][keep], variances[keep]
 
 
-def choose_components(mean: np.ndarray, components: np.ndarray, variances: np.ndarray,
-                      val: np.ndarray, variance: float = PCA_VARIANCE) -> tuple[int, float]:
+def choose_components(
+    mean: np.ndarray,
+    components: np.ndarray,
+    variances: np.ndarray,
+    val: np.ndarray,
+    variance: float = PCA_VARIANCE,
+) -> tuple[int, float]:
   """Smallest k whose components explain `variance` of the validation normals (about the training
   mean), and the fraction they explain; all components if none reach it. Without validation images,
   the training spectrum decides."""
@@ -93,7 +100,7 @@ def choose_components(mean: np.ndarray, components: np.ndarray, variances: np.nd
     ratio = np.cumsum(variances) / max(np.sum(variances), 1e-12)
   else:
     centred = np.asarray(val, np.float64) - mean
-    energy = np.sum(centred ** 2)
+    energy = np.sum(centred**2)
     # The components are orthonormal, so the variance the first k explain is the running sum of the
     # squared projections onto them.
     ratio = np.cumsum(np.sum((centred @ components.T) ** 2, axis=0)) / max(energy, 1e-12)
@@ -110,7 +117,7 @@ class PCABaseline:
     mean, components, variances = principal_axes(train)
     self.k, self.val_explained = choose_components(mean, components, variances, val, variance)
     self.mean = mean.astype(np.float32)
-    self.components = components[:self.k].astype(np.float32)
+    self.components = components[: self.k].astype(np.float32)
 
   def reconstruct(self, x: np.ndarray) -> np.ndarray:
     centred = x - self.mean
@@ -119,7 +126,7 @@ class PCABaseline:
   def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(mean squared residual per image [n], |x − x̂| per value [n, D])."""
     residual = np.abs(x - self.reconstruct(x))
-    return np.mean(residual ** 2, axis=1), residual
+    return np.mean(residual**2, axis=1), residual
 
   def info(self) -> dict[str, Any]:
     return {'pca_components': self.k, 'pca_val_explained': round(self.val_explained, 4)}
@@ -147,9 +154,11 @@ class Baseline(Protocol):
 
   has_maps: bool
 
-  def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]: ...
+  def score(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    ...
 
-  def info(self) -> dict[str, Any]: ...
+  def info(self) -> dict[str, Any]:
+    ...
 
 
 # name -> fit(train [n, D] floats, validation normals [m, D]) -> Baseline. Suites list a row per entry.
@@ -194,12 +203,20 @@ def evaluate(kind: str, config, splits=None) -> dict[str, Any]:
   if labels.min() == labels.max():
     raise ValueError('Test set has a single class; AUROC is undefined (check dataset.abnormal).')
   results: dict[str, Any] = {
-      'baseline': kind, 'method': kind, 'dataset': config.dataset.name,
-      'abnormal': splits.info.get('abnormal'), 'seed': config.seed,
+      'baseline': kind,
+      'method': kind,
+      'dataset': config.dataset.name,
+      'abnormal': splits.info.get('abnormal'),
+      'seed': config.seed,
       'image_auroc': float(sk_metrics.roc_auc_score(labels, scores)),
       'image_ap': float(sk_metrics.average_precision_score(labels, scores)),
-      'pixel_auroc': None, 'pixel_pro': None, 'num_test': int(len(labels)),
-      'num_test_abnormal': int(labels.sum()), 'num_train_used': num_train, **model.info()}
+      'pixel_auroc': None,
+      'pixel_pro': None,
+      'num_test': int(len(labels)),
+      'num_test_abnormal': int(labels.sum()),
+      'num_train_used': num_train,
+      **model.info(),
+  }
   if keep_maps:
     smoothed = pixel_metrics.smooth_maps(np.concatenate(maps), config.eval.smooth_sigma)
     results.update(metrics.pixel_results(smoothed, test))

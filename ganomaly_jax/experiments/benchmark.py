@@ -49,13 +49,20 @@ Record = run_queue.Record  # run_queue.Record[suites.BenchRun]
 def table_row(record: Record, suite: str) -> dict[str, Any]:
   """A benchmark table's row of one run."""
   r = record.results or {}
-  return {'suite': suite, 'method': record.run.method.name, 'class': record.run.cls,
-          'seed': record.run.seed, 'status': record.status,
-          **{k: r.get(k) for k in tables.METRICS}, 'steps': r.get('steps'),
-          tables.REFERENCE: (r.get('reference') or {}).get('image_auroc'),
-          'readout': tables.readout_label(r),
-          'wall_time_s': None if record.wall_time_s is None else round(record.wall_time_s, 1),
-          'commit': record.commit, 'workdir': record.run.workdir}
+  return {
+      'suite': suite,
+      'method': record.run.method.name,
+      'class': record.run.cls,
+      'seed': record.run.seed,
+      'status': record.status,
+      **{k: r.get(k) for k in tables.METRICS},
+      'steps': r.get('steps'),
+      tables.REFERENCE: (r.get('reference') or {}).get('image_auroc'),
+      'readout': tables.readout_label(r),
+      'wall_time_s': None if record.wall_time_s is None else round(record.wall_time_s, 1),
+      'commit': record.commit,
+      'workdir': record.run.workdir,
+  }
 
 
 def published_rows(suite: suites.Suite) -> list[dict[str, Any]]:
@@ -66,9 +73,17 @@ def published_rows(suite: suites.Suite) -> list[dict[str, Any]]:
   rows = []
   for cls in suite.classes:
     for method, value in suite.published(str(cls)).items():
-      rows.append({'suite': suite.name, 'method': f'{method} (published: {value.kind})',
-                   'class': str(cls), 'seed': '', 'status': tables.PUBLISHED,
-                   'image_auroc': value.value, 'readout': value.source})
+      rows.append(
+          {
+              'suite': suite.name,
+              'method': f'{method} (published: {value.kind})',
+              'class': str(cls),
+              'seed': '',
+              'status': tables.PUBLISHED,
+              'image_auroc': value.value,
+              'readout': value.source,
+          }
+      )
   return rows
 
 
@@ -76,10 +91,21 @@ def commit() -> str:
   """The repository's short commit, `+dirty` with uncommitted changes; `unknown` outside git."""
   repo = os.path.dirname(suites.CONFIGS_DIR)
   try:
-    head = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=repo, capture_output=True,
-                          text=True, timeout=10, check=True).stdout.strip()
-    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=repo,
-                           capture_output=True, text=True, timeout=10).stdout.strip()
+    head = subprocess.run(
+        ['git', 'rev-parse', '--short', 'HEAD'],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ['git', 'status', '--porcelain', '--untracked-files=no'],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=10,
+    ).stdout.strip()
   except (OSError, subprocess.SubprocessError):
     return 'unknown'
   return f'{head}+dirty' if dirty else head
@@ -93,10 +119,14 @@ def describe(run: suites.BenchRun) -> str:
     variant = ','.join(f'{k}={v}' for k, v in run.variant.items())
     return f'{run.name}: re-evaluates {run.base_workdir} with eval {variant} (nothing trained)'
   if run.method.baseline:
-    return (f'{run.name}: baseline {run.method.baseline} on the splits of '
-            f'--config={run.method.config} {settings}')
-  return (f'{run.name}: python -m ganomaly_jax.main --config={shlex.quote(run.method.config)} '
-          f'--workdir={shlex.quote(run.workdir)} {settings}')
+    return (
+        f'{run.name}: baseline {run.method.baseline} on the splits of '
+        f'--config={run.method.config} {settings}'
+    )
+  return (
+      f'{run.name}: python -m ganomaly_jax.main --config={shlex.quote(run.method.config)} '
+      f'--workdir={shlex.quote(run.workdir)} {settings}'
+  )
 
 
 def _finished(run: suites.BenchRun) -> dict[str, Any] | None:
@@ -108,10 +138,13 @@ def _finished(run: suites.BenchRun) -> dict[str, Any] | None:
     base = rundir.finished_results(run.base_workdir, run.config.train.num_steps)
     previous = rundir.read_results(run.workdir)
     # Still the evaluation of the base run's selected checkpoint with this row's eval keys.
-    same = (base is not None and previous is not None
-            and previous.get('rescored_from') == run.base_workdir
-            and previous.get('variant') == run.variant
-            and all(previous.get(k) == base.get(k) for k in ('steps', 'selected_step')))
+    same = (
+        base is not None
+        and previous is not None
+        and previous.get('rescored_from') == run.base_workdir
+        and previous.get('variant') == run.variant
+        and all(previous.get(k) == base.get(k) for k in ('steps', 'selected_step'))
+    )
     return previous if same else None
   return rundir.finished_results(run.workdir, run.config.train.num_steps)
 
@@ -122,8 +155,10 @@ def _run_reevaluation(run: suites.BenchRun) -> dict[str, Any]:
 
   if rundir.finished_results(run.base_workdir, run.config.train.num_steps) is None:
     raise ValueError(f'{run.base_workdir} has not finished: no checkpoint to re-evaluate.')
-  results = {**rescore.rescore_run(run.base_workdir, run.variant, run.workdir),
-             'variant': run.variant}
+  results = {
+      **rescore.rescore_run(run.base_workdir, run.variant, run.workdir),
+      'variant': run.variant,
+  }
   rundir.write_json(rundir.path(run.workdir, rundir.RESULTS), results)
   return results
 
@@ -137,8 +172,13 @@ def _run_baseline(run: suites.BenchRun) -> dict[str, Any]:
   return results
 
 
-def run_benchmark(suite: suites.Suite, root: str, train_fn: run_queue.TrainFn | None = None,
-                  workers: int = 1, share: placement.Share = placement.Share()) -> list[Record]:
+def run_benchmark(
+    suite: suites.Suite,
+    root: str,
+    train_fn: run_queue.TrainFn | None = None,
+    workers: int = 1,
+    share: placement.Share = placement.Share(),
+) -> list[Record]:
   """Expands and validates every run, prepares generated data, then runs the unfinished runs.
 
   `train_fn(config, workdir)` defaults to `train.train_and_evaluate` in this process; baselines are
@@ -170,11 +210,20 @@ def run_benchmark(suite: suites.Suite, root: str, train_fn: run_queue.TrainFn | 
     return run_queue.call_train(train_fn, run.config, run.workdir, devices)
 
   return run_queue.run_all(
-      records, name=lambda run: run.name, workdir=lambda run: run.workdir, finished=_finished,
-      execute=execute, run_info=lambda run: {'overrides': run.overrides, 'suite': suite.name},
-      write_tables=write_tables, commit=commit(), what='suite',
-      timing_file=os.path.join(root, run_queue.TIMING_JSON), group=lambda run: run.method.name,
-      device_groups=placement.device_groups(workers), share=share)
+      records,
+      name=lambda run: run.name,
+      workdir=lambda run: run.workdir,
+      finished=_finished,
+      execute=execute,
+      run_info=lambda run: {'overrides': run.overrides, 'suite': suite.name},
+      write_tables=write_tables,
+      commit=commit(),
+      what='suite',
+      timing_file=os.path.join(root, run_queue.TIMING_JSON),
+      group=lambda run: run.method.name,
+      device_groups=placement.device_groups(workers),
+      share=share,
+  )
 
 
 def main(argv: list[str]) -> None:
@@ -190,9 +239,11 @@ def main(argv: list[str]) -> None:
       baseline = sum(1 for r in runs if r.method.baseline)
       again = sum(1 for r in runs if r.method.reevaluates)
       budget = f'{suite.epochs} epochs' if suite.epochs else f'{suite.steps} steps'
-      print(f'{len(runs)} runs: {len(runs) - baseline - again} trained at {budget}, '
-            f'{baseline} baseline, {again} re-evaluated; {len(suite.methods)} methods × '
-            f'{len(suite.classes)} classes × {len(suite.seeds)} seeds.')
+      print(
+          f'{len(runs)} runs: {len(runs) - baseline - again} trained at {budget}, '
+          f'{baseline} baseline, {again} re-evaluated; {len(suite.methods)} methods × '
+          f'{len(suite.classes)} classes × {len(suite.seeds)} seeds.'
+      )
       return
     share = placement.Share.parse(_SHARE.value)
     startup.configure_for(suites.expand(suite, root)[0].config)  # before JAX starts its backend

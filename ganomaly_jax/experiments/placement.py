@@ -17,10 +17,14 @@ def define_flags(what: str):
   from absl import flags
 
   parallel = flags.DEFINE_integer(
-      'parallel', 1, 'Runs in flight at once, each on its own group of this host\'s devices.')
+      'parallel', 1, "Runs in flight at once, each on its own group of this host's devices."
+  )
   share = flags.DEFINE_string(
-      'share', 'auto', f'I/N: run every N-th run of the {what}, starting at I (host I of N, each a '
-      'JAX process of its own); auto: JAX_PROCESS_ID/JAX_NUM_PROCESSES, else 0/1.')
+      'share',
+      'auto',
+      f'I/N: run every N-th run of the {what}, starting at I (host I of N, each a '
+      'JAX process of its own); auto: JAX_PROCESS_ID/JAX_NUM_PROCESSES, else 0/1.',
+  )
   return parallel, share
 
 
@@ -81,5 +85,6 @@ def check_standalone(share: Share) -> None:
     raise ValueError(
         f'--share={share.index}/{share.count}: this process is one of {jax.process_count()} JAX '
         'processes of one multi-host runtime, so its runs would gather over every host. Start each '
-        'host\'s queue as a JAX process of its own (no jax.distributed; on a TPU pod see '
-        'launch/tpu_pod.sh --benchmark).')
+        "host's queue as a JAX process of its own (no jax.distributed; on a TPU pod see "
+        'launch/tpu_pod.sh --benchmark).'
+    )

@@ -30,23 +30,30 @@ class Published:
   kind: str  # 'table' (a printed number) or 'figure' (read off a chart)
 
 
-CIFAR10_SOURCE = ('Skip-GANomaly (IJCNN 2019) Table I, as read in issue 30, not yet confirmed '
-                  'against the paper')
+CIFAR10_SOURCE = (
+    'Skip-GANomaly (IJCNN 2019) Table I, as read in issue 30, not yet confirmed '
+    'against the paper'
+)
 # Table I's column order in issue 30: bird car cat deer dog frog horse plane ship truck.
 _TABLE_I_ORDER = ('bird', 'car', 'cat', 'deer', 'dog', 'frog', 'horse', 'plane', 'ship', 'truck')
 _TABLE_I = {
-    'ganomaly': (.510, .631, .587, .593, .628, .683, .605, .633, .616, .617),
-    'skip_ganomaly': (.448, .953, .607, .602, .615, .931, .788, .797, .659, .907),
+    'ganomaly': (0.510, 0.631, 0.587, 0.593, 0.628, 0.683, 0.605, 0.633, 0.616, 0.617),
+    'skip_ganomaly': (0.448, 0.953, 0.607, 0.602, 0.615, 0.931, 0.788, 0.797, 0.659, 0.907),
 }
 
 # class name -> method -> Published (class names as sources.CIFAR10_NAMES spells them).
 CIFAR10: dict[str, dict[str, Published]] = {
-    name: {method: Published(values[_TABLE_I_ORDER.index(name)], CIFAR10_SOURCE, 'table')
-           for method, values in _TABLE_I.items()}
-    for name in sources.CIFAR10_NAMES}
+    name: {
+        method: Published(values[_TABLE_I_ORDER.index(name)], CIFAR10_SOURCE, 'table')
+        for method, values in _TABLE_I.items()
+    }
+    for name in sources.CIFAR10_NAMES
+}
 
-MNIST_NOTE = ('GANomaly (ACCV 2018) shows MNIST only as a bar chart (Figure 4) with error bars '
-              'over seeds; no value read off it is recorded here.')
+MNIST_NOTE = (
+    'GANomaly (ACCV 2018) shows MNIST only as a bar chart (Figure 4) with error bars '
+    'over seeds; no value read off it is recorded here.'
+)
 # digit (str) -> method -> Published: empty on purpose (see MNIST_NOTE).
 MNIST: dict[str, dict[str, Published]] = {}
 

@@ -34,13 +34,15 @@ _ROOT = flags.DEFINE_string('root', None, 'Benchmark workdir (holds runs/<class>
 _METHOD = flags.DEFINE_string('method', None, 'Method name of the benchmark rows to re-score.')
 _SCORES = flags.DEFINE_list('scores', [], 'eval.score values (losses.SCORES) to evaluate.')
 _VARIANTS = flags.DEFINE_multi_string(
-    'variant', [], 'One evaluation: comma-separated eval keys, e.g. map=l1,score=map_mean.')
+    'variant', [], 'One evaluation: comma-separated eval keys, e.g. map=l1,score=map_mean.'
+)
 _OUT = flags.DEFINE_string('out', None, 'Output folder for the re-scored results and tables.')
 
 
 def finished_runs(root: str, method: str) -> Iterator[tuple[str, int, str]]:
   """(class, seed, workdir) of every run of `method` under root/runs that has results.json."""
   from ganomaly_jax.runtime import rundir
+
   runs = rundir.path(root, 'runs')
   if not runs.is_dir():
     return
@@ -106,25 +108,36 @@ def rescore_run(workdir: str, variant: dict[str, str], out_dir: str) -> dict[str
   which = 'best' if config.eval.select == 'val_loss' else 'latest'
   components, state, step, _ = finished_run.restore_state(config, workdir, which)
   if step != original.get('selected_step', step):
-    raise ValueError(f'{workdir}: restored step {step}, but its results were computed at step '
-                     f'{original["selected_step"]}.')
+    raise ValueError(
+        f'{workdir}: restored step {step}, but its results were computed at step '
+        f'{original["selected_step"]}.'
+    )
   mesh = parallel.make_mesh()
   state = jax.device_put(state, parallel.replicated(mesh))
   progs = programs.build(config, mesh, components)
   splits = sources.load_splits(config)
-  run_info = {k: original[k] for k in ('method', 'dataset', 'abnormal', 'steps', 'selected_step')
-              if k in original}
+  run_info = {
+      k: original[k]
+      for k in ('method', 'dataset', 'abnormal', 'steps', 'selected_step')
+      if k in original
+  }
   writer = metric_writers.create_default_writer(out_dir, just_logging=True)
   chosen = readout.choose(config, state, progs, splits.val, mesh)
   results = evaluator.evaluate_and_report(
-      chosen, progs.components, state, splits, mesh,
+      chosen,
+      progs.components,
+      state,
+      splits,
+      mesh,
       evaluator.Report(out_dir, writer, curves_of=workdir),
-      {**run_info, 'rescored_from': workdir, 'readout': chosen.record})
+      {**run_info, 'rescored_from': workdir, 'readout': chosen.record},
+  )
   return results
 
 
-def rescore(root: str, method: str, variants: list[dict[str, str]], out: str
-            ) -> list[dict[str, Any]]:
+def rescore(
+    root: str, method: str, variants: list[dict[str, str]], out: str
+) -> list[dict[str, Any]]:
   """Every finished run of `method` × every variant: the rows of OUT/results.csv (written too)."""
   from ganomaly_jax.runtime import rundir
   from ganomaly_jax.experiments import tables
@@ -139,19 +152,32 @@ def rescore(root: str, method: str, variants: list[dict[str, str]], out: str
         logging.info('Re-scoring %s with %s', workdir, name)
         results = {**rescore_run(workdir, variant, out_dir), 'variant': variant}
         rundir.write_json(rundir.path(out_dir, rundir.RESULTS), results)
-      rows.append({'suite': f'rescore:{os.path.basename(os.path.normpath(root))}',
-                   'method': f'{method}[{name}]', 'class': cls, 'seed': seed, 'status': 'done',
-                   **{k: results.get(k) for k in tables.METRICS},
-                   'steps': results.get('steps'), 'readout': tables.readout_label(results),
-                   'workdir': out_dir})
+      rows.append(
+          {
+              'suite': f'rescore:{os.path.basename(os.path.normpath(root))}',
+              'method': f'{method}[{name}]',
+              'class': cls,
+              'seed': seed,
+              'status': 'done',
+              **{k: results.get(k) for k in tables.METRICS},
+              'steps': results.get('steps'),
+              'readout': tables.readout_label(results),
+              'workdir': out_dir,
+          }
+      )
   if not rows:
     raise ValueError(f'No finished run of {method!r} under {root}/runs/<class>/{method}/.')
   tables.write_csv(out, rows)
   tables.write_markdown(
-      out, rows, f'Post-hoc scores of {method} ({root})',
-      notes=[f'The same checkpoints evaluated with eval settings '
-             f'{"; ".join(variant_name(v) for v in variants)} (ganomaly_jax/experiments/rescore.py). Post hoc: a '
-             'setting picked from this table is picked on test labels.'])
+      out,
+      rows,
+      f'Post-hoc scores of {method} ({root})',
+      notes=[
+          f'The same checkpoints evaluated with eval settings '
+          f'{"; ".join(variant_name(v) for v in variants)} (ganomaly_jax/experiments/rescore.py). Post hoc: a '
+          'setting picked from this table is picked on test labels.'
+      ],
+  )
   return rows
 
 
@@ -159,6 +185,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   from ganomaly_jax.runtime import cli, startup
+
   startup.configure_process()  # before JAX starts its backend
   try:
     variants = [{'score': s} for s in _SCORES.value] + [parse_variant(v) for v in _VARIANTS.value]

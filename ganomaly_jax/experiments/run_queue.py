@@ -70,8 +70,9 @@ def recorded_wall_time(workdir: str, results: dict[str, Any]) -> float | None:
   return read_run_info(workdir).get('wall_time_s', results.get('train_wall_time_s'))
 
 
-def train_in_process(config: ml_collections.ConfigDict, workdir: str,
-                     devices: Sequence[Any] | None = None) -> dict[str, Any]:
+def train_in_process(
+    config: ml_collections.ConfigDict, workdir: str, devices: Sequence[Any] | None = None
+) -> dict[str, Any]:
   """`train.train_and_evaluate` in this process, on `devices` (default: all of them).
 
   The run's compiled programs stay in `programs`' bounded cache, so the next run of the same
@@ -82,8 +83,12 @@ def train_in_process(config: ml_collections.ConfigDict, workdir: str,
   return train.train_and_evaluate(config, workdir, devices=devices)
 
 
-def call_train(train_fn: TrainFn, config: ml_collections.ConfigDict, workdir: str,
-               devices: Sequence[Any] | None) -> dict[str, Any]:
+def call_train(
+    train_fn: TrainFn,
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    devices: Sequence[Any] | None,
+) -> dict[str, Any]:
   """`train_fn(config, workdir)`, with `devices=` only when the queue chose devices for the run."""
   if devices is None:
     return train_fn(config, workdir)
@@ -143,23 +148,26 @@ def execution_order(keys: Sequence[Any], share: placement.Share = placement.Shar
   for i, key in enumerate(keys):
     first.setdefault(key, i)
   order = sorted(range(len(keys)), key=lambda i: (first[keys[i]], i))
-  return order[share.index::share.count]
+  return order[share.index :: share.count]
 
 
-def run_all(records: list[Record[RunT]], *,
-            name: Callable[[RunT], str],
-            workdir: Callable[[RunT], str],
-            finished: Callable[[RunT], dict[str, Any] | None],
-            execute: Callable[[RunT, Any], dict[str, Any]],
-            run_info: Callable[[RunT], dict[str, Any]],
-            write_tables: Callable[[], None],
-            commit: str | None = None,
-            what: str = 'queue',
-            timing_file: str | None = None,
-            group: Callable[[RunT], Any] | None = None,
-            device_groups: Sequence[Sequence[Any]] | None = None,
-            share: placement.Share = placement.Share(),
-            tables_every_s: float = TABLES_EVERY_S) -> list[Record[RunT]]:
+def run_all(
+    records: list[Record[RunT]],
+    *,
+    name: Callable[[RunT], str],
+    workdir: Callable[[RunT], str],
+    finished: Callable[[RunT], dict[str, Any] | None],
+    execute: Callable[[RunT, Any], dict[str, Any]],
+    run_info: Callable[[RunT], dict[str, Any]],
+    write_tables: Callable[[], None],
+    commit: str | None = None,
+    what: str = 'queue',
+    timing_file: str | None = None,
+    group: Callable[[RunT], Any] | None = None,
+    device_groups: Sequence[Sequence[Any]] | None = None,
+    share: placement.Share = placement.Share(),
+    tables_every_s: float = TABLES_EVERY_S,
+) -> list[Record[RunT]]:
   """Runs every unfinished record of this host's share; returns the records.
 
   Args:
@@ -204,11 +212,15 @@ def run_all(records: list[Record[RunT]], *,
   keys = [group(r.run) if group is not None else i for i, r in enumerate(records)]
   order = execution_order(keys, share)
   mine = [records[i] for i in order if records[i].status != 'skipped']
-  logging.info('%s: %d runs, %d finished before; this %s runs %d of them%s.', what.capitalize(),
-               len(records), sum(r.status == 'skipped' for r in records),
-               f'host ({share.index} of {share.count})' if not alone else 'session', len(mine),
-               f', {len(device_groups)} at a time' if device_groups and len(device_groups) > 1
-               else '')
+  logging.info(
+      '%s: %d runs, %d finished before; this %s runs %d of them%s.',
+      what.capitalize(),
+      len(records),
+      sum(r.status == 'skipped' for r in records),
+      f'host ({share.index} of {share.count})' if not alone else 'session',
+      len(mine),
+      f', {len(device_groups)} at a time' if device_groups and len(device_groups) > 1 else '',
+  )
 
   def settle(i: int, record: Record[RunT], outcome: _Outcome) -> bool:
     """Records an outcome; True when the run was preempted (the queue stops)."""
@@ -224,8 +236,9 @@ def run_all(records: list[Record[RunT]], *,
       record.results = results
       if results.get('preempted'):
         record.status = 'preempted'
-        logging.warning('Preempted during run %s; rerun the same command to resume the %s.',
-                        name(run), what)
+        logging.warning(
+            'Preempted during run %s; rerun the same command to resume the %s.', name(run), what
+        )
         return True
       record.status, record.commit = 'done', commit
       record.wall_time_s = outcome.wall_s
@@ -235,11 +248,20 @@ def run_all(records: list[Record[RunT]], *,
       write_run_info(workdir(run), info)
       if 'phase_seconds' in results:
         totals.add_run(results['phase_seconds'])
-        logging.info('Run %d/%d %s took %.1f s; phases, wall/CPU s: %s', i, len(mine), name(run),
-                     record.wall_time_s, session_timing.phase_line(results['phase_seconds']))
+        logging.info(
+            'Run %d/%d %s took %.1f s; phases, wall/CPU s: %s',
+            i,
+            len(mine),
+            name(run),
+            record.wall_time_s,
+            session_timing.phase_line(results['phase_seconds']),
+        )
       else:
-        totals.add('baselines' if results.get('baseline') else 'untimed runs', outcome.wall_s,
-                   outcome.cpu_s)
+        totals.add(
+            'baselines' if results.get('baseline') else 'untimed runs',
+            outcome.wall_s,
+            outcome.cpu_s,
+        )
     if alone and time.perf_counter() - last_tables[0] >= tables_every_s:
       tables_now()
     return False
@@ -251,11 +273,19 @@ def run_all(records: list[Record[RunT]], *,
   if alone:
     tables_now()
   if not alone and not preempted:
-    session_timing.timed(totals, 'tables', lambda: _tables_when_settled(records, finished, workdir,
-                                                                        write_tables, share))
+    session_timing.timed(
+        totals,
+        'tables',
+        lambda: _tables_when_settled(records, finished, workdir, write_tables, share),
+    )
   elapsed = (time.perf_counter() - clock[0], time.process_time() - clock[1])
-  logging.info('Where the time of this %s session went (wall / CPU seconds; CPU = this process, '
-               'all threads, %s cores):\n%s', what, os.cpu_count(), '\n'.join(totals.lines(elapsed)))
+  logging.info(
+      'Where the time of this %s session went (wall / CPU seconds; CPU = this process, '
+      'all threads, %s cores):\n%s',
+      what,
+      os.cpu_count(),
+      '\n'.join(totals.lines(elapsed)),
+  )
   if timing_file is not None:
     rundir.write_json(rundir.path(timing_file), totals.as_dict(elapsed))
   return records
@@ -276,8 +306,9 @@ def _run_in_turn(mine: list[Record[RunT]], name, execute, settle) -> bool:
   return False
 
 
-def _run_at_once(mine: list[Record[RunT]], name, execute, settle,
-                 device_groups: Sequence[Sequence[Any]]) -> bool:
+def _run_at_once(
+    mine: list[Record[RunT]], name, execute, settle, device_groups: Sequence[Sequence[Any]]
+) -> bool:
   """`len(device_groups)` runs in flight on threads, each on a free group of devices.
 
   This thread hands out the runs and settles their outcomes (the tables are written here only).
@@ -301,24 +332,28 @@ def _run_at_once(mine: list[Record[RunT]], name, execute, settle,
   todo = collections.deque(enumerate(mine, start=1))
   in_flight: dict[concurrent.futures.Future, tuple[int, Record[RunT]]] = {}
   preempted = False
-  with concurrent.futures.ThreadPoolExecutor(len(device_groups), 'run') as pool, \
-       preemption.StopRequest() as stop:
+  with (
+      concurrent.futures.ThreadPoolExecutor(len(device_groups), 'run') as pool,
+      preemption.StopRequest() as stop,
+  ):
     while todo or in_flight:
       while todo and len(in_flight) < len(device_groups) and not preempted and not stop.requested:
         i, record = todo.popleft()
         in_flight[pool.submit(work, record)] = (i, record)
       if not in_flight:
         break
-      done, _ = concurrent.futures.wait(in_flight, timeout=1.0,
-                                        return_when=concurrent.futures.FIRST_COMPLETED)
+      done, _ = concurrent.futures.wait(
+          in_flight, timeout=1.0, return_when=concurrent.futures.FIRST_COMPLETED
+      )
       for future in done:
         i, record = in_flight.pop(future)
         preempted = settle(i, record, future.result()) or preempted
   return preempted or stop.requested
 
 
-def _tables_when_settled(records: list[Record[RunT]], finished, workdir, write_tables,
-                         share: placement.Share) -> None:
+def _tables_when_settled(
+    records: list[Record[RunT]], finished, workdir, write_tables, share: placement.Share
+) -> None:
   """Several hosts: writes the tables when every run is settled (finished, or failed on some host).
 
   The host that settles the last run sees every other run settled and writes; the others leave the
@@ -342,13 +377,15 @@ def _tables_when_settled(records: list[Record[RunT]], finished, workdir, write_t
       state.append(record.status)
     unsettled = sum(s == 'pending' for s in state)
     if unsettled:
-      logging.info('Host %d of %d is done; %d runs of other hosts are not yet settled: the host '
-                   'that settles the last one writes the tables.', share.index, share.count,
-                   unsettled)
+      logging.info(
+          'Host %d of %d is done; %d runs of other hosts are not yet settled: the host '
+          'that settles the last one writes the tables.',
+          share.index,
+          share.count,
+          unsettled,
+      )
       return
     if state == seen:
       return
     write_tables()
     seen = state
-
-

@@ -57,30 +57,39 @@ class PhaseTotals:
     share = max(accounted[0] if overlap else elapsed[0], 1e-9)
     out = [f'{"phase":<14} {"wall s":>9} {"CPU s":>9} {"% sum" if overlap else "% wall":>7}']
     for name in sorted(self.wall, key=self.wall.get, reverse=True):
-      out.append(f'{name:<14} {self.wall[name]:9.1f} {self.cpu[name]:9.1f} '
-                 f'{100 * self.wall[name] / share:6.1f}%')
+      out.append(
+          f'{name:<14} {self.wall[name]:9.1f} {self.cpu[name]:9.1f} '
+          f'{100 * self.wall[name] / share:6.1f}%'
+      )
     if overlap:
-      out.append(f'(summed over the runs, {self.in_flight} in flight at a time: run-seconds; '
-                 'a run\'s CPU includes the others\')')
+      out.append(
+          f'(summed over the runs, {self.in_flight} in flight at a time: run-seconds; '
+          "a run's CPU includes the others')"
+      )
     else:
-      out.append(f'{"(other)":<14} {elapsed[0] - accounted[0]:9.1f} '
-                 f'{elapsed[1] - accounted[1]:9.1f}')
+      out.append(
+          f'{"(other)":<14} {elapsed[0] - accounted[0]:9.1f} ' f'{elapsed[1] - accounted[1]:9.1f}'
+      )
     out.append(f'{"total":<14} {elapsed[0]:9.1f} {elapsed[1]:9.1f}   ({self.trained} trained runs)')
     return out
 
   def as_dict(self, elapsed: tuple[float, float]) -> dict[str, Any]:
-    return {'wall': {k: round(v, 3) for k, v in self.wall.items()},
-            'cpu': {k: round(v, 3) for k, v in self.cpu.items()},
-            'total': {'wall': round(elapsed[0], 3), 'cpu': round(elapsed[1], 3)},
-            'trained_runs': self.trained, 'in_flight': self.in_flight,
-            'cpu_count': os.cpu_count()}
+    return {
+        'wall': {k: round(v, 3) for k, v in self.wall.items()},
+        'cpu': {k: round(v, 3) for k, v in self.cpu.items()},
+        'total': {'wall': round(elapsed[0], 3), 'cpu': round(elapsed[1], 3)},
+        'trained_runs': self.trained,
+        'in_flight': self.in_flight,
+        'cpu_count': os.cpu_count(),
+    }
 
 
 def phase_line(phases: dict[str, dict[str, float]]) -> str:
   """One run's phases on one log line, longest first: 'name wall/CPU, ...' in seconds."""
   wall, cpu = phases.get('wall', {}), phases.get('cpu', {})
-  return ', '.join(f'{k} {wall[k]:.2f}/{cpu.get(k, 0.0):.2f}'
-                   for k in sorted(wall, key=wall.get, reverse=True))
+  return ', '.join(
+      f'{k} {wall[k]:.2f}/{cpu.get(k, 0.0):.2f}' for k in sorted(wall, key=wall.get, reverse=True)
+  )
 
 
 def timed(totals: PhaseTotals, name: str, fn: Callable[[], None]) -> None:

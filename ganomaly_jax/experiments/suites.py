@@ -25,7 +25,8 @@ from ganomaly_jax.experiments import baselines, sweep
 
 # The repository's configs/ (suite files refer to the method configs beside them).
 CONFIGS_DIR = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'configs'
+)
 SUITES_DIR = os.path.join(CONFIGS_DIR, 'suites')
 # The study's methods and RIAD (the published form of the grid proposal): every method config,
 # schema.METHODS. Then the plain-autoencoder ablation of each GAN generator (the same network
@@ -61,6 +62,7 @@ class Method:
       evaluates again, changed only by its eval.* overrides (`experiments/rescore.py`; nothing is
       trained, so both rows describe the same checkpoints); '' for a row of its own.
   """
+
   name: str
   config: str
   overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -91,6 +93,7 @@ class Suite:
     published: class -> {row name: published value} (`experiments/published.py`), shown beside
       the runs in the tables; None for a suite without published numbers.
   """
+
   name: str
   methods: list[Method]
   classes: list[str]
@@ -109,6 +112,7 @@ class Suite:
 @dataclasses.dataclass
 class BenchRun:
   """One (method, class, seed) of a suite: its config and where it runs."""
+
   method: Method
   cls: str
   seed: int
@@ -125,16 +129,24 @@ class BenchRun:
 
 def auto_readout(method: Method) -> Method:
   """The row `<method>+auto`: `method`'s checkpoints read out with eval.readout=auto."""
-  return Method(method.name + AUTO_SUFFIX, method.config,
-                {**method.overrides, 'eval.readout': 'auto'}, reevaluates=method.name)
+  return Method(
+      method.name + AUTO_SUFFIX,
+      method.config,
+      {**method.overrides, 'eval.readout': 'auto'},
+      reevaluates=method.name,
+  )
 
 
-def standard_methods(arg: str, configs_dir: str = CONFIGS_DIR,
-                     methods: tuple[str, ...] = STUDY_METHODS,
-                     auto: tuple[str, ...] = AUTO_READOUT) -> list[Method]:
+def standard_methods(
+    arg: str,
+    configs_dir: str = CONFIGS_DIR,
+    methods: tuple[str, ...] = STUDY_METHODS,
+    auto: tuple[str, ...] = AUTO_READOUT,
+) -> list[Method]:
   """Every study method (those in `auto` followed by their `+auto` read-out row), the two
   plain-autoencoder ablations and both baselines, all with the same config argument string (so
   all see the same data, sizes and splits)."""
+
   def spec(name: str) -> str:
     path = os.path.join(configs_dir, f'{name}.py')
     return f'{path}:{arg}' if arg else path
@@ -144,8 +156,11 @@ def standard_methods(arg: str, configs_dir: str = CONFIGS_DIR,
     out.append(Method(m, spec(m)))
     if m in auto:
       out.append(auto_readout(out[-1]))
-  out += [Method(name, spec(base), {'loss.w_adv': 0.0}) for name, base in AUTOENCODERS
-          if base in methods]
+  out += [
+      Method(name, spec(base), {'loss.w_adv': 0.0})
+      for name, base in AUTOENCODERS
+      if base in methods
+  ]
   # Baselines read the splits of GANomaly's config: the splits depend only on the dataset keys,
   # the image size and the seed, which the argument string fixes for every method alike.
   out += [Method(b, spec('ganomaly'), baseline=b) for b in baselines.BASELINES]
@@ -167,8 +182,10 @@ def load_suite(spec: str) -> Suite:
   else:
     path = os.path.join(SUITES_DIR, f'{name}.py')
     if not _UNSAFE.sub('', name) == name or not os.path.isfile(path):
-      raise SuiteError(f'Unknown suite {name!r}: use one of {", ".join(available())} '
-                       'or a path to a suite file.')
+      raise SuiteError(
+          f'Unknown suite {name!r}: use one of {", ".join(available())} '
+          'or a path to a suite file.'
+      )
   if not os.path.isfile(path):
     raise SuiteError(f'Suite file not found: {path}')
   get_suite = getattr(arguments.import_file(path, '_ganomaly_suite'), 'get_suite', None)
@@ -176,8 +193,9 @@ def load_suite(spec: str) -> Suite:
     raise SuiteError(f'{path} must define get_suite(arg) returning a suites.Suite.')
   suite = get_suite(arg or None)
   if not isinstance(suite, Suite):
-    raise SuiteError(f'{path}: get_suite() must return a suites.Suite, got '
-                     f'{type(suite).__name__}.')
+    raise SuiteError(
+        f'{path}: get_suite() must return a suites.Suite, got ' f'{type(suite).__name__}.'
+    )
   _check(suite, path)
   return suite
 
@@ -197,8 +215,11 @@ def _check(suite: Suite, where: str) -> None:
     problems.append(f'epochs must be an integer >= 0, got {suite.epochs!r}')
   elif not suite.epochs and (not isinstance(suite.steps, int) or suite.steps < 1):
     problems.append(f'steps must be a positive integer, got {suite.steps!r}')
-  problems += [f'method {m.name}: unknown baseline {m.baseline!r} (use {", ".join(baselines.BASELINES)})'
-               for m in suite.methods if m.baseline and m.baseline not in baselines.BASELINES]
+  problems += [
+      f'method {m.name}: unknown baseline {m.baseline!r} (use {", ".join(baselines.BASELINES)})'
+      for m in suite.methods
+      if m.baseline and m.baseline not in baselines.BASELINES
+  ]
   for i, method in enumerate(suite.methods):
     problem = method.reevaluates and reevaluation_problem(method, suite.methods[:i])
     if problem:
@@ -211,12 +232,17 @@ def reevaluation_problem(method: Method, earlier: list[Method]) -> str | None:
   """Why `method` cannot re-evaluate its `reevaluates` row among the `earlier` rows, or None."""
   base = next((m for m in earlier if m.name == method.reevaluates), None)
   if base is None:
-    return (f'method {method.name} re-evaluates {method.reevaluates!r}, which is not an earlier '
-            'row of the suite')
+    return (
+        f'method {method.name} re-evaluates {method.reevaluates!r}, which is not an earlier '
+        'row of the suite'
+    )
   if base.baseline or base.reevaluates:
     return f'method {method.name}: {base.name} is not a trained row, so it has no checkpoints'
-  changed = sorted(k for k in set(method.overrides) | set(base.overrides)
-                   if method.overrides.get(k, None) != base.overrides.get(k, None))
+  changed = sorted(
+      k
+      for k in set(method.overrides) | set(base.overrides)
+      if method.overrides.get(k, None) != base.overrides.get(k, None)
+  )
   if method.config != base.config or any(not k.startswith('eval.') for k in changed):
     other = ', '.join(k for k in changed if not k.startswith('eval.')) or 'config file'
     return f'method {method.name} may change only eval.* keys of {base.name} ({other} differ)'
@@ -226,8 +252,11 @@ def reevaluation_problem(method: Method, earlier: list[Method]) -> str | None:
 def reevaluated_variant(method: Method, base: Method) -> dict[str, str]:
   """The eval keys (without 'eval.') that `method` sets differently from `base`, as
   `experiments/rescore.py` variants take them (strings)."""
-  return {k.removeprefix('eval.'): str(v) for k, v in sorted(method.overrides.items())
-          if base.overrides.get(k, None) != v}
+  return {
+      k.removeprefix('eval.'): str(v)
+      for k, v in sorted(method.overrides.items())
+      if base.overrides.get(k, None) != v
+  }
 
 
 def safe_name(text: str) -> str:
@@ -250,27 +279,32 @@ def expand(suite: Suite, root: str) -> list[BenchRun]:
             bases[method.config] = arguments.load_config(method.config, finish=False)
           except (ValueError, KeyError) as e:
             raise SuiteError(f'{context}: config {method.config}: {e}') from None
-        budget = ({'train.num_steps': suite.steps} if not suite.epochs else
-                  epoch_budget(suite.epochs))
-        overrides = {**budget, **({} if suite.pictures else LEAN), **suite.overrides,
-                     **method.overrides,
-                     suite.class_key: suite.class_value.format(cls=cls, data=data), 'seed': seed}
+        budget = (
+            {'train.num_steps': suite.steps} if not suite.epochs else epoch_budget(suite.epochs)
+        )
+        overrides = {
+            **budget,
+            **({} if suite.pictures else LEAN),
+            **suite.overrides,
+            **method.overrides,
+            suite.class_key: suite.class_value.format(cls=cls, data=data),
+            'seed': seed,
+        }
         config = sweep.apply_overrides(bases[method.config], overrides, context)
         try:
           config = checks.finished(config)  # the one resolve and validation of the run's config
         except ValueError as e:  # checks.ConfigError, or a dataset the resolve cannot read
           raise SuiteError(f'{context}: {e}') from None
-        workdir = os.path.join(root, 'runs', safe_name(cls), safe_name(method.name),
-                               f'seed-{seed}')
+        workdir = os.path.join(root, 'runs', safe_name(cls), safe_name(method.name), f'seed-{seed}')
         run = BenchRun(method, str(cls), seed, overrides, config, workdir)
         if method.reevaluates:
           base = next(m for m in suite.methods if m.name == method.reevaluates)
-          run.base_workdir = os.path.join(os.path.dirname(os.path.dirname(workdir)),
-                                          safe_name(base.name), f'seed-{seed}')
+          run.base_workdir = os.path.join(
+              os.path.dirname(os.path.dirname(workdir)), safe_name(base.name), f'seed-{seed}'
+          )
           run.variant = reevaluated_variant(method, base)
         runs.append(run)
   return runs
-
 
 
 def epoch_budget(epochs: int) -> dict[str, Any]:
@@ -285,7 +319,8 @@ COMMON_OPTIONS = ('classes', 'seeds', 'steps', 'methods', 'pictures', 'epochs')
 
 def parse_arg(arg: str | None) -> tuple[list[str], dict[str, str]]:
   """`A,B,key=value,...` -> (['A', 'B'], {'key': 'value'}): `arguments.parse_arg` with values kept
-  as strings (`3+7` is a list of two classes, not 10), its bare items as the positional arguments."""
+  as strings (`3+7` is a list of two classes, not 10), its bare items as the positional arguments.
+  """
   parsed = arguments.parse_arg(arg, literals=False)
   # Without literals every value is a string, so True marks exactly the bare items.
   positional = [key for key, value in parsed.items() if value is True]
@@ -310,8 +345,10 @@ def restrict(suite: Suite, options: dict[str, str], known: tuple[str, ...] = ())
   raises SuiteError."""
   unknown = sorted(set(options) - set(COMMON_OPTIONS) - set(known))
   if unknown:
-    raise SuiteError(f'suite {suite.name}: unknown option(s) {", ".join(unknown)} '
-                     f'(use {", ".join(COMMON_OPTIONS + known)}).')
+    raise SuiteError(
+        f'suite {suite.name}: unknown option(s) {", ".join(unknown)} '
+        f'(use {", ".join(COMMON_OPTIONS + known)}).'
+    )
 
   def subset(key: str, have: list, convert=str) -> list:
     if key not in options:
@@ -319,20 +356,25 @@ def restrict(suite: Suite, options: dict[str, str], known: tuple[str, ...] = ())
     try:
       want = [convert(v) for v in split_names(options[key], [str(h) for h in have])]
     except ValueError:
-      raise SuiteError(f'suite {suite.name}: {key}={options[key]!r} is not a list of '
-                       f'{convert.__name__}s.') from None
+      raise SuiteError(
+          f'suite {suite.name}: {key}={options[key]!r} is not a list of ' f'{convert.__name__}s.'
+      ) from None
     missing = [w for w in want if w not in have]
     if missing or not want:
-      raise SuiteError(f'suite {suite.name}: {key}={options[key]!r} names {missing or "nothing"}; '
-                       f'the suite has {"+".join(map(str, have))}.')
+      raise SuiteError(
+          f'suite {suite.name}: {key}={options[key]!r} names {missing or "nothing"}; '
+          f'the suite has {"+".join(map(str, have))}.'
+      )
     return want
 
   names = [m.name for m in suite.methods]
   kept = subset('methods', names)
   suite = dataclasses.replace(
-      suite, classes=subset('classes', [str(c) for c in suite.classes]),
+      suite,
+      classes=subset('classes', [str(c) for c in suite.classes]),
       seeds=subset('seeds', list(suite.seeds), int),
-      methods=[m for m in suite.methods if m.name in kept])
+      methods=[m for m in suite.methods if m.name in kept],
+  )
   if 'pictures' in options:
     if options['pictures'] not in ('0', '1'):
       raise SuiteError(f'suite {suite.name}: pictures={options["pictures"]!r} must be 0 or 1.')
@@ -344,7 +386,8 @@ def restrict(suite: Suite, options: dict[str, str], known: tuple[str, ...] = ())
       suite.epochs = int(options['epochs'])
     except ValueError:
       raise SuiteError(
-          f'suite {suite.name}: epochs={options["epochs"]!r} is not an integer.') from None
+          f'suite {suite.name}: epochs={options["epochs"]!r} is not an integer.'
+      ) from None
   if 'steps' in options:
     if suite.epochs:
       raise SuiteError(f'suite {suite.name}: counts its budget in epochs; use epochs=N.')
@@ -352,5 +395,6 @@ def restrict(suite: Suite, options: dict[str, str], known: tuple[str, ...] = ())
       suite.steps = int(options['steps'])
     except ValueError:
       raise SuiteError(
-          f'suite {suite.name}: steps={options["steps"]!r} is not an integer.') from None
+          f'suite {suite.name}: steps={options["steps"]!r} is not an integer.'
+      ) from None
   return suite

@@ -39,9 +39,12 @@ from ganomaly_jax.config import arguments, checks, schema
 from ganomaly_jax.runtime import cli, rundir, startup
 from ganomaly_jax.experiments import placement, run_queue
 
-if __name__ == '__main__':  # flags only for the program: ganomaly_jax.experiments.benchmark imports this module
-  _CONFIG = flags.DEFINE_string('config', None,
-                                'Base config file[:args], as for ganomaly_jax.main.')
+if (
+    __name__ == '__main__'
+):  # flags only for the program: ganomaly_jax.experiments.benchmark imports this module
+  _CONFIG = flags.DEFINE_string(
+      'config', None, 'Base config file[:args], as for ganomaly_jax.main.'
+  )
   _SWEEP = flags.DEFINE_string('sweep', None, 'Sweep file defining get_sweep().')
   _WORKDIR = flags.DEFINE_string('workdir', None, 'Sweep root: one sub-directory per run.')
   _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print one command per run and run nothing.')
@@ -51,8 +54,15 @@ RESULTS_CSV = run_queue.RESULTS_CSV
 RESULTS_MD = run_queue.RESULTS_MD
 # image_f1 .. image_fpr: at the threshold fixed on validation normals; image_f1_oracle: the best F1
 # over thresholds chosen with the test labels (an upper bound, never an operating point).
-METRICS = ('image_auroc', 'image_ap', 'image_f1', 'image_precision', 'image_recall', 'image_fpr',
-           'image_f1_oracle')
+METRICS = (
+    'image_auroc',
+    'image_ap',
+    'image_f1',
+    'image_precision',
+    'image_recall',
+    'image_fpr',
+    'image_f1_oracle',
+)
 COLUMNS = ('run', 'overrides', 'status') + METRICS + ('steps', 'wall_time_s')
 _MAX_NAME = 120
 _UNSAFE = re.compile(r'[^A-Za-z0-9._+-]')
@@ -78,9 +88,14 @@ Record = run_queue.Record  # run_queue.Record[Run]: one row of the results table
 def table_row(record: Record) -> dict[str, Any]:
   """A sweep table's row of one run."""
   r = record.results or {}
-  return {'run': record.run.name, 'overrides': format_overrides(record.run.overrides),
-          'status': record.status, **{k: r.get(k) for k in METRICS}, 'steps': r.get('steps'),
-          'wall_time_s': None if record.wall_time_s is None else round(record.wall_time_s, 1)}
+  return {
+      'run': record.run.name,
+      'overrides': format_overrides(record.run.overrides),
+      'status': record.status,
+      **{k: r.get(k) for k in METRICS},
+      'steps': r.get('steps'),
+      'wall_time_s': None if record.wall_time_s is None else round(record.wall_time_s, 1),
+  }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,8 +143,9 @@ def _leaf_keys(config: ml_collections.ConfigDict) -> list[str]:
   return list(schema.flatten(config.to_dict()))
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any],
-                    context: str = '') -> ml_collections.ConfigDict:
+def apply_overrides(
+    config: ml_collections.ConfigDict, overrides: dict[str, Any], context: str = ''
+) -> ml_collections.ConfigDict:
   """A locked copy of `config` with dotted `overrides` set; unknown keys and wrong types raise
   SweepError naming the key (and `context`, e.g. the run)."""
   where = f'{context}: ' if context else ''
@@ -150,8 +166,10 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]
     try:
       node[leaf] = value
     except TypeError:
-      raise SweepError(f'{where}{key}={value!r} has the wrong type: {key} is '
-                       f'{type(node[leaf]).__name__} ({node[leaf]!r}).') from None
+      raise SweepError(
+          f'{where}{key}={value!r} has the wrong type: {key} is '
+          f'{type(node[leaf]).__name__} ({node[leaf]!r}).'
+      ) from None
   return config
 
 
@@ -197,8 +215,13 @@ def expand(config_spec: str, sweep_path: str, root: str) -> list[Run]:
 
 def command(config_spec: str, run: Run) -> str:
   """The `ganomaly_jax.main` command line that trains `run` on its own (for a cluster queue)."""
-  args = ['python', '-m', 'ganomaly_jax.main', f'--config={config_spec}',
-          f'--workdir={run.workdir}']
+  args = [
+      'python',
+      '-m',
+      'ganomaly_jax.main',
+      f'--config={config_spec}',
+      f'--workdir={run.workdir}',
+  ]
   args += [f'--config.{k}={_value_text(v)}' for k, v in sorted(run.overrides.items())]
   return ' '.join(shlex.quote(a) for a in args)
 
@@ -226,8 +249,12 @@ def write_tables(root: str, records: list[Record], title: str) -> None:
   writer.writeheader()
   writer.writerows({k: '' if v is None else v for k, v in row.items()} for row in rows)
   rundir.write_text(rundir.path(root, RESULTS_CSV), buffer.getvalue())
-  lines = [f'# {title}', '', '| ' + ' | '.join(COLUMNS) + ' |',
-           '|' + '|'.join('---' for _ in COLUMNS) + '|']
+  lines = [
+      f'# {title}',
+      '',
+      '| ' + ' | '.join(COLUMNS) + ' |',
+      '|' + '|'.join('---' for _ in COLUMNS) + '|',
+  ]
   for row in rows:
     cells = [_cell(c, row[c]) for c in COLUMNS]
     cells[1] = f'`{cells[1]}`' if cells[1] else '(none)'
@@ -245,9 +272,14 @@ def read_table(root: str) -> list[dict[str, str]]:
 # ---------------------------------------------------------------------------------------------
 
 
-def run_sweep(config_spec: str, sweep_path: str, root: str,
-              train_fn: run_queue.TrainFn | None = None, workers: int = 1,
-              share: placement.Share = placement.Share()) -> list[Record]:
+def run_sweep(
+    config_spec: str,
+    sweep_path: str,
+    root: str,
+    train_fn: run_queue.TrainFn | None = None,
+    workers: int = 1,
+    share: placement.Share = placement.Share(),
+) -> list[Record]:
   """Expands and validates all runs, then trains the unfinished ones, `workers` at a time.
 
   `train_fn(config, workdir)` defaults to `train.train_and_evaluate` in this process; `share` is
@@ -258,13 +290,18 @@ def run_sweep(config_spec: str, sweep_path: str, root: str,
   title = f'Sweep `{sweep_path}` over `{config_spec}`'
   records = [Record(run) for run in expand(config_spec, sweep_path, root)]
   return run_queue.run_all(
-      records, name=lambda run: run.name, workdir=lambda run: run.workdir,
+      records,
+      name=lambda run: run.name,
+      workdir=lambda run: run.workdir,
       finished=lambda run: rundir.finished_results(run.workdir, run.config.train.num_steps),
       execute=lambda run, devices: run_queue.call_train(train_fn, run.config, run.workdir, devices),
       run_info=lambda run: {'overrides': run.overrides},
-      write_tables=lambda: write_tables(root, records, title), what='sweep',
+      write_tables=lambda: write_tables(root, records, title),
+      what='sweep',
       timing_file=os.path.join(root, run_queue.TIMING_JSON),
-      device_groups=placement.device_groups(workers), share=share)
+      device_groups=placement.device_groups(workers),
+      share=share,
+  )
 
 
 def main(argv: list[str]) -> None:

@@ -30,8 +30,11 @@ METRICS = tuple(dict.fromkeys(sweep.METRICS + ('pixel_auroc', 'pixel_pro', REFER
 # Rows of published values (experiments/published.py) carry this status: not a run, but shown.
 PUBLISHED = 'published'
 _SHOWN = ('done', 'skipped', PUBLISHED)
-COLUMNS = (('suite', 'method', 'class', 'seed', 'status') + METRICS
-           + ('steps', 'readout', 'wall_time_s', 'commit', 'workdir'))
+COLUMNS = (
+    ('suite', 'method', 'class', 'seed', 'status')
+    + METRICS
+    + ('steps', 'readout', 'wall_time_s', 'commit', 'workdir')
+)
 PLOT_METRIC = 'image_auroc'
 # Columns where smaller is better (false alarms); every other metric is better when larger.
 LOWER_IS_BETTER = frozenset({'image_fpr'})
@@ -92,8 +95,9 @@ def _number(value: Any) -> float | None:
   return value if np.isfinite(value) else None
 
 
-def summarise(rows: Sequence[dict[str, Any]], columns: Sequence[str] = METRICS + ('wall_time_s',)
-              ) -> dict[str, dict[str, dict[str, tuple[float, float, int]]]]:
+def summarise(
+    rows: Sequence[dict[str, Any]], columns: Sequence[str] = METRICS + ('wall_time_s',)
+) -> dict[str, dict[str, dict[str, tuple[float, float, int]]]]:
   """class -> method -> column -> (mean, std, n) over the seeds that finished (std: sample std,
   ddof=1, 0 for a single seed). Classes and methods keep their first-seen order."""
   values: dict[str, dict[str, dict[str, list[float]]]] = {}
@@ -105,14 +109,22 @@ def summarise(rows: Sequence[dict[str, Any]], columns: Sequence[str] = METRICS +
         number = _number(row.get(column))
         if number is not None:
           per_method[column].append(number)
-  return {cls: {method: {c: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
-                             len(v)) for c, v in cols.items() if v}
-                for method, cols in methods.items()}
-          for cls, methods in values.items()}
+  return {
+      cls: {
+          method: {
+              c: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v))
+              for c, v in cols.items()
+              if v
+          }
+          for method, cols in methods.items()
+      }
+      for cls, methods in values.items()
+  }
 
 
-def _overall(rows: Sequence[dict[str, Any]], summary
-             ) -> dict[str, dict[str, tuple[float, float, int]]]:
+def _overall(
+    rows: Sequence[dict[str, Any]], summary
+) -> dict[str, dict[str, tuple[float, float, int]]]:
   """method -> column -> (mean over classes of the per-class means, std over seeds of the mean over
   classes, classes): the spread a rerun with other seeds would show, not the classes' difficulty."""
   by_method: dict[str, dict[str, list[float]]] = {}
@@ -128,14 +140,17 @@ def _overall(rows: Sequence[dict[str, Any]], summary
       number = _number(row.get(column))
       if number is not None:
         per_seed.setdefault((str(row['method']), column), {}).setdefault(
-            str(row.get('seed')), []).append(number)
+            str(row.get('seed')), []
+        ).append(number)
 
   def seed_std(method: str, column: str) -> float:
     means = [np.mean(v) for v in per_seed.get((method, column), {}).values()]
     return float(np.std(means, ddof=1)) if len(means) > 1 else 0.0
 
-  return {m: {c: (float(np.mean(v)), seed_std(m, c), len(v)) for c, v in cols.items()}
-          for m, cols in by_method.items()}
+  return {
+      m: {c: (float(np.mean(v)), seed_std(m, c), len(v)) for c, v in cols.items()}
+      for m, cols in by_method.items()
+  }
 
 
 def _by_class(summary, all_methods: Sequence[str], metric: str) -> list[str]:
@@ -144,23 +159,34 @@ def _by_class(summary, all_methods: Sequence[str], metric: str) -> list[str]:
   head = ['method', *classes, 'mean']
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '|'.join('---' for _ in head) + '|']
   table = {m: [summary[c].get(m, {}).get(metric, (None,))[0] for c in classes] for m in all_methods}
-  table = {m: v + [float(np.mean(v)) if all(x is not None for x in v) else None]
-           for m, v in table.items() if any(x is not None for x in v)}
+  table = {
+      m: v + [float(np.mean(v)) if all(x is not None for x in v) else None]
+      for m, v in table.items()
+      if any(x is not None for x in v)
+  }
   pick = min if metric in LOWER_IS_BETTER else max
-  best = [pick((v[j] for v in table.values() if v[j] is not None), default=None)
-          for j in range(len(classes) + 1)]
+  best = [
+      pick((v[j] for v in table.values() if v[j] is not None), default=None)
+      for j in range(len(classes) + 1)
+  ]
   for method, values in table.items():
     cells = [method]
     for value, top in zip(values, best):
       text = 'n/a' if value is None else f'{value:.3f}'
-      cells.append(f'**{text}**' if value is not None and round(value, 3) == round(top, 3) else text)
+      cells.append(
+          f'**{text}**' if value is not None and round(value, 3) == round(top, 3) else text
+      )
     lines.append('| ' + ' | '.join(cells) + ' |')
   return lines
 
 
-def _table(methods: dict[str, dict[str, tuple[float, float, int]]], all_methods: Sequence[str],
-           metrics: Sequence[str], count_label: str,
-           readouts: dict[str, dict[str, int]] | None = None) -> list[str]:
+def _table(
+    methods: dict[str, dict[str, tuple[float, float, int]]],
+    all_methods: Sequence[str],
+    metrics: Sequence[str],
+    count_label: str,
+    readouts: dict[str, dict[str, int]] | None = None,
+) -> list[str]:
   """Markdown rows: one per method, `mean ± std` per metric, the best mean per metric in bold;
   with `readouts` (method -> read-out -> runs) a last column says which read-out the runs used."""
   best = {}
@@ -168,8 +194,12 @@ def _table(methods: dict[str, dict[str, tuple[float, float, int]]], all_methods:
     means = [cols[metric][0] for cols in methods.values() if metric in cols]
     pick = min if metric in LOWER_IS_BETTER else max
     best[metric] = pick(means) if means else None
-  head = ['method', count_label, *(REFERENCE_LABEL if m == REFERENCE else m for m in metrics),
-          'wall_time_s'] + (['readout'] if readouts else [])
+  head = [
+      'method',
+      count_label,
+      *(REFERENCE_LABEL if m == REFERENCE else m for m in metrics),
+      'wall_time_s',
+  ] + (['readout'] if readouts else [])
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '|'.join('---' for _ in head) + '|']
   for method in all_methods:
     cols = methods.get(method, {})
@@ -195,29 +225,40 @@ def markdown(rows: Sequence[dict[str, Any]], title: str, notes: Sequence[str] = 
   """The per-class tables and the all-class summary as Markdown."""
   summary = summarise(rows)
   methods = list(dict.fromkeys(str(r['method']) for r in rows))
-  metrics = [m for m in METRICS
-             if any(m in cols for ms in summary.values() for cols in ms.values())]
+  metrics = [
+      m for m in METRICS if any(m in cols for ms in summary.values() for cols in ms.values())
+  ]
   used = _readouts(rows)
 
   def readouts(cls: str) -> dict[str, dict[str, int]] | None:
     per = {m: used[(cls, m)] for m in methods if (cls, m) in used}
     return per or None
+
   lines = [f'# {title}', '', *notes]
   if notes:
     lines.append('')
-  lines += ['Mean ± std over seeds (sample std); the best mean of each column in **bold** (the '
-            'smallest for image_fpr, the largest elsewhere); `n/a`: the method gives no such value (k-NN has no pixel map) or no seed has '
-            'finished.', '']
+  lines += [
+      'Mean ± std over seeds (sample std); the best mean of each column in **bold** (the '
+      'smallest for image_fpr, the largest elsewhere); `n/a`: the method gives no such value (k-NN has no pixel map) or no seed has '
+      'finished.',
+      '',
+  ]
   if REFERENCE in metrics:
-    lines += [f'`{REFERENCE_LABEL}`: the official GANomaly / Skip-GANomaly read-out of the same '
-              'runs (BatchNorm with test-batch statistics, the best epoch chosen on the test set: '
-              'model selection on the test set, not a deployable figure); every other column is '
-              'honest (checkpoint and threshold from validation normals). `(published: ...)` rows '
-              'are the papers\' values, their source in `readout`.', '']
+    lines += [
+        f'`{REFERENCE_LABEL}`: the official GANomaly / Skip-GANomaly read-out of the same '
+        'runs (BatchNorm with test-batch statistics, the best epoch chosen on the test set: '
+        'model selection on the test set, not a deployable figure); every other column is '
+        'honest (checkpoint and threshold from validation normals). `(published: ...)` rows '
+        "are the papers' values, their source in `readout`.",
+        '',
+    ]
   if used:
-    lines += ['`readout`: the score/map each method\'s test pass used (×n: runs, where they '
-              'differ); `+auto` rows chose theirs on validation normals and synthetic anomalies, '
-              'without test labels (docs/readout.md).', '']
+    lines += [
+        "`readout`: the score/map each method's test pass used (×n: runs, where they "
+        'differ); `+auto` rows chose theirs on validation normals and synthetic anomalies, '
+        'without test labels (docs/readout.md).',
+        '',
+    ]
   if len(summary) > 1:
     lines += ['## All classes (mean over classes; ± std over seeds of that mean)', '']
     lines += _table(_overall(rows, summary), methods, metrics, 'classes', readouts('')) + ['']
@@ -226,18 +267,23 @@ def markdown(rows: Sequence[dict[str, Any]], title: str, notes: Sequence[str] = 
         lines += [f'## {metric} per class (mean over seeds)', '']
         lines += _by_class(summary, methods, metric) + ['']
   for cls, per_method in summary.items():
-    lines += [f'## {cls}', ''] + _table(per_method, methods, metrics, 'seeds',
-                                        readouts(cls)) + ['']
+    lines += [f'## {cls}', ''] + _table(per_method, methods, metrics, 'seeds', readouts(cls)) + ['']
   status = [r for r in rows if str(r.get('status')) not in _SHOWN]
   if status:
-    lines += [f'{len(status)} run(s) not finished: ' + ', '.join(
-        f'{r["class"]}/{r["method"]}/seed-{r["seed"]} ({r["status"]})' for r in status[:20])
-        + (' …' if len(status) > 20 else ''), '']
+    lines += [
+        f'{len(status)} run(s) not finished: '
+        + ', '.join(
+            f'{r["class"]}/{r["method"]}/seed-{r["seed"]} ({r["status"]})' for r in status[:20]
+        )
+        + (' …' if len(status) > 20 else ''),
+        '',
+    ]
   return '\n'.join(lines)
 
 
-def write_markdown(root: str, rows: Sequence[dict[str, Any]], title: str,
-                   notes: Sequence[str] = ()) -> None:
+def write_markdown(
+    root: str, rows: Sequence[dict[str, Any]], title: str, notes: Sequence[str] = ()
+) -> None:
   rundir.write_text(rundir.path(root, RESULTS_MD), markdown(rows, title, notes))
 
 
@@ -253,6 +299,14 @@ def write_plot(root: str, rows: Sequence[dict[str, Any]], title: str) -> str:
       if PLOT_METRIC in summary[cls].get(method, {}):
         means[i, j], stds[i, j], _ = summary[cls][method][PLOT_METRIC]
   path = rundir.path(root, RESULTS_PNG)
-  plots.plot_grouped_bars(classes, methods, means, stds, path, title=title,
-                          ylabel=f'{PLOT_METRIC} (mean ± std over seeds)', chance=0.5)
+  plots.plot_grouped_bars(
+      classes,
+      methods,
+      means,
+      stds,
+      path,
+      title=title,
+      ylabel=f'{PLOT_METRIC} (mean ± std over seeds)',
+      chance=0.5,
+  )
   return path

@@ -32,10 +32,14 @@ def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
   path = rundir.path(workdir, rundir.CONFIG)
   if not path.is_file():
     raise InferError(f'{workdir} has no {rundir.CONFIG}: not a training run directory.')
-  if not (rundir.has_steps(rundir.path(workdir, rundir.BEST))
-          or rundir.has_steps(rundir.path(workdir, rundir.CHECKPOINTS))):
-    raise InferError(f'{workdir} has no checkpoint (neither best/ nor checkpoints/ holds a step); '
-                     'train it first.')
+  if not (
+      rundir.has_steps(rundir.path(workdir, rundir.BEST))
+      or rundir.has_steps(rundir.path(workdir, rundir.CHECKPOINTS))
+  ):
+    raise InferError(
+        f'{workdir} has no checkpoint (neither best/ nor checkpoints/ holds a step); '
+        'train it first.'
+    )
   try:
     config = schema.from_saved(rundir.read_json(path)['config'])
   except (OSError, ValueError, KeyError, TypeError) as e:
@@ -57,8 +61,10 @@ def abstract_state_like(config: ml_collections.ConfigDict, components) -> Any:
   on a CPU costs more than the whole inference of a small folder.
   """
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
-                      state_lib.abstract_state(config, components))
+  return jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+      state_lib.abstract_state(config, components),
+  )
 
 
 def restore_state(config: ml_collections.ConfigDict, workdir: str, which: str = 'auto'):
@@ -86,4 +92,3 @@ def restore_state(config: ml_collections.ConfigDict, workdir: str, which: str = 
     raise InferError(f'{workdir} has no {what} to restore.')
   state, step = restored
   return components, state, int(step), kind
-

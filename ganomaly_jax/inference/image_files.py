@@ -35,8 +35,11 @@ def find_files(images_dir: str, exclude: tuple[str, ...] = ()) -> list[str]:
   excluded = {os.path.realpath(e) for e in exclude}
   found = []
   for dirpath, dirnames, filenames in os.walk(images_dir, followlinks=False):
-    dirnames[:] = sorted(d for d in dirnames if not _ignored(d)
-                         and os.path.realpath(os.path.join(dirpath, d)) not in excluded)
+    dirnames[:] = sorted(
+        d
+        for d in dirnames
+        if not _ignored(d) and os.path.realpath(os.path.join(dirpath, d)) not in excluded
+    )
     found.extend(os.path.join(dirpath, f) for f in filenames if not _ignored(f))
   return sorted(found)
 
@@ -54,8 +57,9 @@ def _digest(text: str, salt: int = 0) -> str:
 
 def _clean(part: str) -> str:
   """A path component that encodes as UTF-8 and holds no control character ('_' instead)."""
-  return ''.join('_' if ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF else c
-                 for c in part)
+  return ''.join(
+      '_' if ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF else c for c in part
+  )
 
 
 def _fit(text: str, max_bytes: int) -> str:
@@ -79,8 +83,11 @@ def map_names(rel_paths: list[str]) -> list[str]:
   names = []
   for path, stem in zip(posix, stems):
     *folders, last = stem.split('/')
-    plain = (counts[stem.casefold()] == 1 and _clean(stem) == stem
-             and len(f'{last}.png'.encode('utf-8')) <= _MAX_MAP_NAME_BYTES)
+    plain = (
+        counts[stem.casefold()] == 1
+        and _clean(stem) == stem
+        and len(f'{last}.png'.encode('utf-8')) <= _MAX_MAP_NAME_BYTES
+    )
     if plain:
       names.append(stem)
       continue
@@ -129,23 +136,35 @@ def _decode_one(path: str, isize: int, channels: int) -> dict[str, Any]:
   return {'path': path, 'image': images_lib.resize_image(image, isize), 'reason': ''}
 
 
-def decode_stream(candidates: list[str], isize: int, channels: int, batch_size: int,
-                  threads: int = DEFAULT_DECODE_THREADS) -> Iterator[dict[str, Any]]:
+def decode_stream(
+    candidates: list[str],
+    isize: int,
+    channels: int,
+    batch_size: int,
+    threads: int = DEFAULT_DECODE_THREADS,
+) -> Iterator[dict[str, Any]]:
   """The candidates decoded and resized in order by `threads` grain threads (see `_decode_one`).
 
   A grain MapDataset over the sorted path list keeps the order, so rows, maps and report entries
   come out in path order whatever the number of threads.
   """
   ds = grain.MapDataset.source(candidates).map(
-      functools.partial(_decode_one, isize=isize, channels=channels))
+      functools.partial(_decode_one, isize=isize, channels=channels)
+  )
   if threads <= 0:
     return iter(ds)
-  return iter(ds.to_iter_dataset(grain.ReadOptions(
-      num_threads=threads, prefetch_buffer_size=max(_PREFETCH_BATCHES * batch_size, threads))))
+  return iter(
+      ds.to_iter_dataset(
+          grain.ReadOptions(
+              num_threads=threads, prefetch_buffer_size=max(_PREFETCH_BATCHES * batch_size, threads)
+          )
+      )
+  )
 
 
-def batches(records: Iterator[dict[str, Any]], batch_size: int,
-             skipped: dict[str, list[str]]) -> Iterator[tuple[list[str], list[np.ndarray]]]:
+def batches(
+    records: Iterator[dict[str, Any]], batch_size: int, skipped: dict[str, list[str]]
+) -> Iterator[tuple[list[str], list[np.ndarray]]]:
   """Groups decodable records into (paths, images) of up to batch_size; bad ones go to `skipped`."""
   paths, images = [], []
   for record in records:
@@ -159,4 +178,3 @@ def batches(records: Iterator[dict[str, Any]], batch_size: int,
       paths, images = [], []
   if paths:
     yield paths, images
-

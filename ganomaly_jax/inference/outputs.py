@@ -19,7 +19,6 @@ from PIL import Image
 from ganomaly_jax.evaluation import heatmaps, metrics, pixel_metrics
 from ganomaly_jax.runtime import rundir
 
-
 # scores.csv columns; `_csv_row` writes one image's row. Another column is one more name here and one
 # more value there.
 CSV_COLUMNS = ('path', 'score', 'anomalous')
@@ -66,8 +65,9 @@ def _colour_table(cmap: str) -> np.ndarray:
   return (matplotlib.colormaps[cmap](np.linspace(0.0, 1.0, 256))[:, :3] * 255.0).astype(np.float32)
 
 
-def overlay_batch(images: np.ndarray, maps: np.ndarray, vmax: float,
-                  alpha: float = 0.5) -> np.ndarray:
+def overlay_batch(
+    images: np.ndarray, maps: np.ndarray, vmax: float, alpha: float = 0.5
+) -> np.ndarray:
   """`heatmaps.overlay(image, map, vmin=0, vmax=vmax)` for a whole batch, the map at 256 colour levels.
 
   One table lookup per pixel instead of one colormap call per image: at 64x64 the per-image call
@@ -88,9 +88,15 @@ class Outputs:
   (float16) are spooled to disk and drawn in `finish`, once the largest map value is known.
   """
 
-  def __init__(self, staging: str, map_name: dict[str, str],
-               score_range: tuple[float, float] | None, vmax: float | None, sigma: float,
-               threshold: float | None):
+  def __init__(
+      self,
+      staging: str,
+      map_name: dict[str, str],
+      score_range: tuple[float, float] | None,
+      vmax: float | None,
+      sigma: float,
+      threshold: float | None,
+  ):
     self.staging, self.map_name = staging, map_name
     self.score_range, self.vmax, self.sigma = score_range, vmax, sigma
     self.threshold = threshold
@@ -112,8 +118,9 @@ class Outputs:
     lo, hi = self.score_range
     return (raw - lo) / (hi - lo)
 
-  def add(self, paths: list[str], images: list[np.ndarray], raw: np.ndarray,
-          maps: np.ndarray) -> None:
+  def add(
+      self, paths: list[str], images: list[np.ndarray], raw: np.ndarray, maps: np.ndarray
+  ) -> None:
     """Writes one batch's CSV rows and map PNGs (or spools them until the colour scale is known)."""
     names = [self.map_name[p] for p in paths]
     maps = pixel_metrics.smooth_maps(maps, self.sigma)
@@ -136,8 +143,9 @@ class Outputs:
     self.raw.extend(float(r) for r in raw)
     self.flags.extend(flags)
 
-  def _draw_batch(self, names: list[str], images: np.ndarray, maps: np.ndarray,
-                  vmax: float) -> None:
+  def _draw_batch(
+      self, names: list[str], images: np.ndarray, maps: np.ndarray, vmax: float
+  ) -> None:
     for name, overlay in zip(names, overlay_batch(images, maps, vmax)):
       _write_png(overlay, os.path.join(self.staging, 'maps', f'{name}.png'))
 
@@ -151,15 +159,16 @@ class Outputs:
       for spool in self.spool:
         with np.load(spool) as batch:
           images, maps = batch['images'], batch['maps'].astype(np.float32)
-        self._draw_batch(self.names[done:done + len(images)], images, maps, vmax)
+        self._draw_batch(self.names[done : done + len(images)], images, maps, vmax)
         done += len(images)
         os.remove(spool)
       shutil.rmtree(os.path.join(self.staging, '.spool'), ignore_errors=True)
     raw = np.asarray(self.raw, np.float64)
     if self.score_range is None:
       scores = metrics.normalise(raw)  # needs every score: rewrite the small CSV once
-      _write_csv(self.csv_path,
-                 (_csv_row(p, s, a) for p, s, a in zip(self.paths, scores, self.flags)))
+      _write_csv(
+          self.csv_path, (_csv_row(p, s, a) for p, s, a in zip(self.paths, scores, self.flags))
+      )
     else:
       scores = self.scale(raw)
     return scores, vmax
@@ -187,8 +196,7 @@ def remove_dead_staging(out_dir: str) -> None:
   for name in os.listdir(out_dir):
     if not name.startswith(STAGING_PREFIX):
       continue
-    pid = name[len(STAGING_PREFIX):].split('-', 1)[0]
+    pid = name[len(STAGING_PREFIX) :].split('-', 1)[0]
     if pid.isdigit() and not rundir.pid_alive(int(pid)):
       shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
       logging.info('Removed %s, left by an earlier call that was killed.', name)
-

@@ -40,19 +40,28 @@ def _on_signal(signum, frame):
 def _no_threshold_reason(results: dict[str, Any]) -> str | None:
   """Why scores.csv's `anomalous` column is empty for this run (None: it has a threshold)."""
   if not results:
-    return ('the run has no results.json (it never finished), so there is no validation '
-            'threshold; the anomalous column is empty')
+    return (
+        'the run has no results.json (it never finished), so there is no validation '
+        'threshold; the anomalous column is empty'
+    )
   # A threshold counts only beside the quantile of validation normals that fixed it.
   if 'threshold_quantile' not in results or results.get('threshold') is None:
-    return ('the run\'s results.json holds no validation threshold (none was fixed on validation '
-            'normals); the anomalous column is empty')
+    return (
+        "the run's results.json holds no validation threshold (none was fixed on validation "
+        'normals); the anomalous column is empty'
+    )
   return None
 
 
-def infer(workdir: str, images_dir: str, out_dir: str, batch_size: int = 0,
-          which_checkpoint: str = 'auto',
-          decode_threads: int = image_files.DEFAULT_DECODE_THREADS,
-          overwrite: bool = False) -> dict[str, Any]:
+def infer(
+    workdir: str,
+    images_dir: str,
+    out_dir: str,
+    batch_size: int = 0,
+    which_checkpoint: str = 'auto',
+    decode_threads: int = image_files.DEFAULT_DECODE_THREADS,
+    overwrite: bool = False,
+) -> dict[str, Any]:
   """Scores every image under `images_dir` with the run in `workdir`; writes OUT as the CLI's
   docstring says (`ganomaly_jax/infer.py`).
 
@@ -71,8 +80,10 @@ def infer(workdir: str, images_dir: str, out_dir: str, batch_size: int = 0,
     raise finished_run.InferError(f'image folder not found: {images_dir}')
   earlier = outputs_lib.earlier_result(out_dir)
   if earlier and not overwrite:
-    raise finished_run.InferError(f'{out_dir} holds an earlier result ({", ".join(earlier)}); '
-                                  'pass --overwrite to replace it, or choose another --out.')
+    raise finished_run.InferError(
+        f'{out_dir} holds an earlier result ({", ".join(earlier)}); '
+        'pass --overwrite to replace it, or choose another --out.'
+    )
   config, results = finished_run.load_run(workdir)
   config = readout.recorded_config(config, results)  # eval.readout=auto: the read-out it chose
   candidates = image_files.find_files(images_dir, exclude=(out_dir, os.path.join(out_dir, 'maps')))
@@ -101,8 +112,15 @@ def infer(workdir: str, images_dir: str, out_dir: str, batch_size: int = 0,
   threshold = None if no_threshold else float(results['threshold'])
   if no_threshold:
     logging.warning('%s: %s.', workdir, no_threshold)
-  logging.info('Scoring %d file(s) under %s with the %s checkpoint (step %d) of %s on %d device(s).',
-               len(candidates), images_dir, kind, step, workdir, len(devices))
+  logging.info(
+      'Scoring %d file(s) under %s with the %s checkpoint (step %d) of %s on %d device(s).',
+      len(candidates),
+      images_dir,
+      kind,
+      step,
+      workdir,
+      len(devices),
+  )
 
   created_out = not os.path.exists(out_dir)
   os.makedirs(out_dir, exist_ok=True)
@@ -110,8 +128,9 @@ def infer(workdir: str, images_dir: str, out_dir: str, batch_size: int = 0,
   # Map names are fixed up front over every file with an image extension, so x.png and x.jpg get
   # distinct names even when they fall into different batches.
   named = [p for p in candidates if images_lib.has_image_extension(p)]
-  map_name = dict(zip(named, image_files.map_names(
-      [os.path.relpath(p, images_dir) for p in named])))
+  map_name = dict(
+      zip(named, image_files.map_names([os.path.relpath(p, images_dir) for p in named]))
+  )
   skipped: dict[str, list[str]] = {}
   staging, outputs = None, None
   # SIGTERM (a scheduler's stop, `kill`) unwinds through the `finally` below like an error does.
@@ -126,7 +145,7 @@ def infer(workdir: str, images_dir: str, out_dir: str, batch_size: int = 0,
     records = image_files.decode_stream(candidates, isize, channels, batch_size, decode_threads)
     for paths, images in image_files.batches(records, batch_size, skipped):
       batch = np.zeros((batch_size, isize, isize, channels), np.float32)
-      batch[:len(images)] = pipeline.to_float(np.stack(images))
+      batch[: len(images)] = pipeline.to_float(np.stack(images))
       # Dispatch is asynchronous: the devices score this batch while the host writes the last one.
       out = eval_fn(state, {'image': jax.device_put(batch, batch_sharding)})
       if pending is not None:
@@ -142,7 +161,8 @@ def infer(workdir: str, images_dir: str, out_dir: str, batch_size: int = 0,
     if not outputs.paths:
       raise finished_run.InferError(
           f'no decodable image under {images_dir} ({len(candidates)} file(s), all skipped: '
-          f'{", ".join(f"{r}: {len(v)}" for r, v in skipped.items())})')
+          f'{", ".join(f"{r}: {len(v)}" for r, v in skipped.items())})'
+      )
 
     scores, vmax = outputs.finish()
     if score_range is not None:
@@ -152,33 +172,54 @@ def infer(workdir: str, images_dir: str, out_dir: str, batch_size: int = 0,
       normalisation = 'min/max of the scored images (the run has no test score range)'
     # This call's counts first, then the run's results.json (its test metrics and score range).
     metrics: dict[str, Any] = {
-        'workdir': workdir, 'images': images_dir, 'checkpoint': kind, 'checkpoint_step': step,
-        'normalisation': normalisation, 'files_found': len(candidates),
+        'workdir': workdir,
+        'images': images_dir,
+        'checkpoint': kind,
+        'checkpoint_step': step,
+        'normalisation': normalisation,
+        'files_found': len(candidates),
         'images_scored': len(outputs.paths),
         'images_anomalous': None if threshold is None else int(sum(outputs.flags)),
         **({'anomalous_column': no_threshold} if no_threshold else {}),
-        'files_skipped': num_skipped, 'skipped': skipped, 'map_colour_max': vmax,
+        'files_skipped': num_skipped,
+        'skipped': skipped,
+        'map_colour_max': vmax,
     }
     for key, value in results.items():
       metrics.setdefault(key, value)
     # The card shows the image's real name (relative to --images); the map name is only a file name.
-    entries = [{'name': os.path.relpath(p, images_dir).replace(os.sep, '/'), 'score': float(s),
-                'map_png': f'maps/{n}.png', 'anomalous': a}
-               for p, n, s, a in zip(outputs.paths, outputs.names, scores, outputs.flags)]
-    report.write_paged_report(staging, entries, metrics, f'{config.method} inference: {images_dir}',
-                              notes=[f'No anomalous / normal verdicts: {no_threshold}.']
-                              if no_threshold else ())
+    entries = [
+        {
+            'name': os.path.relpath(p, images_dir).replace(os.sep, '/'),
+            'score': float(s),
+            'map_png': f'maps/{n}.png',
+            'anomalous': a,
+        }
+        for p, n, s, a in zip(outputs.paths, outputs.names, scores, outputs.flags)
+    ]
+    report.write_paged_report(
+        staging,
+        entries,
+        metrics,
+        f'{config.method} inference: {images_dir}',
+        notes=[f'No anomalous / normal verdicts: {no_threshold}.'] if no_threshold else (),
+    )
     earlier = outputs_lib.earlier_result(out_dir)
     if earlier:  # --overwrite: the earlier maps go, so none of them stays beside the new ones
       for name in earlier:
         os.replace(os.path.join(out_dir, name), os.path.join(staging, f'.earlier-{name}'))
       logging.warning('--overwrite: replaced the earlier result in %s.', out_dir)
     outputs_lib.move_into(staging, out_dir, skip_prefix='.earlier-')
-    logging.info('Finished: %d image(s) scored, %d file(s) skipped, outputs in %s.',
-                 len(outputs.paths), num_skipped, out_dir)
+    logging.info(
+        'Finished: %d image(s) scored, %d file(s) skipped, outputs in %s.',
+        len(outputs.paths),
+        num_skipped,
+        out_dir,
+    )
   except _Interrupted as e:
-    raise finished_run.InferError(f'{e} before its outputs were complete; its staging folder in '
-                                  f'{out_dir} was removed.') from None
+    raise finished_run.InferError(
+        f'{e} before its outputs were complete; its staging folder in ' f'{out_dir} was removed.'
+    ) from None
   finally:
     if outputs is not None:
       outputs.close()
@@ -188,17 +229,26 @@ def infer(workdir: str, images_dir: str, out_dir: str, batch_size: int = 0,
       signal.signal(signum, handler)
     if created_out and not os.listdir(out_dir):
       os.rmdir(out_dir)  # a call that failed leaves no trace
-  return {'scored': len(outputs.paths), 'skipped': skipped, 'checkpoint': kind,
-          'checkpoint_step': step, 'normalisation': normalisation,
-          'scores_csv': os.path.join(out_dir, 'scores.csv'),
-          'report': os.path.join(out_dir, 'index.html')}
+  return {
+      'scored': len(outputs.paths),
+      'skipped': skipped,
+      'checkpoint': kind,
+      'checkpoint_step': step,
+      'normalisation': normalisation,
+      'scores_csv': os.path.join(out_dir, 'scores.csv'),
+      'report': os.path.join(out_dir, 'index.html'),
+  }
 
 
-def _finish_batch(outputs: outputs_lib.Outputs, paths: list[str], images: list[np.ndarray],
-                  out) -> None:
+def _finish_batch(
+    outputs: outputs_lib.Outputs, paths: list[str], images: list[np.ndarray], out
+) -> None:
   """Brings one scored batch to the host (real images only) and writes it."""
   out = jax.device_get({'score': out['score'], 'map': out['map']})
   n = len(paths)
-  outputs.add(paths, images, np.asarray(out['score'], np.float64)[:n],
-              np.asarray(out['map'], np.float32)[:n])
-
+  outputs.add(
+      paths,
+      images,
+      np.asarray(out['score'], np.float64)[:n],
+      np.asarray(out['map'], np.float32)[:n],
+  )

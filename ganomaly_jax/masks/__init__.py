@@ -67,21 +67,29 @@ def _check_size(isize: int, size: float) -> int:
   """Returns the square hole side for `size`, raising if it is not a proper sub-square of the image."""
   if not 0.0 < size < 1.0:
     if size >= 1.0:
-      raise ValueError(f'mask.size={size} must be in (0, 1): a hole side >= the image side means the '
-                       f'mask is larger than the {isize}x{isize} image.')
-    raise ValueError(f'mask.size={size} must be in (0, 1) (hole side as a fraction of the image side).')
+      raise ValueError(
+          f'mask.size={size} must be in (0, 1): a hole side >= the image side means the '
+          f'mask is larger than the {isize}x{isize} image.'
+      )
+    raise ValueError(
+        f'mask.size={size} must be in (0, 1) (hole side as a fraction of the image side).'
+    )
   side = _side(isize, size)
   if side < 1:
-    raise ValueError(f'mask.size={size} gives a hole side of round({size} * {isize}) = 0 pixels; '
-                     f'use mask.size >= {0.5 / isize:.3g}.')
+    raise ValueError(
+        f'mask.size={size} gives a hole side of round({size} * {isize}) = 0 pixels; '
+        f'use mask.size >= {0.5 / isize:.3g}.'
+    )
   return side
 
 
 def _check_tiling(isize: int, size: float) -> int:
   side = _check_size(isize, size)
   if isize % side:
-    raise ValueError(f'mask.size={size} gives a hole side of {side} pixels, which does not divide '
-                     f'isize={isize}, so the evaluation holes cannot tile the image.')
+    raise ValueError(
+        f'mask.size={size} gives a hole side of {side} pixels, which does not divide '
+        f'isize={isize}, so the evaluation holes cannot tile the image.'
+    )
   return side
 
 
@@ -142,8 +150,9 @@ def stain_masks(rng: jax.Array, batch: int, isize: int) -> jax.Array:
   # One flat uniform draw split into named columns: a single threefry call, and a 1-D one, because
   # XLA:CPU compiles a rank-3 threefry much more slowly (docs/performance.md#other-figures).
   draws = jax.random.uniform(rng, (batch * n * 10,)).reshape(batch, n, 10)
-  (u_on, u_share, u_aspect, u_angle, u_wobble, u_freq, u_phase, u_cy, u_cx,
-   u_total) = (draws[..., i] for i in range(10))
+  u_on, u_share, u_aspect, u_angle, u_wobble, u_freq, u_phase, u_cy, u_cx, u_total = (
+      draws[..., i] for i in range(10)
+  )
   on = (u_on < 0.5).at[:, 0].set(True)
   total = _STAIN_AREA[0] + (_STAIN_AREA[1] - _STAIN_AREA[0]) * u_total[:, :1]
   # Shares in [0.5, 1] before normalization keep every active ellipse visible.
@@ -177,8 +186,9 @@ def stain_masks(rng: jax.Array, batch: int, isize: int) -> jax.Array:
   v = (-dx * per_ellipse(sin) + dy * per_ellipse(cos)) / jnp.maximum(per_ellipse(b), 1e-6)
   angle = jnp.arctan2(v, u)
   # Integer harmonic: the radius r0 / sqrt(1 + w sin(f angle + p)) is continuous across the branch cut.
-  dist = (u ** 2 + v ** 2) * (1.0 + per_ellipse(wobble) * jnp.sin(per_ellipse(freq) * angle
-                                                                    + per_ellipse(phase)))
+  dist = (u**2 + v**2) * (
+      1.0 + per_ellipse(wobble) * jnp.sin(per_ellipse(freq) * angle + per_ellipse(phase))
+  )
   dist = jnp.where(per_ellipse(on), dist, jnp.inf)
   union = (dist <= 1.0).any(axis=1).astype(jnp.float32)  # [batch, H, W]
 
@@ -217,8 +227,9 @@ def tiling_masks(isize: int, size: float) -> jax.Array:
   return (tile_id[None] == jnp.arange(n * n)[:, None, None]).astype(jnp.float32)[..., None]
 
 
-def _inpaint(reconstruct: Callable[[jax.Array], jax.Array], x: jax.Array, masks: jax.Array,
-             fill: float) -> jax.Array:
+def _inpaint(
+    reconstruct: Callable[[jax.Array], jax.Array], x: jax.Array, masks: jax.Array, fill: float
+) -> jax.Array:
   """[K, 1 or B, H, W, 1] masks -> the K inpaintings [K, B, H, W, C], from ONE `reconstruct` call."""
   num_masks = masks.shape[0]
   masked = apply_mask(x[None], masks, fill)  # [K, B, H, W, C]
@@ -226,8 +237,9 @@ def _inpaint(reconstruct: Callable[[jax.Array], jax.Array], x: jax.Array, masks:
   return recon.reshape((num_masks,) + x.shape)
 
 
-def combine_inpaintings(reconstruct: Callable[[jax.Array], jax.Array], x: jax.Array, masks: jax.Array,
-                        fill: float) -> jax.Array:
+def combine_inpaintings(
+    reconstruct: Callable[[jax.Array], jax.Array], x: jax.Array, masks: jax.Array, fill: float
+) -> jax.Array:
   """Builds one full reconstruction from the hole regions of K inpaintings.
 
   For each mask k the images are masked with `apply_mask(x, masks[k], fill)` and reconstructed; only
@@ -254,8 +266,9 @@ def combine_inpaintings(reconstruct: Callable[[jax.Array], jax.Array], x: jax.Ar
   return (_inpaint(reconstruct, x, masks, fill) * masks).sum(axis=0)
 
 
-def combine_tilings(reconstruct: Callable[[jax.Array], jax.Array], x: jax.Array,
-                    tilings: jax.Array, fill: float) -> jax.Array:
+def combine_tilings(
+    reconstruct: Callable[[jax.Array], jax.Array], x: jax.Array, tilings: jax.Array, fill: float
+) -> jax.Array:
   """`combine_inpaintings` for T tilings at once: one full reconstruction per tiling.
 
   All T * K masked copies go through ONE `reconstruct` call (T * K * B images), as in
@@ -293,8 +306,10 @@ def _check_stain(isize: int, mask) -> None:
     _check_tiling(isize, STAIN_EVAL_SIZE)
   except ValueError:
     side = _side(isize, STAIN_EVAL_SIZE)
-    raise ValueError(f"mask.kind='stain' is evaluated with square holes of side round(isize / 4) = "
-                     f'{side}, which must divide isize={isize}.') from None
+    raise ValueError(
+        f"mask.kind='stain' is evaluated with square holes of side round(isize / 4) = "
+        f'{side}, which must divide isize={isize}.'
+    ) from None
 
 
 # ---- Registry of mask kinds (`mask.kind`): the step and validation read these entries. ----
@@ -323,8 +338,15 @@ class MaskKind:
 
 
 # Every key some mask kind reads; validation refuses those a kind does not read away from defaults.
-MASK_KEYS = ('mask.size', 'mask.cells', 'mask.sets', 'mask.partition', 'mask.draw', 'mask.fill',
-             'loss.hole_weight')
+MASK_KEYS = (
+    'mask.size',
+    'mask.cells',
+    'mask.sets',
+    'mask.partition',
+    'mask.draw',
+    'mask.fill',
+    'loss.hole_weight',
+)
 
 KINDS: dict[str, MaskKind] = {
     'none': MaskKind(),
@@ -333,18 +355,23 @@ KINDS: dict[str, MaskKind] = {
         train_holes=lambda rng, batch, isize, m: square_masks(rng, batch, isize, m.size),
         eval_holes=lambda isize, m: tiling_masks(isize, m.size)[None],
         reads=frozenset({'mask.size', 'mask.fill', 'loss.hole_weight'}),
-        check=lambda isize, m: _check_tiling(isize, m.size)),
+        check=lambda isize, m: _check_tiling(isize, m.size),
+    ),
     # The grid-mask proposal and RIAD, docs/methods.md#grid_mask and #riad: no single hole, so no
     # hole weight.
     'grid': MaskKind(
         train_holes=lambda rng, batch, isize, m: grid.grid_train_masks(
-            rng, batch, isize, m.cells, m.sets, m.partition, m.draw),
+            rng, batch, isize, m.cells, m.sets, m.partition, m.draw
+        ),
         eval_holes=lambda isize, m: grid.grid_eval_masks(isize, m.cells, m.sets, m.partition),
         train_on_combination=True,
         reads=frozenset({'mask.cells', 'mask.sets', 'mask.partition', 'mask.draw', 'mask.fill'}),
-        check=lambda isize, m: grid.check_grid(isize, m.cells, m.sets, m.partition, m.draw)),
+        check=lambda isize, m: grid.check_grid(isize, m.cells, m.sets, m.partition, m.draw),
+    ),
     'stain': MaskKind(
         train_holes=lambda rng, batch, isize, m: stain_masks(rng, batch, isize),
         eval_holes=lambda isize, m: tiling_masks(isize, STAIN_EVAL_SIZE)[None],
-        reads=frozenset({'mask.fill', 'loss.hole_weight'}), check=_check_stain),
+        reads=frozenset({'mask.fill', 'loss.hole_weight'}),
+        check=_check_stain,
+    ),
 }

@@ -14,7 +14,6 @@ import math
 import jax
 import jax.numpy as jnp
 
-
 # Grid cells are at least this many pixels wide: RIAD's smallest cell. A 1 px hole is refilled by
 # interpolating its neighbours whatever the content, so it teaches and tests nothing.
 MIN_CELL = 2
@@ -84,23 +83,33 @@ def check_grid(isize: int, cells, sets, partition: str, draw: str) -> None:
     raise ValueError(f'mask.partition={partition!r}: use one of {", ".join(PARTITIONS)}.')
   if draw not in DRAWS:
     raise ValueError(f'mask.draw={draw!r}: use one of {", ".join(DRAWS)}.')
-  if not isinstance(cells, (tuple, list)) or not cells or not all(
-      isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in cells):
-    raise ValueError(f'mask.cells={cells!r} must be a non-empty tuple of positive integers (grid '
-                     f'cells per image side).')
+  if (
+      not isinstance(cells, (tuple, list))
+      or not cells
+      or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in cells)
+  ):
+    raise ValueError(
+        f'mask.cells={cells!r} must be a non-empty tuple of positive integers (grid '
+        f'cells per image side).'
+    )
   if len(set(cells)) != len(cells):
     raise ValueError(f'mask.cells={cells!r} repeats a size.')
   for c in grid_cell_sizes(isize, cells):
     if isize % c:
-      raise ValueError(f'mask.cells={cells!r}: a cell side of {c} px does not divide '
-                       f'isize={isize}.')
+      raise ValueError(
+          f'mask.cells={cells!r}: a cell side of {c} px does not divide ' f'isize={isize}.'
+      )
     board = isize // c
-    if board ** 2 < sets:
-      raise ValueError(f'mask.cells={cells!r}: a cell side of {c} px leaves {board ** 2} cells at '
-                       f'isize={isize}, fewer than mask.sets={sets}.')
+    if board**2 < sets:
+      raise ValueError(
+          f'mask.cells={cells!r}: a cell side of {c} px leaves {board ** 2} cells at '
+          f'isize={isize}, fewer than mask.sets={sets}.'
+      )
     if partition == 'alternating' and 2 * (board - 1) < sets - 1:
-      raise ValueError(f'mask.cells={cells!r}: an alternating {board}x{board} board cannot give '
-                       f'mask.sets={sets} non-empty sets.')
+      raise ValueError(
+          f'mask.cells={cells!r}: an alternating {board}x{board} board cannot give '
+          f'mask.sets={sets} non-empty sets.'
+      )
 
 
 def _cell_sets(partition: str, uniform: jax.Array | None, board: int, sets: int) -> jax.Array:
@@ -150,15 +159,24 @@ def grid_eval_masks(isize: int, cells, sets: int, partition: str = 'alternating'
     board = isize // cell
     u = None
     if partition == 'random':
-      u = jax.random.uniform(jax.random.fold_in(jax.random.key(GRID_EVAL_SEED), cell),
-                             (board * board,))
-    out.append(_one_hot_sets(_set_of_pixel(_cell_sets(partition, u, board, sets), isize, cell),
-                             sets))
+      u = jax.random.uniform(
+          jax.random.fold_in(jax.random.key(GRID_EVAL_SEED), cell), (board * board,)
+      )
+    out.append(
+        _one_hot_sets(_set_of_pixel(_cell_sets(partition, u, board, sets), isize, cell), sets)
+    )
   return jnp.stack(out)
 
 
-def grid_train_masks(rng: jax.Array, batch: int, isize: int, cells, sets: int,
-                     partition: str = 'alternating', draw: str = 'image') -> jax.Array:
+def grid_train_masks(
+    rng: jax.Array,
+    batch: int,
+    isize: int,
+    cells,
+    sets: int,
+    partition: str = 'alternating',
+    draw: str = 'image',
+) -> jax.Array:
   """Training partitions: a cell size drawn from `cells` and, for 'random', a fresh partition.
 
   draw='image' draws both per image: every batch then mixes all sizes, as evaluation does, so

@@ -72,41 +72,103 @@ def register_discriminator(name: str, entry: DiscriminatorKind) -> Discriminator
 
 
 # GANomaly's encoder-decoder-encoder (docs/methods.md#ganomaly): L_enc = mean((z - ẑ)²), eq. 3.4.
-register_generator('ede', GeneratorKind(
-    build=lambda m, dtype: EDEGenerator(m.isize, m.channels, m.latent_dim, m.ngf, m.kernel_size,
-                                        m.max_channels, m.residual_blocks, m.self_attention,
-                                        m.dropout, dtype),
-    latent_term=lambda out, real_features, fake_features: losses.latent_l2(out['z'], out['z_hat']),
-    outputs=('z', 'z_hat')))
+register_generator(
+    'ede',
+    GeneratorKind(
+        build=lambda m, dtype: EDEGenerator(
+            m.isize,
+            m.channels,
+            m.latent_dim,
+            m.ngf,
+            m.kernel_size,
+            m.max_channels,
+            m.residual_blocks,
+            m.self_attention,
+            m.dropout,
+            dtype,
+        ),
+        latent_term=lambda out, real_features, fake_features: losses.latent_l2(
+            out['z'], out['z_hat']
+        ),
+        outputs=('z', 'z_hat'),
+    ),
+)
 # SkipGANomaly's U-Net (docs/methods.md#skip_ganomaly) has no latent code: its latent term compares
 # D's latent features of x and x̂ (eq. 3.2 form), as the study's G loss does.
-register_generator('unet', GeneratorKind(
-    build=lambda m, dtype: UNetGenerator(m.isize, m.channels, m.ngf, m.max_channels,
-                                         m.residual_blocks, m.self_attention, m.dropout, dtype),
-    latent_term=lambda out, real_features, fake_features: losses.feature_matching(
-        real_features, fake_features),
-    ignores={'kernel_size': "the U-Net's convs are 4x4 as in the study; only the discriminator "
-                            'would change'},
-    latent_from_discriminator=True))
+register_generator(
+    'unet',
+    GeneratorKind(
+        build=lambda m, dtype: UNetGenerator(
+            m.isize,
+            m.channels,
+            m.ngf,
+            m.max_channels,
+            m.residual_blocks,
+            m.self_attention,
+            m.dropout,
+            dtype,
+        ),
+        latent_term=lambda out, real_features, fake_features: losses.feature_matching(
+            real_features, fake_features
+        ),
+        ignores={
+            'kernel_size': "the U-Net's convs are 4x4 as in the study; only the discriminator "
+            'would change'
+        },
+        latent_from_discriminator=True,
+    ),
+)
 # RIAD's plain U-Net autoencoder (docs/methods.md#riad): no latent code and no latent term.
-register_generator('riad_unet', GeneratorKind(
-    build=lambda m, dtype: PlainUNet(m.isize, m.channels, m.ngf, m.max_channels, dtype),
-    latent_term=lambda out, real_features, fake_features: jnp.zeros(()),
-    ignores={'kernel_size': "RIAD's U-Net uses 3x3 convs",
-             'residual_blocks': "RIAD's U-Net has none", 'self_attention': "RIAD's U-Net has none",
-             'dropout': "RIAD's U-Net has none"}))
+register_generator(
+    'riad_unet',
+    GeneratorKind(
+        build=lambda m, dtype: PlainUNet(m.isize, m.channels, m.ngf, m.max_channels, dtype),
+        latent_term=lambda out, real_features, fake_features: jnp.zeros(()),
+        ignores={
+            'kernel_size': "RIAD's U-Net uses 3x3 convs",
+            'residual_blocks': "RIAD's U-Net has none",
+            'self_attention': "RIAD's U-Net has none",
+            'dropout': "RIAD's U-Net has none",
+        },
+    ),
+)
 
-register_discriminator('dcgan', DiscriminatorKind(
-    build=lambda m, norm, dtype: Discriminator(m.isize, m.channels, m.ndf, m.kernel_size,
-                                               m.max_channels, norm, m.spectral_norm,
-                                               m.residual_blocks, dtype),
-    ignores={'classifier_kernel': 'only the latent discriminator has a classifier conv'}))
-register_discriminator('latent', DiscriminatorKind(
-    build=lambda m, norm, dtype: LatentDiscriminator(m.isize, m.channels, m.latent_dim, m.ndf,
-                                                     m.kernel_size, m.max_channels,
-                                                     m.classifier_kernel, norm, m.spectral_norm,
-                                                     m.residual_blocks, dtype),
-    latent_features=True))
+register_discriminator(
+    'dcgan',
+    DiscriminatorKind(
+        build=lambda m, norm, dtype: Discriminator(
+            m.isize,
+            m.channels,
+            m.ndf,
+            m.kernel_size,
+            m.max_channels,
+            norm,
+            m.spectral_norm,
+            m.residual_blocks,
+            dtype,
+        ),
+        ignores={'classifier_kernel': 'only the latent discriminator has a classifier conv'},
+    ),
+)
+register_discriminator(
+    'latent',
+    DiscriminatorKind(
+        build=lambda m, norm, dtype: LatentDiscriminator(
+            m.isize,
+            m.channels,
+            m.latent_dim,
+            m.ndf,
+            m.kernel_size,
+            m.max_channels,
+            m.classifier_kernel,
+            norm,
+            m.spectral_norm,
+            m.residual_blocks,
+            dtype,
+        ),
+        latent_features=True,
+    ),
+)
 
 
 class NoDiscriminator(nn.Module):
@@ -120,16 +182,19 @@ class NoDiscriminator(nn.Module):
 
 
 # A plain autoencoder (RIAD): nothing adversarial; validation pairs it with loss.adversarial=none.
-register_discriminator('none', DiscriminatorKind(build=lambda m, norm, dtype: NoDiscriminator(),
-                                                 present=False))
+register_discriminator(
+    'none', DiscriminatorKind(build=lambda m, norm, dtype: NoDiscriminator(), present=False)
+)
 
 
 def discriminator_norm(config: ml_collections.ConfigDict) -> str:
   """D's normalisation, as the adversarial objective needs it (WGAN-GP: LayerNorm, per sample)."""
   adversarial = losses.ADVERSARIAL.get(config.loss.adversarial)
   if adversarial is None:
-    raise ValueError(f'loss.adversarial must be one of {tuple(losses.ADVERSARIAL)}, '
-                     f'got {config.loss.adversarial!r}.')
+    raise ValueError(
+        f'loss.adversarial must be one of {tuple(losses.ADVERSARIAL)}, '
+        f'got {config.loss.adversarial!r}.'
+    )
   return adversarial.d_norm
 
 
@@ -142,8 +207,9 @@ def build_models(config: ml_collections.ConfigDict) -> tuple[nn.Module, nn.Modul
   if m.generator not in GENERATORS:
     raise ValueError(f'model.generator must be one of {tuple(GENERATORS)}, got {m.generator!r}.')
   if m.discriminator not in DISCRIMINATORS:
-    raise ValueError(f'model.discriminator must be one of {tuple(DISCRIMINATORS)}, '
-                     f'got {m.discriminator!r}.')
+    raise ValueError(
+        f'model.discriminator must be one of {tuple(DISCRIMINATORS)}, ' f'got {m.discriminator!r}.'
+    )
   generator = GENERATORS[m.generator].build(m, dtype)
   discriminator = DISCRIMINATORS[m.discriminator].build(m, discriminator_norm(config), dtype)
   return generator, discriminator

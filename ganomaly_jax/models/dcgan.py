@@ -92,8 +92,9 @@ class Decoder(nn.Module):
     resolution = 4
     for i, c in enumerate(chans):
       if i > 0:
-        h = convt(c, self.kernel_size, 2, layers.transpose_padding(self.kernel_size),
-                  f'convt_{i}')(h)
+        h = convt(c, self.kernel_size, 2, layers.transpose_padding(self.kernel_size), f'convt_{i}')(
+            h
+        )
         resolution *= 2
       h = nn.relu(layers.batch_norm(train, self.dtype, name=f'bn_{i}')(h))
       if self.dropout > 0:
@@ -122,11 +123,27 @@ class EDEGenerator(nn.Module):
   dtype: Any = jnp.float32
 
   def setup(self):
-    enc = lambda: Encoder(self.isize, self.latent_dim, self.base, self.kernel_size,
-                          self.max_channels, residual_blocks=self.residual_blocks, dtype=self.dtype)
+    enc = lambda: Encoder(
+        self.isize,
+        self.latent_dim,
+        self.base,
+        self.kernel_size,
+        self.max_channels,
+        residual_blocks=self.residual_blocks,
+        dtype=self.dtype,
+    )
     self.encoder1 = enc()
-    self.decoder = Decoder(self.isize, self.channels, self.base, self.kernel_size, self.max_channels,
-                           self.residual_blocks, self.self_attention, self.dropout, self.dtype)
+    self.decoder = Decoder(
+        self.isize,
+        self.channels,
+        self.base,
+        self.kernel_size,
+        self.max_channels,
+        self.residual_blocks,
+        self.self_attention,
+        self.dropout,
+        self.dtype,
+    )
     self.encoder2 = enc()
 
   def __call__(self, x: jax.Array, train: bool, stochastic: bool | None = None) -> dict:
@@ -154,9 +171,18 @@ class Discriminator(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool, update_stats: bool | None = None):
-    logit, features = Encoder(self.isize, 1, self.base, self.kernel_size, self.max_channels,
-                              self.norm, self.spectral_norm, self.residual_blocks, self.dtype,
-                              name='encoder')(x, train, update_stats)
+    logit, features = Encoder(
+        self.isize,
+        1,
+        self.base,
+        self.kernel_size,
+        self.max_channels,
+        self.norm,
+        self.spectral_norm,
+        self.residual_blocks,
+        self.dtype,
+        name='encoder',
+    )(x, train, update_stats)
     return logit[:, 0].astype(jnp.float32), features.astype(jnp.float32)
 
 
@@ -182,9 +208,18 @@ class LatentDiscriminator(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool, update_stats: bool | None = None):
     update_stats = train if update_stats is None else update_stats
-    latent, _ = Encoder(self.isize, self.latent_dim, self.base, self.kernel_size, self.max_channels,
-                        self.norm, self.spectral_norm, self.residual_blocks, self.dtype,
-                        name='encoder')(x, train, update_stats)
+    latent, _ = Encoder(
+        self.isize,
+        self.latent_dim,
+        self.base,
+        self.kernel_size,
+        self.max_channels,
+        self.norm,
+        self.spectral_norm,
+        self.residual_blocks,
+        self.dtype,
+        name='encoder',
+    )(x, train, update_stats)
     k = self.classifier_kernel
     classifier = layers.conv(1, k, padding='SAME', dtype=self.dtype, name='classifier')
     h = latent.reshape(latent.shape[0], 1, 1, -1)

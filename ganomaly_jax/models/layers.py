@@ -24,29 +24,67 @@ def batch_norm(train: bool, dtype: Any, name: str | None = None) -> nn.BatchNorm
   The variance is the centred E[(x - E[x])^2] (`use_fast_variance=False`): flax's default
   E[x^2] - E[x]^2 loses the variance of activations whose mean is large against their spread.
   """
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
-                      param_dtype=jnp.float32, scale_init=bn_scale_init, use_fast_variance=False,
-                      name=name)
+  return nn.BatchNorm(
+      use_running_average=not train,
+      momentum=0.9,
+      epsilon=1e-5,
+      dtype=dtype,
+      param_dtype=jnp.float32,
+      scale_init=bn_scale_init,
+      use_fast_variance=False,
+      name=name,
+  )
 
 
-def conv(features: int, kernel: int, strides: int = 1, padding: Any = 'SAME', dtype: Any = None,
-         use_bias: bool = False, name: str | None = None) -> nn.Conv:
+def conv(
+    features: int,
+    kernel: int,
+    strides: int = 1,
+    padding: Any = 'SAME',
+    dtype: Any = None,
+    use_bias: bool = False,
+    name: str | None = None,
+) -> nn.Conv:
   """A square bias-free `nn.Conv` with the DCGAN initialiser and float32 parameters."""
-  return nn.Conv(features, (kernel, kernel), strides=strides, padding=padding, use_bias=use_bias,
-                 kernel_init=conv_init, dtype=dtype, param_dtype=jnp.float32, name=name)
+  return nn.Conv(
+      features,
+      (kernel, kernel),
+      strides=strides,
+      padding=padding,
+      use_bias=use_bias,
+      kernel_init=conv_init,
+      dtype=dtype,
+      param_dtype=jnp.float32,
+      name=name,
+  )
 
 
-def conv_transpose(features: int, kernel: int, strides: int, padding: Any, dtype: Any = None,
-                   use_bias: bool = False, name: str | None = None) -> nn.ConvTranspose:
+def conv_transpose(
+    features: int,
+    kernel: int,
+    strides: int,
+    padding: Any,
+    dtype: Any = None,
+    use_bias: bool = False,
+    name: str | None = None,
+) -> nn.ConvTranspose:
   """A square `nn.ConvTranspose` (PyTorch's kernel layout: `transpose_kernel=False`), DCGAN init.
 
   `padding` is 'VALID' or one (lo, hi) pair of `lax.conv_transpose` pads used for both spatial dims.
   """
   if not isinstance(padding, str):
     padding = (tuple(padding), tuple(padding))
-  return nn.ConvTranspose(features, (kernel, kernel), strides=(strides, strides), padding=padding,
-                          use_bias=use_bias, kernel_init=conv_init, dtype=dtype,
-                          param_dtype=jnp.float32, name=name)
+  return nn.ConvTranspose(
+      features,
+      (kernel, kernel),
+      strides=(strides, strides),
+      padding=padding,
+      use_bias=use_bias,
+      kernel_init=conv_init,
+      dtype=dtype,
+      param_dtype=jnp.float32,
+      name=name,
+  )
 
 
 def same_padding(kernel_size: int) -> tuple[int, int]:

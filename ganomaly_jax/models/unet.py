@@ -61,8 +61,9 @@ class UNetGenerator(nn.Module):
         h = jnp.concatenate([skips[i], h], axis=-1)
       h = nn.relu(h)
       out_ch = chans[i - 1] if i > 0 else self.channels
-      h = layers.conv_transpose(out_ch, 4, 2, layers.transpose_padding(4), self.dtype,
-                                use_bias=(i == 0), name=f'up_{i}')(h)
+      h = layers.conv_transpose(
+          out_ch, 4, 2, layers.transpose_padding(4), self.dtype, use_bias=(i == 0), name=f'up_{i}'
+      )(h)
       if i == 0:
         break
       h = layers.batch_norm(train, self.dtype, name=f'up_bn_{i}')(h)

@@ -96,9 +96,11 @@ def _is_restore_leftover(unraisable: Any) -> bool:
   """An error a failed restore leaves behind: its abandoned reads ('Event loop is closed', or an
   orbax read coroutine collected with its error unretrieved)."""
   exc, obj = unraisable.exc_value, unraisable.object
-  return ((isinstance(exc, RuntimeError) and 'Event loop is closed' in str(exc))
-          or '_read_array_index_and_device_put' in repr(obj)
-          or str(exc).startswith('Encountered error while reading array index'))
+  return (
+      (isinstance(exc, RuntimeError) and 'Event loop is closed' in str(exc))
+      or '_read_array_index_and_device_put' in repr(obj)
+      or str(exc).startswith('Encountered error while reading array index')
+  )
 
 
 def _quiet_restore_leftovers() -> None:
@@ -120,7 +122,8 @@ def _quiet_restore_leftovers() -> None:
   # asyncio reports the same abandoned reads as 'Task exception was never retrieved' when it
   # collects their tasks; orbax is this program's only user of asyncio.
   std_logging.getLogger('asyncio').addFilter(
-      lambda record: 'exception was never retrieved' not in record.getMessage())
+      lambda record: 'exception was never retrieved' not in record.getMessage()
+  )
 
 
 def tree_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
@@ -150,12 +153,15 @@ class CheckpointStore:
     self.latest = ocp.CheckpointManager(
         self.latest_dir,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
-        item_names=('state', 'data'))
+        item_names=('state', 'data'),
+    )
     self.best = ocp.CheckpointManager(
         self.best_dir,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=1, create=True, best_fn=lambda m: m['val_loss'], best_mode='min'),
-        item_names=('state',))
+            max_to_keep=1, create=True, best_fn=lambda m: m['val_loss'], best_mode='min'
+        ),
+        item_names=('state',),
+    )
 
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
@@ -167,12 +173,16 @@ class CheckpointStore:
     """Saves state and iterator position together (asynchronously)."""
     with _ORBAX:
       return self.latest.save(
-          step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                        data=grain.checkpoint.CheckpointSave(data_iter)),
-          force=force)
+          step,
+          args=ocp.args.Composite(
+              state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter)
+          ),
+          force=force,
+      )
 
-  def restore_latest(self, state_like: Any, data_iter: Any | None,
-                     set_aside: bool = True) -> tuple[Any, int] | None:
+  def restore_latest(
+      self, state_like: Any, data_iter: Any | None, set_aside: bool = True
+  ) -> tuple[Any, int] | None:
     """Restores the newest state that restores (and the iterator in place); None if none does.
 
     `state_like` gives the structure, dtypes and shardings (e.g. the freshly initialised state).
@@ -192,8 +202,15 @@ class CheckpointStore:
       return restored['state'], step
     return None
 
-  def _damaged(self, manager: ocp.CheckpointManager, directory: epath.Path, step: int,
-               error: Exception, set_aside: bool, then: str = 'using the next older one') -> None:
+  def _damaged(
+      self,
+      manager: ocp.CheckpointManager,
+      directory: epath.Path,
+      step: int,
+      error: Exception,
+      set_aside: bool,
+      then: str = 'using the next older one',
+  ) -> None:
     """Names a checkpoint that failed to restore in one line and (set_aside) moves it away."""
     _quiet_restore_leftovers()
     lines = [l.strip() for l in str(error).strip().splitlines() if l.strip()]
@@ -203,8 +220,9 @@ class CheckpointStore:
     if not set_aside:
       logging.warning('Checkpoint %s cannot be restored (%s); %s.', source, why, then)
       return
-    target = rundir.path(self.workdir, rundir.DAMAGED,
-                         f'{directory.name}_{step}_{time.strftime("%Y%m%d_%H%M%S")}')
+    target = rundir.path(
+        self.workdir, rundir.DAMAGED, f'{directory.name}_{step}_{time.strftime("%Y%m%d_%H%M%S")}'
+    )
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
       source.rename(target)
@@ -226,8 +244,11 @@ class CheckpointStore:
     data_dir = self.latest_dir / str(step) / 'data'
     if not data_dir.is_dir():
       return None
-    counts = {int(m.group(1)) for p in data_dir.iterdir()
-              if (m := re.fullmatch(r'process_\d+-of-(\d+)\.json', p.name))}
+    counts = {
+        int(m.group(1))
+        for p in data_dir.iterdir()
+        if (m := re.fullmatch(r'process_\d+-of-(\d+)\.json', p.name))
+    }
     return counts.pop() if len(counts) == 1 else None
 
   def saved_shapes(self) -> dict[str, tuple[int, ...]] | None:
@@ -236,8 +257,9 @@ class CheckpointStore:
     for directory, manager in ((self.latest_dir, self.latest), (self.best_dir, self.best)):
       # A reader that knows the 'state' item's handler (the store's managers learn it only on use).
       with _ORBAX:
-        reader = ocp.CheckpointManager(directory,
-                                       item_handlers={'state': ocp.StandardCheckpointHandler()})
+        reader = ocp.CheckpointManager(
+            directory, item_handlers={'state': ocp.StandardCheckpointHandler()}
+        )
       try:
         for step in sorted(manager.all_steps(), reverse=True):
           try:
@@ -255,8 +277,11 @@ class CheckpointStore:
   def save_best(self, step: int, state: Any, val_loss: float) -> None:
     """Offers a state to the best-checkpoint manager; orbax keeps it only if val_loss is lower."""
     with _ORBAX:
-      self.best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
-                     metrics={'val_loss': float(val_loss)})
+      self.best.save(
+          step,
+          args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
+          metrics={'val_loss': float(val_loss)},
+      )
 
   def restore_best(self, state_like: Any, set_aside: bool = True) -> tuple[Any, int] | None:
     """The best-by-validation state; None if there is none or it fails to restore (named in one
@@ -267,7 +292,8 @@ class CheckpointStore:
     try:
       with _ORBAX, _native_stderr_held():
         restored = self.best.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(state_like))))
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(state_like)))
+        )
     except Exception as e:  # pylint: disable=broad-except
       self._damaged(self.best, self.best_dir, step, e, set_aside, 'using the last state instead')
       return None

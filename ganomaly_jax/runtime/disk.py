@@ -71,8 +71,14 @@ def disk_full(error: BaseException) -> OSError | None:
 
 def checkpoint_bytes(state_shapes: Any) -> int:
   """About what one checkpoint of a state of these shapes takes on disk."""
-  return sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(state_shapes)
-             if hasattr(x, 'shape')) + _CHECKPOINT_OVERHEAD_BYTES
+  return (
+      sum(
+          int(np.prod(x.shape)) * x.dtype.itemsize
+          for x in jax.tree.leaves(state_shapes)
+          if hasattr(x, 'shape')
+      )
+      + _CHECKPOINT_OVERHEAD_BYTES
+  )
 
 
 def run_needs(workdir: rundir.PathLike, state_shapes: Any, keep_checkpoints: int) -> int:
@@ -80,13 +86,19 @@ def run_needs(workdir: rundir.PathLike, state_shapes: Any, keep_checkpoints: int
   written, the best one, and its other outputs, less the checkpoints already there."""
   one = checkpoint_bytes(state_shapes)
   total = (keep_checkpoints + 2) * one + _OTHER_OUTPUT_BYTES
-  have = (used_bytes(rundir.path(workdir, rundir.CHECKPOINTS))
-          + used_bytes(rundir.path(workdir, rundir.BEST)))
+  have = used_bytes(rundir.path(workdir, rundir.CHECKPOINTS)) + used_bytes(
+      rundir.path(workdir, rundir.BEST)
+  )
   return max(total - have, 2 * one)
 
 
-def check_free_space(workdir: rundir.PathLike, state_shapes: Any, keep_checkpoints: int,
-                     store: Any = None, step: int | None = None) -> None:
+def check_free_space(
+    workdir: rundir.PathLike,
+    state_shapes: Any,
+    keep_checkpoints: int,
+    store: Any = None,
+    step: int | None = None,
+) -> None:
   """Raises TrainingError (one line) when the workdir's disk cannot hold what the run writes next.
 
   Before the run (`step` None), the whole run must fit (`run_needs`), so a run that cannot finish
@@ -108,7 +120,8 @@ def check_free_space(workdir: rundir.PathLike, state_shapes: Any, keep_checkpoin
           f'not enough space for {rundir.path(workdir)}: {megabytes(free)} free on its file '
           f'system, the run needs about {megabytes(needed)} (train.keep_checkpoints='
           f'{keep_checkpoints} checkpoints, one being written, the best one, pictures); free '
-          'space or use another --workdir.')
+          'space or use another --workdir.'
+      )
     return
   needed = 2 * checkpoint_bytes(state_shapes) + _OTHER_OUTPUT_BYTES  # latest and best, pictures
   if free < needed:
@@ -116,11 +129,13 @@ def check_free_space(workdir: rundir.PathLike, state_shapes: Any, keep_checkpoin
     raise rundir.TrainingError(
         f'the disk of {rundir.path(workdir)} is full ({megabytes(free)} free, the checkpoint of '
         f'step {step} needs about {megabytes(needed)}); the last good checkpoint (step '
-        f'{store.latest_step()}) is kept: free space and run the same command to resume.')
+        f'{store.latest_step()}) is kept: free space and run the same command to resume.'
+    )
 
 
-def out_of_space(error: BaseException, workdir: rundir.PathLike, state_shapes: Any,
-                 keep_checkpoints: int) -> rundir.TrainingError | None:
+def out_of_space(
+    error: BaseException, workdir: rundir.PathLike, state_shapes: Any, keep_checkpoints: int
+) -> rundir.TrainingError | None:
   """One line for a run that met a full disk (`disk_full` in `error`'s causes), else None."""
   full = disk_full(error)
   if full is None:
@@ -129,4 +144,5 @@ def out_of_space(error: BaseException, workdir: rundir.PathLike, state_shapes: A
       f'no space left on the device of {getattr(full, "filename", None) or workdir} '
       f'({megabytes(free_bytes(workdir) or 0)} free; a run here needs about '
       f'{megabytes(run_needs(workdir, state_shapes, keep_checkpoints))}): free space and run the '
-      'same command to resume from the last good checkpoint.')
+      'same command to resume from the last good checkpoint.'
+  )

@@ -24,8 +24,7 @@ def divergence(metrics: dict[str, Any], limit: float) -> str:
   if bad:
     return 'non-finite ' + ', '.join(sorted(bad))
   big = [k for k in ('g_loss', 'd_loss') if limit > 0 and abs(terms.get(k, 0.0)) >= limit]
-  return (f'{", ".join(big)} beyond train.loss_limit={limit:g}' if big
-          else 'non-finite gradients')
+  return f'{", ".join(big)} beyond train.loss_limit={limit:g}' if big else 'non-finite gradients'
 
 
 @dataclasses.dataclass
@@ -36,27 +35,35 @@ class Rollback:
   restores the last checkpoint (or the initial state when there is none, via `restart`) and marks
   the diverged steps, whose batches the loop then skips.
   """
+
   t: ml_collections.ConfigDict  # config.train
   store: checkpoint.CheckpointStore
   restart: Callable[[], tuple[Any, Any]]  # () -> (initial state, fresh train iterator)
   count: int = 0
   skip_batches: set[int] = dataclasses.field(default_factory=set)
 
-  def __call__(self, fetched: list[tuple[int, dict[str, Any]]], state: Any,
-               train_iter: Any) -> tuple[Any, Any]:
+  def __call__(
+      self, fetched: list[tuple[int, dict[str, Any]]], state: Any, train_iter: Any
+  ) -> tuple[Any, Any]:
     """Returns the state and iterator to go on from, or raises TrainingError."""
     bad = [(s, m) for s, m in fetched if m['nonfinite'] > 0]
     bad_step, bad_metrics = bad[0]
     what = divergence(bad_metrics, self.t.loss_limit)
     self.store.wait()
     if self.t.on_nonfinite == 'stop' or self.count >= self.t.max_rollbacks:
-      reason = ('stopping' if self.t.on_nonfinite == 'stop'
-                else f'stopping after {self.count} rollbacks')
+      reason = (
+          'stopping' if self.t.on_nonfinite == 'stop' else f'stopping after {self.count} rollbacks'
+      )
       last = self.store.latest_step()
-      kept = (f'The last checkpoint (step {last}) is intact' if last is not None
-              else 'No checkpoint was written yet')
-      raise rundir.TrainingError(f'Divergence at step {bad_step} ({what}); {reason}. {kept}; the '
-                          'diverged update was not applied.')
+      kept = (
+          f'The last checkpoint (step {last}) is intact'
+          if last is not None
+          else 'No checkpoint was written yet'
+      )
+      raise rundir.TrainingError(
+          f'Divergence at step {bad_step} ({what}); {reason}. {kept}; the '
+          'diverged update was not applied.'
+      )
     restored = self.store.restore_latest(state, train_iter, set_aside=jax.process_index() == 0)
     self.count += 1
     self.skip_batches.update(s for s, _ in bad)
@@ -64,6 +71,12 @@ class Rollback:
       state, train_iter = self.restart()
     else:
       state, _ = restored
-    logging.warning('Divergence at step %d (%s): rollback %d/%d to step %d, skipping that batch.',
-                    bad_step, what, self.count, self.t.max_rollbacks, int(state.step))
+    logging.warning(
+        'Divergence at step %d (%s): rollback %d/%d to step %d, skipping that batch.',
+        bad_step,
+        what,
+        self.count,
+        self.t.max_rollbacks,
+        int(state.step),
+    )
     return state, train_iter

@@ -49,9 +49,11 @@ ENV_PROCESS_ID = 'JAX_PROCESS_ID'
 ENV_DISTRIBUTED = 'GANOMALY_DISTRIBUTED'
 ENV_INIT_TIMEOUT = 'GANOMALY_INIT_TIMEOUT'
 # The project's earlier names, kept as documented aliases so that existing job scripts still work.
-ENV_ALIASES = {ENV_COORDINATOR: 'GANOMALY_COORDINATOR',
-               ENV_NUM_PROCESSES: 'GANOMALY_NUM_PROCESSES',
-               ENV_PROCESS_ID: 'GANOMALY_PROCESS_ID'}
+ENV_ALIASES = {
+    ENV_COORDINATOR: 'GANOMALY_COORDINATOR',
+    ENV_NUM_PROCESSES: 'GANOMALY_NUM_PROCESSES',
+    ENV_PROCESS_ID: 'GANOMALY_PROCESS_ID',
+}
 DEFAULT_INIT_TIMEOUT_S = 300
 # JAX's own connect timeout is set this much longer than ours: when it expires first, XLA aborts the
 # process with a C++ stack trace instead of raising, so our watchdog must always fire first.
@@ -70,8 +72,9 @@ def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
   concatenating the sharded batch with an unsharded array raises a ShardingTypeError, hence Auto.
   """
   devices = jax.devices() if devices is None else list(devices)
-  return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
-                       devices=devices)
+  return jax.make_mesh(
+      (len(devices),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
+  )
 
 
 def device_groups(n: int, devices: Sequence[jax.Device] | None = None) -> list[list[jax.Device]]:
@@ -86,13 +89,20 @@ def device_groups(n: int, devices: Sequence[jax.Device] | None = None) -> list[l
   if len(devices) == 1:
     return [devices] * n
   if n > len(devices):
-    raise ValueError(f'--parallel={n}: this process has only {len(devices)} devices; use at most '
-                     f'{len(devices)} (or 1 device per run).')
+    raise ValueError(
+        f'--parallel={n}: this process has only {len(devices)} devices; use at most '
+        f'{len(devices)} (or 1 device per run).'
+    )
   size = len(devices) // n
   if len(devices) % n:
-    logging.warning('--parallel=%d: %d of %d devices stay idle (groups of %d).', n,
-                    len(devices) % n, len(devices), size)
-  return [devices[i * size:(i + 1) * size] for i in range(n)]
+    logging.warning(
+        '--parallel=%d: %d of %d devices stay idle (groups of %d).',
+        n,
+        len(devices) % n,
+        len(devices),
+        size,
+    )
+  return [devices[i * size : (i + 1) * size] for i in range(n)]
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -105,12 +115,15 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def check_batch_size(batch_size: int, key: str = 'train.batch_size',
-                     mesh: Mesh | None = None) -> None:
+def check_batch_size(
+    batch_size: int, key: str = 'train.batch_size', mesh: Mesh | None = None
+) -> None:
   """The global batch must split evenly over the mesh's devices (default: all devices)."""
   n = jax.device_count() if mesh is None else mesh.size
   if batch_size % n:
-    raise ValueError(f'{key}={batch_size} is not divisible by the {n} devices; use a multiple of {n}.')
+    raise ValueError(
+        f'{key}={batch_size} is not divisible by the {n} devices; use a multiple of {n}.'
+    )
 
 
 def local_batch_size(global_batch_size: int) -> int:
@@ -121,7 +134,9 @@ def local_batch_size(global_batch_size: int) -> int:
 def to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """Assembles per-process numpy batches into one batch-sharded global array per key."""
   sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+  return {
+      k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
+  }
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
@@ -138,8 +153,9 @@ def _env_flag(value: str | None) -> bool:
   return (value or '').strip().lower() in ('1', 'true', 'yes')
 
 
-def wants_distributed(config: ml_collections.ConfigDict,
-                      env: Mapping[str, str] | None = None) -> bool:
+def wants_distributed(
+    config: ml_collections.ConfigDict, env: Mapping[str, str] | None = None
+) -> bool:
   """True when --config.runtime.distributed=True or GANOMALY_DISTRIBUTED=1 asks for a multi-host run."""
   env = os.environ if env is None else env
   return bool(config.runtime.distributed) or _env_flag(env.get(ENV_DISTRIBUTED))
@@ -166,8 +182,9 @@ class DistributedSettings:
       alias = ENV_ALIASES.get(name, name)
       aliased = env.get(alias, '').strip() or None
       if value is not None and aliased is not None and value != aliased:
-        raise ValueError(f'{name}={value!r} and its alias {alias}={aliased!r} disagree; '
-                         f'set only {name}.')
+        raise ValueError(
+            f'{name}={value!r} and its alias {alias}={aliased!r} disagree; ' f'set only {name}.'
+        )
       if value is None and aliased is not None:
         return aliased, alias
       return value, name
@@ -191,13 +208,21 @@ class DistributedSettings:
         raise ValueError(f'{address_source}={address!r} must be host:port (e.g. 10.0.0.2:8476).')
     num_processes, num_source = integer(ENV_NUM_PROCESSES, 1)
     process_id, id_source = integer(ENV_PROCESS_ID, 0)
-    settings = cls(coordinator_address=address, num_processes=num_processes,
-                   process_id=process_id,
-                   timeout_s=integer(ENV_INIT_TIMEOUT, 1)[0] or DEFAULT_INIT_TIMEOUT_S)
-    if (settings.process_id is not None and settings.num_processes is not None
-        and settings.process_id >= settings.num_processes):
-      raise ValueError(f'{id_source}={settings.process_id} must be below '
-                       f'{num_source}={settings.num_processes}.')
+    settings = cls(
+        coordinator_address=address,
+        num_processes=num_processes,
+        process_id=process_id,
+        timeout_s=integer(ENV_INIT_TIMEOUT, 1)[0] or DEFAULT_INIT_TIMEOUT_S,
+    )
+    if (
+        settings.process_id is not None
+        and settings.num_processes is not None
+        and settings.process_id >= settings.num_processes
+    ):
+      raise ValueError(
+          f'{id_source}={settings.process_id} must be below '
+          f'{num_source}={settings.num_processes}.'
+      )
     return settings
 
   @property
@@ -211,12 +236,17 @@ class DistributedSettings:
     who = '' if self.process_id is None else f' (process {self.process_id}'
     if who:
       who += f' of {self.num_processes})' if self.num_processes else ')'
-    hint = ('check the address and port (firewall), and that every process was started with the '
-            f'same {ENV_NUM_PROCESSES}' if self.explicit else
-            'check that every host runs the same command and can reach the first one')
+    hint = (
+        'check the address and port (firewall), and that every process was started with the '
+        f'same {ENV_NUM_PROCESSES}'
+        if self.explicit
+        else 'check that every host runs the same command and can reach the first one'
+    )
     if self.process_id == 0:
-      return (f'could not reach the JAX coordinator at {where} within {self.timeout_s} s{who}: '
-              f'this process hosts it, but not every process joined; {hint}.')
+      return (
+          f'could not reach the JAX coordinator at {where} within {self.timeout_s} s{who}: '
+          f'this process hosts it, but not every process joined; {hint}.'
+      )
     return f'could not reach the JAX coordinator at {where} within {self.timeout_s} s{who}; {hint}.'
 
 
@@ -227,8 +257,9 @@ def _exit_on_timeout(message: str) -> None:
   os._exit(1)  # pylint: disable=protected-access
 
 
-def initialize_distributed(settings: DistributedSettings,
-                           on_timeout: Callable[[str], None] = _exit_on_timeout) -> None:
+def initialize_distributed(
+    settings: DistributedSettings, on_timeout: Callable[[str], None] = _exit_on_timeout
+) -> None:
   """Calls jax.distributed.initialize; if the processes have not all met within the timeout, calls
   `on_timeout(message)` (default: log, print `error: <message>` and exit 1).
 
@@ -242,17 +273,29 @@ def initialize_distributed(settings: DistributedSettings,
   watchdog.start()
   # Only what was set is passed: with nothing set this is jax.distributed.initialize() with no
   # topology arguments, and JAX's cluster detection (TPU, SLURM, Open MPI, k8s) supplies all three.
-  kwargs = {k: v for k, v in (('coordinator_address', settings.coordinator_address),
-                              ('num_processes', settings.num_processes),
-                              ('process_id', settings.process_id)) if v is not None}
+  kwargs = {
+      k: v
+      for k, v in (
+          ('coordinator_address', settings.coordinator_address),
+          ('num_processes', settings.num_processes),
+          ('process_id', settings.process_id),
+      )
+      if v is not None
+  }
   try:
-    jax.distributed.initialize(initialization_timeout=settings.timeout_s + _JAX_TIMEOUT_MARGIN_S,
-                               **kwargs)
+    jax.distributed.initialize(
+        initialization_timeout=settings.timeout_s + _JAX_TIMEOUT_MARGIN_S, **kwargs
+    )
   except ValueError as e:  # typically: not on a TPU pod or SLURM job, and nothing set explicitly
-    hint = '' if settings.explicit else (
-        f' No TPU pod or SLURM job was detected: set {ENV_COORDINATOR}=host:port, '
-        f'{ENV_NUM_PROCESSES} and {ENV_PROCESS_ID}, or run without {ENV_DISTRIBUTED}=1 / '
-        '--config.runtime.distributed=True.')
+    hint = (
+        ''
+        if settings.explicit
+        else (
+            f' No TPU pod or SLURM job was detected: set {ENV_COORDINATOR}=host:port, '
+            f'{ENV_NUM_PROCESSES} and {ENV_PROCESS_ID}, or run without {ENV_DISTRIBUTED}=1 / '
+            '--config.runtime.distributed=True.'
+        )
+    )
     raise ValueError(f'multi-host start-up failed: {e}{hint}') from None
   finally:
     watchdog.cancel()
@@ -268,9 +311,9 @@ def _broadcast_text(text: str) -> str:
   data = np.frombuffer(text.encode(), np.uint8).astype(np.int32)
   lengths = np.asarray(multihost_utils.process_allgather(np.int32(data.size))).reshape(-1)
   padded = np.zeros(int(lengths.max()), np.int32)
-  padded[:data.size] = data
+  padded[: data.size] = data
   received = np.asarray(multihost_utils.broadcast_one_to_all(padded))
-  return bytes(received[:int(lengths[0])].astype(np.uint8)).decode()
+  return bytes(received[: int(lengths[0])].astype(np.uint8)).decode()
 
 
 def check_same_config(config: ml_collections.ConfigDict, workdir: str | None = None) -> None:
@@ -297,12 +340,16 @@ def check_same_config(config: ml_collections.ConfigDict, workdir: str | None = N
   if me not in differing:
     raise ConfigMismatchError(
         f'processes disagree on the config: process(es) {", ".join(map(str, differing))} differ '
-        f'from process 0 (their logs name the keys); {hint}.')
+        f'from process 0 (their logs name the keys); {hint}.'
+    )
   mine = schema.flatten(json.loads(text))
   keys = sorted(k for k in set(mine) | set(reference) if mine.get(k) != reference.get(k))
-  shown = ', '.join(f'{k.removeprefix("config.")}={mine.get(k)!r} (process 0: {reference.get(k)!r})'
-                    for k in keys[:5])
+  shown = ', '.join(
+      f'{k.removeprefix("config.")}={mine.get(k)!r} (process 0: {reference.get(k)!r})'
+      for k in keys[:5]
+  )
   more = f' and {len(keys) - 5} more' if len(keys) > 5 else ''
   raise ConfigMismatchError(
       f'processes disagree on the config: process {me} differs from process 0 in {shown}{more}; '
-      f'{hint}.')
+      f'{hint}.'
+  )

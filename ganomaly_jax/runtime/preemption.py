@@ -41,7 +41,9 @@ class StopRequest:
         previous(signum, frame)
       raise KeyboardInterrupt
     self.signal_name = signal.Signals(signum).name
-    logging.warning('%s received: finishing the current step, then checkpointing.', self.signal_name)
+    logging.warning(
+        '%s received: finishing the current step, then checkpointing.', self.signal_name
+    )
     self._event.set()
 
   def __enter__(self) -> 'StopRequest':

@@ -105,8 +105,9 @@ def read_results(workdir: PathLike) -> dict[str, Any] | None:
 def is_finished(results: Mapping[str, Any] | None, num_steps: int) -> bool:
   """The one rule: a run is finished when its results record at least the steps asked for, or
   that it stopped early (train.early_stop_patience)."""
-  return bool(results) and (results.get('steps', 0) >= num_steps
-                            or bool(results.get('early_stopped')))
+  return bool(results) and (
+      results.get('steps', 0) >= num_steps or bool(results.get('early_stopped'))
+  )
 
 
 def finished_results(workdir: PathLike, num_steps: int) -> dict[str, Any] | None:
@@ -185,8 +186,11 @@ def move_aside(workdir: PathLike, stamp: str | None = None) -> epath.Path | None
   return target
 
 
-def check_parameters(saved: Mapping[str, tuple[int, ...]] | None,
-                     wanted: Mapping[str, tuple[int, ...]], workdir: PathLike) -> None:
+def check_parameters(
+    saved: Mapping[str, tuple[int, ...]] | None,
+    wanted: Mapping[str, tuple[int, ...]],
+    workdir: PathLike,
+) -> None:
   """Refuses to resume a checkpoint whose parameter tree differs from the config's (names, shapes).
 
   `saved` and `wanted` map slash-joined state paths to shapes (`checkpoint.tree_shapes`); only the
@@ -195,15 +199,20 @@ def check_parameters(saved: Mapping[str, tuple[int, ...]] | None,
   """
   if saved is None:
     return
-  diff = sorted(k for k in set(saved) | set(wanted)
-                if saved.get(k) != wanted.get(k) and k.split('/')[0] in PARAMETER_FIELDS)
+  diff = sorted(
+      k
+      for k in set(saved) | set(wanted)
+      if saved.get(k) != wanted.get(k) and k.split('/')[0] in PARAMETER_FIELDS
+  )
   if diff:
-    shown = ', '.join(f'{k} {saved.get(k, "absent")} -> {wanted.get(k, "absent")}'
-                      for k in diff[:4])
+    shown = ', '.join(
+        f'{k} {saved.get(k, "absent")} -> {wanted.get(k, "absent")}' for k in diff[:4]
+    )
     more = f' and {len(diff) - 4} more' if len(diff) > 4 else ''
     raise TrainingError(
         f'{workdir} holds a run with a different architecture (parameters differ: {shown}{more}); '
-        'use another --workdir or --config.restart=True to move the old checkpoints aside.')
+        'use another --workdir or --config.restart=True to move the old checkpoints aside.'
+    )
 
 
 def runtime_changes(runtime: Mapping[str, Any], workdir: PathLike) -> list[tuple[str, Any, Any]]:
@@ -227,16 +236,20 @@ def has_steps(directory: PathLike) -> bool:
 
 
 def _holder() -> dict[str, Any]:
-  return {'host': socket.gethostname(), 'pid': os.getpid(),
-          'started': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
-          'command': ' '.join(sys.argv)[:300]}
+  return {
+      'host': socket.gethostname(),
+      'pid': os.getpid(),
+      'started': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
+      'command': ' '.join(sys.argv)[:300],
+  }
 
 
 def _describe(holder: Mapping[str, Any] | None) -> str:
   if not holder:
     return 'another process (no holder recorded)'
-  return (f'pid {holder.get("pid")} on {holder.get("host")}, started {holder.get("started")}'
-          + (f': {holder["command"]}' if holder.get('command') else ''))
+  return f'pid {holder.get("pid")} on {holder.get("host")}, started {holder.get("started")}' + (
+      f': {holder["command"]}' if holder.get('command') else ''
+  )
 
 
 def pid_alive(pid: int) -> bool:
@@ -286,8 +299,10 @@ class WorkdirLock:
     self.release()
 
   def _refuse(self, holder: Mapping[str, Any] | None) -> TrainingError:
-    return TrainingError(f'{self.workdir} is in use by another run ({_describe(holder)}); wait '
-                         f'for it to end or use another --workdir (lock: {self.file}).')
+    return TrainingError(
+        f'{self.workdir} is in use by another run ({_describe(holder)}); wait '
+        f'for it to end or use another --workdir (lock: {self.file}).'
+    )
 
   def acquire(self) -> None:
     self._created = not self.root.exists()
@@ -367,8 +382,11 @@ class WorkdirLock:
     while not self._stop.wait(self.ttl_s / 4):
       current = self._read_lease()
       if not current or current.get('token') != self._lease['token']:
-        logging.error('%s: the lease was taken over by %s; this run no longer holds the workdir.',
-                      self.file, _describe(current))
+        logging.error(
+            '%s: the lease was taken over by %s; this run no longer holds the workdir.',
+            self.file,
+            _describe(current),
+        )
         return
       try:
         self._write_lease(self._lease)

@@ -36,8 +36,12 @@ def _hide_gpus_from_tensorflow() -> None:
   tf.config.experimental.set_visible_devices([], 'GPU')
 
 
-def configure_process(*, xla_cpu_defaults: bool = True, compile_cache_dir: str | None = None,
-                      uses_tensorflow: bool = True) -> str:
+def configure_process(
+    *,
+    xla_cpu_defaults: bool = True,
+    compile_cache_dir: str | None = None,
+    uses_tensorflow: bool = True,
+) -> str:
   """Prepares this process for JAX work; returns the compilation-cache directory in use ('' = off).
 
   Args:
@@ -66,5 +70,7 @@ def configure_process(*, xla_cpu_defaults: bool = True, compile_cache_dir: str |
 
 def configure_for(config) -> str:
   """`configure_process` with the settings of a method config's `runtime` section."""
-  return configure_process(xla_cpu_defaults=config.runtime.xla_cpu_defaults,
-                           compile_cache_dir=config.runtime.compile_cache_dir)
+  return configure_process(
+      xla_cpu_defaults=config.runtime.xla_cpu_defaults,
+      compile_cache_dir=config.runtime.compile_cache_dir,
+  )

@@ -29,11 +29,13 @@ from jax import monitoring
 COMPILE = 'compile'
 # The jax.monitoring events of tracing, lowering and compiling (or loading from the persistent
 # cache) a program; each is announced by a scalar at its start and a duration at its end.
-_COMPILE_EVENTS = frozenset({
-    '/jax/core/compile/jaxpr_trace_duration',
-    '/jax/core/compile/jaxpr_to_mlir_module_duration',
-    '/jax/core/compile/backend_compile_duration',
-})
+_COMPILE_EVENTS = frozenset(
+    {
+        '/jax/core/compile/jaxpr_trace_duration',
+        '/jax/core/compile/jaxpr_to_mlir_module_duration',
+        '/jax/core/compile/backend_compile_duration',
+    }
+)
 
 
 def _clock() -> tuple[float, float]:
@@ -131,8 +133,10 @@ class Recorder:
 
   def as_dict(self) -> dict[str, dict[str, float]]:
     """{'wall': {phase: s}, 'cpu': {phase: s}} rounded to milliseconds."""
-    return {'wall': {k: round(v, 3) for k, v in sorted(self.wall.items())},
-            'cpu': {k: round(v, 3) for k, v in sorted(self.cpu.items())}}
+    return {
+        'wall': {k: round(v, 3) for k, v in sorted(self.wall.items())},
+        'cpu': {k: round(v, 3) for k, v in sorted(self.cpu.items())},
+    }
 
 
 @contextlib.contextmanager

@@ -7,8 +7,10 @@ import pytest
 from ganomaly_jax.cpu import host_memory
 
 
-@pytest.mark.skipif(platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc',
-                    reason='malloc_trim is glibc-only')
+@pytest.mark.skipif(
+    platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc',
+    reason='malloc_trim is glibc-only',
+)
 def test_trim_is_found_on_glibc_and_runs():
   assert host_memory._malloc_trim() is not None
   scratch = [bytearray(1 << 20) for _ in range(64)]  # 64 MiB freed below: something to return

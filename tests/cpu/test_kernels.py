@@ -27,14 +27,17 @@ def _config(method: str, cpu_kernels: str = 'auto') -> ml_collections.ConfigDict
 
 
 def _methods():
-  return [m if m in FAST_METHODS else pytest.param(m, marks=pytest.mark.slow)
-          for m in schema.METHODS]
+  return [
+      m if m in FAST_METHODS else pytest.param(m, marks=pytest.mark.slow) for m in schema.METHODS
+  ]
 
 
 def _abstract_args(config, progs):
   state = jax.eval_shape(progs.init, jax.random.key(0))
-  images = jax.ShapeDtypeStruct((config.train.batch_size, config.model.isize, config.model.isize,
-                                 config.model.channels), jnp.float32)
+  images = jax.ShapeDtypeStruct(
+      (config.train.batch_size, config.model.isize, config.model.isize, config.model.channels),
+      jnp.float32,
+  )
   rng = jax.eval_shape(lambda: jax.random.key(1))
   return state, {'image': images}, rng
 
@@ -56,8 +59,9 @@ def test_off_and_auto_train_alike(method, build_programs):
   (state_off, losses_off), (state_auto, losses_auto) = outcomes['off'], outcomes['auto']
   assert jax.tree.structure(state_off) == jax.tree.structure(state_auto)
   for field in ('g_params', 'd_params', 'g_stats', 'd_stats'):
-    for a, b in zip(jax.tree.leaves(getattr(state_off, field)),
-                    jax.tree.leaves(getattr(state_auto, field))):
+    for a, b in zip(
+        jax.tree.leaves(getattr(state_off, field)), jax.tree.leaves(getattr(state_auto, field))
+    ):
       np.testing.assert_allclose(a, b, atol=2e-4, rtol=2e-3, err_msg=f'{method} {field}')
   for off, auto in zip(losses_off, losses_auto):
     for key in off:
@@ -73,9 +77,11 @@ def test_steps_lower_for_tpu_and_cuda_without_cpu_forms(method, build_programs):
   config = _config(method)  # cpu_kernels='auto', the default
   progs = build_programs(config)
   state, batch, rng = _abstract_args(config, progs)
-  for name, fn, args in (('train_step', progs.train_step, (state, batch, rng)),
-                         ('eval_step', progs.eval_step, (state, batch)),
-                         ('eval_maps', progs.eval_maps, (state, batch))):
+  for name, fn, args in (
+      ('train_step', progs.train_step, (state, batch, rng)),
+      ('eval_step', progs.eval_step, (state, batch)),
+      ('eval_maps', progs.eval_maps, (state, batch)),
+  ):
     text = _exported(fn, args, ('tpu', 'cuda'))
     assert kernels.CPU_SCOPE not in text, f'{method} {name}: a CPU-only form lowered for TPU/CUDA'
     assert 'stablehlo.convolution' in text  # flax's own convolutions are there instead
@@ -93,6 +99,7 @@ def test_the_export_check_would_see_a_cpu_form(build_programs):
 
 # ---- BatchNorm statistics at a large mean ----
 
+
 def _activations():
   rng = np.random.default_rng(0)
   x64 = 100.0 + rng.standard_normal((64, 8, 8, 16))
@@ -109,8 +116,9 @@ def _matmul_stats_bf16_products(x):
   bfloat16, as a TPU runs a float32 dot at default precision."""
   rows = x.reshape(-1, x.shape[-1]).astype(jnp.float32)
   weights = jnp.full((rows.shape[0],), 1.0 / rows.shape[0], jnp.float32)
-  dot = lambda a, b: jnp.dot(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16),
-                             preferred_element_type=jnp.float32)
+  dot = lambda a, b: jnp.dot(
+      a.astype(jnp.bfloat16), b.astype(jnp.bfloat16), preferred_element_type=jnp.float32
+  )
   mean = dot(weights, rows)
   return mean, jnp.maximum(dot(weights, rows * rows) - mean * mean, 0.0)
 
@@ -143,8 +151,7 @@ def test_batch_norm_off_cpu_has_no_products():
   x = jax.ShapeDtypeStruct((8, 4, 4, 16), jnp.float32)
   module = layers.batch_norm(True, jnp.float32)
   variables = jax.eval_shape(module.init, jax.random.key(0), x)
-  fn = jax.jit(kernels.with_cpu_kernels(
-      lambda v, x: module.apply(v, x, mutable=['batch_stats'])))
+  fn = jax.jit(kernels.with_cpu_kernels(lambda v, x: module.apply(v, x, mutable=['batch_stats'])))
   assert 'dot_general' not in _exported(fn, (variables, x), ('tpu', 'cuda'))
   cpu = _exported(fn, (variables, x), ('cpu',))
   assert 'dot_general' in cpu and 'HIGHEST' in cpu

@@ -27,7 +27,8 @@ def test_batch_norm_cpu_form_equals_flax(shape):
     np.testing.assert_array_equal(a, b)
   variables = jax.tree.map(
       lambda v: v + 0.1 * np.random.default_rng(2).standard_normal(v.shape).astype(np.float32),
-      variables)
+      variables,
+  )
 
   def outputs(mode):
     """Training (output, new statistics), gradients of sum(sin(output)), evaluation output."""
@@ -35,7 +36,8 @@ def test_batch_norm_cpu_form_equals_flax(shape):
     loss = lambda v, x: jnp.sum(jnp.sin(train(v, x)[0]))
     evaluate = lambda v, x: _flax(False).apply(v, x, mutable=['batch_stats'])[0]
     return kernels.with_cpu_kernels(
-        lambda v, x: (train(v, x), jax.grad(loss, argnums=(0, 1))(v, x), evaluate(v, x)), mode)
+        lambda v, x: (train(v, x), jax.grad(loss, argnums=(0, 1))(v, x), evaluate(v, x)), mode
+    )
 
   # Both modes in one program (op-by-op dispatch or a program each compiles far more).
   ours, theirs = jax.jit(lambda v, x: (outputs('auto')(v, x), outputs('off')(v, x)))(variables, x)
@@ -76,4 +78,6 @@ def test_conv_init_is_dcgan_normal(shape):
   key = jax.random.key(7)
   ours = layers.conv_init(key, shape)
   assert ours.shape == shape and ours.dtype == jnp.float32
-  np.testing.assert_array_equal(ours, jax.random.normal(key, (int(np.prod(shape)),)).reshape(shape) * 0.02)
+  np.testing.assert_array_equal(
+      ours, jax.random.normal(key, (int(np.prod(shape)),)).reshape(shape) * 0.02
+  )

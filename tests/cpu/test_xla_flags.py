@@ -36,14 +36,18 @@ def test_user_choice_opt_out_and_unmeasured_versions_are_left_alone():
 
 def test_config_switch_turns_them_off():
   env = {}
-  assert xla_flags.apply_cpu_defaults(env, jaxlib_version='0.10.2', enabled=False) == [] and env == {}
+  assert (
+      xla_flags.apply_cpu_defaults(env, jaxlib_version='0.10.2', enabled=False) == [] and env == {}
+  )
 
 
 def test_importing_the_package_leaves_the_environment_alone():
   # Entry points apply the flags; importing the package, its models, steps or programs must not.
   # (jax itself sets a few variables on import, so the baseline is taken after importing it.)
-  code = ('import os, sys, jax; before = dict(os.environ); import ganomaly_jax, ganomaly_jax.models, '
-          'ganomaly_jax.programs, ganomaly_jax.cpu.kernels, ganomaly_jax.config.schema; '
-          'sys.exit(0 if dict(os.environ) == before else 1)')
+  code = (
+      'import os, sys, jax; before = dict(os.environ); import ganomaly_jax, ganomaly_jax.models, '
+      'ganomaly_jax.programs, ganomaly_jax.cpu.kernels, ganomaly_jax.config.schema; '
+      'sys.exit(0 if dict(os.environ) == before else 1)'
+  )
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   assert subprocess.run([sys.executable, '-c', code], env=env).returncode == 0

@@ -31,8 +31,10 @@ def find_chromium() -> str:
       return path
   if os.environ.get('GANOMALY_SKIP_BROWSER') == '1':
     pytest.skip('GANOMALY_SKIP_BROWSER=1: headless browser test skipped')
-  pytest.fail(f'none of {", ".join(BROWSERS)} is on PATH: install one (`apt-get install -y chromium`) '
-              'or set GANOMALY_SKIP_BROWSER=1 to skip this test deliberately')
+  pytest.fail(
+      f'none of {", ".join(BROWSERS)} is on PATH: install one (`apt-get install -y chromium`) '
+      'or set GANOMALY_SKIP_BROWSER=1 to skip this test deliberately'
+  )
 
 
 def dump_dom(page: Path, profile: Path, *flags: str, timeout: float = 60) -> str:
@@ -40,15 +42,31 @@ def dump_dom(page: Path, profile: Path, *flags: str, timeout: float = 60) -> str
 
   Everything Chromium writes goes under `profile` (a temporary folder), never under $HOME.
   """
-  cmd = [find_chromium(), '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic',
-         '--no-first-run', '--disable-background-networking', '--disable-component-update',
-         '--disable-sync', f'--user-data-dir={profile}', *flags, '--dump-dom',
-         Path(page).resolve().as_uri()]
+  cmd = [
+      find_chromium(),
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      f'--user-data-dir={profile}',
+      *flags,
+      '--dump-dom',
+      Path(page).resolve().as_uri(),
+  ]
   # --user-data-dir holds the profile, but Chromium's crash reporter still writes under
   # $XDG_CONFIG_HOME (default ~/.config/chromium): point HOME and the XDG folders into the profile too.
   profile = Path(profile)
-  env = {**os.environ, 'HOME': str(profile / 'home'), 'XDG_CONFIG_HOME': str(profile / 'config'),
-         'XDG_CACHE_HOME': str(profile / 'cache'), 'XDG_DATA_HOME': str(profile / 'data')}
+  env = {
+      **os.environ,
+      'HOME': str(profile / 'home'),
+      'XDG_CONFIG_HOME': str(profile / 'config'),
+      'XDG_CACHE_HOME': str(profile / 'cache'),
+      'XDG_DATA_HOME': str(profile / 'data'),
+  }
   proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, env=env)
   assert proc.returncode == 0, f'chromium exited {proc.returncode}: {proc.stderr[-2000:]}'
   return proc.stdout
@@ -109,12 +127,24 @@ def render_checked(page: Path, profile: Path) -> str:
   """
   page = Path(page)
   checked = page.with_name('_checked_' + page.name)
-  checked.write_text(page.read_text(encoding='utf-8').replace('</body>', DECODE_CHECK),
-                     encoding='utf-8')
-  cmd = [find_chromium(), '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic',
-         '--no-first-run', '--disable-background-networking', '--disable-component-update',
-         '--disable-sync', f'--user-data-dir={profile}', '--window-size=1200,900', '--dump-dom',
-         checked.resolve().as_uri()]
+  checked.write_text(
+      page.read_text(encoding='utf-8').replace('</body>', DECODE_CHECK), encoding='utf-8'
+  )
+  cmd = [
+      find_chromium(),
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      f'--user-data-dir={profile}',
+      '--window-size=1200,900',
+      '--dump-dom',
+      checked.resolve().as_uri(),
+  ]
   try:
     proc = subprocess.run(cmd, capture_output=True, timeout=180, check=False)
   finally:
@@ -123,13 +153,18 @@ def render_checked(page: Path, profile: Path) -> str:
   return proc.stdout.decode('utf-8', 'replace')
 
 
-_CARD_RE = re.compile(r'<div class="entry(?: extreme)?" data-score="[^"]*"[^>]*>'
-                      r'(?:<img [^>]*src="([^"]*)"[^>]*>|<div class="missing">[^<]*</div>)'
-                      r'<div class="name" title="[^"]*">(.*?)</div>', re.S)
+_CARD_RE = re.compile(
+    r'<div class="entry(?: extreme)?" data-score="[^"]*"[^>]*>'
+    r'(?:<img [^>]*src="([^"]*)"[^>]*>|<div class="missing">[^<]*</div>)'
+    r'<div class="name" title="[^"]*">(.*?)</div>',
+    re.S,
+)
 
 
 def cards(dom: str, section: str = 'entries') -> list[dict[str, str]]:
   """The cards a paged report shows from section `section` on (#entries is the last one), as
   {'name': the name shown, 'src': the picture's URL ('' for a card without one)}."""
-  return [{'src': html.unescape(m.group(1) or ''), 'name': html.unescape(m.group(2))}
-          for m in _CARD_RE.finditer(dom[dom.index(f'id="{section}"'):])]
+  return [
+      {'src': html.unescape(m.group(1) or ''), 'name': html.unescape(m.group(2))}
+      for m in _CARD_RE.finditer(dom[dom.index(f'id="{section}"') :])
+  ]

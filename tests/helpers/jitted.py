@@ -9,8 +9,9 @@ from typing import Any, Callable
 import jax
 
 
-def values_and_grads(ours: Callable, ref: Callable, args: tuple[Any, ...],
-                     cotangent: Any) -> tuple[Any, Any]:
+def values_and_grads(
+    ours: Callable, ref: Callable, args: tuple[Any, ...], cotangent: Any
+) -> tuple[Any, Any]:
   """((value, grads), (value, grads)) of `ours(*args)` and `ref(*args)`, compiled as one program;
   the grads are the vector-Jacobian product with `cotangent`, one per argument."""
 

@@ -22,7 +22,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, REPO)  # this checkout's package, not whichever one is installed
-SUITE = f'''
+SUITE = f"""
 import os
 from ganomaly_jax.experiments import suites
 
@@ -33,7 +33,7 @@ TINY = 'quick,model.ngf=4,model.ndf=4,batch=8,dataset.max_train=64,dataset.max_t
 def get_suite(arg=None):
   methods = [m for m in suites.standard_methods(TINY, CONFIGS) if m.name in ('ganomaly', 'pca')]
   return suites.Suite(name='micro', methods=methods, classes=['1', '2'], seeds=[0, 1], steps=2)
-'''
+"""
 TIMINGS = ('phase_seconds', 'train_wall_time_s', 'wall_time_s')
 ROW_TIMINGS = ('wall_time_s', 'workdir', 'status')
 
@@ -67,14 +67,15 @@ def main(argv: list[str]) -> None:
     jax.clear_caches()
 
   def results_of(records) -> dict[str, dict]:
-    return {r.run.name: {k: v for k, v in (r.results or {}).items() if k not in TIMINGS}
-            for r in records}
+    return {
+        r.run.name: {k: v for k, v in (r.results or {}).items() if k not in TIMINGS}
+        for r in records
+    }
 
   def rows_of(root: str) -> list[dict]:
     if not os.path.exists(os.path.join(root, tables.RESULTS_CSV)):
       return []
-    return [{k: v for k, v in row.items() if k not in ROW_TIMINGS}
-            for row in tables.read_csv(root)]
+    return [{k: v for k, v in row.items() if k not in ROW_TIMINGS} for row in tables.read_csv(root)]
 
   used = {}
 
@@ -85,18 +86,23 @@ def main(argv: list[str]) -> None:
   outcome = {'device_count': jax.device_count()}
   root = os.path.join(args.out, 'parallel')
   records = benchmark.run_benchmark(suite, root, train_fn=train_fn, workers=4)
-  outcome['parallel'] = {'results': results_of(records), 'rows': rows_of(root),
-                         'status': [r.status for r in records],
-                         'devices': {r.run.name: used.get(r.run.workdir) for r in records}}
+  outcome['parallel'] = {
+      'results': results_of(records),
+      'rows': rows_of(root),
+      'status': [r.status for r in records],
+      'devices': {r.run.name: used.get(r.run.workdir) for r in records},
+  }
 
   alone = {}
   for record in records:
     if record.run.method.baseline:
       continue
     forget()
-    results = train.train_and_evaluate(record.run.config,
-                                       os.path.join(args.out, 'alone', record.run.name),
-                                       devices=jax.devices()[:2])
+    results = train.train_and_evaluate(
+        record.run.config,
+        os.path.join(args.out, 'alone', record.run.name),
+        devices=jax.devices()[:2],
+    )
     alone[record.run.name] = {k: v for k, v in results.items() if k not in TIMINGS}
   outcome['alone'] = {'results': alone}
 
@@ -111,11 +117,17 @@ def main(argv: list[str]) -> None:
   rows_after_first = rows_of(root)
   second = benchmark.run_benchmark(suite, root, workers=4, share=placement.Share(1, 2))
   outcome['shared'] = {
-      'ran': [[r.run.name for r in first if r.status == 'done'],
-              [r.run.name for r in second if r.status == 'done']],
-      'rows_after_first': rows_after_first, 'rows': rows_of(root),
-      'results': {**results_of([r for r in first if r.status == 'done']),
-                  **results_of([r for r in second if r.status == 'done'])}}
+      'ran': [
+          [r.run.name for r in first if r.status == 'done'],
+          [r.run.name for r in second if r.status == 'done'],
+      ],
+      'rows_after_first': rows_after_first,
+      'rows': rows_of(root),
+      'results': {
+          **results_of([r for r in first if r.status == 'done']),
+          **results_of([r for r in second if r.status == 'done']),
+      },
+  }
   with open(os.path.join(args.out, 'outcome.json'), 'w') as f:
     json.dump(outcome, f, indent=1, sort_keys=True, default=str)
 

@@ -50,11 +50,20 @@ def global_batches(config, num_steps: int, num_processes: int = 1) -> list:
   splits = sources.load_splits(config)
   iterators = []
   for p in range(num_processes):
-    with mock.patch.object(jax, 'process_index', lambda p=p: p), \
-         mock.patch.object(jax, 'process_count', lambda: num_processes):
-      iterators.append(pipeline.train_iterator(
-          splits.train, batch_size=config.train.batch_size // num_processes, seed=config.seed,
-          flip=config.dataset.flip, zoom=config.dataset.zoom, workers=0))
+    with (
+        mock.patch.object(jax, 'process_index', lambda p=p: p),
+        mock.patch.object(jax, 'process_count', lambda: num_processes),
+    ):
+      iterators.append(
+          pipeline.train_iterator(
+              splits.train,
+              batch_size=config.train.batch_size // num_processes,
+              seed=config.seed,
+              flip=config.dataset.flip,
+              zoom=config.dataset.zoom,
+              workers=0,
+          )
+      )
   return [np.concatenate([next(it)['image'] for it in iterators]) for _ in range(num_steps)]
 
 
