@@ -143,7 +143,7 @@ def run_case(name: str, mode: str, steps: int, reps: int) -> dict:
   def step_seconds() -> float:
     nonlocal state
     times = []
-    for r in range(reps + 1):  # the first repetition is a warm-up
+    for _ in range(reps + 1):  # the first repetition is a warm-up
       t = time.perf_counter()
       for i in range(steps):
         state, out = step(state, i)

@@ -40,7 +40,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   try:
     config = _CONFIG.value
-    config.method  # pylint: disable=pointless-statement  # a file that failed to load raises here
+    _ = config.method  # a file that failed to load raises here
   except Exception as e:  # pylint: disable=broad-except
     from ganomaly_jax.config import arguments
 

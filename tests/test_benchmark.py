@@ -237,7 +237,7 @@ def test_dry_run_lists_the_runs(tmp_path):
   assert len(lines) == 29 and lines[-1].startswith(
       '28 runs: 18 trained at 300 steps, 4 baseline, 6 re-evaluated'
   )
-  assert lines[0].startswith(f'2/ganomaly/seed-0: python -m ganomaly_jax.main --config=')
+  assert lines[0].startswith('2/ganomaly/seed-0: python -m ganomaly_jax.main --config=')
   assert f'--workdir={root}/runs/2/ganomaly/seed-0' in lines[0]
   assert '--config.dataset.abnormal=2' in lines[0] and '--config.seed=0' in lines[0]
   assert lines[27].startswith('2/knn/seed-1: baseline knn on the splits of')

@@ -151,7 +151,6 @@ def test_flatten_is_dotted_leaves():
 def test_a_saved_config_reloads_equal_and_valid():
   # config.json holds JSON, where tuples become lists; a reloaded run config (infer, rescore) must
   # be the config that trained, or validation refuses mask.cells=[4] against (4,).
-  import json
   from ganomaly_jax.config import checks
 
   for method, arg in (('ganomaly', ''), ('grid_mask', 'quick'), ('riad', 'quick')):

@@ -1,6 +1,5 @@
 """Parameter counts equal the study's tables (no compile), and every method trains + evaluates."""
 
-import contextlib
 import dataclasses
 import json
 import os

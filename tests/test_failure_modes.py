@@ -25,11 +25,10 @@ import numpy as np
 from PIL import Image
 import pytest
 
-import synthetic
 from ganomaly_jax import train
 from ganomaly_jax.runtime import checkpoint, disk, rundir
 from helpers import browser
-from test_reliability import REPO, TINY, run_main, tiny_config
+from test_reliability import REPO, run_main, tiny_config
 
 # A script carried by a file name adds a <pwned> element if it ever runs (tests/test_report_names.py).
 _RUN = "document.body.appendChild(document.createElement('pwned'))"

@@ -75,7 +75,7 @@ def test_dropout_is_off_in_eval_and_random_when_stochastic():
       UNetGenerator(16, 1, base=4, dropout=0.5),
   ):
     variables = _init(model)
-    run = lambda rng, stochastic: model.apply(
+    run = lambda rng, stochastic, model=model, variables=variables: model.apply(
         variables, X, train=False, stochastic=stochastic, rngs={'dropout': rng}
     )['recon']
     np.testing.assert_array_equal(run(jax.random.key(5), False), run(jax.random.key(6), False))

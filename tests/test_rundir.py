@@ -13,7 +13,6 @@ from etils import epath
 import numpy as np
 import pytest
 
-from fake_gcs import gs_root  # noqa: F401  (a fixture)
 from ganomaly_jax.runtime import rundir
 from ganomaly_jax.evaluation import plots, report
 from helpers import REPO

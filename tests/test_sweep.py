@@ -10,7 +10,6 @@ import pytest
 
 from ganomaly_jax.runtime import rundir
 from ganomaly_jax.experiments import sweep, tables
-from fake_gcs import gs_root  # noqa: F401  (a fixture)
 from helpers import REPO, tiny
 
 ABLATION = os.path.join(REPO, 'configs', 'sweeps', 'ablation.py')

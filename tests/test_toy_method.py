@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ganomaly_jax import losses, state as state_lib
-from ganomaly_jax.config import arguments, checks, schema
+from ganomaly_jax.config import arguments, checks
 from ganomaly_jax.data import sources
 from ganomaly_jax.experiments import sweep
 from helpers import tiny

@@ -5,7 +5,6 @@ import os
 import numpy as np
 import pytest
 
-from fake_gcs import gs_root  # noqa: F401  (a fixture)
 from ganomaly_jax import train
 from ganomaly_jax.runtime import divergence, rundir
 from ganomaly_jax.data import sources

@@ -74,7 +74,7 @@ def folder_suite(
           'train.checkpoint_every': max(1, steps // 5),
       },
       prepare=prepare,
-      doc=f'{doc} {isize}×{isize}×{channels}, {steps} steps.'.strip(),
+      doc=f'{doc} {isize}×{isize}×{channels}, {width_text}, {steps} steps.'.strip(),
   )
   return suites.restrict(suite, options)
 
