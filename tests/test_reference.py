@@ -1,10 +1,11 @@
 """Issue 30: budgets in epochs, the reference protocol beside the honest one, early stopping."""
 
+import importlib.util
 import json
 
 import numpy as np
 import pytest
-from helpers import tiny
+from helpers import REPO, tiny
 
 from ganomaly_jax import schedule, train
 from ganomaly_jax.config import arguments, checks, schema
@@ -159,3 +160,25 @@ def test_early_stop_ends_the_run_and_it_counts_as_finished(tmp_path, monkeypatch
   # Validation every 2 steps (quick): the loss rises at step 4, patience 1 stops there.
   assert results['steps'] == 4 and results['early_stopped'] and results['epochs'] == 3
   assert rundir.is_finished(results, 12)
+
+
+@pytest.mark.slow
+def test_reference_diagnosis_reads_one_checkpoint_three_ways(tmp_path):
+  # One epoch: the latest checkpoint is the one both read-outs of the run used.
+  workdir = str(tmp_path / 'run')
+  results = train.train_and_evaluate(
+      _config('ganomaly', **{'eval.protocol': 'reference', 'train.epochs': 1}), workdir
+  )
+  assert results['selected_step'] == results['steps'] == 4
+  spec = importlib.util.spec_from_file_location(
+      'reference_diagnosis', REPO / 'scripts' / 'reference_diagnosis.py'
+  )
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  found = script.diagnose(workdir, seed=0)
+  assert found['step'] == 4 and found['num_test'] == results['num_test']
+  # The official order reproduces the run's own reference point; inference-mode BatchNorm its
+  # honest AUROC (min-max scaling keeps the ranking); the shuffled order is a third, valid AUROC.
+  assert found['official_order'] == results['reference']['last_image_auroc']
+  assert found['inference_mode'] == pytest.approx(results['image_auroc'], abs=1e-9)
+  assert 0.0 <= found['shuffled_order'] <= 1.0
