@@ -26,8 +26,9 @@ from absl import app, flags
 import jax
 import numpy as np
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'A run trained with eval.protocol=reference.')
-_SEED = flags.DEFINE_integer('seed', 0, 'Seed of the shuffled order.')
+# Flags are defined only when run as a program, so that importing `diagnose` (tests) defines no
+# global absl flag that could clash with another tool's --workdir.
+_FLAGS = {}
 
 
 def diagnose(workdir: str, seed: int = 0) -> dict[str, float | int | str]:
@@ -78,11 +79,15 @@ def main(argv: list[str]) -> None:
 
   startup.configure_process(uses_tensorflow=False)
   try:
-    print(json.dumps(diagnose(_WORKDIR.value, _SEED.value)))
+    print(json.dumps(diagnose(_FLAGS['workdir'].value, _FLAGS['seed'].value)))
   except ValueError as e:  # finished_run.InferError and config errors: one line
     cli.exit_with_error(str(e))
 
 
 if __name__ == '__main__':
+  _FLAGS['workdir'] = flags.DEFINE_string(
+      'workdir', None, 'A run trained with eval.protocol=reference.'
+  )
+  _FLAGS['seed'] = flags.DEFINE_integer('seed', 0, 'Seed of the shuffled order.')
   flags.mark_flag_as_required('workdir')
   app.run(main)
