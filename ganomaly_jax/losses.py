@@ -35,7 +35,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ganomaly_jax import similarity
+from ganomaly_jax import complexity, similarity
 from ganomaly_jax.config import frozen
 
 
@@ -384,6 +384,43 @@ class ScoreInputs(NamedTuple):
   x: jax.Array  # images [B, H, W, C]
   outputs: dict  # the generator's outputs: 'recon' and, for the E-D-E generator, 'z', 'z_hat'
   discriminator: Callable[[jax.Array], tuple[jax.Array, jax.Array]]  # images -> (logits, features)
+  # The generator's outputs for the whole, unmasked images (for the masked methods `outputs` are
+  # the inpaintings' assembly): where an embedding of x is read (`FEATURES`).
+  plain_outputs: Callable[[], dict] | None = None
+  banks: dict | None = None  # feature name -> [N, D] embeddings of the training normals
+
+
+@dataclasses.dataclass(frozen=True)
+class Feature:
+  """An embedding of the images, `fn(inputs) -> [B, D]`, for the scores that compare a test image
+  with the training normals (`Score.feature`), and what it needs from the model."""
+
+  fn: Callable[[ScoreInputs], jax.Array]
+  needs_outputs: tuple[str, ...] = ()
+  needs_discriminator: bool = False
+
+
+FEATURES: dict[str, Feature] = {}
+
+
+def register_feature(name: str, entry: Feature) -> Feature:
+  """Makes embedding `name` available to the scores (and `feature_bank`)."""
+  FEATURES[name] = entry
+  return entry
+
+
+def _flat(x: jax.Array) -> jax.Array:
+  return x.reshape(x.shape[0], -1).astype(jnp.float32)
+
+
+# The generator's innermost code of the unmasked image: GANomaly's z, the U-Nets' bottleneck.
+register_feature(
+    'code', Feature(lambda s: _flat(s.plain_outputs()['code']), needs_outputs=('code',))
+)
+# The discriminator's penultimate features of the image (what eq. 3.2 compares).
+register_feature(
+    'discriminator', Feature(lambda s: _flat(s.discriminator(s.x)[1]), needs_discriminator=True)
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -397,6 +434,9 @@ class Score:
   reads: frozenset[str] = frozenset()  # eval keys only this score uses (validation refuses them
   # away from their defaults with any other score)
   uses_map: bool = False  # reduces the `eval.map` pixel map, so (score, map) is one read-out
+  # A FEATURES name: the score compares that embedding of a test image with the training normals'
+  # (`inputs.banks[feature]`, built once per evaluation by evaluation/feature_bank.py).
+  feature: str | None = None
 
 
 SCORES: dict[str, Score] = {}
@@ -459,3 +499,61 @@ register_score(
     Score(lambda s, step_config: jnp.max(_smoothed_map(s, step_config), axis=1), uses_map=True),
 )
 register_score('map_topk', Score(_map_topk, reads=frozenset({'eval.topk_fraction'}), uses_map=True))
+
+
+# Scores that remember the normals (docs/methods.md#scores-that-remember-the-normals): where a test
+# image lies among the training normals' embeddings, and the reconstruction's code length corrected
+# for the image's own complexity. Both fit every method.
+
+KNN_BLOCK = 4096  # bank rows compared at once: memory is [B, KNN_BLOCK], never [B, N]
+
+
+def knn_distance(query: jax.Array, bank: jax.Array, k: int, block: int = KNN_BLOCK) -> jax.Array:
+  """Mean Euclidean distance of each query [B, D] to its k nearest rows of `bank` [N, D].
+
+  Deep nearest-neighbour anomaly detection (Bergman, Cohen, Hoshen 2020). The bank is searched in
+  blocks with a running top-k, so no [B, N] matrix is formed; k is capped at N.
+  """
+  n = bank.shape[0]
+  k = max(1, min(int(k), n))
+  block = min(block, n)
+  pad = -n % block
+  rows = jnp.pad(bank, ((0, pad), (0, 0))).reshape(-1, block, bank.shape[1])
+  valid = (jnp.arange(n + pad) < n).reshape(-1, block)
+  q_sq = jnp.sum(jnp.square(query), axis=1, keepdims=True)
+
+  def scan_block(nearest, inputs):
+    rows_b, valid_b = inputs
+    dots = jnp.dot(query, rows_b.T, precision=jax.lax.Precision.HIGHEST)
+    d2 = jnp.maximum(q_sq - 2.0 * dots + jnp.sum(jnp.square(rows_b), axis=1)[None], 0.0)
+    d2 = jnp.where(valid_b[None], d2, jnp.inf)
+    both = jnp.concatenate([nearest, d2], axis=1)
+    return -jax.lax.top_k(-both, k)[0], None
+
+  start = jnp.full((query.shape[0], k), jnp.inf, query.dtype)
+  nearest, _ = jax.lax.scan(scan_block, start, (rows, valid))
+  return jnp.mean(jnp.sqrt(nearest), axis=1)
+
+
+def _knn_score(feature: str) -> Score:
+  entry = FEATURES[feature]
+
+  def fn(s: ScoreInputs, step_config: Any) -> jax.Array:
+    if not s.banks or feature not in s.banks:
+      raise ValueError(f"score knn_{feature} needs the training normals' {feature} bank.")
+    return knn_distance(entry.fn(s), s.banks[feature], step_config.eval.knn_k)
+
+  return Score(
+      fn,
+      needs_outputs=entry.needs_outputs,
+      needs_discriminator=entry.needs_discriminator,
+      reads=frozenset({'eval.knn_k'}),
+      feature=feature,
+  )
+
+
+register_score('knn_code', _knn_score('code'))
+register_score('knn_discriminator', _knn_score('discriminator'))
+register_score(
+    'complexity_corrected', Score(lambda s, _: complexity.corrected_score(s.x, s.outputs['recon']))
+)

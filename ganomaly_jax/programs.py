@@ -70,6 +70,7 @@ PROGRAM_FREE_KEYS = (
     'train.keep_checkpoints',
     'train.on_nonfinite',
     'train.max_rollbacks',
+    'eval.bank_size',
     'runtime.compile_cache_dir',
     'runtime.distributed',
 )
@@ -153,25 +154,31 @@ def _build(
   return Programs(components, step_config, init, train_step, eval_step, eval_maps, {})
 
 
+def kept_program(
+    config: ml_collections.ConfigDict, progs: Programs, step_fn: Callable, **static: Any
+) -> Callable:
+  """`step_fn` (a function of `step.py`) bound to the run's components, step config and `static`
+  keyword arguments, under the CPU switch and jitted; kept with `progs` (their `aot` dict), so the
+  runs that share cached programs share this one too."""
+  frozen_static = tuple(sorted(static.items()))
+  key = (step_fn.__name__, frozen_static, config.runtime.cpu_kernels)
+  if key not in progs.aot:
+    fast = functools.partial(kernels.with_cpu_kernels, mode=config.runtime.cpu_kernels)
+    bound = functools.partial(
+        step_fn, components=progs.components, step_config=progs.step_config, **static
+    )
+    progs.aot[key] = jax.jit(fast(bound))
+  return progs.aot[key]
+
+
 def readout_program(
     config: ml_collections.ConfigDict, progs: Programs, readouts: tuple[tuple[str, str], ...]
 ) -> Callable:
-  """(state, batch) -> `step.eval_readouts` of every (score, map) in `readouts`, jitted as one
-  program (eval.readout=auto: one compile however many candidates).
+  """(state, batch[, banks]) -> `step.eval_readouts` of every (score, map) in `readouts`, jitted as
+  one program (eval.readout=auto: one compile however many candidates); kept with `progs`."""
+  return kept_program(config, progs, step_lib.eval_readouts, readouts=tuple(readouts))
 
-  Kept with `progs` (its `aot` dict), so the runs that share cached programs share this one too.
-  """
-  key = ('readouts', tuple(readouts), config.runtime.cpu_kernels)
-  if key not in progs.aot:
-    fast = functools.partial(kernels.with_cpu_kernels, mode=config.runtime.cpu_kernels)
-    progs.aot[key] = jax.jit(
-        fast(
-            functools.partial(
-                step_lib.eval_readouts,
-                components=progs.components,
-                step_config=progs.step_config,
-                readouts=tuple(readouts),
-            )
-        )
-    )
-  return progs.aot[key]
+
+def embed_program(config: ml_collections.ConfigDict, progs: Programs, feature: str) -> Callable:
+  """(state, batch) -> `step.embed` of `feature` ([B, D] embeddings); kept with `progs`."""
+  return kept_program(config, progs, step_lib.embed, feature=feature)

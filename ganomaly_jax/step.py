@@ -343,17 +343,45 @@ def reconstruct_for_eval(
 
 
 def score_inputs(
-    components: Components, step_config: frozen.StepConfig, state: GanState, x: jax.Array
+    components: Components,
+    step_config: frozen.StepConfig,
+    state: GanState,
+    x: jax.Array,
+    banks: dict | None = None,
 ) -> losses.ScoreInputs:
-  """What a registered score sees of a batch: x, the eval-mode reconstruction(s), D in eval mode."""
+  """What a registered score sees of a batch: x, the eval-mode reconstruction(s), D in eval mode,
+  G on the unmasked images (traced only where a score reads it) and the training normals'
+  embeddings `banks` (feature name -> [N, D]) for the scores that compare with them."""
   discriminator = lambda images: _apply_d(components, state.d_params, state.d_stats, images, False)[
       0
   ]
+  plain = lambda: _apply_g(components, state.g_params, state.g_stats, x, False)[0]
   return losses.ScoreInputs(
       x=x,
       outputs=reconstruct_for_eval(components, step_config, state, x),
       discriminator=discriminator,
+      plain_outputs=plain,
+      banks=banks,
   )
+
+
+def embed(
+    state: GanState,
+    batch: dict[str, jax.Array],
+    *,
+    components: Components,
+    step_config: frozen.StepConfig,
+    feature: str,
+) -> jax.Array:
+  """The embedding `losses.FEATURES[feature]` of a batch's images, [B, D], in eval mode: what
+  evaluation/feature_bank.py collects from the training normals."""
+  x = normalization.from_tanh(batch['image'], step_config.normalization)
+  discriminator = lambda images: _apply_d(components, state.d_params, state.d_stats, images, False)[
+      0
+  ]
+  plain = lambda: _apply_g(components, state.g_params, state.g_stats, x, False)[0]
+  inputs = losses.ScoreInputs(x=x, outputs={}, discriminator=discriminator, plain_outputs=plain)
+  return losses.FEATURES[feature].fn(inputs)
 
 
 def reference_scores(
@@ -383,6 +411,7 @@ def _l1(x: jax.Array, recon: jax.Array) -> jax.Array:
 def eval_step(
     state: GanState,
     batch: dict[str, jax.Array],
+    banks: dict | None = None,
     *,
     components: Components,
     step_config: frozen.StepConfig,
@@ -391,14 +420,17 @@ def eval_step(
   """Per-image raw anomaly scores (not yet normalised) and reconstruction L1, in eval mode.
 
   The score is `losses.SCORES[step_config.eval.score]` (eq. 6.1 for SkipGANomaly); D runs in eval
-  mode.
+  mode. A score with a `feature` reads that bank of `banks` (evaluation/feature_bank.py); without
+  banks (validation during training) such a score is left out.
   With maps, 'map' is the `eval.map` pixel map (`losses.anomaly_map`), not yet smoothed.
   """
   x = normalization.from_tanh(batch['image'], step_config.normalization)
-  inputs = score_inputs(components, step_config, state, x)
+  inputs = score_inputs(components, step_config, state, x, banks)
   recon = inputs.outputs['recon']
   result: dict[str, Any] = {'l1': _l1(x, recon)}
-  result['score'] = losses.SCORES[step_config.eval.score].fn(inputs, step_config)
+  score = losses.SCORES[step_config.eval.score]
+  if score.feature is None or banks is not None:  # during training no bank exists yet: L1 only
+    result['score'] = score.fn(inputs, step_config)
   if with_maps:
     result['recon'] = recon
     result['map'] = losses.anomaly_map(
@@ -416,6 +448,7 @@ def readout_key(score: str, map_name: str) -> str:
 def eval_readouts(
     state: GanState,
     batch: dict[str, jax.Array],
+    banks: dict | None = None,
     *,
     components: Components,
     step_config: frozen.StepConfig,
@@ -429,7 +462,7 @@ def eval_readouts(
   eval key (smooth_sigma, score_lambda, topk_fraction) is `step_config`'s.
   """
   x = normalization.from_tanh(batch['image'], step_config.normalization)
-  inputs = score_inputs(components, step_config, state, x)
+  inputs = score_inputs(components, step_config, state, x, banks)
   result: dict[str, Any] = {'l1': _l1(x, inputs.outputs['recon']), 'recon': inputs.outputs['recon']}
   for score, map_name in readouts:
     key = readout_key(score, map_name)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ganomaly_jax import programs
+from ganomaly_jax import losses, programs
 from ganomaly_jax import schedule  # train.epochs, train.early_stop_patience
 from ganomaly_jax import state as state_lib
 from ganomaly_jax.config import schema
@@ -432,9 +432,15 @@ def _validate(
 ) -> float:
   """Validation L1 and score on held-out normals; offers the state as the best by val loss.
   Returns the validation loss (mean L1)."""
-  val = passes.run_eval(eval_fn, state, source, mesh, config.eval.batch_size)
+  # A score that compares with the training normals' bank has none during training: L1 only.
+  has_score = losses.SCORES[config.eval.score].feature is None
+  keys = ('score', 'l1') if has_score else ('l1',)
+  val = passes.run_eval(eval_fn, state, source, mesh, config.eval.batch_size, keys=keys)
   val_loss = float(np.mean(val['l1'])) if len(val['l1']) else float('nan')
-  writer.write_scalars(step, {'val/l1': val_loss, 'val/score_mean': float(np.mean(val['score']))})
+  scalars = {'val/l1': val_loss}
+  if has_score:
+    scalars['val/score_mean'] = float(np.mean(val['score']))
+  writer.write_scalars(step, scalars)
   if config.eval.select == 'val_loss' and np.isfinite(val_loss):
     store.save_best(step, state, val_loss)
   return val_loss

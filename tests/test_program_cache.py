@@ -36,6 +36,7 @@ OTHER_RUN = {
     'train.keep_checkpoints': 5,
     'train.on_nonfinite': 'rollback',
     'train.max_rollbacks': 1,
+    'eval.bank_size': 1000,
     'runtime.compile_cache_dir': '/elsewhere',
     'runtime.distributed': True,
 }

@@ -301,6 +301,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   )
   problem = score_problem(config, e.score)
   _require(problem is None, problem)
+  _require(
+      isinstance(e.knn_k, int) and e.knn_k >= 1, f'eval.knn_k={e.knn_k} must be an integer >= 1.'
+  )
+  _require(
+      isinstance(e.bank_size, int) and e.bank_size >= 1,
+      f'eval.bank_size={e.bank_size} must be an integer >= 1.',
+  )
   score = losses.SCORES[e.score]
   for dotted in sorted(set().union(*(s.reads for s in losses.SCORES.values()))):
     section, key = dotted.split('.')
@@ -398,6 +405,11 @@ def _check_protocol(config: ml_collections.ConfigDict) -> None:
     _require(
         config.model.dropout == 0,
         'eval.protocol=reference: the official read-out has no dropout (model.dropout=0).',
+    )
+    _require(
+        losses.SCORES[e.score].feature is None,
+        f'eval.protocol=reference: the official read-out scores without a bank of training '
+        f'normals; eval.score={e.score} needs one (use it with eval.protocol=honest).',
     )
   _require(
       d.normalization in NORMALIZATIONS,

@@ -158,9 +158,9 @@ def base_config() -> ml_collections.ConfigDict:
   # test split (test-batch BatchNorm statistics, batches of 64 in its order, best epoch on the test
   # set) under results.json's `reference` (evaluation/reference.py). Test-selected by design.
   c.eval.protocol = 'honest'
-  c.eval.score = (
-      'latent'  # latent | reconstruction | lambda | inpaint | map_mean | map_max | map_topk
-  )
+  # latent | reconstruction | lambda | inpaint | map_mean | map_max | map_topk | knn_code |
+  # knn_discriminator | complexity_corrected (losses.SCORES)
+  c.eval.score = 'latent'
   c.eval.score_lambda = 0.9  # eq. 6.1
   c.eval.select = 'val_loss'  # checkpoint selection on validation normals: val_loss | last
   # Operating point: an image is anomalous when its raw score exceeds this quantile of the
@@ -176,6 +176,11 @@ def base_config() -> ml_collections.ConfigDict:
   # masks.grid.riad_filter(isize), about its largest cell.
   c.eval.map_filter = 0
   c.eval.topk_fraction = 0.1  # eval.score=map_topk: mean of this fraction of the highest pixels
+  # The knn_* scores: mean distance to the k nearest training normals' embeddings; 2 as in
+  # Bergman, Cohen & Hoshen's deep nearest-neighbour detector. The bank keeps at most bank_size
+  # training normals (a seeded random subset beyond; 65536 x 100 float32 dimensions is 26 MB).
+  c.eval.knn_k = 2
+  c.eval.bank_size = 65536
   # Which (score, map) the test split is read out with: 'published' = eval.score and eval.map as
   # set; 'auto' = the candidate with the best AUROC on validation normals plus synthetic anomalies
   # made from them (evaluation/readout.py), chosen without any test label.

@@ -260,7 +260,7 @@ def final_evaluation(
       state, selected_step = best
   # The read-out (eval.score, eval.map): the config's, or with eval.readout=auto the one best on
   # validation normals + synthetic anomalies, chosen before the test split is read.
-  chosen = readout.choose(config, state, progs, splits.val, mesh)
+  chosen = readout.choose(config, state, progs, splits, mesh)
   run_info = {
       **run_info,
       'selected_step': selected_step,

@@ -38,7 +38,7 @@ from sklearn import metrics as sk_metrics
 from ganomaly_jax import losses, programs, step as step_lib
 from ganomaly_jax.config import checks, frozen, schema
 from ganomaly_jax.data import synthetic_anomalies
-from ganomaly_jax.evaluation import passes, pixel_metrics
+from ganomaly_jax.evaluation import feature_bank, passes, pixel_metrics
 
 
 class Readout(NamedTuple):
@@ -185,7 +185,8 @@ def select(rows: list[dict[str, Any]], fallback: Readout) -> Readout:
 
 
 def _outputs_of(program: Callable, readout: Readout) -> Callable:
-  """`eval_maps`-shaped outputs of one read-out, taken from the all-candidates program."""
+  """`eval_maps`-shaped outputs of one read-out, taken from the all-candidates program (with its
+  banks bound)."""
   key = step_lib.readout_key(*readout)
 
   def eval_maps(state, batch):
@@ -200,29 +201,47 @@ def _outputs_of(program: Callable, readout: Readout) -> Callable:
   return eval_maps
 
 
+def _with_banks(fn: Callable, banks: dict) -> Callable:
+  """(state, batch) -> fn(state, batch, banks); `fn` itself where no score needs a bank (its
+  program stays the one the run compiled)."""
+  if not banks:
+    return fn
+  return lambda state, batch: fn(state, batch, banks)
+
+
 def choose(
-    config: ml_collections.ConfigDict, state: Any, progs: programs.Programs, val_source, mesh
+    config: ml_collections.ConfigDict, state: Any, progs: programs.Programs, splits, mesh
 ) -> Chosen:
-  """The read-out of the test pass (see the module docstring); sees the validation split only.
+  """The read-out of the test pass (see the module docstring); sees no test image or label.
 
   Args:
     config: the run's (resolved) config; `eval.readout` says how to choose.
     state: the selected train state.
     progs: the run's programs (their `eval_maps` is the published read-out's).
-    val_source: the validation normals.
+    splits: the run's data splits: the validation normals choose; the training normals are embedded
+      for the scores that compare with them (`evaluation/feature_bank.py`), only where one is read.
     mesh: device mesh.
   """
   default = published(config)
+
+  def banks_for(scores) -> dict:
+    features = feature_bank.features_of(scores)
+    return (
+        feature_bank.build(config, progs, state, splits.train, mesh, features) if features else {}
+    )
+
   if config.eval.readout == 'published':
+    banks = banks_for([default.score])
     return Chosen(
         config,
         progs.step_config,
-        progs.eval_maps,
+        _with_banks(progs.eval_maps, banks),
         {'mode': 'published', 'score': default.score, 'map': default.map},
     )
   readouts = candidates(config)
-  program = programs.readout_program(config, progs, tuple(readouts))
-  synthetic = synthetic_anomalies.SyntheticAnomalies(val_source, config.seed)
+  banks = banks_for(r.score for r in readouts)
+  program = _with_banks(programs.readout_program(config, progs, tuple(readouts)), banks)
+  synthetic = synthetic_anomalies.SyntheticAnomalies(splits.val, config.seed)
   rows = synthetic_aurocs(
       program, state, synthetic, mesh, config.eval.batch_size, readouts, config.eval.smooth_sigma
   )

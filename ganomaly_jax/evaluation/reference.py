@@ -22,7 +22,6 @@ The curve is kept in WORKDIR/reference_curve.json, so a resumed run keeps its ea
 
 from __future__ import annotations
 
-import functools
 import json
 from typing import Any
 
@@ -30,10 +29,9 @@ import jax
 import numpy as np
 from sklearn import metrics as sk_metrics
 
-from ganomaly_jax import schedule
+from ganomaly_jax import programs, schedule
 from ganomaly_jax import step as step_lib
 from ganomaly_jax.config import checks
-from ganomaly_jax.cpu import kernels
 from ganomaly_jax.data import pipeline
 from ganomaly_jax.evaluation import metrics
 from ganomaly_jax.runtime import rundir
@@ -55,19 +53,7 @@ def official_auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 def program(config, progs) -> Any:
   """(state, images) -> raw reference scores, jitted once per kept programs (their `aot` dict)."""
-  key = ('reference_scores', config.runtime.cpu_kernels)
-  if key not in progs.aot:
-    fast = functools.partial(kernels.with_cpu_kernels, mode=config.runtime.cpu_kernels)
-    progs.aot[key] = jax.jit(
-        fast(
-            functools.partial(
-                step_lib.reference_scores,
-                components=progs.components,
-                step_config=progs.step_config,
-            )
-        )
-    )
-  return progs.aot[key]
+  return programs.kept_program(config, progs, step_lib.reference_scores)
 
 
 def test_scores(

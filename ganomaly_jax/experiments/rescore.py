@@ -122,7 +122,7 @@ def rescore_run(workdir: str, variant: dict[str, str], out_dir: str) -> dict[str
       if k in original
   }
   writer = metric_writers.create_default_writer(out_dir, just_logging=True)
-  chosen = readout.choose(config, state, progs, splits.val, mesh)
+  chosen = readout.choose(config, state, progs, splits, mesh)
   results = evaluator.evaluate_and_report(
       chosen,
       progs.components,

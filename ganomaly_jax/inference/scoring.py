@@ -19,7 +19,7 @@ from absl import logging
 import jax
 import numpy as np
 
-from ganomaly_jax import programs
+from ganomaly_jax import losses, programs
 from ganomaly_jax.data import images as images_lib
 from ganomaly_jax.data import pipeline
 from ganomaly_jax.evaluation import readout, report
@@ -100,6 +100,12 @@ def infer(
   mesh = parallel.make_mesh(devices)
   batch_sharding = parallel.batch_sharding(mesh)
 
+  if losses.SCORES[config.eval.score].feature is not None:
+    raise finished_run.InferError(
+        f'eval.score={config.eval.score} compares with the training normals, whose embeddings a '
+        'finished run does not keep yet: score new images with the run re-scored '
+        '(experiments/rescore.py) or with another eval.score.'
+    )
   components, state, step, kind = finished_run.restore_state(config, workdir, which_checkpoint)
   state = jax.device_put(state, parallel.replicated(mesh))
   eval_fn = programs.build(config, mesh, components).eval_maps

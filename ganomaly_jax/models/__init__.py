@@ -90,7 +90,7 @@ register_generator(
         latent_term=lambda out, real_features, fake_features: losses.latent_l2(
             out['z'], out['z_hat']
         ),
-        outputs=('z', 'z_hat'),
+        outputs=('z', 'z_hat', 'code'),  # code: z, the embedding of the knn_code score
     ),
 )
 # SkipGANomaly's U-Net (docs/methods.md#skip_ganomaly) has no latent code: its latent term compares
@@ -115,6 +115,7 @@ register_generator(
             'kernel_size': "the U-Net's convs are 4x4 as in the study; only the discriminator "
             'would change'
         },
+        outputs=('code',),  # the innermost activations, the embedding of the knn_code score
         latent_from_discriminator=True,
     ),
 )
@@ -124,6 +125,7 @@ register_generator(
     GeneratorKind(
         build=lambda m, dtype: PlainUNet(m.isize, m.channels, m.ngf, m.max_channels, dtype),
         latent_term=lambda out, real_features, fake_features: jnp.zeros(()),
+        outputs=('code',),  # the bottleneck's activations, the embedding of the knn_code score
         ignores={
             'kernel_size': "RIAD's U-Net uses 3x3 convs",
             'residual_blocks': "RIAD's U-Net has none",

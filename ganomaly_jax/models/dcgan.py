@@ -150,7 +150,8 @@ class EDEGenerator(nn.Module):
     z, _ = self.encoder1(x, train)
     recon = self.decoder(z, train, stochastic)
     z_hat, _ = self.encoder2(recon, train)
-    return {'recon': recon, 'z': z.astype(jnp.float32), 'z_hat': z_hat.astype(jnp.float32)}
+    z = z.astype(jnp.float32)
+    return {'recon': recon, 'z': z, 'z_hat': z_hat.astype(jnp.float32), 'code': z}
 
 
 class Discriminator(nn.Module):

@@ -21,7 +21,8 @@ def unet_channels(isize: int, base: int, max_channels: int = 0) -> list[int]:
 
 
 class UNetGenerator(nn.Module):
-  """U-Net with 4x4 stride-2 convs down to 1x1 and skip connections; returns {'recon': x̂}.
+  """U-Net with 4x4 stride-2 convs down to 1x1 and skip connections; returns {'recon': x̂, 'code': the
+  innermost activations}.
 
   Down block i: (LeakyReLU 0.2 unless outermost) -> conv -> (BN unless outermost or innermost).
   Up block i:   ReLU -> transposed conv -> BN, input = concat(skip_i, up_{i+1}); the outermost up
@@ -73,12 +74,12 @@ class UNetGenerator(nn.Module):
         h = layers.ResidualBlock(nn.relu, self.dtype, name=f'up_res_{i}')(h, train)
       if self.self_attention == h.shape[1]:
         h = layers.SelfAttention(self.dtype, name='attention')(h)
-    return {'recon': jnp.tanh(h).astype(jnp.float32)}
+    return {'recon': jnp.tanh(h).astype(jnp.float32), 'code': skips[-1].astype(jnp.float32)}
 
 
 class PlainUNet(nn.Module):
   """RIAD's generator (docs/methods.md#riad): a U-Net autoencoder (Ronneberger et al. 2015) with 3x3
-  double convs; returns {'recon': x̂}.
+  double convs; returns {'recon': x̂, 'code': the innermost activations}.
 
   Five levels; level i is (3x3 conv -> BatchNorm -> ReLU) twice at isize / 2^i with
   min(2^i base, 8 base) channels (64 ... 512 at base 64; capped by max_channels), the first at full
@@ -119,4 +120,4 @@ class PlainUNet(nn.Module):
       h = layers.conv_transpose(chans[i], 2, 2, 'VALID', self.dtype, name=f'up_{i}')(h)
       h = double_conv(jnp.concatenate([skips[i], h], axis=-1), chans[i], f'up_{i}')
     h = layers.conv(self.channels, 1, 1, 'SAME', self.dtype, use_bias=True, name='out')(h)
-    return {'recon': jnp.tanh(h).astype(jnp.float32)}
+    return {'recon': jnp.tanh(h).astype(jnp.float32), 'code': skips[-1].astype(jnp.float32)}
