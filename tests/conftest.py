@@ -56,7 +56,7 @@ pytest_plugins = ['fake_gcs']
 # own: JAX's size-capped cache keeps an access-time file beside each entry and fails to write (with
 # a warning) when it meets an entry without one, which subprocesses that start JAX without a cap
 # leave in the shared directory above.
-SESSION_CACHE_MIN_COMPILE_S = 0.3
+SESSION_CACHE_MIN_COMPILE_S = 0.1
 SESSION_CACHE_DIR = os.path.join(SESSION_DIR, 'xla_in_process')
 
 

@@ -113,3 +113,17 @@ def test_every_method_reads_out_with_the_new_scores(method, scores, tiny_config)
 def test_a_bank_score_refuses_the_reference_protocol(tiny_config):
   with pytest.raises(checks.ConfigError, match='bank of training normals'):
     tiny_config('ganomaly', **{'eval.score': 'knn_code', 'eval.protocol': 'reference'})
+
+
+def test_tables_mark_a_class_below_chance_as_an_inversion():
+  from ganomaly_jax.experiments import tables
+
+  rows = [
+      {'suite': 's', 'class': c, 'seed': 0, 'method': 'gan', 'status': 'done', 'image_auroc': a}
+      for c, a in (('0', 0.9), ('1', 0.3))
+  ]
+  md = tables.markdown(rows, 'T').splitlines()
+  by_class = md.index('## image_auroc per class (mean over seeds)') + 2
+  assert md[by_class + 2] == '| gan | **0.900** | **0.300†** | **0.600** |'
+  one = md.index('## 1') + 2
+  assert md[one + 2].startswith('| gan | 1 | **0.3000 ± 0.0000†** |')

@@ -70,7 +70,15 @@ def test_step_per_adversarial_objective(adversarial):
     assert metrics['g_adv'] > 0
 
 
-@pytest.mark.parametrize('generator', list(models.GENERATORS))
+# RIAD's step (its five-level U-Net and the SSIM / MSGMS gradients) is the costliest program to
+# compile here, several times any other method's: its cases run in the full suite only.
+RIAD_SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize(
+    'generator',
+    [pytest.param(g, marks=RIAD_SLOW) if g == 'riad_unet' else g for g in models.GENERATORS],
+)
 def test_step_per_generator(generator):
   method = {'ede': 'ganomaly', 'unet': 'skip_ganomaly', 'riad_unet': 'riad'}[generator]
   metrics = check_step(method, **{'model.generator': generator})
@@ -88,7 +96,7 @@ def test_step_per_generator(generator):
     [
         ('masked', {}),
         ('grid_mask', {}),
-        ('riad', {}),
+        pytest.param('riad', {}, marks=RIAD_SLOW),
         pytest.param(
             'grid_mask', {'mask.partition': 'random', 'mask.cells': (4, 8)}, marks=pytest.mark.slow
         ),
@@ -136,6 +144,7 @@ def test_structural_terms_add_to_the_generator_loss():
   )
 
 
+@RIAD_SLOW
 def test_riad_loss_is_l2_ssim_msgms_at_one_to_one_to_one():
   # configs/riad.py: 0.25 x mean (x - x̂)² on [-1, 1] images is RIAD's L2 on [0, 1] intensities,
   # plus 1 x (1 - SSIM) and 1 x the MSGMS loss; no adversarial and no latent term.

@@ -6,7 +6,9 @@ evaluation, streamed: the training split goes through the embedding program one 
 time (each process decodes only its own slice, `passes.gathered_batches`), and only the embeddings
 are kept, at most `eval.bank_size` of them (beyond that, a uniform random subset drawn by reservoir
 sampling, seeded by `config.seed`). Memory is `bank_size` x D floats whatever the data's size: for
-54,000 MNIST normals and GANomaly's 100-dimensional z, 21.6 MB.
+54,000 MNIST normals and GANomaly's 100-dimensional z, 21.6 MB; the discriminator's features are
+wider (4,096 dimensions at 32 px, ndf 64: 45,000 normals are 744 MB, and the search costs as much
+more), where a smaller `eval.bank_size` is the lever.
 
 The bank is replicated on every device; `losses.knn_distance` searches it in blocks.
 """

@@ -153,6 +153,14 @@ def _overall(
   }
 
 
+INVERSION_MARK = '†'
+
+
+def _inverted(metric: str, value: float | None) -> bool:
+  """An AUROC below chance: the abnormal images were ranked *more* normal than the normals."""
+  return value is not None and 'auroc' in metric and value < 0.5
+
+
 def _by_class(summary, all_methods: Sequence[str], metric: str) -> list[str]:
   """Markdown rows: one per method, its mean `metric` over seeds for each class, best in bold."""
   classes = list(summary)
@@ -173,6 +181,7 @@ def _by_class(summary, all_methods: Sequence[str], metric: str) -> list[str]:
     cells = [method]
     for value, top in zip(values, best):
       text = 'n/a' if value is None else f'{value:.3f}'
+      text += INVERSION_MARK if _inverted(metric, value) else ''
       cells.append(
           f'**{text}**' if value is not None and round(value, 3) == round(top, 3) else text
       )
@@ -210,7 +219,7 @@ def _table(
         cells.append('n/a')
         continue
       mean, std, _ = cols[metric]
-      text = f'{mean:.4f} ± {std:.4f}'
+      text = f'{mean:.4f} ± {std:.4f}' + (INVERSION_MARK if _inverted(metric, mean) else '')
       # Bold every method whose mean rounds to the best: a tie is a tie.
       cells.append(f'**{text}**' if round(mean, 4) == round(best[metric], 4) else text)
     wall = cols.get('wall_time_s')
@@ -241,6 +250,9 @@ def markdown(rows: Sequence[dict[str, Any]], title: str, notes: Sequence[str] = 
       'Mean ± std over seeds (sample std); the best mean of each column in **bold** (the '
       'smallest for image_fpr, the largest elsewhere); `n/a`: the method gives no such value (k-NN has no pixel map) or no seed has '
       'finished.',
+      f'{INVERSION_MARK}: an AUROC below 0.5, an inversion: the abnormal images were ranked more '
+      'normal than the normals (a simpler abnormal class, rebuilt better; docs/methods.md#scores-'
+      'that-remember-the-normals).',
       '',
   ]
   if REFERENCE in metrics:
