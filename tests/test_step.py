@@ -155,7 +155,7 @@ def test_riad_loss_is_l2_ssim_msgms_at_one_to_one_to_one():
   )
 
 
-@pytest.mark.parametrize('method', ['grid_mask', 'riad'])
+@pytest.mark.parametrize('method', ['grid_mask', pytest.param('riad', marks=RIAD_SLOW)])
 def test_grid_eval_is_deterministic_and_scores_its_map(method, tiny_config, build_programs):
   config = tiny_config(method)
   progs = build_programs(config)

@@ -251,8 +251,8 @@ def markdown(rows: Sequence[dict[str, Any]], title: str, notes: Sequence[str] = 
       'smallest for image_fpr, the largest elsewhere); `n/a`: the method gives no such value (k-NN has no pixel map) or no seed has '
       'finished.',
       f'{INVERSION_MARK}: an AUROC below 0.5, an inversion: the abnormal images were ranked more '
-      'normal than the normals (a simpler abnormal class, rebuilt better; docs/methods.md#scores-'
-      'that-remember-the-normals).',
+      'normal than the normals (a simpler abnormal class, rebuilt better; see '
+      'docs/methods.md#scores-that-remember-the-normals).',
       '',
   ]
   if REFERENCE in metrics:
