@@ -342,6 +342,17 @@ def reconstruct_for_eval(
   return {'recon': jnp.mean(recons, axis=0), 'recons': recons}
 
 
+def _eval_networks(components: Components, state: GanState, x: jax.Array) -> dict:
+  """D in eval mode (images -> (logits, features)) and G's eval-mode outputs on x itself, each
+  traced only where a score or feature calls it."""
+  return dict(
+      discriminator=lambda images: _apply_d(
+          components, state.d_params, state.d_stats, images, False
+      )[0],
+      plain_outputs=lambda: _apply_g(components, state.g_params, state.g_stats, x, False)[0],
+  )
+
+
 def score_inputs(
     components: Components,
     step_config: frozen.StepConfig,
@@ -352,16 +363,11 @@ def score_inputs(
   """What a registered score sees of a batch: x, the eval-mode reconstruction(s), D in eval mode,
   G on the unmasked images (traced only where a score reads it) and the training normals'
   embeddings `banks` (feature name -> [N, D]) for the scores that compare with them."""
-  discriminator = lambda images: _apply_d(components, state.d_params, state.d_stats, images, False)[
-      0
-  ]
-  plain = lambda: _apply_g(components, state.g_params, state.g_stats, x, False)[0]
   return losses.ScoreInputs(
       x=x,
       outputs=reconstruct_for_eval(components, step_config, state, x),
-      discriminator=discriminator,
-      plain_outputs=plain,
       banks=banks,
+      **_eval_networks(components, state, x),
   )
 
 
@@ -376,11 +382,7 @@ def embed(
   """The embedding `losses.FEATURES[feature]` of a batch's images, [B, D], in eval mode: what
   evaluation/feature_bank.py collects from the training normals."""
   x = normalization.from_tanh(batch['image'], step_config.normalization)
-  discriminator = lambda images: _apply_d(components, state.d_params, state.d_stats, images, False)[
-      0
-  ]
-  plain = lambda: _apply_g(components, state.g_params, state.g_stats, x, False)[0]
-  inputs = losses.ScoreInputs(x=x, outputs={}, discriminator=discriminator, plain_outputs=plain)
+  inputs = losses.ScoreInputs(x=x, outputs={}, **_eval_networks(components, state, x))
   return losses.FEATURES[feature].fn(inputs)
 
 
