@@ -183,6 +183,7 @@ class ShuffledLabels:
     return {**self.source[index], 'label': np.int32(self.labels[index])}
 
 
+@pytest.mark.slow  # trains a run, then reads it out every way
 def test_auto_choice_is_recorded_and_blind_to_test_labels(tmp_path, tiny_config):
   config = tiny_config(
       'masked',

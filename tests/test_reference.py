@@ -152,6 +152,7 @@ def test_mnist_reference_normalization_is_the_official_one():
   assert programs.program_key(plain, mesh) == programs.program_key(_config(abnormal=3), mesh)
 
 
+@pytest.mark.slow  # a whole run, stopped early
 def test_early_stop_ends_the_run_and_it_counts_as_finished(tmp_path, monkeypatch):
   losses = iter([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
   monkeypatch.setattr(train, '_validate', lambda *args: next(losses))

@@ -59,8 +59,19 @@ def check_step(method: str, **overrides) -> dict:
   return metrics
 
 
-# SkipGANomaly's U-Net keeps its own method; GANomaly's E-D-E generator is tried with every objective.
-@pytest.mark.parametrize('adversarial', list(losses.ADVERSARIAL))
+# SkipGANomaly's U-Net keeps its own method; GANomaly's E-D-E generator is tried with every objective
+# (the two that compile the costliest steps, feature matching and the gradient penalty, in the full
+# suite only: the fast loop keeps its budget).
+_COSTLY_OBJECTIVES = ('feature_matching', 'wgan_gp')
+
+
+@pytest.mark.parametrize(
+    'adversarial',
+    [
+        pytest.param(a, marks=pytest.mark.slow) if a in _COSTLY_OBJECTIVES else a
+        for a in losses.ADVERSARIAL
+    ],
+)
 def test_step_per_adversarial_objective(adversarial):
   overrides = {'loss.adversarial': adversarial}
   if not losses.ADVERSARIAL[adversarial].needs_discriminator:  # 'none': a plain autoencoder
@@ -90,11 +101,11 @@ def test_step_per_generator(generator):
 
 # Every mask kind, and the grid's partitions and draws (the grid mask's alternating grid, RIAD's
 # random sets drawn per batch, and the other two combinations: each compiles a step of its own, so
-# they run in the full suite only).
+# all but the grid mask run in the full suite only).
 @pytest.mark.parametrize(
     'method, overrides',
     [
-        ('masked', {}),
+        pytest.param('masked', {}, marks=pytest.mark.slow),
         ('grid_mask', {}),
         pytest.param('riad', {}, marks=RIAD_SLOW),
         pytest.param(
@@ -119,6 +130,7 @@ def test_skip_ganomaly_family_defaults_to_the_latent_term_in_d(method, tiny_conf
   assert tiny_config(method).loss.latent_in_d is True
 
 
+@pytest.mark.slow  # a second SkipGANomaly step to compile (no latent term in D)
 def test_skip_ganomaly_d_loss_includes_the_latent_term():
   # Same state, batch and keys: the default D loss is the ablation's plus w_enc * the latent term
   # mean((f(x) - f(x̂))²), which the U-Net's G loss reports as g_lat.
@@ -134,6 +146,7 @@ def test_skip_ganomaly_d_loss_includes_the_latent_term():
 # ---- RIAD's structural terms and maps (docs/methods.md#riad): switches of every method. ----
 
 
+@pytest.mark.slow  # two U-Net steps to compile
 def test_structural_terms_add_to_the_generator_loss():
   # The weights do not change the forward pass, so the G loss differs by exactly the weighted terms.
   _, _, plain, _ = run_method('skip_ganomaly')
