@@ -44,8 +44,9 @@ from ganomaly_jax.runtime import compile_cache  # noqa: E402
 import synthetic  # noqa: E402
 from helpers import REPO, tiny  # noqa: E402
 
-# The gs_root fixture (fsspec's in-memory file system as gs://) for every test module.
-pytest_plugins = ['fake_gcs']
+# For every test module: gs_root (fsspec's in-memory file system as gs://, tests/fake_gcs.py) and
+# gcs_emulator (a GCS API on localhost, tests/gcs_emulator.py).
+pytest_plugins = ['fake_gcs', 'gcs_emulator']
 
 # Many tests compile the same tiny programs (each method's step, the evaluation passes); a
 # persistent cache for this process lets every test after the first load them instead, as a user's

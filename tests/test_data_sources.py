@@ -73,3 +73,10 @@ def test_missing_npz_path_is_one_clear_error():
       ValueError, match='npz dataset not found'
   ):  # resolving its channels says so too
     load('dataset=npz:/no/such/file.npz')
+
+
+@pytest.mark.parametrize('name', ['folder:gs://bucket/images', 'npz:gs://bucket/mnist.npz'])
+def test_a_dataset_in_a_bucket_is_one_clear_error(name):
+  # Data is read with local file calls; the error says how to get it onto a local disk.
+  with pytest.raises(sources.DataError, match='local path, not a URL.*gcloud storage cp'):
+    sources.get_dataset(name)

@@ -85,3 +85,15 @@ def test_configure_process_sets_flags_cache_and_quiet_logs(tmp_path):
   assert used == str(tmp_path / 'xla') and (tmp_path / 'xla').is_dir()
   assert '--xla_' in xla_flags  # the measured XLA:CPU defaults
   assert filters == '1'
+
+
+def test_gs_goes_through_gcsfs_unless_the_user_chose(monkeypatch):
+  # gcsfs is in the test extra (as in the `gcs` extra): epath is sent to it, not to tf.io.gfile.
+  from ganomaly_jax.runtime import startup
+
+  monkeypatch.delenv('EPATH_USE_TF', raising=False)
+  startup._gcs_through_gcsfs()
+  assert os.environ['EPATH_USE_TF'] == 'false'
+  monkeypatch.setenv('EPATH_USE_TF', 'true')
+  startup._gcs_through_gcsfs()
+  assert os.environ['EPATH_USE_TF'] == 'true'

@@ -441,6 +441,13 @@ def get_dataset(full_name: str) -> tuple[Dataset, str]:
   dataset = DATASETS.get(name)
   if dataset is None or dataset.takes_arg != bool(sep) or (sep and not arg):
     raise DataError(f'dataset.name={full_name!r} is not a dataset: use {_usage()}.')
+  if dataset.takes_arg and '://' in arg:
+    # Image folders and npz files are read with local file calls (and decoded by several workers):
+    # a bucket is copied or mounted first. Run directories are the ones that may be URLs.
+    raise DataError(
+        f'dataset.name={full_name!r}: datasets are read from a local path, not a URL; copy the data '
+        f'to a local disk first (gcloud storage cp -r {arg} DIR) or mount the bucket (gcsfuse).'
+    )
   return dataset, arg
 
 

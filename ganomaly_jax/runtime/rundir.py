@@ -118,8 +118,15 @@ def finished_results(workdir: PathLike, num_steps: int) -> dict[str, Any] | None
 
 def append_curves(workdir: PathLike, step: int, summary: Mapping[str, float]) -> None:
   """Appends one line of averaged train metrics to train_metrics.jsonl."""
-  with path(workdir, CURVES).open('a') as f:
-    f.write(json.dumps({'step': step, **summary}) + '\n')
+  target = path(workdir, CURVES)
+  line = json.dumps({'step': step, **summary}) + '\n'
+  if is_remote(target):
+    # Objects are immutable, and gcsfs opens 'a' as a new object (the earlier rows would be
+    # lost): the file is rewritten whole, cheap at a line per log step.
+    write_text(target, (target.read_text() if target.exists() else '') + line)
+    return
+  with target.open('a') as f:
+    f.write(line)
 
 
 def read_curves(workdir: PathLike) -> dict[str, list[tuple[int, float]]]:

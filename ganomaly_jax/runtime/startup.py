@@ -2,11 +2,12 @@
 
 Each command calls `configure_process` first, before anything starts JAX's backend, so that all of
 them run with the same XLA:CPU defaults, keep TensorFlow off the accelerators, share the persistent
-compilation cache and log the same way. Importing this module does nothing by itself.
+compilation cache, reach `gs://` the same way and log the same way. Importing this module does nothing by itself.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging as std_logging
 import os
 
@@ -36,6 +37,15 @@ def _hide_gpus_from_tensorflow() -> None:
   tf.config.experimental.set_visible_devices([], 'GPU')
 
 
+def _gcs_through_gcsfs() -> None:
+  # etils.epath (run directories and orbax's own files) sends gs:// to tf.io.gfile whenever
+  # TensorFlow is installed, as it is here for clu. With gcsfs installed (the `gcs` extra) it goes
+  # through fsspec/gcsfs instead: the route tested against a GCS emulator (tests/gcs_emulator.py;
+  # TensorFlow's GCS endpoint cannot be pointed at one). An EPATH_USE_TF the user set is kept.
+  if 'EPATH_USE_TF' not in os.environ and importlib.util.find_spec('gcsfs') is not None:
+    os.environ['EPATH_USE_TF'] = 'false'
+
+
 def configure_process(
     *,
     xla_cpu_defaults: bool = True,
@@ -57,6 +67,7 @@ def configure_process(
   from ganomaly_jax.cpu import xla_flags
 
   _quiet_libraries()
+  _gcs_through_gcsfs()
   xla_flags.apply_cpu_defaults(enabled=xla_cpu_defaults)
   if uses_tensorflow:
     _hide_gpus_from_tensorflow()
