@@ -3,16 +3,20 @@
 A quick run with `--workdir=gs://...` trains, checkpoints (latest and best), dies by SIGKILL and
 resumes exactly, and writes its results into the bucket; `infer` scores a local folder from that
 run; a benchmark root in the bucket gets its tables; the workdir lease refuses a second launch (a
-folder dataset in a bucket is one clear error: tests/test_data_sources.py). TensorBoard events go
+folder dataset in a bucket is one clear error: tests/test_data_sources.py); a bucket that stops
+answering mid-run stops the run with one line naming the last checkpoint that reached it, and the
+same command resumes from there once the bucket is back. TensorBoard events go
 to a local folder (clu writes them through tf.io.gfile, which cannot be pointed at an emulator:
 tests/gcs_emulator.py).
 """
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
 
 from etils import epath
 import numpy as np
@@ -148,3 +152,48 @@ def test_a_benchmark_root_in_the_bucket_gets_its_tables(gcs_emulator, tmp_path):
   names = {p.name for p in epath.Path(root).iterdir()}
   assert {'results.md', 'results.csv'} <= names, names
   assert 'pca' in (epath.Path(root) / 'results.md').read_text()
+
+
+def test_a_bucket_that_stops_answering_stops_the_run_with_one_line_and_it_resumes(
+    gcs_emulator, tmp_path
+):
+  workdir = gcs_emulator.root('outage')
+  run = subprocess.Popen(
+      [
+          sys.executable,
+          HELPER,
+          'ganomaly_jax.main',
+          f'--config={TINY}',
+          f'--workdir={workdir}',
+          '--config.train.num_steps=100000',
+          '--config.train.checkpoint_every=5',
+      ],
+      cwd=tmp_path,
+      env=dict(os.environ, **gcs_emulator.env, LOCAL_EVENTS=str(tmp_path / 'events')),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+  )
+  try:
+    deadline = time.time() + 240
+    while checkpoint.CheckpointStore(workdir).latest_step() is None:  # a finished save, read back
+      assert run.poll() is None and time.time() < deadline, run.communicate()[1][-3000:]
+      time.sleep(1)
+    gcs_emulator.stop()  # the bucket goes away mid-run
+    _, err = run.communicate(timeout=400)
+  finally:
+    if run.poll() is None:
+      run.kill()
+    gcs_emulator.start()
+  assert run.returncode == 1, err[-3000:]
+  errors = [line for line in err.splitlines() if line.startswith('error:')]
+  assert len(errors) == 1, err[-3000:]
+  kept = re.search(r'the last checkpoint that reached it is step (\d+) \((\S+)\)', errors[0])
+  assert kept and f'gs://{gcs_emulator.root("").split("/")[2]} stopped answering' in errors[0]
+  step = int(kept.group(1))
+  assert kept.group(2) == f'{workdir}/checkpoints/{step}'
+
+  resumed = train(gcs_emulator, tmp_path, workdir, f'--config.train.num_steps={step + 2}')
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f'Resumed from step {step}.' in resumed.stderr, resumed.stderr[-3000:]
+  assert rundir.read_results(workdir)['steps'] == step + 2

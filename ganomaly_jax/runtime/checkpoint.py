@@ -10,7 +10,9 @@ during a save leaves the previous checkpoint usable. A checkpoint damaged afterw
 deleted file, a bad disk block) fails to restore: it is named in one warning line, moved to
 `damaged/` beside the run's files (kept, not deleted), and the next older one is used.
 
-during a save leaves the previous checkpoint usable.
+A run directory in a bucket that stops answering mid-run (a network or service outage) stops the run
+with one line naming the bucket and the last checkpoint that is known to have reached it; the same
+command resumes from that checkpoint once the bucket answers again.
 
 Several runs may checkpoint in one process at once (a queue's `--parallel`, one thread per run).
 orbax numbers its operations with one process-wide counter and reads it back while an operation
@@ -126,6 +128,31 @@ def _quiet_restore_leftovers() -> None:
   )
 
 
+def _first_line(error: BaseException) -> str:
+  lines = [l.strip() for l in str(error).splitlines() if l.strip()]
+  return lines[0][:200] if lines else ''
+
+
+def connection_failure(error: BaseException) -> BaseException | None:
+  """The network error behind `error` (itself or one of its causes), or None.
+
+  gcsfs raises aiohttp's connection errors (OSErrors) once its retries are spent; orbax passes them
+  on from its background threads, wrapped or not; tensorstore reports an unreachable server as
+  UNAVAILABLE. A full local disk is an OSError too, but never on a bucket, where this is asked.
+  """
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, (ConnectionError, TimeoutError)) or (
+        isinstance(error, OSError) and 'connect' in str(error).lower()
+    ):
+      return error
+    if 'UNAVAILABLE' in str(error) or 'Cannot connect to host' in str(error):
+      return error
+    error = error.__cause__ or error.__context__
+  return None
+
+
 def tree_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
   """Slash-joined key path -> shape of every array leaf of a nested dict (or state) tree."""
   import flax
@@ -146,6 +173,9 @@ class CheckpointStore:
     self.workdir = workdir
     self.latest_dir = rundir.path(workdir, rundir.CHECKPOINTS)  # local (absolute) or gs://
     self.best_dir = rundir.path(workdir, rundir.BEST)
+    # The newest step whose save is known to have finished, and the one still being written.
+    self.committed_step: int | None = None
+    self._pending_step: int | None = None
     with _ORBAX:
       self._open(keep)
 
@@ -172,13 +202,23 @@ class CheckpointStore:
   def save(self, step: int, state: Any, data_iter: Any, force: bool = False) -> bool:
     """Saves state and iterator position together (asynchronously)."""
     with _ORBAX:
-      return self.latest.save(
+      saved = self.latest.save(
           step,
           args=ocp.args.Composite(
               state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter)
           ),
           force=force,
       )
+    if saved:
+      # orbax finished the previous save (or raised its failure) before starting this one.
+      self._mark_committed()
+      self._pending_step = step
+    return saved
+
+  def _mark_committed(self) -> None:
+    if self._pending_step is not None:
+      self.committed_step = self._pending_step
+      self._pending_step = None
 
   def restore_latest(
       self, state_like: Any, data_iter: Any | None, set_aside: bool = True
@@ -199,6 +239,7 @@ class CheckpointStore:
       except Exception as e:  # pylint: disable=broad-except  # orbax/tensorstore raise many types
         self._damaged(self.latest, self.latest_dir, step, e, set_aside)
         continue
+      self.committed_step = step  # a resumed run's starting point is on storage already
       return restored['state'], step
     return None
 
@@ -302,6 +343,7 @@ class CheckpointStore:
   def wait(self) -> None:
     """Blocks until asynchronous saves are on disk (call before exiting or reading them back)."""
     self.latest.wait_until_finished()
+    self._mark_committed()
     self.best.wait_until_finished()
 
   @contextlib.contextmanager
@@ -309,16 +351,39 @@ class CheckpointStore:
     """Lets the saves under way reach the disk when the block raises.
 
     The process usually exits right after a failed run, which would kill orbax's background commit
-    of the last good checkpoint with it; a run that stops on an error keeps that checkpoint.
+    of the last good checkpoint with it; a run that stops on an error keeps that checkpoint. An
+    error that is a bucket run directory becoming unreachable becomes one line (TrainingError)
+    naming the bucket and the last checkpoint that reached it.
     """
     try:
       yield
-    except BaseException:
+    except BaseException as error:
       try:
         self.wait()
       except Exception as e:  # pylint: disable=broad-except
-        logging.warning('A checkpoint save under way failed as well: %s', e)
+        logging.warning('A checkpoint save under way failed as well: %s', _first_line(e))
+      unreachable = self.unreachable(error)
+      if unreachable is not None:
+        raise unreachable from error
       raise
+
+  def unreachable(self, error: BaseException) -> rundir.TrainingError | None:
+    """The one-line error for `error` if it is this run's bucket failing to answer, else None."""
+    cause = connection_failure(error)
+    if cause is None or not rundir.is_remote(self.latest_dir):
+      return None
+    bucket = '/'.join(str(self.latest_dir).split('/')[:3])
+    if self.committed_step is None:
+      kept = 'no checkpoint of this run reached it yet, so a relaunch starts afresh'
+    else:
+      kept = (
+          f'the last checkpoint that reached it is step {self.committed_step} '
+          f'({self.latest_dir / str(self.committed_step)}); the same command resumes from it'
+      )
+    return rundir.TrainingError(
+        f'{bucket} stopped answering ({type(cause).__name__}: {_first_line(cause)}); {kept} '
+        'once the bucket answers again.'
+    )
 
   def close(self) -> None:
     self.wait()

@@ -387,7 +387,11 @@ class WorkdirLock:
 
   def _renew(self) -> None:
     while not self._stop.wait(self.ttl_s / 4):
-      current = self._read_lease()
+      try:
+        current = self._read_lease()
+      except OSError as e:  # the store is unreachable for now: retried, the lease lasts ttl_s
+        logging.warning('%s: could not read the lease to renew it: %s', self.file, e)
+        continue
       if not current or current.get('token') != self._lease['token']:
         logging.error(
             '%s: the lease was taken over by %s; this run no longer holds the workdir.',
@@ -420,9 +424,12 @@ class WorkdirLock:
       self._stop.set()
       if self._thread is not None:
         self._thread.join(timeout=5)
-      current = self._read_lease()
-      if current and current.get('token') == self._lease['token']:
-        self.file.unlink()
+      try:
+        current = self._read_lease()
+        if current and current.get('token') == self._lease['token']:
+          self.file.unlink()
+      except OSError as e:  # never hides the error a run stops on; an unrenewed lease expires
+        logging.warning('%s: could not release the lease (%s); it expires by itself.', self.file, e)
       self._lease = None
       if self._created:
         with contextlib.suppress(OSError):
