@@ -151,7 +151,10 @@ def _run(
   )
   early_stop = schedule.EarlyStop(t.early_stop_patience)
   if is_chief:
-    rundir.write_json(rundir.path(workdir, rundir.CONFIG), {'config': config.to_dict()})
+    rundir.write_json(
+        rundir.path(workdir, rundir.CONFIG),
+        {'config': config.to_dict(), 'versions': rundir.library_versions()},
+    )
 
   # ---------------- Train loop ----------------
   # clu's writer goes through tf.io.gfile, which reads and writes gs:// itself.
@@ -358,9 +361,21 @@ def _restore(
   """The newest checkpoint's state (and the iterator's position, in place, when training)."""
   # Evaluation needs no data position (and may run with another process count than training).
   is_chief = jax.process_index() == 0
+  changed = rundir.version_changes(workdir)
+  if changed:
+    logging.warning('Resuming %s with %s.', workdir, _versions_text(changed))
+  had_checkpoints = store.latest_step() is not None
+  # A checkpoint that fails to restore under other library releases is not damaged: it stays.
   restored = store.restore_latest(
-      state, train_iter if config.mode == 'train' else None, set_aside=is_chief
+      state, train_iter if config.mode == 'train' else None, set_aside=is_chief and not changed
   )
+  if restored is None and had_checkpoints and changed:
+    pins = ' '.join(f"'{name}=={before}'" for name, _, before in changed)
+    raise rundir.TrainingError(
+        f'{workdir}: no checkpoint restores with {_versions_text(changed)}; install the releases '
+        f'that wrote them to resume (pip install {pins}), or use --config.restart=True to start '
+        'over.'
+    )
   if config.mode == 'eval' and restored is None:
     raise rundir.TrainingError(f'mode=eval: {workdir} has no checkpoint to evaluate.')
   step = 0 if restored is None else int(restored[0].step)
@@ -371,6 +386,14 @@ def _restore(
     return state
   logging.info('Resumed from step %d.', step)
   return restored[0]
+
+
+def _versions_text(changed: list[tuple[str, str, str]]) -> str:
+  """'flax 0.13.0 here, 0.12.8 when its checkpoints were written; ...'."""
+  return '; '.join(
+      f'{name} {now} here, {before} when its checkpoints were written'
+      for name, now, before in changed
+  )
 
 
 def hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:

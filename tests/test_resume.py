@@ -2,6 +2,8 @@
 
 import logging
 import os
+import pathlib
+import shutil
 
 import jax
 import numpy as np
@@ -99,3 +101,31 @@ def test_another_architecture_is_refused_before_compiling(trained, monkeypatch):
   message = str(info.value)
   assert '\n' not in message and 'different architecture' in message
   assert 'g_params/decoder/bn_0/bias (8,) -> (16,)' in message, message
+
+
+@pytest.mark.slow  # trains first (the fixture)
+def test_checkpoints_of_other_releases_that_fail_to_restore_stay_and_name_them(trained, tmp_path):
+  # config.json says another flax wrote the run, and no checkpoint of it reads any more: the run
+  # stops with the releases to install, and nothing is set aside as damaged or trained afresh.
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(trained, workdir)
+  saved = rundir.read_json(rundir.path(workdir, rundir.CONFIG))
+  assert saved['versions'] == rundir.library_versions()  # what the training session recorded
+  saved['versions']['flax'] = '0.0.1'
+  rundir.write_json(rundir.path(workdir, rundir.CONFIG), saved)
+  checkpoints = pathlib.Path(rundir.path(workdir, rundir.CHECKPOINTS))
+  steps = sorted(p.name for p in checkpoints.iterdir() if p.name.isdigit())
+  for step in steps:  # each checkpoint's largest file (its arrays) cut to a third
+    largest = max(
+        (f for f in (checkpoints / step / 'state').rglob('*') if f.is_file()),
+        key=lambda f: f.stat().st_size,
+    )
+    with open(largest, 'r+b') as f:
+      f.truncate(largest.stat().st_size // 3)
+  with pytest.raises(
+      rundir.TrainingError,
+      match=r"flax \S+ here, 0\.0\.1 when its checkpoints were written.*pip install 'flax==0\.0\.1'",
+  ):
+    train.train_and_evaluate(_config(8), workdir)
+  assert not os.path.exists(rundir.path(workdir, rundir.DAMAGED))
+  assert sorted(p.name for p in checkpoints.iterdir() if p.name.isdigit()) == steps

@@ -231,6 +231,28 @@ def runtime_changes(runtime: Mapping[str, Any], workdir: PathLike) -> list[tuple
   return [(k, v, old[k]) for k, v in sorted(runtime.items()) if k in old and old[k] != v]
 
 
+# The libraries whose releases decide whether a checkpoint restores: the arrays and their tree
+# (jax, flax), the checkpoint format (orbax) and the data iterator's saved position (grain).
+CHECKPOINT_LIBRARIES = ('jax', 'jaxlib', 'flax', 'orbax-checkpoint', 'grain')
+
+
+def library_versions() -> dict[str, str]:
+  """{distribution: installed version} of CHECKPOINT_LIBRARIES (recorded in config.json)."""
+  from importlib import metadata
+
+  return {name: metadata.version(name) for name in CHECKPOINT_LIBRARIES}
+
+
+def version_changes(workdir: PathLike) -> list[tuple[str, str, str]]:
+  """(library, now, before) for each CHECKPOINT_LIBRARIES release that differs from the one the
+  run's last session recorded in config.json (none for a run that recorded none)."""
+  saved = read_json(path(workdir, CONFIG))
+  before = (saved or {}).get('versions', {})
+  return [
+      (k, v, before[k]) for k, v in library_versions().items() if k in before and before[k] != v
+  ]
+
+
 def has_steps(directory: PathLike) -> bool:
   """True when an orbax checkpoint folder holds a finished step (orbax names them by the step)."""
   directory = epath.Path(directory)
