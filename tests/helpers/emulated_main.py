@@ -14,41 +14,13 @@ are its own. Two test hooks, kept out of the package:
 
 import os
 import runpy
-import signal
 import sys
 
 # Run as a script, sys.path[0] is tests/helpers: the repository's package comes first.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from ganomaly_jax.runtime import startup  # noqa: E402
-
-
-def _events_to_local_folder(local_root: str) -> None:
-  from clu import metric_writers
-
-  create = metric_writers.create_default_writer
-
-  def create_local(logdir, *args, **kwargs):
-    logdir = str(logdir)
-    if logdir.startswith('gs://'):
-      logdir = os.path.join(local_root, logdir[len('gs://') :])
-    return create(logdir, *args, **kwargs)
-
-  metric_writers.create_default_writer = create_local
-
-
-def _kill_after_saving(step: int) -> None:
-  from ganomaly_jax.runtime import checkpoint  # imports JAX: only once startup configured it
-
-  save = checkpoint.CheckpointStore.save
-
-  def save_then_die(self, at, *args, **kwargs):
-    saved = save(self, at, *args, **kwargs)
-    if at >= step:
-      os.kill(os.getpid(), signal.SIGKILL)
-    return saved
-
-  checkpoint.CheckpointStore.save = save_then_die
+import process_hooks  # noqa: E402  # tests/helpers, this script's folder
 
 
 def main() -> None:
@@ -63,9 +35,9 @@ def main() -> None:
   def configure_then_hook(*args, **kwargs):
     result = configure_process(*args, **kwargs)
     if os.environ.get('LOCAL_EVENTS'):
-      _events_to_local_folder(os.environ['LOCAL_EVENTS'])
+      process_hooks.events_to_local_folder(os.environ['LOCAL_EVENTS'])
     if kill_after is not None:
-      _kill_after_saving(kill_after)
+      process_hooks.kill_after_saving(kill_after)
     return result
 
   startup.configure_process = configure_then_hook

@@ -8,7 +8,6 @@ step N may or may not have reached the disk. Every argument after N goes to `gan
 """
 
 import os
-import signal
 import sys
 
 # Run as a script, sys.path[0] is tests/helpers: the repository's package comes first.
@@ -18,21 +17,7 @@ from absl import app, flags  # noqa: E402
 
 from ganomaly_jax import main as entry  # noqa: E402
 from ganomaly_jax.runtime import startup  # noqa: E402
-
-
-def _kill_after_saving(step: int) -> None:
-  """Makes `CheckpointStore.save` SIGKILL the process once it has handed over step >= `step`."""
-  from ganomaly_jax.runtime import checkpoint  # imports JAX: only once startup configured it
-
-  save = checkpoint.CheckpointStore.save
-
-  def save_then_die(self, at, *args, **kwargs):
-    saved = save(self, at, *args, **kwargs)
-    if at >= step:
-      os.kill(os.getpid(), signal.SIGKILL)
-    return saved
-
-  checkpoint.CheckpointStore.save = save_then_die
+import process_hooks  # noqa: E402  # tests/helpers, this script's folder
 
 
 def main() -> None:
@@ -41,7 +26,7 @@ def main() -> None:
 
   def configure_then_patch(config):  # the entry point configures the process before JAX starts
     result = configure_for(config)
-    _kill_after_saving(step)
+    process_hooks.kill_after_saving(step)
     return result
 
   startup.configure_for = configure_then_patch
