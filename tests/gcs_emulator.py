@@ -72,6 +72,9 @@ class GcsEmulator:
     return f'gs://{BUCKET}/{name}'
 
   def start(self, timeout_s: float = 30.0) -> None:
+    """Starts the server (a no-op while it runs) and waits until it answers."""
+    if self._proc is not None and self._proc.poll() is None:
+      return
     self._proc = subprocess.Popen(
         [
             sys.executable,
