@@ -23,6 +23,7 @@ import threading
 from typing import Any, Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from ganomaly_jax import state as state_lib, step as step_lib
@@ -90,6 +91,14 @@ def program_key(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> t
       if k in PROGRAM_KEYS or not any(k == f or k.startswith(f + '.') for f in PROGRAM_FREE_KEYS)
   }
   return json.dumps(flat, sort_keys=True, default=repr), mesh
+
+
+def group_key(config: ml_collections.ConfigDict) -> str | None:
+  """Runs with the same key may train as one group (`runtime.step_group`): training runs with
+  equal programs; None for a run that trains nothing (mode=eval)."""
+  if config.mode != 'train':
+    return None
+  return program_key(config, None)[0]
 
 
 def set_cache_size(size: int) -> None:
@@ -182,3 +191,51 @@ def readout_program(
 def embed_program(config: ml_collections.ConfigDict, progs: Programs, feature: str) -> Callable:
   """(state, batch) -> `step.embed` of `feature` ([B, D] embeddings); kept with `progs`."""
   return kept_program(config, progs, step_lib.embed, feature=feature)
+
+
+def group_train_step(
+    config: ml_collections.ConfigDict, progs: Programs, mesh: jax.sharding.Mesh, members: int
+) -> Callable:
+  """The training step of `members` runs that share these programs, as one jitted program.
+
+  (states, batches, rngs) -> (states, metrics), each a tuple with one entry per run; the states are
+  donated. Lowered for CPU, the program holds one copy of the step per run: XLA:CPU runs a
+  vmapped step (grouped convolutions) 1.6-2.5x slower than the same steps one by one
+  (docs/performance.md#seeds-as-one-program), and each copy computes bit for bit what the run's own
+  `train_step` does. Lowered for any other platform the runs are stacked and the step is vmapped,
+  which fills an accelerator that one small run leaves mostly idle (equal to the runs alone to float
+  tolerance). Kept with `progs` (one per group size); `mesh` is the one `progs` were built for.
+  """
+  key = ('group_train_step', members, config.runtime.cpu_kernels)
+  if key not in progs.aot:
+    fast = functools.partial(kernels.with_cpu_kernels, mode=config.runtime.cpu_kernels)
+    single = fast(
+        functools.partial(
+            step_lib.train_step, components=progs.components, step_config=progs.step_config
+        )
+    )
+
+    def one_by_one(states, batches, rngs):
+      outs = [single(s, b, r) for s, b, r in zip(states, batches, rngs)]
+      return tuple(o[0] for o in outs), tuple(o[1] for o in outs)
+
+    def stacked(states, batches, rngs):
+      stack = lambda trees: jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+      new_states, metrics = jax.vmap(single)(stack(states), stack(batches), stack(rngs))
+      unstack = lambda tree: tuple(
+          jax.tree.map(functools.partial(lambda i, x: x[i], i), tree) for i in range(members)
+      )
+      return unstack(new_states), unstack(metrics)
+
+    def group_step(states, batches, rngs):
+      return jax.lax.platform_dependent(states, batches, rngs, cpu=one_by_one, default=stacked)
+
+    group_step.__name__ = group_step.__qualname__ = f'group_train_step_{members}'
+    repl, batch_sh = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    progs.aot[key] = jax.jit(
+        group_step,
+        in_shardings=(repl, batch_sh, repl),
+        out_shardings=(repl, repl),
+        donate_argnums=0,
+    )
+  return progs.aot[key]

@@ -28,7 +28,8 @@ from ganomaly_jax.config import schema
 from ganomaly_jax.cpu import host_memory
 from ganomaly_jax.data import pipeline, sources
 from ganomaly_jax.evaluation import evaluator, passes, reference  # reference: eval.protocol
-from ganomaly_jax.runtime import checkpoint, disk, divergence, parallel, preemption, rundir, timing
+from ganomaly_jax.runtime import checkpoint, disk, divergence, parallel, preemption, rundir
+from ganomaly_jax.runtime import step_group, timing
 
 
 def train_and_evaluate(
@@ -140,6 +141,12 @@ def _run(
   train_step = progs.train_step
   if config.mode == 'train':
     train_step = _compile_train_step(config, progs, state_shapes, train_rng)
+  # A run of a group (step_group.run_together): its steps run in one program with the others'.
+  membership = step_group.current() if config.mode == 'train' else None
+  if membership is not None:
+    train_step = membership.train_step(
+        train_step, lambda k: programs.group_train_step(config, progs, mesh, k)
+    )
   state = progs.init(init_rng)
   host_memory.release_free_memory()
 
@@ -184,10 +191,8 @@ def _run(
         state = _skip_step(state)
         logging.warning('Step %d: skipping the batch that diverged before the rollback.', step)
       else:
-        batch = parallel.to_global(batch, mesh)
-        state, metrics = train_step(
-            state, {'image': batch['image']}, jax.random.fold_in(train_rng, step)
-        )
+        batch = parallel.to_global({'image': batch['image']}, mesh)
+        state, metrics = train_step(state, batch, _step_key(train_rng, step))
         history.append((step, metrics))
       report(step)
 
@@ -241,6 +246,8 @@ def _run(
           store.save(step, state, train_iter, force=True)
         preempted = True
         break
+  if membership is not None:  # the others go on without this run
+    membership.leave()
   with timing.phase('checkpoints'):
     store.wait()
   if preempted:
@@ -408,6 +415,11 @@ def hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # The loop's pieces.
 # ---------------------------------------------------------------------------------------------
+
+
+# The step's key, `jax.random.fold_in(train_rng, step)`: jitted, it dispatches in microseconds
+# instead of milliseconds (docs/performance.md#the-loops-own-time); the key is the same.
+_step_key = jax.jit(jax.random.fold_in)
 
 
 @functools.partial(jax.jit, donate_argnums=0)

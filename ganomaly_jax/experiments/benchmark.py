@@ -41,7 +41,7 @@ from ganomaly_jax.experiments import placement, run_queue, suites, tables
 _SUITE = flags.DEFINE_string('suite', None, 'Suite: NAME[:ARG] of configs/suites/, or a file path.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Benchmark root: runs/, data/ and the tables.')
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'List the runs (one line each) and run nothing.')
-_PARALLEL, _SHARE = placement.define_flags('suite')
+_PARALLEL, _SHARE, _STACK = placement.define_flags('suite')
 
 Record = run_queue.Record  # run_queue.Record[suites.BenchRun]
 
@@ -178,13 +178,15 @@ def run_benchmark(
     train_fn: run_queue.TrainFn | None = None,
     workers: int = 1,
     share: placement.Share = placement.Share(),
+    stack: int = 1,
 ) -> list[Record]:
   """Expands and validates every run, prepares generated data, then runs the unfinished runs.
 
   `train_fn(config, workdir)` defaults to `train.train_and_evaluate` in this process; baselines are
   evaluated on the same splits. A method's runs go one after another (they share its compiled
   programs); `workers` runs are in flight at once, each on its own devices; `share` is this host's
-  part of the suite. Skipping, failures and preemption follow `run_queue.run_all`.
+  part of the suite; up to `stack` runs of one method and class (its seeds) train as one group
+  (`placement.stack_size`). Skipping, failures and preemption follow `run_queue.run_all`.
   Returns one Record per run; the tables in `root` hold the same.
   """
   runs = suites.expand(suite, root)
@@ -221,9 +223,20 @@ def run_benchmark(
       what='suite',
       timing_file=os.path.join(root, run_queue.TIMING_JSON),
       group=lambda run: run.method.name,
+      stack=_stack_key,
+      stack_size=placement.stack_size(stack, [r.config for r in runs if _stack_key(r)]),
       device_groups=placement.device_groups(workers),
       share=share,
   )
+
+
+def _stack_key(run: suites.BenchRun) -> str | None:
+  """Trained runs of one program may train as a group; baselines and re-evaluations train nothing."""
+  if run.method.baseline or run.method.reevaluates:
+    return None
+  from ganomaly_jax import programs  # imports JAX: only when runs start
+
+  return programs.group_key(run.config)
 
 
 def main(argv: list[str]) -> None:
@@ -248,7 +261,7 @@ def main(argv: list[str]) -> None:
     share = placement.Share.parse(_SHARE.value)
     startup.configure_for(suites.expand(suite, root)[0].config)  # before JAX starts its backend
     placement.check_standalone(share)
-    records = run_benchmark(suite, root, workers=_PARALLEL.value, share=share)
+    records = run_benchmark(suite, root, workers=_PARALLEL.value, share=share, stack=_STACK.value)
   except ValueError as e:  # unknown suite, bad argument, unknown key, impossible value: one line
     cli.exit_with_error(str(e))
   run_queue.report_session(root, records)

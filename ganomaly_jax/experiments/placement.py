@@ -25,7 +25,58 @@ def define_flags(what: str):
       f'I/N: run every N-th run of the {what}, starting at I (host I of N, each a '
       'JAX process of its own); auto: JAX_PROCESS_ID/JAX_NUM_PROCESSES, else 0/1.',
   )
-  return parallel, share
+  stack = flags.DEFINE_integer(
+      'stack',
+      1,
+      f'Runs of the {what} with the same program (the seeds of a method and class) that train '
+      'as one group (runtime/step_group.py), at most what memory allows; 1: each run alone.',
+  )
+  return parallel, share, stack
+
+
+def stack_size(requested: int, configs: list[Any]) -> int:
+  """`requested` runs per group, fewer where a group of that many would not fit in memory.
+
+  A rough bound, not a measurement: a run's step holds its state (parameters, batch statistics,
+  optimizer moments), its gradients and the donated copy (3x the state) and a batch's
+  activations (`ACTIVATION_FACTOR` x the batch's input bytes, generous for the study's
+  networks); a group may use half of the free memory of the first device (its `memory_stats`) or,
+  without those, of the host.
+  """
+  if requested <= 1 or not configs:
+    return 1
+  import numpy as np
+
+  from ganomaly_jax import state as state_lib
+
+  need = 0
+  for config in configs:
+    state = state_lib.trace(config).state
+    state_bytes = sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax_leaves(state))
+    batch = np.prod(state_lib.image_shape(config, config.train.batch_size)) * 4
+    need = max(need, 3 * state_bytes + ACTIVATION_FACTOR * batch)
+  return max(1, min(requested, int(0.5 * free_memory_bytes() // max(need, 1))))
+
+
+ACTIVATION_FACTOR = 256
+
+
+def jax_leaves(tree: Any) -> list[Any]:
+  import jax
+
+  return [x for x in jax.tree.leaves(tree) if hasattr(x, 'shape')]
+
+
+def free_memory_bytes() -> int:
+  """Free memory of the first device where it reports it, else the host's available memory."""
+  import os
+
+  import jax
+
+  stats = jax.devices()[0].memory_stats() or {}
+  if 'bytes_limit' in stats:
+    return int(stats['bytes_limit']) - int(stats.get('bytes_in_use', 0))
+  return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
 
 
 @dataclasses.dataclass(frozen=True)

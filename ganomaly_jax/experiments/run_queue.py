@@ -8,6 +8,9 @@ the columns of their tables; what they do with the runs is the same and lives he
   programs (`execution_order`), or several at once, each on its own devices (`placement.device_groups`,
   the `--parallel` flag); a failed run (divergence, bad data) is recorded with its first error line
   and the queue goes on; a preempted run stops the queue (rerun to resume);
+- consecutive runs with the same program (the seeds of a method and class) train as one group of
+  up to `stack_size` runs (`runtime.step_group`: one program steps them all, each keeps its own run
+  directory and results); the unit the queue hands out, also to `--parallel`, is such a group;
 - several hosts may each run their share of one queue (`placement.Share`, the `--share` flag) with nothing
   between them but the run directories;
 - the tables are rewritten before the first run, after a run at most every `TABLES_EVERY_S`
@@ -164,6 +167,8 @@ def run_all(
     what: str = 'queue',
     timing_file: str | None = None,
     group: Callable[[RunT], Any] | None = None,
+    stack: Callable[[RunT], Any] | None = None,
+    stack_size: int = 1,
     device_groups: Sequence[Sequence[Any]] | None = None,
     share: placement.Share = placement.Share(),
     tables_every_s: float = TABLES_EVERY_S,
@@ -183,6 +188,9 @@ def run_all(
     timing_file: where to write the session's `session_timing.PhaseTotals` as JSON (None: only
       logged).
     group: a run's program key (`execution_order`); None runs the records in their order.
+    stack: the key under which a run may train in one group with others (`stacking_key`); runs
+      with the same key that follow each other in the order train as a group of at most
+      `stack_size` (None: no key, the run trains alone).
     device_groups: with two or more groups, that many runs are in flight at once, each on its own
       group of devices (threads of this process); None or one group: one run at a time, in this
       thread, on the default devices.
@@ -266,10 +274,11 @@ def run_all(
       tables_now()
     return False
 
+  units = make_units(mine, stack, stack_size)
   if device_groups is None or len(device_groups) < 2:
-    preempted = _run_in_turn(mine, name, execute, settle)
+    preempted = _run_in_turn(units, name, execute, settle)
   else:
-    preempted = _run_at_once(mine, name, execute, settle, device_groups)
+    preempted = _run_at_once(units, name, execute, settle, device_groups)
   if alone:
     tables_now()
   if not alone and not preempted:
@@ -297,23 +306,67 @@ def _mark_skipped(record: Record[RunT], results: dict[str, Any], where: str) -> 
   record.wall_time_s = recorded_wall_time(where, results)
 
 
-def _run_in_turn(mine: list[Record[RunT]], name, execute, settle) -> bool:
-  """One run after another in this thread; True when one was preempted."""
-  for i, record in enumerate(mine, start=1):
-    logging.info('Run %d/%d %s', i, len(mine), name(record.run))
-    if settle(i, record, _attempt(execute, record.run, None)):
+def make_units(
+    records: list[Record[RunT]], stack: Callable[[RunT], Any] | None, size: int
+) -> list[list[tuple[int, Record[RunT]]]]:
+  """The queue's units: (1-based index, record) lists, consecutive runs with one stack key together."""
+  units: list[list[tuple[int, Record[RunT]]]] = []
+  last = None
+  for i, record in enumerate(records, start=1):
+    key = stack(record.run) if stack is not None else None
+    if key is not None and key == last and len(units[-1]) < size:
+      units[-1].append((i, record))
+    else:
+      units.append([(i, record)])
+    last = key
+  return units
+
+
+def _attempt_unit(execute, unit: list[tuple[int, Record[RunT]]], devices: Any) -> list[_Outcome]:
+  """Runs a unit: one run as it is, several as one step group (`step_group.run_together`)."""
+  if len(unit) == 1:
+    return [_attempt(execute, unit[0][1].run, devices)]
+  from ganomaly_jax.runtime import step_group
+
+  outcomes = step_group.run_together(
+      [lambda run=record.run: _attempt(execute, run, devices) for _, record in unit]
+  )
+  for outcome in outcomes:
+    if isinstance(outcome, BaseException):  # not a run's own failure (those are outcomes)
+      raise outcome
+  return outcomes
+
+
+def _unit_name(unit: list[tuple[int, Record[RunT]]], name) -> str:
+  names = [name(record.run) for _, record in unit]
+  return names[0] if len(names) == 1 else f'{names[0]} and {len(names) - 1} more as one group'
+
+
+def _run_in_turn(units: list[list[tuple[int, Record[RunT]]]], name, execute, settle) -> bool:
+  """One unit after another in this thread; True when a run was preempted."""
+  total = sum(len(unit) for unit in units)
+  for unit in units:
+    logging.info('Run %d/%d %s', unit[0][0], total, _unit_name(unit, name))
+    preempted = False
+    for (i, record), outcome in zip(unit, _attempt_unit(execute, unit, None)):
+      preempted = settle(i, record, outcome) or preempted
+    if preempted:
       return True
   return False
 
 
 def _run_at_once(
-    mine: list[Record[RunT]], name, execute, settle, device_groups: Sequence[Sequence[Any]]
+    units: list[list[tuple[int, Record[RunT]]]],
+    name,
+    execute,
+    settle,
+    device_groups: Sequence[Sequence[Any]],
 ) -> bool:
-  """`len(device_groups)` runs in flight on threads, each on a free group of devices.
+  """`len(device_groups)` units in flight on threads, each on a free group of devices.
 
-  This thread hands out the runs and settles their outcomes (the tables are written here only).
-  A stop signal (SIGTERM, SIGINT) reaches every run in flight (`preemption.StopRequest`): each
-  checkpoints and returns, and no further run starts. True when a run was preempted.
+  This thread hands out the units and settles their runs' outcomes (the tables are written here
+  only). A stop signal (SIGTERM, SIGINT) reaches every run in flight (`preemption.StopRequest`):
+  each checkpoints and returns, and no further unit starts. True when a run was preempted.
   """
   from ganomaly_jax.runtime import preemption
 
@@ -321,16 +374,16 @@ def _run_at_once(
   for devices in device_groups:
     free.put(list(devices))
 
-  def work(record: Record[RunT]) -> _Outcome:
+  def work(unit: list[tuple[int, Record[RunT]]]) -> list[_Outcome]:
     devices = free.get()
     try:
-      logging.info('Run %s on devices %s', name(record.run), [d.id for d in devices])
-      return _attempt(execute, record.run, devices)
+      logging.info('Run %s on devices %s', _unit_name(unit, name), [d.id for d in devices])
+      return _attempt_unit(execute, unit, devices)
     finally:
       free.put(devices)
 
-  todo = collections.deque(enumerate(mine, start=1))
-  in_flight: dict[concurrent.futures.Future, tuple[int, Record[RunT]]] = {}
+  todo = collections.deque(units)
+  in_flight: dict[concurrent.futures.Future, list[tuple[int, Record[RunT]]]] = {}
   preempted = False
   with (
       concurrent.futures.ThreadPoolExecutor(len(device_groups), 'run') as pool,
@@ -338,16 +391,17 @@ def _run_at_once(
   ):
     while todo or in_flight:
       while todo and len(in_flight) < len(device_groups) and not preempted and not stop.requested:
-        i, record = todo.popleft()
-        in_flight[pool.submit(work, record)] = (i, record)
+        unit = todo.popleft()
+        in_flight[pool.submit(work, unit)] = unit
       if not in_flight:
         break
       done, _ = concurrent.futures.wait(
           in_flight, timeout=1.0, return_when=concurrent.futures.FIRST_COMPLETED
       )
       for future in done:
-        i, record = in_flight.pop(future)
-        preempted = settle(i, record, future.result()) or preempted
+        unit = in_flight.pop(future)
+        for (i, record), outcome in zip(unit, future.result()):
+          preempted = settle(i, record, outcome) or preempted
   return preempted or stop.requested
 
 

@@ -48,7 +48,7 @@ if (
   _SWEEP = flags.DEFINE_string('sweep', None, 'Sweep file defining get_sweep().')
   _WORKDIR = flags.DEFINE_string('workdir', None, 'Sweep root: one sub-directory per run.')
   _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print one command per run and run nothing.')
-  _PARALLEL, _SHARE = placement.define_flags('sweep')
+  _PARALLEL, _SHARE, _STACK = placement.define_flags('sweep')
 
 RESULTS_CSV = run_queue.RESULTS_CSV
 RESULTS_MD = run_queue.RESULTS_MD
@@ -279,16 +279,22 @@ def run_sweep(
     train_fn: run_queue.TrainFn | None = None,
     workers: int = 1,
     share: placement.Share = placement.Share(),
+    stack: int = 1,
 ) -> list[Record]:
   """Expands and validates all runs, then trains the unfinished ones, `workers` at a time.
 
   `train_fn(config, workdir)` defaults to `train.train_and_evaluate` in this process; `share` is
-  this host's part of the sweep. Skipping, failures and preemption follow `run_queue.run_all`.
+  this host's part of the sweep; up to `stack` consecutive runs with one program (seeds, loss
+  weights) train as one group (`placement.stack_size`). Skipping, failures and preemption follow
+  `run_queue.run_all`.
   Returns one Record per run; the tables in `root` hold the same.
   """
   train_fn = train_fn or run_queue.train_in_process
   title = f'Sweep `{sweep_path}` over `{config_spec}`'
   records = [Record(run) for run in expand(config_spec, sweep_path, root)]
+  from ganomaly_jax import programs  # imports JAX: only when runs start
+
+  configs = [r.run.config for r in records if programs.group_key(r.run.config)]
   return run_queue.run_all(
       records,
       name=lambda run: run.name,
@@ -299,6 +305,8 @@ def run_sweep(
       write_tables=lambda: write_tables(root, records, title),
       what='sweep',
       timing_file=os.path.join(root, run_queue.TIMING_JSON),
+      stack=lambda run: programs.group_key(run.config),
+      stack_size=placement.stack_size(stack, configs),
       device_groups=placement.device_groups(workers),
       share=share,
   )
@@ -317,7 +325,9 @@ def main(argv: list[str]) -> None:
     # Only the runtime section is read: the configs are finished in `expand`.
     startup.configure_for(arguments.load_config(_CONFIG.value, finish=False))  # before JAX starts
     placement.check_standalone(share)
-    records = run_sweep(_CONFIG.value, _SWEEP.value, root, workers=_PARALLEL.value, share=share)
+    records = run_sweep(
+        _CONFIG.value, _SWEEP.value, root, workers=_PARALLEL.value, share=share, stack=_STACK.value
+    )
   except ValueError as e:  # bad sweep file, unknown key, impossible value: one line
     cli.exit_with_error(str(e))
   run_queue.report_session(root, records)

@@ -134,6 +134,10 @@ def local_batch_size(global_batch_size: int) -> int:
 def to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """Assembles per-process numpy batches into one batch-sharded global array per key."""
   sharding = batch_sharding(mesh)
+  if jax.process_count() == 1:
+    # The same array; make_array_from_process_local_data's bookkeeping costs more than a small
+    # model's step (docs/performance.md#the-loops-own-time).
+    return {k: jax.device_put(np.asarray(v), sharding) for k, v in batch.items()}
   return {
       k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
   }

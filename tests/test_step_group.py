@@ -1,0 +1,249 @@
+"""Runs that train as one group (`runtime/step_group.py`): rounds, departures, the group program,
+the queue's units, and seeds at the command line that equal the same seeds trained alone."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ganomaly_jax import programs, train
+from ganomaly_jax.cpu import kernels
+from ganomaly_jax.experiments import run_queue
+from ganomaly_jax.runtime import checkpoint, step_group
+from helpers import REPO, tiny
+
+# ---- the rendezvous, with plain Python functions as steps ----
+
+
+def _fake_program(calls):
+  """A group 'program' that adds one to each run's state and records the round's size."""
+
+  def program(k):
+    def run(states, batches, rngs):
+      calls.append(k)
+      return tuple(s + 1 for s in states), tuple({'batch': b} for b in batches)
+
+    return run
+
+  return program
+
+
+def _own_step(state, batch, rng):
+  return state + 1, {'batch': batch, 'alone': True}
+
+
+def _threads(target, count):
+  threads = [threading.Thread(target=target, args=(i,)) for i in range(count)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join(timeout=30)
+  assert not any(t.is_alive() for t in threads), 'a run of the group never got its step back'
+
+
+def test_every_round_holds_every_run_still_in_the_group():
+  group, calls, seen = step_group.StepGroup(3), [], {}
+  steps_of = {0: 2, 1: 4, 2: 4}  # run 0 ends after two steps: the last two rounds hold two runs
+
+  def member(i):
+    state = 10 * i
+    for n in range(steps_of[i]):
+      state, metrics = group.step(i, _own_step, _fake_program(calls), (state, f'{i}-{n}', None))
+      assert metrics['batch'] == f'{i}-{n}'  # each run gets its own step's outcome back
+    group.leave(i)
+    seen[i] = state
+
+  _threads(member, 3)
+  assert seen == {0: 2, 1: 14, 2: 24}
+  assert calls == [3, 3, 2, 2]
+  assert group.rounds == group.grouped_rounds == 4
+
+
+def test_a_single_run_left_steps_with_its_own_step():
+  group, calls, outcomes = step_group.StepGroup(2), [], []
+  group.leave(1)  # run 1 failed before its first step
+  outcomes.append(group.step(0, _own_step, _fake_program(calls), (0, 'b', None)))
+  assert outcomes == [(1, {'batch': 'b', 'alone': True})] and calls == []
+  assert group.rounds == 1 and group.grouped_rounds == 0
+
+
+def test_a_failed_round_raises_in_each_of_its_runs():
+  group, errors = step_group.StepGroup(2), []
+
+  def broken(k):
+    def run(*args):
+      raise RuntimeError('out of memory')
+
+    return run
+
+  def member(i):
+    try:
+      group.step(i, _own_step, broken, (0, 'b', None))
+    except RuntimeError as e:
+      errors.append((i, str(e)))
+    group.leave(i)
+
+  _threads(member, 2)
+  assert sorted(errors) == [(0, 'out of memory'), (1, 'out of memory')]
+
+
+def test_run_together_returns_each_value_or_error_and_the_others_finish():
+  def ok(i):
+    membership = step_group.current()
+    assert membership is not None and membership.index == i
+    return i
+
+  def bad():
+    raise ValueError('no such dataset')
+
+  outcomes = step_group.run_together([lambda: ok(0), bad, lambda: ok(2)])
+  assert outcomes[0] == 0 and outcomes[2] == 2
+  assert isinstance(outcomes[1], ValueError)
+  assert step_group.current() is None  # this thread is in no group
+
+
+# ---- the queue's units ----
+
+
+def test_queue_runs_consecutive_runs_of_one_key_as_groups():
+  runs = ['a0', 'a1', 'a2', 'b0', 'a3', 'base']
+  key = {'a': 'A', 'b': 'B', 'base': None}
+  records = [run_queue.Record(run) for run in runs]
+  membership = {}
+
+  def execute(run, devices):
+    current = step_group.current()
+    membership[run] = None if current is None else (id(current.group), current.index)
+    return {'image_auroc': 0.5}
+
+  run_queue.run_all(
+      records,
+      name=str,
+      workdir=lambda run: run,
+      finished=lambda run: None,
+      execute=execute,
+      run_info=lambda run: {},
+      write_tables=lambda: None,
+      stack=lambda run: key['base' if run == 'base' else run[0]],
+      stack_size=2,
+  )
+  assert [r.status for r in records] == ['done'] * 6
+  # a0 and a1 together (at most two), a2 alone (its key's next run is not next in the order)...
+  assert membership['a0'][0] == membership['a1'][0] and [
+      membership[r][1] for r in ('a0', 'a1')
+  ] == [0, 1]
+  assert all(membership[r] is None for r in ('a2', 'b0', 'a3', 'base'))
+
+
+# ---- the group program ----
+
+
+def _abstract(config, progs, members):
+  state = jax.eval_shape(progs.init, jax.random.key(0))
+  image = jax.ShapeDtypeStruct(
+      (config.train.batch_size, config.model.isize, config.model.isize, config.model.channels),
+      jnp.float32,
+  )
+  rng = jax.eval_shape(lambda: jax.random.key(1))
+  return (state,) * members, ({'image': image},) * members, (rng,) * members
+
+
+def test_group_program_is_one_vmapped_step_off_cpu_and_one_step_per_run_on_cpu(build_programs):
+  config = tiny.tiny_config()
+  progs = build_programs(config)
+  mesh = programs.parallel.make_mesh(jax.devices()[:1])
+  group = programs.group_train_step(config, progs, mesh, 2)
+  args = _abstract(config, progs, 2)
+  off_cpu = jax.export.export(group, platforms=('tpu', 'cuda'))(*args).mlir_module()
+  on_cpu = jax.export.export(group, platforms=('cpu',))(*args).mlir_module()
+  assert kernels.CPU_SCOPE not in off_cpu and kernels.CPU_SCOPE in on_cpu
+  # vmap over two runs' parameters: the convolutions are grouped by the run (2 groups) off CPU.
+  assert 'feature_group_count = 2' in off_cpu or 'batch_group_count = 2' in off_cpu
+  assert 'feature_group_count = 2' not in on_cpu and 'batch_group_count = 2' not in on_cpu
+
+
+@pytest.mark.slow
+def test_group_program_on_cpu_equals_each_runs_own_step_bit_for_bit(build_programs):
+  config = tiny.tiny_config()
+  progs = build_programs(config)
+  mesh = programs.parallel.make_mesh(jax.devices()[:1])
+  group = programs.group_train_step(config, progs, mesh, 2)
+  images = jax.random.uniform(jax.random.key(3), (2, 8, 16, 16, 1), minval=-1.0, maxval=1.0)
+  keys = [jax.random.key(10), jax.random.key(11)]
+  alone = []
+  for i in range(2):
+    state, metrics = progs.train_step(progs.init(jax.random.key(i)), {'image': images[i]}, keys[i])
+    alone.append(jax.device_get((state, metrics)))
+  states = tuple(progs.init(jax.random.key(i)) for i in range(2))
+  together = jax.device_get(group(states, tuple({'image': x} for x in images), tuple(keys)))
+  for i in range(2):
+    got = (together[0][i], together[1][i])
+    for a, b in zip(jax.tree.leaves(alone[i]), jax.tree.leaves(got)):
+      if hasattr(a, 'dtype') and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+        a, b = jax.random.key_data(a), jax.random.key_data(b)
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+# ---- seeds at the command line ----
+
+TINY = tiny.spec(**tiny.SMALL_DATA)
+
+
+def _main(workdir, *flags, kill_after_step=None):
+  entry = (
+      ['-m', 'ganomaly_jax.main']
+      if kill_after_step is None
+      else [os.path.join(REPO, 'tests', 'helpers', 'kill_after_step.py'), str(kill_after_step)]
+  )
+  cmd = [sys.executable, *entry, f'--config={TINY}', f'--workdir={workdir}', *flags]
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+  return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _results(workdir):
+  with open(os.path.join(workdir, 'results.json')) as f:
+    results = json.load(f)
+  return {k: v for k, v in results.items() if k not in ('phase_seconds', 'train_wall_time_s')}
+
+
+def _curve_steps(workdir):
+  with open(os.path.join(workdir, 'train_metrics.jsonl')) as f:
+    return [json.loads(line)['step'] for line in f]
+
+
+@pytest.mark.slow
+def test_seeds_as_one_group_resume_after_a_kill_and_equal_each_seed_alone(tmp_path):
+  flags = ('--config.train.num_steps=6', '--config.train.checkpoint_every=2')
+  group_dir = tmp_path / 'group'
+  died = _main(group_dir, '--config.seed=0+1', *flags, kill_after_step=4)
+  assert died.returncode == -signal.SIGKILL, died.stderr[-2000:]
+  saved = [checkpoint.CheckpointStore(str(group_dir / f'seed-{s}')) for s in (0, 1)]
+  assert all(store.latest_step() in (2, 4) for store in saved)  # whatever reached the disk
+  for store in saved:
+    store.close()
+
+  resumed = _main(group_dir, '--config.seed=0+1', *flags)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert 'Resumed from step' in resumed.stderr
+
+  for seed in (0, 1):
+    alone = str(tmp_path / f'alone-{seed}')
+    config = tiny.tiny_config(
+        **tiny.SMALL_DATA, seed=seed, **{'train.num_steps': 6, 'train.checkpoint_every': 2}
+    )
+    train.train_and_evaluate(config, alone)
+    member = str(group_dir / f'seed-{seed}')
+    assert _results(member) == _results(alone), seed  # every metric, threshold and score range
+    assert _curve_steps(member) == [2, 4, 6]
+    with (
+        open(os.path.join(member, 'train_metrics.jsonl')) as f,
+        open(os.path.join(alone, 'train_metrics.jsonl')) as g,
+    ):
+      assert [json.loads(l) for l in f] == [json.loads(l) for l in g]
