@@ -9,8 +9,8 @@ import jax
 import numpy as np
 
 
-class Preprocess(grain.transforms.RandomMap):
-  """uint8 [H, W, C] -> float32 in [-1, 1], with optional random flip and zoom (train only)."""
+class Augment(grain.transforms.RandomMap):
+  """A uint8 [H, W, C] record's random flip and zoom (train only; drawn per image)."""
 
   def __init__(self, flip: bool = False, zoom: float = 0.0):
     self.flip = flip
@@ -22,7 +22,16 @@ class Preprocess(grain.transforms.RandomMap):
       image = random_zoom(image, rng, self.zoom)
     if self.flip and rng.random() < 0.5:
       image = image[:, ::-1]
-    return {'image': to_float(image), 'label': np.int32(record['label'])}
+    return {'image': image, 'label': record['label']}
+
+
+class BatchToFloat(grain.transforms.Map):
+  """A batch's uint8 images -> float32 in [-1, 1] and its labels -> int32, in one array operation
+  each (per image it cost more than a small model's training step:
+  docs/performance.md#the-loops-own-time)."""
+
+  def map(self, batch: dict[str, Any]) -> dict[str, Any]:
+    return {'image': to_float(batch['image']), 'label': np.asarray(batch['label'], np.int32)}
 
 
 def to_float(image: np.ndarray) -> np.ndarray:
@@ -76,13 +85,10 @@ def train_iterator(
   """
   index = jax.process_index() if process_index is None else process_index
   count = jax.process_count() if process_count is None else process_count
-  ds = (
-      grain.MapDataset.source(source)[index::count]
-      .shuffle(seed=seed)
-      .repeat(None)
-      .random_map(Preprocess(flip, zoom), seed=augment_seed(seed, index))
-      .batch(batch_size, drop_remainder=True)
-  )
+  ds = grain.MapDataset.source(source)[index::count].shuffle(seed=seed).repeat(None)
+  if flip or zoom > 0:  # grain seeds each image's draw with (seed, its index in this order)
+    ds = ds.random_map(Augment(flip, zoom), seed=augment_seed(seed, index))
+  ds = ds.batch(batch_size, drop_remainder=True).map(BatchToFloat())
   it = ds.to_iter_dataset()
   if workers > 0:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
