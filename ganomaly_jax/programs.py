@@ -193,6 +193,15 @@ def embed_program(config: ml_collections.ConfigDict, progs: Programs, feature: s
   return kept_program(config, progs, step_lib.embed, feature=feature)
 
 
+def group_program(config: ml_collections.ConfigDict, progs: Programs, mesh: jax.sharding.Mesh):
+  """k -> `group_train_step(config, progs, mesh, k)`, one object per kept programs: the runs of a
+  step group that hand in the same one share a call (`runtime.step_group`)."""
+  key = ('group_program', config.runtime.cpu_kernels)
+  if key not in progs.aot:
+    progs.aot[key] = functools.partial(group_train_step, config, progs, mesh)
+  return progs.aot[key]
+
+
 def group_train_step(
     config: ml_collections.ConfigDict, progs: Programs, mesh: jax.sharding.Mesh, members: int
 ) -> Callable:
@@ -200,7 +209,7 @@ def group_train_step(
 
   (states, batches, rngs) -> (states, metrics), each a tuple with one entry per run; the states are
   donated. Lowered for CPU, the program holds one copy of the step per run: XLA:CPU runs a
-  vmapped step (grouped convolutions) 1.6-2.5x slower than the same steps one by one
+  vmapped step (grouped convolutions) slower than the same steps one by one
   (docs/performance.md#seeds-as-one-program), and each copy computes bit for bit what the run's own
   `train_step` does. Lowered for any other platform the runs are stacked and the step is vmapped,
   which fills an accelerator that one small run leaves mostly idle (equal to the runs alone to float

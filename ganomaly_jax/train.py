@@ -142,11 +142,12 @@ def _run(
   if config.mode == 'train':
     train_step = _compile_train_step(config, progs, state_shapes, train_rng)
   # A run of a group (step_group.run_together): its steps run in one program with the others'.
-  membership = step_group.current() if config.mode == 'train' else None
+  membership = step_group.current()
+  if membership is not None and config.mode != 'train':
+    membership.leave()  # it takes no steps: the others need not wait for it
+    membership = None
   if membership is not None:
-    train_step = membership.train_step(
-        train_step, lambda k: programs.group_train_step(config, progs, mesh, k)
-    )
+    train_step = membership.train_step(train_step, programs.group_program(config, progs, mesh))
   state = progs.init(init_rng)
   host_memory.release_free_memory()
 

@@ -1,6 +1,7 @@
 """Runs that train as one group (`runtime/step_group.py`): rounds, departures, the group program,
 the queue's units, and seeds at the command line that equal the same seeds trained alone."""
 
+import functools
 import json
 import os
 import signal
@@ -10,13 +11,12 @@ import threading
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from ganomaly_jax import programs, train
 from ganomaly_jax.cpu import kernels
 from ganomaly_jax.experiments import run_queue
-from ganomaly_jax.runtime import checkpoint, step_group
+from ganomaly_jax.runtime import checkpoint, rundir, step_group
 from helpers import REPO, tiny
 
 # ---- the rendezvous, with plain Python functions as steps ----
@@ -50,12 +50,13 @@ def _threads(target, count):
 
 def test_every_round_holds_every_run_still_in_the_group():
   group, calls, seen = step_group.StepGroup(3), [], {}
+  program = _fake_program(calls)
   steps_of = {0: 2, 1: 4, 2: 4}  # run 0 ends after two steps: the last two rounds hold two runs
 
   def member(i):
     state = 10 * i
     for n in range(steps_of[i]):
-      state, metrics = group.step(i, _own_step, _fake_program(calls), (state, f'{i}-{n}', None))
+      state, metrics = group.step(i, _own_step, program, (state, f'{i}-{n}', None))
       assert metrics['batch'] == f'{i}-{n}'  # each run gets its own step's outcome back
     group.leave(i)
     seen[i] = state
@@ -64,6 +65,22 @@ def test_every_round_holds_every_run_still_in_the_group():
   assert seen == {0: 2, 1: 14, 2: 24}
   assert calls == [3, 3, 2, 2]
   assert group.rounds == group.grouped_rounds == 4
+
+
+def test_runs_of_different_programs_never_share_a_call():
+  group, calls_a, calls_b, seen = step_group.StepGroup(3), [], [], {}
+  programs_of = {0: _fake_program(calls_a), 1: _fake_program(calls_b), 2: _fake_program(calls_a)}
+  programs_of[2] = programs_of[0]  # runs 0 and 2 share a program, run 1 has its own
+
+  def member(i):
+    state, metrics = group.step(i, _own_step, programs_of[i], (0, f'b{i}', None))
+    seen[i] = metrics
+    group.leave(i)
+
+  _threads(member, 3)
+  assert calls_a == [2] and calls_b == []  # run 1 took its own step
+  assert seen[1]['alone'] and 'alone' not in seen[0] and 'alone' not in seen[2]
+  assert group.rounds == 1
 
 
 def test_a_single_run_left_steps_with_its_own_step():
@@ -170,25 +187,31 @@ def test_group_program_is_one_vmapped_step_off_cpu_and_one_step_per_run_on_cpu(b
 
 
 @pytest.mark.slow
-def test_group_program_on_cpu_equals_each_runs_own_step_bit_for_bit(build_programs):
-  config = tiny.tiny_config()
-  progs = build_programs(config)
-  mesh = programs.parallel.make_mesh(jax.devices()[:1])
-  group = programs.group_train_step(config, progs, mesh, 2)
-  images = jax.random.uniform(jax.random.key(3), (2, 8, 16, 16, 1), minval=-1.0, maxval=1.0)
-  keys = [jax.random.key(10), jax.random.key(11)]
-  alone = []
-  for i in range(2):
-    state, metrics = progs.train_step(progs.init(jax.random.key(i)), {'image': images[i]}, keys[i])
-    alone.append(jax.device_get((state, metrics)))
-  states = tuple(progs.init(jax.random.key(i)) for i in range(2))
-  together = jax.device_get(group(states, tuple({'image': x} for x in images), tuple(keys)))
-  for i in range(2):
-    got = (together[0][i], together[1][i])
-    for a, b in zip(jax.tree.leaves(alone[i]), jax.tree.leaves(got)):
-      if hasattr(a, 'dtype') and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
-        a, b = jax.random.key_data(a), jax.random.key_data(b)
-      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+def test_a_run_that_diverges_stops_or_rolls_back_alone_and_its_neighbour_finishes(
+    tmp_path, monkeypatch
+):
+  groups = []
+  make_group = step_group.StepGroup.__init__
+
+  def recorded(self, size):
+    groups.append(self)
+    make_group(self, size)
+
+  monkeypatch.setattr(step_group.StepGroup, '__init__', recorded)
+  common = {**tiny.SMALL_DATA, 'debug_nan_at_step': 3, 'train.num_steps': 6}
+  rolls = tiny.tiny_config(**common, **{'train.on_nonfinite': 'rollback'})
+  stops = tiny.tiny_config(**common, seed=1, **{'train.on_nonfinite': 'stop'})
+  outcomes = step_group.run_together(
+      [
+          functools.partial(train.train_and_evaluate, rolls, str(tmp_path / 'rolls')),
+          functools.partial(train.train_and_evaluate, stops, str(tmp_path / 'stops')),
+      ]
+  )
+  assert isinstance(outcomes[1], rundir.TrainingError) and 'step 3' in str(outcomes[1])
+  assert not (tmp_path / 'stops' / 'results.json').exists()
+  assert outcomes[0]['rollbacks'] == 1 and outcomes[0]['skipped_steps'] == 1
+  assert outcomes[0]['steps'] == 6
+  assert groups[0].grouped_rounds >= 2  # steps 1 and 2 (at least) ran as one program
 
 
 # ---- seeds at the command line ----
@@ -247,3 +270,15 @@ def test_seeds_as_one_group_resume_after_a_kill_and_equal_each_seed_alone(tmp_pa
         open(os.path.join(alone, 'train_metrics.jsonl')) as g,
     ):
       assert [json.loads(l) for l in f] == [json.loads(l) for l in g]
+
+
+def test_stack_size_auto_is_one_on_cpu_and_a_number_is_bounded_by_memory(monkeypatch):
+  from ganomaly_jax.experiments import placement
+
+  config = tiny.tiny_config()
+  assert placement.stack_size('auto', [config]) == 1  # this machine computes on CPU
+  assert placement.stack_size('3', [config]) == 3
+  monkeypatch.setattr(placement, 'free_memory_bytes', lambda: 1)  # nothing free: one run a group
+  assert placement.stack_size('3', [config]) == 1
+  with pytest.raises(ValueError, match='--stack=two: use auto or a positive number'):
+    placement.stack_size('two', [config])

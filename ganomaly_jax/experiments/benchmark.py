@@ -178,7 +178,7 @@ def run_benchmark(
     train_fn: run_queue.TrainFn | None = None,
     workers: int = 1,
     share: placement.Share = placement.Share(),
-    stack: int = 1,
+    stack: str | int = 1,
 ) -> list[Record]:
   """Expands and validates every run, prepares generated data, then runs the unfinished runs.
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+# --stack=auto on an accelerator: the seeds of a suite (3) and some, within the memory bound.
+AUTO_STACK = 8
+
 
 def define_flags(what: str):
   """Defines --parallel and --share for a command that runs a queue of `what` ('suite' or 'sweep').
@@ -25,25 +28,44 @@ def define_flags(what: str):
       f'I/N: run every N-th run of the {what}, starting at I (host I of N, each a '
       'JAX process of its own); auto: JAX_PROCESS_ID/JAX_NUM_PROCESSES, else 0/1.',
   )
-  stack = flags.DEFINE_integer(
+  stack = flags.DEFINE_string(
       'stack',
-      1,
-      f'Runs of the {what} with the same program (the seeds of a method and class) that train '
-      'as one group (runtime/step_group.py), at most what memory allows; 1: each run alone.',
+      'auto',
+      f'N: runs of the {what} with the same program (the seeds of a method and class) train as '
+      'one group of at most N (runtime/step_group.py), fewer where memory is short; 1: each run '
+      f'alone; auto: {AUTO_STACK} on a GPU or TPU, 1 on CPU (where a group gains nothing).',
   )
   return parallel, share, stack
 
 
-def stack_size(requested: int, configs: list[Any]) -> int:
-  """`requested` runs per group, fewer where a group of that many would not fit in memory.
+def stack_size(requested: str | int, configs: list[Any]) -> int:
+  """The most runs per group for --stack=`requested` ('auto' or N), fewer where a group of that
+  many would not fit in memory.
 
-  A rough bound, not a measurement: a run's step holds its state (parameters, batch statistics,
-  optimizer moments), its gradients and the donated copy (3x the state) and a batch's
-  activations (`ACTIVATION_FACTOR` x the batch's input bytes, generous for the study's
-  networks); a group may use half of the free memory of the first device (its `memory_stats`) or,
-  without those, of the host.
+  'auto' is AUTO_STACK where the first device is an accelerator and 1 on CPU: XLA:CPU computes a
+  group's steps no faster than one after another (docs/performance.md#seeds-as-one-program).
+  The memory bound is rough, not measured: a run's step holds its state (parameters, batch
+  statistics, optimizer moments), its gradients and the donated copy (3x the state) and a batch's
+  activations (`ACTIVATION_FACTOR` x the batch's input bytes, generous for the study's networks);
+  a group may use half of the free memory of the first device (its `memory_stats`) or, without
+  those, of the host.
+
+  Raises:
+    ValueError: `requested` is neither 'auto' nor a positive integer.
   """
-  if requested <= 1 or not configs:
+  text = str(requested).strip()
+  if text == 'auto':
+    import jax
+
+    size = 1 if jax.devices()[0].platform == 'cpu' else AUTO_STACK
+  else:
+    try:
+      size = int(text)
+    except ValueError:
+      size = 0
+    if size < 1:
+      raise ValueError(f'--stack={text}: use auto or a positive number of runs per group.')
+  if size <= 1 or not configs:
     return 1
   import numpy as np
 
@@ -55,7 +77,7 @@ def stack_size(requested: int, configs: list[Any]) -> int:
     state_bytes = sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax_leaves(state))
     batch = np.prod(state_lib.image_shape(config, config.train.batch_size)) * 4
     need = max(need, 3 * state_bytes + ACTIVATION_FACTOR * batch)
-  return max(1, min(requested, int(0.5 * free_memory_bytes() // max(need, 1))))
+  return max(1, min(size, int(0.5 * free_memory_bytes() // max(need, 1))))
 
 
 ACTIVATION_FACTOR = 256

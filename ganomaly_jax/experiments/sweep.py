@@ -279,7 +279,7 @@ def run_sweep(
     train_fn: run_queue.TrainFn | None = None,
     workers: int = 1,
     share: placement.Share = placement.Share(),
-    stack: int = 1,
+    stack: str | int = 1,
 ) -> list[Record]:
   """Expands and validates all runs, then trains the unfinished ones, `workers` at a time.
 

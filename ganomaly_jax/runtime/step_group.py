@@ -23,6 +23,8 @@ from typing import Any, Callable, Sequence, TypeVar
 
 T = TypeVar('T')
 # (k) -> the jitted program of k runs: (states, batches, rngs) tuples -> (states, metrics) tuples.
+# Runs share a call only when they hand in the same GroupProgram object (`programs.group_program`:
+# one per kept programs), so runs of different programs in one group never mix.
 GroupProgram = Callable[[int], Callable]
 
 _local = threading.local()
@@ -63,22 +65,27 @@ class StepGroup:
         self._run_round()
 
   def _run_round(self) -> None:
-    """Runs every pending step as one program (called with the lock held)."""
-    members = sorted(self._pending)
-    requests = [self._pending.pop(m) for m in members]
-    try:
-      if len(members) == 1:
-        own_step, _, args = requests[0]
-        outcomes = [own_step(*args)]
-      else:
-        program = requests[0][1](len(members))
-        states, metrics = program(*zip(*(args for _, _, args in requests)))
-        outcomes = list(zip(states, metrics))
-        self.grouped_rounds += 1
-    except Exception as e:  # pylint: disable=broad-except  # every run of the round gets it
-      outcomes = [e] * len(members)
-    self._results.update(zip(members, outcomes))
+    """Runs every pending step, those of one program as one call (called with the lock held)."""
+    by_program: dict[Any, list[int]] = {}
+    for member in sorted(self._pending):
+      by_program.setdefault(self._pending[member][1], []).append(member)
+    grouped = False
+    for members in by_program.values():
+      requests = [self._pending.pop(m) for m in members]
+      try:
+        if len(members) == 1:
+          own_step, _, args = requests[0]
+          outcomes = [own_step(*args)]
+        else:
+          program = requests[0][1](len(members))
+          states, metrics = program(*zip(*(args for _, _, args in requests)))
+          outcomes = list(zip(states, metrics))
+          grouped = True
+      except Exception as e:  # pylint: disable=broad-except  # every run of the call gets it
+        outcomes = [e] * len(members)
+      self._results.update(zip(members, outcomes))
     self.rounds += 1
+    self.grouped_rounds += grouped
     self._cond.notify_all()
 
 
