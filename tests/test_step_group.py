@@ -5,8 +5,6 @@ import functools
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 
 import jax
@@ -17,7 +15,8 @@ from ganomaly_jax import programs, train
 from ganomaly_jax.cpu import kernels
 from ganomaly_jax.experiments import run_queue
 from ganomaly_jax.runtime import checkpoint, rundir, step_group
-from helpers import REPO, tiny
+from helpers import tiny
+from test_reliability import run_main  # the train command on the tiny config, SIGKILLed on request
 
 # ---- the rendezvous, with plain Python functions as steps ----
 
@@ -216,19 +215,6 @@ def test_a_run_that_diverges_stops_or_rolls_back_alone_and_its_neighbour_finishe
 
 # ---- seeds at the command line ----
 
-TINY = tiny.spec(**tiny.SMALL_DATA)
-
-
-def _main(workdir, *flags, kill_after_step=None):
-  entry = (
-      ['-m', 'ganomaly_jax.main']
-      if kill_after_step is None
-      else [os.path.join(REPO, 'tests', 'helpers', 'kill_after_step.py'), str(kill_after_step)]
-  )
-  cmd = [sys.executable, *entry, f'--config={TINY}', f'--workdir={workdir}', *flags]
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
-  return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-
 
 def _results(workdir):
   with open(os.path.join(workdir, 'results.json')) as f:
@@ -245,14 +231,14 @@ def _curve_steps(workdir):
 def test_seeds_as_one_group_resume_after_a_kill_and_equal_each_seed_alone(tmp_path):
   flags = ('--config.train.num_steps=6', '--config.train.checkpoint_every=2')
   group_dir = tmp_path / 'group'
-  died = _main(group_dir, '--config.seed=0+1', *flags, kill_after_step=4)
+  died = run_main(group_dir, '--config.seed=0+1', *flags, timeout=300, kill_after_step=4)
   assert died.returncode == -signal.SIGKILL, died.stderr[-2000:]
   saved = [checkpoint.CheckpointStore(str(group_dir / f'seed-{s}')) for s in (0, 1)]
   assert all(store.latest_step() in (2, 4) for store in saved)  # whatever reached the disk
   for store in saved:
     store.close()
 
-  resumed = _main(group_dir, '--config.seed=0+1', *flags)
+  resumed = run_main(group_dir, '--config.seed=0+1', *flags, timeout=300)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert 'Resumed from step' in resumed.stderr
 
