@@ -10,6 +10,7 @@ are its own. Two test hooks, kept out of the package:
   an emulator (everything else the run writes goes to the bucket).
 - `--kill-after=N` SIGKILLs the process right after the loop hands step N's checkpoint to orbax
   (as tests/helpers/kill_after_step.py does for local runs).
+- $GCSFS_BACKOFF_SCALE scales gcsfs's pauses between retries (`process_hooks.shorter_gcsfs_backoff`).
 """
 
 import os
@@ -38,6 +39,8 @@ def main() -> None:
       process_hooks.events_to_local_folder(os.environ['LOCAL_EVENTS'])
     if kill_after is not None:
       process_hooks.kill_after_saving(kill_after)
+    if os.environ.get('GCSFS_BACKOFF_SCALE'):
+      process_hooks.shorter_gcsfs_backoff(float(os.environ['GCSFS_BACKOFF_SCALE']))
     return result
 
   startup.configure_process = configure_then_hook

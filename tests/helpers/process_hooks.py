@@ -34,3 +34,27 @@ def events_to_local_folder(local_root: str) -> None:
     return create(logdir, *args, **kwargs)
 
   metric_writers.create_default_writer = create_local
+
+
+def shorter_gcsfs_backoff(scale: float) -> None:
+  """Scales gcsfs's pauses between retries of a failed call by `scale`.
+
+  gcsfs retries a call six times, pausing 1, 2, 4, 8 and 16 s (plus up to 1 s each): about 31 s
+  before a stopped bucket becomes an error. What the outage tests check (one error line, the last
+  checkpoint named, an exact resume) does not depend on how long gcsfs waits, so the emulated
+  commands wait `scale` times as long; the number of retries is gcsfs's own.
+  """
+  import asyncio
+
+  from gcsfs import retry
+
+  class _Asyncio:
+
+    def __getattr__(self, name):
+      return getattr(asyncio, name)
+
+    @staticmethod
+    def sleep(seconds, *args, **kwargs):
+      return asyncio.sleep(seconds * scale, *args, **kwargs)
+
+  retry.asyncio = _Asyncio()
