@@ -6,6 +6,7 @@
   python bench/accelerator.py --cases=masked --dtypes=bfloat16 --batch=32
   python bench/accelerator.py --peak_tflops=989    # device missing from PEAK_TFLOPS below
   python bench/accelerator.py --isize=32 --steps=2 --cases=ganomaly --dtypes=float32   # CPU smoke
+  python bench/accelerator.py --stacked=1,2,4,8    # seeds as one program: 1, 2, 4, 8 at once
 
 Cases: GANomaly, SkipGANomaly and masked with their `cars256` settings (256x256x3, batch 16, the
 study's widths), each in float32 and bfloat16 compute (`runtime.dtype`; parameters stay float32).
@@ -260,6 +261,13 @@ def main(argv: list[str] | None = None) -> None:
       'device_kind, n/a if unknown)',
   )
   parser.add_argument('--json', action='store_true', help='also print one JSON line per case')
+  parser.add_argument(
+      '--stacked',
+      default='1,3,8',
+      help='after the table: runs per second of that many GANomaly seeds trained as one group '
+      'at 32x32x3, the study widths, batch 64, against one run (bench/stacked_seeds.py); '
+      'empty: skip',
+  )
   parser.add_argument('--_child', help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   for flag, values, known in (
@@ -304,6 +312,15 @@ def main(argv: list[str] | None = None) -> None:
       + f'; whole run {time.perf_counter() - started:.0f} s\n'
   )
   print(markdown(rows))
+  if args.stacked:
+    print('\nSeeds as one program (bench/stacked_seeds.py):', flush=True)
+    stacked = [sys.executable, os.path.join(REPO, 'bench', 'stacked_seeds.py')]
+    stacked += [f'--runs={args.stacked}', '--isize=32', '--channels=3', '--width=64', '--batch=64']
+    stacked += [f'--warmup={args.warmup}', f'--steps={args.steps}'] + (['--json'] * args.json)
+    proc = subprocess.run(stacked, capture_output=True, text=True, env=env, cwd=REPO)
+    if proc.returncode:
+      sys.exit(f'error: stacked seeds failed:\n{proc.stderr[-3000:]}')
+    print(proc.stdout, end='')
 
 
 if __name__ == '__main__':
