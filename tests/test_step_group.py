@@ -128,7 +128,7 @@ def test_run_together_returns_each_value_or_error_and_the_others_finish():
 # ---- the queue's units ----
 
 
-def test_queue_runs_consecutive_runs_of_one_key_as_groups():
+def test_queue_runs_consecutive_runs_of_one_key_as_groups(tmp_path):
   runs = ['a0', 'a1', 'a2', 'b0', 'a3', 'base']
   key = {'a': 'A', 'b': 'B', 'base': None}
   records = [run_queue.Record(run) for run in runs]
@@ -142,7 +142,7 @@ def test_queue_runs_consecutive_runs_of_one_key_as_groups():
   run_queue.run_all(
       records,
       name=str,
-      workdir=lambda run: run,
+      workdir=lambda run: str(tmp_path / run),  # a finished run's sidecar goes there
       finished=lambda run: None,
       execute=execute,
       run_info=lambda run: {},
