@@ -10,6 +10,8 @@ from typing import Any
 
 # --stack=auto on an accelerator: the seeds of a suite (3) and some, within the memory bound.
 AUTO_STACK = 8
+# stack_size: a batch's activations during a step, in bytes of its input images (a rough bound).
+ACTIVATION_FACTOR = 256
 
 
 def define_flags(what: str):
@@ -70,23 +72,14 @@ def stack_size(requested: str | int, configs: list[Any]) -> int:
   import numpy as np
 
   from ganomaly_jax import state as state_lib
+  from ganomaly_jax.runtime import disk
 
   need = 0
   for config in configs:
-    state = state_lib.trace(config).state
-    state_bytes = sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax_leaves(state))
+    state = disk.state_bytes(state_lib.trace(config).state)
     batch = np.prod(state_lib.image_shape(config, config.train.batch_size)) * 4
-    need = max(need, 3 * state_bytes + ACTIVATION_FACTOR * batch)
+    need = max(need, 3 * state + ACTIVATION_FACTOR * batch)
   return max(1, min(size, int(0.5 * free_memory_bytes() // max(need, 1))))
-
-
-ACTIVATION_FACTOR = 256
-
-
-def jax_leaves(tree: Any) -> list[Any]:
-  import jax
-
-  return [x for x in jax.tree.leaves(tree) if hasattr(x, 'shape')]
 
 
 def free_memory_bytes() -> int:

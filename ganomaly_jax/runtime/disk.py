@@ -69,16 +69,18 @@ def disk_full(error: BaseException) -> OSError | None:
   return None
 
 
+def state_bytes(state_shapes: Any) -> int:
+  """The bytes of a state of these shapes (every array leaf)."""
+  return sum(
+      int(np.prod(x.shape)) * x.dtype.itemsize
+      for x in jax.tree.leaves(state_shapes)
+      if hasattr(x, 'shape')
+  )
+
+
 def checkpoint_bytes(state_shapes: Any) -> int:
   """About what one checkpoint of a state of these shapes takes on disk."""
-  return (
-      sum(
-          int(np.prod(x.shape)) * x.dtype.itemsize
-          for x in jax.tree.leaves(state_shapes)
-          if hasattr(x, 'shape')
-      )
-      + _CHECKPOINT_OVERHEAD_BYTES
-  )
+  return state_bytes(state_shapes) + _CHECKPOINT_OVERHEAD_BYTES
 
 
 def run_needs(workdir: rundir.PathLike, state_shapes: Any, keep_checkpoints: int) -> int:
