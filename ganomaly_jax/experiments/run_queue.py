@@ -188,7 +188,7 @@ def run_all(
     timing_file: where to write the session's `session_timing.PhaseTotals` as JSON (None: only
       logged).
     group: a run's program key (`execution_order`); None runs the records in their order.
-    stack: the key under which a run may train in one group with others (`stacking_key`); runs
+    stack: the key under which a run may train in one group with others (`programs.group_key`); runs
       with the same key that follow each other in the order train as a group of at most
       `stack_size` (None: no key, the run trains alone).
     device_groups: with two or more groups, that many runs are in flight at once, each on its own
