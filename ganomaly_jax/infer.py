@@ -102,9 +102,7 @@ def main(argv: list[str]) -> None:
   """Scores --images with the run in --workdir into --out; a problem ends in one `error:` line."""
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  startup.configure_process(
-      uses_tensorflow=False
-  )  # before JAX starts its backend; GANOMALY_JAX_XLA_DEFAULTS=0: off
+  startup.configure_process()  # before JAX starts its backend; GANOMALY_JAX_XLA_DEFAULTS=0: off
   try:
     summary = scoring.infer(
         _FLAGS['workdir'].value,

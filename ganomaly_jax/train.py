@@ -15,7 +15,6 @@ import time
 from typing import Any, Sequence
 
 from absl import logging
-from clu import metric_writers, periodic_actions
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -29,7 +28,7 @@ from ganomaly_jax.cpu import host_memory
 from ganomaly_jax.data import pipeline, sources
 from ganomaly_jax.evaluation import evaluator, passes, reference  # reference: eval.protocol
 from ganomaly_jax.runtime import checkpoint, disk, divergence, parallel, preemption, rundir
-from ganomaly_jax.runtime import step_group, timing
+from ganomaly_jax.runtime import startup, step_group, timing
 
 
 def train_and_evaluate(
@@ -165,7 +164,11 @@ def _run(
     )
 
   # ---------------- Train loop ----------------
-  # clu's writer goes through tf.io.gfile, which reads and writes gs:// itself.
+  # clu's writer goes through tf.io.gfile, which reads and writes gs:// itself. It imports
+  # TensorFlow, so only here: a run refused for its data or run directory never paid for it.
+  startup.keep_tensorflow_off_accelerators()
+  from clu import metric_writers, periodic_actions
+
   writer = metric_writers.create_default_writer(
       str(rundir.path(workdir)), just_logging=not is_chief, asynchronous=True
   )

@@ -77,7 +77,7 @@ def main(argv: list[str]) -> None:
   del argv
   from ganomaly_jax.runtime import cli, startup
 
-  startup.configure_process(uses_tensorflow=False)
+  startup.configure_process()
   try:
     print(json.dumps(diagnose(_FLAGS['workdir'].value, _FLAGS['seed'].value)))
   except ValueError as e:  # finished_run.InferError and config errors: one line

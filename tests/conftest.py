@@ -23,7 +23,14 @@ import jax  # noqa: E402,F401  (before the cache variable below: see there)
 # cache, Keras's ~/.keras (created when TensorFlow is imported), any XDG cache and hypothesis's
 # .hypothesis/ (its unicode tables; the example database is off in the tests that use it).
 # tests/test_compile_cache.py checks that a `main` run started this way leaves $HOME untouched.
-SESSION_DIR = tempfile.mkdtemp(prefix='ganomaly_jax_tests_')
+# One directory for the whole session: with `-n 2` the xdist controller makes it and its workers
+# (which inherit the controller's environment) use the same one, so a program one worker compiled is
+# loaded, not compiled again, by the other.
+_SESSION_DIR_VAR = 'GANOMALY_JAX_TESTS_SESSION_DIR'
+OWNS_SESSION_DIR = not (os.environ.get('PYTEST_XDIST_WORKER') and os.environ.get(_SESSION_DIR_VAR))
+if OWNS_SESSION_DIR:
+  os.environ[_SESSION_DIR_VAR] = tempfile.mkdtemp(prefix='ganomaly_jax_tests_')
+SESSION_DIR = os.environ[_SESSION_DIR_VAR]
 for _var, _sub in (
     ('JAX_COMPILATION_CACHE_DIR', 'xla'),
     ('MPLCONFIGDIR', 'matplotlib'),
@@ -67,7 +74,52 @@ enable_session_compile_cache()
 
 def pytest_sessionfinish(session, exitstatus):
   del session, exitstatus
-  shutil.rmtree(SESSION_DIR, ignore_errors=True)
+  if OWNS_SESSION_DIR:
+    shutil.rmtree(SESSION_DIR, ignore_errors=True)
+
+
+# The files that take longest on the 2-core machine (`--durations=0`, docs/testing.md), longest
+# first. With `-n 2` each file runs in one worker (`--dist loadfile`); started in collection order,
+# the longest ones came last and one worker went on alone for a minute after the other had finished.
+LONGEST_FILES = (
+    'tests/test_failure_modes.py',
+    'tests/test_reliability.py',
+    'tests/test_gcs_emulator.py',
+    'tests/test_counts_and_methods.py',
+    'tests/test_step.py',
+    'tests/test_parallel_queue.py',
+    'tests/test_multihost.py',
+    'tests/test_learning.py',
+    'tests/cpu/test_kernels.py',
+    'tests/test_step_group.py',
+    'tests/test_reference.py',
+)
+# Files that use the session's `masked_run` (about 40 s to train) run in one worker, which trains it
+# once.
+MASKED_RUN_FILES = ('tests/test_failure_modes.py', 'tests/test_evaluate.py', 'tests/test_infer.py')
+
+
+def pytest_xdist_make_scheduler(config, log):
+  """`--dist loadfile` (pyproject.toml's addopts), with the longest files first and the users of
+  `masked_run` together; another --dist keeps xdist's own scheduler."""
+  if config.getvalue('dist') != 'loadfile':
+    return None
+  from xdist.scheduler import LoadFileScheduling
+
+  class LongestFilesFirst(LoadFileScheduling):
+
+    def _split_scope(self, nodeid: str) -> str:
+      scope = super()._split_scope(nodeid)
+      return MASKED_RUN_FILES[0] if scope in MASKED_RUN_FILES else scope
+
+    def _assign_work_unit(self, node) -> None:
+      for scope in LONGEST_FILES:
+        if scope in self.workqueue:
+          self.workqueue.move_to_end(scope, last=False)
+          break
+      super()._assign_work_unit(node)
+
+  return LongestFilesFirst(config, log)
 
 
 @pytest.fixture(autouse=True)

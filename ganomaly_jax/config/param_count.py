@@ -61,7 +61,7 @@ def main(argv):
   del argv
   from ganomaly_jax.runtime import cli, startup
 
-  startup.configure_process(compile_cache_dir='', uses_tensorflow=False)  # nothing is compiled
+  startup.configure_process(compile_cache_dir='')  # nothing is compiled
   try:
     config = checks.finished(_FLAGS['config'].value)
     counts = count_parameters(config)

@@ -269,6 +269,10 @@ def _npz(path: str) -> tuple[np.ndarray, ...]:
 def _tfds(name: str, data_dir: str) -> tuple[np.ndarray, ...]:
   import tensorflow_datasets as tfds  # imported lazily: heavy, and only these sources need it
 
+  from ganomaly_jax.runtime import startup
+
+  startup.keep_tensorflow_off_accelerators()  # tfds runs TensorFlow ops
+
   out = []
   for split in ('train', 'test'):
     try:

@@ -1,8 +1,9 @@
 """One process set-up for every entry point (train, infer, sweep, benchmark, rescore).
 
 Each command calls `configure_process` first, before anything starts JAX's backend, so that all of
-them run with the same XLA:CPU defaults, keep TensorFlow off the accelerators, share the persistent
-compilation cache, reach `gs://` the same way and log the same way. Importing this module does nothing by itself.
+them run with the same XLA:CPU defaults, share the persistent compilation cache, reach `gs://` the
+same way and log the same way; `keep_tensorflow_off_accelerators` runs where TensorFlow is first
+needed. Importing this module does nothing by itself.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import logging as std_logging
 import os
+import threading
 
 from absl import logging
 
@@ -29,12 +31,24 @@ def _quiet_libraries() -> None:
     absl_logger.addFilter(QuietLibraries())
 
 
-def _hide_gpus_from_tensorflow() -> None:
-  # Only clu's summary writer needs TensorFlow; left alone it would reserve accelerator memory.
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TF's start-up banners are not our logs
-  import tensorflow as tf
+_tensorflow_ready = threading.Lock()
 
-  tf.config.experimental.set_visible_devices([], 'GPU')
+
+def keep_tensorflow_off_accelerators() -> None:
+  """Imports TensorFlow with the accelerators hidden from it; call before the first use of clu's
+  summary writer or of tfds.
+
+  Only clu's summary writer (and tfds) need TensorFlow; left alone it would reserve accelerator
+  memory. Its import costs seconds of CPU, so it happens here, where a run first writes a summary,
+  and not at start-up: a command refused for its config, its data or its run directory exits before
+  it. Safe to call from several threads and more than once.
+  """
+  with _tensorflow_ready:
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TF's start-up banners are not our logs
+    import tensorflow as tf
+
+    if tf.config.get_visible_devices('GPU'):
+      tf.config.experimental.set_visible_devices([], 'GPU')
 
 
 def _gcs_through_gcsfs() -> None:
@@ -47,10 +61,7 @@ def _gcs_through_gcsfs() -> None:
 
 
 def configure_process(
-    *,
-    xla_cpu_defaults: bool = True,
-    compile_cache_dir: str | None = None,
-    uses_tensorflow: bool = True,
+    *, xla_cpu_defaults: bool = True, compile_cache_dir: str | None = None
 ) -> str:
   """Prepares this process for JAX work; returns the compilation-cache directory in use ('' = off).
 
@@ -59,8 +70,6 @@ def configure_process(
       XLA:CPU flags, `cpu/xla_flags.py`); GANOMALY_JAX_XLA_DEFAULTS=0 turns them off as well.
     compile_cache_dir: `runtime.compile_cache_dir`; None means the default ($JAX_COMPILATION_CACHE_DIR
       or ~/.cache/ganomaly_jax/xla), '' leaves the cache off.
-    uses_tensorflow: False for commands that never write TensorBoard summaries (infer, parameter
-      counts): they skip importing TensorFlow, which takes seconds.
 
   Must run before the first JAX computation: XLA reads XLA_FLAGS when its backend starts.
   """
@@ -69,8 +78,6 @@ def configure_process(
   _quiet_libraries()
   _gcs_through_gcsfs()
   xla_flags.apply_cpu_defaults(enabled=xla_cpu_defaults)
-  if uses_tensorflow:
-    _hide_gpus_from_tensorflow()
   if compile_cache_dir is None:
     compile_cache_dir = compile_cache.default_dir()
   cache_dir = compile_cache.enable(compile_cache_dir)
