@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -70,6 +71,32 @@ def enable_session_compile_cache() -> None:
 
 
 enable_session_compile_cache()
+
+
+# GANOMALY_JAX_TESTS_COMPILE_LOG=FILE appends one JSON line per test: the seconds this test's own
+# process spent tracing, lowering and compiling (JAX's monitoring events), and its persistent-cache
+# hits and misses. Processes the test starts are not counted. For finding where the suite's time goes.
+_COMPILE_LOG = os.environ.get('GANOMALY_JAX_TESTS_COMPILE_LOG')
+_compile_counts: dict[str, float] = {}
+
+
+def _count_compile_event(event: str, duration: float | None = None, **kwargs) -> None:
+  del kwargs
+  if event.startswith(('/jax/core/compile/', '/jax/compilation_cache/')):
+    _compile_counts[event] = _compile_counts.get(event, 0.0) + (1.0 if duration is None else duration)
+
+
+if _COMPILE_LOG:
+  jax.monitoring.register_event_duration_secs_listener(_count_compile_event)
+  jax.monitoring.register_event_listener(_count_compile_event)
+
+  @pytest.fixture(autouse=True)
+  def log_compile_time(request):
+    _compile_counts.clear()
+    yield
+    with open(_COMPILE_LOG, 'a') as f:
+      row = {k.rsplit('/', 1)[-1]: round(v, 3) for k, v in _compile_counts.items()}
+      f.write(json.dumps({'test': request.node.nodeid, **row}) + '\n')
 
 
 def pytest_sessionfinish(session, exitstatus):

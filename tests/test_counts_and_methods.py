@@ -171,6 +171,7 @@ def test_every_method_quick_run_writes_results(method, tmp_path, monkeypatch, ti
           'dataset.max_train': 32,
           'dataset.max_test': 32,
           'eval.batch_size': 16,
+          'eval.pictures': True,
       },
   )
   spy = TrainingSpy(monkeypatch)
@@ -181,6 +182,8 @@ def test_every_method_quick_run_writes_results(method, tmp_path, monkeypatch, ti
   assert results['method'] == method and results['steps'] == 2
   assert 0.0 <= results['image_auroc'] <= 1.0
   assert os.path.isdir(tmp_path / 'checkpoints' / '2')
+  for picture in ('loss_curves.png', 'roc_pr.png', 'score_histogram.png', 'extremes.png'):
+    assert os.path.getsize(tmp_path / picture) > 0, picture  # the method's maps drew its pictures
 
   # The method's switches were active in what was trained (read back from the checkpoint).
   state, _ = latest_state(str(tmp_path), config)
