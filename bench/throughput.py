@@ -28,6 +28,7 @@ CASES = {
     'ganomaly-64x64x3': ('ganomaly', 64, 3, 64),
     'skip_ganomaly-32x32x3': ('skip_ganomaly', 32, 3, 64),
     'masked-32x32x3': ('masked', 32, 3, 64),
+    'grid_mask-32x32x3': ('grid_mask', 32, 3, 64),
     'riad-32x32x3': ('riad', 32, 3, 64),
 }
 MODES = ('train', 'infer', 'data')

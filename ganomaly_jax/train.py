@@ -28,7 +28,7 @@ from ganomaly_jax.cpu import host_memory
 from ganomaly_jax.data import pipeline, sources
 from ganomaly_jax.evaluation import evaluator, passes, reference  # reference: eval.protocol
 from ganomaly_jax.runtime import checkpoint, disk, divergence, parallel, preemption, rundir
-from ganomaly_jax.runtime import startup, step_group, timing
+from ganomaly_jax.runtime import step_group, summaries, timing
 
 
 def train_and_evaluate(
@@ -164,18 +164,13 @@ def _run(
     )
 
   # ---------------- Train loop ----------------
-  # clu's writer goes through tf.io.gfile, which reads and writes gs:// itself. It imports
-  # TensorFlow, so only here: a run refused for its data or run directory never paid for it.
-  startup.keep_tensorflow_off_accelerators()
-  from clu import metric_writers, periodic_actions
-
-  writer = metric_writers.create_default_writer(
-      str(rundir.path(workdir)), just_logging=not is_chief, asynchronous=True
-  )
+  # Opened only now: TensorBoard's writer imports TensorFlow (seconds), which a run refused for
+  # its data or run directory never pays for.
+  writer = summaries.open_writer(str(rundir.path(workdir)), tensorboard=is_chief and t.tensorboard)
   num_steps = t.num_steps if config.mode == 'train' else int(state.step)
   if int(state.step) == 0 and is_chief:
     writer.write_hparams(hparams(config))
-  report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
+  report = summaries.StepRate(num_steps, writer)
   rollback = divergence.Rollback(
       t, store, restart=lambda: (progs.init(init_rng), make_train_iter())
   )
@@ -183,7 +178,7 @@ def _run(
   preempted = False
   with (
       store.saves_finished_on_error(),
-      metric_writers.ensure_flushes(writer),
+      summaries.flushed(writer),
       preemption.StopRequest() as stop,
       timing.phase('train_steps'),
   ):

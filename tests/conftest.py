@@ -83,7 +83,9 @@ _compile_counts: dict[str, float] = {}
 def _count_compile_event(event: str, duration: float | None = None, **kwargs) -> None:
   del kwargs
   if event.startswith(('/jax/core/compile/', '/jax/compilation_cache/')):
-    _compile_counts[event] = _compile_counts.get(event, 0.0) + (1.0 if duration is None else duration)
+    _compile_counts[event] = _compile_counts.get(event, 0.0) + (
+        1.0 if duration is None else duration
+    )
 
 
 if _COMPILE_LOG:

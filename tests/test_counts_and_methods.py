@@ -184,6 +184,7 @@ def test_every_method_quick_run_writes_results(method, tmp_path, monkeypatch, ti
   assert os.path.isdir(tmp_path / 'checkpoints' / '2')
   for picture in ('loss_curves.png', 'roc_pr.png', 'score_histogram.png', 'extremes.png'):
     assert os.path.getsize(tmp_path / picture) > 0, picture  # the method's maps drew its pictures
+  assert not list(tmp_path.glob('events.out.tfevents.*'))  # train.tensorboard=False (tiny configs)
 
   # The method's switches were active in what was trained (read back from the checkpoint).
   state, _ = latest_state(str(tmp_path), config)

@@ -297,7 +297,12 @@ def test_damaged_latest_checkpoint_is_named_moved_aside_and_the_older_one_used(t
       f'--config.dataset.name=folder:{data}',
       '--config.model.channels=3',
       '--config.train.num_steps=6',
+      env={'PYTHONPROFILEIMPORTTIME': '1'},
   )
+  imported = {l.rsplit('|', 1)[-1].strip() for l in proc.stderr.splitlines() if 'import time:' in l}
+  # A whole run with train.tensorboard=False (tiny configs) never imports TensorFlow.
+  assert 'jax' in imported and 'tensorflow' not in imported
+  proc.stderr = '\n'.join(l for l in proc.stderr.splitlines() if not l.startswith('import time:'))
   assert proc.returncode == 0, proc.stderr[-3000:]
   named = [line for line in proc.stderr.splitlines() if 'cannot be restored' in line]
   assert len(named) == 1 and f'{workdir}/checkpoints/4 ' in named[0], proc.stderr[-3000:]

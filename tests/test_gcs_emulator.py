@@ -86,7 +86,11 @@ def test_quick_run_in_the_bucket_resumes_exactly_after_sigkill_and_infer_reads_i
     gcs_emulator, tmp_path
 ):
   straight, killed = gcs_emulator.root('straight'), gcs_emulator.root('killed')
-  flags = ('--config.train.num_steps=6', '--config.train.checkpoint_every=2')
+  flags = (
+      '--config.train.num_steps=6',
+      '--config.train.checkpoint_every=2',
+      '--config.train.tensorboard=True',  # events from a gs:// run directory (tiny configs: off)
+  )
   done = train(gcs_emulator, tmp_path, straight, *flags)
   assert done.returncode == 0, done.stderr[-3000:]
 

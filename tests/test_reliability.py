@@ -27,16 +27,16 @@ def tiny_config(**overrides):
   return tiny.tiny_config(**{**tiny.SMALL_DATA, **overrides})
 
 
-def run_main(workdir, *flags, timeout=240, wait=True, kill_after_step=None):
-  """The train command on TINY; with `kill_after_step`, SIGKILLed right after that step's save
-  (tests/helpers/kill_after_step.py)."""
+def run_main(workdir, *flags, timeout=240, wait=True, kill_after_step=None, env=None):
+  """The train command on TINY, with `env` added to the environment; with `kill_after_step`,
+  SIGKILLed right after that step's save (tests/helpers/kill_after_step.py)."""
   entry = (
       ['-m', 'ganomaly_jax.main']
       if kill_after_step is None
       else [os.path.join(REPO, 'tests', 'helpers', 'kill_after_step.py'), str(kill_after_step)]
   )
   cmd = [sys.executable, *entry, f'--config={TINY}', f'--workdir={workdir}', *flags]
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', **(env or {}))
   if not wait:
     return subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

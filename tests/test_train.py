@@ -128,6 +128,7 @@ def test_quick_run_on_gs_writes_the_run_directory_through_epath(gs_root, tmp_pat
           'dataset.max_test': 32,
           'eval.batch_size': 16,
           'eval.pictures': True,
+          'train.tensorboard': True,
       }
   )
   results = train.train_and_evaluate(config, gs_root)

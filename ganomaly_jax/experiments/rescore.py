@@ -86,7 +86,7 @@ def rescore_run(workdir: str, variant: dict[str, str], out_dir: str) -> dict[str
   from ganomaly_jax import programs
   from ganomaly_jax.config import checks
   from ganomaly_jax.inference import finished_run
-  from ganomaly_jax.runtime import parallel, startup
+  from ganomaly_jax.runtime import parallel, summaries
   from ganomaly_jax.evaluation import evaluator, readout
   from ganomaly_jax.data import sources
 
@@ -120,10 +120,7 @@ def rescore_run(workdir: str, variant: dict[str, str], out_dir: str) -> dict[str
       for k in ('method', 'dataset', 'abnormal', 'steps', 'selected_step')
       if k in original
   }
-  startup.keep_tensorflow_off_accelerators()  # clu imports TensorFlow
-  from clu import metric_writers
-
-  writer = metric_writers.create_default_writer(out_dir, just_logging=True)
+  writer = summaries.LogWriter()  # a re-evaluation logs its metrics; its results.json keeps them
   chosen = readout.choose(config, state, progs, splits, mesh)
   results = evaluator.evaluate_and_report(
       chosen,

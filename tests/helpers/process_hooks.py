@@ -23,17 +23,17 @@ def kill_after_saving(step: int) -> None:
 
 def events_to_local_folder(local_root: str) -> None:
   """Sends the TensorBoard events of a `gs://` run directory to local_root/<bucket>/<path>."""
-  from clu import metric_writers
+  from ganomaly_jax.runtime import summaries  # no clu, hence no TensorFlow, until a writer opens
 
-  create = metric_writers.create_default_writer
+  open_writer = summaries.open_writer
 
-  def create_local(logdir, *args, **kwargs):
+  def open_local(logdir, *args, **kwargs):
     logdir = str(logdir)
     if logdir.startswith('gs://'):
       logdir = os.path.join(local_root, logdir[len('gs://') :])
-    return create(logdir, *args, **kwargs)
+    return open_writer(logdir, *args, **kwargs)
 
-  metric_writers.create_default_writer = create_local
+  summaries.open_writer = open_local
 
 
 def shorter_gcsfs_backoff(scale: float) -> None:

@@ -15,10 +15,11 @@ from ganomaly_jax.experiments import sweep
 from helpers import REPO
 
 # No final PNGs (eval.pictures): matplotlib takes about 2 s of a tiny run that otherwise lasts 2-4 s
-# once its programs are compiled. Tests of the pictures turn them on (test_counts_and_methods draws
-# every method's, test_train's gs:// run writes them through epath; the quick runs of
-# tests/synthetic.py and the commands' own `quick` preset keep them).
-TINY_ARG = 'quick,model.ngf=4,model.ndf=4,batch=8,eval.pictures=False'
+# once its programs are compiled. No TensorBoard events (train.tensorboard): clu's writer imports
+# TensorFlow, 5 s of every `main` process a test starts. Tests of either turn it on
+# (test_counts_and_methods draws every method's pictures, test_train's gs:// run writes both through
+# epath; the quick runs of tests/synthetic.py and the commands' own `quick` preset keep both).
+TINY_ARG = 'quick,model.ngf=4,model.ndf=4,batch=8,eval.pictures=False,train.tensorboard=False'
 # The data caps and evaluation batch of the tests that train and evaluate end to end.
 SMALL_DATA = {'dataset.max_train': 64, 'dataset.max_test': 32, 'eval.batch_size': 16}
 
