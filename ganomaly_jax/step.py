@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from ganomaly_jax import losses, masks, models
+from ganomaly_jax import scores as scores_lib
 from ganomaly_jax.config import frozen
 from ganomaly_jax.data import normalization
 from ganomaly_jax.state import Components, GanState, init_discriminator
@@ -359,11 +360,11 @@ def score_inputs(
     state: GanState,
     x: jax.Array,
     banks: dict | None = None,
-) -> losses.ScoreInputs:
+) -> scores_lib.ScoreInputs:
   """What a registered score sees of a batch: x, the eval-mode reconstruction(s), D in eval mode,
   G on the unmasked images (traced only where a score reads it) and the training normals'
   embeddings `banks` (feature name -> [N, D]) for the scores that compare with them."""
-  return losses.ScoreInputs(
+  return scores_lib.ScoreInputs(
       x=x,
       outputs=reconstruct_for_eval(components, step_config, state, x),
       banks=banks,
@@ -379,11 +380,11 @@ def embed(
     step_config: frozen.StepConfig,
     feature: str,
 ) -> jax.Array:
-  """The embedding `losses.FEATURES[feature]` of a batch's images, [B, D], in eval mode: what
+  """The embedding `scores.FEATURES[feature]` of a batch's images, [B, D], in eval mode: what
   evaluation/feature_bank.py collects from the training normals."""
   x = normalization.from_tanh(batch['image'], step_config.normalization)
-  inputs = losses.ScoreInputs(x=x, outputs={}, **_eval_networks(components, state, x))
-  return losses.FEATURES[feature].fn(inputs)
+  inputs = scores_lib.ScoreInputs(x=x, outputs={}, **_eval_networks(components, state, x))
+  return scores_lib.FEATURES[feature].fn(inputs)
 
 
 def reference_scores(
@@ -393,7 +394,7 @@ def reference_scores(
   train mode, i.e. normalised with the statistics of this very batch (they never call
   `netg.eval()`), in G and in D alike. The statistics are not kept: the state is not changed.
 
-  The score is the method's (`losses.SCORES[step_config.eval.score]`): GANomaly's mean((z - ẑ)²), and
+  The score is the method's (`scores.SCORES[step_config.eval.score]`): GANomaly's mean((z - ẑ)²), and
   Skip-GANomaly's 0.9·mean((x - x̂)²) + 0.1·mean((f(x) - f(x̂))²) as in their code. For the
   reference read-out only (evaluation/reference.py), never for the honest results.
   """
@@ -402,8 +403,8 @@ def reference_scores(
   discriminator = lambda images: _apply_d(
       components, state.d_params, state.d_stats, images, True, update_stats=False
   )[0]
-  inputs = losses.ScoreInputs(x=x, outputs=out, discriminator=discriminator)
-  return losses.SCORES[step_config.eval.score].fn(inputs, step_config)
+  inputs = scores_lib.ScoreInputs(x=x, outputs=out, discriminator=discriminator)
+  return scores_lib.SCORES[step_config.eval.score].fn(inputs, step_config)
 
 
 def _l1(x: jax.Array, recon: jax.Array) -> jax.Array:
@@ -421,7 +422,7 @@ def eval_step(
 ) -> dict[str, jax.Array]:
   """Per-image raw anomaly scores (not yet normalised) and reconstruction L1, in eval mode.
 
-  The score is `losses.SCORES[step_config.eval.score]` (eq. 6.1 for SkipGANomaly); D runs in eval
+  The score is `scores.SCORES[step_config.eval.score]` (eq. 6.1 for SkipGANomaly); D runs in eval
   mode. A score with a `feature` reads that bank of `banks` (evaluation/feature_bank.py); without
   banks (validation during training) such a score is left out.
   With maps, 'map' is the `eval.map` pixel map (`losses.anomaly_map`), not yet smoothed.
@@ -430,7 +431,7 @@ def eval_step(
   inputs = score_inputs(components, step_config, state, x, banks)
   recon = inputs.outputs['recon']
   result: dict[str, Any] = {'l1': _l1(x, recon)}
-  score = losses.SCORES[step_config.eval.score]
+  score = scores_lib.SCORES[step_config.eval.score]
   if score.feature is None or banks is not None:  # during training no bank exists yet: L1 only
     result['score'] = score.fn(inputs, step_config)
   if with_maps:
@@ -444,7 +445,7 @@ def eval_step(
 def readout_key(score: str, map_name: str) -> str:
   """`eval_readouts`' output key of the read-out (score, map): 'score/<score>/<map>' for a score
   that reduces the map, 'score/<score>' for one that does not (the same for every map)."""
-  return f'score/{score}/{map_name}' if losses.SCORES[score].uses_map else f'score/{score}'
+  return f'score/{score}/{map_name}' if scores_lib.SCORES[score].uses_map else f'score/{score}'
 
 
 def eval_readouts(
@@ -470,7 +471,7 @@ def eval_readouts(
     key = readout_key(score, map_name)
     if key not in result:
       readout_config = step_config.with_eval(score=score, map=map_name)
-      result[key] = losses.SCORES[score].fn(inputs, readout_config)
+      result[key] = scores_lib.SCORES[score].fn(inputs, readout_config)
     if f'map/{map_name}' not in result:
       result[f'map/{map_name}'] = losses.anomaly_map(
           x, inputs.outputs, map_name, step_config.eval.map_filter

@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ganomaly_jax import losses, programs
+from ganomaly_jax import programs
+from ganomaly_jax import scores as scores_lib
 from ganomaly_jax import schedule  # train.epochs, train.early_stop_patience
 from ganomaly_jax import state as state_lib
 from ganomaly_jax.config import schema
@@ -467,7 +468,7 @@ def _validate(
   """Validation L1 and score on held-out normals; offers the state as the best by val loss.
   Returns the validation loss (mean L1)."""
   # A score that compares with the training normals' bank has none during training: L1 only.
-  has_score = losses.SCORES[config.eval.score].feature is None
+  has_score = scores_lib.SCORES[config.eval.score].feature is None
   keys = ('score', 'l1') if has_score else ('l1',)
   val = passes.run_eval(eval_fn, state, source, mesh, config.eval.batch_size, keys=keys)
   val_loss = float(np.mean(val['l1'])) if len(val['l1']) else float('nan')

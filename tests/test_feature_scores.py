@@ -6,7 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ganomaly_jax import complexity, losses, state as state_lib
+from ganomaly_jax import scores as scores_lib
+from ganomaly_jax import state as state_lib
+from ganomaly_jax.evaluation import complexity
 from ganomaly_jax.config import checks
 from ganomaly_jax.evaluation import feature_bank, readout
 from ganomaly_jax.runtime import parallel
@@ -18,11 +20,13 @@ def test_knn_distance_in_blocks_equals_the_dense_answer():
   query = rng.normal(size=(6, 5)).astype(np.float32)
   dense = np.sqrt(((query[:, None] - bank[None]) ** 2).sum(-1))
   want = np.sort(dense, axis=1)[:, :3].mean(1)
-  got = jax.jit(losses.knn_distance, static_argnums=(2, 3))(query, bank, 3, 8)  # 5 blocks, padded
+  got = jax.jit(scores_lib.knn_distance, static_argnums=(2, 3))(
+      query, bank, 3, 8
+  )  # 5 blocks, padded
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   # k larger than the bank: the mean over all of it.
   np.testing.assert_allclose(
-      losses.knn_distance(query, bank[:2], 5), dense[:, :2].mean(1), rtol=1e-5
+      scores_lib.knn_distance(query, bank[:2], 5), dense[:, :2].mean(1), rtol=1e-5
   )
 
 
@@ -87,7 +91,7 @@ def test_a_simple_abnormal_image_is_not_ranked_normal_by_the_corrected_score():
       * np.array([0.1] * 8 + [0.05])[:, None, None, None]
   )
   recon = jnp.clip(x + error, -1, 1)
-  plain = np.asarray(losses.reconstruction_score(x, recon))
+  plain = np.asarray(scores_lib.reconstruction_score(x, recon))
   corrected = np.asarray(complexity.corrected_score(x, recon))
   assert plain[8] < plain[:8].min()  # inverted: the abnormal image looks the most normal
   assert corrected[8] > corrected[:8].max()

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ganomaly_jax import losses
+from ganomaly_jax import scores as scores_lib
 
 
 def test_generator_terms_by_hand():
@@ -58,14 +59,14 @@ def test_soft_and_noisy_labels_over_many_draws():
 def test_scores_per_image():
   x = jnp.zeros((2, 2, 2, 1))
   recon = x.at[1].set(1.0)
-  np.testing.assert_allclose(losses.reconstruction_score(x, recon), [0.0, 1.0])
+  np.testing.assert_allclose(scores_lib.reconstruction_score(x, recon), [0.0, 1.0])
   np.testing.assert_allclose(
-      losses.latent_score(jnp.zeros((2, 3)), jnp.ones((2, 3)) * 2), [4.0, 4.0]
+      scores_lib.latent_score(jnp.zeros((2, 3)), jnp.ones((2, 3)) * 2), [4.0, 4.0]
   )
   f_real, f_fake = jnp.zeros((2, 4)), jnp.ones((2, 4))
   # eq. 6.1 with λ = 0.9: 0.9 * [0, 1] + 0.1 * [1, 1]
   np.testing.assert_allclose(
-      losses.lambda_score(x, recon, f_real, f_fake, 0.9), [0.1, 1.0], atol=1e-6
+      scores_lib.lambda_score(x, recon, f_real, f_fake, 0.9), [0.1, 1.0], atol=1e-6
   )
   assert losses.pixel_map(jnp.zeros((1, 2, 2, 3)), jnp.ones((1, 2, 2, 3))).shape == (1, 2, 2)
 
@@ -86,13 +87,17 @@ def test_registered_objectives_carry_what_validation_and_models_need():
 def test_registered_scores_by_hand():
   x = jnp.zeros((2, 2, 2, 1))
   recon = x.at[1].set(1.0)
-  inputs = losses.ScoreInputs(
+  inputs = scores_lib.ScoreInputs(
       x=x,
       outputs={'recon': recon, 'z': jnp.zeros((2, 3)), 'z_hat': jnp.ones((2, 3))},
       discriminator=lambda images: (None, images.reshape(2, -1)),
   )
   step_config = type('HP', (), {'eval': type('E', (), {'score_lambda': 0.9})})
-  np.testing.assert_allclose(losses.SCORES['latent'].fn(inputs, step_config), [1.0, 1.0])
-  np.testing.assert_allclose(losses.SCORES['reconstruction'].fn(inputs, step_config), [0.0, 1.0])
+  np.testing.assert_allclose(scores_lib.SCORES['latent'].fn(inputs, step_config), [1.0, 1.0])
+  np.testing.assert_allclose(
+      scores_lib.SCORES['reconstruction'].fn(inputs, step_config), [0.0, 1.0]
+  )
   # eq. 6.1 with f = identity: 0.9 * [0, 1] + 0.1 * [0, 1]
-  np.testing.assert_allclose(losses.SCORES['lambda'].fn(inputs, step_config), [0.0, 1.0], atol=1e-6)
+  np.testing.assert_allclose(
+      scores_lib.SCORES['lambda'].fn(inputs, step_config), [0.0, 1.0], atol=1e-6
+  )

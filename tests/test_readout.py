@@ -8,6 +8,7 @@ import pytest
 from clu import metric_writers
 
 from ganomaly_jax import losses, programs
+from ganomaly_jax import scores as scores_lib
 from ganomaly_jax.evaluation import evaluator
 from ganomaly_jax.config import checks
 from ganomaly_jax.runtime import parallel, rundir
@@ -100,7 +101,7 @@ def test_candidates_come_from_the_registries_facts(tiny_config):
   for config in (plain, masked):
     got = readout.candidates(config)
     scores = {r.score for r in got}
-    assert scores == {s for s in losses.SCORES if checks.score_problem(config, s) is None}
+    assert scores == {s for s in scores_lib.SCORES if checks.score_problem(config, s) is None}
     assert len(got) == len(scores) * len(losses.MAPS)  # every fitting score with every map
     assert readout.published(config) in got
   assert 'latent' in {r.score for r in readout.candidates(plain)}  # needs z, ẑ: E-D-E only

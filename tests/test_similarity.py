@@ -14,6 +14,7 @@ import scipy.ndimage
 from skimage.metrics import structural_similarity
 
 from ganomaly_jax import losses, similarity
+from ganomaly_jax import scores as scores_lib
 from ganomaly_jax.evaluation import pixel_metrics
 
 # The maps and losses jitted once per input shape: op-by-op dispatch compiles each of their many
@@ -203,10 +204,12 @@ def _hp(map_name='l1', smooth_sigma=0.0, topk_fraction=0.1):
   )
 
 
-def _inputs(maps: np.ndarray) -> losses.ScoreInputs:
+def _inputs(maps: np.ndarray) -> scores_lib.ScoreInputs:
   """ScoreInputs whose l1 map is `maps` [B, H, W]: x = 0 and the reconstruction = the map."""
   recon = jnp.asarray(maps[..., None], jnp.float32)
-  return losses.ScoreInputs(x=jnp.zeros_like(recon), outputs={'recon': recon}, discriminator=None)
+  return scores_lib.ScoreInputs(
+      x=jnp.zeros_like(recon), outputs={'recon': recon}, discriminator=None
+  )
 
 
 def test_map_scores_on_hand_made_maps():
@@ -215,7 +218,7 @@ def test_map_scores_on_hand_made_maps():
   maps[1] = 0.05  # uniform, small
   maps[1, :2, :] = 0.5  # top 20 pixels at 0.5
   s = _inputs(maps)
-  score = lambda name, **kw: np.asarray(losses.SCORES[name].fn(s, _hp(**kw)))
+  score = lambda name, **kw: np.asarray(scores_lib.SCORES[name].fn(s, _hp(**kw)))
   np.testing.assert_allclose(score('map_mean'), [0.01, 0.2 * 0.5 + 0.8 * 0.05], rtol=1e-5)
   np.testing.assert_allclose(score('map_max'), [1.0, 0.5], rtol=1e-6)
   np.testing.assert_allclose(score('map_topk', topk_fraction=0.1), [0.1, 0.5], rtol=1e-5)

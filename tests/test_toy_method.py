@@ -11,7 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ganomaly_jax import losses, state as state_lib
+from ganomaly_jax import losses
+from ganomaly_jax import scores as scores_lib
+from ganomaly_jax import state as state_lib
 from ganomaly_jax.config import arguments, checks
 from ganomaly_jax.data import sources
 from ganomaly_jax.experiments import sweep
@@ -34,20 +36,20 @@ TOY_ADVERSARIAL = losses.Adversarial(
 )
 
 
-def mean_abs_score(s: losses.ScoreInputs, step_config) -> jax.Array:
+def mean_abs_score(s: scores_lib.ScoreInputs, step_config) -> jax.Array:
   """Mean absolute reconstruction error per image."""
   TRACED.append('mean_abs_score')
   return jnp.mean(jnp.abs(s.x - s.outputs['recon']).reshape(s.x.shape[0], -1), axis=1)
 
 
-TOY_SCORE = losses.Score(mean_abs_score)
+TOY_SCORE = scores_lib.Score(mean_abs_score)
 
 
 @pytest.fixture
 def toy_method(monkeypatch):
   """Registers the two entries for one test (monkeypatch removes them afterwards)."""
   monkeypatch.setitem(losses.ADVERSARIAL, 'toy_hinge', TOY_ADVERSARIAL)
-  monkeypatch.setitem(losses.SCORES, 'toy_l1', TOY_SCORE)
+  monkeypatch.setitem(scores_lib.SCORES, 'toy_l1', TOY_SCORE)
 
 
 def test_unregistered_names_are_refused(repo_root):

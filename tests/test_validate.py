@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from ganomaly_jax import losses, masks, models
+from ganomaly_jax import scores as scores_lib
 from ganomaly_jax.config import arguments, checks, schema
 from ganomaly_jax.experiments import sweep
 from helpers import REPO
@@ -227,7 +228,7 @@ def test_error_messages_list_the_registered_names():
   _refused(
       'ganomaly', {'loss.adversarial': 'hinge'}, 'is not one of ' + ', '.join(losses.ADVERSARIAL)
   )
-  _refused('ganomaly', {'eval.score': 'ssim'}, 'is not one of ' + ', '.join(losses.SCORES))
+  _refused('ganomaly', {'eval.score': 'ssim'}, 'is not one of ' + ', '.join(scores_lib.SCORES))
   _refused('ganomaly', {'model.generator': 'vae'}, 'is not one of ' + ', '.join(models.GENERATORS))
   _refused('ganomaly', {'mask.kind': 'circle'}, 'is not one of ' + ', '.join(masks.KINDS))
 

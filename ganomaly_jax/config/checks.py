@@ -15,7 +15,9 @@ import re
 
 import ml_collections
 
-from ganomaly_jax import losses, masks, models, state as state_lib
+from ganomaly_jax import losses, masks, models
+from ganomaly_jax import scores as scores_lib
+from ganomaly_jax import state as state_lib
 from ganomaly_jax.config import schema
 from ganomaly_jax.data import sources
 
@@ -59,13 +61,13 @@ NORMALIZATIONS = ('tanh', 'mnist_reference')
 
 
 def score_problem(config: ml_collections.ConfigDict, name: str) -> str | None:
-  """Why score `name` (a key of losses.SCORES) cannot read out this config's model, or None.
+  """Why score `name` (a key of scores.SCORES) cannot read out this config's model, or None.
 
   The facts come from the registries: the generator outputs the score needs, whether it reads the
   discriminator's features, and whether it needs (or refuses) masked training. Validation and the read-out candidates (evaluation/readout.py) both
   ask here.
   """
-  score = losses.SCORES[name]
+  score = scores_lib.SCORES[name]
   generator = models.GENERATORS[config.model.generator]
   masked = masks.KINDS[config.mask.kind].eval_holes is not None  # 'none' has no holes
   missing = [o for o in score.needs_outputs if o not in generator.outputs]
@@ -82,12 +84,12 @@ def score_problem(config: ml_collections.ConfigDict, name: str) -> str | None:
     return (
         f'eval.score={name} reads discriminator features, and model.discriminator='
         f'{config.model.discriminator} has none; use '
-        f'{_names(k for k, s in losses.SCORES.items() if not s.needs_discriminator)}.'
+        f'{_names(k for k, s in scores_lib.SCORES.items() if not s.needs_discriminator)}.'
     )
   if score.mask == 'forbidden' and masked:
     return (
         f'eval.score={name} does not apply to masked training; use '
-        f"{_names(k for k, s in losses.SCORES.items() if s.mask != 'forbidden')}."
+        f"{_names(k for k, s in scores_lib.SCORES.items() if s.mask != 'forbidden')}."
     )
   if score.mask == 'required' and not masked:
     return (
@@ -297,7 +299,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(-1.0 <= config.mask.fill <= 1.0, f'mask.fill={config.mask.fill} must be in [-1, 1].')
 
   _require(
-      e.score in losses.SCORES, f'eval.score={e.score!r} is not one of {_names(losses.SCORES)}.'
+      e.score in scores_lib.SCORES,
+      f'eval.score={e.score!r} is not one of {_names(scores_lib.SCORES)}.',
   )
   problem = score_problem(config, e.score)
   _require(problem is None, problem)
@@ -308,8 +311,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       isinstance(e.bank_size, int) and e.bank_size >= 1,
       f'eval.bank_size={e.bank_size} must be an integer >= 1.',
   )
-  score = losses.SCORES[e.score]
-  for dotted in sorted(set().union(*(s.reads for s in losses.SCORES.values()))):
+  score = scores_lib.SCORES[e.score]
+  for dotted in sorted(set().union(*(s.reads for s in scores_lib.SCORES.values()))):
     section, key = dotted.split('.')
     value, default = config[section][key], defaults[section][key]
     _require(
@@ -407,7 +410,7 @@ def _check_protocol(config: ml_collections.ConfigDict) -> None:
         'eval.protocol=reference: the official read-out has no dropout (model.dropout=0).',
     )
     _require(
-        losses.SCORES[e.score].feature is None,
+        scores_lib.SCORES[e.score].feature is None,
         f'eval.protocol=reference: the official read-out scores without a bank of training '
         f'normals; eval.score={e.score} needs one (use it with eval.protocol=honest).',
     )

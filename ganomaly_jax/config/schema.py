@@ -162,7 +162,7 @@ def base_config() -> ml_collections.ConfigDict:
   # set) under results.json's `reference` (evaluation/reference.py). Test-selected by design.
   c.eval.protocol = 'honest'
   # latent | reconstruction | lambda | inpaint | map_mean | map_max | map_topk | knn_code |
-  # knn_discriminator | complexity_corrected (losses.SCORES)
+  # knn_discriminator | complexity_corrected (scores.SCORES)
   c.eval.score = 'latent'
   c.eval.score_lambda = 0.9  # eq. 6.1
   c.eval.select = 'val_loss'  # checkpoint selection on validation normals: val_loss | last

@@ -189,7 +189,7 @@ def evaluate_and_report(
       and isinstance(v, float)
   }
   report.writer.write_scalars(results['steps'], scalars)
-  if e.get('pictures', True):  # configs saved before the switch existed drew them
+  if e.pictures:
     with timing.phase('pictures'):
       _report_pictures(
           config, report, state, splits, mesh, results['steps'], outputs, eval_maps_fn, mc_fn

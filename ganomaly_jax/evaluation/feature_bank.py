@@ -1,6 +1,6 @@
 """The training normals' embeddings, for the scores that compare a test image with them.
 
-A score with a `feature` (`losses.Score.feature`: knn_code, knn_discriminator) needs the embeddings
+A score with a `feature` (`scores.Score.feature`: knn_code, knn_discriminator) needs the embeddings
 of the training normals under the selected checkpoint: its "bank". The bank is built once per
 evaluation, streamed: the training split goes through the embedding program one global batch at a
 time (each process decodes only its own slice, `passes.gathered_batches`), and only the embeddings
@@ -10,7 +10,7 @@ sampling, seeded by `config.seed`). Memory is `bank_size` x D floats whatever th
 wider (4,096 dimensions at 32 px, ndf 64: 45,000 normals are 744 MB, and the search costs as much
 more), where a smaller `eval.bank_size` is the lever.
 
-The bank is replicated on every device; `losses.knn_distance` searches it in blocks.
+The bank is replicated on every device; `scores.knn_distance` searches it in blocks.
 """
 
 from __future__ import annotations
@@ -22,14 +22,15 @@ import jax
 import ml_collections
 import numpy as np
 
-from ganomaly_jax import losses, programs
+from ganomaly_jax import programs
+from ganomaly_jax import scores as scores_lib
 from ganomaly_jax.evaluation import passes
 from ganomaly_jax.runtime import parallel
 
 
 def features_of(scores: Iterable[str]) -> tuple[str, ...]:
-  """The features (`losses.FEATURES` names) the given scores read, in order, without repeats."""
-  found = (losses.SCORES[s].feature for s in scores)
+  """The features (`scores.FEATURES` names) the given scores read, in order, without repeats."""
+  found = (scores_lib.SCORES[s].feature for s in scores)
   return tuple(dict.fromkeys(f for f in found if f is not None))
 
 

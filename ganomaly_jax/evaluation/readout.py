@@ -6,7 +6,7 @@ the map then only serves the pixel metrics). With `eval.readout=published` (the 
 split is read out with the config's own pair, the method's published one. With `auto`, after the
 checkpoint is selected:
 
-1. Candidates: every registered score (`losses.SCORES`) that fits the model, as validation decides
+1. Candidates: every registered score (`scores.SCORES`) that fits the model, as validation decides
    it (`checks.score_problem`: generator outputs, masked or not), times every registered map
    (`losses.MAPS`). Nothing is listed by hand: a new score or map is a candidate at once.
 2. A synthetic validation set: the validation normals (label 0) and CutPaste anomalies made from
@@ -35,7 +35,9 @@ import ml_collections
 import numpy as np
 from sklearn import metrics as sk_metrics
 
-from ganomaly_jax import losses, programs, step as step_lib
+from ganomaly_jax import losses, programs
+from ganomaly_jax import scores as scores_lib
+from ganomaly_jax import step as step_lib
 from ganomaly_jax.config import checks, frozen, schema
 from ganomaly_jax.data import synthetic_anomalies
 from ganomaly_jax.evaluation import feature_bank, passes, pixel_metrics
@@ -78,7 +80,7 @@ def candidates(config: ml_collections.ConfigDict) -> list[Readout]:
   """Every (score, map) of the registries that fits this config's model, in registry order."""
   return [
       Readout(score, map_name)
-      for score in losses.SCORES
+      for score in scores_lib.SCORES
       if checks.score_problem(config, score) is None
       for map_name in losses.MAPS
   ]
@@ -90,8 +92,8 @@ def with_readout(config: ml_collections.ConfigDict, readout: Readout) -> ml_coll
   config = copy.deepcopy(config)
   config.eval.score, config.eval.map = readout.score, readout.map
   defaults = schema.base_config()
-  for dotted in set().union(*(s.reads for s in losses.SCORES.values())):
-    if dotted not in losses.SCORES[readout.score].reads:
+  for dotted in set().union(*(s.reads for s in scores_lib.SCORES.values())):
+    if dotted not in scores_lib.SCORES[readout.score].reads:
       section, key = dotted.split('.')
       config[section][key] = defaults[section][key]
   return config

@@ -32,7 +32,7 @@ from absl import app, flags, logging
 
 _ROOT = flags.DEFINE_string('root', None, 'Benchmark workdir (holds runs/<class>/<method>/seed-N).')
 _METHOD = flags.DEFINE_string('method', None, 'Method name of the benchmark rows to re-score.')
-_SCORES = flags.DEFINE_list('scores', [], 'eval.score values (losses.SCORES) to evaluate.')
+_SCORES = flags.DEFINE_list('scores', [], 'eval.score values (scores.SCORES) to evaluate.')
 _VARIANTS = flags.DEFINE_multi_string(
     'variant', [], 'One evaluation: comma-separated eval keys, e.g. map=l1,score=map_mean.'
 )

@@ -19,7 +19,8 @@ from absl import logging
 import jax
 import numpy as np
 
-from ganomaly_jax import losses, programs
+from ganomaly_jax import programs
+from ganomaly_jax import scores as scores_lib
 from ganomaly_jax.data import images as images_lib
 from ganomaly_jax.data import pipeline
 from ganomaly_jax.evaluation import readout, report
@@ -100,7 +101,7 @@ def infer(
   mesh = parallel.make_mesh(devices)
   batch_sharding = parallel.batch_sharding(mesh)
 
-  if losses.SCORES[config.eval.score].feature is not None:
+  if scores_lib.SCORES[config.eval.score].feature is not None:
     raise finished_run.InferError(
         f'eval.score={config.eval.score} compares with the training normals, whose embeddings a '
         'finished run does not keep yet: score new images with the run re-scored '

@@ -1,4 +1,4 @@
-"""Code lengths of images, in bits per pixel, for the complexity-corrected score (`losses.py`).
+"""Code lengths of images, in bits per pixel, for the complexity-corrected score (`scores.py`).
 
 A reconstruction error measures how hard an image is to rebuild, and that tracks the image's own
 complexity as much as its normality: a simple abnormal image (a plain T-shirt among patterned clothes,
