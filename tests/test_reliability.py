@@ -21,6 +21,9 @@ from helpers import REPO, tiny
 
 # Small enough for 2 CPU cores; the same config is used in- and out-of-process.
 TINY = tiny.spec(**tiny.SMALL_DATA)
+# The tests only train and read results (none patches traced code): they keep each other's
+# programs, as the runs of one suite do (tests/conftest.py).
+SHARE_PROGRAMS = True
 
 
 def tiny_config(**overrides):
