@@ -27,7 +27,7 @@ import pytest
 
 from ganomaly_jax import train
 from ganomaly_jax.runtime import checkpoint, disk, rundir
-from helpers import browser
+from helpers import browser, split_import_times
 from test_reliability import REPO, run_main, tiny_config
 
 # A script carried by a file name adds a <pwned> element if it ever runs (tests/test_report_names.py).
@@ -299,10 +299,9 @@ def test_damaged_latest_checkpoint_is_named_moved_aside_and_the_older_one_used(t
       '--config.train.num_steps=6',
       env={'PYTHONPROFILEIMPORTTIME': '1'},
   )
-  imported = {l.rsplit('|', 1)[-1].strip() for l in proc.stderr.splitlines() if 'import time:' in l}
+  imported, proc.stderr = split_import_times(proc.stderr)
   # A whole run with train.tensorboard=False (tiny configs) never imports TensorFlow.
   assert 'jax' in imported and 'tensorflow' not in imported
-  proc.stderr = '\n'.join(l for l in proc.stderr.splitlines() if not l.startswith('import time:'))
   assert proc.returncode == 0, proc.stderr[-3000:]
   named = [line for line in proc.stderr.splitlines() if 'cannot be restored' in line]
   assert len(named) == 1 and f'{workdir}/checkpoints/4 ' in named[0], proc.stderr[-3000:]

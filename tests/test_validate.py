@@ -15,7 +15,7 @@ from ganomaly_jax import losses, masks, models
 from ganomaly_jax import scores as scores_lib
 from ganomaly_jax.config import arguments, checks, schema
 from ganomaly_jax.experiments import sweep
-from helpers import REPO
+from helpers import REPO, split_import_times
 
 
 def _config(method: str = 'ganomaly', **overrides):
@@ -266,14 +266,12 @@ def test_main_refuses_before_compiling_with_one_error_line(tmp_path):
       text=True,
       timeout=240,
   )
-  lines = result.stderr.splitlines()
-  messages = '\n'.join(l for l in lines if not l.startswith('import time:'))[-1500:]
-  assert result.returncode == 1, messages
-  errors = [l for l in lines if l.startswith('error:')]
-  assert len(errors) == 1 and 'train.d_reinit_threshold' in errors[0], messages
+  imported, stderr = split_import_times(result.stderr)
+  assert result.returncode == 1, stderr[-1500:]
+  errors = [l for l in stderr.splitlines() if l.startswith('error:')]
+  assert len(errors) == 1 and 'train.d_reinit_threshold' in errors[0], stderr[-1500:]
   assert not (workdir / 'checkpoints').exists()  # stopped before training started
   # Nor did it pay for TensorFlow (seconds of import), which only clu's summary writer needs.
-  imported = {l.rsplit('|', 1)[-1].strip() for l in lines if l.startswith('import time:')}
   assert 'jax' in imported and 'tensorflow' not in imported
 
 
